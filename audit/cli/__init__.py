@@ -1,0 +1,1 @@
+"""The ``flopgate`` command line. Each command lives in its own module under ``audit.cli``."""

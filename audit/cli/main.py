@@ -1,0 +1,80 @@
+"""Entry point of the ``flopgate`` command.
+
+Each command is a module with ``register(subparsers)``, which adds its parser and sets
+``func`` to a ``run(args) -> int`` function. Command modules import heavy libraries (torch,
+transformers) inside ``run`` only, so ``--help`` and cached checks stay fast.
+
+Commands from other packages (``flopgate distill``) plug in through the ``flopgate.commands``
+entry-point group, so ``audit`` never imports ``distill``.
+
+Exit codes: 0 ok, 1 unexpected error, 2 invalid input; commands may add their own (check: 3, 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from audit import __version__
+from audit.errors import FlopgateError
+
+BUILTIN_COMMANDS = [
+    "audit.cli.flops_cmd",
+    "audit.cli.policy_cmd",
+    "audit.cli.check_cmd",
+    "audit.cli.keys_cmd",
+    "audit.cli.verify_cmd",
+]
+
+
+def _plugin_modules() -> list[str]:
+    from importlib.metadata import entry_points
+
+    return [ep.value for ep in entry_points(group="flopgate.commands")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flopgate",
+        description="Check a planned distillation run against compute thresholds and teacher terms.",
+    )
+    parser.add_argument("--version", action="version", version=f"flopgate {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in BUILTIN_COMMANDS + _plugin_modules():
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command not written yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FlopgateError as exc:
+        print(f"flopgate: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("flopgate: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
+        if os.environ.get("FLOPGATE_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"flopgate: unexpected error: {exc.__class__.__name__}: {first} "
+              "(set FLOPGATE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

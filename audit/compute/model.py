@@ -1,0 +1,94 @@
+"""The compute estimate's data model: what the policy engine and the report read.
+
+All FLOP figures use 1 multiply-add = 2 FLOP. ``None`` means "unknown": a fact the estimate
+needs is missing from the plan (listed in ``missing_facts``); the policy engine treats an
+unknown figure as a reason for REVIEW, never as zero.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CONVENTION = "1 multiply-add = 2 FLOP; training step = forward + backward; attention causal-corrected"
+
+# Which totals a component belongs to (EU GPAI guidelines, Annex A.1, ¶118-122):
+#   cumulative       - the systemic-risk test's "cumulative amount of compute used to train the model"
+#   parameter_update - "compute directly contributing to parameter updates" (1e23 and 1/3 tests)
+#   modification     - compute of this run's modification of a pre-existing model (1/3 test)
+Bucket = Literal["cumulative", "parameter_update", "modification"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Component(_Frozen):
+    """One part of the run's compute."""
+
+    id: Literal["student_training", "teacher_forward", "teacher_generation", "base_model_training"]
+    label: str
+    flops: Optional[float] = Field(description="FLOP; None when unknown")
+    method: Literal["counted", "closed_form", "published", "parameters_estimate", "unknown"]
+    counts_toward: list[Bucket]
+    assumptions: list[str] = []
+
+
+class HardwareCheck(_Frozen):
+    """count x hours x dense peak x utilisation, against the exact count (EU: +-30%)."""
+
+    accelerator: str
+    peak_flops_per_s: Optional[float] = Field(description="dense BF16 peak per accelerator; never the sparse figure")
+    peak_source: Optional[str] = None
+    estimate_flops: Optional[float] = None
+    compared_to_flops: Optional[float] = Field(default=None, description="exact count it is compared with")
+    ratio: Optional[float] = Field(default=None, description="estimate / exact")
+    implied_utilization: Optional[float] = None
+    outside_tolerance: Optional[bool] = Field(default=None, description="True when |ratio - 1| > 0.30")
+    note: str = ""
+
+
+class ModelSummary(_Frozen):
+    """Parameter counts and per-token FLOP of one model at the plan's sequence length."""
+
+    ref: str = Field(description="the config reference as given in the plan")
+    architecture: str
+    config_sha256: Optional[str] = None
+    params_total: float
+    params_active: float = Field(description="parameters used per token (MoE: top-k experts)")
+    params_embedding: float
+    train_flops_per_token: float = Field(description="forward+backward, causal-corrected")
+    train_flops_per_token_noncausal: float
+    forward_flops_per_token: float = Field(description="forward only, causal-corrected")
+    attention_share: float = Field(description="attention's share of the training FLOP per token (causal)")
+    coverage: float = Field(description="share of dispatched FLOP-bearing ops with a formula, 0-1")
+    unknown_ops: dict[str, int] = {}
+    method: Literal["counted", "closed_form"]
+    fallback_reason: Optional[str] = None
+
+
+class ComputeEstimate(_Frozen):
+    convention: str = CONVENTION
+    seq_len: int
+    tokens: float = Field(description="student training tokens = data.tokens x epochs")
+    components: list[Component]
+    total_flops: Optional[float] = Field(description="cumulative compute (EU systemic-risk notion)")
+    update_flops: Optional[float] = Field(description="compute directly contributing to parameter updates")
+    modification_flops: Optional[float] = Field(default=None, description="this run's compute when it modifies a pre-existing model")
+    original_model: Optional[str] = Field(default=None, description="id of the model the student is derived from")
+    original_model_flops: Optional[float] = Field(default=None, description="that model's published training compute")
+    original_model_source: Optional[str] = None
+    six_nd_flops: float = Field(description="6 x active student params x tokens (the published-figure convention)")
+    params_total: float
+    params_active: float
+    student: ModelSummary
+    teacher: Optional[ModelSummary] = None
+    teacher_params_estimate: Optional[float] = None
+    hardware: Optional[HardwareCheck] = None
+    uncertainty_low: Optional[float] = None
+    uncertainty_high: Optional[float] = None
+    notification_figure: Optional[str] = Field(default=None, description="total in two significant figures, e.g. 2.3e25")
+    cost_usd: Optional[float] = Field(default=None, description="count x hours x price per accelerator-hour")
+    coverage: float = Field(description="lowest coverage of the models counted")
+    missing_facts: list[str] = []

@@ -1,0 +1,193 @@
+"""The plan file: what a distillation run will do, in YAML. The user-facing contract.
+
+Field names are fixed by the product; fields may be added, never renamed. Unknown keys are
+rejected. Relative paths are resolved against the plan file's folder by :func:`load_plan`.
+Units: tokens are counts of tokens (not words), FLOP counts use 1 multiply-add = 2 FLOP,
+money is US dollars, hours are wall-clock hours.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from audit.errors import InputError
+from audit.validation import validate_model
+from audit.yamlio import load_yaml_file
+
+_JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Organization(_Strict):
+    name: str = Field(min_length=1)
+    jurisdictions: list[str] = Field(min_length=1, description="ISO 3166 codes: EU, US-CA, US-NY, KR")
+    annual_revenue_usd: Optional[float] = Field(default=None, ge=0)
+
+    @field_validator("jurisdictions")
+    @classmethod
+    def _codes(cls, value: list[str]) -> list[str]:
+        for code in value:
+            if not _JURISDICTION.match(code):
+                raise ValueError(f"expected codes like EU, US, US-CA or KR, got {code!r}")
+        return value
+
+
+class Authorization(_Strict):
+    """A provider's written permission: a document on disk and its sha256."""
+
+    document: str = Field(min_length=1)
+    sha256: str
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not _SHA256.match(value):
+            raise ValueError("expected 64 lowercase hex digits")
+        return value
+
+
+class Teacher(_Strict):
+    model: str = Field(min_length=1, description="registry id, HF repo id, API model name or local dir")
+    access: Literal["weights", "api", "consumer_app"]
+    config: Optional[str] = Field(default=None, description="bundled name, config.json path or model dir")
+    parameters: Optional[float] = Field(default=None, gt=0, description="estimate when there is no config")
+    license: Optional[str] = Field(default=None, description="licence id when the registry does not know the model")
+    authorization: Optional[Authorization] = None
+
+
+class Student(_Strict):
+    name: str = Field(min_length=1)
+    config: str = Field(min_length=1)
+    init: Literal["scratch", "base", "pruned_teacher"] = "scratch"
+    base_model: Optional[str] = None
+    license: Optional[str] = Field(default=None, description="licence the student is released under")
+
+    @model_validator(mode="after")
+    def _base_needs_id(self):
+        if self.init == "base" and not self.base_model:
+            raise ValueError("init is 'base' but base_model is not set")
+        return self
+
+
+class Data(_Strict):
+    tokens: float = Field(gt=0, description="training tokens seen by the student per epoch")
+    manifest: Optional[str] = None
+    seq_len: int = Field(default=4096, gt=0, le=10_000_000)
+    epochs: float = Field(default=1, gt=0)
+
+
+class Method(_Strict):
+    kind: Literal["logits", "cached_logits", "sequence"] = "logits"
+    teacher_generated_tokens: float = Field(default=0, ge=0, description="all generated tokens, discarded ones included")
+    prompt_tokens: float = Field(default=0, ge=0, description="prompt tokens prefilled for generation")
+    synthetic_data_public: bool = False
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    temperature: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sequence_needs_tokens(self):
+        if self.kind == "sequence" and self.teacher_generated_tokens <= 0:
+            raise ValueError("kind is 'sequence' but teacher_generated_tokens is not > 0")
+        return self
+
+
+class Use(_Strict):
+    purpose: str = Field(min_length=1)
+    scope: Literal["narrow", "general"] = "narrow"
+    distribution: Literal["internal", "api", "open_weights"] = "internal"
+    commercial: bool = True
+    monthly_active_users: Optional[float] = Field(default=None, ge=0)
+
+
+class Hardware(_Strict):
+    accelerator: str = Field(min_length=1)
+    count: int = Field(gt=0)
+    hours: float = Field(gt=0, description="wall-clock hours of the run")
+    utilization: float = Field(default=0.4, gt=0, le=1, description="model FLOP utilisation, 0-1")
+    price_per_hour_usd: Optional[float] = Field(default=None, ge=0, description="per accelerator-hour")
+
+
+class Schedule(_Strict):
+    start: dt.date
+
+
+class Budget(_Strict):
+    max_flops: Optional[float] = Field(default=None, gt=0)
+
+
+class Plan(_Strict):
+    plan_version: Literal[1]
+    name: str = Field(min_length=1)
+    organization: Organization
+    teacher: Teacher
+    student: Student
+    data: Data
+    method: Method = Method()
+    use: Use
+    hardware: Optional[Hardware] = None
+    schedule: Schedule
+    budget: Budget = Budget()
+
+
+class LoadedPlan(BaseModel):
+    """A validated plan plus where it came from; paths inside ``plan`` are absolute."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    plan: Plan
+    path: Path
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.endswith((".json", ".yaml", ".yml")) or value.startswith((".", "/", "~")) or (
+        "/" in value and Path(value).exists())
+
+
+def _resolve(value: str | None, base: Path, *, always: bool) -> str | None:
+    """Resolve a relative path against ``base``. Ids like ``meta-llama/Llama-3.1-8B`` stay as
+    they are unless a file or folder of that name exists beside the plan."""
+    if value is None:
+        return None
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        return str(candidate)
+    joined = base / candidate
+    if always or joined.exists() or value.startswith("."):
+        return str(joined.resolve())
+    return value
+
+
+def load_plan(path: str | Path) -> LoadedPlan:
+    """Read, validate and resolve a plan file. Raises ``InputError`` with a one-line message."""
+    path = Path(path)
+    data = load_yaml_file(path)
+    if not isinstance(data, dict):
+        raise InputError("expected a YAML mapping at the top level", source=str(path))
+    plan = validate_model(Plan, data, str(path))
+    base = path.resolve().parent
+    teacher_updates = {
+        "model": _resolve(plan.teacher.model, base, always=False),
+        "config": _resolve(plan.teacher.config, base, always=False),
+    }
+    if plan.teacher.authorization:
+        teacher_updates["authorization"] = plan.teacher.authorization.model_copy(
+            update={"document": _resolve(plan.teacher.authorization.document, base, always=True)})
+    plan = plan.model_copy(update={
+        "teacher": plan.teacher.model_copy(update=teacher_updates),
+        "student": plan.student.model_copy(update={"config": _resolve(plan.student.config, base, always=False)}),
+        "data": plan.data.model_copy(update={"manifest": _resolve(plan.data.manifest, base, always=True)}),
+    })
+    return LoadedPlan(plan=plan, path=path.resolve())
+
+
+def is_path_like(value: str) -> bool:
+    """True when a config reference names a file or folder rather than a bundled name."""
+    return _looks_like_path(value) or Path(value).exists()

@@ -1,0 +1,75 @@
+"""The decision's data model: what ``decide()`` returns and what the report renders.
+
+Field names here are a contract shared by the engine, the signed audit payload, the HTML
+report and the gate. Add fields freely; never rename or remove one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+Outcome = Literal["ALLOW", "ALLOW_WITH_OBLIGATIONS", "REVIEW", "DENY"]
+Evidence = Literal["primary", "secondary", "unverified"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Citation(_Frozen):
+    url: str
+    section: str
+    date: dt.date               # date of the source text (or when it was read)
+    quote: str                  # one sentence at most, verbatim from the source
+    evidence: Evidence
+
+
+class Finding(_Frozen):
+    rule_id: str
+    pack_id: str
+    pack_version: str
+    kind: Literal["regime", "teacher", "organization", "engine"]
+    effect: Literal["allow", "obligation", "review", "deny", "info"]
+    observed: Optional[str] = None      # e.g. "3.2e24 FLOP" or "student.name = 'Acme-1B'"
+    threshold: Optional[str] = None     # e.g. "1e25 FLOP"
+    comparator: Optional[Literal[">", ">=", "<", "<=", "==", "!="]] = None
+    citation: Optional[Citation] = None  # None only for engine findings (fail-closed reasons)
+    explanation: str                    # plain English, one or two sentences
+
+
+class Obligation(_Frozen):
+    id: str
+    rule_id: str
+    text: str
+    deadline: Optional[str] = None       # ISO date when the text fixes one, else words ("within 2 weeks of ...")
+    checkable: bool                      # can the plan tell us now whether it is met?
+    status: Literal["met", "unmet", "todo"]
+    authorized: bool = False             # status changed by a provider's written authorisation
+
+
+class RegimeResult(_Frozen):
+    id: str                              # e.g. "eu-ai-act.systemic-risk"
+    name: str
+    jurisdiction: str
+    in_force: bool                       # on the plan's start date
+    status: Literal["exceeds", "below", "not_in_force", "unknown"]
+    threshold_flops: Optional[float] = None
+    comparator: Optional[Literal[">", ">="]] = None
+    observed_flops: Optional[float] = None
+    compute_notion: Literal["cumulative", "parameter_update", "modification"] = "cumulative"
+    margin_ratio: Optional[float] = None  # observed / threshold
+    obligations: list[str] = []          # Obligation ids
+    citation: Optional[Citation] = None
+
+
+class Decision(_Frozen):
+    outcome: Outcome
+    as_of: dt.date
+    findings: list[Finding]
+    obligations: list[Obligation]
+    regimes: list[RegimeResult]
+    rule_ids: list[str]                  # the rules behind the outcome
+    packs: list[dict]                    # [{"id", "version", "last_reviewed", "sha256"}]
