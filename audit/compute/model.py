@@ -85,6 +85,8 @@ class ComputeEstimate(_Frozen):
     student: ModelSummary
     teacher: Optional[ModelSummary] = None
     teacher_params_estimate: Optional[float] = None
+    teacher_training_flops: Optional[float] = Field(default=None, description="the teacher's own published training compute")
+    teacher_training_source: Optional[str] = None
     hardware: Optional[HardwareCheck] = None
     uncertainty_low: Optional[float] = None
     uncertainty_high: Optional[float] = None
