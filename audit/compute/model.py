@@ -61,9 +61,12 @@ class ModelSummary(_Frozen):
     train_flops_per_token: float = Field(description="forward+backward, causal-corrected")
     train_flops_per_token_noncausal: float
     forward_flops_per_token: float = Field(description="forward only, causal-corrected")
+    forward_flops_per_token_noncausal: float
+    non_matmul_train_flops_per_token: float = Field(description="elementwise, norm and softmax FLOP (approximate), not in the headline")
     attention_share: float = Field(description="attention's share of the training FLOP per token (causal)")
     coverage: float = Field(description="share of dispatched FLOP-bearing ops with a formula, 0-1")
     unknown_ops: dict[str, int] = {}
+    formula_errors: dict[str, str] = {}
     method: Literal["counted", "closed_form"]
     fallback_reason: Optional[str] = None
 

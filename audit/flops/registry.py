@@ -1,0 +1,351 @@
+"""Per-op FLOP formulas: a registry of small pure functions, keyed by op name.
+
+Convention: one multiply-add = 2 FLOP. A formula receives the op's arguments bound to their
+schema names (``query``, ``key``, ``is_causal`` ...) and its output, and returns an ``OpCost``.
+
+Every op the counter sees is either here (counted), in ``FREE_OPS`` (shape, copy, indexing and
+comparison ops that do no arithmetic by convention) or reported as unknown by name.
+
+Attention is counted twice: over the full score matrix (what FlopCounterMode and the PaLM/MFU
+formula count) and over the (query, key) pairs a causal or sliding-window mask keeps. Attention
+backward is counted as 2x forward (dQ, dK, dV and dScores: four matmuls); the recomputation of
+scores inside fused kernels is not counted, as in the MFU convention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """FLOP of one op call, split by kind. ``attention_*`` are matmul FLOP inside attention."""
+
+    matmul: float = 0.0
+    attention_full: float = 0.0
+    attention_masked: float = 0.0
+    non_matmul: float = 0.0
+
+
+Formula = Callable[[Mapping[str, Any], Any], OpCost]
+FORMULAS: dict[str, Formula] = {}
+
+
+def formula(*names: str) -> Callable[[Formula], Formula]:
+    """Register ``fn`` as the formula of the ops ``names`` (``aten.mm``, ``flopgate.attention``)."""
+
+    def add(fn: Formula) -> Formula:
+        for name in names:
+            FORMULAS[name] = fn
+        return fn
+
+    return add
+
+
+def shape(x: Any) -> Shape:
+    return tuple(int(s) for s in x.shape)
+
+
+def numel(x: Any) -> int:
+    return math.prod(shape(x))
+
+
+# --------------------------------------------------------------------------- matmul family
+
+
+@formula("aten.mm", "aten._scaled_mm")
+def _mm(a: Mapping[str, Any], out: Any) -> OpCost:
+    first = a.get("self", a.get("mat1"))
+    second = a.get("mat2")
+    (m, k), n = shape(first), shape(second)[-1]
+    return OpCost(matmul=2.0 * m * k * n)
+
+
+@formula("aten.addmm")
+def _addmm(a: Mapping[str, Any], out: Any) -> OpCost:
+    (m, k), n = shape(a["mat1"]), shape(a["mat2"])[-1]
+    return OpCost(matmul=2.0 * m * k * n, non_matmul=float(m * n))
+
+
+@formula("aten.bmm")
+def _bmm(a: Mapping[str, Any], out: Any) -> OpCost:
+    b, m, k = shape(a["self"])
+    return OpCost(matmul=2.0 * b * m * k * shape(a["mat2"])[-1])
+
+
+@formula("aten.baddbmm")
+def _baddbmm(a: Mapping[str, Any], out: Any) -> OpCost:
+    b, m, k = shape(a["batch1"])
+    n = shape(a["batch2"])[-1]
+    return OpCost(matmul=2.0 * b * m * k * n, non_matmul=float(b * m * n))
+
+
+@formula("aten.matmul")
+def _matmul(a: Mapping[str, Any], out: Any) -> OpCost:
+    left, right = shape(a["self"]), shape(a["other"])
+    k = left[-1]
+    return OpCost(matmul=2.0 * numel(out) * k)
+
+
+@formula("aten.linear")
+def _linear(a: Mapping[str, Any], out: Any) -> OpCost:
+    k = shape(a["input"])[-1]
+    bias = numel(out) if a.get("bias") is not None else 0
+    return OpCost(matmul=2.0 * numel(out) * k, non_matmul=float(bias))
+
+
+@formula("aten.einsum")
+def _einsum(a: Mapping[str, Any], out: Any) -> OpCost:
+    """Left-to-right pairwise contraction: each pair costs 2 x the product of every index size
+    the pair touches (indices summed away included)."""
+    equation = a["equation"].replace(" ", "")
+    inputs_spec, _, output_spec = equation.partition("->")
+    specs = inputs_spec.split(",")
+    sizes: dict[str, int] = {}
+    for spec, tensor in zip(specs, a["tensors"]):
+        for letter, size in zip(spec.replace("...", ""), shape(tensor)[-len(spec.replace("...", "")):] if spec.replace("...", "") else ()):
+            sizes[letter] = max(sizes.get(letter, 1), size)
+    if len(specs) == 1:
+        return OpCost(non_matmul=float(math.prod(sizes.values())))
+    total, current = 0.0, set(specs[0])
+    for index, spec in enumerate(specs[1:], start=1):
+        touched = current | set(spec)
+        total += 2.0 * math.prod(sizes.get(ch, 1) for ch in touched if ch != ".")
+        later = set("".join(specs[index + 1:])) | set(output_spec)
+        current = {ch for ch in touched if ch in later}
+    return OpCost(matmul=total)
+
+
+@formula("aten._grouped_mm")
+def _grouped_mm(a: Mapping[str, Any], out: Any) -> OpCost:
+    """Grouped GEMM (MoE experts). The FLOP do not depend on how ``offs`` splits the rows:
+    every row of the ragged operand meets exactly one group's matrix."""
+    left, right = shape(a["self"]), shape(a["mat2"])
+    if len(left) == 2 and len(right) == 3:      # tokens x K  @  groups x K x N
+        return OpCost(matmul=2.0 * left[0] * left[1] * right[2])
+    if len(left) == 3 and len(right) == 3:      # dense batched groups
+        return OpCost(matmul=2.0 * left[0] * left[1] * left[2] * right[2])
+    if len(left) == 2 and len(right) == 2:      # ragged contraction (weight gradients)
+        return OpCost(matmul=2.0 * left[0] * left[1] * right[1])
+    if len(left) == 3 and len(right) == 2:      # groups x M x K  @  K x ragged N
+        return OpCost(matmul=2.0 * left[1] * left[2] * right[1])
+    raise ValueError(f"unexpected _grouped_mm shapes {left} x {right}")
+
+
+def _conv_flops(x_shape: Shape, w_shape: Shape, out_shape: Shape, transposed: bool) -> float:
+    """2 x (output positions) x (input channels per group x kernel size) for each output channel."""
+    kernel = math.prod(w_shape[2:])
+    if transposed:  # weight: in x out/groups x k...
+        return 2.0 * math.prod(x_shape) * w_shape[1] * kernel
+    return 2.0 * math.prod(out_shape) * w_shape[1] * kernel
+
+
+@formula("aten.convolution", "aten._convolution", "aten.cudnn_convolution",
+         "aten.convolution_overrideable", "aten.mkldnn_convolution", "aten._slow_conv2d_forward")
+def _convolution(a: Mapping[str, Any], out: Any) -> OpCost:
+    transposed = bool(a.get("transposed", False))
+    x, w = a.get("input", a.get("self")), a["weight"]
+    flops = _conv_flops(shape(x), shape(w), shape(out), transposed)
+    bias = numel(out) if a.get("bias") is not None else 0
+    return OpCost(matmul=flops, non_matmul=float(bias))
+
+
+@formula("aten.convolution_backward")
+def _convolution_backward(a: Mapping[str, Any], out: Any) -> OpCost:
+    """Input gradient and weight gradient each cost one forward convolution."""
+    mask = a.get("output_mask", [True, True, True])
+    forward = _conv_flops(shape(a["input"]), shape(a["weight"]), shape(a["grad_output"]),
+                          bool(a.get("transposed", False)))
+    bias = numel(a["grad_output"]) if mask[2] else 0
+    return OpCost(matmul=forward * (int(bool(mask[0])) + int(bool(mask[1]))), non_matmul=float(bias))
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def kept_pairs(q_len: int, k_len: int, causal: bool, window: int | None = None) -> int:
+    """Number of (query, key) pairs a mask keeps.
+
+    Causal masks align the last query with the last key (bottom-right, as in a KV-cache
+    decode): query ``i`` sees keys ``0 .. i + (k_len - q_len)``. ``window`` (causal only) keeps
+    at most that many keys per query, the query's own position included. Closed form, so a
+    128k context costs nothing to count.
+    """
+    if not causal:
+        return q_len * k_len
+    cap = min(window, k_len) if window else k_len
+    offset = k_len - q_len
+    return _sum_clamped(offset + 1, offset + q_len, cap)
+
+
+def _sum_clamped(lo: int, hi: int, cap: int) -> int:
+    """``sum(min(max(v, 0), cap) for v in range(lo, hi + 1))`` in O(1)."""
+    lo = max(lo, 1)
+    if hi < lo:
+        return 0
+    total = 0
+    ramp_end = min(hi, cap)
+    if ramp_end >= lo:
+        total += (lo + ramp_end) * (ramp_end - lo + 1) // 2
+    flat_start = max(lo, cap + 1)
+    if hi >= flat_start:
+        total += cap * (hi - flat_start + 1)
+    return total
+
+
+def _attention_cost(batch: int, q_heads: int, q_len: int, k_len: int, qk_dim: int, v_dim: int,
+                    causal: bool, window: int | None, backward: bool) -> OpCost:
+    """Forward: scores = Q K^T (2*d_qk per pair) and out = P V (2*d_v per pair) per head.
+    Backward: twice the forward. Softmax: about 5 FLOP per kept score (max, sub, exp, sum, div)."""
+    per_pair = 2.0 * (qk_dim + v_dim) * batch * q_heads
+    factor = 2.0 if backward else 1.0
+    full = per_pair * q_len * k_len * factor
+    masked = per_pair * kept_pairs(q_len, k_len, causal, window) * factor
+    softmax = 5.0 * batch * q_heads * kept_pairs(q_len, k_len, causal, window)
+    return OpCost(attention_full=full, attention_masked=masked, non_matmul=softmax)
+
+
+def _bhsd(a: Mapping[str, Any], *, backward: bool, causal_key: str = "is_causal") -> OpCost:
+    """Attention with (batch, heads, seq, dim) tensors; grouped-query K/V may have fewer heads."""
+    b, hq, sq, dqk = shape(a["query"])
+    sk, dv = shape(a["key"])[-2], shape(a["value"])[-1]
+    return _attention_cost(b, hq, sq, sk, dqk, dv, bool(a.get(causal_key, False)), None, backward)
+
+
+def _bshd(a: Mapping[str, Any], *, backward: bool, causal: bool) -> OpCost:
+    """Attention with (batch, seq, heads, dim) tensors, as in the low-level flash/efficient ops."""
+    b, sq, hq, dqk = shape(a["query"])
+    sk, dv = shape(a["key"])[1], shape(a["value"])[-1]
+    return _attention_cost(b, hq, sq, sk, dqk, dv, causal, None, backward)
+
+
+@formula("aten._scaled_dot_product_flash_attention", "aten._scaled_dot_product_efficient_attention",
+         "aten._scaled_dot_product_cudnn_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
+         "aten._scaled_dot_product_attention_math", "aten.scaled_dot_product_attention",
+         "aten._scaled_dot_product_fused_attention_overrideable")
+def _sdpa_forward(a: Mapping[str, Any], out: Any) -> OpCost:
+    return _bhsd(a, backward=False)
+
+
+@formula("aten._scaled_dot_product_flash_attention_backward",
+         "aten._scaled_dot_product_efficient_attention_backward",
+         "aten._scaled_dot_product_cudnn_attention_backward",
+         "aten._scaled_dot_product_flash_attention_for_cpu_backward",
+         "aten._scaled_dot_product_fused_attention_overrideable_backward")
+def _sdpa_backward(a: Mapping[str, Any], out: Any) -> OpCost:
+    return _bhsd(a, backward=True)
+
+
+@formula("aten._flash_attention_forward")
+def _flash_forward(a: Mapping[str, Any], out: Any) -> OpCost:
+    return _bshd(a, backward=False, causal=bool(a.get("is_causal", False)))
+
+
+@formula("aten._flash_attention_backward")
+def _flash_backward(a: Mapping[str, Any], out: Any) -> OpCost:
+    return _bshd(a, backward=True, causal=bool(a.get("is_causal", False)))
+
+
+@formula("aten._efficient_attention_forward")
+def _efficient_forward(a: Mapping[str, Any], out: Any) -> OpCost:
+    return _bshd(a, backward=False, causal=int(a.get("custom_mask_type", 0)) != 0)
+
+
+@formula("aten._efficient_attention_backward")
+def _efficient_backward(a: Mapping[str, Any], out: Any) -> OpCost:
+    return _bshd(a, backward=True, causal=int(a.get("custom_mask_type", 0)) != 0)
+
+
+@formula("higher_order.flex_attention")
+def _flex_forward(a: Mapping[str, Any], out: Any) -> OpCost:
+    """Flex attention: counted over the full score matrix (an upper bound for sparse block masks)."""
+    return _bhsd(a, backward=False, causal_key="__never__")
+
+
+@formula("higher_order.flex_attention_backward")
+def _flex_backward(a: Mapping[str, Any], out: Any) -> OpCost:
+    return _bhsd(a, backward=True, causal_key="__never__")
+
+
+@formula("flopgate.attention")
+def _our_attention(a: Mapping[str, Any], out: Any) -> OpCost:
+    """The op our counting attention calls; it knows the layer's causal flag and window."""
+    b, hq, sq, dqk = shape(a["query"])
+    sk, dv = shape(a["key"])[-2], shape(a["value"])[-1]
+    window = int(a["window"]) or None
+    return _attention_cost(b, hq, sq, sk, dqk, dv, bool(a["is_causal"]), window, backward=False)
+
+
+@formula("flopgate.attention_backward")
+def _our_attention_backward(a: Mapping[str, Any], out: Any) -> OpCost:
+    b, hq, sq, dqk = shape(a["query"])
+    sk, dv = shape(a["key"])[-2], shape(a["value"])[-1]
+    window = int(a["window"]) or None
+    return _attention_cost(b, hq, sq, sk, dqk, dv, bool(a["is_causal"]), window, backward=True)
+
+
+# --------------------------------------------------------------------------- non-matmul
+
+# Approximate FLOP per output element of elementwise ops (counted as non-matmul FLOP).
+_PER_OUTPUT_ELEMENT = {
+    **dict.fromkeys([
+        "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "rsqrt", "sqrt", "pow",
+        "exp", "log", "sin", "cos", "tanh", "sigmoid", "reciprocal", "abs", "addcmul", "addcdiv",
+        "addcmul_", "addcdiv_", "lerp", "lerp_", "rsub", "clamp_min", "floor_divide", "sign",
+        "maximum", "minimum", "threshold_backward", "sgn", "square",
+        "exp_", "sqrt_", "erf", "log1p", "expm1", "fmod", "remainder", "_foreach_add",
+    ], 1.0),
+    **dict.fromkeys(["silu", "silu_backward", "gelu", "relu", "sigmoid_backward", "tanh_backward",
+                     "gelu_backward", "hardtanh", "leaky_relu"], 4.0),
+    **dict.fromkeys(["_softmax", "_softmax_backward_data", "_log_softmax",
+                     "_log_softmax_backward_data"], 5.0),
+    **dict.fromkeys(["native_layer_norm", "native_layer_norm_backward", "_fused_rms_norm",
+                     "_fused_rms_norm_backward", "native_group_norm", "native_batch_norm"], 5.0),
+}
+# Reductions: one FLOP per input element.
+_PER_INPUT_ELEMENT = ["sum", "mean", "cumsum", "amax", "max", "min", "norm", "linalg_vector_norm",
+                      "nll_loss_forward", "nll_loss_backward", "embedding_dense_backward", "index_add",
+                      "index_add_", "scatter_add", "var_mean", "std", "var", "prod", "logsumexp"]
+
+
+def _per_output(cost: float) -> Formula:
+    def count(a: Mapping[str, Any], out: Any) -> OpCost:
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        return OpCost(non_matmul=cost * numel(first) if hasattr(first, "shape") else 0.0)
+
+    return count
+
+
+def _per_input(a: Mapping[str, Any], out: Any) -> OpCost:
+    tensors = [v for v in a.values() if hasattr(v, "shape")]
+    return OpCost(non_matmul=float(max((numel(t) for t in tensors), default=0)))
+
+
+for _name, _cost in _PER_OUTPUT_ELEMENT.items():
+    FORMULAS.setdefault(f"aten.{_name}", _per_output(_cost))
+for _name in _PER_INPUT_ELEMENT:
+    FORMULAS.setdefault(f"aten.{_name}", _per_input)
+
+
+# --------------------------------------------------------------------------- free ops
+
+FREE_OPS = frozenset(f"aten.{name}" for name in """
+    view _unsafe_view reshape t transpose permute expand expand_as squeeze unsqueeze flatten
+    unflatten alias detach clone contiguous copy_ copy _to_copy to lift_fresh empty empty_like
+    empty_strided new_empty new_empty_strided zeros zeros_like new_zeros ones ones_like new_ones
+    full full_like fill_ fill zero_ arange slice slice_backward slice_scatter select
+    select_backward select_scatter index index_select index_put index_put_ gather scatter
+    scatter_ masked_select cat stack split split_with_sizes chunk unbind narrow embedding
+    as_strided as_strided_scatter _reshape_alias diagonal triu tril one_hot topk sort argsort
+    argmax argmin histc bincount nonzero eq ne gt ge lt le logical_not logical_and logical_or
+    bitwise_not bitwise_and bitwise_or isinf isnan any all _local_scalar_dense sym_size
+    sym_stride sym_numel sym_storage_offset is_same_size repeat repeat_interleave roll flip
+    pad constant_pad_nd _has_compatible_shallow_copy_type set_ resize_ randn rand randint
+    normal_ uniform_ bernoulli_ native_dropout native_dropout_backward dropout t_ view_as
+    _pin_memory lift_fresh_copy clamp clamp_ clamp_max floor ceil round trunc
+    _unsafe_index _unsafe_index_put masked_fill_ where_ scalar_tensor item
+""".split())
