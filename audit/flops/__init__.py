@@ -10,8 +10,6 @@ Convention: 1 multiply-add = 2 FLOP.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -64,7 +62,9 @@ def summarize_model(ref: str, seq_len: int, *, source: str = "config", field: st
 def _count(config: ResolvedConfig, seq_len: int, *, source: str, field: str | None) -> ModelSummary:
     from audit.flops.model_step import build_config, count_step
 
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
     hf_config = build_config(config.data, source=config.ref if config.bundled else str(config.path))
     try:
         step = count_step(hf_config, seq_len)

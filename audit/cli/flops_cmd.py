@@ -1,0 +1,143 @@
+"""``flopgate flops TARGET``: training compute of a plan, or per-token FLOP of a model.
+
+TARGET is a plan (``.yaml``), a ``config.json``, a model folder or a bundled config name.
+``--json`` always has ``total_flops``, ``six_nd_flops``, ``params_total``, ``params_active``,
+``components`` and ``coverage``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from audit.cli.render import console, print_json, sci
+
+DEFAULT_SEQ_LEN = 4096
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("flops", help="count the training compute of a plan or a model",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", help="plan.yaml, config.json, model folder or bundled config name")
+    p.add_argument("--tokens", type=_positive, help="training tokens (overrides the plan's data.tokens)")
+    p.add_argument("--seq-len", type=_positive_int, help=f"tokens per sequence (default: the plan's, or {DEFAULT_SEQ_LEN})")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
+    p.set_defaults(func=run)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _positive(text)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
+    return int(value)
+
+
+def run(args) -> int:
+    if args.target.endswith((".yaml", ".yml")):
+        estimate = _plan_estimate(args)
+        data = estimate.model_dump(mode="json")
+    else:
+        data = _model_only(args)
+    if args.json:
+        print_json(data)
+    else:
+        _print_table(data)
+    return 0
+
+
+def _plan_estimate(args):
+    from audit.compute.estimate import estimate_plan
+    from audit.plan import load_plan
+
+    loaded = load_plan(args.target)
+    updates = {}
+    if args.tokens:
+        updates["tokens"] = args.tokens
+    if args.seq_len:
+        updates["seq_len"] = args.seq_len
+    if updates:
+        plan = loaded.plan
+        plan = plan.model_copy(update={"data": plan.data.model_copy(update=updates)})
+        loaded = loaded.model_copy(update={"plan": plan})
+    return estimate_plan(loaded, use_cache=not args.no_cache)
+
+
+def _model_only(args) -> dict:
+    """A model without a plan: per-token figures, and totals when ``--tokens`` is given."""
+    from audit.compute.model import CONVENTION
+    from audit.flops import summarize_model
+
+    seq_len = args.seq_len or DEFAULT_SEQ_LEN
+    summary = summarize_model(args.target, seq_len, source=args.target, use_cache=not args.no_cache)
+    tokens = args.tokens
+    total = summary.train_flops_per_token * tokens if tokens else None
+    return {
+        "convention": CONVENTION,
+        "target": args.target,
+        "seq_len": seq_len,
+        "tokens": tokens,
+        "total_flops": total,
+        "six_nd_flops": 6.0 * summary.params_active * tokens if tokens else None,
+        "params_total": summary.params_total,
+        "params_active": summary.params_active,
+        "components": [{
+            "id": "student_training", "label": "training (forward + backward)", "flops": total,
+            "method": summary.method, "counts_toward": ["cumulative", "parameter_update"],
+            "assumptions": [f"{summary.train_flops_per_token:.4g} FLOP/token at {seq_len} tokens per sequence"],
+        }],
+        "coverage": summary.coverage,
+        "model": summary.model_dump(mode="json"),
+    }
+
+
+def _print_table(data: dict) -> None:
+    from rich.table import Table
+
+    out = console()
+    model = data.get("model") or data.get("student")
+    title = data.get("target") or f"plan: {data['tokens']:.3g} tokens x seq_len {data['seq_len']}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("component")
+    table.add_column("FLOP", justify="right")
+    table.add_column("method")
+    table.add_column("counts toward")
+    for comp in data["components"]:
+        table.add_row(comp["label"], sci(comp["flops"]), comp["method"], ", ".join(comp["counts_toward"]) or "-")
+    out.print(table)
+    rows = [
+        ("total (cumulative)", sci(data["total_flops"])),
+        ("parameter-update only", sci(data.get("update_flops")) if "update_flops" in data else None),
+        ("6·N·D (active params)", sci(data["six_nd_flops"])),
+        ("notification figure", data.get("notification_figure")),
+        ("uncertainty band", f"{sci(data.get('uncertainty_low'))} .. {sci(data.get('uncertainty_high'))}"
+         if data.get("uncertainty_low") else None),
+        ("params total / active", f"{data['params_total']:.4g} / {data['params_active']:.4g}"),
+        ("train FLOP/token (causal | full attention)",
+         f"{model['train_flops_per_token']:.4g} | {model['train_flops_per_token_noncausal']:.4g}"),
+        ("attention share", f"{model['attention_share']:.1%}"),
+        ("coverage", f"{data['coverage']:.1%}" + (f"  unknown ops: {model['unknown_ops']}" if model["unknown_ops"] else "")),
+        ("cost", f"${data['cost_usd']:,.0f}" if data.get("cost_usd") is not None else None),
+    ]
+    hw = data.get("hardware")
+    if hw and hw.get("ratio") is not None:
+        flag = "  OUTSIDE ±30%" if hw["outside_tolerance"] else ""
+        rows.append(("hardware estimate", f"{sci(hw['estimate_flops'])} (x{hw['ratio']:.2f} of counted){flag}"))
+    for label, value in rows:
+        if value is not None:
+            out.print(f"{label:>44}: {value}")
+    if model.get("fallback_reason"):
+        out.print(f"[yellow]closed-form count: {model['fallback_reason']}[/yellow]")
+    for fact in data.get("missing_facts", []):
+        out.print(f"[yellow]missing fact: {fact}[/yellow]")
+    out.print(f"convention: {data['convention']}")

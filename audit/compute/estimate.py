@@ -1,0 +1,204 @@
+"""A planned distillation run's compute, component by component (FLOP, 1 multiply-add = 2).
+
+Components and which totals they join (EU GPAI guidelines, Annex A.1, ¶118-122):
+
+* student training: forward + backward per token x tokens x epochs. Cumulative, parameter
+  update, and modification (when the student starts from a pre-existing model).
+* teacher forward for logit distillation: forward per token x tokens (x epochs when online;
+  once when logits are cached). Cumulative (non-public targets); whether it "directly
+  contributes to parameter updates" is ambiguous, so it is left out of that total and the
+  ambiguity is stated.
+* teacher generation for sequence distillation: prompt prefill + every generated token,
+  discarded samples included. Cumulative unless the synthetic data is public (¶122).
+* the pre-existing model's own training, when its weights initialise the student (¶121):
+  cumulative only.
+"""
+
+from __future__ import annotations
+
+import math
+
+from audit.compute.model import Component, ComputeEstimate, HardwareCheck, ModelSummary
+from audit.compute.tables import find_accelerator, find_published
+from audit.flops import summarize_model
+from audit.plan import LoadedPlan, Plan
+
+EU_TOLERANCE = 0.30     # the guidelines accept estimates within 30%
+UNCERTAINTY = {         # relative half-width of each method's band
+    "counted": 0.05,    # exact op count; residue: non-matmul ops, token count, padding
+    "closed_form": 0.15,
+    "parameters_estimate": 0.5,
+    "published": 0.30,
+}
+
+
+def estimate_plan(loaded: LoadedPlan, *, use_cache: bool = True) -> ComputeEstimate:
+    """The compute estimate of a loaded plan."""
+    plan, source = loaded.plan, str(loaded.path)
+    seq_len = plan.data.seq_len
+    student = summarize_model(plan.student.config, seq_len, source=source, field="student.config",
+                              use_cache=use_cache)
+    teacher = (summarize_model(plan.teacher.config, seq_len, source=source, field="teacher.config",
+                               use_cache=use_cache) if plan.teacher.config else None)
+    return build_estimate(plan, student, teacher)
+
+
+def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | None) -> ComputeEstimate:
+    """Pure: the estimate from a plan and the per-token counts of its models."""
+    tokens = plan.data.tokens * plan.data.epochs
+    missing: list[str] = []
+    components = [_student_training(student, tokens, plan)]
+
+    teacher_forward, teacher_params = _teacher_forward_per_token(plan, teacher)
+    if teacher_forward is None and plan.method.kind in ("logits", "cached_logits", "sequence"):
+        missing.append("teacher.config or teacher.parameters (the teacher's size)")
+    if plan.method.kind in ("logits", "cached_logits"):
+        components.append(_teacher_logits(plan, tokens, teacher_forward, teacher))
+    else:
+        components.append(_teacher_generation(plan, teacher_forward, teacher))
+
+    original_id, original = _original_model(plan)
+    if plan.student.init != "scratch":
+        flops = original.training_flops if original else None
+        if original is None:
+            missing.append(f"published training compute of {original_id}")
+        components.append(Component(
+            id="base_model_training", label=f"training of {original_id}, whose weights initialise the student",
+            flops=flops, method="published" if original else "unknown", counts_toward=["cumulative"],
+            assumptions=[f"{original.kind} figure: {original.source.url}" if original else
+                         "not in the published-compute table; supply it or expect REVIEW"]))
+
+    total = _sum(c for c in components if "cumulative" in c.counts_toward)
+    update = _sum(c for c in components if "parameter_update" in c.counts_toward)
+    modification = update if plan.student.init != "scratch" else None
+    low, high = _band(components)
+    teacher_published = find_published(plan.teacher.model)
+    return ComputeEstimate(
+        seq_len=plan.data.seq_len, tokens=tokens, components=components,
+        total_flops=total, update_flops=update, modification_flops=modification,
+        original_model=original_id if plan.student.init != "scratch" else None,
+        original_model_flops=original.training_flops if original else None,
+        original_model_source=original.source.url if original else None,
+        six_nd_flops=6.0 * student.params_active * tokens,
+        params_total=student.params_total, params_active=student.params_active,
+        student=student, teacher=teacher, teacher_params_estimate=teacher_params,
+        teacher_training_flops=teacher_published.training_flops if teacher_published else None,
+        teacher_training_source=teacher_published.source.url if teacher_published else None,
+        hardware=_hardware_check(plan, components),
+        uncertainty_low=low, uncertainty_high=high,
+        notification_figure=two_significant_figures(total),
+        cost_usd=(plan.hardware.count * plan.hardware.hours * plan.hardware.price_per_hour_usd
+                  if plan.hardware and plan.hardware.price_per_hour_usd is not None else None),
+        coverage=min(m.coverage for m in (student, teacher) if m is not None),
+        missing_facts=missing,
+    )
+
+
+def two_significant_figures(flops: float | None) -> str | None:
+    """``2.34e25`` -> ``"2.3e25"``: the EU notification's format."""
+    if flops is None:
+        return None
+    mantissa, exponent = f"{flops:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _student_training(student: ModelSummary, tokens: float, plan: Plan) -> Component:
+    buckets = ["cumulative", "parameter_update"] + (["modification"] if plan.student.init != "scratch" else [])
+    return Component(
+        id="student_training", label="student training (forward + backward)",
+        flops=student.train_flops_per_token * tokens, method=student.method, counts_toward=buckets,
+        assumptions=[f"{student.train_flops_per_token:.4g} FLOP/token at {plan.data.seq_len} tokens per "
+                     f"sequence x {tokens:.4g} tokens ({plan.data.epochs:g} epochs)",
+                     "attention over causal pairs; activation recomputation not counted"]
+        + ([f"closed form: {student.fallback_reason}"] if student.fallback_reason else []))
+
+
+def _teacher_forward_per_token(plan: Plan, teacher: ModelSummary | None) -> tuple[float | None, float | None]:
+    """Forward FLOP per token of the teacher: counted from its config, else 2 x parameters."""
+    if teacher is not None:
+        return teacher.forward_flops_per_token, None
+    if plan.teacher.parameters:
+        return 2.0 * plan.teacher.parameters, plan.teacher.parameters
+    return None, None
+
+
+def _teacher_method(teacher: ModelSummary | None, per_token: float | None) -> str:
+    if per_token is None:
+        return "unknown"
+    return teacher.method if teacher is not None else "parameters_estimate"
+
+
+def _teacher_logits(plan: Plan, tokens: float, per_token: float | None, teacher) -> Component:
+    cached = plan.method.kind == "cached_logits"
+    passes = plan.data.tokens if cached else tokens
+    return Component(
+        id="teacher_forward", label="teacher forward passes producing the targets",
+        flops=per_token * passes if per_token is not None else None,
+        method=_teacher_method(teacher, per_token), counts_toward=["cumulative"],
+        assumptions=[("logits computed once and cached" if cached else "teacher runs online, every epoch"),
+                     "non-public targets count toward cumulative compute (EU guidelines ¶119)",
+                     "left out of the parameter-update total: whether teacher forward passes "
+                     "directly contribute to parameter updates is not settled"]
+        + ([] if teacher is not None or per_token is None else ["2 x declared parameters per token"]))
+
+
+def _teacher_generation(plan: Plan, per_token: float | None, teacher) -> Component:
+    generated = plan.method.teacher_generated_tokens + plan.method.prompt_tokens
+    public = plan.method.synthetic_data_public
+    return Component(
+        id="teacher_generation", label="teacher generation (prefill + decode, discarded samples included)",
+        flops=per_token * generated if per_token is not None else None,
+        method=_teacher_method(teacher, per_token), counts_toward=[] if public else ["cumulative"],
+        assumptions=[f"{plan.method.prompt_tokens:.4g} prompt + {plan.method.teacher_generated_tokens:.4g} "
+                     "generated tokens; a KV-cache decode costs the same as a causal forward",
+                     "public synthetic data need not be counted (EU guidelines ¶122)" if public else
+                     "non-public synthetic data counts, discarded samples included (EU guidelines ¶119)"])
+
+
+def _original_model(plan: Plan):
+    if plan.student.init == "base":
+        return plan.student.base_model, find_published(plan.student.base_model)
+    if plan.student.init == "pruned_teacher":
+        return plan.teacher.model, find_published(plan.teacher.model)
+    return None, None
+
+
+def _sum(components) -> float | None:
+    values = [c.flops for c in components]
+    return None if any(v is None for v in values) else float(sum(values))
+
+
+def _band(components: list[Component]) -> tuple[float | None, float | None]:
+    counted = [c for c in components if "cumulative" in c.counts_toward]
+    if any(c.flops is None for c in counted):
+        return None, None
+    low = sum(c.flops * (1 - UNCERTAINTY.get(c.method, 0.5)) for c in counted)
+    high = sum(c.flops * (1 + UNCERTAINTY.get(c.method, 0.5)) for c in counted)
+    return low, high
+
+
+def _hardware_check(plan: Plan, components: list[Component]) -> HardwareCheck | None:
+    """count x hours x dense peak x utilisation, against the compute the run itself executes
+    (the base model's training happened elsewhere; an API teacher runs at the provider)."""
+    hw = plan.hardware
+    if hw is None:
+        return None
+    accelerator = find_accelerator(hw.accelerator)
+    if accelerator is None:
+        return HardwareCheck(accelerator=hw.accelerator, peak_flops_per_s=None,
+                             note="unknown accelerator: no dense peak in policies/hardware.yaml")
+    local = [c for c in components if c.id == "student_training"
+             or (c.id in ("teacher_forward", "teacher_generation") and plan.teacher.access == "weights")]
+    executed = _sum(local)
+    seconds = hw.count * hw.hours * 3600.0
+    estimate = seconds * accelerator.dense_bf16_flops_per_s * hw.utilization
+    ratio = estimate / executed if executed else None
+    return HardwareCheck(
+        accelerator=accelerator.id, peak_flops_per_s=accelerator.dense_bf16_flops_per_s,
+        peak_source=accelerator.source.url, estimate_flops=estimate, compared_to_flops=executed,
+        ratio=ratio,
+        implied_utilization=executed / (seconds * accelerator.dense_bf16_flops_per_s) if executed else None,
+        outside_tolerance=(abs(ratio - 1) > EU_TOLERANCE) if ratio is not None else None,
+        note=f"{hw.count} x {hw.hours:g} h x {accelerator.dense_bf16_flops_per_s:.4g} FLOP/s (dense BF16) "
+             f"x {hw.utilization:g} utilisation; compared with "
+             + ", ".join(c.id for c in local))
