@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from audit.errors import InputError
 from audit.validation import validate_model
@@ -23,6 +23,24 @@ _JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def _not_bool(value):
+    """YAML's ``true`` is not a number, although Python says ``True == 1``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+def _date_only(value):
+    """A calendar date (``2026-12-01``), not a timestamp number."""
+    if not isinstance(value, (dt.date, str)) or isinstance(value, dt.datetime):
+        raise ValueError("expected a date like 2026-12-01")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
+Count = Annotated[int, BeforeValidator(_not_bool)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -30,7 +48,7 @@ class _Strict(BaseModel):
 class Organization(_Strict):
     name: str = Field(min_length=1)
     jurisdictions: list[str] = Field(min_length=1, description="ISO 3166 codes: EU, US-CA, US-NY, KR")
-    annual_revenue_usd: Optional[float] = Field(default=None, ge=0)
+    annual_revenue_usd: Optional[Number] = Field(default=None, ge=0)
 
     @field_validator("jurisdictions")
     @classmethod
@@ -59,7 +77,7 @@ class Teacher(_Strict):
     model: str = Field(min_length=1, description="registry id, HF repo id, API model name or local dir")
     access: Literal["weights", "api", "consumer_app"]
     config: Optional[str] = Field(default=None, description="bundled name, config.json path or model dir")
-    parameters: Optional[float] = Field(default=None, gt=0, description="estimate when there is no config")
+    parameters: Optional[Number] = Field(default=None, gt=0, description="estimate when there is no config")
     license: Optional[str] = Field(default=None, description="licence id when the registry does not know the model")
     authorization: Optional[Authorization] = None
 
@@ -79,19 +97,19 @@ class Student(_Strict):
 
 
 class Data(_Strict):
-    tokens: float = Field(gt=0, description="training tokens seen by the student per epoch")
+    tokens: Number = Field(gt=0, description="training tokens seen by the student per epoch")
     manifest: Optional[str] = None
-    seq_len: int = Field(default=4096, gt=0, le=10_000_000)
-    epochs: float = Field(default=1, gt=0)
+    seq_len: Count = Field(default=4096, gt=0, le=10_000_000)
+    epochs: Number = Field(default=1, gt=0)
 
 
 class Method(_Strict):
     kind: Literal["logits", "cached_logits", "sequence"] = "logits"
-    teacher_generated_tokens: float = Field(default=0, ge=0, description="all generated tokens, discarded ones included")
-    prompt_tokens: float = Field(default=0, ge=0, description="prompt tokens prefilled for generation")
+    teacher_generated_tokens: Number = Field(default=0, ge=0, description="all generated tokens, discarded ones included")
+    prompt_tokens: Number = Field(default=0, ge=0, description="prompt tokens prefilled for generation")
     synthetic_data_public: bool = False
     loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
-    temperature: float = Field(default=1.0, gt=0)
+    temperature: Number = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _sequence_needs_tokens(self):
@@ -105,27 +123,27 @@ class Use(_Strict):
     scope: Literal["narrow", "general"] = "narrow"
     distribution: Literal["internal", "api", "open_weights"] = "internal"
     commercial: bool = True
-    monthly_active_users: Optional[float] = Field(default=None, ge=0)
+    monthly_active_users: Optional[Number] = Field(default=None, ge=0)
 
 
 class Hardware(_Strict):
     accelerator: str = Field(min_length=1)
-    count: int = Field(gt=0)
-    hours: float = Field(gt=0, description="wall-clock hours of the run")
-    utilization: float = Field(default=0.4, gt=0, le=1, description="model FLOP utilisation, 0-1")
-    price_per_hour_usd: Optional[float] = Field(default=None, ge=0, description="per accelerator-hour")
+    count: Count = Field(gt=0)
+    hours: Number = Field(gt=0, description="wall-clock hours of the run")
+    utilization: Number = Field(default=0.4, gt=0, le=1, description="model FLOP utilisation, 0-1")
+    price_per_hour_usd: Optional[Number] = Field(default=None, ge=0, description="per accelerator-hour")
 
 
 class Schedule(_Strict):
-    start: dt.date
+    start: Annotated[dt.date, BeforeValidator(_date_only)]
 
 
 class Budget(_Strict):
-    max_flops: Optional[float] = Field(default=None, gt=0)
+    max_flops: Optional[Number] = Field(default=None, gt=0)
 
 
 class Plan(_Strict):
-    plan_version: Literal[1]
+    plan_version: Annotated[Literal[1], BeforeValidator(_not_bool)]
     name: str = Field(min_length=1)
     organization: Organization
     teacher: Teacher
@@ -185,7 +203,17 @@ def load_plan(path: str | Path) -> LoadedPlan:
         "student": plan.student.model_copy(update={"config": _resolve(plan.student.config, base, always=False)}),
         "data": plan.data.model_copy(update={"manifest": _resolve(plan.data.manifest, base, always=True)}),
     })
+    _check_config_references(plan, str(path))
     return LoadedPlan(plan=plan, path=path.resolve())
+
+
+def _check_config_references(plan: Plan, source: str) -> None:
+    """Fail at load time, naming the field, when a model config cannot be found or read."""
+    from audit.flops.configs import resolve_config
+
+    resolve_config(plan.student.config, source=source, field="student.config")
+    if plan.teacher.config:
+        resolve_config(plan.teacher.config, source=source, field="teacher.config")
 
 
 def is_path_like(value: str) -> bool:

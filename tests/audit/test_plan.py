@@ -1,0 +1,159 @@
+"""The plan file: every shipped example validates; bad plans get one clean line, always."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from audit.cli.main import main
+from audit.errors import InputError
+from audit.plan import load_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+VALID = yaml.safe_load((ROOT / "examples" / "online-logit-kd.yaml").read_text())
+
+
+def test_at_least_five_examples_ship():
+    assert len(EXAMPLES) >= 5
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_plan_validates(path):
+    loaded = load_plan(path)
+    assert loaded.plan.plan_version == 1
+
+
+def write(tmp_path, data, name="plan.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("mutate,field,expected", [
+    (lambda d: d["teacher"].update(access="telepathy"), "teacher.access", "expected"),
+    (lambda d: d["data"].update(tokens=-5), "data.tokens", "greater than 0"),
+    (lambda d: d.update(colour="blue"), "colour", "unknown key"),
+    (lambda d: d["student"].pop("name"), "student.name", "required"),
+    (lambda d: d["student"].update(init="base"), "student", "base_model"),
+    (lambda d: d["organization"].update(jurisdictions=["Europe"]), "organization.jurisdictions", "EU"),
+    (lambda d: d["method"].update(kind="sequence"), "method", "teacher_generated_tokens"),
+    (lambda d: d["hardware"].update(utilization=1.5), "hardware.utilization", "less than or equal to 1"),
+])
+def test_bad_plans_name_file_field_and_expectation(tmp_path, mutate, field, expected):
+    data = copy.deepcopy(VALID)
+    mutate(data)
+    path = write(tmp_path, data)
+    with pytest.raises(InputError) as err:
+        load_plan(path)
+    message = str(err.value)
+    assert str(path) in message and field in message and expected in message
+    assert "\n" not in message
+
+
+def test_scientific_numbers_without_exponent_sign_are_numbers(tmp_path):
+    text = (ROOT / "examples" / "online-logit-kd.yaml").read_text().replace("tokens: 2.0e10", "tokens: 2e10")
+    assert load_plan(write(tmp_path, text)).plan.data.tokens == 2e10
+
+
+def test_relative_paths_resolve_against_the_plan_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "student.json").write_text('{"model_type": "llama"}')
+    data = copy.deepcopy(VALID)
+    data["student"]["config"] = "./student.json"
+    data["data"]["manifest"] = "manifest.json"
+    loaded = load_plan(write(tmp_path / "sub", data))
+    assert loaded.plan.student.config == str(tmp_path / "sub" / "student.json")
+    assert loaded.plan.data.manifest == str(tmp_path / "sub" / "manifest.json")
+
+
+def test_missing_file_and_broken_yaml(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        load_plan(tmp_path / "nope.yaml")
+    with pytest.raises(InputError, match=r"line \d+.*invalid YAML"):
+        load_plan(write(tmp_path, "name: [unclosed\n"))
+
+
+# ------------------------------------------------------------------ generated malformed plans
+
+SECTIONS = ["organization", "teacher", "student", "data", "method", "use", "hardware", "schedule", "budget"]
+BAD_VALUES = st.sampled_from([-1, -1e30, 0, "", "lots", [], {}, None, True, "2026-13-45", [1, 2], float("nan")])
+
+
+def leaf_paths(data, prefix=()):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from leaf_paths(value, prefix + (key,))
+        else:
+            yield prefix + (key,)
+
+
+REQUIRED_OR_TYPED = [p for p in leaf_paths(VALID)
+                     if p not in {("teacher", "config"), ("budget", "max_flops"),
+                                  ("organization", "annual_revenue_usd"), ("use", "monthly_active_users"),
+                                  ("hardware", "price_per_hour_usd"), ("use", "commercial"),
+                                  ("method", "temperature"), ("use", "purpose"), ("name",),
+                                  ("student", "name"), ("organization", "name"), ("teacher", "model"),
+                                  ("hardware", "accelerator")}]
+
+
+def _set(data, path, value):
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+
+
+@st.composite
+def malformed_plans(draw):
+    """A plan broken in one way that the schema must reject."""
+    kind = draw(st.sampled_from(["unknown_key", "drop_required", "bad_value", "not_mapping", "bad_yaml", "bad_section"]))
+    data = copy.deepcopy(VALID)
+    if kind == "unknown_key":
+        section = draw(st.sampled_from([None] + [s for s in SECTIONS if isinstance(data.get(s), dict)]))
+        key = draw(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=3, max_size=12))
+        target = data if section is None else data[section]
+        if key in target:
+            key = key + "_x"
+        target[key] = draw(st.integers())
+        return yaml.safe_dump(data)
+    if kind == "drop_required":
+        key = draw(st.sampled_from(["plan_version", "name", "organization", "teacher", "student", "data", "use", "schedule"]))
+        del data[key]
+        return yaml.safe_dump(data)
+    if kind == "bad_value":
+        path = draw(st.sampled_from(REQUIRED_OR_TYPED))
+        value = draw(BAD_VALUES)
+        if path in {("method", "synthetic_data_public")} and isinstance(value, bool):
+            value = "lots"
+        _set(data, path, value)
+        try:
+            text = yaml.safe_dump(data)
+        except yaml.YAMLError:
+            text = "[broken"
+        return text
+    if kind == "bad_section":
+        section = draw(st.sampled_from(["organization", "teacher", "student", "data", "use", "schedule"]))
+        data[section] = draw(st.sampled_from([5, "text", [1, 2]]))
+        return yaml.safe_dump(data)
+    if kind == "not_mapping":
+        return draw(st.sampled_from(["- a\n- b\n", "42\n", "just text\n", ""]))
+    return draw(st.sampled_from(["name: [\n", "a: b: c\n", "{unclosed\n", "key: 'open\n", "\t- tab\n"]))
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=malformed_plans())
+def test_generated_malformed_plans_get_one_clean_line(tmp_path, capsys, text):
+    path = tmp_path / "generated.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_plan(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert main(["flops", str(path), "--json"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flopgate: error: ")
+    assert "Traceback" not in captured.err and captured.out == ""
