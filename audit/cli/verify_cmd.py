@@ -1,0 +1,103 @@
+"""``flopgate verify`` and ``flopgate approve``.
+
+verify: exit 0 when every check holds, 5 when one fails (the first failure and its reason are
+printed), 2 when an input cannot be read. approve: exit 0 when written, 4 when the audit's
+outcome is DENY, 5 when the audit does not verify, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_trust_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--pubkey", metavar="FILE", help="trust this public key (PEM or ssh-ed25519)")
+    group.add_argument("--trust", metavar="DIR", help="trust every *.pub file in this folder")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    verify = subparsers.add_parser(
+        "verify", help="verify a signed audit, approval or run record",
+        description="Verify a DSSE envelope: its shape, payload type, a signature by a key you "
+                    "trust over DSSE's pre-authentication encoding, the in-toto statement and "
+                    "predicate types, then the sha256 of every file it covers. Exit 0 only when "
+                    "all hold; 5 when a check fails; 2 when an input cannot be read.")
+    verify.add_argument("envelope", metavar="ENVELOPE", help="e.g. audit.intoto.json")
+    _add_trust_options(verify)
+    verify.add_argument("--plan", metavar="PLAN",
+                        help="the plan file; other relative inputs are found beside it "
+                             "(default: the paths recorded when the audit was signed)")
+    verify.set_defaults(func=run_verify)
+
+    approve = subparsers.add_parser(
+        "approve", help="sign a reviewer's approval of an audit",
+        description="Sign an approval of an audit envelope (needed for a REVIEW outcome to open "
+                    "the training gate). A DENY audit can never be approved. With --trust or "
+                    "--pubkey the audit's signature is checked first; without, only its structure.")
+    approve.add_argument("envelope", metavar="ENVELOPE", help="the audit envelope to approve")
+    approve.add_argument("--key", required=True, metavar="REVIEWER_KEY",
+                         help="the reviewer's private key (mode 0600)")
+    approve.add_argument("--note", required=True, metavar="TEXT",
+                         help="what was reviewed and why it is approved")
+    approve.add_argument("--out", metavar="FILE", help="default: ENVELOPE.approval.json")
+    _add_trust_options(approve)
+    approve.set_defaults(func=run_approve)
+
+
+def _installed_pack_versions() -> dict[str, str]:
+    """``{pack_id: version}`` of the policy packs bundled with this flopgate."""
+    from audit.policy.packs import load_packs
+
+    return {pack["id"]: str(pack["version"]) for pack in load_packs().pack_files()}
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from audit.attest import PREDICATE_APPROVAL, VERIFY_FAILED_EXIT, VerificationFailed
+    from audit.attest.keys import load_trusted_keys, short_fingerprint
+    from audit.attest.verify import verify_envelope_file
+
+    trusted = load_trusted_keys(args.pubkey, args.trust)
+    try:
+        result = verify_envelope_file(args.envelope, trusted, plan_path=args.plan,
+                                      installed_pack_versions=_installed_pack_versions)
+    except VerificationFailed as exc:
+        print(f"FAILED    {args.envelope}")
+        if exc.details:
+            print(f"  {exc.reason}:")
+            for line in exc.details:
+                print(f"    {line}")
+        else:
+            print(f"  {exc}")
+        return VERIFY_FAILED_EXIT
+    outcome = f" (outcome {result.outcome})" if result.outcome else ""
+    print(f"VERIFIED  {args.envelope}")
+    print(f"  predicate  {result.predicate_type}{outcome}")
+    if result.predicate_type == PREDICATE_APPROVAL:
+        audit = result.predicate.get("audit") or {}
+        print(f"  approves   {audit.get('name')} (outcome {audit.get('outcome')}) "
+              f"at {result.predicate.get('approved_at')}")
+        print(f"  note       {json.dumps(result.predicate.get('note'))}")
+    for signer in result.signers:
+        print(f"  signed by  {short_fingerprint(signer.keyid)}  ({signer.source})")
+    print(f"  subjects   {result.subjects_checked} file(s) match their signed sha256")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def run_approve(args: argparse.Namespace) -> int:
+    from audit.attest.approval import approve
+    from audit.attest.keys import key_id, load_private_key, load_trusted_keys, short_fingerprint
+
+    trusted = load_trusted_keys(args.pubkey, args.trust) if (args.pubkey or args.trust) else None
+    key = load_private_key(args.key)
+    approved = approve(args.envelope, key, args.note, trusted_keys=trusted, out_path=args.out)
+    print(f"approved  {args.envelope}  (outcome {approved.audited_outcome})")
+    print(f"wrote     {approved.path}")
+    print(f"approver  {short_fingerprint(key_id(key.public_key()))}")
+    for note in approved.notes:
+        print(f"note: {note}")
+    return 0
