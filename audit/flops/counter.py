@@ -57,6 +57,24 @@ class Tally:
         self.by_op[name] += cost.matmul + cost.attention_masked
         self.counted_calls[name] += 1
 
+    def extrapolate(self, deeper: "Tally", depth: int) -> "Tally":
+        """The tally of a ``depth``-layer model from this 1-layer tally and a 2-layer one."""
+        grow = depth - 1
+        line = lambda a, b: a + grow * (b - a)  # noqa: E731
+
+        def counters(a: Counter, b: Counter) -> Counter:
+            return Counter({k: line(a.get(k, 0), b.get(k, 0)) for k in set(a) | set(b)})
+
+        return Tally(matmul=line(self.matmul, deeper.matmul),
+                     attention_full=line(self.attention_full, deeper.attention_full),
+                     attention_masked=line(self.attention_masked, deeper.attention_masked),
+                     non_matmul=line(self.non_matmul, deeper.non_matmul),
+                     by_op=counters(self.by_op, deeper.by_op),
+                     counted_calls=counters(self.counted_calls, deeper.counted_calls),
+                     free_calls=counters(self.free_calls, deeper.free_calls),
+                     unknown_calls=counters(self.unknown_calls, deeper.unknown_calls),
+                     formula_errors={**self.formula_errors, **deeper.formula_errors})
+
     @property
     def headline(self) -> float:
         """Matmul FLOP with attention counted over the pairs its mask keeps."""

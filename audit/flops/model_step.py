@@ -123,8 +123,61 @@ class StepCount:
     architecture: str
 
 
+# Config keys that make decoder layers differ from one another (dense-then-MoE stacks,
+# interleaved attention kinds, ...). Any of them set means: count every layer.
+_HETEROGENEOUS_KEYS = ("first_k_dense_replace", "mlp_only_layers", "moe_layer_freq", "no_rope_layers",
+                       "interleave_moe_layer_step", "sliding_window_pattern", "global_attn_every_n_layers",
+                       "cross_attention_layers", "max_window_layers", "full_attn_idxs")
+
+
+def layers_identical(config) -> bool:
+    """True when every decoder layer has the same shape and kind, so FLOP grow linearly in depth."""
+    for key in _HETEROGENEOUS_KEYS:
+        value = getattr(config, key, None)
+        if key == "max_window_layers" and not getattr(config, "use_sliding_window", False):
+            continue  # Qwen2 keeps this key even when sliding windows are off
+        if value not in (None, 0, 1, [], ()) or (key == "max_window_layers" and value is not None
+                                                and value < config.num_hidden_layers):
+            return False
+    if getattr(config, "decoder_sparse_step", 1) not in (None, 1):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    return not layer_types or len(set(layer_types)) == 1
+
+
+def with_depth(config, layers: int):
+    """A copy of ``config`` with ``layers`` decoder layers."""
+    import copy
+
+    shallow = copy.deepcopy(config)
+    shallow.num_hidden_layers = layers
+    if getattr(shallow, "layer_types", None):
+        shallow.layer_types = list(shallow.layer_types)[:layers]
+    return shallow
+
+
 def count_step(config, seq_len: int, batch: int = 1) -> StepCount:
-    """Run forward (with loss) and backward on meta under the counter."""
+    """One training step of ``batch x seq_len`` tokens.
+
+    When all layers are identical the step is counted at depth 1 and 2 and extended linearly
+    to the full depth (exact: f(L) = f(1) + (L - 1) * (f(2) - f(1))); otherwise every layer runs.
+    """
+    depth = config.num_hidden_layers
+    if depth <= 2 or not layers_identical(config):
+        return count_step_full(config, seq_len, batch)
+    one = count_step_full(with_depth(config, 1), seq_len, batch)
+    two = count_step_full(with_depth(config, 2), seq_len, batch)
+    extend = lambda a, b: a.extrapolate(b, depth)  # noqa: E731
+    return StepCount(tokens=one.tokens, forward=extend(one.forward, two.forward),
+                     backward=extend(one.backward, two.backward),
+                     params=ParamCounts(*(x + (depth - 1) * (y - x) for x, y in (
+                         (one.params.total, two.params.total), (one.params.active, two.params.active),
+                         (one.params.embedding, two.params.embedding)))),
+                     architecture=one.architecture)
+
+
+def count_step_full(config, seq_len: int, batch: int = 1) -> StepCount:
+    """Run forward (with loss) and backward on meta under the counter, every layer."""
     model = build_meta_model(config)
     ids = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
     with FlopCounter() as forward:

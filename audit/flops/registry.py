@@ -347,5 +347,5 @@ FREE_OPS = frozenset(f"aten.{name}" for name in """
     pad constant_pad_nd _has_compatible_shallow_copy_type set_ resize_ randn rand randint
     normal_ uniform_ bernoulli_ native_dropout native_dropout_backward dropout t_ view_as
     _pin_memory lift_fresh_copy clamp clamp_ clamp_max floor ceil round trunc
-    _unsafe_index _unsafe_index_put masked_fill_ where_ scalar_tensor item
+    _unsafe_index _unsafe_index_put masked_fill masked_fill_ where where_ scalar_tensor item
 """.split())

@@ -81,6 +81,32 @@ def test_every_bundled_config_counts_fully(name):
     assert summary.train_flops_per_token == pytest.approx(3 * summary.forward_flops_per_token, rel=1e-9)
 
 
+SMALL_BUNDLED = ["gpt2", "llama-3.2-1b", "llama-3.1-8b", "mistral-7b", "mixtral-8x7b", "phi-3-mini",
+                 "qwen2.5-0.5b", "gemma-2-2b"]
+
+
+@pytest.mark.parametrize("name", SMALL_BUNDLED)
+def test_depth_extrapolation_equals_counting_every_layer(name):
+    """count_step counts 1 and 2 layers and extends linearly when layers are identical;
+    the result must equal running every layer."""
+    from audit.flops.model_step import count_step_full
+
+    config = build_config(resolve_config(name).data, source=name)
+    fast, full = count_step(config, 64), count_step_full(config, 64)
+    assert fast.forward.headline == full.forward.headline
+    assert fast.backward.headline == full.backward.headline
+    assert fast.forward.attention_full == full.forward.attention_full
+    assert fast.params.total == full.params.total and fast.params.active == full.params.active
+
+
+def test_interleaved_layers_are_counted_one_by_one():
+    from audit.flops.model_step import layers_identical
+
+    gemma = build_config(resolve_config("gemma-2-2b").data, source="gemma")
+    assert not layers_identical(gemma)  # sliding and global attention alternate
+    assert layers_identical(build_config(resolve_config("qwen2.5-7b").data, source="qwen"))
+
+
 def test_not_a_causal_lm_is_a_clear_error():
     with pytest.raises(InputError, match="causal language model"):
         build_config({"model_type": "t5", "d_model": 8}, source="t5.json")
