@@ -1,0 +1,78 @@
+"""How the report writes numbers. ``None`` (a figure the estimate could not make) is "unknown".
+
+FLOP counts use 1 multiply-add = 2 FLOP; these helpers only format them. Scientific notation is
+written the way thresholds are quoted in law and guidance: ``2.3e25``, never ``2.3e+25``.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+UNKNOWN = "unknown"
+
+
+def _usable(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def sci(value, digits: int = 2) -> str:
+    """``value`` in scientific notation with ``digits`` significant figures: 2.3e25, 1.0e23."""
+    if not _usable(value):
+        return UNKNOWN
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def short_sci(value) -> str:
+    """Up to three significant figures, trailing zeros dropped: 1e23, 3.3e25, 1.25e26."""
+    if not _usable(value):
+        return UNKNOWN
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def exact(value) -> str:
+    """All digits, grouped by thousands, with no digits the float does not carry.
+
+    A float carries about 15 significant decimal digits, so that is what is printed:
+    2.4576e21 is 2,457,600,000,000,000,000,000, not the binary value's spurious tail, and a
+    sum such as 3.8e25 + 1.2e25 + 8e24 is 58,000,...,000 without rounding noise.
+    """
+    if not _usable(value):
+        return UNKNOWN
+    if isinstance(value, int):
+        return f"{value:,}"
+    text = f"{Decimal(f'{value:.15g}'):,f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def ratio(value) -> str:
+    """A ratio such as observed / threshold: 0.025×, 1.4×, 3.0e-5×."""
+    if not _usable(value):
+        return UNKNOWN
+    if value == 0:
+        return "0×"
+    if 0.01 <= abs(value) < 1000:
+        return f"{float(f'{value:.2g}'):g}×"
+    return f"{sci(value)}×"
+
+
+def usd(value) -> str:
+    """US dollars, whole dollars: $19,200."""
+    if not _usable(value):
+        return UNKNOWN
+    return f"${value:,.0f}"
+
+
+def percent(share) -> str:
+    """A 0-1 share as a percentage with one decimal: 0.987 -> 98.7%."""
+    if not _usable(share):
+        return UNKNOWN
+    text = f"{share * 100:.1f}".removesuffix(".0")
+    return f"{text}%"

@@ -1,0 +1,60 @@
+"""Number formatting in the report. Expected strings are worked out by hand from the inputs."""
+
+import math
+
+import pytest
+
+from audit.report import numbers
+
+
+@pytest.mark.parametrize("value, expected", [
+    (2.345e25, "2.3e25"),      # rounds to two significant figures
+    (2.36e25, "2.4e25"),
+    (1e23, "1.0e23"),          # headline figures always show two figures
+    (9.96e20, "1.0e21"),       # rounding carries into the exponent
+    (3.1e-5, "3.1e-5"),
+    (0, "0"),
+])
+def test_sci_two_significant_figures(value, expected):
+    assert numbers.sci(value) == expected
+
+
+def test_sci_more_digits():
+    assert numbers.sci(8.5e9, 3) == "8.50e9"
+
+
+@pytest.mark.parametrize("value, expected", [(1e23, "1e23"), (3.3e25, "3.3e25"), (1.25e26, "1.25e26"),
+                                             (1e25 * 3.8 / 3, "1.27e25")])
+def test_short_sci_drops_trailing_zeros(value, expected):
+    assert numbers.short_sci(value) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    (2.4576e21, "2,457,600,000,000,000,000,000"),       # not the binary tail ...967,232
+    (3.8e25 + 1.2e25 + 8e24, "58,000,000,000,000,000,000,000,000"),  # no summation noise
+    (0.1 + 0.2, "0.3"),
+    (1.5, "1.5"),
+    (1234567, "1,234,567"),
+    (2e10, "20,000,000,000"),
+])
+def test_exact_digits(value, expected):
+    assert numbers.exact(value) == expected
+
+
+@pytest.mark.parametrize("value, expected", [(0.0311, "0.031×"), (5.8, "5.8×"), (120.0, "120×"),
+                                             (3.11e-5, "3.1e-5×"), (1.0, "1×"), (0, "0×")])
+def test_ratio(value, expected):
+    assert numbers.ratio(value) == expected
+
+
+def test_money_and_percent():
+    assert numbers.usd(64 * 120 * 2.5) == "$19,200"
+    assert numbers.percent(0.987) == "98.7%"
+    assert numbers.percent(1.0) == "100%"
+    assert numbers.percent(0.114) == "11.4%"
+
+
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, "3e21", True])
+def test_anything_not_a_finite_number_is_unknown(bad):
+    for format_ in (numbers.sci, numbers.short_sci, numbers.exact, numbers.ratio, numbers.usd, numbers.percent):
+        assert format_(bad) == "unknown"
