@@ -1,0 +1,123 @@
+"""The audit: compute estimate + policy decision -> a signed in-toto statement.
+
+``run_audit`` is the main job of flopgate, shared by ``flopgate check`` and the tests. It reads
+the plan and every file it depends on, decides, signs, and writes three files atomically:
+
+* ``audit.intoto.json`` - the DSSE envelope (what auditors and the training gate verify),
+* ``audit.json``        - the signed payload, readable,
+* ``audit.html``        - the report for a compliance officer, rendered from the payload.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Sequence
+
+import audit
+from audit.attest import PREDICATE_AUDIT
+from audit.attest.dsse import write_envelope
+from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
+from audit.compute import tables
+from audit.compute.estimate import estimate_plan
+from audit.flops.configs import resolve_config
+from audit.fsutil import write_atomic
+from audit.plan import LoadedPlan, load_plan
+from audit.policy.engine import decide, gate_would_open
+from audit.policy.facts import resolve_plan_facts
+from audit.policy.model import Decision
+from audit.policy.packs import load_packs
+
+ENVELOPE_NAME, PAYLOAD_NAME, HTML_NAME = "audit.intoto.json", "audit.json", "audit.html"
+
+
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+@dataclass
+class AuditResult:
+    predicate: dict[str, Any]
+    decision: Decision
+    envelope_path: Path
+    payload_path: Path
+    html_path: Path
+    signer_keyid: str
+
+
+def input_files(loaded: LoadedPlan, pack_files: list[dict]) -> list[InputFile]:
+    """Every file the audit depends on, with its role: what the signature covers."""
+    plan, base = loaded.plan, loaded.path.parent
+    files = [InputFile("plan", loaded.path, base)]
+    files.append(InputFile("student_config", resolve_config(plan.student.config).path, base))
+    if plan.teacher.config:
+        files.append(InputFile("teacher_config", resolve_config(plan.teacher.config).path, base))
+    if plan.data.manifest:
+        files.append(InputFile("dataset_manifest", plan.data.manifest, base))
+    if plan.teacher.authorization:
+        files.append(InputFile("authorization", plan.teacher.authorization.document, base))
+    for pack in pack_files:
+        files.append(InputFile("policy_pack", pack["path"], base,
+                               {"pack_id": pack["id"], "pack_version": pack["version"]}))
+    for table in (tables.hardware_table(), tables.published_table()):
+        path = tables.HARDWARE_FILE if table.id == "hardware-peaks" else tables.PUBLISHED_FILE
+        files.append(InputFile("reference_table", path, base,
+                               {"pack_id": table.id, "pack_version": table.version}))
+    return files
+
+
+def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None,
+                    use_cache: bool = True) -> tuple[dict[str, Any], Decision, list[dict]]:
+    """Everything the audit states, before signing, and the subjects the signature covers."""
+    plan = resolve_plan_facts(loaded)
+    estimate = estimate_plan(loaded, use_cache=use_cache)
+    packs = load_packs(policy_dirs)
+    as_of = as_of or plan.schedule.start
+    decision = decide(plan, estimate, packs, as_of)
+    subjects, inputs = build_subjects(input_files(loaded, packs.pack_files()))
+    predicate = {
+        "tool": {"name": "flopgate", "version": audit.__version__,
+                 "torch": _version("torch"), "transformers": _version("transformers")},
+        "as_of": as_of.isoformat(),
+        "created": utc_now(),
+        "plan": {"name": plan.name, "path": str(loaded.path),
+                 "sha256": next(i["sha256"] for i in inputs if i["role"] == "plan"),
+                 "content": plan.model_dump(mode="json")},
+        "conventions": {"flop": "1 multiply-add = 2 FLOP",
+                        "training_step": "forward + backward, counted op by op on the meta device",
+                        "attention": "headline over causal (and sliding-window) pairs; full-matrix figure beside it",
+                        "totals": "cumulative (EU systemic-risk notion) and parameter-update only"},
+        "compute": estimate.model_dump(mode="json"),
+        "decision": decision.model_dump(mode="json"),
+        "outcome": decision.outcome,
+        "gate_open": gate_would_open(decision),
+        "inputs": inputs,
+    }
+    return predicate, decision, subjects
+
+
+def run_audit(plan_path: str | Path, out_dir: str | Path, private_key, *,
+              policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None,
+              use_cache: bool = True) -> AuditResult:
+    """Audit a plan and write the signed envelope, the payload and the HTML report."""
+    from audit.attest.keys import key_id
+    from audit.report.render import render_audit_html
+
+    loaded = load_plan(plan_path)
+    predicate, decision, subjects = build_predicate(loaded, policy_dirs=policy_dirs, as_of=as_of,
+                                                    use_cache=use_cache)
+    statement = make_statement(subjects, PREDICATE_AUDIT, predicate)
+    envelope = sign_statement(statement, private_key)
+    keyid = key_id(private_key.public_key())
+    out = Path(out_dir)
+    html = render_audit_html(predicate, signer_fingerprint=keyid)
+    envelope_path = write_envelope(out / ENVELOPE_NAME, envelope)
+    payload_path = write_atomic(out / PAYLOAD_NAME, json.dumps(statement, indent=2) + "\n")
+    html_path = write_atomic(out / HTML_NAME, html)
+    return AuditResult(predicate, decision, envelope_path, payload_path, html_path, keyid)

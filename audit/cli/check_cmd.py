@@ -1,0 +1,85 @@
+"""``flopgate check PLAN``: the pre-training compliance check, signed.
+
+Writes ``audit.intoto.json`` (DSSE envelope), ``audit.json`` and ``audit.html`` to ``--out``.
+Exit codes: 0 the gate would open, 3 REVIEW (or an unmet checkable obligation), 4 DENY,
+2 invalid input, 1 unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+from audit.cli.render import console, sci
+
+DEFAULT_OUT = "flopgate-audit"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("check", help="audit a plan: compute, policy decision, signed report",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("plan", help="the plan file (YAML)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})")
+    p.add_argument("--key", help="Ed25519 private key (PEM); default: the local key, created on first use")
+    p.add_argument("--policies", action="append", default=[], metavar="DIR",
+                   help="a folder of organisation policy packs (repeatable)")
+    p.add_argument("--as-of", type=dt.date.fromisoformat, help="apply the rules as of this date (default: the plan's start)")
+    p.add_argument("--json", action="store_true", help="print the signed payload's predicate as JSON")
+    p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
+    from audit.check import run_audit
+    from audit.cli.render import print_json
+    from audit.policy.engine import exit_code
+
+    out = console()
+    if args.key:
+        private_key = load_private_key(args.key)
+    else:
+        private_key, path, created = ensure_default_key()
+        if created:
+            fingerprint = short_fingerprint(key_id(private_key.public_key()))
+            out.print(f"created a local signing key: {path} ({fingerprint}); "
+                      f"share {path}.pub with whoever verifies your audits", style="yellow")
+    result = run_audit(args.plan, args.out, private_key, policy_dirs=[Path(d) for d in args.policies],
+                       as_of=args.as_of, use_cache=not args.no_cache)
+    if args.json:
+        print_json(result.predicate)
+    else:
+        _print_verdict(out, result)
+    return exit_code(result.decision)
+
+
+def _print_verdict(out, result) -> None:
+    from rich.table import Table
+
+    from audit.attest.keys import short_fingerprint
+
+    predicate, decision = result.predicate, result.decision
+    compute = predicate["compute"]
+    colour = {"ALLOW": "green", "ALLOW_WITH_OBLIGATIONS": "green", "REVIEW": "yellow", "DENY": "red"}[decision.outcome]
+    gate = "the training gate would open" if predicate["gate_open"] else "the training gate stays closed"
+    out.print(f"[bold {colour}]{decision.outcome}[/bold {colour}] for plan '{predicate['plan']['name']}': {gate}")
+    out.print(f"compute (cumulative): {sci(compute['total_flops'])} FLOP   parameter-update only: "
+              f"{sci(compute['update_flops'])}   6·N·D: {sci(compute['six_nd_flops'])}")
+    table = Table(title="regimes", title_justify="left")
+    for column in ("regime", "status", "observed", "threshold", "margin"):
+        table.add_column(column)
+    for regime in decision.regimes:
+        threshold = f"{regime.comparator or ''} {sci(regime.threshold_flops)}" if regime.threshold_flops else "-"
+        margin = f"x{regime.margin_ratio:.2g}" if regime.margin_ratio is not None else "-"
+        table.add_row(regime.name, regime.status, sci(regime.observed_flops), threshold, margin)
+    out.print(table)
+    for finding in decision.findings:
+        if finding.effect in ("deny", "review"):
+            out.print(f"  [{colour}]{finding.effect.upper()}[/{colour}] {finding.rule_id}: {finding.explanation}")
+    for ob in decision.obligations:
+        mark = {"met": "[green]met[/green]", "unmet": "[red]UNMET[/red]", "todo": "to do"}[ob.status]
+        deadline = f" (deadline: {ob.deadline})" if ob.deadline else ""
+        out.print(f"  obligation {mark}: {ob.text}{deadline}")
+    out.print(f"wrote {result.envelope_path}, {result.payload_path.name}, {result.html_path.name} "
+              f"(signed by {short_fingerprint(result.signer_keyid)})")

@@ -1,0 +1,82 @@
+"""flopgate check: the signed audit, end to end."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audit.attest.keys import generate_key, load_trusted_keys
+from audit.attest.verify import verify_envelope_file
+from audit.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "online-logit-kd.yaml"
+
+
+@pytest.fixture
+def key(tmp_path):
+    private, pub = generate_key(tmp_path / "keys" / "signer")
+    return tmp_path / "keys" / "signer", pub
+
+
+def test_check_writes_a_verifiable_audit(tmp_path, key, capsys):
+    out = tmp_path / "out"
+    code = main(["check", str(EXAMPLE), "--out", str(out), "--key", str(key[0])])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"audit.intoto.json", "audit.json", "audit.html"}
+    verified = verify_envelope_file(out / "audit.intoto.json", load_trusted_keys(pubkey=key[1]))
+    predicate = verified.predicate
+    assert predicate["outcome"] == predicate["decision"]["outcome"]
+    roles = {i["role"] for i in predicate["inputs"]}
+    assert {"plan", "student_config", "teacher_config", "policy_pack", "reference_table"} <= roles
+    assert predicate["compute"]["total_flops"] > predicate["compute"]["update_flops"] > 0
+    assert "ALLOW" in capsys.readouterr().out
+
+
+def test_exit_code_follows_the_decision(tmp_path, key, capsys):
+    for plan in sorted((ROOT / "examples").glob("*.yaml")):
+        code = main(["check", str(plan), "--out", str(tmp_path / plan.stem), "--key", str(key[0]), "--json"])
+        predicate = json.loads(capsys.readouterr().out)
+        expected = 0 if predicate["gate_open"] else (4 if predicate["outcome"] == "DENY" else 3)
+        assert code == expected, plan.name
+
+
+def test_hostile_names_are_escaped_in_the_report(tmp_path, key):
+    text = EXAMPLE.read_text().replace("name: Llama-Acme-Support-1B", "name: \"<script>alert(1)</script>\"")
+    plan = tmp_path / "hostile.yaml"
+    plan.write_text(text)
+    main(["check", str(plan), "--out", str(tmp_path / "out"), "--key", str(key[0])])
+    html = (tmp_path / "out" / "audit.html").read_text()
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+
+
+def test_invalid_plan_exits_2_and_writes_nothing(tmp_path, key, capsys):
+    plan = tmp_path / "bad.yaml"
+    plan.write_text(EXAMPLE.read_text().replace("tokens: 2.0e10", "tokens: -1"))
+    out = tmp_path / "out"
+    assert main(["check", str(plan), "--out", str(out), "--key", str(key[0])]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.tokens" in err[0]
+
+
+def test_an_edited_plan_fails_verification(tmp_path, key):
+    plan = tmp_path / "plan.yaml"
+    shutil.copy(EXAMPLE, plan)
+    main(["check", str(plan), "--out", str(tmp_path / "out"), "--key", str(key[0])])
+    plan.write_text(plan.read_text().replace("epochs: 1", "epochs: 2"))
+    code = main(["verify", str(tmp_path / "out" / "audit.intoto.json"), "--pubkey", str(key[1])])
+    assert code == 5
+
+
+def test_a_cached_check_imports_neither_torch_nor_transformers(tmp_path, key):
+    """Per-token counts are cached: a second check must not pay for the big imports."""
+    args = ["check", str(EXAMPLE), "--out", str(tmp_path / "out"), "--key", str(key[0])]
+    assert main(args) == 0  # fills the cache (shared through FLOPGATE_CACHE_DIR)
+    probe = ("import sys; from audit.cli.main import main; code = main(%r); "
+             "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)" % (args,))
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "0 False False"
