@@ -63,6 +63,28 @@ class RegimeResult(_Frozen):
     margin_ratio: Optional[float] = None  # observed / threshold
     obligations: list[str] = []          # Obligation ids
     citation: Optional[Citation] = None
+    pack_id: Optional[str] = None
+    pack_version: Optional[str] = None
+    fact: Optional[str] = None           # the figure compared, e.g. "total_flops" or "cost_usd"
+    unit: Literal["FLOP", "USD"] = "FLOP"
+    observed_value: Optional[float] = None   # same as observed_flops for FLOP tests; dollars for cost tests
+    threshold_value: Optional[float] = None
+    status_note: str = ""                # why it is not in force, or what was missing
+
+
+class TeacherResolution(_Frozen):
+    """Which teacher entry and which terms documents the engine applied, and why."""
+
+    model: str                           # plan.teacher.model as given
+    access: Literal["weights", "api", "consumer_app"]
+    entry_id: Optional[str] = None       # teacher entry in a pack; None when matched by licence or unknown
+    entry_name: Optional[str] = None
+    provider: Optional[str] = None
+    matched_by: Literal["model", "license", "none"] = "none"
+    terms: list[str] = []                # terms document ids applied directly ("id@version")
+    upstream: list[str] = []             # terms inherited from the teacher's own teachers ("id@version")
+    licenses: list[str] = []             # licence ids declared in the plan or read from a local model dir
+    citation: Optional[Citation] = None  # source for the entry's mapping to its terms
 
 
 class Decision(_Frozen):
@@ -73,3 +95,4 @@ class Decision(_Frozen):
     regimes: list[RegimeResult]
     rule_ids: list[str]                  # the rules behind the outcome
     packs: list[dict]                    # [{"id", "version", "last_reviewed", "sha256"}]
+    teacher: Optional[TeacherResolution] = None

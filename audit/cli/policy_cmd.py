@@ -1,0 +1,324 @@
+"""``flopgate policy``, ``flopgate policies`` and ``flopgate terms``: the policy engine's commands.
+
+    flopgate policy PLAN [--policies DIR] [--json] [--as-of DATE]
+        Decide a plan (no signing). Exit codes: 0 the gate would open, 3 REVIEW (or an unmet
+        checkable obligation), 4 DENY, 2 invalid input.
+    flopgate policies list [--policies DIR] [--json]
+    flopgate policies show ID [--policies DIR] [--json]     (a pack, rule, clause, terms or teacher)
+    flopgate terms TEACHER [--access CHANNEL] [--license ID] [--policies DIR] [--json]
+        What governs a teacher (HF repo id, API model name or local model directory) and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+_CHANNELS = ("weights", "api", "consumer_app")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("policy", help="decide a plan against the policy packs (no signing)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("plan", help="the plan file (YAML)")
+    _common(p)
+    p.add_argument("--as-of", type=_date, help="apply the rules as of this date (default: the plan's schedule.start)")
+    p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
+    p.set_defaults(func=run)
+
+    packs = subparsers.add_parser("policies", help="list the policy packs or show one pack or rule")
+    sub = packs.add_subparsers(dest="policies_command", metavar="SUBCOMMAND", required=True)
+    listing = sub.add_parser("list", help="list every loaded pack")
+    _common(listing)
+    listing.set_defaults(func=run_list)
+    show = sub.add_parser("show", help="show a pack, rule, clause, terms document or teacher entry")
+    show.add_argument("id")
+    _common(show)
+    show.set_defaults(func=run_show)
+
+    terms = subparsers.add_parser("terms", help="explain which terms govern a teacher, and why")
+    terms.add_argument("teacher", help="HF repo id, API model name or local model directory")
+    terms.add_argument("--access", choices=_CHANNELS, help="channel (default: every channel that matches)")
+    terms.add_argument("--license", help="licence id, as a plan's teacher.license would give it")
+    _common(terms)
+    terms.set_defaults(func=run_terms)
+
+
+def _common(p) -> None:
+    p.add_argument("--policies", action="append", default=[], metavar="DIR",
+                   help="a folder of organisation policy packs (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date like 2026-12-01, got {text!r}") from None
+
+
+def _packs(args):
+    from audit.policy.packs import load_packs
+
+    return load_packs([Path(d) for d in args.policies])
+
+
+# -- flopgate policy ----------------------------------------------------------------------------
+
+def run(args) -> int:
+    from audit.compute.estimate import estimate_plan
+    from audit.plan import load_plan
+    from audit.policy.engine import decide, exit_code
+    from audit.policy.facts import resolve_plan_facts
+
+    loaded = load_plan(args.plan)
+    packs = _packs(args)
+    plan = resolve_plan_facts(loaded, packs)
+    estimate = estimate_plan(loaded, use_cache=not args.no_cache)
+    as_of = args.as_of or plan.schedule.start
+    decision = decide(plan, estimate, packs, as_of)
+    if args.json:
+        from audit.cli.render import print_json
+
+        print_json(decision_json(decision))
+    else:
+        print_decision(decision, plan.name)
+    return exit_code(decision)
+
+
+def decision_json(decision) -> dict:
+    """The decision as JSON: ``outcome``, ``findings``, ``obligations``, ``regimes`` and the rest."""
+    from audit.policy.engine import gate_would_open
+
+    data = decision.model_dump(mode="json")
+    data["gate_would_open"] = gate_would_open(decision)
+    return data
+
+
+def print_decision(decision, plan_name: str) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from audit.cli.render import console
+    from audit.policy.engine import gate_would_open
+
+    out = console()
+    colour = {"ALLOW": "green", "ALLOW_WITH_OBLIGATIONS": "green", "REVIEW": "yellow", "DENY": "red"}[decision.outcome]
+    gate = "the training gate would open" if gate_would_open(decision) else "the training gate stays closed"
+    out.print(f"[bold {colour}]{decision.outcome}[/bold {colour}] for plan {escape(repr(plan_name))} "
+              f"as of {decision.as_of}: {gate}")
+    if decision.teacher:
+        t = decision.teacher
+        what = f"{t.entry_name} [{t.entry_id}]" if t.entry_id else f"matched by {t.matched_by}"
+        out.print(escape(f"teacher {t.model!r} via {t.access}: {what}; terms: {', '.join(t.terms + t.upstream) or 'none'}"))
+    if decision.rule_ids:
+        out.print("because of: " + escape(", ".join(decision.rule_ids)))
+
+    regimes = Table(title="regimes", title_justify="left")
+    for column in ("regime", "status", "observed", "threshold", "margin", "note"):
+        regimes.add_column(column)
+    for r in decision.regimes:
+        observed = _value(r.observed_value, r.unit)
+        threshold = f"{r.comparator} {_value(r.threshold_value, r.unit)}" if r.threshold_value is not None else "-"
+        margin = f"x{r.margin_ratio:.3g}" if r.margin_ratio is not None else "-"
+        note = r.status_note.split(". ")[0] if r.status in ("not_in_force", "unknown") else ""
+        regimes.add_row(escape(r.name), r.status, observed, threshold, margin, escape(note))
+    out.print(regimes)
+
+    findings = Table(title="findings that change the outcome", title_justify="left")
+    for column in ("effect", "rule", "observed", "explanation"):
+        findings.add_column(column)
+    for f in decision.findings:
+        if f.effect in ("deny", "review", "obligation", "allow"):
+            findings.add_row(f.effect, escape(f.rule_id), escape(f.observed or ""), escape(f.explanation))
+    out.print(findings)
+
+    if decision.obligations:
+        obligations = Table(title="obligations", title_justify="left")
+        for column in ("status", "obligation", "text", "deadline"):
+            obligations.add_column(column)
+        for o in decision.obligations:
+            status = o.status + (" (authorised)" if o.authorized else "")
+            obligations.add_row(status, escape(o.id), escape(o.text), escape(o.deadline or ""))
+        out.print(obligations)
+    out.print(escape("packs: " + ", ".join(f"{p['id']}@{p['version']}" for p in decision.packs)))
+
+
+def _value(value, unit: str) -> str:
+    from audit.policy.conditions import fmt_number
+
+    return "unknown" if value is None else fmt_number(value, unit)
+
+
+# -- flopgate policies list / show ----------------------------------------------------------------
+
+def run_list(args) -> int:
+    packs = _packs(args)
+    rows = []
+    for lp in packs.packs:
+        p = lp.pack
+        rows.append({**lp.summary(), "kind": p.kind, "title": p.title, "builtin": lp.builtin,
+                     "regimes": len(p.regimes), "terms": len(p.terms), "teachers": len(p.teachers),
+                     "rules": len(p.rules)})
+    if args.json:
+        from audit.cli.render import print_json
+
+        print_json(rows)
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
+
+    from audit.cli.render import console
+
+    table = Table(title="policy packs", title_justify="left")
+    for column in ("id", "version", "reviewed", "kind", "contents", "sha256", "file"):
+        table.add_column(column)
+    for r in rows:
+        contents = ", ".join(f"{r[k]} {k}" for k in ("regimes", "terms", "teachers", "rules") if r[k])
+        table.add_row(escape(r["id"]), escape(r["version"]), r["last_reviewed"], r["kind"], contents,
+                      r["sha256"][:12], escape(r["path"]))
+    console().print(table)
+    return 0
+
+
+def run_show(args) -> int:
+    from audit.errors import InputError
+
+    packs = _packs(args)
+    found = packs.find(args.id)
+    if found is None:
+        raise InputError(f"no pack, rule, clause, terms document or teacher entry with id {args.id!r} "
+                         "(see 'flopgate policies list')", field="id")
+    loaded, item = found
+    data = item.model_dump(mode="json", exclude_none=True)
+    header = {"pack": loaded.pack.id, "pack_version": loaded.pack.version, "file": str(loaded.path),
+              "sha256": loaded.sha256}
+    if args.json:
+        from audit.cli.render import print_json
+
+        print_json({**header, "item": data})
+        return 0
+    import yaml
+    from rich.markup import escape
+
+    from audit.cli.render import console
+
+    out = console()
+    out.print(escape(f"{args.id}  (pack {header['pack']}@{header['pack_version']}, {header['file']})"))
+    out.print(escape(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None)))
+    return 0
+
+
+# -- flopgate terms --------------------------------------------------------------------------------
+
+def run_terms(args) -> int:
+    from audit.policy.facts import read_local_licenses
+    from audit.policy.teachers import resolve_teacher
+
+    packs = _packs(args)
+    model, license = args.teacher, args.license
+    path = Path(model).expanduser()
+    if path.is_dir():
+        model = str(path.resolve())
+        found = read_local_licenses(path, packs)
+        license = " AND ".join(([license] if license else []) + found) or None
+    channels = [args.access] if args.access else list(_CHANNELS)
+    resolutions = [resolve_teacher(model, ch, license, packs) for ch in channels]
+    matched = [r for r in resolutions if r.terms]
+    report = [explain(r, packs) for r in (resolutions if args.access else matched)]
+    if args.json:
+        from audit.cli.render import print_json
+
+        print_json({"teacher": model, "license": license, "channels": report})
+        return 0
+    print_terms(model, license, report)
+    return 0 if matched else 3
+
+
+def explain(res, packs) -> dict:
+    """A teacher resolution as plain data: the entry, and every clause with its source."""
+    entry = res.entry
+    docs = [{"via": None, **_doc(packs, t)} for t in res.terms]
+    docs += [{"via": up.id, "why": up.explanation, "source": up.citation.model_dump(mode="json"),
+              **_doc(packs, up.terms)} for _, up in res.upstream]
+    return {"access": res.access, "matched_by": res.matched_by,
+            "entry": None if entry is None else {"id": entry.id, "name": entry.name, "provider": entry.provider,
+                                                 "notes": entry.notes, "source": entry.citation.model_dump(mode="json")},
+            "licenses": list(res.licenses), "unknown_licenses": list(res.unknown_licenses), "terms": docs}
+
+
+def _doc(packs, terms_id: str) -> dict:
+    loaded, doc = packs.terms(terms_id)
+    return {"id": doc.id, "title": doc.title, "version": doc.version, "url": doc.url, "pack": loaded.pack.id,
+            "clauses": [{"id": c.id, "type": c.type, "applies": _applies(c), "effect": clause_effects(c),
+                         "explanation": c.explanation, "source": c.citation.model_dump(mode="json")}
+                        for c in doc.clauses]}
+
+
+def _applies(clause) -> str:
+    if clause.when is None:
+        return "always"
+    parts = [f"{k}={v}" for k, v in clause.when.model_dump(exclude_none=True, exclude_defaults=True).items()]
+    return "when " + ", ".join(parts)
+
+
+def clause_effects(clause) -> str:
+    """What a clause does, in words: per-situation effects for bans, the duty for obligations."""
+    from audit.policy.teachers import BAN_DEFAULTS
+
+    if clause.type in BAN_DEFAULTS:
+        effects = {s: getattr(clause.outcomes, s) or d for s, d in BAN_DEFAULTS[clause.type].items()}
+        text = "; ".join(f"{s.replace('_', ' ')}: {e}" for s, e in effects.items())
+        if clause.type == "authorization_required" or getattr(clause, "authorization_lifts", False):
+            text += "; a declared written authorisation lifts it"
+        return text
+    if clause.type == "permission":
+        return "allows the use"
+    if clause.type in ("naming", "derivative_pass_through", "non_commercial"):
+        return f"checkable: {clause.text}"
+    if clause.type == "usage_cap":
+        return f"{clause.metric} {clause.comparator} {clause.limit:g} -> {clause.if_exceeded}: {clause.text}"
+    if clause.type == "region_exclusion":
+        return f"deny for organisations in {', '.join(clause.jurisdictions[:3])}...: {clause.text}"
+    return f"to do (not checkable before training): {clause.text}"
+
+
+def print_terms(model: str, license, report: list[dict]) -> None:
+    from rich.markup import escape
+
+    from audit.cli.render import console
+
+    out = console()
+    if not report:
+        out.print(escape(f"No policy pack describes teacher {model!r} on any channel"
+                         + (f" or licence {license!r}" if license else "")
+                         + ". A plan with this teacher gets REVIEW (fail closed); declare teacher.license "
+                           "or add a teacher entry in an organisation pack."), style="yellow")
+        return
+    for ch in report:
+        out.print()
+        entry = ch["entry"]
+        if entry:
+            src = entry["source"]
+            out.print(escape(f"{model} via {ch['access']}: {entry['name']} [{entry['id']}] ({entry['provider']})"),
+                      style="bold")
+            out.print(escape(f'  why: "{src["quote"]}" ({src["section"]}, {src["url"]}, {src["evidence"]})'))
+            if entry["notes"]:
+                out.print(escape(f"  note: {entry['notes']}"))
+        elif ch["terms"]:
+            out.print(escape(f"{model} via {ch['access']}: matched by licence {', '.join(ch['licenses'])}"))
+        else:
+            out.print(escape(f"{model} via {ch['access']}: no teacher entry and no known licence -> REVIEW"),
+                      style="yellow")
+        if ch["unknown_licenses"]:
+            out.print(escape(f"  unknown licence ids: {', '.join(ch['unknown_licenses'])} -> REVIEW"), style="yellow")
+        for doc in ch["terms"]:
+            via = f" (inherited via {doc['via']}: {doc['why']})" if doc["via"] else ""
+            out.print(escape(f"  {doc['title']} ({doc['version']}) {doc['url']}{via}"))
+            for c in doc["clauses"]:
+                src = c["source"]
+                out.print(escape(f"    - {c['id']} [{c['type']}, {c['applies']}]: {c['effect']}"))
+                out.print(escape(f"      {c['explanation']}"))
+                out.print(escape(f'      > "{src["quote"]}"  ({src["section"]}, {src["date"]}, {src["evidence"]}) '
+                                 f"{src['url']}"))

@@ -1,0 +1,154 @@
+"""Facts and conditions: the small vocabulary every rule is written in. Pure functions.
+
+Conditions are three-valued: ``True``, ``False`` or ``None`` (a fact they need is unknown).
+An unknown never counts as "does not apply"; the caller turns it into REVIEW.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import operator
+from dataclasses import dataclass
+from typing import Optional
+
+from audit.compute.model import ComputeEstimate
+from audit.plan import Plan
+from audit.policy.schema import FactTest, When
+
+COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+           "==": operator.eq, "!=": operator.ne}
+
+FACT_LABELS = {
+    "total_flops": "cumulative training compute",
+    "update_flops": "compute contributing to parameter updates",
+    "modification_flops": "compute of the modification",
+    "original_model_flops": "training compute of the original model",
+    "teacher_training_flops": "the teacher's published training compute",
+    "cost_usd": "compute cost",
+    "annual_revenue_usd": "organization.annual_revenue_usd",
+    "monthly_active_users": "use.monthly_active_users",
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a rule may look at. Built once per decision; never mutated."""
+
+    plan: Plan
+    compute: ComputeEstimate
+    as_of: dt.date
+    teacher_provider: Optional[str] = None   # None when the teacher is unknown
+    teacher_terms: tuple[str, ...] = ()
+
+    def fact(self, name: str) -> Optional[float]:
+        """A numeric fact, or None when the plan or the estimate does not know it."""
+        if name == "annual_revenue_usd":
+            return self.plan.organization.annual_revenue_usd
+        if name == "monthly_active_users":
+            return self.plan.use.monthly_active_users
+        return getattr(self.compute, name)
+
+    @property
+    def distributed(self) -> bool:
+        """Served to others through an API, or weights published ("distributed or made available")."""
+        return self.plan.use.distribution != "internal"
+
+    @property
+    def situation(self) -> str:
+        """``general``, or ``narrow_internal`` / ``narrow_api`` / ``narrow_open_weights``."""
+        if self.plan.use.scope == "general":
+            return "general"
+        return f"narrow_{self.plan.use.distribution}"
+
+
+def matches_any(value: Optional[str], patterns: list[str]) -> bool:
+    """Case-insensitive glob match (``*`` also spans ``/``)."""
+    if value is None:
+        return False
+    folded = value.casefold()
+    return any(fnmatch.fnmatchcase(folded, p.casefold()) for p in patterns)
+
+
+def jurisdiction_covered(plan_codes: list[str], codes: list[str]) -> bool:
+    """``US`` covers ``US-CA``; ``EU`` covers only ``EU`` (member states are listed explicitly)."""
+    return any(pc == c or pc.startswith(c + "-") for pc in plan_codes for c in codes)
+
+
+def student_derived_from(plan: Plan, patterns: list[str]) -> bool:
+    """A student pruned from the teacher, or initialised from a base model matching ``patterns``."""
+    student = plan.student
+    if student.init == "pruned_teacher":
+        return True
+    return student.init == "base" and matches_any(student.base_model, patterns)
+
+
+def fact_test(test: FactTest, ctx: Context) -> Optional[bool]:
+    value = ctx.fact(test.fact)
+    return None if value is None else COMPARE[test.comparator](value, test.value)
+
+
+def and3(values: list[Optional[bool]]) -> Optional[bool]:
+    """Three-valued AND: any False -> False; else any None -> None; else True."""
+    if any(v is False for v in values):
+        return False
+    return None if any(v is None for v in values) else True
+
+
+def when_holds(when: Optional[When], ctx: Context) -> Optional[bool]:
+    if when is None:
+        return True
+    plan = ctx.plan
+    checks: list[Optional[bool]] = []
+    if when.distribution is not None:
+        checks.append(plan.use.distribution in when.distribution)
+    if when.distributed is not None:
+        checks.append(ctx.distributed == when.distributed)
+    if when.scope is not None:
+        checks.append(plan.use.scope in when.scope)
+    if when.commercial is not None:
+        checks.append(plan.use.commercial == when.commercial)
+    if when.student_init is not None:
+        checks.append(plan.student.init in when.student_init)
+    if when.student_derived_from is not None:
+        checks.append(student_derived_from(plan, when.student_derived_from))
+    if when.access is not None:
+        checks.append(plan.teacher.access in when.access)
+    if when.teacher_provider is not None:
+        wanted = {p.casefold() for p in when.teacher_provider}
+        checks.append(None if ctx.teacher_provider is None else ctx.teacher_provider.casefold() in wanted)
+    if when.teacher_model is not None:
+        checks.append(matches_any(plan.teacher.model, when.teacher_model))
+    if when.teacher_terms is not None:
+        checks.append(None if not ctx.teacher_terms else bool(set(when.teacher_terms) & set(ctx.teacher_terms)))
+    if when.jurisdictions_any is not None:
+        checks.append(jurisdiction_covered(plan.organization.jurisdictions, when.jurisdictions_any))
+    checks.extend(fact_test(t, ctx) for t in when.facts)
+    return and3(checks)
+
+
+def missing_facts(when: Optional[When], ctx: Context) -> list[str]:
+    """Names of the facts that made ``when`` unknown (for the finding's explanation)."""
+    if when is None:
+        return []
+    out = [FACT_LABELS[t.fact] for t in when.facts if ctx.fact(t.fact) is None]
+    if when.teacher_provider is not None and ctx.teacher_provider is None:
+        out.append("the teacher's provider (teacher not recognised)")
+    if when.teacher_terms is not None and not ctx.teacher_terms:
+        out.append("the teacher's terms (teacher not recognised)")
+    return out
+
+
+def fmt_number(value: float, unit: str = "") -> str:
+    """``1e25`` -> ``1e25``; ``3.3333e22`` -> ``3.33333e22``; dollars and users get no exponent
+    below a billion."""
+    if unit == "USD" and abs(value) < 1e12:
+        text = f"${value:,.0f}"
+        return text
+    if unit == "users" and abs(value) < 1e12:
+        return f"{value:,.0f} users"
+    text = f"{value:.6g}"
+    if "e" in text:
+        mantissa, exp = text.split("e")
+        text = f"{mantissa}e{int(exp)}"
+    return f"{text} {unit}".strip()

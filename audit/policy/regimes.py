@@ -1,0 +1,135 @@
+"""Legal compute thresholds: evaluate each regime that covers the plan's jurisdictions. Pure.
+
+A regime is in force on ``as_of`` when ``in_force_from <= as_of < in_force_until``. One not in
+force is reported with status ``not_in_force`` and never yields findings that change the
+outcome. One in force compares one figure of the estimate with its threshold, exactly as the
+text says (``>`` or ``>=``); an unknown figure gives status ``unknown`` and a REVIEW finding.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Optional
+
+from audit.policy.conditions import (
+    COMPARE, FACT_LABELS, Context, and3, fact_test, fmt_number, jurisdiction_covered, missing_facts,
+    when_holds,
+)
+from audit.policy.failclosed import rule_error
+from audit.policy.model import Finding, Obligation, RegimeResult
+from audit.policy.packs import LoadedPack, PolicySet
+from audit.policy.schema import Regime
+
+_NOTION = {"total_flops": "cumulative", "update_flops": "parameter_update",
+           "modification_flops": "modification", "cost_usd": "cumulative"}
+
+
+def evaluate_regimes(ctx: Context, packs: PolicySet
+                     ) -> tuple[list[Finding], list[Obligation], list[RegimeResult]]:
+    findings: list[Finding] = []
+    obligations: list[Obligation] = []
+    results: list[RegimeResult] = []
+    for loaded, regime in packs.regimes():
+        if not jurisdiction_covered(ctx.plan.organization.jurisdictions, regime.applies_to):
+            continue
+        try:
+            f, o, r = evaluate_regime(ctx, loaded, regime)
+        except Exception as exc:  # noqa: BLE001 - fail closed: a broken rule means REVIEW
+            f, o, r = [rule_error(regime.id, exc)], [], []
+        findings += f
+        obligations += o
+        results += r
+    return findings, obligations, results
+
+
+def in_force(regime: Regime, as_of: dt.date) -> bool:
+    return regime.in_force_from <= as_of and (regime.in_force_until is None or as_of < regime.in_force_until)
+
+
+def _not_in_force_note(regime: Regime, as_of: dt.date) -> str:
+    if as_of < regime.in_force_from:
+        return f"not yet in force on {as_of}: applies from {regime.in_force_from}"
+    return f"{regime.ended} on {regime.in_force_until}; not in force on {as_of}"
+
+
+def threshold_for(regime: Regime, ctx: Context) -> tuple[float, str]:
+    """The threshold value and how it was set (fixed, one third of the original, or fallback)."""
+    if regime.threshold is not None:
+        return regime.threshold, ""
+    rel = regime.relative_threshold
+    base = ctx.fact(rel.fraction_of)
+    if base is None:
+        return rel.fallback, f" (fallback: {FACT_LABELS[rel.fraction_of]} is unknown)"
+    return base / rel.divisor, f" ({FACT_LABELS[rel.fraction_of]} {fmt_number(base, 'FLOP')} / {rel.divisor:g})"
+
+
+def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
+                    ) -> tuple[list[Finding], list[Obligation], list[RegimeResult]]:
+    unit = "USD" if regime.fact == "cost_usd" else "FLOP"
+    base = dict(id=regime.id, name=regime.name, jurisdiction=regime.jurisdiction,
+                comparator=regime.comparator, compute_notion=_NOTION[regime.fact],
+                citation=regime.citation, pack_id=loaded.pack.id, pack_version=loaded.pack.version,
+                fact=regime.fact, unit=unit)
+
+    def finding(effect: str, explanation: str, observed: Optional[str] = None,
+                threshold: Optional[str] = None) -> Finding:
+        return Finding(rule_id=regime.id, pack_id=loaded.pack.id, pack_version=loaded.pack.version,
+                       kind="regime", effect=effect, observed=observed, threshold=threshold,
+                       comparator=regime.comparator if threshold else None, citation=regime.citation,
+                       explanation=explanation)
+
+    if not in_force(regime, ctx.as_of):
+        note = _not_in_force_note(regime, ctx.as_of)
+        if regime.status_note:
+            note += f". {regime.status_note}"
+        return [], [], [RegimeResult(**base, in_force=False, status="not_in_force", status_note=note)]
+
+    applies = when_holds(regime.when, ctx)
+    if applies is False:
+        return [finding("info", f"{regime.name}: does not apply to this plan. {regime.explanation}")], [], []
+
+    threshold, how = threshold_for(regime, ctx)
+    shown_threshold = fmt_number(threshold, unit) + how
+    observed = ctx.fact(regime.fact)
+    flops = dict(threshold_flops=threshold if unit == "FLOP" else None, threshold_value=threshold)
+    if observed is None or applies is None:
+        missing = [FACT_LABELS[regime.fact]] if observed is None else missing_facts(regime.when, ctx)
+        text = (f"{regime.name}: cannot be decided because {', '.join(missing)} is unknown; "
+                f"a person must review it. {regime.explanation}")
+        return ([finding("review", text, "unknown", shown_threshold)], [],
+                [RegimeResult(**base, **flops, in_force=True, status="unknown",
+                              status_note=f"missing: {', '.join(missing)}")])
+
+    shown_observed = fmt_number(observed, unit) + f" ({FACT_LABELS[regime.fact]})"
+    values = dict(**flops, observed_flops=observed if unit == "FLOP" else None, observed_value=observed,
+                  margin_ratio=observed / threshold)
+    exceeded = COMPARE[regime.comparator](observed, threshold)
+    extra = and3([fact_test(t, ctx) for t in regime.requires]) if exceeded else False
+    if not exceeded or extra is False:
+        why = "below the threshold" if not exceeded else "the threshold is met but a further condition is not"
+        text = f"{regime.name}: {why}. {regime.explanation}"
+        return ([finding("info", text, shown_observed, shown_threshold)], [],
+                [RegimeResult(**base, **values, in_force=True, status="below")])
+    if extra is None:
+        missing = [FACT_LABELS[t.fact] for t in regime.requires if ctx.fact(t.fact) is None]
+        text = (f"{regime.name}: the threshold is met, but {', '.join(missing)} is unknown, so whether "
+                f"the rule applies cannot be decided; a person must review it. {regime.explanation}")
+        return ([finding("review", text, shown_observed, shown_threshold)], [],
+                [RegimeResult(**base, **values, in_force=True, status="unknown",
+                              status_note=f"missing: {', '.join(missing)}")])
+
+    obligations = [_obligation(regime, spec, ctx) for spec in regime.obligations]
+    effect = regime.effect
+    text = f"{regime.name}: threshold exceeded. {regime.explanation}"
+    result = RegimeResult(**base, **values, in_force=True, status="exceeds",
+                          obligations=[o.id for o in obligations])
+    return [finding(effect, text, shown_observed, shown_threshold)], obligations, [result]
+
+
+def _obligation(regime: Regime, spec, ctx: Context) -> Obligation:
+    deadline = spec.deadline
+    if spec.deadline_days_from_start is not None:
+        date = ctx.plan.schedule.start + dt.timedelta(days=spec.deadline_days_from_start)
+        deadline = f"{date.isoformat()} ({deadline})" if deadline else date.isoformat()
+    return Obligation(id=spec.id, rule_id=regime.id, text=spec.text, deadline=deadline,
+                      checkable=False, status="todo")

@@ -1,0 +1,283 @@
+"""``flopgate distill PLAN --attestation audit.intoto.json``: the distillation, behind the gate.
+
+Order: (1) the gate (distill/gate.py): signature by a trusted key, file digests, plan,
+outcome (and approval for REVIEW), age, policy-pack versions; (2) preflight: the teacher
+folder matches the audited teacher config, the data files match the audited manifest, the
+compute meter gets a per-token figure and a budget from the audit; (3) a CUDA device, unless
+--allow-cpu; --dry-run stops here, having loaded no model; (4) training; (5) the signed run
+record, the model card (README.md, NOTICE) and run-report.html in --out.
+
+Budget: the smaller of the plan's budget.max_flops and the audited total compute; the run
+stops before budget x 1.05 FLOP. FLOP per token: the audited student training FLOP per token
+plus the teacher's forward FLOP per token (1 multiply-add = 2 FLOP).
+
+Exit codes: 0 done (also after a clean stop at the budget), 6 refused by the gate (each reason
+on its own line), 2 invalid input (including: no CUDA and no --allow-cpu), 1 unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
+                "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size")
+"""Config fields that fix a model's FLOP per token: the teacher used must match the audited one."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("distill", help="run the planned distillation behind a verified audit",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("plan", help="the plan file (YAML) the audit was made for")
+    p.add_argument("--attestation", required=True, metavar="FILE", help="the signed audit (audit.intoto.json)")
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument("--pubkey", metavar="FILE", help="trust this auditor public key")
+    trust.add_argument("--trust", metavar="DIR", help="trust every *.pub auditor key in this folder")
+    p.add_argument("--approval", metavar="FILE", help="a reviewer's approval (needed for a REVIEW audit)")
+    p.add_argument("--approver-pubkey", metavar="FILE", help="trust this reviewer public key")
+    p.add_argument("--approver-trust", metavar="DIR", help="trust every *.pub reviewer key in this folder")
+    p.add_argument("--max-age-days", type=_positive(float), default=30.0, metavar="N",
+                   help="refuse an audit older than N days (default 30)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: ./distill-out/PLAN-NAME)")
+    p.add_argument("--key", metavar="FILE", help="Ed25519 key that signs the run record "
+                                                 "(default: the local key, created on first use)")
+    p.add_argument("--teacher-dir", metavar="DIR", help="local Hugging Face folder of the teacher's "
+                   "weights, when the plan's teacher.model is a hub id; its config must match the audited one")
+    p.add_argument("--data", nargs="+", action="extend", metavar="FILE", help="the data files, "
+                   "when not at the manifest's paths; they must match the audited manifest byte for byte")
+    p.add_argument("--steps", type=_positive(int), metavar="N", help="stop after N optimizer steps "
+                   "(default: the plan's tokens); the compute budget still applies")
+    p.add_argument("--micro-batch", type=_positive(int), metavar="N", help="sequences per process per micro-step")
+    p.add_argument("--grad-accum", type=_positive(int), metavar="N", help="micro-steps per optimizer step")
+    p.add_argument("--lr", type=_positive(float), metavar="X", help="peak learning rate")
+    p.add_argument("--checkpoint-every", type=_positive(int), metavar="N", help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--allow-cpu", action="store_true", help="train without CUDA (tests and tiny demos)")
+    p.add_argument("--dry-run", action="store_true", help="run every check, load no model, train nothing")
+    p.set_defaults(func=run)
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} > 0, got {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} > 0, got {text!r}")
+        return value
+    return parse
+
+
+def _installed_pack_versions() -> dict[str, str]:
+    from audit.cli.verify_cmd import _installed_pack_versions as installed
+
+    return installed()
+
+
+def _refuse(reasons: list[str]) -> int:
+    from distill.gate import GATE_REFUSED_EXIT
+
+    print(f"flopgate: distill refused ({len(reasons)} reason(s)):", file=sys.stderr)
+    for reason in reasons:
+        print(f"  {reason}", file=sys.stderr)
+    return GATE_REFUSED_EXIT
+
+
+def run(args) -> int:
+    import datetime as dt
+
+    from audit.attest.keys import load_trusted_keys
+    from audit.plan import load_plan
+    from distill.gate import open_gate
+
+    trusted = load_trusted_keys(args.pubkey, args.trust)
+    approvers = (load_trusted_keys(args.approver_pubkey, args.approver_trust)
+                 if args.approver_pubkey or args.approver_trust else None)
+    gate = open_gate(args.attestation, args.plan, trusted_keys=trusted, approval_path=args.approval,
+                     trusted_approvers=approvers, max_age_days=args.max_age_days,
+                     now=dt.datetime.now(dt.timezone.utc), installed_pack_versions=_installed_pack_versions())
+    if not gate.ok:
+        return _refuse(gate.reasons)
+    print(f"gate open: audit {args.attestation} (outcome {gate.outcome}, sha256 {gate.envelope_sha256[:12]}...)")
+    for note in gate.notes:
+        print(f"  {note}")
+
+    loaded = load_plan(args.plan)
+    refusal, flops_per_token, budget = meter_figures(loaded.plan, gate.predicate)
+    if refusal:
+        return _refuse([refusal])
+    out_dir = Path(args.out) if args.out else Path("distill-out") / _safe_name(loaded.plan.name)
+    cfg = train_config(loaded, args, out_dir=out_dir, flops_per_token=flops_per_token, budget=budget)
+    device_name = _device(args)
+    print(f"compute: {flops_per_token:.4g} FLOP per token, budget {budget:.4g} FLOP "
+          f"(stop before {budget * (1 + cfg.tolerance):.4g}); device {device_name}")
+    if args.dry_run:
+        if args.key:
+            from audit.attest.keys import load_private_key
+            load_private_key(args.key)
+        print("dry run: every check passed; no model was loaded")
+        return 0
+    # Under torchrun every process runs the checks; only the first signs (and may create a key).
+    private_key = _signing_key(args.key) if os.environ.get("RANK", "0") == "0" else None
+
+    from distill.trainer import train
+
+    result = train(cfg, resume=args.resume)
+    if result.rank != 0:
+        return 0
+    return _finish(args, loaded, gate, cfg, result, private_key, device_name)
+
+
+def meter_figures(plan, predicate: dict) -> tuple[str | None, float | None, float | None]:
+    """(refusal, FLOP per training token, budget) from the audit's compute estimate.
+
+    FLOP per token = student train FLOP per token + teacher forward FLOP per token (from the
+    model summaries, else the components divided by the audited tokens). Budget = the smaller
+    of the plan's budget.max_flops and the audited total; unknown figures refuse (fail closed)."""
+    compute = predicate.get("compute") or {}
+    tokens = compute.get("tokens")
+    components = {c.get("id"): c.get("flops") for c in compute.get("components") or [] if isinstance(c, dict)}
+
+    def per_token(summary_key: str, figure: str, component: str):
+        value = (compute.get(summary_key) or {}).get(figure)
+        if _number(value):
+            return float(value)
+        if _number(components.get(component)) and _number(tokens) and tokens > 0:
+            return float(components[component]) / float(tokens)
+        return None
+
+    student = per_token("student", "train_flops_per_token", "student_training")
+    teacher = per_token("teacher", "forward_flops_per_token", "teacher_forward")
+    if student is None or teacher is None:
+        missing = "student training" if student is None else "teacher forward"
+        return (f"compute: the audit has no {missing} FLOP per token, so the compute meter cannot "
+                "run"), None, None
+    candidates = [float(v) for v in (plan.budget.max_flops, compute.get("total_flops")) if _number(v)]
+    if not candidates:
+        return ("compute: neither the plan's budget.max_flops nor the audited total compute is "
+                "known, so the run has no budget"), None, None
+    return None, student + teacher, min(candidates)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value > 0
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "run"
+
+
+def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget: float):
+    """The trainer's config from the plan, the audit's figures and the flags; checks the
+    teacher folder and the data files first (no model is loaded)."""
+    from audit.errors import InputError
+    from distill.data import check_manifest, read_manifest
+    from distill.trainer import TrainConfig
+
+    from distill.checkpoint import list_checkpoints
+
+    plan, source = loaded.plan, str(loaded.path)
+    if list_checkpoints(out_dir) and not args.resume:
+        raise InputError("already holds checkpoints; resume the run (--resume) or choose another "
+                         "output folder (--out)", source=str(out_dir))
+    teacher_dir = Path(args.teacher_dir) if args.teacher_dir else Path(plan.teacher.model)
+    if not teacher_dir.is_dir():
+        raise InputError(f"training needs the teacher's weights in a local folder; {plan.teacher.model!r} "
+                         "is not one: give --teacher-dir DIR", source=source, field="teacher.model")
+    check_teacher_matches_audit(plan, teacher_dir, source)
+    if not plan.data.manifest:
+        raise InputError("the trainer reads its data through an audited manifest; none is set",
+                         source=source, field="data.manifest")
+    manifest, manifest_files = read_manifest(plan.data.manifest)
+    data_files = [Path(f) for f in args.data] if args.data else manifest_files
+    check_manifest(manifest, data_files, source=plan.data.manifest)
+
+    with_teacher = loaded.model_copy(update={"plan": plan.model_copy(update={
+        "teacher": plan.teacher.model_copy(update={"model": str(teacher_dir)})})})
+    overrides = {k: v for k, v in {"max_steps": args.steps, "micro_batch": args.micro_batch,
+                                   "grad_accum": args.grad_accum, "lr": args.lr,
+                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    return TrainConfig.from_plan(with_teacher, out_dir=out_dir, flops_per_token=flops_per_token,
+                                 budget_flops=budget, data_files=data_files, **overrides)
+
+
+def check_teacher_matches_audit(plan, teacher_dir: Path, source: str) -> None:
+    """The teacher folder's config.json must agree with the audited teacher config on every
+    shape field both give (so the audited FLOP per token is the teacher's)."""
+    import json
+
+    from audit.errors import InputError
+    from audit.flops.configs import resolve_config
+
+    if not plan.teacher.config:
+        raise InputError("the plan has no teacher.config, so the teacher's weights cannot be matched "
+                         "to the audit: add it and re-run flopgate check", source=source, field="teacher.config")
+    audited = resolve_config(plan.teacher.config, source=source, field="teacher.config").data
+    try:
+        actual = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read config.json ({exc.__class__.__name__})", source=str(teacher_dir)) from None
+    if not isinstance(actual, dict):
+        raise InputError("config.json is not a JSON object", source=str(teacher_dir))
+    differing = [f"{k} {actual[k]!r} (audited {audited[k]!r})" for k in SHAPE_FIELDS
+                 if k in actual and k in audited and actual[k] != audited[k]]
+    if differing or not all(k in actual and k in audited for k in ("hidden_size", "num_hidden_layers")):
+        detail = ", ".join(differing) or "hidden_size/num_hidden_layers missing"
+        raise InputError(f"the teacher folder is not the audited teacher: {detail}",
+                         source=str(teacher_dir / "config.json"))
+
+
+def _device(args) -> str:
+    """The accelerator's name; refuses CPU training without --allow-cpu."""
+    import platform
+
+    import torch
+
+    from audit.errors import InputError
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    if not args.allow_cpu:
+        raise InputError("no CUDA device found; distillation runs on GPUs. Pass --allow-cpu to train "
+                         "on the CPU (tests and tiny demos only)", field="--allow-cpu")
+    return f"CPU ({platform.machine() or 'unknown'})"
+
+
+def _signing_key(path: str | None):
+    from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
+
+    if path:
+        return load_private_key(path)
+    key, where, created = ensure_default_key()
+    if created:
+        print(f"created a local signing key: {where} ({short_fingerprint(key_id(key.public_key()))})")
+    return key
+
+
+def _finish(args, loaded, gate, cfg, result, private_key, device_name: str) -> int:
+    from distill.model_card import installed_clause_types, write_model_card
+    from distill.record import write_run_record
+
+    written = write_run_record(
+        cfg.out_dir, result, audit_envelope=args.attestation, audit_predicate=gate.predicate,
+        envelope_sha256=gate.envelope_sha256, plan_path=loaded.path, private_key=private_key,
+        device_name=device_name, flops_per_token=cfg.flops_per_token, tolerance=cfg.tolerance,
+        approval_path=args.approval if gate.approval_sha256 else None, approval_sha256=gate.approval_sha256)
+    card = write_model_card(cfg.out_dir, plan=loaded.plan, audit_predicate=gate.predicate,
+                            record=written.statement["predicate"], clause_types=installed_clause_types(),
+                            metrics_path=cfg.log_path)
+    flops = f"{result.flops_used:.4g}" if result.flops_used is not None else "unknown"
+    print(result.message)
+    print(f"compute used: {flops} FLOP of {cfg.budget_flops:.4g}; {result.tokens:,} tokens in "
+          f"{result.steps} steps, {result.wall_time_s:.1f} s")
+    print(f"run record:   {written.envelope_path}")
+    print(f"model card:   {card.readme}" + (f" (+ {card.notice.name})" if card.notice else ""))
+    print(f"run report:   {card.report}")
+    if card.todos:
+        print(f"{len(card.todos)} obligation(s) to do before release; see {card.readme.name}")
+    return 0

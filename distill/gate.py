@@ -1,0 +1,202 @@
+"""The training gate: a distillation starts only behind a verified, passing, current audit.
+
+:func:`open_gate` reads files and checks signatures; it never loads a model. It passes only
+when every check below holds; a refusal lists each failed check on its own line, prefixed by
+a stable code:
+
+``signature``   the envelope is a DSSE envelope whose audit statement a trusted key signed
+                (nothing else is checked when this fails: an unverified payload is not read);
+``subjects``    every file the audit covers still has its signed sha256 (one line per file);
+``plan``        the plan given now is the audited plan, byte for byte;
+``inputs``      the model configs and dataset manifest the plan names now are audited inputs
+                with the same sha256;
+``outcome``     ALLOW; ALLOW_WITH_OBLIGATIONS with every checkable obligation met; or REVIEW
+                with an approval (below). DENY, or no readable outcome, never opens;
+``approval``    for REVIEW: an approval of this very envelope signed by a trusted approver key;
+``age``         the audit was created at most ``max_age_days`` ago (and not in the future);
+``policy_pack`` every bundled policy pack the audit used has the installed version.
+
+An installed policy pack whose version differs from the audited one in either direction
+refuses: a newer pack means the audit is out of date, an older one cannot vouch for it.
+No argument skips a check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+from audit.attest import PREDICATE_AUDIT, VerificationFailed
+from audit.attest.approval import verify_approval
+from audit.attest.keys import TrustedKey
+from audit.attest.statement import audited_outcome, check_subjects, pack_version_changes
+from audit.attest.verify import read_envelope_file, verify_envelope_bytes
+from audit.fsutil import sha256_bytes, sha256_file
+
+GATE_REFUSED_EXIT = 6
+"""Exit code of ``flopgate distill`` when the gate refuses."""
+
+FUTURE_SKEW = dt.timedelta(minutes=5)
+"""Clock difference tolerated for an audit whose creation time lies ahead of ``now``."""
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """``ok`` only when every check passed; ``reasons`` holds one line per failed check."""
+
+    ok: bool
+    reasons: list[str]
+    predicate: Optional[dict]          # the verified audit predicate (None if the signature failed)
+    envelope_sha256: Optional[str]     # sha256 of the envelope file's exact bytes
+    outcome: Optional[str] = None
+    notes: list[str] = field(default_factory=list)   # who approved, obligations left to do
+    approval_sha256: Optional[str] = None
+
+
+def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
+              trusted_keys: Sequence[TrustedKey],
+              approval_path: str | os.PathLike | None = None,
+              trusted_approvers: Sequence[TrustedKey] | None = None,
+              max_age_days: float = 30, now: dt.datetime,
+              installed_pack_versions: Mapping[str, str]) -> GateResult:
+    """Run every check of the module docstring. ``now`` is timezone-aware (UTC if naive);
+    ``installed_pack_versions`` maps bundled pack id -> installed version.
+
+    An unreadable envelope, plan or approval file is an ``InputError`` (exit 2); everything
+    else that fails is a refusal in the result."""
+    if not trusted_keys:
+        return GateResult(False, ["signature: no trusted key was named"], None, None)
+    data = read_envelope_file(envelope_path)
+    try:
+        verified = verify_envelope_bytes(data, trusted_keys, predicate_types=(PREDICATE_AUDIT,),
+                                         check_files=False)
+    except VerificationFailed as exc:
+        return GateResult(False, [f"signature: {exc}"], None, None)
+    statement, predicate = verified.statement, verified.predicate
+    plan_path = Path(plan_path)
+    installed = dict(installed_pack_versions)
+
+    reasons: list[str] = []
+    reasons += [f"subjects: {line}" for line in check_subjects(
+        statement, plan_path, installed_pack_versions=installed)]
+    reasons += _plan_reasons(predicate, plan_path)
+    if not reasons:  # the plan is the audited one, so its file references can be trusted
+        reasons += _input_reasons(predicate, plan_path)
+    outcome = audited_outcome(predicate)
+    outcome_reasons, notes, approval_sha = _outcome_reasons(
+        outcome, predicate, data, approval_path, trusted_approvers)
+    reasons += outcome_reasons
+    reasons += _age_reasons(predicate, now, max_age_days)
+    reasons += [f"policy_pack: {line}" for line in pack_version_changes(statement, installed)]
+    return GateResult(not reasons, reasons, predicate, verified.envelope_sha256, outcome, notes,
+                      approval_sha)
+
+
+def _plan_reasons(predicate: dict, plan_path: Path) -> list[str]:
+    audited = (predicate.get("plan") or {}).get("sha256")
+    plan_inputs = [e for e in _inputs(predicate) if e.get("role") == "plan"]
+    if not isinstance(audited, str) or not plan_inputs:
+        return ["plan: the audit records no plan digest"]
+    try:
+        actual = sha256_file(plan_path)
+    except OSError as exc:
+        return [f"plan: cannot read {plan_path} ({exc.__class__.__name__})"]
+    if actual != audited or any(e.get("sha256") != audited for e in plan_inputs):
+        return [f"plan: {plan_path} is not the audited plan (sha256 {actual[:12]}... now, "
+                f"{str(audited)[:12]}... audited)"]
+    return []
+
+
+def current_inputs(plan_path: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``(role, path)`` of the model configs and manifest the plan names now."""
+    from audit.flops.configs import resolve_config
+    from audit.plan import load_plan
+
+    plan = load_plan(plan_path).plan
+    files = [("student_config", resolve_config(plan.student.config).path)]
+    if plan.teacher.config:
+        files.append(("teacher_config", resolve_config(plan.teacher.config).path))
+    if plan.data.manifest:
+        files.append(("dataset_manifest", Path(plan.data.manifest)))
+    return files
+
+
+def _input_reasons(predicate: dict, plan_path: Path) -> list[str]:
+    reasons = []
+    inputs = _inputs(predicate)
+    for role, path in current_inputs(plan_path):
+        audited = {e.get("sha256") for e in inputs if e.get("role") == role}
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            reasons.append(f"inputs: {role} {path} cannot be read ({exc.__class__.__name__})")
+            continue
+        if not audited:
+            reasons.append(f"inputs: the audit covers no {role}, but the plan names {path}")
+        elif actual not in audited:
+            reasons.append(f"inputs: {role} {path} has sha256 {actual[:12]}..., not the audited one")
+    return reasons
+
+
+def _outcome_reasons(outcome: Optional[str], predicate: dict, envelope_bytes: bytes,
+                     approval_path, trusted_approvers) -> tuple[list[str], list[str], Optional[str]]:
+    """(reasons, notes, approval sha256) for the audit's outcome."""
+    obligations = [o for o in ((predicate.get("decision") or {}).get("obligations") or [])
+                   if isinstance(o, dict)]
+    open_items = [o for o in obligations if o.get("checkable") is not True or o.get("status") != "met"]
+    notes = [f"obligation {o.get('id')} ({o.get('status')}): {o.get('text')}" for o in open_items]
+    if outcome == "DENY":
+        return ["outcome: the audit's outcome is DENY; no approval or flag can open the gate"], notes, None
+    if outcome == "ALLOW":
+        return _gate_open_flag(predicate), notes, None
+    if outcome == "ALLOW_WITH_OBLIGATIONS":
+        unmet = [o for o in obligations if o.get("checkable") is True and o.get("status") != "met"]
+        reasons = [f"outcome: checkable obligation {o.get('id')} is {o.get('status')}: {o.get('text')}"
+                   for o in unmet]
+        return reasons or _gate_open_flag(predicate), notes, None
+    if outcome == "REVIEW":
+        if approval_path is None:
+            return ["approval: the audit's outcome is REVIEW; give --approval FILE signed by a "
+                    "trusted reviewer"], notes, None
+        if not trusted_approvers:
+            return ["approval: no trusted approver key was named (--approver-trust DIR or "
+                    "--approver-pubkey FILE)"], notes, None
+        approval_bytes = read_envelope_file(approval_path)
+        check = verify_approval(approval_bytes, envelope_bytes, trusted_approvers)
+        if not check.ok:
+            reason = check.reason if check.reason.startswith("approval") else f"approval: {check.reason}"
+            return [reason], notes, None
+        return [], [check.reason] + notes, sha256_bytes(approval_bytes)
+    return [f"outcome: the audit has no readable outcome (got {outcome!r})"], notes, None
+
+
+def _gate_open_flag(predicate: dict) -> list[str]:
+    """The audit's own ``gate_open`` must not contradict an opening outcome (fail closed)."""
+    if predicate.get("gate_open") is False:
+        return ["outcome: the audit itself records gate_open = false"]
+    return []
+
+
+def _age_reasons(predicate: dict, now: dt.datetime, max_age_days: float) -> list[str]:
+    created = predicate.get("created")
+    try:
+        when = dt.datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    except ValueError:
+        return [f"age: the audit's creation time {created!r} is not an ISO 8601 time"]
+    when = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    now = now if now.tzinfo else now.replace(tzinfo=dt.timezone.utc)
+    age = now - when
+    if age < -FUTURE_SKEW:
+        return [f"age: the audit claims to be created in the future ({created})"]
+    if age > dt.timedelta(days=max_age_days):
+        return [f"age: the audit was created {created}, {age.days} days ago; the limit is "
+                f"{max_age_days:g} days: re-run flopgate check"]
+    return []
+
+
+def _inputs(predicate: dict) -> list[dict]:
+    inputs = predicate.get("inputs")
+    return [e for e in inputs if isinstance(e, dict)] if isinstance(inputs, list) else []

@@ -1,0 +1,79 @@
+"""The compute meter: FLOP the run actually executes, against the audited budget.
+
+compute = flops_per_token x tokens processed, summed over ranks. ``flops_per_token`` is the
+audit's per-token figure for one training token (student forward + backward and teacher
+forward, 1 multiply-add = 2 FLOP). Tokens processed are every position fed through the models
+(sequences x seq_len), ignored labels included: they cost compute too.
+
+The run stops BEFORE a step would take the total past budget x (1 + tolerance).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from audit.errors import InputError
+from distill.distributed import DistContext, all_reduce_sum
+
+
+class ComputeMeter:
+    """Counts tokens (and so FLOP) across ranks; every rank holds the same global totals.
+
+    With a ``ctx`` of several processes, :meth:`add` and :meth:`would_exceed` take this rank's
+    token counts and sum them over ranks, so all ranks must call them together."""
+
+    def __init__(self, flops_per_token: float, budget_flops: Optional[float] = None,
+                 tolerance: float = 0.05, ctx: Optional[DistContext] = None):
+        if not flops_per_token >= 0:
+            raise ValueError(f"flops_per_token: expected >= 0, got {flops_per_token}")
+        if budget_flops is not None and not budget_flops > 0:
+            raise ValueError(f"budget_flops: expected > 0, got {budget_flops}")
+        if not tolerance >= 0:
+            raise ValueError(f"tolerance: expected >= 0, got {tolerance}")
+        self.flops_per_token = float(flops_per_token)
+        self.budget_flops = budget_flops
+        self.tolerance = tolerance
+        self.ctx = ctx
+        self.tokens = 0
+
+    @property
+    def flops(self) -> float:
+        """FLOP executed so far, all ranks."""
+        return self.tokens * self.flops_per_token
+
+    @property
+    def limit_flops(self) -> Optional[float]:
+        """budget x (1 + tolerance), or None without a budget."""
+        return None if self.budget_flops is None else self.budget_flops * (1 + self.tolerance)
+
+    def _global(self, tokens: int) -> int:
+        return int(all_reduce_sum(int(tokens), self.ctx)) if self.ctx is not None else int(tokens)
+
+    def add(self, tokens: int) -> None:
+        """Record this rank's ``tokens`` from the step just done."""
+        self.tokens += self._global(tokens)
+
+    def would_exceed(self, next_tokens: int) -> bool:
+        """True when processing ``next_tokens`` more (this rank's share) would pass the limit."""
+        limit = self.limit_flops
+        if limit is None:
+            return False
+        return (self.tokens + self._global(next_tokens)) * self.flops_per_token > limit
+
+    def state_dict(self) -> dict:
+        return {"tokens": self.tokens, "flops": self.flops, "flops_per_token": self.flops_per_token}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokens = int(state["tokens"])
+
+
+def flops_per_token_from_estimate(estimate) -> float:
+    """The audited FLOP per training token from an ``audit.compute.model.ComputeEstimate``:
+    (student training + teacher forward) / tokens. Unknown figures fail closed."""
+    wanted = ("student_training", "teacher_forward")
+    found = {c.id: c.flops for c in estimate.components if c.id in wanted}
+    unknown = [name for name in wanted if found.get(name) is None]
+    if unknown or not estimate.tokens:
+        raise InputError(f"the audit has no per-token compute for {', '.join(unknown) or 'tokens'}; "
+                         "the meter cannot run without it", field="compute")
+    return (found["student_training"] + found["teacher_forward"]) / estimate.tokens

@@ -1,0 +1,229 @@
+"""Loading the teacher and building the student, and checking that they share a vocabulary.
+
+Everything is read from local folders (``local_files_only``): nothing is downloaded.
+
+Student sources (``init``):
+* ``scratch``: a config (a ``config.json`` file or a folder holding one), random weights drawn
+  from ``torch.manual_seed(seed)``;
+* ``base``: a local Hugging Face model folder (its weights are the starting point);
+* ``pruned_teacher``: depth pruning. The student is the teacher with only some decoder layers:
+  ``layers`` lists the teacher layer indices to keep, in order; without it, the FIRST k layers
+  are kept, k = the student config's ``num_hidden_layers`` (or the teacher's halved when there
+  is no student config). Embeddings, final norm and lm_head are copied unchanged; every other
+  dimension of a student config must equal the teacher's.
+
+Vocabulary rule: V = len(teacher tokenizer). Both models' output rows must be >= V; rows past V
+are padding (e.g. 151936 vs 152064) and are left out of every softmax. Fewer rows, or a student
+folder whose own tokenizer maps tokens differently, is a real mismatch and an ``InputError``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from audit.errors import InputError
+
+UNSUPPORTED_HEAD_OPTIONS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The tokenizer saved in a local model folder."""
+    from transformers import AutoTokenizer
+
+    _require_dir(model_dir, "tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load a tokenizer ({_first_line(exc)})", source=str(model_dir)) from None
+
+
+def load_teacher(model_dir: str | Path, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The teacher in eval mode with gradients off (use bf16 on GPU, fp32 on CPU)."""
+    model = _load_pretrained(model_dir, dtype, "teacher")
+    model.to(device).eval().requires_grad_(False)
+    check_head(model, str(model_dir))
+    return model
+
+
+def build_student(init: str, *, teacher: Optional[nn.Module] = None, config: str | Path | None = None,
+                  base_dir: str | Path | None = None, layers: Optional[Sequence[int]] = None,
+                  seed: int = 0) -> nn.Module:
+    """The student in fp32 on CPU, train mode. See the module docstring for the three sources."""
+    if init == "scratch":
+        if config is None:
+            raise InputError("init is 'scratch' but no student config is given", field="student.config")
+        student_config = load_config(config)
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(student_config, dtype=torch.float32)
+    elif init == "base":
+        if base_dir is None:
+            raise InputError("init is 'base' but no base model folder is given", field="student.base_model")
+        model = _load_pretrained(base_dir, torch.float32, "student")
+    elif init == "pruned_teacher":
+        if teacher is None:
+            raise InputError("init is 'pruned_teacher' but there is no teacher", field="student.init")
+        if layers is None:
+            count = (load_config(config).num_hidden_layers if config is not None
+                     else max(1, teacher.config.num_hidden_layers // 2))
+            layers = list(range(count))
+        model = prune_layers(teacher, layers, config=load_config(config) if config else None)
+    else:
+        raise InputError(f"expected scratch, base or pruned_teacher, got {init!r}", field="student.init")
+    model.train()
+    check_head(model, "student")
+    return model
+
+
+def prune_layers(teacher: nn.Module, layers: Sequence[int], config=None) -> nn.Module:
+    """A copy of ``teacher`` (fp32) keeping decoder layers ``layers`` in that order."""
+    from transformers import AutoModelForCausalLM
+
+    total = teacher.config.num_hidden_layers
+    layers = list(layers)
+    if not layers or any(not 0 <= i < total for i in layers) or len(set(layers)) != len(layers):
+        raise InputError(f"expected distinct layer indices in 0..{total - 1}, got {layers}",
+                         field="student.layers")
+    pruned = teacher.config.to_dict()
+    pruned["num_hidden_layers"] = len(layers)
+    if isinstance(pruned.get("layer_types"), list):  # per-layer attention kinds follow their layers
+        pruned["layer_types"] = [pruned["layer_types"][i] for i in layers]
+    if config is not None:
+        mismatched = [key for key, value in config.to_dict().items()
+                      if key in pruned and key not in _IGNORED_CONFIG_KEYS and pruned[key] != value]
+        if mismatched:
+            raise InputError("a pruned student must match the teacher except num_hidden_layers; "
+                             f"differs in {', '.join(sorted(mismatched))}", field="student.config")
+    student_config = type(teacher.config).from_dict(pruned)
+    student = AutoModelForCausalLM.from_config(student_config, dtype=torch.float32)
+    prefix = _layer_list_prefix(teacher)
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
+    source = teacher.state_dict()
+    state = {}
+    for key in student.state_dict():
+        match = pattern.match(key)
+        teacher_key = (f"{prefix}.{layers[int(match.group(1))]}.{key[match.end():]}" if match else key)
+        state[key] = source[teacher_key].detach().to(torch.float32).clone()
+    student.load_state_dict(state)
+    return student
+
+
+_IGNORED_CONFIG_KEYS = {"num_hidden_layers", "layer_types", "dtype", "torch_dtype", "_name_or_path",
+                        "architectures", "transformers_version", "use_cache"}
+
+
+def _layer_list_prefix(model: nn.Module) -> str:
+    """State-dict prefix of the decoder's layer list (``model.layers`` for Llama)."""
+    count = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count and name:
+            return name
+    raise InputError(f"cannot find the decoder layer list of {type(model).__name__} to prune")
+
+
+def check_vocab(tokenizer, teacher: nn.Module, student: nn.Module,
+                student_tokenizer=None) -> int:
+    """Number of logits both models are compared on: len(tokenizer). ``InputError`` on a mismatch."""
+    vocab = len(tokenizer)
+    for role, model in (("teacher", teacher), ("student", student)):
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < vocab:
+            raise InputError(f"the {role}'s output layer has {rows} rows but the teacher's tokenizer "
+                             f"has {vocab} tokens: the models do not share a vocabulary",
+                             field=f"{role}.vocab_size")
+    if student_tokenizer is not None:
+        ours, theirs = tokenizer.get_vocab(), student_tokenizer.get_vocab()
+        if ours != theirs:
+            differing = len(set(ours.items()) ^ set(theirs.items()))
+            raise InputError(f"the student's tokenizer differs from the teacher's ({len(theirs)} vs "
+                             f"{len(ours)} tokens, {differing} differing entries): distillation needs "
+                             "one vocabulary", field="student.tokenizer")
+    return vocab
+
+
+def check_head(model: nn.Module, where: str) -> None:
+    """Refuse output heads the fused loss cannot reproduce (a bias, soft-capping, logit scaling)."""
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise InputError("the model has no output embedding (lm_head)", source=where)
+    if getattr(head, "bias", None) is not None:
+        raise InputError("an lm_head with a bias is not supported by the fused loss", source=where)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for option in UNSUPPORTED_HEAD_OPTIONS:
+        value = getattr(config, option, None)
+        if value not in (None, 0, 1, 1.0):
+            raise InputError(f"{option}={value} is not supported by the fused loss", source=where)
+
+
+def head_weight(model: nn.Module) -> torch.Tensor:
+    """The lm_head weight [V, H] (a Parameter; tied to the input embedding where the model ties)."""
+    return model.get_output_embeddings().weight
+
+
+def final_hidden_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Last hidden states [B, T, H] (after the final norm), without computing logits."""
+    body = getattr(model, model.base_model_prefix)
+    return body(input_ids=input_ids, use_cache=False).last_hidden_state
+
+
+class HiddenStates(nn.Module):
+    """Wraps a causal LM so its forward returns final hidden states: the module DDP wraps.
+
+    The lm_head weight stays a parameter of this module; the fused loss uses it directly, and
+    its gradient reaches DDP's hooks like any other."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return final_hidden_states(self.lm, input_ids)
+
+
+def load_config(path: str | Path):
+    """A transformers config from a ``config.json`` file or a folder holding one."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("config file not found", source=str(file)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read a JSON config ({_first_line(exc)})", source=str(file)) from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise InputError("expected a JSON object with a model_type", source=str(file), field="model_type")
+    model_type = data.pop("model_type")
+    try:
+        return AutoConfig.for_model(model_type, **data)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"unusable config ({_first_line(exc)})", source=str(file)) from None
+
+
+def _load_pretrained(model_dir: str | Path, dtype: torch.dtype, role: str) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    _require_dir(model_dir, role)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load the {role} model ({_first_line(exc)})", source=str(model_dir)) from None
+
+
+def _require_dir(path: str | Path, role: str) -> None:
+    if not Path(path).is_dir():
+        raise InputError(f"expected a local Hugging Face model folder for the {role}", source=str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__

@@ -1,0 +1,402 @@
+"""The distillation recipe: one readable pass from config to checkpoint.
+
+``train(cfg)`` runs logit distillation of a local Hugging Face teacher into a student:
+
+1. join the process group if launched by torchrun (gloo on CPU, NCCL on CUDA);
+2. load the tokenizer and teacher, build the student, reconcile their vocabularies;
+3. read, tokenize and pack the data; check it against the manifest;
+4. AdamW, linear warm-up then cosine decay to ``min_lr_ratio x lr``, gradient clipping;
+5. resume from the newest checkpoint when asked (bitwise exact on the same hardware);
+6. each step: teacher forward (no grad), student forward, fused chunked loss normalised by the
+   step's global valid-token count, backward, clip, step; meter, log, progress, checkpoint;
+7. stop at ``max_steps`` / ``max_tokens`` or, with a checkpoint first, before the compute meter
+   would pass budget x (1 + tolerance).
+
+Precision: on CUDA the student runs under bf16 autocast (fp32 master weights) and the teacher
+in bf16; on CPU everything is fp32. Logits are always formed and reduced in fp32.
+
+Device: ``device="auto"`` picks CUDA when present. Refusing to train on CPU without
+``--allow-cpu`` is the CLI's job, not this module's. Nothing here checks an audit: callers
+must run the gate first (``flopgate distill`` does).
+
+Plan mapping: :meth:`TrainConfig.from_plan` maps a loaded plan onto a config (teacher folder,
+student source, manifest files, seq_len, loss, temperature, budget); the CLI passes the
+audited FLOP per token and its own overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from audit.errors import InputError
+from audit.validation import validate_model
+from distill import distributed
+from distill.checkpoint import load_latest, restore_checkpoint, save_checkpoint
+from distill.data import check_manifest, load_packed, read_manifest
+from distill.losses import LossKind, LossSpec, fused_distill_loss
+from distill.meter import ComputeMeter
+from distill.models import (HiddenStates, build_student, check_vocab, final_hidden_states, head_weight,
+                            load_teacher, load_tokenizer)
+
+# Fields that do not change the trained weights; a resume may change them.
+_RESUMABLE_FIELDS = {"out_dir", "log_path", "progress", "checkpoint_every", "keep_last", "budget_flops",
+                     "tolerance", "flops_per_token", "device"}
+
+
+class TrainConfig(BaseModel):
+    """Everything a run needs. Paths are local; token counts are tokens of the teacher's tokenizer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teacher_dir: Path = Field(description="local Hugging Face model folder (weights + tokenizer)")
+    student_init: Literal["scratch", "base", "pruned_teacher"] = "scratch"
+    student_config: Optional[Path] = Field(default=None, description="config.json or folder (scratch, pruned)")
+    student_base_dir: Optional[Path] = Field(default=None, description="model folder (base)")
+    student_layers: Optional[list[int]] = Field(default=None, description="teacher layers kept (pruned)")
+    data_files: list[Path] = Field(min_length=1)
+    manifest: Optional[Path] = None
+    seq_len: int = Field(gt=0)
+    micro_batch: int = Field(default=8, gt=0, description="sequences per rank per micro-step")
+    grad_accum: int = Field(default=1, gt=0)
+    max_steps: Optional[int] = Field(default=None, gt=0)
+    max_tokens: Optional[int] = Field(default=None, gt=0, description="used when max_steps is not set")
+    lr: float = Field(default=3e-4, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: Optional[float] = Field(default=1.0, gt=0, description="max global grad norm; None = off")
+    loss: LossKind = "forward_kl"
+    beta: float = Field(default=0.5, description="JSD weight, 0 < beta < 1")
+    temperature: float = Field(default=1.0, gt=0)
+    hard_label_weight: float = Field(default=0.0, ge=0, le=1)
+    chunk_size: Optional[int] = Field(default=None, gt=0, description="tokens per fused-loss chunk")
+    seed: int = 0
+    out_dir: Path
+    checkpoint_every: int = Field(default=100, gt=0)
+    keep_last: Optional[int] = Field(default=3, gt=0)
+    device: str = "auto"
+    dtype: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    budget_flops: Optional[float] = Field(default=None, gt=0)
+    flops_per_token: Optional[float] = Field(default=None, gt=0, description="audited FLOP per training token")
+    tolerance: float = Field(default=0.05, ge=0)
+    log_path: Optional[Path] = Field(default=None, description="JSONL metrics; default OUT/metrics.jsonl")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.max_steps is None and self.max_tokens is None:
+            raise ValueError("set max_steps or max_tokens")
+        if self.budget_flops is not None and self.flops_per_token is None:
+            raise ValueError("budget_flops needs flops_per_token")
+        if self.loss == "jsd" and not 0 < self.beta < 1:
+            raise ValueError(f"beta must be in (0, 1) for jsd, got {self.beta}")
+        if self.student_init == "scratch" and self.student_config is None:
+            raise ValueError("student_init 'scratch' needs student_config")
+        if self.student_init == "base" and self.student_base_dir is None:
+            raise ValueError("student_init 'base' needs student_base_dir")
+        if self.student_layers is not None and self.student_init != "pruned_teacher":
+            raise ValueError("student_layers applies to student_init 'pruned_teacher' only")
+        return self
+
+    @classmethod
+    def parse(cls, data: dict, source: str = "train config") -> "TrainConfig":
+        """Validate a mapping; ``InputError`` naming the field on bad input."""
+        return validate_model(cls, data, source)
+
+    @classmethod
+    def from_plan(cls, loaded, *, out_dir: str | Path, flops_per_token: Optional[float] = None,
+                  **overrides) -> "TrainConfig":
+        """A config from a loaded plan (``audit.plan.LoadedPlan``).
+
+        Mapped: teacher.model (a local model folder) -> teacher_dir; student.init/config/
+        base_model -> the student source (bundled config names resolve to their JSON); data.
+        manifest -> manifest and data_files (in manifest order); data.seq_len; data.tokens x
+        epochs -> max_tokens; method.loss/temperature; budget.max_flops -> budget_flops, or,
+        without one, the audited run compute flops_per_token x tokens. ``overrides`` set any
+        other field (micro_batch, lr, ...) and win over the mapping.
+        """
+        from audit.flops.configs import resolve_config
+
+        plan, source = loaded.plan, str(loaded.path)
+        if plan.teacher.access != "weights" or not Path(plan.teacher.model).is_dir():
+            raise InputError(f"training needs the teacher's weights in a local model folder, got "
+                             f"{plan.teacher.model!r} ({plan.teacher.access})", source=source, field="teacher.model")
+        if plan.method.kind != "logits":
+            raise InputError(f"the trainer runs online logit distillation, not {plan.method.kind!r}",
+                             source=source, field="method.kind")
+        if not plan.data.manifest:
+            raise InputError("the trainer reads its data files from the manifest; none is set",
+                             source=source, field="data.manifest")
+        _, files = read_manifest(plan.data.manifest)
+        student_config = (resolve_config(plan.student.config, source=source, field="student.config").path
+                          if plan.student.init != "base" else None)
+        base_dir = None
+        if plan.student.init == "base":
+            base_dir = Path(plan.student.base_model).expanduser()
+            if not base_dir.is_absolute():
+                base_dir = loaded.path.parent / base_dir
+        tokens = int(plan.data.tokens * plan.data.epochs)
+        budget = plan.budget.max_flops
+        if budget is None and flops_per_token is not None:
+            budget = flops_per_token * tokens
+        fields = dict(teacher_dir=Path(plan.teacher.model), student_init=plan.student.init,
+                      student_config=student_config, student_base_dir=base_dir, data_files=files,
+                      manifest=Path(plan.data.manifest), seq_len=plan.data.seq_len, max_tokens=tokens,
+                      loss=plan.method.loss, temperature=plan.method.temperature, budget_flops=budget,
+                      flops_per_token=flops_per_token, out_dir=Path(out_dir))
+        fields.update(overrides)
+        return cls.parse(fields, source)
+
+    def loss_spec(self) -> LossSpec:
+        return LossSpec(self.loss, self.beta, self.temperature, self.hard_label_weight)
+
+    def fingerprint(self) -> dict:
+        """The fields that fix the trained weights; a resume must not change them."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in _RESUMABLE_FIELDS}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    tokens: int                      # tokens processed, all ranks (sequences x seq_len)
+    final_loss: Optional[float]      # mean loss per valid token in the last step
+    flops_used: Optional[float]      # tokens x flops_per_token; None without a per-token figure
+    budget_flops: Optional[float]
+    wall_time_s: float               # summed over this run's sessions (resumes included)
+    device_hours: float              # wall time x number of processes (accelerator-hours on GPU)
+    stopped_by_budget: bool
+    checkpoint_dir: Path
+    world_size: int
+    device: str
+    rank: int
+    message: str
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR factor for the step about to run (0-based): linear warm-up over ``warmup_steps``
+    (1/w, 2/w, ..., 1), then cosine from 1 down to ``min_ratio`` at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class MetricsLog:
+    """JSONL, one object per optimizer step, written by rank 0 and flushed per line."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled, self.handle = path, enabled, None
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        records = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash ends the log
+        return records
+
+    def open(self, keep_through_step: int) -> None:
+        """Keep the records up to ``keep_through_step`` (0: none) and append after them."""
+        if not self.enabled:
+            return
+        from audit.fsutil import write_atomic
+
+        kept = [r for r in self.records() if r.get("step", 0) <= keep_through_step]
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.handle = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        if self.handle:
+            self.handle.write(json.dumps(record) + "\n")
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle:
+            self.handle.close()
+            self.handle = None
+
+
+def _progress(enabled: bool, total: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    progress = Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[info]}"), console=console,
+                        disable=not (enabled and console.is_terminal))
+    task = progress.add_task("distill", total=total, info="")
+    return progress, task
+
+
+def train(cfg: TrainConfig, *, resume: bool = False,
+          on_step: Optional[Callable[[dict], None]] = None) -> TrainResult:
+    """Run the distillation ``cfg`` describes; see the module docstring. All ranks call it."""
+    session_start = time.monotonic()
+    ctx = distributed.setup(cfg.device)
+    log = None
+    try:
+        device = ctx.device
+        amp_dtype = torch.bfloat16 if (cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")) else None
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # fp32 matmuls (the loss's logits) use TF32
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+
+        # --- Models, vocabulary, data --------------------------------------------------------
+        tokenizer = load_tokenizer(cfg.teacher_dir)
+        teacher = load_teacher(cfg.teacher_dir, device, torch.bfloat16 if amp_dtype else torch.float32)
+        student = build_student(cfg.student_init, teacher=teacher, config=cfg.student_config,
+                                base_dir=cfg.student_base_dir, layers=cfg.student_layers, seed=cfg.seed).to(device)
+        student_tokenizer = None
+        if cfg.student_base_dir is not None and any(
+                (cfg.student_base_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            student_tokenizer = load_tokenizer(cfg.student_base_dir)
+        vocab = check_vocab(tokenizer, teacher, student, student_tokenizer)
+        data = load_packed(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed)
+        if cfg.manifest is not None:
+            manifest, _ = read_manifest(cfg.manifest)
+            check_manifest(manifest, cfg.data_files, tokenizer=tokenizer, file_tokens=data.file_tokens,
+                           source=str(cfg.manifest))
+
+        sequences_per_step = ctx.world_size * cfg.grad_accum * cfg.micro_batch
+        rank_tokens_per_step = cfg.grad_accum * cfg.micro_batch * cfg.seq_len
+        total_steps = cfg.max_steps or cfg.max_tokens // (sequences_per_step * cfg.seq_len)
+        if total_steps < 1:
+            raise InputError(f"max_tokens {cfg.max_tokens} is less than one step of "
+                             f"{sequences_per_step * cfg.seq_len} tokens", field="max_tokens")
+
+        # --- Optimisation -------------------------------------------------------------------
+        body = distributed.wrap_ddp(HiddenStates(student), ctx)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                      weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+        spec = cfg.loss_spec()
+        meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx)
+
+        # --- Resume ---------------------------------------------------------------------------
+        step, cursor, wall_before, last_loss = 0, 0, 0.0, None
+        log = MetricsLog(cfg.log_path or cfg.out_dir / "metrics.jsonl", enabled=ctx.is_main)
+        latest = load_latest(cfg.out_dir)
+        if latest is not None and not resume:
+            raise InputError("already holds checkpoints; resume the run or choose another output folder",
+                             source=str(cfg.out_dir))
+        if latest is not None:
+            state = restore_checkpoint(latest, model=student, optimizer=optimizer, scheduler=scheduler, ctx=ctx)
+            changed = sorted(k for k, v in cfg.fingerprint().items() if state["config"].get(k) != v)
+            if changed or state["world_size"] != ctx.world_size:
+                raise InputError(f"cannot resume exactly: the run's {', '.join(changed) or 'process count'} "
+                                 "differs from the checkpoint's", source=str(latest.path))
+            step, cursor = state["step"], state["cursor"]
+            wall_before, last_loss = state["wall_time_s"], state.get("loss")
+            meter.load_state_dict(state["meter"])
+        if resume:
+            # Steps logged after the checkpoint (or before the first one) were lost to the
+            # interruption, but they ran: their compute and time still count.
+            lost = [r for r in log.records() if r.get("step", 0) > step]
+            meter.tokens += sum(r.get("step_tokens", 0) for r in lost)
+            wall_before = max([wall_before] + [r.get("elapsed_s", 0.0) for r in lost])
+            distributed.barrier(ctx)  # every rank has read the log before rank 0 rewrites it
+        log.open(keep_through_step=step)
+        saved = (step, latest.path) if latest is not None else None  # (step, folder) of the newest
+
+        def checkpoint() -> Path:
+            nonlocal saved
+            path = save_checkpoint(
+                cfg.out_dir, step, model=student, optimizer=optimizer, scheduler=scheduler, ctx=ctx,
+                tokenizer=tokenizer, keep_last=cfg.keep_last,
+                state={"cursor": cursor, "meter": meter.state_dict(), "config": cfg.fingerprint(),
+                       "world_size": ctx.world_size, "loss": last_loss,
+                       "wall_time_s": wall_before + time.monotonic() - session_start})
+            saved = (step, path)
+            return path
+
+        # --- Training loop ----------------------------------------------------------------------
+        stopped_by_budget = False
+        autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+        teacher_head, student_head = head_weight(teacher), head_weight(student)
+        progress, task = _progress(cfg.progress and ctx.is_main, total_steps)
+        loop_start, loop_tokens = time.monotonic(), 0
+        with progress:
+            progress.update(task, completed=step)
+            while step < total_steps:
+                if meter.would_exceed(rank_tokens_per_step):
+                    stopped_by_budget = True
+                    break
+                batches = [data.batch(distributed.micro_batch_start(cursor, a, cfg.micro_batch, ctx), cfg.micro_batch)
+                           for a in range(cfg.grad_accum)]
+                num_valid = distributed.global_valid_tokens([labels for _, labels in batches], ctx)
+                loss_sum = torch.zeros((), device=device)
+                for a, (inputs, labels) in enumerate(batches):
+                    inputs, labels = inputs.to(device), labels.to(device)
+                    with torch.no_grad(), autocast():
+                        teacher_hidden = final_hidden_states(teacher, inputs)
+                    last_micro = a == cfg.grad_accum - 1
+                    with nullcontext() if (last_micro or not ctx.enabled) else body.no_sync():
+                        with autocast():
+                            student_hidden = body(inputs)
+                        loss = fused_distill_loss(student_hidden, student_head, teacher_hidden, teacher_head,
+                                                  labels, spec, num_valid, vocab, cfg.chunk_size)
+                        (loss * ctx.world_size).backward()  # DDP averages; the loss is already global
+                    loss_sum += loss.detach()
+                max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                cursor += sequences_per_step
+                meter.add(rank_tokens_per_step)
+                loop_tokens += rank_tokens_per_step * ctx.world_size
+                last_loss = float(distributed.all_reduce_sum(loss_sum, ctx))
+                elapsed = time.monotonic() - loop_start
+                record = {"step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
+                          "tokens": meter.tokens, "step_tokens": rank_tokens_per_step * ctx.world_size,
+                          "valid_tokens": int(num_valid), "tokens_per_s": loop_tokens / max(elapsed, 1e-9),
+                          "flops": meter.flops if cfg.flops_per_token is not None else None,
+                          "elapsed_s": wall_before + time.monotonic() - session_start}
+                log.write(record)
+                budget = f" / {cfg.budget_flops:.3g}" if cfg.budget_flops else ""
+                progress.update(task, completed=step, info=(
+                    f"loss {last_loss:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
+                    f"compute {meter.flops:.3g}{budget} FLOP"))
+                if on_step is not None:
+                    on_step(record)
+                if step % cfg.checkpoint_every == 0:
+                    checkpoint()
+        final = saved[1] if saved is not None and saved[0] == step else checkpoint()
+        wall = wall_before + time.monotonic() - session_start
+        if stopped_by_budget:
+            message = (f"stopped before step {step + 1}: it would take compute past the budget "
+                       f"{cfg.budget_flops:.3g} x (1 + {cfg.tolerance}) FLOP; checkpoint {final.name}")
+        else:
+            message = f"finished {step} steps; checkpoint {final.name}"
+        return TrainResult(
+            steps=step, tokens=meter.tokens, final_loss=last_loss,
+            flops_used=meter.flops if cfg.flops_per_token is not None else None,
+            budget_flops=cfg.budget_flops, wall_time_s=wall, device_hours=wall * ctx.world_size / 3600,
+            stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
+            device=str(device), rank=ctx.rank, message=message)
+    finally:
+        if log is not None:
+            log.close()
+        distributed.teardown(ctx)
+

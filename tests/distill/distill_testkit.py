@@ -1,0 +1,66 @@
+"""Shared helpers for the distillation tests: tiny Llama model folders built offline.
+
+Models are built from seeded random weights at test time; the tokenizer and the synthetic
+language ship in ``data/`` (regenerate with ``data/make_data.py``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).resolve().parent / "data"
+TOKENIZER_DIR = DATA / "tokenizer"
+TRAIN_TEXT = DATA / "train.txt"
+HELDOUT_TEXT = DATA / "heldout.txt"
+TOKENIZER_SIZE = 64  # len() of the shipped word-level tokenizer
+
+TEACHER_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=72)   # 8 padded rows past the tokenizer
+STUDENT_SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     num_key_value_heads=1, vocab_size=68)   # 4 padded rows: a different padding
+
+
+def llama_config(shape: dict, **extra):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(max_position_embeddings=256, tie_word_embeddings=False, rms_norm_eps=1e-5,
+                       bos_token_id=None, eos_token_id=1, pad_token_id=None, **{**shape, **extra})
+
+
+def make_model_dir(folder: Path, shape: dict = TEACHER_SHAPE, seed: int = 0, **extra) -> Path:
+    """A Hugging Face model folder: seeded random tiny Llama + the shipped tokenizer."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(llama_config(shape, **extra))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    for file in TOKENIZER_DIR.iterdir():
+        shutil.copy(file, folder / file.name)
+    return folder
+
+
+def write_config(path: Path, shape: dict = STUDENT_SHAPE, **extra) -> Path:
+    """A student ``config.json``."""
+    llama_config(shape, **extra).to_json_file(str(path))
+    return path
+
+
+def tiny_run(root: Path, **overrides) -> dict:
+    """Fields of a small CPU ``TrainConfig`` (as JSON-able values) with models under ``root``.
+
+    The teacher has a wide weight init so its next-token distributions are far from uniform."""
+    teacher = root / "teacher"
+    if not teacher.exists():
+        make_model_dir(teacher, seed=0, initializer_range=0.2)
+    student = root / "student.json"
+    if not student.exists():
+        write_config(student)
+    fields = dict(teacher_dir=str(teacher), student_config=str(student), data_files=[str(TRAIN_TEXT)],
+                  seq_len=16, micro_batch=4, max_steps=4, lr=1e-3, warmup_steps=2, seed=0, device="cpu",
+                  progress=False, checkpoint_every=100, out_dir=str(root / "out"))
+    fields.update(overrides)
+    return fields

@@ -1,0 +1,197 @@
+"""Helpers for the gate, run-record and ``flopgate distill`` tests: key pairs, a tiny project
+folder (plan, teacher model folder, student config, data, manifest, a policy pack) and signed
+audit envelopes in the shape ``flopgate check`` writes.
+
+The audit predicates are built here by hand with the ``audit.attest`` API, so these tests do not
+depend on the policy engine. Figures are made up but consistent: FLOP per token = student
+training + teacher forward, total = FLOP per token x tokens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from cryptography.hazmat.primitives import serialization as ser
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit.attest import PREDICATE_APPROVAL, PREDICATE_AUDIT
+from audit.attest.dsse import write_envelope
+from audit.attest.keys import TrustedKey, key_id
+from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement
+
+STUDENT_TRAIN_FPT = 6.0e5     # made-up audited FLOP per token of the student's training step
+TEACHER_FORWARD_FPT = 4.0e5   # ... and of the teacher's forward pass
+FPT = STUDENT_TRAIN_FPT + TEACHER_FORWARD_FPT
+PLAN_TOKENS = 4096
+SEQ_LEN = 32
+PACK_ID, PACK_VERSION = "test-pack", "2026.1"
+
+PLAN_YAML = f"""\
+plan_version: 1
+name: tiny-gate-test
+organization: {{name: Test Org, jurisdictions: [EU]}}
+teacher: {{model: ./teacher, access: weights, config: ./teacher}}
+student: {{name: Tiny-Student, config: ./student.json, init: scratch}}
+data: {{tokens: {PLAN_TOKENS}, seq_len: {SEQ_LEN}, manifest: ./manifest.json}}
+method: {{kind: logits, loss: forward_kl, temperature: 1.0}}
+use: {{purpose: gate test, scope: narrow, distribution: internal}}
+schedule: {{start: 2026-12-01}}
+"""
+
+
+@dataclass
+class KeyFiles:
+    private_key: Ed25519PrivateKey
+    private_path: Path
+    public_path: Path
+
+    @property
+    def trusted(self) -> TrustedKey:
+        return TrustedKey(key_id(self.private_key.public_key()), self.private_key.public_key(),
+                          str(self.public_path))
+
+
+def write_keypair(folder: Path, name: str) -> KeyFiles:
+    """A key pair written with plain ``cryptography``; the private file has mode 0600."""
+    folder.mkdir(parents=True, exist_ok=True)
+    private_key = Ed25519PrivateKey.generate()
+    private_path = folder / name
+    private_path.write_bytes(private_key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8,
+                                                       ser.NoEncryption()))
+    private_path.chmod(0o600)
+    public_path = folder / f"{name}.pub"
+    public_path.write_bytes(private_key.public_key().public_bytes(ser.Encoding.PEM,
+                                                                  ser.PublicFormat.SubjectPublicKeyInfo))
+    return KeyFiles(private_key, private_path, public_path)
+
+
+@dataclass
+class Project:
+    root: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.yaml"
+
+    @property
+    def teacher_config(self) -> Path:
+        return self.root / "teacher" / "config.json"
+
+    @property
+    def student_config(self) -> Path:
+        return self.root / "student.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data.txt"
+
+    @property
+    def pack(self) -> Path:
+        return self.root / "packs" / "test-pack.yaml"
+
+
+def build_template(folder: Path) -> Path:
+    """The project folder: a tiny teacher model folder (seeded weights + shipped tokenizer), a
+    smaller student config, the first ~20 kB of the shipped training text and its manifest."""
+    from transformers import AutoTokenizer
+
+    from distill.data import build_manifest, write_manifest
+    from distill_testkit import TRAIN_TEXT, make_model_dir, write_config
+
+    folder.mkdir(parents=True)
+    make_model_dir(folder / "teacher")
+    write_config(folder / "student.json")
+    text = TRAIN_TEXT.read_text(encoding="utf-8")
+    (folder / "data.txt").write_text(text[:text.index("\n\n", 20_000)] + "\n", encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "teacher"), local_files_only=True)
+    write_manifest(folder / "manifest.json", build_manifest([folder / "data.txt"], tokenizer, base=folder))
+    (folder / "packs").mkdir()
+    (folder / "packs" / "test-pack.yaml").write_text(f"id: {PACK_ID}\nversion: '{PACK_VERSION}'\n")
+    (folder / "plan.yaml").write_text(PLAN_YAML, encoding="utf-8")
+    return folder
+
+
+def copy_project(template: Path, dest: Path) -> Project:
+    shutil.copytree(template, dest)
+    return Project(dest)
+
+
+def iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def obligation(id_: str, text: str, *, status: str = "todo", checkable: bool = False) -> dict:
+    return {"id": id_, "rule_id": id_, "text": text, "deadline": None, "checkable": checkable,
+            "status": status, "authorized": False}
+
+
+def compute_block(*, total_flops: Optional[float] = FPT * PLAN_TOKENS, tokens: float = PLAN_TOKENS) -> dict:
+    return {"convention": "1 multiply-add = 2 FLOP", "seq_len": SEQ_LEN, "tokens": tokens,
+            "components": [
+                {"id": "student_training", "flops": STUDENT_TRAIN_FPT * tokens},
+                {"id": "teacher_forward", "flops": TEACHER_FORWARD_FPT * tokens}],
+            "total_flops": total_flops, "update_flops": STUDENT_TRAIN_FPT * tokens,
+            "student": {"train_flops_per_token": STUDENT_TRAIN_FPT, "forward_flops_per_token": STUDENT_TRAIN_FPT / 3},
+            "teacher": {"train_flops_per_token": TEACHER_FORWARD_FPT * 3, "forward_flops_per_token": TEACHER_FORWARD_FPT}}
+
+
+def make_audit(project: Project, signer: KeyFiles, *, outcome: Optional[str] = "ALLOW",
+               obligations: Sequence[dict] = (), findings: Sequence[dict] = (),
+               created: Optional[str] = None, gate_open: Optional[bool] = None,
+               pack_version: str = PACK_VERSION, compute: Optional[dict] = None,
+               roles: Sequence[str] = ("plan", "student_config", "teacher_config", "dataset_manifest", "policy_pack"),
+               teacher_terms: Sequence[str] = (), name: str = "audit.intoto.json") -> Path:
+    """Sign an audit of ``project`` and write its envelope into the project folder."""
+    files = {"plan": project.plan, "student_config": project.student_config,
+             "teacher_config": project.teacher_config, "dataset_manifest": project.manifest}
+    wanted = [InputFile(role, files[role], project.root) for role in roles if role in files]
+    if "policy_pack" in roles:
+        wanted.append(InputFile("policy_pack", project.pack, project.root,
+                                {"pack_id": PACK_ID, "pack_version": pack_version}))
+    subjects, inputs = build_subjects(wanted)
+    if gate_open is None:
+        gate_open = outcome == "ALLOW" or (outcome == "ALLOW_WITH_OBLIGATIONS" and not any(
+            o["checkable"] and o["status"] != "met" for o in obligations))
+    decision = {"outcome": outcome, "as_of": "2026-12-01", "findings": list(findings),
+                "obligations": list(obligations), "regimes": [], "rule_ids": [], "packs": [],
+                "teacher": {"model": "./teacher", "access": "weights", "terms": list(teacher_terms),
+                            "upstream": [], "licenses": []}}
+    predicate = {
+        "tool": {"name": "flopgate", "version": "0.1.0"},
+        "as_of": "2026-12-01",
+        "created": created or iso(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)),
+        "plan": {"name": "tiny-gate-test", "path": str(project.plan),
+                 "sha256": hashlib.sha256(project.plan.read_bytes()).hexdigest(),
+                 "content": {"name": "tiny-gate-test"}},
+        "compute": compute if compute is not None else compute_block(),
+        "decision": decision,
+        "outcome": outcome,
+        "gate_open": gate_open,
+        "inputs": inputs,
+    }
+    statement = make_statement(subjects, PREDICATE_AUDIT, predicate)
+    return write_envelope(project.root / name, sign_statement(statement, signer.private_key))
+
+
+def hand_approval(audit_envelope: Path, approver: KeyFiles, *, outcome: str, out: Path) -> Path:
+    """An approval built without ``approve()`` (which refuses DENY): for testing that the gate
+    does not accept what ``approve`` would never write."""
+    data = audit_envelope.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    subjects = [{"name": audit_envelope.name, "digest": {"sha256": digest}}]
+    predicate = {"note": "approved by hand", "approved_at": "2026-11-30T09:00:00Z",
+                 "approver": {"keyid": key_id(approver.private_key.public_key())},
+                 "audit": {"name": audit_envelope.name, "sha256": digest, "outcome": outcome,
+                           "signature_checked": True, "signers": []},
+                 "tool": {"name": "flopgate", "version": "0.1.0"}, "inputs": []}
+    statement = make_statement(subjects, PREDICATE_APPROVAL, predicate)
+    return write_envelope(out, sign_statement(statement, approver.private_key))

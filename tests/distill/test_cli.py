@@ -1,0 +1,257 @@
+"""``flopgate distill`` end to end on the CPU: gate, preflight, a few training steps, the signed
+run record checked with the attest API, the checkpoint digest against the files on disk, and
+the model card with its notices. Also: no CUDA without --allow-cpu, and the preflight checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from audit.attest import PREDICATE_RUN_RECORD
+from audit.attest.verify import verify_envelope_file
+from audit.cli.main import main
+from audit.plan import load_plan
+from distill.cli import meter_figures
+from distill.gate import GATE_REFUSED_EXIT
+from gate_fixtures import (FPT, PACK_ID, PACK_VERSION, SEQ_LEN, STUDENT_TRAIN_FPT, TEACHER_FORWARD_FPT,
+                           build_template, compute_block, copy_project, make_audit, obligation, write_keypair)
+
+MICRO_BATCH = 2
+TOKENS_PER_STEP = MICRO_BATCH * SEQ_LEN   # one process, no accumulation: 64 tokens per step
+NOTICE_TEXT = "Tiny Teacher is licensed under the Tiny Licence."
+OBLIGATIONS = [obligation("tiny.attribution", 'Prominently display "Built with Tiny" with the model.'),
+               obligation("tiny.notice", f'Ship a Notice file reading "{NOTICE_TEXT}" with every copy.')]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    return build_template(tmp_path_factory.mktemp("cli") / "project")
+
+
+@pytest.fixture
+def project(template, tmp_path):
+    return copy_project(template, tmp_path / "project")
+
+
+@pytest.fixture
+def signer(tmp_path):
+    return write_keypair(tmp_path / "keys", "auditor")
+
+
+@pytest.fixture(autouse=True)
+def installed(monkeypatch):
+    monkeypatch.setattr("distill.cli._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})
+    monkeypatch.setattr("distill.model_card.installed_clause_types",
+                        lambda: {"tiny.attribution": "attribution", "tiny.notice": "notice_file"})
+
+
+@pytest.fixture
+def model_loads(monkeypatch):
+    import distill.models
+    import distill.trainer
+
+    calls = []
+
+    def forbidden(name):
+        def load(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} was called")
+        return load
+
+    for module in (distill.models, distill.trainer):
+        for name in ("load_teacher", "load_tokenizer", "build_student"):
+            monkeypatch.setattr(module, name, forbidden(name))
+    monkeypatch.setattr(distill.trainer, "train", forbidden("train"))
+    return calls
+
+
+def distill(capsys, project, envelope, signer, *extra):
+    code = main(["distill", str(project.plan), "--attestation", str(envelope), "--pubkey", str(signer.public_path),
+                 "--key", str(signer.private_path), "--out", str(project.root / "out"), *map(str, extra)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def root_digest(folder) -> str:
+    """sha256 over ``"<sha256>  <relative path>\\n"`` lines of every file, sorted by path."""
+    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
+    lines = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(folder).as_posix()}\n"
+                    for p in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_gated_cpu_run_end_to_end(project, signer, capsys):
+    envelope = make_audit(project, signer, outcome="ALLOW_WITH_OBLIGATIONS", obligations=OBLIGATIONS)
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 3,
+                             "--micro-batch", MICRO_BATCH)
+    assert code == 0, err
+    run_dir = project.root / "out"
+
+    verified = verify_envelope_file(run_dir / "run-record.intoto.json", [signer.trusted],
+                                    predicate_types=(PREDICATE_RUN_RECORD,))
+    record = verified.predicate
+    assert record["audit"]["sha256"] == hashlib.sha256(envelope.read_bytes()).hexdigest()
+    checkpoint = run_dir / record["checkpoint"]["name"]
+    assert checkpoint == run_dir / "checkpoints" / "step-00000003"
+    assert record["checkpoint"]["root_sha256"] == root_digest(checkpoint)
+    assert record["steps"] == 3 and record["tokens"] == 3 * TOKENS_PER_STEP
+    assert record["compute"]["flops"] == pytest.approx(3 * TOKENS_PER_STEP * FPT)
+    assert record["stopped_by_budget"] is False
+    assert record["device"]["type"] == "cpu" and record["accelerator_hours"] > 0
+    assert [o["id"] for o in record["obligations"]] == ["tiny.attribution", "tiny.notice"]
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+    readme = (run_dir / "README.md").read_text()
+    assert "**Built with Tiny**" in readme
+    assert (run_dir / "NOTICE").read_text() == NOTICE_TEXT + "\n"
+    assert (run_dir / "run-report.html").is_file()
+
+    # the same record through the command an auditor runs
+    assert main(["verify", str(run_dir / "run-record.intoto.json"), "--pubkey", str(signer.public_path)]) == 0
+    assert "VERIFIED" in capsys.readouterr().out
+
+
+def test_budget_stop_is_clean_and_recorded(project, signer, capsys):
+    """Audited total = 2.5 steps of compute, so the limit (x 1.05) is 168 tokens' worth: steps 1
+    and 2 (128 tokens) fit, step 3 (192) would not, and the run stops after step 2."""
+    compute = compute_block(total_flops=2.5 * TOKENS_PER_STEP * FPT)
+    envelope = make_audit(project, signer, compute=compute)
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 5,
+                             "--micro-batch", MICRO_BATCH)
+    assert code == 0, err
+    assert "stopped before step 3" in out
+    record = json.loads((project.root / "out" / "run-record.json").read_text())["predicate"]
+    assert record["stopped_by_budget"] is True
+    assert record["steps"] == 2 and record["tokens"] == 2 * TOKENS_PER_STEP
+    assert record["compute"]["flops"] <= record["compute"]["limit_flops"]
+    assert record["checkpoint"]["name"] == "checkpoints/step-00000002"
+
+
+def test_no_cuda_refuses_without_allow_cpu(project, signer, model_loads, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    envelope = make_audit(project, signer)
+    code, out, err = distill(capsys, project, envelope, signer)
+    assert code == 2
+    assert "no CUDA device found" in err and "--allow-cpu" in err and "Traceback" not in err
+    assert model_loads == []
+    assert not (project.root / "out").exists()
+
+
+def test_dry_run_checks_the_data_files_too(project, signer, model_loads, capsys):
+    """The data file is not an audit subject, but the audited manifest pins its sha256."""
+    envelope = make_audit(project, signer)
+    project.data.write_text(project.data.read_text() + "an extra sentence .\n")
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")
+    assert code == 2 and "files[0].sha256" in err
+    assert model_loads == []
+
+
+def test_data_elsewhere_must_match_the_manifest(project, signer, model_loads, tmp_path, capsys):
+    envelope = make_audit(project, signer)
+    moved = tmp_path / "moved.txt"
+    shutil.copy(project.data, moved)
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run", "--data", moved)
+    assert code == 0, err
+    moved.write_text("different text .\n")
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run", "--data", moved)
+    assert code == 2 and "manifest" in err
+    assert model_loads == []
+
+
+def test_teacher_dir_must_be_the_audited_teacher(project, signer, model_loads, tmp_path, capsys):
+    """A plan naming a hub id needs --teacher-dir, and that folder's shape must match the audit."""
+    project.plan.write_text(project.plan.read_text().replace("model: ./teacher,", "model: tiny-org/tiny-teacher,"))
+    envelope = make_audit(project, signer)
+    code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")
+    assert code == 2 and "--teacher-dir" in err
+
+    copy = tmp_path / "weights"
+    shutil.copytree(project.root / "teacher", copy)
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run", "--teacher-dir", copy)
+    assert code == 0, err
+
+    config = json.loads((copy / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (copy / "config.json").write_text(json.dumps(config))
+    code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run", "--teacher-dir", copy)
+    assert code == 2 and "not the audited teacher" in err and "num_hidden_layers" in err
+    assert model_loads == []
+
+
+def test_unreadable_attestation_is_an_input_error(project, signer, capsys):
+    code, out, err = distill(capsys, project, project.root / "missing.intoto.json", signer, "--allow-cpu")
+    assert code == 2 and "missing.intoto.json: file not found" in err
+
+
+def test_audit_without_per_token_figures_is_refused(project, signer, model_loads, capsys):
+    compute = compute_block()
+    compute["teacher"] = None
+    compute["components"] = [c for c in compute["components"] if c["id"] != "teacher_forward"]
+    envelope = make_audit(project, signer, compute=compute)
+    code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")
+    assert code == GATE_REFUSED_EXIT and "compute: the audit has no teacher forward FLOP per token" in err
+    assert model_loads == []
+
+
+# --- the meter's figures from the audit --------------------------------------------------------
+
+def test_meter_figures_take_the_smaller_budget(project):
+    plan = load_plan(project.plan).plan
+    audited_total = FPT * 4096
+    predicate = {"compute": compute_block(total_flops=audited_total)}
+    refusal, per_token, budget = meter_figures(plan, predicate)
+    assert refusal is None
+    assert per_token == STUDENT_TRAIN_FPT + TEACHER_FORWARD_FPT
+    assert budget == audited_total
+    bigger = plan.model_copy(update={"budget": plan.budget.model_copy(update={"max_flops": audited_total * 10})})
+    assert meter_figures(bigger, predicate)[2] == audited_total
+    smaller = plan.model_copy(update={"budget": plan.budget.model_copy(update={"max_flops": audited_total / 10})})
+    assert meter_figures(smaller, predicate)[2] == audited_total / 10
+
+
+def test_meter_figures_fall_back_to_components(project):
+    plan = load_plan(project.plan).plan
+    compute = compute_block(tokens=1000)
+    compute["student"], compute["teacher"] = None, None
+    _, per_token, _ = meter_figures(plan, {"compute": compute})
+    assert per_token == pytest.approx((STUDENT_TRAIN_FPT * 1000 + TEACHER_FORWARD_FPT * 1000) / 1000)
+
+
+def test_meter_figures_refuse_without_any_budget(project):
+    plan = load_plan(project.plan).plan
+    refusal, _, _ = meter_figures(plan, {"compute": compute_block(total_flops=None)})
+    assert refusal and refusal.startswith("compute: neither")
+
+
+def test_second_run_into_the_same_folder_needs_resume(project, signer, capsys):
+    envelope = make_audit(project, signer)
+    args = ("--allow-cpu", "--steps", 2, "--micro-batch", MICRO_BATCH)
+    assert distill(capsys, project, envelope, signer, *args)[0] == 0
+    code, _, err = distill(capsys, project, envelope, signer, *args, "--dry-run")
+    assert code == 2 and "already holds checkpoints" in err and "--resume" in err
+    # resuming a finished run adds no steps and re-signs the same final checkpoint
+    code, out, err = distill(capsys, project, envelope, signer, *args, "--resume")
+    assert code == 0, err
+    record = json.loads((project.root / "out" / "run-record.json").read_text())["predicate"]
+    assert record["steps"] == 2 and record["checkpoint"]["name"] == "checkpoints/step-00000002"
+
+
+def test_approved_review_trains_and_the_record_names_the_approval(project, signer, tmp_path, capsys):
+    from audit.attest.approval import approve
+
+    reviewer = write_keypair(tmp_path / "reviewer-keys", "reviewer")
+    envelope = make_audit(project, signer, outcome="REVIEW")
+    approval = approve(envelope, reviewer.private_key, "reviewed the teacher's terms").path
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 1,
+                             "--micro-batch", MICRO_BATCH, "--approval", approval,
+                             "--approver-pubkey", reviewer.public_path)
+    assert code == 0, err
+    assert "reviewed the teacher's terms" in out
+    verified = verify_envelope_file(project.root / "out" / "run-record.intoto.json", [signer.trusted])
+    assert verified.predicate["audit"]["approval_sha256"] == hashlib.sha256(approval.read_bytes()).hexdigest()
+    assert any(i["role"] == "approval" for i in verified.predicate["inputs"])
