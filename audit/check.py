@@ -13,11 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
 
-import audit
 from audit.attest import PREDICATE_AUDIT
 from audit.attest.dsse import write_envelope
 from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
@@ -30,15 +28,9 @@ from audit.policy.engine import decide, gate_would_open
 from audit.policy.facts import resolve_plan_facts
 from audit.policy.model import Decision
 from audit.policy.packs import load_packs
+from audit.versions import tool_versions
 
 ENVELOPE_NAME, PAYLOAD_NAME, HTML_NAME = "audit.intoto.json", "audit.json", "audit.html"
-
-
-def _version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 @dataclass
@@ -82,8 +74,7 @@ def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_
     decision = decide(plan, estimate, packs, as_of)
     subjects, inputs = build_subjects(input_files(loaded, packs.pack_files()))
     predicate = {
-        "tool": {"name": "flopgate", "version": audit.__version__,
-                 "torch": _version("torch"), "transformers": _version("transformers")},
+        "tool": tool_versions(),
         "as_of": as_of.isoformat(),
         "created": utc_now(),
         "plan": {"name": plan.name, "path": str(loaded.path),

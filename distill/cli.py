@@ -18,6 +18,8 @@ on its own line), 2 invalid input (including: no CUDA and no --allow-cpu), 1 une
 from __future__ import annotations
 
 import argparse
+
+from audit.cli.args import positive
 import os
 import re
 import sys
@@ -40,7 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--approval", metavar="FILE", help="a reviewer's approval (needed for a REVIEW audit)")
     p.add_argument("--approver-pubkey", metavar="FILE", help="trust this reviewer public key")
     p.add_argument("--approver-trust", metavar="DIR", help="trust every *.pub reviewer key in this folder")
-    p.add_argument("--max-age-days", type=_positive(float), default=30.0, metavar="N",
+    p.add_argument("--max-age-days", type=positive(float), default=30.0, metavar="N",
                    help="refuse an audit older than N days (default 30)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: ./distill-out/PLAN-NAME)")
     p.add_argument("--key", metavar="FILE", help="Ed25519 key that signs the run record "
@@ -49,28 +51,16 @@ def register(subparsers) -> None:
                    "weights, when the plan's teacher.model is a hub id; its config must match the audited one")
     p.add_argument("--data", nargs="+", action="extend", metavar="FILE", help="the data files, "
                    "when not at the manifest's paths; they must match the audited manifest byte for byte")
-    p.add_argument("--steps", type=_positive(int), metavar="N", help="stop after N optimizer steps "
+    p.add_argument("--steps", type=positive(int), metavar="N", help="stop after N optimizer steps "
                    "(default: the plan's tokens); the compute budget still applies")
-    p.add_argument("--micro-batch", type=_positive(int), metavar="N", help="sequences per process per micro-step")
-    p.add_argument("--grad-accum", type=_positive(int), metavar="N", help="micro-steps per optimizer step")
-    p.add_argument("--lr", type=_positive(float), metavar="X", help="peak learning rate")
-    p.add_argument("--checkpoint-every", type=_positive(int), metavar="N", help="steps between checkpoints")
+    p.add_argument("--micro-batch", type=positive(int), metavar="N", help="sequences per process per micro-step")
+    p.add_argument("--grad-accum", type=positive(int), metavar="N", help="micro-steps per optimizer step")
+    p.add_argument("--lr", type=positive(float), metavar="X", help="peak learning rate")
+    p.add_argument("--checkpoint-every", type=positive(int), metavar="N", help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--allow-cpu", action="store_true", help="train without CUDA (tests and tiny demos)")
     p.add_argument("--dry-run", action="store_true", help="run every check, load no model, train nothing")
     p.set_defaults(func=run)
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} > 0, got {text!r}") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} > 0, got {text!r}")
-        return value
-    return parse
 
 
 def _installed_pack_versions() -> dict[str, str]:

@@ -34,6 +34,7 @@ import torch
 
 from audit.errors import InputError
 from audit.fsutil import sha256_file, write_atomic
+from distill.checkpoint import checkpoint_digest
 
 MANIFEST_VERSION = 1
 
@@ -162,8 +163,6 @@ def vocabulary_digest(tokenizer) -> str:
 
 def source_digest(path: str | Path) -> str:
     """sha256 of a data file, or the root digest of a saved dataset folder."""
-    from distill.checkpoint import checkpoint_digest
-
     path = Path(path)
     if path.is_dir():
         return checkpoint_digest(path)

@@ -71,11 +71,12 @@ def build_student(init: str, *, teacher: Optional[nn.Module] = None, config: str
     elif init == "pruned_teacher":
         if teacher is None:
             raise InputError("init is 'pruned_teacher' but there is no teacher", field="student.init")
+        student_config = load_config(config) if config is not None else None
         if layers is None:
-            count = (load_config(config).num_hidden_layers if config is not None
+            count = (student_config.num_hidden_layers if student_config is not None
                      else max(1, teacher.config.num_hidden_layers // 2))
             layers = list(range(count))
-        model = prune_layers(teacher, layers, config=load_config(config) if config else None)
+        model = prune_layers(teacher, layers, config=student_config)
     else:
         raise InputError(f"expected scratch, base or pruned_teacher, got {init!r}", field="student.init")
     model.train()

@@ -42,7 +42,6 @@ from typing import Any, Optional, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import audit
 from audit.attest import PREDICATE_RUN_RECORD
 from audit.attest.dsse import write_envelope
 from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
@@ -81,20 +80,13 @@ def build_predicate(result, *, audit_predicate: dict, envelope_name: str, envelo
                     approval_sha256: Optional[str], inputs: list[dict]) -> dict:
     """The run-record predicate (see the module docstring). ``result`` is a
     :class:`distill.trainer.TrainResult`."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def _version(name: str) -> Optional[str]:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
+    from audit.versions import tool_versions
 
     budget = _finite(result.budget_flops)
     compute = audit_predicate.get("compute") or {}
     plan = audit_predicate.get("plan") or {}
     return {
-        "tool": {"name": "flopgate", "version": audit.__version__,
-                 "torch": _version("torch"), "transformers": _version("transformers")},
+        "tool": tool_versions(),
         "created": utc_now(),
         "plan": {"name": plan.get("name"), "sha256": plan.get("sha256")},
         "audit": {"envelope": envelope_name, "sha256": envelope_sha256,

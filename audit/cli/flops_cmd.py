@@ -8,8 +8,8 @@ TARGET is a plan (``.yaml``), a ``config.json``, a model folder or a bundled con
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from audit.cli.args import positive
 from audit.cli.render import console, print_json, sci
 
 DEFAULT_SEQ_LEN = 4096
@@ -19,28 +19,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("flops", help="count the training compute of a plan or a model",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="plan.yaml, config.json, model folder or bundled config name")
-    p.add_argument("--tokens", type=_positive, help="training tokens (overrides the plan's data.tokens)")
-    p.add_argument("--seq-len", type=_positive_int, help=f"tokens per sequence (default: the plan's, or {DEFAULT_SEQ_LEN})")
+    p.add_argument("--tokens", type=positive(float), help="training tokens (overrides the plan's data.tokens)")
+    p.add_argument("--seq-len", type=positive(int), help=f"tokens per sequence (default: the plan's, or {DEFAULT_SEQ_LEN})")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
     p.set_defaults(func=run)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _positive(text)
-    if value != int(value):
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
-    return int(value)
 
 
 def run(args) -> int:

@@ -11,7 +11,7 @@ Convention: 1 multiply-add = 2 FLOP.
 from __future__ import annotations
 
 import os
-from importlib.metadata import PackageNotFoundError, version
+from audit.versions import package_version
 from pathlib import Path
 
 from audit.compute.model import ModelSummary
@@ -20,21 +20,14 @@ from audit.flops.configs import ResolvedConfig, resolve_config
 COUNTER_VERSION = "1"  # bump when formulas change, to invalidate caches
 
 
-def _library_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "absent"
-
-
 def cache_dir() -> Path:
     base = os.environ.get("FLOPGATE_CACHE_DIR")
     return Path(base) if base else Path.home() / ".cache" / "flopgate" / "flops"
 
 
 def cache_key(config: ResolvedConfig, seq_len: int) -> str:
-    return "-".join([config.sha256[:32], str(seq_len), "torch" + _library_version("torch"),
-                     "tf" + _library_version("transformers"), "v" + COUNTER_VERSION])
+    return "-".join([config.sha256[:32], str(seq_len), "torch" + str(package_version("torch")),
+                     "tf" + str(package_version("transformers")), "v" + COUNTER_VERSION])
 
 
 def summarize_model(ref: str, seq_len: int, *, source: str = "config", field: str | None = None,

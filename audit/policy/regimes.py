@@ -94,7 +94,8 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
     flops = dict(threshold_flops=threshold if unit == "FLOP" else None, threshold_value=threshold)
     if observed is None or applies is None:
         missing = [FACT_LABELS[regime.fact]] if observed is None else missing_facts(regime.when, ctx)
-        text = (f"{regime.name}: cannot be decided because {', '.join(missing)} is unknown; "
+        why = f" (the estimate lacks: {'; '.join(ctx.compute.missing_facts)})" if ctx.compute.missing_facts else ""
+        text = (f"{regime.name}: cannot be decided because {', '.join(missing)} is unknown{why}; "
                 f"a person must review it. {regime.explanation}")
         return ([finding("review", text, "unknown", shown_threshold)], [],
                 [RegimeResult(**base, **flops, in_force=True, status="unknown",
