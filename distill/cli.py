@@ -18,12 +18,12 @@ on its own line), 2 invalid input (including: no CUDA and no --allow-cpu), 1 une
 from __future__ import annotations
 
 import argparse
-
-from audit.cli.args import positive
 import os
 import re
 import sys
 from pathlib import Path
+
+from audit.cli.args import positive
 
 SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",

@@ -289,3 +289,12 @@ def test_engine_module_has_no_mutable_state():
     """No module-level caches or registries that a decision could write to."""
     names = [n for n, v in vars(engine).items() if isinstance(v, (dict, list, set)) and not n.startswith("__")]
     assert names == []
+
+
+def test_unknown_compute_explains_what_the_estimate_lacks(builtin_packs):
+    compute = make_compute(total_flops=None, missing_facts=["teacher.config or teacher.parameters (the teacher's size)"])
+    decision = decide(make_plan(), compute, builtin_packs, START)
+    systemic = next(f for f in decision.findings if f.rule_id == "eu-ai-act.systemic-risk")
+    assert systemic.effect == "review" and systemic.observed == "unknown"
+    assert "teacher.config or teacher.parameters" in systemic.explanation
+    assert next(r for r in decision.regimes if r.id == "eu-ai-act.systemic-risk").status == "unknown"
