@@ -67,9 +67,9 @@ def input_files(loaded: LoadedPlan, pack_files: list[dict]) -> list[InputFile]:
 def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None,
                     use_cache: bool = True) -> tuple[dict[str, Any], Decision, list[dict]]:
     """Everything the audit states, before signing, and the subjects the signature covers."""
-    plan = resolve_plan_facts(loaded)
-    estimate = estimate_plan(loaded, use_cache=use_cache)
     packs = load_packs(policy_dirs)
+    plan = resolve_plan_facts(loaded, packs)
+    estimate = estimate_plan(loaded, use_cache=use_cache)
     as_of = as_of or plan.schedule.start
     decision = decide(plan, estimate, packs, as_of)
     subjects, inputs = build_subjects(input_files(loaded, packs.pack_files()))

@@ -70,9 +70,13 @@ def _print_verdict(out, result) -> None:
     for column in ("regime", "status", "observed", "threshold", "margin"):
         table.add_column(column)
     for regime in decision.regimes:
-        threshold = f"{regime.comparator or ''} {sci(regime.threshold_flops)}" if regime.threshold_flops else "-"
+        unit = " $" if regime.unit == "USD" else ""
+        threshold = (f"{regime.comparator or ''} {sci(regime.threshold_value)}{unit}"
+                     if regime.threshold_value is not None else "-")
+        observed = sci(regime.observed_value) + unit if regime.in_force else "-"
         margin = f"x{regime.margin_ratio:.2g}" if regime.margin_ratio is not None else "-"
-        table.add_row(regime.name, regime.status, sci(regime.observed_flops), threshold, margin)
+        status = regime.status + (f" ({regime.status_note})" if regime.status_note and not regime.in_force else "")
+        table.add_row(regime.name, status, observed, threshold, margin)
     out.print(table)
     for finding in decision.findings:
         if finding.effect in ("deny", "review"):
