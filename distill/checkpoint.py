@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from audit.errors import InputError
-from audit.fsutil import sha256_file, write_atomic
+from audit.fsutil import fsync_dir, sha256_file, write_atomic
 from distill.distributed import DistContext, barrier
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -103,16 +103,13 @@ def _torch_save_synced(obj, path: Path) -> None:
 
 
 def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` (save_pretrained does not), the folder and its parent."""
     for path in folder.rglob("*"):
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-    for path in [folder, folder.parent]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(folder)
+    fsync_dir(folder.parent)
 
 
 def save_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, optimizer, scheduler,

@@ -64,9 +64,9 @@ def register(subparsers) -> None:
 
 
 def _installed_pack_versions() -> dict[str, str]:
-    from audit.cli.verify_cmd import _installed_pack_versions as installed
+    from audit.policy.packs import installed_versions
 
-    return installed()
+    return installed_versions()
 
 
 def _refuse(reasons: list[str]) -> int:

@@ -45,24 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     approve.set_defaults(func=run_approve)
 
 
-def _installed_pack_versions() -> dict[str, str]:
-    """``{pack_id: version}`` of the policy packs bundled with this flopgate."""
-    from audit.policy.packs import load_packs
-
-    return {pack["id"]: str(pack["version"]) for pack in load_packs().pack_files()}
-
-
 def run_verify(args: argparse.Namespace) -> int:
     import json
 
     from audit.attest import PREDICATE_APPROVAL, VERIFY_FAILED_EXIT, VerificationFailed
     from audit.attest.keys import load_trusted_keys, short_fingerprint
     from audit.attest.verify import verify_envelope_file
+    from audit.policy.packs import installed_versions
 
     trusted = load_trusted_keys(args.pubkey, args.trust)
     try:
         result = verify_envelope_file(args.envelope, trusted, plan_path=args.plan,
-                                      installed_pack_versions=_installed_pack_versions)
+                                      installed_pack_versions=installed_versions)
     except VerificationFailed as exc:
         print(f"FAILED    {args.envelope}")
         if exc.details:

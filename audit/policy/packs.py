@@ -224,3 +224,8 @@ def load_packs(extra_dirs: Sequence[Path] = ()) -> PolicySet:
             raise InputError("no *.yaml policy packs found", source=str(folder))
         loaded.extend(load_pack_file(p) for p in files)
     return PolicySet(loaded)
+
+
+def installed_versions() -> dict[str, str]:
+    """``{pack_id: version}`` of the policy packs bundled with this flopgate."""
+    return {pack["id"]: str(pack["version"]) for pack in load_packs().pack_files()}
