@@ -26,6 +26,7 @@ BUILTIN_COMMANDS = [
     "audit.cli.check_cmd",
     "audit.cli.keys_cmd",
     "audit.cli.verify_cmd",
+    "audit.cli.report_cmd",
 ]
 
 

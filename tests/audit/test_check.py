@@ -80,3 +80,16 @@ def test_a_cached_check_imports_neither_torch_nor_transformers(tmp_path, key):
              "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)" % (args,))
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "0 False False"
+
+
+def test_report_re_renders_after_verifying(tmp_path, key, capsys):
+    out = tmp_path / "out"
+    main(["check", str(EXAMPLE), "--out", str(out), "--key", str(key[0])])
+    assert main(["report", str(out / "audit.intoto.json"), "--pubkey", str(key[1]), "-o", str(tmp_path / "r.html")]) == 0
+    good = (tmp_path / "r.html").read_text()
+    other_private, other_pub = generate_key(tmp_path / "keys" / "stranger")
+    assert main(["report", str(out / "audit.intoto.json"), "--pubkey", str(other_pub), "-o", str(tmp_path / "bad.html")]) == 5
+    bad = (tmp_path / "bad.html").read_text()
+    assert "verification FAILED" in capsys.readouterr().err
+    # the failed page carries a warning the verified one does not
+    assert "no valid signature" in bad and "no valid signature" not in good

@@ -1,0 +1,64 @@
+"""``flopgate report ENVELOPE``: re-render the HTML report from a signed audit.
+
+The envelope is verified first (signature by a key you trust, statement, and the digests of
+the files it covers). The report is rendered either way, but when verification fails the page
+opens with a prominent warning and the command exits 5. Without ``-o`` the HTML goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from audit.cli.verify_cmd import _add_trust_options
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="re-render the HTML report from a signed audit (verified first)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("envelope", metavar="ENVELOPE", help="e.g. audit.intoto.json")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the HTML here (default: stdout)")
+    p.add_argument("--plan", metavar="PLAN", help="the plan file, to find the audited inputs beside it")
+    _add_trust_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from audit.attest import PREDICATE_AUDIT, VERIFY_FAILED_EXIT, VerificationFailed
+    from audit.attest.keys import load_trusted_keys
+    from audit.attest.verify import read_envelope_file, unverified_statement, verify_envelope_file
+    from audit.errors import InputError
+    from audit.fsutil import write_atomic
+    from audit.policy.packs import installed_versions
+    from audit.report.render import render_audit_html
+
+    trusted = load_trusted_keys(args.pubkey, args.trust)
+    try:
+        verified = verify_envelope_file(args.envelope, trusted, plan_path=args.plan,
+                                        predicate_types=(PREDICATE_AUDIT,),
+                                        installed_pack_versions=installed_versions)
+        statement, signer = verified.statement, verified.signers[0].keyid
+        verification = {"ok": True, "reason": "signature and every input digest verified"
+                        + "".join(f"; {w}" for w in verified.warnings)}
+    except VerificationFailed as exc:
+        try:
+            statement = unverified_statement(read_envelope_file(args.envelope))
+        except (VerificationFailed, ValueError):
+            raise InputError("not an audit envelope flopgate can read", source=args.envelope) from None
+        signer = None
+        verification = {"ok": False, "reason": str(exc)}
+    if statement.get("predicateType") != PREDICATE_AUDIT:
+        raise InputError("expected an audit attestation", source=args.envelope, field="predicateType")
+    html = render_audit_html(statement["predicate"], signer_fingerprint=signer, verification=verification,
+                             attestation_name=Path(args.envelope).name)
+    if args.output:
+        write_atomic(args.output, html)
+    else:
+        sys.stdout.write(html)
+    if not verification["ok"]:
+        print(f"flopgate: verification FAILED ({verification['reason']}); the report says so at the top",
+              file=sys.stderr)
+        return VERIFY_FAILED_EXIT
+    return 0
