@@ -86,9 +86,8 @@ def _baddbmm(a: Mapping[str, Any], out: Any) -> OpCost:
 
 @formula("aten.matmul")
 def _matmul(a: Mapping[str, Any], out: Any) -> OpCost:
-    left, right = shape(a["self"]), shape(a["other"])
-    k = left[-1]
-    return OpCost(matmul=2.0 * numel(out) * k)
+    """Broadcasting matmul: each output element is a dot product over the shared dimension."""
+    return OpCost(matmul=2.0 * numel(out) * shape(a["self"])[-1])
 
 
 @formula("aten.linear")
@@ -98,24 +97,38 @@ def _linear(a: Mapping[str, Any], out: Any) -> OpCost:
     return OpCost(matmul=2.0 * numel(out) * k, non_matmul=float(bias))
 
 
+def _expand_ellipsis(spec: str, ndim: int) -> str:
+    """Name the dimensions an ellipsis stands for with Greek letters, counted from the right
+    so broadcast dimensions of different operands line up."""
+    if "..." not in spec:
+        return spec
+    extra = ndim - (len(spec) - 3)
+    return spec.replace("...", "".join(chr(0x3B1 + extra - 1 - i) for i in range(extra)))
+
+
 @formula("aten.einsum")
 def _einsum(a: Mapping[str, Any], out: Any) -> OpCost:
     """Left-to-right pairwise contraction: each pair costs 2 x the product of every index size
-    the pair touches (indices summed away included)."""
-    equation = a["equation"].replace(" ", "")
-    inputs_spec, _, output_spec = equation.partition("->")
-    specs = inputs_spec.split(",")
+    the pair touches (indices summed away included). One operand: a reduction, 1 per element."""
+    lhs, arrow, rhs = a["equation"].replace(" ", "").partition("->")
+    tensors = list(a["tensors"])
+    specs = [_expand_ellipsis(spec, len(shape(t))) for spec, t in zip(lhs.split(","), tensors)]
     sizes: dict[str, int] = {}
-    for spec, tensor in zip(specs, a["tensors"]):
-        for letter, size in zip(spec.replace("...", ""), shape(tensor)[-len(spec.replace("...", "")):] if spec.replace("...", "") else ()):
+    for spec, tensor in zip(specs, tensors):
+        for letter, size in zip(spec, shape(tensor)):
             sizes[letter] = max(sizes.get(letter, 1), size)
+    if arrow:
+        output = set(_expand_ellipsis(rhs, len(shape(out)))) if hasattr(out, "shape") else set(rhs)
+    else:  # implicit output: the indices that appear once
+        joined = "".join(specs)
+        output = {ch for ch in joined if joined.count(ch) == 1}
     if len(specs) == 1:
         return OpCost(non_matmul=float(math.prod(sizes.values())))
     total, current = 0.0, set(specs[0])
     for index, spec in enumerate(specs[1:], start=1):
         touched = current | set(spec)
-        total += 2.0 * math.prod(sizes.get(ch, 1) for ch in touched if ch != ".")
-        later = set("".join(specs[index + 1:])) | set(output_spec)
+        total += 2.0 * math.prod(sizes[ch] for ch in touched)
+        later = set("".join(specs[index + 1:])) | output
         current = {ch for ch in touched if ch in later}
     return OpCost(matmul=total)
 

@@ -50,6 +50,13 @@ def test_einsum_formula_directly():
     assert cost.matmul == 2 * 2 * 3 * 4 + 2 * 2 * 4 * 5
 
 
+def test_einsum_with_ellipsis_broadcast_and_implicit_output():
+    f = FORMULAS["aten.einsum"]
+    out = meta(2, 3, 4, 6)
+    assert f({"equation": "...ik,...kj->...ij", "tensors": [meta(2, 3, 4, 5), meta(3, 5, 6)]}, out).matmul == 2 * 2 * 3 * 4 * 5 * 6
+    assert f({"equation": "ij,jk", "tensors": [meta(2, 3), meta(3, 4)]}, meta(2, 4)).matmul == 2 * 2 * 3 * 4
+
+
 def test_grouped_mm_all_layouts():
     f = FORMULAS["aten._grouped_mm"]
     offs = None
