@@ -164,11 +164,6 @@ class LoadedPlan(BaseModel):
     path: Path
 
 
-def _looks_like_path(value: str) -> bool:
-    return value.endswith((".json", ".yaml", ".yml")) or value.startswith((".", "/", "~")) or (
-        "/" in value and Path(value).exists())
-
-
 def _resolve(value: str | None, base: Path, *, always: bool) -> str | None:
     """Resolve a relative path against ``base``. Ids like ``meta-llama/Llama-3.1-8B`` stay as
     they are unless a file or folder of that name exists beside the plan."""
@@ -214,8 +209,3 @@ def _check_config_references(plan: Plan, source: str) -> None:
     resolve_config(plan.student.config, source=source, field="student.config")
     if plan.teacher.config:
         resolve_config(plan.teacher.config, source=source, field="teacher.config")
-
-
-def is_path_like(value: str) -> bool:
-    """True when a config reference names a file or folder rather than a bundled name."""
-    return _looks_like_path(value) or Path(value).exists()

@@ -215,12 +215,6 @@ def load_trusted_keys(pubkey: str | os.PathLike | None = None,
     return list(keys.values())
 
 
-def trusted_key_from_private(private_key: Ed25519PrivateKey, source: str) -> TrustedKey:
-    """A ``TrustedKey`` for the public half of a key the user holds (e.g. the one they sign with)."""
-    public_key = private_key.public_key()
-    return TrustedKey(key_id(public_key), public_key, source)
-
-
 def ensure_default_key() -> tuple[Ed25519PrivateKey, Path, bool]:
     """Load the default key, creating it (and its 0700 folder) first when missing.
 
