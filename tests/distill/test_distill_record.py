@@ -1,5 +1,5 @@
 """The signed run record and the model card, written from a made-up training result (the
-end-to-end run through ``flopgate distill`` is in test_cli.py)."""
+end-to-end run through ``flopgate distill`` is in test_distill_cli.py)."""
 
 from __future__ import annotations
 
