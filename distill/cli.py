@@ -57,6 +57,9 @@ def register(subparsers) -> None:
     p.add_argument("--grad-accum", type=positive(int), metavar="N", help="micro-steps per optimizer step")
     p.add_argument("--lr", type=positive(float), metavar="X", help="peak learning rate")
     p.add_argument("--checkpoint-every", type=positive(int), metavar="N", help="steps between checkpoints")
+    p.add_argument("--teacher-cache", metavar="DIR", help="cached teacher logits for a cached_logits plan "
+                   "(built there on first use; default OUT/teacher-cache)")
+    p.add_argument("--no-compile", action="store_true", help="no torch.compile on CUDA")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--allow-cpu", action="store_true", help="train without CUDA (tests and tiny demos)")
     p.add_argument("--dry-run", action="store_true", help="run every check, load no model, train nothing")
@@ -101,8 +104,17 @@ def run(args) -> int:
     refusal, flops_per_token, budget = meter_figures(loaded.plan, gate.predicate)
     if refusal:
         return _refuse([refusal])
+    teacher_fpt = None
+    if loaded.plan.method.kind == "cached_logits":
+        # The teacher runs once, when the cache is built; the meter charges that once, so the
+        # per-training-token figure is the student's alone.
+        teacher_fpt = ((gate.predicate.get("compute") or {}).get("teacher") or {}).get("forward_flops_per_token")
+        if not _number(teacher_fpt):
+            return _refuse(["compute: the audit has no teacher forward FLOP per token for the logit cache"])
+        flops_per_token -= teacher_fpt
     out_dir = Path(args.out) if args.out else Path("distill-out") / _safe_name(loaded.plan.name)
-    cfg = train_config(loaded, args, out_dir=out_dir, flops_per_token=flops_per_token, budget=budget)
+    cfg = train_config(loaded, args, out_dir=out_dir, flops_per_token=flops_per_token, budget=budget,
+                       teacher_flops_per_token=teacher_fpt)
     device_name = _device(args)
     print(f"compute: {flops_per_token:.4g} FLOP per token, budget {budget:.4g} FLOP "
           f"(stop before {budget * (1 + cfg.tolerance):.4g}); device {device_name}")
@@ -162,7 +174,8 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "run"
 
 
-def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget: float):
+def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget: float,
+                 teacher_flops_per_token: float | None = None):
     """The trainer's config from the plan, the audit's figures and the flags; checks the
     teacher folder and the data files first (no model is loaded)."""
     from audit.errors import InputError
@@ -192,6 +205,12 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
     overrides = {k: v for k, v in {"max_steps": args.steps, "micro_batch": args.micro_batch,
                                    "grad_accum": args.grad_accum, "lr": args.lr,
                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    if teacher_flops_per_token is not None:
+        overrides["teacher_flops_per_token"] = teacher_flops_per_token
+    if getattr(args, "teacher_cache", None):
+        overrides["teacher_cache_dir"] = Path(args.teacher_cache)
+    if getattr(args, "no_compile", False):
+        overrides["compile"] = False
     return TrainConfig.from_plan(with_teacher, out_dir=out_dir, flops_per_token=flops_per_token,
                                  budget_flops=budget, data_files=data_files, **overrides)
 

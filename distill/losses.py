@@ -21,8 +21,14 @@ over this call's valid tokens divided by ``num_valid_tokens_global``, the count 
 in the whole optimizer step (all gradient-accumulation micro-steps, all ranks). Summing the
 micro-step losses of every rank then gives the mean over the global batch, whatever its split.
 
-Precision: logits are computed and reduced in fp32 (fp64 when the inputs are fp64): hidden
-states and head weights are cast up before the matmul, never the bf16 logits after it.
+Precision: logits are computed and reduced in fp32 (fp64 when the inputs are fp64), never
+rounded to bf16 first. By default hidden states and head weights are cast up before the matmul;
+with ``matmul_dtype=torch.bfloat16`` (the GPU fast path) they enter the GEMM as bf16 and the
+products are accumulated and returned in fp32, which gives the logits of the bf16 operands
+exactly up to summation order. The logit gradient then enters the two gradient GEMMs as bf16.
+
+Host syncs: with ``skip_ignored=False`` (the CUDA default) nothing in the loss waits for the
+GPU; the count of valid tokens may be a device tensor.
 """
 
 from __future__ import annotations
@@ -70,6 +76,14 @@ def _divide(total: torch.Tensor, count: Count) -> torch.Tensor:
     return total / max(float(count), 1.0)
 
 
+def _scale_(grad: torch.Tensor, grad_output: torch.Tensor, count: Count) -> torch.Tensor:
+    """grad * grad_output / count in place (count clamped to >= 1; no host sync for a tensor)."""
+    grad.mul_(grad_output.to(grad.dtype))
+    if isinstance(count, torch.Tensor):
+        return grad.div_(count.to(device=grad.device, dtype=grad.dtype).clamp_min(1))
+    return grad.div_(max(float(count), 1.0))
+
+
 # ----------------------------------------------------------------------------------------------
 # Reference: full logits, autograd, written to be read against the formulas above.
 # ----------------------------------------------------------------------------------------------
@@ -115,7 +129,20 @@ def reference_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.T
 # Fused: lm_head + loss per chunk of tokens, gradients computed in closed form in the forward.
 # ----------------------------------------------------------------------------------------------
 
-def _chunk_loss_and_grad(z_s: torch.Tensor, z_t: torch.Tensor, labels: torch.Tensor,
+def hard_label_terms(z_s: torch.Tensor, labels: torch.Tensor, log_p: Optional[torch.Tensor],
+                     temperature: float, need_grad: bool):
+    """Per-token cross-entropy [n] at T = 1 and its gradient wrt z_s (softmax - onehot).
+    ``log_p`` is log_softmax(z_s / T) when already at hand (reused when T = 1)."""
+    log_p1 = log_p if (log_p is not None and temperature == 1) else F.log_softmax(z_s, dim=-1)
+    loss = -log_p1.gather(1, labels[:, None]).squeeze(1)
+    grad = None
+    if need_grad:
+        grad = log_p1.exp()
+        grad[torch.arange(len(labels), device=labels.device), labels] -= 1
+    return loss, grad
+
+
+def _chunk_loss_and_grad(z_s: torch.Tensor, z_t: Optional[torch.Tensor], labels: torch.Tensor,
                          spec: LossSpec, need_grad: bool):
     """Per-token loss [n] and d(sum of losses)/d z_s [n, V] for one chunk of logits.
 
@@ -127,9 +154,9 @@ def _chunk_loss_and_grad(z_s: torch.Tensor, z_t: torch.Tensor, labels: torch.Ten
     """
     temperature, w = spec.temperature, spec.hard_label_weight
     log_p = F.log_softmax(z_s / temperature, dim=-1)
-    p = log_p.exp()
     grad = None
     if w < 1:
+        p = log_p.exp()
         log_q = F.log_softmax(z_t / temperature, dim=-1)
         if spec.kind == "forward_kl":
             q = log_q.exp()
@@ -155,74 +182,206 @@ def _chunk_loss_and_grad(z_s: torch.Tensor, z_t: torch.Tensor, labels: torch.Ten
     else:
         loss = torch.zeros(z_s.shape[0], dtype=z_s.dtype, device=z_s.device)
     if w > 0:
-        log_p1 = log_p if temperature == 1 else F.log_softmax(z_s, dim=-1)
-        loss = loss + w * -log_p1.gather(1, labels[:, None]).squeeze(1)
+        ce, d_ce = hard_label_terms(z_s, labels, log_p, temperature, need_grad)
+        loss = loss + w * ce
         if need_grad:
-            d_ce = log_p1.exp()
-            d_ce[torch.arange(len(labels), device=labels.device), labels] -= 1
             grad = w * d_ce if grad is None else grad + w * d_ce
     return loss, grad
 
 
-class _FusedDistillLoss(torch.autograd.Function):
-    """Forward computes the loss and, if needed, its gradients wrt student hidden states and
-    head weight chunk by chunk; backward only scales them by the incoming gradient."""
+def masked_sum_and_grad(loss: torch.Tensor, grad: Optional[torch.Tensor], valid: Optional[torch.Tensor],
+                        grad_dtype: torch.dtype):
+    """Sum of the per-token losses over valid rows, and the gradient with ignored rows zeroed and
+    cast to ``grad_dtype`` (the matmul operand dtype). ``valid`` None: every row counts."""
+    if valid is not None:
+        loss = torch.where(valid, loss, torch.zeros_like(loss))
+        if grad is not None:
+            grad = torch.where(valid[:, None], grad, torch.zeros_like(grad))
+    return loss.sum(), (grad.to(grad_dtype) if grad is not None else None)
+
+
+def _online_chunk(z_s, z_t, labels, valid, spec: LossSpec, need_grad: bool, grad_dtype: torch.dtype):
+    """One chunk of the online loss: (sum of valid losses, gradient wrt z_s in ``grad_dtype``).
+    The unit :func:`torch.compile` fuses on GPU (one pass over the [chunk x V] blocks)."""
+    if valid is not None:
+        labels = labels.clamp_min(0)  # ignored rows: any index, their terms are zeroed
+    loss, grad = _chunk_loss_and_grad(z_s, z_t, labels, spec, need_grad)
+    return masked_sum_and_grad(loss, grad, valid, grad_dtype)
+
+
+COMPILE_BACKEND = "inductor"
+"""Backend of every torch.compile flopgate makes (tests use "aot_eager": same tracing, no codegen)."""
+
+_COMPILED: dict = {}
+
+
+def compiled(fn):
+    """``torch.compile(fn)``, made once per function and backend (shapes may vary: the last
+    chunk is shorter)."""
+    key = (fn, COMPILE_BACKEND)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(fn, dynamic=None, backend=COMPILE_BACKEND)
+    return _COMPILED[key]
+
+
+def _has_out_dtype_matmul() -> bool:
+    try:
+        return "dtype" in torch.ops.aten.mm.overloads() and "dtype_out" in torch.ops.aten.addmm.overloads()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_OUT_DTYPE_MATMUL = _has_out_dtype_matmul()
+_OUT_DTYPE_WORKS: dict = {}
+
+
+def _out_dtype_works(device: torch.device) -> bool:
+    """Whether fp32-output bf16 GEMMs run on this CUDA device (tried once per device; an old
+    torch or GPU falls back to casting the operands up)."""
+    if not _OUT_DTYPE_MATMUL:
+        return False
+    if device not in _OUT_DTYPE_WORKS:
+        try:
+            a = torch.ones(16, 16, dtype=torch.bfloat16, device=device)
+            acc = torch.zeros(16, 16, dtype=torch.float32, device=device)
+            torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
+            _OUT_DTYPE_WORKS[device] = bool(torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+                                            and acc[0, 0].item() == 16.0)
+        except (RuntimeError, TypeError, NotImplementedError):
+            _OUT_DTYPE_WORKS[device] = False
+    return _OUT_DTYPE_WORKS[device]
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """a @ b with the products summed and returned in ``out_dtype`` (fp32 or fp64).
+
+    bf16 operands on CUDA use cuBLAS's fp32-output GEMM (bf16 tensor cores, nothing rounded to
+    bf16 after the product); elsewhere the operands are cast up first, which gives the same
+    values (a bf16 number is exact in fp32)."""
+    if a.dtype != out_dtype and a.is_cuda and _out_dtype_works(a.device):
+        return torch.mm(a, b, out_dtype=out_dtype)
+    return torch.mm(a.to(out_dtype), b.to(out_dtype))
+
+
+def accumulate_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b, accumulated in acc's dtype (fp32 or fp64) whatever the operands' dtype."""
+    if a.dtype != acc.dtype and a.is_cuda and _out_dtype_works(a.device):
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    else:
+        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+
+
+@dataclass(frozen=True)
+class FusedOptions:
+    """How the fused loss runs; none of these change the function it computes.
+
+    * ``matmul_dtype``: dtype of the GEMM operands. None: the compute dtype (fp32, or fp64 for
+      fp64 inputs). ``torch.bfloat16``: hidden states, heads and the logit gradient enter the
+      matmuls as bf16 (what autocast gives the plain lm_head) while products are accumulated
+      and returned in fp32: logits are never rounded to bf16. The fast choice on GPU.
+    * ``skip_ignored``: gather the valid rows first (ignored positions cost no matmul, at the
+      price of one host sync for their count), or run every row and zero the ignored ones
+      (no host sync). None: skip on CPU, mask on CUDA.
+    * ``compile``: run the per-chunk elementwise work through :func:`torch.compile`.
+    """
+
+    matmul_dtype: Optional[torch.dtype] = None
+    skip_ignored: Optional[bool] = None
+    compile: bool = False
+
+
+def run_fused_chunks(h_s: torch.Tensor, w_s: torch.Tensor, labels: torch.Tensor, vocab: int,
+                     chunk_size: int, need_grad: bool, options: FusedOptions, chunk_terms):
+    """The chunk loop shared by the online and the cached-target losses.
+
+    ``chunk_terms(rows, z_s, labels_rows, valid_rows, grad_dtype)`` returns the chunk's summed
+    loss and its gradient wrt the student logits z_s [rows x vocab] (valid_rows is None when
+    only valid rows are passed). Returns (summed loss, d/d h_s, d/d w_s[:vocab]) in the compute
+    dtype; the gradients are those of the SUM, not yet divided by the token count.
+    """
+    out_dtype = _compute_dtype(h_s, w_s)
+    op_dtype = options.matmul_dtype or out_dtype
+    skip = options.skip_ignored if options.skip_ignored is not None else not h_s.is_cuda
+    with torch.autocast(device_type=h_s.device.type, enabled=False):
+        head = w_s.detach()[:vocab].to(op_dtype)
+        hidden = h_s.detach()
+        tokens = hidden.shape[0]
+        total = torch.zeros((), dtype=out_dtype, device=h_s.device)
+        grad_h = torch.zeros(hidden.shape, dtype=out_dtype, device=h_s.device) if need_grad else None
+        grad_w = torch.zeros(head.shape, dtype=out_dtype, device=h_s.device) if need_grad else None
+        if skip:
+            index = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+            blocks = [index[start:start + chunk_size] for start in range(0, index.numel(), chunk_size)]
+        else:
+            blocks = [slice(start, min(start + chunk_size, tokens)) for start in range(0, tokens, chunk_size)]
+        for rows in blocks:
+            hs = hidden[rows].to(op_dtype)
+            z_s = matmul(hs, head.T, out_dtype)
+            rows_labels = labels[rows]
+            valid = None if skip else rows_labels != IGNORE_INDEX
+            loss_sum, d_z = chunk_terms(rows, z_s, rows_labels, valid, op_dtype)
+            del z_s
+            total += loss_sum
+            if need_grad:
+                if skip:
+                    grad_h.index_copy_(0, rows, matmul(d_z, head, out_dtype))
+                else:
+                    grad_h[rows] = matmul(d_z, head, out_dtype)
+                accumulate_matmul(grad_w, d_z.T, hs)
+    return total, grad_h, grad_w
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """Forward computes the loss and, if needed, its gradients wrt the student's hidden states
+    and head weight chunk by chunk; backward only scales them by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, h_s, w_s, h_t, w_t, labels, spec, num_valid, vocab, chunk_size, need_grad):
-        dtype = _compute_dtype(h_s, w_s)
-        with torch.autocast(device_type=h_s.device.type, enabled=False):
-            head_s = w_s.detach()[:vocab].to(dtype)
-            head_t = w_t.detach()[:vocab].to(dtype)
-            rows_valid = (labels != IGNORE_INDEX).nonzero().squeeze(1)
-            total = torch.zeros((), dtype=dtype, device=h_s.device)
-            grad_h = torch.zeros(h_s.shape, dtype=dtype, device=h_s.device) if need_grad else None
-            grad_w = torch.zeros(head_s.shape, dtype=dtype, device=h_s.device) if need_grad else None
-            for start in range(0, rows_valid.numel(), chunk_size):
-                rows = rows_valid[start:start + chunk_size]
-                hs = h_s.detach()[rows].to(dtype)
-                z_s = hs @ head_s.T
-                z_t = (h_t.detach()[rows].to(dtype) @ head_t.T) if spec.hard_label_weight < 1 else None
-                loss, d_z = _chunk_loss_and_grad(z_s, z_t, labels[rows], spec, need_grad)
-                total += loss.sum()
-                if need_grad:
-                    grad_h.index_copy_(0, rows, d_z @ head_s)
-                    grad_w.addmm_(d_z.T, hs)
-            loss_value = _divide(total, num_valid)
+    def forward(ctx, h_s, w_s, labels, num_valid, vocab, chunk_size, need_grad, options, chunk_terms):
+        total, grad_h, grad_w = run_fused_chunks(h_s, w_s, labels, vocab, chunk_size, need_grad, options,
+                                                 chunk_terms)
         if need_grad:
-            ctx.save_for_backward(_divide(grad_h, num_valid), _divide(grad_w, num_valid))
-            ctx.meta = (h_s.dtype, w_s.dtype, w_s.shape[0])
-        return loss_value
+            ctx.save_for_backward(grad_h, grad_w)
+            ctx.meta = (num_valid, h_s.dtype, w_s.dtype, w_s.shape[0])
+        return _divide(total, num_valid)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         grad_h, grad_w = ctx.saved_tensors
-        h_dtype, w_dtype, w_rows = ctx.meta
-        grad_h = (grad_h * grad_output).to(h_dtype)
-        grad_w = grad_w * grad_output
+        num_valid, h_dtype, w_dtype, w_rows = ctx.meta
+        # In place: these buffers are this call's own and backward runs once.
+        grad_h = _scale_(grad_h, grad_output, num_valid).to(h_dtype)
+        grad_w = _scale_(grad_w, grad_output, num_valid)
         if w_rows > grad_w.shape[0]:  # padded vocabulary rows get no gradient
             grad_w = F.pad(grad_w, (0, 0, 0, w_rows - grad_w.shape[0]))
-        return grad_h, grad_w.to(w_dtype), None, None, None, None, None, None, None, None
+        return grad_h, grad_w.to(w_dtype), None, None, None, None, None, None, None
 
 
-def default_chunk_size(vocab: int) -> int:
-    """Tokens per chunk: a [chunk x V] fp32 block of about 64 MiB (2^24 elements), 16..4096.
-    A chunk's loss and gradient hold about ten such blocks at once (V = 128k: 130 tokens)."""
-    return max(16, min(4096, (1 << 24) // max(vocab, 1)))
+def default_chunk_size(vocab: int, matmul_dtype: Optional[torch.dtype] = None) -> int:
+    """Tokens per chunk. fp32/fp64 operands (the CPU path): a [chunk x V] fp32 block of about
+    64 MiB (2^24 elements; V = 128k: 130 tokens), since a chunk holds about ten such blocks.
+    bf16 operands (the GPU path, compiled): 2^26 elements (V = 128k: 520 tokens), fewer, larger
+    chunks, because each chunk re-reads and re-writes the whole fp32 head gradient [V x H].
+    Rounded down to a multiple of 8 (GEMM-friendly), clamped to 16..4096."""
+    budget = 1 << (26 if matmul_dtype in (torch.bfloat16, torch.float16) else 24)
+    return max(16, min(4096, budget // max(vocab, 1) // 8 * 8))
 
 
 def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                        teacher_hidden: torch.Tensor, teacher_head: torch.Tensor,
                        labels: torch.Tensor, spec: LossSpec, num_valid_tokens_global: Count,
                        vocab_size: Optional[int] = None,
-                       chunk_size: Optional[int] = None) -> torch.Tensor:
+                       chunk_size: Optional[int] = None, *,
+                       matmul_dtype: Optional[torch.dtype] = None,
+                       skip_ignored: Optional[bool] = None,
+                       compile: bool = False) -> torch.Tensor:
     """The same loss as :func:`reference_distill_loss`, from final hidden states and head weights.
 
     ``student_hidden`` [..., H_s] and ``teacher_hidden`` [..., H_t] are the models' last hidden
     states (after the final norm); ``student_head`` [V_s, H_s] and ``teacher_head`` [V_t, H_t]
     their lm_head weights (no bias). Gradients flow to ``student_hidden`` and ``student_head``
     only. Peak extra memory is a few [chunk_size x V] blocks plus one [V x H_s] gradient, never
-    [tokens x V]. Ignored positions (label -100) cost no matmul.
+    [tokens x V]. ``matmul_dtype``, ``skip_ignored`` and ``compile``: see :class:`FusedOptions`.
     """
     vocab = vocab_size or min(student_head.shape[0], teacher_head.shape[0])
     if vocab > min(student_head.shape[0], teacher_head.shape[0]):
@@ -235,6 +394,19 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
         raise ValueError(f"token counts differ: student {h_s.shape[0]}, teacher {h_t.shape[0]}, "
                          f"labels {flat_labels.shape[0]}")
     need_grad = torch.is_grad_enabled() and (h_s.requires_grad or student_head.requires_grad)
-    return _FusedDistillLoss.apply(h_s, student_head, h_t, teacher_head, flat_labels, spec,
-                                   num_valid_tokens_global, vocab,
-                                   chunk_size or default_chunk_size(vocab), need_grad)
+    options = FusedOptions(matmul_dtype, skip_ignored, compile)
+    out_dtype = _compute_dtype(h_s, student_head)
+    op_dtype = matmul_dtype or out_dtype
+    head_t = teacher_head.detach()[:vocab].to(op_dtype) if spec.hard_label_weight < 1 else None
+    chunk_fn = compiled(_online_chunk) if compile else _online_chunk
+
+    def chunk_terms(rows, z_s, rows_labels, valid, grad_dtype):
+        z_t = None
+        if head_t is not None:
+            with torch.autocast(device_type=h_s.device.type, enabled=False):
+                z_t = matmul(h_t.detach()[rows].to(op_dtype), head_t.T, out_dtype)
+        return chunk_fn(z_s, z_t, rows_labels, valid, spec, need_grad, grad_dtype)
+
+    return _FusedHeadLoss.apply(h_s, student_head, flat_labels, num_valid_tokens_global, vocab,
+                                chunk_size or default_chunk_size(vocab, matmul_dtype), need_grad, options,
+                                chunk_terms)

@@ -6,6 +6,11 @@ forward, 1 multiply-add = 2 FLOP). Tokens processed are every position fed throu
 (sequences x seq_len), ignored labels included: they cost compute too.
 
 The run stops BEFORE a step would take the total past budget x (1 + tolerance).
+
+One-off compute: with cached teacher logits, training tokens cost the student only
+(``flops_per_token`` is then the student's training FLOP per token) and the teacher's forward
+over the data is spent once, when the cache is built. :meth:`ComputeMeter.charge` books such a
+one-off amount; it counts toward the total and the budget like per-token compute.
 """
 
 from __future__ import annotations
@@ -35,11 +40,18 @@ class ComputeMeter:
         self.tolerance = tolerance
         self.ctx = ctx
         self.tokens = 0
+        self.one_off_flops = 0.0
 
     @property
     def flops(self) -> float:
-        """FLOP executed so far, all ranks."""
-        return self.tokens * self.flops_per_token
+        """FLOP executed so far, all ranks: per-token compute plus one-off charges."""
+        return self.tokens * self.flops_per_token + self.one_off_flops
+
+    def charge(self, flops: float) -> None:
+        """Book one-off compute (the same figure on every rank, not summed over ranks)."""
+        if not flops >= 0:
+            raise ValueError(f"flops: expected >= 0, got {flops}")
+        self.one_off_flops += float(flops)
 
     @property
     def limit_flops(self) -> Optional[float]:
@@ -58,13 +70,15 @@ class ComputeMeter:
         limit = self.limit_flops
         if limit is None:
             return False
-        return (self.tokens + self._global(next_tokens)) * self.flops_per_token > limit
+        return (self.tokens + self._global(next_tokens)) * self.flops_per_token + self.one_off_flops > limit
 
     def state_dict(self) -> dict:
-        return {"tokens": self.tokens, "flops": self.flops, "flops_per_token": self.flops_per_token}
+        return {"tokens": self.tokens, "flops": self.flops, "flops_per_token": self.flops_per_token,
+                "one_off_flops": self.one_off_flops}
 
     def load_state_dict(self, state: dict) -> None:
         self.tokens = int(state["tokens"])
+        self.one_off_flops = float(state.get("one_off_flops", 0.0))
 
 
 def flops_per_token_from_estimate(estimate) -> float:

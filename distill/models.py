@@ -121,6 +121,22 @@ _IGNORED_CONFIG_KEYS = {"num_hidden_layers", "layer_types", "dtype", "torch_dtyp
                         "architectures", "transformers_version", "use_cache"}
 
 
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder's list of layers (``model.layers`` for Llama)."""
+    return model.get_submodule(_layer_list_prefix(model))
+
+
+def compile_layers(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """Regional compilation: ``torch.compile`` each decoder layer in place (``Module.compile``).
+
+    Layers of one model share code and shapes, so one compiled graph serves them all: compile
+    time is that of one layer, not of the whole stack, and parameter names (checkpoints) do not
+    change. Fusions stay inside a layer (norms, rotary embedding, SwiGLU, residual adds)."""
+    for layer in decoder_layers(model):
+        layer.compile(backend=backend, dynamic=None)
+    return model
+
+
 def _layer_list_prefix(model: nn.Module) -> str:
     """State-dict prefix of the decoder's layer list (``model.layers`` for Llama)."""
     count = model.config.num_hidden_layers
@@ -130,11 +146,14 @@ def _layer_list_prefix(model: nn.Module) -> str:
     raise InputError(f"cannot find the decoder layer list of {type(model).__name__} to prune")
 
 
-def check_vocab(tokenizer, teacher: nn.Module, student: nn.Module,
+def check_vocab(tokenizer, teacher: Optional[nn.Module], student: nn.Module,
                 student_tokenizer=None) -> int:
-    """Number of logits both models are compared on: len(tokenizer). ``InputError`` on a mismatch."""
+    """Number of logits both models are compared on: len(tokenizer). ``InputError`` on a mismatch.
+    ``teacher`` may be None (cached teacher logits: the cache records its own vocabulary)."""
     vocab = len(tokenizer)
     for role, model in (("teacher", teacher), ("student", student)):
+        if model is None:  # no teacher in memory: cached teacher logits
+            continue
         rows = model.get_output_embeddings().weight.shape[0]
         if rows < vocab:
             raise InputError(f"the {role}'s output layer has {rows} rows but the teacher's tokenizer "

@@ -7,13 +7,29 @@
 3. read, tokenize and pack the data; check it against the manifest;
 4. AdamW, linear warm-up then cosine decay to ``min_lr_ratio x lr``, gradient clipping;
 5. resume from the newest checkpoint when asked (bitwise exact on the same hardware);
-6. each step: teacher forward (no grad), student forward, fused chunked loss normalised by the
-   step's global valid-token count, backward, clip, step; meter, log, progress, checkpoint;
+6. each step: teacher forward (inference mode) or cached teacher targets, student forward,
+   fused chunked loss normalised by the step's global valid-token count, backward, clip, step;
+   meter, log, progress, checkpoint;
 7. stop at ``max_steps`` / ``max_tokens`` or, with a checkpoint first, before the compute meter
    would pass budget x (1 + tolerance).
 
 Precision: on CUDA the student runs under bf16 autocast (fp32 master weights) and the teacher
-in bf16; on CPU everything is fp32. Logits are always formed and reduced in fp32.
+in bf16; on CPU everything is fp32. Logits are always formed and reduced in fp32 (on CUDA from
+bf16 operands through fp32-output GEMMs, see :mod:`distill.losses`).
+
+GPU fast path (the CUDA defaults): regional ``torch.compile`` of both models' decoder layers
+and of the loss's per-chunk elementwise work (``compile``; off on CPU); bf16 GEMM operands in
+the fused loss; the teacher under ``torch.inference_mode``; and no host sync inside a step:
+batches are copied from pinned memory without blocking, ignored labels are masked rather than
+gathered, the single-process valid-token count is taken on the host, and the loss and gradient
+norm are read back (``.item()``) only every ``log_every`` steps (10 on CUDA, 1 on CPU) and at
+checkpoints. Steps in between are still logged, with ``loss`` and ``grad_norm`` null.
+
+Teacher source: ``online`` runs the teacher every step; ``cached`` reads top-k teacher
+log-probabilities from ``teacher_cache_dir`` (:mod:`distill.teacher_cache`), building the cache
+first when the folder has none, so the teacher's forward leaves the training loop. The meter
+then charges the cache's teacher forward (``teacher_flops_per_token`` x the data's tokens) once
+per run, and ``flops_per_token`` must be the student's training FLOP per token only.
 
 Device: ``device="auto"`` picks CUDA when present. Refusing to train on CPU without
 ``--allow-cpu`` is the CLI's job, not this module's. Nothing here checks an audit: callers
@@ -43,14 +59,16 @@ from audit.validation import validate_model
 from distill import distributed
 from distill.checkpoint import load_latest, restore_checkpoint, save_checkpoint
 from distill.data import check_manifest, load_packed, read_manifest
+from distill import losses
 from distill.losses import LossKind, LossSpec, fused_distill_loss
 from distill.meter import ComputeMeter
-from distill.models import (HiddenStates, build_student, check_vocab, final_hidden_states, head_weight,
-                            load_teacher, load_tokenizer)
+from distill.models import (HiddenStates, build_student, check_vocab, compile_layers, final_hidden_states,
+                            head_weight, load_teacher, load_tokenizer)
 
 # Fields that do not change the trained weights; a resume may change them.
 _RESUMABLE_FIELDS = {"out_dir", "log_path", "progress", "checkpoint_every", "keep_last", "budget_flops",
-                     "tolerance", "flops_per_token", "device"}
+                     "tolerance", "flops_per_token", "device", "compile", "log_every", "teacher_cache_dir",
+                     "teacher_flops_per_token"}
 
 
 class TrainConfig(BaseModel):
@@ -91,6 +109,16 @@ class TrainConfig(BaseModel):
     tolerance: float = Field(default=0.05, ge=0)
     log_path: Optional[Path] = Field(default=None, description="JSONL metrics; default OUT/metrics.jsonl")
     progress: bool = True
+    compile: Optional[bool] = Field(default=None, description="regional torch.compile of both models and "
+                                    "the loss's chunk work; None: on for CUDA, off for CPU")
+    log_every: Optional[int] = Field(default=None, gt=0, description="read the loss back every N steps "
+                                     "(a host sync); None: 10 on CUDA, 1 on CPU")
+    teacher_source: Literal["online", "cached"] = "online"
+    teacher_cache_dir: Optional[Path] = Field(default=None, description="cached teacher logits (built if absent)")
+    teacher_cache_k: int = Field(default=64, gt=0, description="top-k kept per position when building the cache")
+    teacher_cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    teacher_flops_per_token: Optional[float] = Field(default=None, gt=0, description="audited teacher "
+                                                     "forward FLOP per token (charged once for a cache)")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -106,6 +134,14 @@ class TrainConfig(BaseModel):
             raise ValueError("student_init 'base' needs student_base_dir")
         if self.student_layers is not None and self.student_init != "pruned_teacher":
             raise ValueError("student_layers applies to student_init 'pruned_teacher' only")
+        if self.teacher_source == "cached":
+            if self.teacher_cache_dir is None:
+                raise ValueError("teacher_source 'cached' needs teacher_cache_dir")
+            if self.loss != "forward_kl" and self.hard_label_weight < 1:
+                raise ValueError(f"cached teacher logits support the forward_kl loss only, not {self.loss}")
+            if self.flops_per_token is not None and self.teacher_flops_per_token is None:
+                raise ValueError("a metered run on cached teacher logits needs teacher_flops_per_token "
+                                 "(the cache's teacher forward is charged to the budget)")
         return self
 
     @classmethod
@@ -121,9 +157,13 @@ class TrainConfig(BaseModel):
         Mapped: teacher.model (a local model folder) -> teacher_dir; student.init/config/
         base_model -> the student source (bundled config names resolve to their JSON); data.
         manifest -> manifest and data_files (in manifest order); data.seq_len; data.tokens x
-        epochs -> max_tokens; method.loss/temperature; budget.max_flops -> budget_flops, or,
-        without one, the audited run compute flops_per_token x tokens. ``overrides`` set any
-        other field (micro_batch, lr, ...) and win over the mapping.
+        epochs -> max_tokens; method.loss/temperature; method.kind ``logits`` -> the online
+        teacher, ``cached_logits`` -> ``teacher_source="cached"`` with the cache in
+        ``OUT/teacher-cache`` unless ``teacher_cache_dir`` is given; budget.max_flops ->
+        budget_flops, or, without one, the audited run compute: flops_per_token x tokens, plus,
+        for cached logits, teacher_flops_per_token x data.tokens once. For cached logits
+        ``flops_per_token`` must be the student's training FLOP per token alone. ``overrides``
+        set any other field (micro_batch, lr, ...) and win over the mapping.
         """
         from audit.flops.configs import resolve_config
 
@@ -131,9 +171,13 @@ class TrainConfig(BaseModel):
         if plan.teacher.access != "weights" or not Path(plan.teacher.model).is_dir():
             raise InputError(f"training needs the teacher's weights in a local model folder, got "
                              f"{plan.teacher.model!r} ({plan.teacher.access})", source=source, field="teacher.model")
-        if plan.method.kind != "logits":
-            raise InputError(f"the trainer runs online logit distillation, not {plan.method.kind!r}",
+        if plan.method.kind not in ("logits", "cached_logits"):
+            raise InputError(f"the trainer runs logit distillation (online or cached), not {plan.method.kind!r}",
                              source=source, field="method.kind")
+        cached = plan.method.kind == "cached_logits"
+        if cached and plan.method.loss != "forward_kl":
+            raise InputError(f"cached teacher logits support the forward_kl loss only, not {plan.method.loss!r}",
+                             source=source, field="method.loss")
         if not plan.data.manifest:
             raise InputError("the trainer reads its data files from the manifest; none is set",
                              source=source, field="data.manifest")
@@ -146,14 +190,19 @@ class TrainConfig(BaseModel):
             if not base_dir.is_absolute():
                 base_dir = loaded.path.parent / base_dir
         tokens = int(plan.data.tokens * plan.data.epochs)
+        teacher_fpt = overrides.get("teacher_flops_per_token")
         budget = plan.budget.max_flops
         if budget is None and flops_per_token is not None:
             budget = flops_per_token * tokens
+            if cached:
+                budget = budget + teacher_fpt * plan.data.tokens if teacher_fpt is not None else None
         fields = dict(teacher_dir=Path(plan.teacher.model), student_init=plan.student.init,
                       student_config=student_config, student_base_dir=base_dir, data_files=files,
                       manifest=Path(plan.data.manifest), seq_len=plan.data.seq_len, max_tokens=tokens,
                       loss=plan.method.loss, temperature=plan.method.temperature, budget_flops=budget,
                       flops_per_token=flops_per_token, out_dir=Path(out_dir))
+        if cached:
+            fields.update(teacher_source="cached", teacher_cache_dir=Path(out_dir) / "teacher-cache")
         fields.update(overrides)
         return cls.parse(fields, source)
 
@@ -245,6 +294,37 @@ def _progress(enabled: bool, total: int):
     return progress, task
 
 
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without blocking the host on CUDA (from pinned memory)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _open_cache(cfg: TrainConfig, *, teacher, data, vocab: int, device, amp_dtype, ctx):
+    """The verified teacher cache of this run, built first (by rank 0) when the folder has none."""
+    from distill.checkpoint import checkpoint_digest
+    from distill.teacher_cache import INDEX_FILE, TeacherCache, build_teacher_cache, read_index
+
+    folder = cfg.teacher_cache_dir
+    digest = checkpoint_digest(cfg.teacher_dir)
+    if not (folder / INDEX_FILE).is_file():
+        if ctx.is_main:
+            build_teacher_cache(folder, teacher=teacher, teacher_dir=cfg.teacher_dir, sequences=data.sequences,
+                                vocab=vocab, k=cfg.teacher_cache_k, temperature=cfg.temperature,
+                                logprob_dtype=cfg.teacher_cache_dtype, batch_size=cfg.micro_batch, device=device,
+                                amp_dtype=amp_dtype, teacher_flops_per_token=cfg.teacher_flops_per_token,
+                                teacher_digest=digest)
+        distributed.barrier(ctx)
+    index = read_index(folder)
+    if index.k != cfg.teacher_cache_k or index.logprob_dtype != cfg.teacher_cache_dtype:
+        raise InputError(f"holds top-{index.k} {index.logprob_dtype} targets, the run asks for top-"
+                         f"{cfg.teacher_cache_k} {cfg.teacher_cache_dtype}", source=str(folder / INDEX_FILE),
+                         field="k")
+    return TeacherCache.open(folder, sequences=data.sequences, vocab=vocab, temperature=cfg.temperature,
+                             teacher_digest=digest)
+
+
 def train(cfg: TrainConfig, *, resume: bool = False,
           on_step: Optional[Callable[[dict], None]] = None) -> TrainResult:
     """Run the distillation ``cfg`` describes; see the module docstring. All ranks call it."""
@@ -253,15 +333,24 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     log = None
     try:
         device = ctx.device
-        amp_dtype = torch.bfloat16 if (cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")) else None
-        if device.type == "cuda":
+        on_cuda = device.type == "cuda"
+        amp_dtype = torch.bfloat16 if (cfg.dtype == "bf16" or (cfg.dtype == "auto" and on_cuda)) else None
+        compile_models = cfg.compile if cfg.compile is not None else on_cuda
+        log_every = cfg.log_every or (10 if on_cuda else 1)
+        cached = cfg.teacher_source == "cached"
+        if on_cuda:
             torch.set_float32_matmul_precision("high")  # fp32 matmuls (the loss's logits) use TF32
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
 
         # --- Models, vocabulary, data --------------------------------------------------------
         tokenizer = load_tokenizer(cfg.teacher_dir)
-        teacher = load_teacher(cfg.teacher_dir, device, torch.bfloat16 if amp_dtype else torch.float32)
+        from distill.teacher_cache import INDEX_FILE
+
+        need_teacher = (not cached or cfg.student_init == "pruned_teacher"
+                        or not (cfg.teacher_cache_dir / INDEX_FILE).is_file())
+        teacher = (load_teacher(cfg.teacher_dir, device, torch.bfloat16 if amp_dtype else torch.float32)
+                   if need_teacher else None)
         student = build_student(cfg.student_init, teacher=teacher, config=cfg.student_config,
                                 base_dir=cfg.student_base_dir, layers=cfg.student_layers, seed=cfg.seed).to(device)
         student_tokenizer = None
@@ -283,13 +372,30 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                              f"{sequences_per_step * cfg.seq_len} tokens", field="max_tokens")
 
         # --- Optimisation -------------------------------------------------------------------
+        if compile_models:
+            compile_layers(student, backend=losses.COMPILE_BACKEND)
         body = distributed.wrap_ddp(HiddenStates(student), ctx)
         optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                                      weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+                                      weight_decay=cfg.weight_decay, fused=on_cuda)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
         spec = cfg.loss_spec()
         meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx)
+
+        # --- Teacher source -------------------------------------------------------------------
+        cache = None
+        if cached:
+            if cfg.flops_per_token is not None:
+                charge = cfg.teacher_flops_per_token * len(data) * cfg.seq_len
+                if meter.limit_flops is not None and charge > meter.limit_flops:
+                    raise InputError(f"the teacher cache's forward pass takes {charge:.4g} FLOP, past the budget's "
+                                     f"limit {meter.limit_flops:.4g}", field="budget_flops")
+                meter.charge(charge)  # a resumed run restores the meter below, charge included
+            cache = _open_cache(cfg, teacher=teacher, data=data, vocab=vocab, device=device,
+                                amp_dtype=amp_dtype, ctx=ctx)
+            teacher = None  # not needed any more: free its memory
+        elif compile_models:
+            compile_layers(teacher, backend=losses.COMPILE_BACKEND)
 
         # --- Resume ---------------------------------------------------------------------------
         step, cursor, wall_before, last_loss = 0, 0, 0.0, None
@@ -300,7 +406,10 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                              source=str(cfg.out_dir))
         if latest is not None:
             state = restore_checkpoint(latest, model=student, optimizer=optimizer, scheduler=scheduler, ctx=ctx)
-            changed = sorted(k for k, v in cfg.fingerprint().items() if state["config"].get(k) != v)
+            defaults = {name: field.default for name, field in TrainConfig.model_fields.items()}
+            saved_config = state["config"]
+            changed = sorted(k for k, v in cfg.fingerprint().items()
+                             if saved_config.get(k, defaults.get(k)) != v)
             if changed or state["world_size"] != ctx.world_size:
                 raise InputError(f"cannot resume exactly: the run's {', '.join(changed) or 'process count'} "
                                  "differs from the checkpoint's", source=str(latest.path))
@@ -316,6 +425,13 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             distributed.barrier(ctx)  # every rank has read the log before rank 0 rewrites it
         log.open(keep_through_step=step)
         saved = (step, latest.path) if latest is not None else None  # (step, folder) of the newest
+        pending_loss = None  # the last step's summed loss, still on the device
+
+        def read_loss() -> Optional[float]:
+            nonlocal last_loss, pending_loss
+            if pending_loss is not None:
+                last_loss, pending_loss = float(pending_loss), None
+            return last_loss
 
         def checkpoint() -> Path:
             nonlocal saved
@@ -323,7 +439,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 cfg.out_dir, step, model=student, optimizer=optimizer, scheduler=scheduler, ctx=ctx,
                 tokenizer=tokenizer, keep_last=cfg.keep_last,
                 state={"cursor": cursor, "meter": meter.state_dict(), "config": cfg.fingerprint(),
-                       "world_size": ctx.world_size, "loss": last_loss,
+                       "world_size": ctx.world_size, "loss": read_loss(),
                        "wall_time_s": wall_before + time.monotonic() - session_start})
             saved = (step, path)
             return path
@@ -331,7 +447,9 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         # --- Training loop ----------------------------------------------------------------------
         stopped_by_budget = False
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-        teacher_head, student_head = head_weight(teacher), head_weight(student)
+        student_head = head_weight(student)
+        teacher_head = head_weight(teacher) if teacher is not None else None
+        loss_options = dict(matmul_dtype=amp_dtype if on_cuda else None, compile=compile_models)
         progress, task = _progress(cfg.progress and ctx.is_main, total_steps)
         loop_start, loop_tokens = time.monotonic(), 0
         with progress:
@@ -340,20 +458,34 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 if meter.would_exceed(rank_tokens_per_step):
                     stopped_by_budget = True
                     break
-                batches = [data.batch(distributed.micro_batch_start(cursor, a, cfg.micro_batch, ctx), cfg.micro_batch)
-                           for a in range(cfg.grad_accum)]
-                num_valid = distributed.global_valid_tokens([labels for _, labels in batches], ctx)
+                starts = [distributed.micro_batch_start(cursor, a, cfg.micro_batch, ctx) for a in range(cfg.grad_accum)]
+                batches = [data.batch(start, cfg.micro_batch) for start in starts]
+                if ctx.enabled:
+                    num_valid = distributed.global_valid_tokens([labels for _, labels in batches], ctx)
+                else:  # counted on the host: no device round trip
+                    num_valid = sum(int((labels != losses.IGNORE_INDEX).sum()) for _, labels in batches)
                 loss_sum = torch.zeros((), device=device)
-                for a, (inputs, labels) in enumerate(batches):
-                    inputs, labels = inputs.to(device), labels.to(device)
-                    with torch.no_grad(), autocast():
-                        teacher_hidden = final_hidden_states(teacher, inputs)
+                for a, ((inputs, labels), start) in enumerate(zip(batches, starts)):
+                    inputs, labels = _to_device(inputs, device), _to_device(labels, device)
                     last_micro = a == cfg.grad_accum - 1
                     with nullcontext() if (last_micro or not ctx.enabled) else body.no_sync():
-                        with autocast():
-                            student_hidden = body(inputs)
-                        loss = fused_distill_loss(student_hidden, student_head, teacher_hidden, teacher_head,
-                                                  labels, spec, num_valid, vocab, cfg.chunk_size)
+                        if cache is not None:
+                            from distill.teacher_cache import batch_sequence_ids, fused_cached_loss
+
+                            targets = cache.targets(batch_sequence_ids(data, start, cfg.micro_batch))
+                            targets = targets.pin_memory() if on_cuda else targets
+                            targets = targets.to(device, non_blocking=on_cuda)
+                            with autocast():
+                                student_hidden = body(inputs)
+                            loss = fused_cached_loss(student_hidden, student_head, targets, labels, spec, num_valid,
+                                                     vocab, cfg.chunk_size, **loss_options)
+                        else:
+                            with torch.inference_mode(), autocast():
+                                teacher_hidden = final_hidden_states(teacher, inputs)
+                            with autocast():
+                                student_hidden = body(inputs)
+                            loss = fused_distill_loss(student_hidden, student_head, teacher_hidden, teacher_head,
+                                                      labels, spec, num_valid, vocab, cfg.chunk_size, **loss_options)
                         (loss * ctx.world_size).backward()  # DDP averages; the loss is already global
                     loss_sum += loss.detach()
                 max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
@@ -366,23 +498,28 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 cursor += sequences_per_step
                 meter.add(rank_tokens_per_step)
                 loop_tokens += rank_tokens_per_step * ctx.world_size
-                last_loss = float(distributed.all_reduce_sum(loss_sum, ctx))
+                pending_loss = distributed.all_reduce_sum(loss_sum, ctx)
+                read_now = step % log_every == 0 or step == total_steps or step % cfg.checkpoint_every == 0
                 elapsed = time.monotonic() - loop_start
-                record = {"step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
+                record = {"step": step, "loss": read_loss() if read_now else None, "lr": lr,
+                          "grad_norm": float(grad_norm) if read_now else None,
                           "tokens": meter.tokens, "step_tokens": rank_tokens_per_step * ctx.world_size,
-                          "valid_tokens": int(num_valid), "tokens_per_s": loop_tokens / max(elapsed, 1e-9),
+                          "valid_tokens": (num_valid if isinstance(num_valid, int)
+                                           else int(num_valid) if read_now else None),
+                          "tokens_per_s": loop_tokens / max(elapsed, 1e-9),
                           "flops": meter.flops if cfg.flops_per_token is not None else None,
                           "elapsed_s": wall_before + time.monotonic() - session_start}
                 log.write(record)
                 budget = f" / {cfg.budget_flops:.3g}" if cfg.budget_flops else ""
+                shown = f"loss {last_loss:.4f}  " if last_loss is not None else ""
                 progress.update(task, completed=step, info=(
-                    f"loss {last_loss:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
-                    f"compute {meter.flops:.3g}{budget} FLOP"))
+                    f"{shown}{record['tokens_per_s']:,.0f} tok/s  compute {meter.flops:.3g}{budget} FLOP"))
                 if on_step is not None:
                     on_step(record)
                 if step % cfg.checkpoint_every == 0:
                     checkpoint()
         final = saved[1] if saved is not None and saved[0] == step else checkpoint()
+        read_loss()
         wall = wall_before + time.monotonic() - session_start
         if stopped_by_budget:
             message = (f"stopped before step {step + 1}: it would take compute past the budget "
@@ -399,4 +536,3 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         if log is not None:
             log.close()
         distributed.teardown(ctx)
-

@@ -255,3 +255,23 @@ def test_approved_review_trains_and_the_record_names_the_approval(project, signe
     verified = verify_envelope_file(project.root / "out" / "run-record.intoto.json", [signer.trusted])
     assert verified.predicate["audit"]["approval_sha256"] == hashlib.sha256(approval.read_bytes()).hexdigest()
     assert any(i["role"] == "approval" for i in verified.predicate["inputs"])
+
+
+def test_cached_logits_plan_builds_the_cache_once_and_meters_the_student_per_token(project, signer, capsys):
+    """A cached_logits plan: the teacher's forward is spent once (building the cache) and
+    charged once; per training token the meter counts the student alone."""
+    project.plan.write_text(project.plan.read_text().replace("kind: logits", "kind: cached_logits"))
+    envelope = make_audit(project, signer)
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 2,
+                             "--micro-batch", MICRO_BATCH, "--teacher-cache", project.root / "cache")
+    assert code == 0, err
+    assert any((project.root / "cache").iterdir())
+    from transformers import AutoTokenizer
+
+    from distill.data import load_packed
+
+    tokenizer = AutoTokenizer.from_pretrained(str(project.root / "teacher"), local_files_only=True)
+    cached_tokens = len(load_packed([project.data], tokenizer, SEQ_LEN, seed=0)) * SEQ_LEN
+    record = json.loads((project.root / "out" / "run-record.json").read_text())["predicate"]
+    expected = 2 * TOKENS_PER_STEP * STUDENT_TRAIN_FPT + cached_tokens * TEACHER_FORWARD_FPT
+    assert record["compute"]["flops"] == pytest.approx(expected)

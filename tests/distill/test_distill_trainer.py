@@ -137,7 +137,7 @@ def test_from_plan_maps_the_plan_and_trains(planned):
 
 @pytest.mark.parametrize("edit, field", [
     (lambda p: p.update(teacher={"model": "meta-llama/Llama-3.1-8B", "access": "api"}), "teacher.model"),
-    (lambda p: p["method"].update(kind="cached_logits"), "method.kind"),
+    (lambda p: p["method"].update(kind="sequence", teacher_generated_tokens=1e6), "method.kind"),
     (lambda p: p["data"].pop("manifest"), "data.manifest"),
 ])
 def test_from_plan_refuses_what_it_cannot_train(planned, edit, field):

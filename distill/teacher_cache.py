@@ -1,0 +1,407 @@
+"""Cached teacher logits: the teacher's top-k next-token log-probabilities, computed once.
+
+A second teacher source beside the online teacher. For every position of every packed
+sequence the cache keeps
+
+* ``topk_ids`` int32 [k]: the k most probable next tokens under the teacher at temperature T;
+* ``topk_logprobs`` [k] (fp16 by default): their log-probabilities log q_i = log_softmax(z_t / T);
+* ``tail_logmass`` fp32 []: log of the probability of every other token, log(1 - sum_i q_i),
+  computed as a log-sum-exp over the other tokens (no cancellation when the tail is tiny).
+
+Layout: a folder of safetensors shards (``shard-00000.safetensors``: the three tensors with a
+leading [sequences, seq_len] shape, for a contiguous range of packed-sequence rows) and
+``index.json`` (format version, k, dtype, temperature, vocabulary size, seq_len, sequence and
+token counts, the sha256 of the packed data, of the teacher folder and of each shard, and the
+teacher forward FLOP spent building it). The index is written last: a folder without one is
+an unfinished cache. A cache is tied to its data (the packed token ids), teacher (every file of
+its folder) and temperature; opening it with anything else is an ``InputError``.
+
+Loss (forward KL on k + 1 buckets): the teacher's distribution is coarse-grained to its top-k
+tokens plus one "tail" bucket, and so is the student's: p_tail = sum of p_j over j outside the
+teacher's top-k. Per token, with u = z_s / T, log p = log_softmax(u), Q = sum_i q_i + q_tail:
+
+    D = sum_{i in top-k} q_i (log q_i - log p_i) + q_tail (log q_tail - log p_tail)
+    dD/du_j = Q p_j - r_j,   r_j = q_j (j in top-k),  r_j = q_tail p_j / p_tail (otherwise)
+
+With k = V there is no tail and D is the full forward KL. For k < V, D is the KL between the
+two coarse-grained distributions, so it is a lower bound of the full KL (log-sum inequality)
+that can only rise as k grows (each larger top-k refines the buckets). Temperature and the
+hard-label mix follow :mod:`distill.losses`: loss_i = (1 - w) T^2 D_i + w CE_i. Only
+``forward_kl`` is defined on cached targets.
+
+Compute: building the cache runs the teacher forward once over every packed token; the
+trainer charges that FLOP to its meter once per run (see :func:`distill.trainer.train`), and
+training steps then cost the student's forward and backward only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from audit.errors import InputError
+from audit.fsutil import sha256_file, write_atomic
+from distill.losses import (IGNORE_INDEX, Count, FusedOptions, LossSpec, _compute_dtype, _divide, _FusedHeadLoss,
+                            compiled, default_chunk_size, hard_label_terms, masked_sum_and_grad, matmul)
+
+CACHE_FORMAT = "flopgate-teacher-cache"
+CACHE_VERSION = 1
+INDEX_FILE = "index.json"
+LOGPROB_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+                  "float64": torch.float64}
+
+
+class CachedTargets(NamedTuple):
+    """Teacher targets for a block of positions: ids [..., k] int32, logprobs [..., k], tail [...]."""
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    tail: torch.Tensor
+
+    def to(self, device, non_blocking: bool = False) -> "CachedTargets":
+        return CachedTargets(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+    def pin_memory(self) -> "CachedTargets":
+        return CachedTargets(*(t.pin_memory() for t in self))
+
+    def flat(self) -> "CachedTargets":
+        k = self.ids.shape[-1]
+        return CachedTargets(self.ids.reshape(-1, k), self.logprobs.reshape(-1, k), self.tail.reshape(-1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets from teacher logits
+# ----------------------------------------------------------------------------------------------
+
+def topk_targets(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0,
+                 logprob_dtype: torch.dtype = torch.float16) -> CachedTargets:
+    """Top-k targets of logits [n, V] (already restricted to the shared vocabulary).
+    Log-probabilities are formed in fp32 (fp64 for fp64 logits), then stored in ``logprob_dtype``."""
+    if not 1 <= k <= teacher_logits.shape[-1]:
+        raise ValueError(f"k: expected 1..{teacher_logits.shape[-1]}, got {k}")
+    dtype = torch.float64 if teacher_logits.dtype == torch.float64 else torch.float32
+    log_q = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    values, ids = log_q.topk(k, dim=-1)
+    tail = torch.logsumexp(log_q.scatter(-1, ids, float("-inf")), dim=-1)
+    return CachedTargets(ids.to(torch.int32), values.to(logprob_dtype),
+                         tail.to(torch.float64 if dtype == torch.float64 else torch.float32))
+
+
+def teacher_topk(hidden: torch.Tensor, head: torch.Tensor, vocab: int, k: int, temperature: float,
+                 logprob_dtype: torch.dtype = torch.float16, chunk_size: Optional[int] = None,
+                 matmul_dtype: Optional[torch.dtype] = None) -> CachedTargets:
+    """Top-k targets from the teacher's final hidden states [n, H] and head [V_t, H], chunk by
+    chunk: the [n x V] logits are never held at once."""
+    out_dtype = _compute_dtype(hidden, head)
+    op_dtype = matmul_dtype or out_dtype
+    chunk_size = chunk_size or default_chunk_size(vocab)
+    parts = []
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        w = head.detach()[:vocab].to(op_dtype)
+        for start in range(0, hidden.shape[0], chunk_size):
+            logits = matmul(hidden[start:start + chunk_size].to(op_dtype), w.T, out_dtype)
+            parts.append(topk_targets(logits, k, temperature, logprob_dtype))
+    return CachedTargets(*(torch.cat(tensors) for tensors in zip(*parts)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss against cached targets
+# ----------------------------------------------------------------------------------------------
+
+def cached_divergence_and_grad(u: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor,
+                               tail: torch.Tensor, need_grad: bool):
+    """Bucketed forward KL D [n] and dD/du [n, V] (see the module docstring); u = z_s / T."""
+    log_p = F.log_softmax(u, dim=-1)
+    ids = ids.long()
+    lp = logprobs.to(u.dtype)
+    tail = tail.to(u.dtype)
+    log_p_top = log_p.gather(1, ids)
+    outside = log_p.scatter(1, ids, float("-inf"))          # log p_j outside the top-k, -inf inside
+    log_p_tail = torch.logsumexp(outside, dim=-1)
+    q_top, q_tail = lp.exp(), tail.exp()
+    has_tail = q_tail > 0
+    tail_term = torch.where(has_tail, q_tail * (tail - log_p_tail), torch.zeros_like(q_tail))
+    divergence = (q_top * (lp - log_p_top)).sum(-1) + tail_term
+    if not need_grad:
+        return divergence, None
+    total_q = q_top.sum(-1) + q_tail
+    safe_log_p_tail = torch.where(torch.isfinite(log_p_tail), log_p_tail, torch.zeros_like(log_p_tail))
+    spread = torch.where(has_tail, q_tail, torch.zeros_like(q_tail))[:, None] * (outside - safe_log_p_tail[:, None]).exp()
+    target = spread.scatter(1, ids, q_top)
+    return divergence, total_q[:, None] * log_p.exp() - target
+
+
+def _cached_chunk(z_s, ids, logprobs, tail, labels, valid, spec: LossSpec, need_grad: bool,
+                  grad_dtype: torch.dtype):
+    """One chunk of the cached-target loss: (sum of valid losses, gradient wrt z_s)."""
+    if valid is not None:
+        labels = labels.clamp_min(0)
+    temperature, w = spec.temperature, spec.hard_label_weight
+    loss = torch.zeros(z_s.shape[0], dtype=z_s.dtype, device=z_s.device)
+    grad = None
+    if w < 1:
+        divergence, d_u = cached_divergence_and_grad(z_s / temperature, ids, logprobs, tail, need_grad)
+        scale = (1 - w) * temperature ** 2
+        loss = scale * divergence
+        if need_grad:
+            grad = d_u * (scale / temperature)
+    if w > 0:
+        ce, d_ce = hard_label_terms(z_s, labels, None, temperature, need_grad)
+        loss = loss + w * ce
+        if need_grad:
+            grad = w * d_ce if grad is None else grad + w * d_ce
+    return masked_sum_and_grad(loss, grad, valid, grad_dtype)
+
+
+def _check_spec(spec: LossSpec) -> None:
+    if spec.kind != "forward_kl" and spec.hard_label_weight < 1:
+        raise ValueError(f"cached teacher targets support the forward_kl loss only, not {spec.kind}")
+
+
+def reference_cached_loss(student_logits: torch.Tensor, targets: CachedTargets, labels: torch.Tensor,
+                          spec: LossSpec, num_valid_tokens_global: Count,
+                          vocab_size: Optional[int] = None) -> torch.Tensor:
+    """The cached-target loss from full student logits [..., V_s], by autograd: the yardstick."""
+    _check_spec(spec)
+    vocab = vocab_size or student_logits.shape[-1]
+    dtype = _compute_dtype(student_logits)
+    z_s = student_logits[..., :vocab].reshape(-1, vocab).to(dtype)
+    flat = targets.flat()
+    labels = labels.reshape(-1)
+    valid = labels != IGNORE_INDEX
+    z_s, labels = z_s[valid], labels[valid]
+    ids, lp, tail = flat.ids[valid].long(), flat.logprobs[valid].to(dtype), flat.tail[valid].to(dtype)
+    w, temperature = spec.hard_label_weight, spec.temperature
+    log_p = F.log_softmax(z_s / temperature, dim=-1)
+    in_top = torch.zeros_like(log_p, dtype=torch.bool).scatter(1, ids, True)
+    log_p_tail = torch.logsumexp(log_p.masked_fill(in_top, float("-inf")), dim=-1)
+    q_tail = tail.exp()
+    tail_term = torch.where(q_tail > 0, q_tail * (tail - log_p_tail), torch.zeros_like(q_tail))
+    divergence = (lp.exp() * (lp - log_p.gather(1, ids))).sum(-1) + tail_term
+    per_token = (1 - w) * temperature ** 2 * divergence
+    if w > 0:
+        per_token = per_token + w * F.cross_entropy(z_s, labels, reduction="none")
+    return _divide(per_token.sum(), num_valid_tokens_global)
+
+
+def fused_cached_loss(student_hidden: torch.Tensor, student_head: torch.Tensor, targets: CachedTargets,
+                      labels: torch.Tensor, spec: LossSpec, num_valid_tokens_global: Count,
+                      vocab_size: Optional[int] = None, chunk_size: Optional[int] = None, *,
+                      matmul_dtype: Optional[torch.dtype] = None, skip_ignored: Optional[bool] = None,
+                      compile: bool = False) -> torch.Tensor:
+    """The loss of :func:`reference_cached_loss` from the student's final hidden states [..., H]
+    and head [V_s, H], fused and chunked like :func:`distill.losses.fused_distill_loss` (never
+    [tokens x V]); ``targets`` hold one row per position, on the student's device."""
+    _check_spec(spec)
+    vocab = vocab_size or student_head.shape[0]
+    if vocab > student_head.shape[0]:
+        raise ValueError(f"vocab_size {vocab} exceeds the student head's {student_head.shape[0]} rows")
+    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
+    flat = targets.flat()
+    flat_labels = labels.reshape(-1).to(h_s.device)
+    if not (h_s.shape[0] == flat.ids.shape[0] == flat_labels.shape[0]):
+        raise ValueError(f"token counts differ: student {h_s.shape[0]}, targets {flat.ids.shape[0]}, "
+                         f"labels {flat_labels.shape[0]}")
+    need_grad = torch.is_grad_enabled() and (h_s.requires_grad or student_head.requires_grad)
+    chunk_fn = compiled(_cached_chunk) if compile else _cached_chunk
+
+    def chunk_terms(rows, z_s, rows_labels, valid, grad_dtype):
+        return chunk_fn(z_s, flat.ids[rows], flat.logprobs[rows], flat.tail[rows], rows_labels, valid, spec,
+                        need_grad, grad_dtype)
+
+    return _FusedHeadLoss.apply(h_s, student_head, flat_labels, num_valid_tokens_global, vocab,
+                                chunk_size or default_chunk_size(vocab, matmul_dtype), need_grad,
+                                FusedOptions(matmul_dtype, skip_ignored, compile), chunk_terms)
+
+
+# ----------------------------------------------------------------------------------------------
+# Storage
+# ----------------------------------------------------------------------------------------------
+
+def data_digest(sequences: torch.Tensor) -> str:
+    """sha256 of packed sequences [n, seq_len + 1] (int64 token ids, row-major), with the shape:
+    it changes with the data, the tokenizer and seq_len."""
+    digest = hashlib.sha256(f"{tuple(sequences.shape)}\n".encode())
+    digest.update(sequences.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def batch_sequence_ids(data, start: int, count: int) -> torch.Tensor:
+    """Packed-sequence rows read at global cursor positions [start, start + count): the rows
+    ``data.batch(start, count)`` returns (same epoch order)."""
+    n = len(data)
+    return torch.stack([data.order(position // n)[position % n] for position in range(start, start + count)])
+
+
+@dataclass(frozen=True)
+class CacheIndex:
+    k: int
+    logprob_dtype: str
+    temperature: float
+    vocab_size: int
+    seq_len: int
+    sequences: int
+    tokens: int
+    data_sha256: str
+    teacher_sha256: str
+    teacher_forward_flops: Optional[float]
+    shards: tuple  # ({"file", "first", "count", "sha256"}, ...)
+
+    def to_json(self) -> str:
+        body = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **self.__dict__, "shards": list(self.shards)}
+        return json.dumps(body, indent=2, sort_keys=True) + "\n"
+
+
+def _shard_sequences(seq_len: int, k: int, logprob_dtype: torch.dtype, target_bytes: int = 256 << 20) -> int:
+    per_sequence = seq_len * (k * (4 + torch.finfo(logprob_dtype).bits // 8) + 4)
+    return max(1, target_bytes // per_sequence)
+
+
+@torch.inference_mode()
+def build_teacher_cache(folder: str | Path, *, teacher, teacher_dir: str | Path, sequences: torch.Tensor,
+                        vocab: int, k: int, temperature: float = 1.0, logprob_dtype: str = "float16",
+                        batch_size: int = 8, device: torch.device | str = "cpu",
+                        amp_dtype: Optional[torch.dtype] = None, shard_sequences: Optional[int] = None,
+                        teacher_flops_per_token: Optional[float] = None,
+                        teacher_digest: Optional[str] = None) -> CacheIndex:
+    """Run the teacher once over packed ``sequences`` [n, seq_len + 1] (inputs = the first seq_len
+    ids of each row) and write the cache to ``folder``. Returns its index.
+
+    ``teacher_flops_per_token`` (forward, FLOP per token) makes the index record the compute
+    spent; ``teacher_digest`` saves re-hashing the teacher folder when the caller has it."""
+    from distill.checkpoint import checkpoint_digest
+    from distill.models import final_hidden_states, head_weight
+
+    folder = Path(folder)
+    if (folder / INDEX_FILE).exists():
+        raise InputError("already holds a teacher cache", source=str(folder))
+    if logprob_dtype not in LOGPROB_DTYPES:
+        raise InputError(f"expected one of {', '.join(LOGPROB_DTYPES)}, got {logprob_dtype!r}",
+                         field="teacher_cache_dtype")
+    store_dtype = LOGPROB_DTYPES[logprob_dtype]
+    folder.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save
+
+    device = torch.device(device)
+    head = head_weight(teacher)
+    seq_len = sequences.shape[1] - 1
+    per_shard = shard_sequences or _shard_sequences(seq_len, k, store_dtype)
+    matmul_dtype = amp_dtype if device.type == "cuda" else None
+    shards = []
+    for first in range(0, sequences.shape[0], per_shard):
+        rows = sequences[first:first + per_shard, :-1]
+        parts = []
+        for start in range(0, rows.shape[0], batch_size):
+            inputs = rows[start:start + batch_size].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                hidden = final_hidden_states(teacher, inputs)
+            flat = teacher_topk(hidden.reshape(-1, hidden.shape[-1]), head, vocab, k, temperature, store_dtype,
+                                matmul_dtype=matmul_dtype)
+            parts.append(CachedTargets(*(t.reshape(inputs.shape[0], seq_len, *t.shape[1:]).cpu() for t in flat)))
+        block = CachedTargets(*(torch.cat(tensors) for tensors in zip(*parts)))
+        name = f"shard-{len(shards):05d}.safetensors"
+        payload = save({"topk_ids": block.ids.contiguous(), "topk_logprobs": block.logprobs.contiguous(),
+                        "tail_logmass": block.tail.to(torch.float32).contiguous()
+                        if block.tail.dtype != torch.float64 else block.tail.contiguous()})
+        write_atomic(folder / name, payload)
+        shards.append({"file": name, "first": first, "count": int(rows.shape[0]),
+                       "sha256": hashlib.sha256(payload).hexdigest()})
+    tokens = int(sequences.shape[0] * seq_len)
+    index = CacheIndex(k=k, logprob_dtype=logprob_dtype, temperature=float(temperature), vocab_size=vocab,
+                       seq_len=seq_len, sequences=int(sequences.shape[0]), tokens=tokens,
+                       data_sha256=data_digest(sequences),
+                       teacher_sha256=teacher_digest or checkpoint_digest(teacher_dir),
+                       teacher_forward_flops=(teacher_flops_per_token * tokens
+                                              if teacher_flops_per_token is not None else None),
+                       shards=tuple(shards))
+    write_atomic(folder / INDEX_FILE, index.to_json())
+    return index
+
+
+class TeacherCache:
+    """A verified cache, read lazily (memory-mapped shards)."""
+
+    def __init__(self, folder: Path, index: CacheIndex):
+        from safetensors import safe_open
+
+        self.folder, self.index = folder, index
+        self._handles = [safe_open(str(folder / s["file"]), framework="pt", device="cpu") for s in index.shards]
+        self._firsts = [s["first"] for s in index.shards]
+
+    @classmethod
+    def open(cls, folder: str | Path, *, sequences: torch.Tensor, vocab: int, temperature: float,
+             teacher_digest: str) -> "TeacherCache":
+        """Open the cache in ``folder`` for this data, vocabulary, temperature and teacher;
+        ``InputError`` naming the index field that does not match, or a shard whose sha256 differs."""
+        folder = Path(folder)
+        source = str(folder / INDEX_FILE)
+        index = read_index(folder)
+        expected = {"seq_len": sequences.shape[1] - 1, "sequences": sequences.shape[0], "vocab_size": vocab,
+                    "data_sha256": data_digest(sequences), "teacher_sha256": teacher_digest}
+        for field, want in expected.items():
+            if getattr(index, field) != want:
+                raise InputError(f"the cache was built for {field} {getattr(index, field)!r}, this run has "
+                                 f"{want!r}: rebuild it (delete the folder)", source=source, field=field)
+        if not math.isclose(index.temperature, temperature, rel_tol=0, abs_tol=1e-12):
+            raise InputError(f"the cache holds log-probabilities at temperature {index.temperature}, this run uses "
+                             f"{temperature}", source=source, field="temperature")
+        for number, shard in enumerate(index.shards):
+            path = folder / shard["file"]
+            try:
+                actual = sha256_file(path)
+            except FileNotFoundError:
+                raise InputError("shard file missing", source=str(path)) from None
+            if actual != shard["sha256"]:
+                raise InputError(f"shard {shard['file']} has sha256 {actual[:12]}..., the index says "
+                                 f"{shard['sha256'][:12]}...", source=source, field=f"shards[{number}].sha256")
+        return cls(folder, index)
+
+    def targets(self, sequence_ids: torch.Tensor) -> CachedTargets:
+        """Targets [len(ids), seq_len, ...] of these packed-sequence rows (CPU tensors)."""
+        import bisect
+
+        parts = []
+        for row in sequence_ids.tolist():
+            shard = bisect.bisect_right(self._firsts, row) - 1
+            offset = row - self._firsts[shard]
+            handle = self._handles[shard]
+            parts.append([handle.get_slice(name)[offset:offset + 1]
+                          for name in ("topk_ids", "topk_logprobs", "tail_logmass")])
+        return CachedTargets(*(torch.cat(tensors) for tensors in zip(*parts)))
+
+
+def read_index(folder: str | Path) -> CacheIndex:
+    """The index of a cache folder; ``InputError`` when missing or malformed."""
+    path = Path(folder) / INDEX_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("no teacher cache index (an unfinished or missing cache)", source=str(path)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the cache index as JSON ({exc.__class__.__name__})", source=str(path)) from None
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or data.get("version") != CACHE_VERSION:
+        raise InputError(f"expected format {CACHE_FORMAT!r} version {CACHE_VERSION}", source=str(path), field="format")
+    fields = [name for name in CacheIndex.__dataclass_fields__]
+    missing = [name for name in fields if name not in data]
+    if missing:
+        raise InputError(f"missing {', '.join(missing)}", source=str(path), field=missing[0])
+    shards = data["shards"]
+    if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("file"), str) and "/" not in s["file"]
+            and isinstance(s.get("first"), int) and isinstance(s.get("count"), int) and isinstance(s.get("sha256"), str)
+            for s in shards):
+        raise InputError("expected a list of {file, first, count, sha256}", source=str(path), field="shards")
+    if data["logprob_dtype"] not in LOGPROB_DTYPES:
+        raise InputError(f"unknown dtype {data['logprob_dtype']!r}", source=str(path), field="logprob_dtype")
+    covered = sum(s["count"] for s in shards)
+    if covered != data["sequences"] or [s["first"] for s in shards] != sorted(s["first"] for s in shards):
+        raise InputError(f"the shards cover {covered} sequences, the index says {data['sequences']}",
+                         source=str(path), field="shards")
+    return CacheIndex(**{name: (tuple(data[name]) if name == "shards" else data[name]) for name in fields})
