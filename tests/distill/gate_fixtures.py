@@ -195,3 +195,23 @@ def hand_approval(audit_envelope: Path, approver: KeyFiles, *, outcome: str, out
                  "tool": {"name": "flopgate", "version": "0.1.0"}, "inputs": []}
     statement = make_statement(subjects, PREDICATE_APPROVAL, predicate)
     return write_envelope(out, sign_statement(statement, approver.private_key))
+
+
+def forbid_model_loads(monkeypatch) -> list[str]:
+    """Make every entry that could load a model record the call and raise; returns the calls."""
+    import distill.models
+    import distill.trainer
+
+    calls: list[str] = []
+
+    def forbidden(name):
+        def load(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} was called")
+        return load
+
+    for module in (distill.models, distill.trainer):
+        for name in ("load_teacher", "load_tokenizer", "build_student"):
+            monkeypatch.setattr(module, name, forbidden(name))
+    monkeypatch.setattr(distill.trainer, "train", forbidden("train"))
+    return calls

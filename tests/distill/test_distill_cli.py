@@ -17,7 +17,8 @@ from audit.plan import load_plan
 from distill.cli import meter_figures
 from distill.gate import GATE_REFUSED_EXIT
 from gate_fixtures import (FPT, PACK_ID, PACK_VERSION, SEQ_LEN, STUDENT_TRAIN_FPT, TEACHER_FORWARD_FPT,
-                           build_template, compute_block, copy_project, make_audit, obligation, write_keypair)
+                           build_template, compute_block, copy_project, forbid_model_loads, make_audit,
+                           obligation, write_keypair)
 
 MICRO_BATCH = 2
 TOKENS_PER_STEP = MICRO_BATCH * SEQ_LEN   # one process, no accumulation: 64 tokens per step
@@ -50,22 +51,7 @@ def installed(monkeypatch):
 
 @pytest.fixture
 def model_loads(monkeypatch):
-    import distill.models
-    import distill.trainer
-
-    calls = []
-
-    def forbidden(name):
-        def load(*args, **kwargs):
-            calls.append(name)
-            raise AssertionError(f"{name} was called")
-        return load
-
-    for module in (distill.models, distill.trainer):
-        for name in ("load_teacher", "load_tokenizer", "build_student"):
-            monkeypatch.setattr(module, name, forbidden(name))
-    monkeypatch.setattr(distill.trainer, "train", forbidden("train"))
-    return calls
+    return forbid_model_loads(monkeypatch)
 
 
 def distill(capsys, project, envelope, signer, *extra):

@@ -13,8 +13,8 @@ import pytest
 from audit.attest.approval import approve
 from audit.cli.main import main
 from distill.gate import GATE_REFUSED_EXIT, open_gate
-from gate_fixtures import (PACK_ID, PACK_VERSION, build_template, copy_project, hand_approval, iso,
-                           make_audit, obligation, write_keypair)
+from gate_fixtures import (PACK_ID, PACK_VERSION, build_template, copy_project, forbid_model_loads,
+                           hand_approval, iso, make_audit, obligation, write_keypair)
 
 NOW = dt.datetime.now(dt.timezone.utc)
 INSTALLED = {PACK_ID: PACK_VERSION}
@@ -40,22 +40,7 @@ def keys(tmp_path):
 @pytest.fixture
 def model_loads(monkeypatch):
     """Every entry that could load a model records the call and raises."""
-    import distill.models
-    import distill.trainer
-
-    calls = []
-
-    def forbidden(name):
-        def load(*args, **kwargs):
-            calls.append(name)
-            raise AssertionError(f"{name} was called")
-        return load
-
-    for module in (distill.models, distill.trainer):
-        for name in ("load_teacher", "load_tokenizer", "build_student"):
-            monkeypatch.setattr(module, name, forbidden(name))
-    monkeypatch.setattr(distill.trainer, "train", forbidden("train"))
-    return calls
+    return forbid_model_loads(monkeypatch)
 
 
 @pytest.fixture
