@@ -222,11 +222,11 @@ def _attention_cost(batch: int, q_heads: int, q_len: int, k_len: int, qk_dim: in
     return OpCost(attention_full=full, attention_masked=masked, non_matmul=softmax)
 
 
-def _bhsd(a: Mapping[str, Any], *, backward: bool, causal_key: str = "is_causal") -> OpCost:
+def _bhsd(a: Mapping[str, Any], *, backward: bool, causal: bool, window: int | None = None) -> OpCost:
     """Attention with (batch, heads, seq, dim) tensors; grouped-query K/V may have fewer heads."""
     b, hq, sq, dqk = shape(a["query"])
     sk, dv = shape(a["key"])[-2], shape(a["value"])[-1]
-    return _attention_cost(b, hq, sq, sk, dqk, dv, bool(a.get(causal_key, False)), None, backward)
+    return _attention_cost(b, hq, sq, sk, dqk, dv, causal, window, backward)
 
 
 def _bshd(a: Mapping[str, Any], *, backward: bool, causal: bool) -> OpCost:
@@ -241,7 +241,7 @@ def _bshd(a: Mapping[str, Any], *, backward: bool, causal: bool) -> OpCost:
          "aten._scaled_dot_product_attention_math", "aten.scaled_dot_product_attention",
          "aten._scaled_dot_product_fused_attention_overrideable")
 def _sdpa_forward(a: Mapping[str, Any], out: Any) -> OpCost:
-    return _bhsd(a, backward=False)
+    return _bhsd(a, backward=False, causal=bool(a.get("is_causal", False)))
 
 
 @formula("aten._scaled_dot_product_flash_attention_backward",
@@ -250,7 +250,7 @@ def _sdpa_forward(a: Mapping[str, Any], out: Any) -> OpCost:
          "aten._scaled_dot_product_flash_attention_for_cpu_backward",
          "aten._scaled_dot_product_fused_attention_overrideable_backward")
 def _sdpa_backward(a: Mapping[str, Any], out: Any) -> OpCost:
-    return _bhsd(a, backward=True)
+    return _bhsd(a, backward=True, causal=bool(a.get("is_causal", False)))
 
 
 @formula("aten._flash_attention_forward")
@@ -276,29 +276,23 @@ def _efficient_backward(a: Mapping[str, Any], out: Any) -> OpCost:
 @formula("higher_order.flex_attention")
 def _flex_forward(a: Mapping[str, Any], out: Any) -> OpCost:
     """Flex attention: counted over the full score matrix (an upper bound for sparse block masks)."""
-    return _bhsd(a, backward=False, causal_key="__never__")
+    return _bhsd(a, backward=False, causal=False)
 
 
 @formula("higher_order.flex_attention_backward")
 def _flex_backward(a: Mapping[str, Any], out: Any) -> OpCost:
-    return _bhsd(a, backward=True, causal_key="__never__")
+    return _bhsd(a, backward=True, causal=False)
 
 
 @formula("flopgate.attention")
 def _our_attention(a: Mapping[str, Any], out: Any) -> OpCost:
     """The op our counting attention calls; it knows the layer's causal flag and window."""
-    b, hq, sq, dqk = shape(a["query"])
-    sk, dv = shape(a["key"])[-2], shape(a["value"])[-1]
-    window = int(a["window"]) or None
-    return _attention_cost(b, hq, sq, sk, dqk, dv, bool(a["is_causal"]), window, backward=False)
+    return _bhsd(a, backward=False, causal=bool(a["is_causal"]), window=int(a["window"]) or None)
 
 
 @formula("flopgate.attention_backward")
 def _our_attention_backward(a: Mapping[str, Any], out: Any) -> OpCost:
-    b, hq, sq, dqk = shape(a["query"])
-    sk, dv = shape(a["key"])[-2], shape(a["value"])[-1]
-    window = int(a["window"]) or None
-    return _attention_cost(b, hq, sq, sk, dqk, dv, bool(a["is_causal"]), window, backward=True)
+    return _bhsd(a, backward=True, causal=bool(a["is_causal"]), window=int(a["window"]) or None)
 
 
 # --------------------------------------------------------------------------- non-matmul
