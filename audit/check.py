@@ -108,7 +108,9 @@ def run_audit(plan_path: str | Path, out_dir: str | Path, private_key, *,
     keyid = key_id(private_key.public_key())
     out = Path(out_dir)
     html = render_audit_html(predicate, signer_fingerprint=keyid)
-    envelope_path = write_envelope(out / ENVELOPE_NAME, envelope)
+    # Each file is written atomically; the envelope goes last, so a run that stops part-way
+    # never leaves a signed envelope beside an older report.
     payload_path = write_atomic(out / PAYLOAD_NAME, json.dumps(statement, indent=2) + "\n")
     html_path = write_atomic(out / HTML_NAME, html)
+    envelope_path = write_envelope(out / ENVELOPE_NAME, envelope)
     return AuditResult(predicate, decision, envelope_path, payload_path, html_path, keyid)

@@ -65,7 +65,8 @@ def _print_verdict(out, result) -> None:
     gate = "the training gate would open" if predicate["gate_open"] else "the training gate stays closed"
     out.print(f"[bold {colour}]{decision.outcome}[/bold {colour}] for plan '{predicate['plan']['name']}': {gate}")
     out.print(f"compute (cumulative): {sci(compute['total_flops'])} FLOP   parameter-update only: "
-              f"{sci(compute['update_flops'])}   6·N·D: {sci(compute['six_nd_flops'])}")
+              f"{sci(compute['update_flops'])}   6·N·D: {sci(compute['six_nd_flops'])}   "
+              f"op coverage: {compute['coverage']:.0%}   ({compute['convention']})")
     table = Table(title="regimes", title_justify="left")
     for column in ("regime", "status", "observed", "threshold", "margin"):
         table.add_column(column)
