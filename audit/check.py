@@ -57,8 +57,8 @@ def input_files(loaded: LoadedPlan, pack_files: list[dict]) -> list[InputFile]:
     for pack in pack_files:
         files.append(InputFile("policy_pack", pack["path"], base,
                                {"pack_id": pack["id"], "pack_version": pack["version"]}))
-    for table in (tables.hardware_table(), tables.published_table()):
-        path = tables.HARDWARE_FILE if table.id == "hardware-peaks" else tables.PUBLISHED_FILE
+    for path, table in ((tables.HARDWARE_FILE, tables.hardware_table()),
+                        (tables.PUBLISHED_FILE, tables.published_table())):
         files.append(InputFile("reference_table", path, base,
                                {"pack_id": table.id, "pack_version": table.version}))
     return files

@@ -90,7 +90,6 @@ def _closed_form_summary(config: ResolvedConfig, seq_len: int, reason: str) -> M
 
     est = closed_form.estimate(config.data, seq_len)
     train = 3 * est.forward_per_token
-    attention = 3 * (est.forward_per_token - 2 * est.params_active)  # rough share, for display only
     return ModelSummary(
         ref=config.ref, architecture=config.data.get("model_type", "?"), config_sha256=config.sha256,
         params_total=est.params_total, params_active=est.params_active,
@@ -99,6 +98,6 @@ def _closed_form_summary(config: ResolvedConfig, seq_len: int, reason: str) -> M
         forward_flops_per_token=est.forward_per_token,
         forward_flops_per_token_noncausal=est.forward_per_token_full,
         non_matmul_train_flops_per_token=0.0,
-        attention_share=max(attention, 0.0) / train if train else 0.0,
+        attention_share=3 * est.attention_per_token / train if train else 0.0,
         coverage=0.0, method="closed_form", fallback_reason=reason,
     )

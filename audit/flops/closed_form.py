@@ -29,6 +29,7 @@ class ClosedForm:
     params_embedding: float
     forward_per_token: float          # causal attention
     forward_per_token_full: float     # attention over the full score matrix
+    attention_per_token: float        # the attention part of forward_per_token
 
 
 def estimate(data: dict[str, Any], seq_len: int) -> ClosedForm:
@@ -61,8 +62,9 @@ def estimate(data: dict[str, Any], seq_len: int) -> ClosedForm:
     attn_per_pair = 2.0 * 2 * head_dim * heads * layers
     window = _get(data, "sliding_window", default=None)
     pairs_causal = kept_pairs(seq_len, seq_len, True, window if data.get("use_sliding_window", True) else None)
+    attention = attn_per_pair * pairs_causal / seq_len
     return ClosedForm(
         params_total=float(total), params_active=float(active), params_embedding=float(embedding + positions),
-        forward_per_token=matmul + attn_per_pair * pairs_causal / seq_len,
-        forward_per_token_full=matmul + attn_per_pair * seq_len,
+        forward_per_token=matmul + attention, forward_per_token_full=matmul + attn_per_pair * seq_len,
+        attention_per_token=attention,
     )

@@ -115,6 +115,8 @@ def test_not_a_causal_lm_is_a_clear_error():
 def test_meta_failure_falls_back_to_closed_form_and_says_so(monkeypatch, tmp_path):
     import audit.flops.model_step as model_step
 
+    counted = summarize_model("llama-3.2-1b", 512, use_cache=False)
+
     def boom(*args, **kwargs):
         raise RuntimeError("Tensor.item() cannot be called on meta tensors")
 
@@ -123,3 +125,4 @@ def test_meta_failure_falls_back_to_closed_form_and_says_so(monkeypatch, tmp_pat
     assert summary.method == "closed_form"
     assert "item()" in summary.fallback_reason
     assert summary.coverage == 0.0
+    assert summary.attention_share == pytest.approx(counted.attention_share, rel=1e-2)
