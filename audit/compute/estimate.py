@@ -50,7 +50,7 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
     components = [_student_training(student, tokens, plan)]
 
     teacher_forward, teacher_params = _teacher_forward_per_token(plan, teacher)
-    if teacher_forward is None and plan.method.kind in ("logits", "cached_logits", "sequence"):
+    if teacher_forward is None:  # every method needs the teacher's forward passes
         missing.append("teacher.config or teacher.parameters (the teacher's size)")
     if plan.method.kind in ("logits", "cached_logits"):
         components.append(_teacher_logits(plan, tokens, teacher_forward, teacher))
@@ -76,7 +76,7 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
     return ComputeEstimate(
         seq_len=plan.data.seq_len, tokens=tokens, components=components,
         total_flops=total, update_flops=update, modification_flops=modification,
-        original_model=original_id if plan.student.init != "scratch" else None,
+        original_model=original_id,
         original_model_flops=original.training_flops if original else None,
         original_model_source=original.source.url if original else None,
         six_nd_flops=6.0 * student.params_active * tokens,
