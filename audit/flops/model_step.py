@@ -94,13 +94,10 @@ class ParamCounts:
 
 def count_parameters(model, config) -> ParamCounts:
     """Unique parameters (a tied lm_head counts once). Active = total minus the experts a token
-    does not use: expert tensors are 3-D with the expert count first, or live under ``experts``."""
-    seen, total, embedding, expert = set(), 0, 0, 0
+    does not use; expert weights are the parameters under an ``experts`` module."""
+    total, embedding, expert = 0, 0, 0
     experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None) or 0
     for name, param in model.named_parameters(remove_duplicate=True):
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
         n = param.numel()
         total += n
         if "embed" in name or name.endswith(("wte.weight", "wpe.weight")) or "lm_head" in name:
