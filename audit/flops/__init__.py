@@ -17,7 +17,7 @@ from pathlib import Path
 from audit.compute.model import ModelSummary
 from audit.flops.configs import ResolvedConfig, resolve_config
 
-COUNTER_VERSION = "1"  # bump when formulas change, to invalidate caches
+COUNTER_VERSION = "2"  # bump when formulas change, to invalidate caches
 
 
 def cache_dir() -> Path:

@@ -57,44 +57,56 @@ def numel(x: Any) -> int:
 # --------------------------------------------------------------------------- matmul family
 
 
+def _product(outputs: int, k: int, extra: int = 0) -> OpCost:
+    """A matmul with ``outputs`` output elements, each a dot product of length ``k``, plus
+    ``extra`` elementwise FLOP (a bias or an added matrix).
+
+    With ``k == 1`` there is nothing to add up: the "matmul" is an outer product, one multiply
+    per output, and is counted as elementwise work like the broadcast ``a[:, None] * b`` that
+    computes the same thing (transformers' rotary embeddings use either, depending on version).
+    """
+    if k == 1:
+        return OpCost(non_matmul=float(outputs + extra))
+    return OpCost(matmul=2.0 * outputs * k, non_matmul=float(extra))
+
+
 @formula("aten.mm", "aten._scaled_mm")
 def _mm(a: Mapping[str, Any], out: Any) -> OpCost:
     first = a.get("self", a.get("mat1"))
     second = a.get("mat2")
     (m, k), n = shape(first), shape(second)[-1]
-    return OpCost(matmul=2.0 * m * k * n)
+    return _product(m * n, k)
 
 
 @formula("aten.addmm")
 def _addmm(a: Mapping[str, Any], out: Any) -> OpCost:
     (m, k), n = shape(a["mat1"]), shape(a["mat2"])[-1]
-    return OpCost(matmul=2.0 * m * k * n, non_matmul=float(m * n))
+    return _product(m * n, k, extra=m * n)
 
 
 @formula("aten.bmm")
 def _bmm(a: Mapping[str, Any], out: Any) -> OpCost:
     b, m, k = shape(a["self"])
-    return OpCost(matmul=2.0 * b * m * k * shape(a["mat2"])[-1])
+    return _product(b * m * shape(a["mat2"])[-1], k)
 
 
 @formula("aten.baddbmm")
 def _baddbmm(a: Mapping[str, Any], out: Any) -> OpCost:
     b, m, k = shape(a["batch1"])
     n = shape(a["batch2"])[-1]
-    return OpCost(matmul=2.0 * b * m * k * n, non_matmul=float(b * m * n))
+    return _product(b * m * n, k, extra=b * m * n)
 
 
 @formula("aten.matmul")
 def _matmul(a: Mapping[str, Any], out: Any) -> OpCost:
     """Broadcasting matmul: each output element is a dot product over the shared dimension."""
-    return OpCost(matmul=2.0 * numel(out) * shape(a["self"])[-1])
+    return _product(numel(out), shape(a["self"])[-1])
 
 
 @formula("aten.linear")
 def _linear(a: Mapping[str, Any], out: Any) -> OpCost:
-    k = shape(a["input"])[-1]
     bias = numel(out) if a.get("bias") is not None else 0
-    return OpCost(matmul=2.0 * numel(out) * k, non_matmul=float(bias))
+    return _product(numel(out), shape(a["input"])[-1], extra=bias)
 
 
 def _expand_ellipsis(spec: str, ndim: int) -> str:

@@ -38,6 +38,19 @@ def test_bmm_baddbmm_and_batched_matmul():
     assert count(torch.matmul, meta(2, 4, 3, 5), meta(5, 7)).headline == 2 * 2 * 4 * 3 * 5 * 7
 
 
+@pytest.mark.parametrize("spelling", [
+    lambda f, p: (f[None, :, None] @ p[:, None, :].float()).transpose(1, 2),   # transformers 5.17
+    lambda f, p: p[..., None].float() * f,                                        # transformers 5.24
+    lambda f, p: torch.mm(p.float().reshape(-1, 1), f[None, :]),
+])
+def test_outer_product_counts_the_same_however_it_is_spelled(spelling):
+    """A K=1 matmul adds nothing up: one multiply per output, elementwise, never matmul FLOP."""
+    inv_freq, positions = meta(32), meta(1, 100)
+    tally = count(spelling, inv_freq, positions)
+    assert tally.matmul == 0 and tally.headline == 0
+    assert tally.non_matmul == 32 * 100
+
+
 def test_einsum_contraction():
     # 'bik,bkj->bij' is a batched matmul: 2*b*i*k*j
     tally = count(torch.einsum, "bik,bkj->bij", meta(2, 3, 5), meta(2, 5, 7))
