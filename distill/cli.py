@@ -60,6 +60,8 @@ def register(subparsers) -> None:
     p.add_argument("--teacher-cache", metavar="DIR", help="cached teacher logits for a cached_logits plan "
                    "(built there on first use; default OUT/teacher-cache)")
     p.add_argument("--no-compile", action="store_true", help="no torch.compile on CUDA")
+    p.add_argument("--shard-teacher", action="store_true", help="under torchrun: shard the teacher's layers "
+                   "over the processes (FSDP2) instead of a whole copy on each; for teachers too large for one GPU")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--allow-cpu", action="store_true", help="train without CUDA (tests and tiny demos)")
     p.add_argument("--dry-run", action="store_true", help="run every check, load no model, train nothing")
@@ -211,6 +213,8 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
         overrides["teacher_cache_dir"] = Path(args.teacher_cache)
     if getattr(args, "no_compile", False):
         overrides["compile"] = False
+    if getattr(args, "shard_teacher", False):
+        overrides["shard_teacher"] = True
     return TrainConfig.from_plan(with_teacher, out_dir=out_dir, flops_per_token=flops_per_token,
                                  budget_flops=budget, data_files=data_files, **overrides)
 

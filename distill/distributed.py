@@ -1,4 +1,5 @@
-"""Multi-process training under ``torchrun``: process group, DDP, data sharding, global counts.
+"""Multi-process training under ``torchrun``: process group, DDP, a sharded teacher, data
+sharding, global counts.
 
 ``torchrun --nproc_per_node N ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; :func:`setup` then
 joins the process group (NCCL on CUDA, gloo on CPU). Without those variables everything here
@@ -85,6 +86,36 @@ def wrap_ddp(module: nn.Module, ctx: DistContext) -> nn.Module:
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids)
+
+
+def shard_teacher(teacher: nn.Module, layers: nn.ModuleList, ctx: DistContext) -> nn.Module:
+    """Shard an inference-only teacher's decoder layers over the ranks with FSDP2.
+
+    The teacher comes in on the CPU. Each rank keeps 1/world_size of every layer's weights on
+    its device; a layer's forward all-gathers them and frees the gathered copy right after, so
+    a teacher too large for one device fits on several, at the price of moving its layer
+    weights over the interconnect once per forward. The embedding, final norm and lm_head stay
+    whole on every rank (the fused loss reads the head directly). Every rank must run the
+    teacher's forward the same number of times. One process: the teacher just moves to the
+    device."""
+    if not ctx.enabled:
+        return teacher.to(ctx.device)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)  # moves its shards to the device
+    sharded = {id(t) for layer in layers for t in [*layer.parameters(), *layer.buffers()]}
+    for module in teacher.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) not in sharded:
+                param.data = param.data.to(ctx.device)  # in place: a tied head moves with its embedding
+        for name, buffer in module.named_buffers(recurse=False):
+            if id(buffer) not in sharded:
+                module.register_buffer(name, buffer.to(ctx.device),
+                                       persistent=name not in module._non_persistent_buffers_set)
+    return teacher
 
 
 def barrier(ctx: DistContext) -> None:

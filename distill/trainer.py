@@ -31,6 +31,10 @@ first when the folder has none, so the teacher's forward leaves the training loo
 then charges the cache's teacher forward (``teacher_flops_per_token`` x the data's tokens) once
 per run, and ``flops_per_token`` must be the student's training FLOP per token only.
 
+Several processes (torchrun): the student is replicated under DDP; the online teacher is either
+replicated too or, with ``shard_teacher``, its decoder layers are sharded over the ranks with
+FSDP2 (:func:`distill.distributed.shard_teacher`), for teachers larger than one device.
+
 Device: ``device="auto"`` picks CUDA when present. Refusing to train on CPU without
 ``--allow-cpu`` is the CLI's job, not this module's. Nothing here checks an audit: callers
 must run the gate first (``flopgate distill`` does).
@@ -62,13 +66,13 @@ from distill.data import check_manifest, load_packed, read_manifest
 from distill import losses
 from distill.losses import LossKind, LossSpec, fused_distill_loss
 from distill.meter import ComputeMeter
-from distill.models import (HiddenStates, build_student, check_vocab, compile_layers, final_hidden_states,
-                            head_weight, load_teacher, load_tokenizer)
+from distill.models import (HiddenStates, build_student, check_vocab, compile_layers, decoder_layers,
+                            final_hidden_states, head_weight, load_teacher, load_tokenizer)
 
 # Fields that do not change the trained weights; a resume may change them.
 _RESUMABLE_FIELDS = {"out_dir", "log_path", "progress", "checkpoint_every", "keep_last", "budget_flops",
                      "tolerance", "flops_per_token", "device", "compile", "log_every", "teacher_cache_dir",
-                     "teacher_flops_per_token"}
+                     "teacher_flops_per_token", "shard_teacher"}
 
 
 class TrainConfig(BaseModel):
@@ -119,6 +123,8 @@ class TrainConfig(BaseModel):
     teacher_cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     teacher_flops_per_token: Optional[float] = Field(default=None, gt=0, description="audited teacher "
                                                      "forward FLOP per token (charged once for a cache)")
+    shard_teacher: bool = Field(default=False, description="several processes: shard the online teacher's "
+                                "decoder layers over them (FSDP2) instead of a whole copy on each")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -142,6 +148,8 @@ class TrainConfig(BaseModel):
             if self.flops_per_token is not None and self.teacher_flops_per_token is None:
                 raise ValueError("a metered run on cached teacher logits needs teacher_flops_per_token "
                                  "(the cache's teacher forward is charged to the budget)")
+            if self.shard_teacher:
+                raise ValueError("shard_teacher applies to the online teacher; the cache is built by one process")
         return self
 
     @classmethod
@@ -229,6 +237,7 @@ class TrainResult:
     device: str
     rank: int
     message: str
+    teacher_sharded: bool = False    # the online teacher's layers were sharded over the ranks
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -349,10 +358,13 @@ def train(cfg: TrainConfig, *, resume: bool = False,
 
         need_teacher = (not cached or cfg.student_init == "pruned_teacher"
                         or not (cfg.teacher_cache_dir / INDEX_FILE).is_file())
-        teacher = (load_teacher(cfg.teacher_dir, device, torch.bfloat16 if amp_dtype else torch.float32)
-                   if need_teacher else None)
+        shard = cfg.shard_teacher and ctx.enabled  # one process has nothing to shard over
+        teacher = (load_teacher(cfg.teacher_dir, "cpu" if shard else device,
+                                torch.bfloat16 if amp_dtype else torch.float32) if need_teacher else None)
         student = build_student(cfg.student_init, teacher=teacher, config=cfg.student_config,
                                 base_dir=cfg.student_base_dir, layers=cfg.student_layers, seed=cfg.seed).to(device)
+        if shard:  # after a pruned student has copied its layers from the whole teacher
+            distributed.shard_teacher(teacher, decoder_layers(teacher), ctx)
         student_tokenizer = None
         if cfg.student_base_dir is not None and any(
                 (cfg.student_base_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
@@ -394,7 +406,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             cache = _open_cache(cfg, teacher=teacher, data=data, vocab=vocab, device=device,
                                 amp_dtype=amp_dtype, ctx=ctx)
             teacher = None  # not needed any more: free its memory
-        elif compile_models:
+        elif compile_models and not shard:  # a sharded layer's all-gather hooks stay eager
             compile_layers(teacher, backend=losses.COMPILE_BACKEND)
 
         # --- Resume ---------------------------------------------------------------------------
@@ -531,7 +543,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             flops_used=meter.flops if cfg.flops_per_token is not None else None,
             budget_flops=cfg.budget_flops, wall_time_s=wall, device_hours=wall * ctx.world_size / 3600,
             stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
-            device=str(device), rank=ctx.rank, message=message)
+            device=str(device), rank=ctx.rank, message=message, teacher_sharded=shard and teacher is not None)
     finally:
         if log is not None:
             log.close()

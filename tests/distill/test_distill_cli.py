@@ -261,3 +261,14 @@ def test_cached_logits_plan_builds_the_cache_once_and_meters_the_student_per_tok
     record = json.loads((project.root / "out" / "run-record.json").read_text())["predicate"]
     expected = 2 * TOKENS_PER_STEP * STUDENT_TRAIN_FPT + cached_tokens * TEACHER_FORWARD_FPT
     assert record["compute"]["flops"] == pytest.approx(expected)
+
+
+def test_shard_teacher_reaches_the_config_and_is_refused_for_a_cache(project, signer, capsys):
+    """--shard-teacher sets the trainer's field; a cached_logits plan refuses it in one line, exit 2."""
+    project.plan.write_text(project.plan.read_text().replace("kind: logits", "kind: cached_logits"))
+    envelope = make_audit(project, signer)
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 1,
+                             "--teacher-cache", project.root / "cache", "--shard-teacher")
+    assert code == 2
+    assert "shard_teacher" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (project.root / "out" / "run-record.intoto.json").exists()

@@ -1,5 +1,5 @@
-"""Two CPU processes under torchrun (gloo, DDP) follow the single-process loss curve for the
-same global batch."""
+"""Two CPU processes under torchrun (gloo, DDP; the teacher whole on each or sharded with FSDP2)
+follow the single-process loss curve for the same global batch."""
 
 from __future__ import annotations
 
@@ -32,9 +32,11 @@ def test_micro_batches_tile_the_global_batch():
         assert covered == list(range(100, 100 + world * accum * micro))
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("shard_teacher", [False, True], ids=["teacher-replicated", "teacher-sharded"])
+def test_two_gloo_processes_match_one_process(tmp_path, shard_teacher):
     common = dict(max_steps=6, lr=2e-3, checkpoint_every=3)
-    two = tiny_run(tmp_path, micro_batch=2, grad_accum=2, out_dir=str(tmp_path / "two"), **common)
+    two = tiny_run(tmp_path, micro_batch=2, grad_accum=2, out_dir=str(tmp_path / "two"),
+                   shard_teacher=shard_teacher, **common)
     (tmp_path / "two.json").write_text(json.dumps(two))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launched = subprocess.run(
@@ -48,6 +50,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     one = train(one_cfg)
     result = json.loads((tmp_path / "two-result.json").read_text())
     assert result["world_size"] == 2 and one.world_size == 1
+    assert result["teacher_sharded"] is shard_teacher and one.teacher_sharded is False
     assert result["tokens"] == one.tokens == 6 * 8 * 16  # the meter sums both ranks
 
     def curve(name):
@@ -67,3 +70,33 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert moved > 1e-3  # training moved the weights far more than the tolerance below
     for name, value in weights_one.items():
         torch.testing.assert_close(weights_two[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_sharded_teacher_keeps_half_of_each_layer_and_computes_the_same(tmp_path):
+    """FSDP2 over two gloo ranks: each rank holds half of the decoder layers' weights and the
+    whole embedding, norm and head; the teacher's hidden states do not change."""
+    from distill_testkit import make_model_dir
+
+    teacher = make_model_dir(tmp_path / "teacher", seed=0, initializer_range=0.2)
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(RUNNER.parent / "run_shard_teacher.py"), str(teacher), str(tmp_path / "shard")],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"shard-rank{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0]["layer_whole"] > 0
+    assert sum(r["layer_local"] for r in reports) == reports[0]["layer_whole"]
+    for report in reports:
+        assert report["layer_local"] <= report["layer_whole"] // 2 + 1024  # dim-0 shards, rounded up
+        assert report["rest_local"] == report["rest_whole"] > 0
+        assert report["head_is_plain_tensor"]
+        assert report["max_abs_diff"] <= 1e-5 * report["scale"]
+
+
+def test_a_sharded_teacher_is_refused_for_cached_teacher_logits(tmp_path):
+    from audit.errors import InputError
+
+    fields = tiny_run(tmp_path, teacher_source="cached", teacher_cache_dir=str(tmp_path / "cache"),
+                      shard_teacher=True)
+    with pytest.raises(InputError, match="shard_teacher"):
+        TrainConfig.parse(fields)

@@ -1,0 +1,56 @@
+"""Shard a tiny teacher over the torchrun ranks and report what each rank holds, as JSON.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 run_shard_teacher.py TEACHER_DIR OUT_PREFIX
+
+Writes OUT_PREFIX-rankR.json: local element counts of the decoder layers' weights and of the
+rest, whether the head is a plain tensor, and the largest difference between the sharded
+teacher's final hidden states and the whole teacher's on the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from distill import distributed
+from distill.models import decoder_layers, final_hidden_states, head_weight, load_teacher
+
+
+def local_numel(tensor: torch.Tensor) -> int:
+    return tensor.to_local().numel() if hasattr(tensor, "to_local") else tensor.numel()
+
+
+def main() -> int:
+    teacher_dir, prefix = sys.argv[1], sys.argv[2]
+    ctx = distributed.setup("cpu")
+    try:
+        whole = load_teacher(teacher_dir)
+        teacher = load_teacher(teacher_dir)
+        distributed.shard_teacher(teacher, decoder_layers(teacher), ctx)
+        layer_ids = {id(p) for p in decoder_layers(teacher).parameters()}
+        tokens = torch.arange(24).reshape(2, 12) % whole.config.vocab_size
+        with torch.inference_mode():
+            want = final_hidden_states(whole, tokens)
+            got = final_hidden_states(teacher, tokens)
+        report = {
+            "rank": ctx.rank,
+            "layer_local": sum(local_numel(p) for p in decoder_layers(teacher).parameters()),
+            "layer_whole": sum(p.numel() for p in decoder_layers(whole).parameters()),
+            "rest_local": sum(local_numel(p) for p in teacher.parameters() if id(p) not in layer_ids),
+            "rest_whole": sum(p.numel() for p in whole.parameters()) - sum(
+                p.numel() for p in decoder_layers(whole).parameters()),
+            "head_is_plain_tensor": not hasattr(head_weight(teacher), "to_local"),
+            "max_abs_diff": (got - want).abs().max().item(),
+            "scale": want.abs().max().item(),
+        }
+        with open(f"{prefix}-rank{ctx.rank}.json", "w") as handle:
+            json.dump(report, handle)
+    finally:
+        distributed.teardown(ctx)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
