@@ -247,7 +247,8 @@ def loss_alone_section(device, tiny: bool, compile_loss: bool, repeats: int) -> 
     if liger is not None and device.type == "cuda":
         cases.append(("Liger fused linear JSD (beta 0)", lambda a, b: liger(jsd_beta=0.0)(a, b, h_t, w_t, labels)))
     default = losses.default_chunk_size(vocab, torch.bfloat16)
-    for chunk in sorted({default, losses.default_chunk_size(vocab), min(4096, 2 * default)}):
+    for chunk in sorted({default, losses.default_chunk_size(vocab), min(4096, 2 * default),
+                         min(4096, 4 * default)}):
         for use_compile in ([True, False] if chunk == default else [True]):
             if use_compile and not compile_loss:
                 continue

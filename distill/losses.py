@@ -359,11 +359,14 @@ class _FusedHeadLoss(torch.autograd.Function):
 
 def default_chunk_size(vocab: int, matmul_dtype: Optional[torch.dtype] = None) -> int:
     """Tokens per chunk. fp32/fp64 operands (the CPU path): a [chunk x V] fp32 block of about
-    64 MiB (2^24 elements; V = 128k: 130 tokens), since a chunk holds about ten such blocks.
-    bf16 operands (the GPU path, compiled): 2^26 elements (V = 128k: 520 tokens), fewer, larger
-    chunks, because each chunk re-reads and re-writes the whole fp32 head gradient [V x H].
-    Rounded down to a multiple of 8 (GEMM-friendly), clamped to 16..4096."""
-    budget = 1 << (26 if matmul_dtype in (torch.bfloat16, torch.float16) else 24)
+    64 MiB (2^24 elements; V = 128k: 128 tokens), since a chunk holds about ten such blocks.
+    bf16 operands (the GPU path, compiled): 2^25 elements (V = 128k: 256 tokens). The compiled
+    chunk holds about 10 bytes per element (fp32 student and teacher logits, the bf16 logit
+    gradient) beside the fp32 head gradient [V x H_s]; at V = 128k, H_s = 1024 that is an
+    estimated 0.33 + 0.49 GiB, inside the 1 GiB goal, where 2^26 would need about 1.1 GiB.
+    Larger chunks re-read and re-write that head gradient fewer times; bench/distill_step.py
+    measures 128 to 1024 tokens side by side. Rounded down to a multiple of 8, clamped to 16..4096."""
+    budget = 1 << (25 if matmul_dtype in (torch.bfloat16, torch.float16) else 24)
     return max(16, min(4096, budget // max(vocab, 1) // 8 * 8))
 
 

@@ -188,5 +188,5 @@ def test_trainer_fast_path_on_cpu_reads_the_loss_only_every_log_every_steps(aot_
 
 def test_default_chunk_sizes():
     assert losses.default_chunk_size(128256) == 128          # fp32 operands: 2^24 / V, multiple of 8
-    assert losses.default_chunk_size(128256, torch.bfloat16) == 520   # bf16 operands: 2^26 / V
+    assert losses.default_chunk_size(128256, torch.bfloat16) == 256   # bf16 operands: 2^25 / V
     assert losses.default_chunk_size(10) == 4096 and losses.default_chunk_size(10 ** 7) == 16
