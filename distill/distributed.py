@@ -136,6 +136,15 @@ def all_reduce_sum(value: Union[torch.Tensor, int, float], ctx: DistContext):
     return tensor.item()
 
 
+def gather_objects(value, ctx: DistContext) -> list:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; [value] for one process."""
+    if not ctx.enabled:
+        return [value]
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def micro_batch_start(step_start: int, micro_step: int, micro_batch: int, ctx: DistContext) -> int:
     """Global position of this rank's first sequence in a micro-step (see the module docstring)."""
     return step_start + (micro_step * ctx.world_size + ctx.rank) * micro_batch

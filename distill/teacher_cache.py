@@ -264,28 +264,35 @@ def _shard_sequences(seq_len: int, k: int, logprob_dtype: torch.dtype, target_by
     return max(1, target_bytes // per_sequence)
 
 
-@torch.inference_mode()
-def build_teacher_cache(folder: str | Path, *, teacher, teacher_dir: str | Path, sequences: torch.Tensor,
-                        vocab: int, k: int, temperature: float = 1.0, logprob_dtype: str = "float16",
-                        batch_size: int = 8, device: torch.device | str = "cpu",
-                        amp_dtype: Optional[torch.dtype] = None, shard_sequences: Optional[int] = None,
-                        teacher_flops_per_token: Optional[float] = None,
-                        teacher_digest: Optional[str] = None) -> CacheIndex:
-    """Run the teacher once over packed ``sequences`` [n, seq_len + 1] (inputs = the first seq_len
-    ids of each row) and write the cache to ``folder``. Returns its index.
+def shard_plan(sequences: int, per_shard: int, world_size: int = 1) -> list[tuple[int, int, int]]:
+    """(first row, row count, building rank) of each shard, in row order.
 
-    ``teacher_flops_per_token`` (forward, FLOP per token) makes the index record the compute
-    spent; ``teacher_digest`` saves re-hashing the teacher folder when the caller has it."""
-    from distill.checkpoint import checkpoint_digest
+    The rows are split into ``world_size`` contiguous blocks of near-equal size, one per rank,
+    and each block into shards of at most ``per_shard`` rows, so every shard is a contiguous
+    row range and the ranks share the teacher's work evenly. The same arguments give the same
+    plan on every rank; no communication is needed to agree on it."""
+    plan = []
+    for rank in range(world_size):
+        lo, hi = sequences * rank // world_size, sequences * (rank + 1) // world_size
+        plan += [(first, min(per_shard, hi - first), rank) for first in range(lo, hi, per_shard)]
+    return plan
+
+
+@torch.inference_mode()
+def build_cache_shards(folder: str | Path, *, teacher, sequences: torch.Tensor, vocab: int, k: int,
+                       temperature: float = 1.0, logprob_dtype: str = "float16", batch_size: int = 8,
+                       device: torch.device | str = "cpu", amp_dtype: Optional[torch.dtype] = None,
+                       shard_sequences: Optional[int] = None, rank: int = 0, world_size: int = 1) -> list[dict]:
+    """Run the teacher over the shards :func:`shard_plan` gives ``rank`` and write them to
+    ``folder`` (inputs = the first seq_len ids of each packed row [seq_len + 1]). Returns their
+    index entries ({file, first, count, sha256}); :func:`write_cache_index` finishes the cache."""
     from distill.models import final_hidden_states, head_weight
 
-    folder = Path(folder)
-    if (folder / INDEX_FILE).exists():
-        raise InputError("already holds a teacher cache", source=str(folder))
     if logprob_dtype not in LOGPROB_DTYPES:
         raise InputError(f"expected one of {', '.join(LOGPROB_DTYPES)}, got {logprob_dtype!r}",
                          field="teacher_cache_dtype")
     store_dtype = LOGPROB_DTYPES[logprob_dtype]
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save
 
@@ -294,11 +301,13 @@ def build_teacher_cache(folder: str | Path, *, teacher, teacher_dir: str | Path,
     seq_len = sequences.shape[1] - 1
     per_shard = shard_sequences or _shard_sequences(seq_len, k, store_dtype)
     matmul_dtype = amp_dtype if device.type == "cuda" else None
-    shards = []
-    for first in range(0, sequences.shape[0], per_shard):
-        rows = sequences[first:first + per_shard, :-1]
+    written = []
+    for number, (first, count, owner) in enumerate(shard_plan(sequences.shape[0], per_shard, world_size)):
+        if owner != rank:
+            continue
+        rows = sequences[first:first + count, :-1]
         parts = []
-        for start in range(0, rows.shape[0], batch_size):
+        for start in range(0, count, batch_size):
             inputs = rows[start:start + batch_size].to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 hidden = final_hidden_states(teacher, inputs)
@@ -306,23 +315,50 @@ def build_teacher_cache(folder: str | Path, *, teacher, teacher_dir: str | Path,
                                 matmul_dtype=matmul_dtype)
             parts.append(CachedTargets(*(t.reshape(inputs.shape[0], seq_len, *t.shape[1:]).cpu() for t in flat)))
         block = CachedTargets(*(torch.cat(tensors) for tensors in zip(*parts)))
-        name = f"shard-{len(shards):05d}.safetensors"
+        name = f"shard-{number:05d}.safetensors"
         payload = save({"topk_ids": block.ids.contiguous(), "topk_logprobs": block.logprobs.contiguous(),
                         "tail_logmass": block.tail.to(torch.float32).contiguous()
                         if block.tail.dtype != torch.float64 else block.tail.contiguous()})
         write_atomic(folder / name, payload)
-        shards.append({"file": name, "first": first, "count": int(rows.shape[0]),
-                       "sha256": hashlib.sha256(payload).hexdigest()})
+        written.append({"file": name, "first": first, "count": count, "sha256": hashlib.sha256(payload).hexdigest()})
+    return written
+
+
+def write_cache_index(folder: str | Path, shards: list[dict], *, sequences: torch.Tensor, vocab: int, k: int,
+                      temperature: float, logprob_dtype: str, teacher_digest: str,
+                      teacher_flops_per_token: Optional[float] = None) -> CacheIndex:
+    """Write ``index.json`` over every shard (from all ranks), last: it marks the cache finished.
+    ``teacher_flops_per_token`` (forward) makes the index record the compute spent."""
+    seq_len = sequences.shape[1] - 1
     tokens = int(sequences.shape[0] * seq_len)
     index = CacheIndex(k=k, logprob_dtype=logprob_dtype, temperature=float(temperature), vocab_size=vocab,
                        seq_len=seq_len, sequences=int(sequences.shape[0]), tokens=tokens,
-                       data_sha256=data_digest(sequences),
-                       teacher_sha256=teacher_digest or checkpoint_digest(teacher_dir),
+                       data_sha256=data_digest(sequences), teacher_sha256=teacher_digest,
                        teacher_forward_flops=(teacher_flops_per_token * tokens
                                               if teacher_flops_per_token is not None else None),
-                       shards=tuple(shards))
-    write_atomic(folder / INDEX_FILE, index.to_json())
+                       shards=tuple(sorted(shards, key=lambda shard: shard["first"])))
+    write_atomic(Path(folder) / INDEX_FILE, index.to_json())
     return index
+
+
+def build_teacher_cache(folder: str | Path, *, teacher, teacher_dir: str | Path, sequences: torch.Tensor,
+                        vocab: int, k: int, temperature: float = 1.0, logprob_dtype: str = "float16",
+                        batch_size: int = 8, device: torch.device | str = "cpu",
+                        amp_dtype: Optional[torch.dtype] = None, shard_sequences: Optional[int] = None,
+                        teacher_flops_per_token: Optional[float] = None,
+                        teacher_digest: Optional[str] = None) -> CacheIndex:
+    """Build a whole cache in one process: :func:`build_cache_shards` then :func:`write_cache_index`.
+    ``teacher_digest`` saves re-hashing the teacher folder when the caller has it."""
+    from distill.checkpoint import checkpoint_digest
+
+    if (Path(folder) / INDEX_FILE).exists():
+        raise InputError("already holds a teacher cache", source=str(folder))
+    shards = build_cache_shards(folder, teacher=teacher, sequences=sequences, vocab=vocab, k=k,
+                                temperature=temperature, logprob_dtype=logprob_dtype, batch_size=batch_size,
+                                device=device, amp_dtype=amp_dtype, shard_sequences=shard_sequences)
+    return write_cache_index(folder, shards, sequences=sequences, vocab=vocab, k=k, temperature=temperature,
+                             logprob_dtype=logprob_dtype, teacher_digest=teacher_digest or checkpoint_digest(teacher_dir),
+                             teacher_flops_per_token=teacher_flops_per_token)
 
 
 class TeacherCache:

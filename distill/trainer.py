@@ -149,7 +149,8 @@ class TrainConfig(BaseModel):
                 raise ValueError("a metered run on cached teacher logits needs teacher_flops_per_token "
                                  "(the cache's teacher forward is charged to the budget)")
             if self.shard_teacher:
-                raise ValueError("shard_teacher applies to the online teacher; the cache is built by one process")
+                raise ValueError("shard_teacher applies to the online teacher only; a cache is built with a "
+                                 "whole teacher on each process")
         return self
 
     @classmethod
@@ -311,19 +312,23 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _open_cache(cfg: TrainConfig, *, teacher, data, vocab: int, device, amp_dtype, ctx):
-    """The verified teacher cache of this run, built first (by rank 0) when the folder has none."""
+    """The verified teacher cache of this run. When the folder has none, every rank builds its
+    share of the shards (:func:`distill.teacher_cache.shard_plan`) and rank 0 writes the index."""
     from distill.checkpoint import checkpoint_digest
-    from distill.teacher_cache import INDEX_FILE, TeacherCache, build_teacher_cache, read_index
+    from distill.teacher_cache import INDEX_FILE, TeacherCache, build_cache_shards, read_index, write_cache_index
 
     folder = cfg.teacher_cache_dir
     digest = checkpoint_digest(cfg.teacher_dir)
     if not (folder / INDEX_FILE).is_file():
+        shards = build_cache_shards(folder, teacher=teacher, sequences=data.sequences, vocab=vocab,
+                                    k=cfg.teacher_cache_k, temperature=cfg.temperature,
+                                    logprob_dtype=cfg.teacher_cache_dtype, batch_size=cfg.micro_batch,
+                                    device=device, amp_dtype=amp_dtype, rank=ctx.rank, world_size=ctx.world_size)
+        shards = [shard for part in distributed.gather_objects(shards, ctx) for shard in part]
         if ctx.is_main:
-            build_teacher_cache(folder, teacher=teacher, teacher_dir=cfg.teacher_dir, sequences=data.sequences,
-                                vocab=vocab, k=cfg.teacher_cache_k, temperature=cfg.temperature,
-                                logprob_dtype=cfg.teacher_cache_dtype, batch_size=cfg.micro_batch, device=device,
-                                amp_dtype=amp_dtype, teacher_flops_per_token=cfg.teacher_flops_per_token,
-                                teacher_digest=digest)
+            write_cache_index(folder, shards, sequences=data.sequences, vocab=vocab, k=cfg.teacher_cache_k,
+                              temperature=cfg.temperature, logprob_dtype=cfg.teacher_cache_dtype,
+                              teacher_digest=digest, teacher_flops_per_token=cfg.teacher_flops_per_token)
         distributed.barrier(ctx)
     index = read_index(folder)
     if index.k != cfg.teacher_cache_k or index.logprob_dtype != cfg.teacher_cache_dtype:

@@ -100,3 +100,34 @@ def test_a_sharded_teacher_is_refused_for_cached_teacher_logits(tmp_path):
                       shard_teacher=True)
     with pytest.raises(InputError, match="shard_teacher"):
         TrainConfig.parse(fields)
+
+
+def test_two_processes_build_a_cache_share_each_and_train_like_one(tmp_path):
+    """Cached teacher logits under torchrun: each rank builds the shards of its half of the rows,
+    rank 0 writes the index, and training on that cache follows the one-process run."""
+    from distill.teacher_cache import read_index
+
+    common = dict(max_steps=4, lr=2e-3, teacher_source="cached", teacher_cache_k=8,
+                  teacher_cache_dtype="float32")
+    two = tiny_run(tmp_path, micro_batch=2, grad_accum=2, out_dir=str(tmp_path / "two"),
+                   teacher_cache_dir=str(tmp_path / "cache-two"), **common)
+    (tmp_path / "two.json").write_text(json.dumps(two))
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(RUNNER), str(tmp_path / "two.json")],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    one = train(TrainConfig.parse(tiny_run(tmp_path, micro_batch=4, grad_accum=2, out_dir=str(tmp_path / "one"),
+                                           teacher_cache_dir=str(tmp_path / "cache-one"), **common)))
+
+    index_two, index_one = read_index(tmp_path / "cache-two"), read_index(tmp_path / "cache-one")
+    rows = index_one.sequences
+    assert len(index_one.shards) == 1 and index_two.sequences == rows > 2
+    assert [(s["first"], s["count"]) for s in index_two.shards] == [(0, rows // 2), (rows // 2, rows - rows // 2)]
+    assert index_two.data_sha256 == index_one.data_sha256
+
+    def curve(name):
+        return [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    assert one.steps == 4 and len(curve("two")) == 4
+    assert curve("two") == pytest.approx(curve("one"), rel=1e-5)

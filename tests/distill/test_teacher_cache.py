@@ -283,3 +283,16 @@ def test_from_plan_maps_cached_logits(tmp_path):
     with pytest.raises(InputError, match="method.loss"):
         TrainConfig.from_plan(load_plan(write_plan(tmp_path, kind="cached_logits", loss="reverse_kl")),
                               out_dir=tmp_path / "out")
+
+
+@pytest.mark.parametrize("sequences,per_shard,world", [(10, 4, 1), (10, 4, 3), (7, 100, 2), (3, 1, 4), (0, 5, 2)])
+def test_shard_plan_tiles_the_rows_in_contiguous_ranges_shared_evenly(sequences, per_shard, world):
+    from distill.teacher_cache import shard_plan
+
+    plan = shard_plan(sequences, per_shard, world)
+    assert [first for first, _, _ in plan] == sorted(first for first, _, _ in plan)
+    covered = [row for first, count, _ in plan for row in range(first, first + count)]
+    assert covered == list(range(sequences))
+    assert all(1 <= count <= per_shard for _, count, _ in plan)
+    per_rank = [sum(count for _, count, owner in plan if owner == rank) for rank in range(world)]
+    assert max(per_rank) - min(per_rank) <= 1 and [o for *_, o in plan] == sorted(o for *_, o in plan)
