@@ -278,14 +278,31 @@ def shard_plan(sequences: int, per_shard: int, world_size: int = 1) -> list[tupl
     return plan
 
 
+def shard_rows(seq_len: int, k: int, logprob_dtype: str, shard_sequences: Optional[int] = None) -> int:
+    """Packed sequences per shard: ``shard_sequences``, or about 256 MiB of targets."""
+    return shard_sequences or _shard_sequences(seq_len, k, LOGPROB_DTYPES[logprob_dtype])
+
+
+def lockstep_padding(sequences: int, per_shard: int, world_size: int, batch_size: int) -> list[int]:
+    """Extra teacher forwards each rank runs so that all run the same number (a teacher sharded
+    with FSDP2 all-gathers its layers in every forward, on every rank together). Each extra
+    forward is one packed sequence whose output is thrown away: its compute is spent and counted."""
+    plan = shard_plan(sequences, per_shard, world_size)
+    forwards = [sum(-(-count // batch_size) for _, count, owner in plan if owner == rank)
+                for rank in range(world_size)]
+    return [max(forwards) - mine for mine in forwards]
+
+
 @torch.inference_mode()
 def build_cache_shards(folder: str | Path, *, teacher, sequences: torch.Tensor, vocab: int, k: int,
                        temperature: float = 1.0, logprob_dtype: str = "float16", batch_size: int = 8,
                        device: torch.device | str = "cpu", amp_dtype: Optional[torch.dtype] = None,
-                       shard_sequences: Optional[int] = None, rank: int = 0, world_size: int = 1) -> list[dict]:
+                       shard_sequences: Optional[int] = None, rank: int = 0, world_size: int = 1,
+                       lockstep: bool = False) -> list[dict]:
     """Run the teacher over the shards :func:`shard_plan` gives ``rank`` and write them to
     ``folder`` (inputs = the first seq_len ids of each packed row [seq_len + 1]). Returns their
-    index entries ({file, first, count, sha256}); :func:`write_cache_index` finishes the cache."""
+    index entries ({file, first, count, sha256}); :func:`write_cache_index` finishes the cache.
+    ``lockstep`` (a sharded teacher): pad with :func:`lockstep_padding` forwards."""
     from distill.models import final_hidden_states, head_weight
 
     if logprob_dtype not in LOGPROB_DTYPES:
@@ -299,9 +316,13 @@ def build_cache_shards(folder: str | Path, *, teacher, sequences: torch.Tensor, 
     device = torch.device(device)
     head = head_weight(teacher)
     seq_len = sequences.shape[1] - 1
-    per_shard = shard_sequences or _shard_sequences(seq_len, k, store_dtype)
+    per_shard = shard_rows(seq_len, k, logprob_dtype, shard_sequences)
     matmul_dtype = amp_dtype if device.type == "cuda" else None
     written = []
+    padding = lockstep_padding(sequences.shape[0], per_shard, world_size, batch_size)[rank] if lockstep else 0
+    for _ in range(padding):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            final_hidden_states(teacher, sequences[:1, :-1].to(device))
     for number, (first, count, owner) in enumerate(shard_plan(sequences.shape[0], per_shard, world_size)):
         if owner != rank:
             continue
@@ -326,15 +347,17 @@ def build_cache_shards(folder: str | Path, *, teacher, sequences: torch.Tensor, 
 
 def write_cache_index(folder: str | Path, shards: list[dict], *, sequences: torch.Tensor, vocab: int, k: int,
                       temperature: float, logprob_dtype: str, teacher_digest: str,
-                      teacher_flops_per_token: Optional[float] = None) -> CacheIndex:
+                      teacher_flops_per_token: Optional[float] = None, padding_sequences: int = 0) -> CacheIndex:
     """Write ``index.json`` over every shard (from all ranks), last: it marks the cache finished.
-    ``teacher_flops_per_token`` (forward) makes the index record the compute spent."""
+    ``teacher_flops_per_token`` (forward) makes the index record the compute spent, lockstep
+    padding forwards (``padding_sequences`` in all) included."""
     seq_len = sequences.shape[1] - 1
     tokens = int(sequences.shape[0] * seq_len)
+    spent_tokens = tokens + padding_sequences * seq_len
     index = CacheIndex(k=k, logprob_dtype=logprob_dtype, temperature=float(temperature), vocab_size=vocab,
                        seq_len=seq_len, sequences=int(sequences.shape[0]), tokens=tokens,
                        data_sha256=data_digest(sequences), teacher_sha256=teacher_digest,
-                       teacher_forward_flops=(teacher_flops_per_token * tokens
+                       teacher_forward_flops=(teacher_flops_per_token * spent_tokens
                                               if teacher_flops_per_token is not None else None),
                        shards=tuple(sorted(shards, key=lambda shard: shard["first"])))
     write_atomic(Path(folder) / INDEX_FILE, index.to_json())

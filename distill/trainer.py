@@ -123,7 +123,7 @@ class TrainConfig(BaseModel):
     teacher_cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     teacher_flops_per_token: Optional[float] = Field(default=None, gt=0, description="audited teacher "
                                                      "forward FLOP per token (charged once for a cache)")
-    shard_teacher: bool = Field(default=False, description="several processes: shard the online teacher's "
+    shard_teacher: bool = Field(default=False, description="several processes: shard the teacher's "
                                 "decoder layers over them (FSDP2) instead of a whole copy on each")
 
     @model_validator(mode="after")
@@ -148,9 +148,6 @@ class TrainConfig(BaseModel):
             if self.flops_per_token is not None and self.teacher_flops_per_token is None:
                 raise ValueError("a metered run on cached teacher logits needs teacher_flops_per_token "
                                  "(the cache's teacher forward is charged to the budget)")
-            if self.shard_teacher:
-                raise ValueError("shard_teacher applies to the online teacher only; a cache is built with a "
-                                 "whole teacher on each process")
         return self
 
     @classmethod
@@ -238,7 +235,7 @@ class TrainResult:
     device: str
     rank: int
     message: str
-    teacher_sharded: bool = False    # the online teacher's layers were sharded over the ranks
+    teacher_sharded: bool = False    # the teacher's layers were sharded over the ranks (FSDP2)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -311,9 +308,12 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def _open_cache(cfg: TrainConfig, *, teacher, data, vocab: int, device, amp_dtype, ctx):
+def _open_cache(cfg: TrainConfig, *, teacher, data, vocab: int, device, amp_dtype, ctx, lockstep: bool = False,
+                padding: int = 0):
     """The verified teacher cache of this run. When the folder has none, every rank builds its
-    share of the shards (:func:`distill.teacher_cache.shard_plan`) and rank 0 writes the index."""
+    share of the shards (:func:`distill.teacher_cache.shard_plan`) and rank 0 writes the index.
+    ``lockstep``: the teacher is sharded, so every rank runs as many forwards (``padding`` extra
+    in all, recorded in the index's compute)."""
     from distill.checkpoint import checkpoint_digest
     from distill.teacher_cache import INDEX_FILE, TeacherCache, build_cache_shards, read_index, write_cache_index
 
@@ -323,12 +323,14 @@ def _open_cache(cfg: TrainConfig, *, teacher, data, vocab: int, device, amp_dtyp
         shards = build_cache_shards(folder, teacher=teacher, sequences=data.sequences, vocab=vocab,
                                     k=cfg.teacher_cache_k, temperature=cfg.temperature,
                                     logprob_dtype=cfg.teacher_cache_dtype, batch_size=cfg.micro_batch,
-                                    device=device, amp_dtype=amp_dtype, rank=ctx.rank, world_size=ctx.world_size)
+                                    device=device, amp_dtype=amp_dtype, rank=ctx.rank, world_size=ctx.world_size,
+                                    lockstep=lockstep)
         shards = [shard for part in distributed.gather_objects(shards, ctx) for shard in part]
         if ctx.is_main:
             write_cache_index(folder, shards, sequences=data.sequences, vocab=vocab, k=cfg.teacher_cache_k,
                               temperature=cfg.temperature, logprob_dtype=cfg.teacher_cache_dtype,
-                              teacher_digest=digest, teacher_flops_per_token=cfg.teacher_flops_per_token)
+                              teacher_digest=digest, teacher_flops_per_token=cfg.teacher_flops_per_token,
+                              padding_sequences=padding)
         distributed.barrier(ctx)
     index = read_index(folder)
     if index.k != cfg.teacher_cache_k or index.logprob_dtype != cfg.teacher_cache_dtype:
@@ -363,7 +365,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
 
         need_teacher = (not cached or cfg.student_init == "pruned_teacher"
                         or not (cfg.teacher_cache_dir / INDEX_FILE).is_file())
-        shard = cfg.shard_teacher and ctx.enabled  # one process has nothing to shard over
+        shard = cfg.shard_teacher and ctx.enabled and need_teacher  # one process has nothing to shard over
         teacher = (load_teacher(cfg.teacher_dir, "cpu" if shard else device,
                                 torch.bfloat16 if amp_dtype else torch.float32) if need_teacher else None)
         student = build_student(cfg.student_init, teacher=teacher, config=cfg.student_config,
@@ -402,14 +404,20 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         # --- Teacher source -------------------------------------------------------------------
         cache = None
         if cached:
+            from distill.teacher_cache import lockstep_padding, shard_rows
+
+            padding = 0  # forwards a sharded teacher runs to keep the ranks in step (a build only)
+            if shard and not (cfg.teacher_cache_dir / INDEX_FILE).is_file():
+                per_shard = shard_rows(cfg.seq_len, cfg.teacher_cache_k, cfg.teacher_cache_dtype)
+                padding = sum(lockstep_padding(len(data), per_shard, ctx.world_size, cfg.micro_batch))
             if cfg.flops_per_token is not None:
-                charge = cfg.teacher_flops_per_token * len(data) * cfg.seq_len
+                charge = cfg.teacher_flops_per_token * (len(data) + padding) * cfg.seq_len
                 if meter.limit_flops is not None and charge > meter.limit_flops:
                     raise InputError(f"the teacher cache's forward pass takes {charge:.4g} FLOP, past the budget's "
                                      f"limit {meter.limit_flops:.4g}", field="budget_flops")
                 meter.charge(charge)  # a resumed run restores the meter below, charge included
             cache = _open_cache(cfg, teacher=teacher, data=data, vocab=vocab, device=device,
-                                amp_dtype=amp_dtype, ctx=ctx)
+                                amp_dtype=amp_dtype, ctx=ctx, lockstep=shard, padding=padding)
             teacher = None  # not needed any more: free its memory
         elif compile_models and not shard:  # a sharded layer's all-gather hooks stay eager
             compile_layers(teacher, backend=losses.COMPILE_BACKEND)
@@ -548,7 +556,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             flops_used=meter.flops if cfg.flops_per_token is not None else None,
             budget_flops=cfg.budget_flops, wall_time_s=wall, device_hours=wall * ctx.world_size / 3600,
             stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
-            device=str(device), rank=ctx.rank, message=message, teacher_sharded=shard and teacher is not None)
+            device=str(device), rank=ctx.rank, message=message, teacher_sharded=shard)
     finally:
         if log is not None:
             log.close()

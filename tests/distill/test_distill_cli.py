@@ -263,12 +263,15 @@ def test_cached_logits_plan_builds_the_cache_once_and_meters_the_student_per_tok
     assert record["compute"]["flops"] == pytest.approx(expected)
 
 
-def test_shard_teacher_reaches_the_config_and_is_refused_for_a_cache(project, signer, capsys):
-    """--shard-teacher sets the trainer's field; a cached_logits plan refuses it in one line, exit 2."""
-    project.plan.write_text(project.plan.read_text().replace("kind: logits", "kind: cached_logits"))
+@pytest.mark.parametrize("flag", [True, False])
+def test_shard_teacher_flag_reaches_the_train_config(project, signer, model_loads, monkeypatch, capsys, flag):
+    import distill.cli as cli
+
+    made = []
+    real = cli.train_config
+    monkeypatch.setattr(cli, "train_config", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     envelope = make_audit(project, signer)
-    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 1,
-                             "--teacher-cache", project.root / "cache", "--shard-teacher")
-    assert code == 2
-    assert "shard_teacher" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (project.root / "out" / "run-record.intoto.json").exists()
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run",
+                             *(["--shard-teacher"] if flag else []))
+    assert code == 0, err
+    assert len(made) == 1 and made[0].shard_teacher is flag

@@ -93,38 +93,40 @@ def test_sharded_teacher_keeps_half_of_each_layer_and_computes_the_same(tmp_path
         assert report["max_abs_diff"] <= 1e-5 * report["scale"]
 
 
-def test_a_sharded_teacher_is_refused_for_cached_teacher_logits(tmp_path):
-    from audit.errors import InputError
-
-    fields = tiny_run(tmp_path, teacher_source="cached", teacher_cache_dir=str(tmp_path / "cache"),
-                      shard_teacher=True)
-    with pytest.raises(InputError, match="shard_teacher"):
-        TrainConfig.parse(fields)
-
-
-def test_two_processes_build_a_cache_share_each_and_train_like_one(tmp_path):
+@pytest.mark.parametrize("shard_teacher", [False, True], ids=["teacher-replicated", "teacher-sharded"])
+def test_two_processes_build_a_cache_share_each_and_train_like_one(tmp_path, shard_teacher):
     """Cached teacher logits under torchrun: each rank builds the shards of its half of the rows,
-    rank 0 writes the index, and training on that cache follows the one-process run."""
-    from distill.teacher_cache import read_index
+    rank 0 writes the index, and training on that cache follows the one-process run. A sharded
+    teacher keeps the ranks in step with padding forwards, which the index's compute counts."""
+    from distill.teacher_cache import lockstep_padding, read_index, shard_rows
 
-    common = dict(max_steps=4, lr=2e-3, teacher_source="cached", teacher_cache_k=8,
-                  teacher_cache_dtype="float32")
-    two = tiny_run(tmp_path, micro_batch=2, grad_accum=2, out_dir=str(tmp_path / "two"),
-                   teacher_cache_dir=str(tmp_path / "cache-two"), **common)
+    common = dict(max_steps=4, lr=2e-3, teacher_source="cached", teacher_cache_k=8, teacher_cache_dtype="float32",
+                  flops_per_token=1.0, teacher_flops_per_token=1.0)
+    two = tiny_run(tmp_path, micro_batch=3, grad_accum=2, out_dir=str(tmp_path / "two"),
+                   teacher_cache_dir=str(tmp_path / "cache-two"), shard_teacher=shard_teacher, **common)
     (tmp_path / "two.json").write_text(json.dumps(two))
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(RUNNER), str(tmp_path / "two.json")],
+         str(RUNNER), str(tmp_path / "two.json"), "--result", str(tmp_path / "two-result.json")],
         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert launched.returncode == 0, launched.stderr[-4000:]
-    one = train(TrainConfig.parse(tiny_run(tmp_path, micro_batch=4, grad_accum=2, out_dir=str(tmp_path / "one"),
+    one = train(TrainConfig.parse(tiny_run(tmp_path, micro_batch=6, grad_accum=2, out_dir=str(tmp_path / "one"),
                                            teacher_cache_dir=str(tmp_path / "cache-one"), **common)))
+    result = json.loads((tmp_path / "two-result.json").read_text())
+    assert result["teacher_sharded"] is shard_teacher
 
     index_two, index_one = read_index(tmp_path / "cache-two"), read_index(tmp_path / "cache-one")
-    rows = index_one.sequences
+    rows, seq_len = index_one.sequences, index_one.seq_len
     assert len(index_one.shards) == 1 and index_two.sequences == rows > 2
     assert [(s["first"], s["count"]) for s in index_two.shards] == [(0, rows // 2), (rows // 2, rows - rows // 2)]
     assert index_two.data_sha256 == index_one.data_sha256
+    per_shard = shard_rows(seq_len, 8, "float32")
+    padding = sum(lockstep_padding(rows, per_shard, 2, 3)) if shard_teacher else 0
+    assert padding == (1 if shard_teacher else 0)  # the rows split so that rank 0 runs one forward fewer
+    assert index_one.teacher_forward_flops == rows * seq_len
+    assert index_two.teacher_forward_flops == (rows + padding) * seq_len
+    # the meter charged the same teacher forward, padding included, beside the student's tokens
+    assert result["flops_used"] == pytest.approx((rows + padding) * seq_len + result["tokens"])
 
     def curve(name):
         return [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]

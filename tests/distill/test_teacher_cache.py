@@ -296,3 +296,14 @@ def test_shard_plan_tiles_the_rows_in_contiguous_ranges_shared_evenly(sequences,
     assert all(1 <= count <= per_shard for _, count, _ in plan)
     per_rank = [sum(count for _, count, owner in plan if owner == rank) for rank in range(world)]
     assert max(per_rank) - min(per_rank) <= 1 and [o for *_, o in plan] == sorted(o for *_, o in plan)
+
+
+@pytest.mark.parametrize("sequences,per_shard,world,batch", [(9, 100, 2, 4), (9, 3, 2, 2), (2203, 10 ** 6, 2, 3),
+                                                            (5, 2, 4, 1), (16, 4, 2, 4)])
+def test_lockstep_padding_gives_every_rank_the_same_number_of_forwards(sequences, per_shard, world, batch):
+    from distill.teacher_cache import lockstep_padding, shard_plan
+
+    plan = shard_plan(sequences, per_shard, world)
+    forwards = [sum(math.ceil(count / batch) for _, count, owner in plan if owner == rank) for rank in range(world)]
+    padding = lockstep_padding(sequences, per_shard, world, batch)
+    assert min(padding) == 0 and len({f + p for f, p in zip(forwards, padding)}) == 1
