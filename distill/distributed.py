@@ -108,7 +108,7 @@ def shard_teacher(teacher: nn.Module, layers: nn.ModuleList, ctx: DistContext) -
         fully_shard(layer, mesh=mesh, reshard_after_forward=True)  # moves its shards to the device
     sharded = {id(t) for layer in layers for t in [*layer.parameters(), *layer.buffers()]}
     for module in teacher.modules():
-        for name, param in module.named_parameters(recurse=False):
+        for _, param in module.named_parameters(recurse=False):
             if id(param) not in sharded:
                 param.data = param.data.to(ctx.device)  # in place: a tied head moves with its embedding
         for name, buffer in module.named_buffers(recurse=False):

@@ -31,9 +31,10 @@ first when the folder has none, so the teacher's forward leaves the training loo
 then charges the cache's teacher forward (``teacher_flops_per_token`` x the data's tokens) once
 per run, and ``flops_per_token`` must be the student's training FLOP per token only.
 
-Several processes (torchrun): the student is replicated under DDP; the online teacher is either
-replicated too or, with ``shard_teacher``, its decoder layers are sharded over the ranks with
-FSDP2 (:func:`distill.distributed.shard_teacher`), for teachers larger than one device.
+Several processes (torchrun): the student is replicated under DDP; the teacher (online, or
+building a cache, each rank its share) is replicated too or, with ``shard_teacher``, its decoder
+layers are sharded over the ranks with FSDP2 (:func:`distill.distributed.shard_teacher`), for
+teachers larger than one device.
 
 Device: ``device="auto"`` picks CUDA when present. Refusing to train on CPU without
 ``--allow-cpu`` is the CLI's job, not this module's. Nothing here checks an audit: callers
