@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cryptography.hazmat.primitives import serialization as ser
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from audit.attest import PREDICATE_APPROVAL, PREDICATE_AUDIT
 from audit.attest.dsse import write_envelope
-from audit.attest.keys import TrustedKey, key_id
 from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement
+from keypairs import KeyFiles
 
 STUDENT_TRAIN_FPT = 6.0e5     # made-up audited FLOP per token of the student's training step
 TEACHER_FORWARD_FPT = 4.0e5   # ... and of the teacher's forward pass
@@ -42,32 +39,6 @@ method: {{kind: logits, loss: forward_kl, temperature: 1.0}}
 use: {{purpose: gate test, scope: narrow, distribution: internal}}
 schedule: {{start: 2026-12-01}}
 """
-
-
-@dataclass
-class KeyFiles:
-    private_key: Ed25519PrivateKey
-    private_path: Path
-    public_path: Path
-
-    @property
-    def trusted(self) -> TrustedKey:
-        return TrustedKey(key_id(self.private_key.public_key()), self.private_key.public_key(),
-                          str(self.public_path))
-
-
-def write_keypair(folder: Path, name: str) -> KeyFiles:
-    """A key pair written with plain ``cryptography``; the private file has mode 0600."""
-    folder.mkdir(parents=True, exist_ok=True)
-    private_key = Ed25519PrivateKey.generate()
-    private_path = folder / name
-    private_path.write_bytes(private_key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8,
-                                                       ser.NoEncryption()))
-    private_path.chmod(0o600)
-    public_path = folder / f"{name}.pub"
-    public_path.write_bytes(private_key.public_key().public_bytes(ser.Encoding.PEM,
-                                                                  ser.PublicFormat.SubjectPublicKeyInfo))
-    return KeyFiles(private_key, private_path, public_path)
 
 
 @dataclass
@@ -189,7 +160,7 @@ def hand_approval(audit_envelope: Path, approver: KeyFiles, *, outcome: str, out
     digest = hashlib.sha256(data).hexdigest()
     subjects = [{"name": audit_envelope.name, "digest": {"sha256": digest}}]
     predicate = {"note": "approved by hand", "approved_at": "2026-11-30T09:00:00Z",
-                 "approver": {"keyid": key_id(approver.private_key.public_key())},
+                 "approver": {"keyid": approver.keyid},
                  "audit": {"name": audit_envelope.name, "sha256": digest, "outcome": outcome,
                            "signature_checked": True, "signers": []},
                  "tool": {"name": "flopgate", "version": "0.1.0"}, "inputs": []}

@@ -17,24 +17,14 @@ from audit.plan import load_plan
 from distill.cli import meter_figures
 from distill.gate import GATE_REFUSED_EXIT
 from gate_fixtures import (FPT, PACK_ID, PACK_VERSION, SEQ_LEN, STUDENT_TRAIN_FPT, TEACHER_FORWARD_FPT,
-                           build_template, compute_block, copy_project, forbid_model_loads, make_audit,
-                           obligation, write_keypair)
+                           compute_block, forbid_model_loads, make_audit, obligation)
+from keypairs import write_keypair
 
 MICRO_BATCH = 2
 TOKENS_PER_STEP = MICRO_BATCH * SEQ_LEN   # one process, no accumulation: 64 tokens per step
 NOTICE_TEXT = "Tiny Teacher is licensed under the Tiny Licence."
 OBLIGATIONS = [obligation("tiny.attribution", 'Prominently display "Built with Tiny" with the model.'),
                obligation("tiny.notice", f'Ship a Notice file reading "{NOTICE_TEXT}" with every copy.')]
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    return build_template(tmp_path_factory.mktemp("cli") / "project")
-
-
-@pytest.fixture
-def project(template, tmp_path):
-    return copy_project(template, tmp_path / "project")
 
 
 @pytest.fixture

@@ -13,21 +13,11 @@ import pytest
 from audit.attest.approval import approve
 from audit.cli.main import main
 from distill.gate import GATE_REFUSED_EXIT, open_gate
-from gate_fixtures import (PACK_ID, PACK_VERSION, build_template, copy_project, forbid_model_loads,
-                           hand_approval, iso, make_audit, obligation, write_keypair)
+from gate_fixtures import PACK_ID, PACK_VERSION, forbid_model_loads, hand_approval, iso, make_audit, obligation
+from keypairs import write_keypair
 
 NOW = dt.datetime.now(dt.timezone.utc)
 INSTALLED = {PACK_ID: PACK_VERSION}
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    return build_template(tmp_path_factory.mktemp("gate") / "project")
-
-
-@pytest.fixture
-def project(template, tmp_path):
-    return copy_project(template, tmp_path / "project")
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from distill.model_card import (NOTICE_NAME, README_NAME, REPORT_NAME, installed
                                 write_model_card)
 from distill.record import RECORD_ENVELOPE, RECORD_JSON, write_run_record
 from distill.trainer import TrainResult
-from gate_fixtures import FPT, build_template, copy_project, make_audit, obligation, write_keypair
+from gate_fixtures import FPT, copy_project, make_audit, obligation
+from keypairs import write_keypair
 
 GEMMA_NOTICE = "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms"
 OBLIGATIONS = [
@@ -36,11 +37,6 @@ OBLIGATIONS = [
 ]
 CLAUSE_TYPES = {"t.attribution": "attribution", "t.notice": "notice_file", "t.derivative": "derivative_pass_through",
                 "t.use": "use_policy", "t.naming": "naming"}
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    return build_template(tmp_path_factory.mktemp("record") / "project")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from distill.data import load_packed
 from distill.losses import LossSpec, fused_distill_loss, reference_distill_loss
 from distill.meter import ComputeMeter
 from distill.models import final_hidden_states, head_weight, load_teacher, load_tokenizer
-from distill.teacher_cache import (INDEX_FILE, CachedTargets, TeacherCache, batch_sequence_ids, build_teacher_cache,
+from distill.teacher_cache import (INDEX_FILE, TeacherCache, batch_sequence_ids, build_teacher_cache,
                                    data_digest, fused_cached_loss, read_index, reference_cached_loss, teacher_topk,
                                    topk_targets)
 from distill.trainer import TrainConfig, train

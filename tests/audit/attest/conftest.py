@@ -3,17 +3,14 @@ from a fake predicate (the real ``flopgate check`` predicate is not needed here)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization as ser
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.attest import PREDICATE_AUDIT
 from audit.attest.dsse import write_envelope
-from audit.attest.keys import TrustedKey, key_id
 from audit.attest.statement import build_subjects, make_statement, sign_statement
+from keypairs import KeyFiles, write_keypair
 
 
 @pytest.fixture(autouse=True)
@@ -23,48 +20,19 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.delenv("FLOPGATE_KEY_PASSPHRASE", raising=False)
 
 
-@dataclass
-class KeyFiles:
-    private_key: Ed25519PrivateKey
-    private_path: Path
-    public_path: Path
-
-    @property
-    def keyid(self) -> str:
-        return key_id(self.private_key.public_key())
-
-    @property
-    def trusted(self) -> TrustedKey:
-        return TrustedKey(self.keyid, self.private_key.public_key(), str(self.public_path))
-
-
-def _write_keypair(folder: Path, name: str) -> KeyFiles:
-    """A key pair written with plain ``cryptography`` (independent of ``audit.attest.keys``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    private_key = Ed25519PrivateKey.generate()
-    private_path = folder / name
-    private_path.write_bytes(private_key.private_bytes(
-        ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()))
-    private_path.chmod(0o600)
-    public_path = folder / f"{name}.pub"
-    public_path.write_bytes(private_key.public_key().public_bytes(
-        ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
-    return KeyFiles(private_key, private_path, public_path)
-
-
 @pytest.fixture
 def signer(tmp_path) -> KeyFiles:
-    return _write_keypair(tmp_path / "signer-keys", "signer")
+    return write_keypair(tmp_path / "signer-keys", "signer")
 
 
 @pytest.fixture
 def reviewer(tmp_path) -> KeyFiles:
-    return _write_keypair(tmp_path / "reviewer-keys", "reviewer")
+    return write_keypair(tmp_path / "reviewer-keys", "reviewer")
 
 
 @pytest.fixture
 def stranger(tmp_path) -> KeyFiles:
-    return _write_keypair(tmp_path / "stranger-keys", "stranger")
+    return write_keypair(tmp_path / "stranger-keys", "stranger")
 
 
 @pytest.fixture
