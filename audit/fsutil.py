@@ -1,8 +1,9 @@
-"""Small file helpers: atomic writes and sha256 digests."""
+"""Small file helpers: atomic writes, sha256 digests, reading a JSON file given as input."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -63,3 +64,18 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_json(path: str | os.PathLike, what: str, *, missing: str | None = None):
+    """The parsed JSON file ``path``. ``InputError`` naming the file when it is missing
+    (``missing``, default "<what> not found") or unreadable: "cannot read <what> as JSON", with
+    the parser's line and column for malformed JSON, else the kind of error."""
+    from audit.errors import InputError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(missing or f"{what} not found", source=str(path)) from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        detail = str(exc) if isinstance(exc, json.JSONDecodeError) else exc.__class__.__name__
+        raise InputError(f"cannot read {what} as JSON ({detail})", source=str(path)) from None

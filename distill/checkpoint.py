@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from audit.errors import InputError
-from audit.fsutil import fsync_dir, sha256_file, write_atomic
+from audit.fsutil import fsync_dir, read_json, sha256_file, write_atomic
 from distill.distributed import DistContext, barrier
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -74,10 +74,7 @@ def load_latest(out_dir: str | Path) -> Optional[Checkpoint]:
     if not found:
         return None
     path = found[-1]
-    try:
-        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"unreadable checkpoint state ({exc.__class__.__name__})", source=str(path)) from None
+    state = read_json(path / STATE_FILE, "the checkpoint state")
     return Checkpoint(path=path, step=int(state["step"]), state=state)
 
 

@@ -222,19 +222,15 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
 def check_teacher_matches_audit(plan, teacher_dir: Path, source: str) -> None:
     """The teacher folder's config.json must agree with the audited teacher config on every
     shape field both give (so the audited FLOP per token is the teacher's)."""
-    import json
-
     from audit.errors import InputError
     from audit.flops.configs import resolve_config
+    from audit.fsutil import read_json
 
     if not plan.teacher.config:
         raise InputError("the plan has no teacher.config, so the teacher's weights cannot be matched "
                          "to the audit: add it and re-run flopgate check", source=source, field="teacher.config")
     audited = resolve_config(plan.teacher.config, source=source, field="teacher.config").data
-    try:
-        actual = json.loads((teacher_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read config.json ({exc.__class__.__name__})", source=str(teacher_dir)) from None
+    actual = read_json(teacher_dir / "config.json", "the teacher's config.json")
     if not isinstance(actual, dict):
         raise InputError("config.json is not a JSON object", source=str(teacher_dir))
     differing = [f"{k} {actual[k]!r} (audited {audited[k]!r})" for k in SHAPE_FIELDS

@@ -33,7 +33,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from audit.errors import InputError
-from audit.fsutil import sha256_file, write_atomic
+from audit.fsutil import read_json, sha256_file, write_atomic
 from distill.checkpoint import checkpoint_digest
 
 MANIFEST_VERSION = 1
@@ -200,12 +200,7 @@ def write_manifest(path: str | Path, manifest: dict) -> Path:
 def read_manifest(path: str | Path) -> tuple[dict, list[Path]]:
     """A manifest and its files' absolute paths. ``InputError`` on a malformed manifest."""
     path = Path(path)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("manifest not found", source=str(path)) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read the manifest as JSON ({exc.__class__.__name__})", source=str(path)) from None
+    manifest = read_json(path, "the manifest", missing="manifest not found")
     if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
         raise InputError(f"expected manifest_version {MANIFEST_VERSION}", source=str(path), field="manifest_version")
     entries = manifest.get("files")

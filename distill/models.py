@@ -19,7 +19,6 @@ folder whose own tokenizer maps tokens differently, is a real mismatch and an ``
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from audit.errors import InputError
+from audit.fsutil import read_json
 
 UNSUPPORTED_HEAD_OPTIONS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
 
@@ -214,12 +214,7 @@ def load_config(path: str | Path):
 
     path = Path(path)
     file = path / "config.json" if path.is_dir() else path
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("config file not found", source=str(file)) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read a JSON config ({_first_line(exc)})", source=str(file)) from None
+    data = read_json(file, "the config", missing="config file not found")
     if not isinstance(data, dict) or "model_type" not in data:
         raise InputError("expected a JSON object with a model_type", source=str(file), field="model_type")
     model_type = data.pop("model_type")

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from audit.errors import InputError
-from audit.fsutil import sha256_file, write_atomic
+from audit.fsutil import read_json, sha256_file, write_atomic
 from distill.losses import (IGNORE_INDEX, Count, FusedOptions, LossSpec, _compute_dtype, _divide, _FusedHeadLoss,
                             compiled, default_chunk_size, hard_label_terms, masked_sum_and_grad, matmul)
 
@@ -439,12 +439,7 @@ class TeacherCache:
 def read_index(folder: str | Path) -> CacheIndex:
     """The index of a cache folder; ``InputError`` when missing or malformed."""
     path = Path(folder) / INDEX_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("no teacher cache index (an unfinished or missing cache)", source=str(path)) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read the cache index as JSON ({exc.__class__.__name__})", source=str(path)) from None
+    data = read_json(path, "the cache index", missing="no teacher cache index (an unfinished or missing cache)")
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or data.get("version") != CACHE_VERSION:
         raise InputError(f"expected format {CACHE_FORMAT!r} version {CACHE_VERSION}", source=str(path), field="format")
     fields = [name for name in CacheIndex.__dataclass_fields__]

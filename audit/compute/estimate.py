@@ -16,7 +16,6 @@ Components and which totals they join (EU GPAI guidelines, Annex A.1, ¶118-122)
 
 from __future__ import annotations
 
-import math
 
 from audit.compute.model import Component, ComputeEstimate, HardwareCheck, ModelSummary
 from audit.compute.tables import find_accelerator, find_published
