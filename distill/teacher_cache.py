@@ -380,7 +380,8 @@ def build_teacher_cache(folder: str | Path, *, teacher, teacher_dir: str | Path,
                                 temperature=temperature, logprob_dtype=logprob_dtype, batch_size=batch_size,
                                 device=device, amp_dtype=amp_dtype, shard_sequences=shard_sequences)
     return write_cache_index(folder, shards, sequences=sequences, vocab=vocab, k=k, temperature=temperature,
-                             logprob_dtype=logprob_dtype, teacher_digest=teacher_digest or checkpoint_digest(teacher_dir),
+                             logprob_dtype=logprob_dtype,
+                             teacher_digest=teacher_digest or checkpoint_digest(teacher_dir),
                              teacher_flops_per_token=teacher_flops_per_token)
 
 

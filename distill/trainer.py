@@ -309,18 +309,18 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def _open_cache(cfg: TrainConfig, *, teacher, data, vocab: int, device, amp_dtype, ctx, lockstep: bool = False,
-                padding: int = 0):
-    """The verified teacher cache of this run. When the folder has none, every rank builds its
-    share of the shards (:func:`distill.teacher_cache.shard_plan`) and rank 0 writes the index.
-    ``lockstep``: the teacher is sharded, so every rank runs as many forwards (``padding`` extra
-    in all, recorded in the index's compute)."""
+def _open_cache(cfg: TrainConfig, *, build: bool, teacher, data, vocab: int, device, amp_dtype, ctx,
+                lockstep: bool = False, padding: int = 0):
+    """The verified teacher cache of this run. ``build`` (the folder has no index yet): every
+    rank first builds its share of the shards (:func:`distill.teacher_cache.shard_plan`) and
+    rank 0 writes the index. ``lockstep``: the teacher is sharded, so every rank runs as many
+    forwards (``padding`` extra in all, recorded in the index's compute)."""
     from distill.checkpoint import checkpoint_digest
     from distill.teacher_cache import INDEX_FILE, TeacherCache, build_cache_shards, read_index, write_cache_index
 
     folder = cfg.teacher_cache_dir
     digest = checkpoint_digest(cfg.teacher_dir)
-    if not (folder / INDEX_FILE).is_file():
+    if build:
         shards = build_cache_shards(folder, teacher=teacher, sequences=data.sequences, vocab=vocab,
                                     k=cfg.teacher_cache_k, temperature=cfg.temperature,
                                     logprob_dtype=cfg.teacher_cache_dtype, batch_size=cfg.micro_batch,
@@ -364,8 +364,9 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         tokenizer = load_tokenizer(cfg.teacher_dir)
         from distill.teacher_cache import INDEX_FILE
 
-        need_teacher = (not cached or cfg.student_init == "pruned_teacher"
-                        or not (cfg.teacher_cache_dir / INDEX_FILE).is_file())
+        # Checked once: no rank writes an index before every rank has passed this point.
+        build_cache = cached and not (cfg.teacher_cache_dir / INDEX_FILE).is_file()
+        need_teacher = not cached or cfg.student_init == "pruned_teacher" or build_cache
         shard = cfg.shard_teacher and ctx.enabled and need_teacher  # one process has nothing to shard over
         teacher = (load_teacher(cfg.teacher_dir, "cpu" if shard else device,
                                 torch.bfloat16 if amp_dtype else torch.float32) if need_teacher else None)
@@ -408,7 +409,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             from distill.teacher_cache import lockstep_padding, shard_rows
 
             padding = 0  # forwards a sharded teacher runs to keep the ranks in step (a build only)
-            if shard and not (cfg.teacher_cache_dir / INDEX_FILE).is_file():
+            if shard and build_cache:
                 per_shard = shard_rows(cfg.seq_len, cfg.teacher_cache_k, cfg.teacher_cache_dtype)
                 padding = sum(lockstep_padding(len(data), per_shard, ctx.world_size, cfg.micro_batch))
             if cfg.flops_per_token is not None:
@@ -417,7 +418,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                     raise InputError(f"the teacher cache's forward pass takes {charge:.4g} FLOP, past the budget's "
                                      f"limit {meter.limit_flops:.4g}", field="budget_flops")
                 meter.charge(charge)  # a resumed run restores the meter below, charge included
-            cache = _open_cache(cfg, teacher=teacher, data=data, vocab=vocab, device=device,
+            cache = _open_cache(cfg, build=build_cache, teacher=teacher, data=data, vocab=vocab, device=device,
                                 amp_dtype=amp_dtype, ctx=ctx, lockstep=shard, padding=padding)
             teacher = None  # not needed any more: free its memory
         elif compile_models and not shard:  # a sharded layer's all-gather hooks stay eager
