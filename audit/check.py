@@ -1,7 +1,8 @@
 """The audit: compute estimate + policy decision -> a signed in-toto statement.
 
-``run_audit`` is the main job of flopgate, shared by ``flopgate check`` and the tests. It reads
-the plan and every file it depends on, decides, signs, and writes three files atomically:
+``assess`` is the one plan -> estimate -> decision sequence (``flopgate policy`` stops there).
+``run_audit`` is the main job of flopgate, shared by ``flopgate check`` and the tests. It
+assesses the plan, signs, and writes three files atomically:
 
 * ``audit.intoto.json`` - the DSSE envelope (what auditors and the training gate verify),
 * ``audit.json``        - the signed payload, readable,
@@ -19,15 +20,16 @@ from typing import Any, Sequence
 from audit.attest import PREDICATE_AUDIT
 from audit.attest.dsse import write_envelope
 from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
-from audit.compute import tables
 from audit.compute.estimate import estimate_plan
+from audit.compute.tables import ReferenceTables, load_reference_tables
+from audit.compute.types import ComputeEstimate
 from audit.flops.configs import resolve_config
 from audit.fsutil import write_atomic
-from audit.plan import LoadedPlan, load_plan
+from audit.plan import LoadedPlan, Plan, load_plan
 from audit.policy.engine import decide, gate_would_open
 from audit.policy.facts import resolve_plan_facts
-from audit.policy.model import Decision
-from audit.policy.packs import load_packs
+from audit.policy.decision import Decision
+from audit.policy.packs import PolicySet, load_packs
 from audit.versions import tool_versions
 
 ENVELOPE_NAME, PAYLOAD_NAME, HTML_NAME = "audit.intoto.json", "audit.json", "audit.html"
@@ -43,7 +45,31 @@ class AuditResult:
     signer_keyid: str
 
 
-def input_files(loaded: LoadedPlan, pack_files: list[dict]) -> list[InputFile]:
+@dataclass(frozen=True)
+class Assessment:
+    """A plan judged: the plan with its facts resolved, its compute estimate, the decision, the
+    date the rules were applied as of, and the packs and tables that were used."""
+
+    plan: Plan
+    estimate: ComputeEstimate
+    decision: Decision
+    as_of: dt.date
+    packs: PolicySet
+    tables: ReferenceTables
+
+
+def assess(loaded: LoadedPlan, policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None, *,
+           use_cache: bool = True) -> Assessment:
+    """Plan -> estimate -> decision, as of ``as_of`` (default: the plan's ``schedule.start``)."""
+    packs = load_packs(policy_dirs)
+    tables = load_reference_tables()
+    plan = resolve_plan_facts(loaded, packs)
+    estimate = estimate_plan(loaded, tables, use_cache=use_cache)
+    as_of = as_of or plan.schedule.start
+    return Assessment(plan, estimate, decide(plan, estimate, packs, as_of), as_of, packs, tables)
+
+
+def input_files(loaded: LoadedPlan, pack_files: list[dict], tables: ReferenceTables) -> list[InputFile]:
     """Every file the audit depends on, with its role: what the signature covers."""
     plan, base = loaded.plan, loaded.path.parent
     files = [InputFile("plan", loaded.path, base)]
@@ -57,8 +83,7 @@ def input_files(loaded: LoadedPlan, pack_files: list[dict]) -> list[InputFile]:
     for pack in pack_files:
         files.append(InputFile("policy_pack", pack["path"], base,
                                {"pack_id": pack["id"], "pack_version": pack["version"]}))
-    for path, table in ((tables.HARDWARE_FILE, tables.hardware_table()),
-                        (tables.PUBLISHED_FILE, tables.published_table())):
+    for (path, _), table in zip(tables.files, (tables.hardware, tables.published)):
         files.append(InputFile("reference_table", path, base,
                                {"pack_id": table.id, "pack_version": table.version}))
     return files
@@ -67,12 +92,9 @@ def input_files(loaded: LoadedPlan, pack_files: list[dict]) -> list[InputFile]:
 def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None,
                     use_cache: bool = True) -> tuple[dict[str, Any], Decision, list[dict]]:
     """Everything the audit states, before signing, and the subjects the signature covers."""
-    packs = load_packs(policy_dirs)
-    plan = resolve_plan_facts(loaded, packs)
-    estimate = estimate_plan(loaded, use_cache=use_cache)
-    as_of = as_of or plan.schedule.start
-    decision = decide(plan, estimate, packs, as_of)
-    subjects, inputs = build_subjects(input_files(loaded, packs.pack_files()))
+    found = assess(loaded, policy_dirs, as_of, use_cache=use_cache)
+    plan, decision, as_of = found.plan, found.decision, found.as_of
+    subjects, inputs = build_subjects(input_files(loaded, found.packs.pack_files(), found.tables))
     predicate = {
         "tool": tool_versions(),
         "as_of": as_of.isoformat(),
@@ -84,7 +106,7 @@ def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_
                         "training_step": "forward + backward, counted op by op on the meta device",
                         "attention": "headline over causal (and sliding-window) pairs; full-matrix figure beside it",
                         "totals": "cumulative (EU systemic-risk notion) and parameter-update only"},
-        "compute": estimate.model_dump(mode="json"),
+        "compute": found.estimate.model_dump(mode="json"),
         "decision": decision.model_dump(mode="json"),
         "outcome": decision.outcome,
         "gate_open": gate_would_open(decision),

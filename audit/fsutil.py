@@ -1,10 +1,12 @@
-"""Small file helpers: atomic writes, sha256 digests, reading a JSON file given as input."""
+"""Small file helpers: reading an input file (one place for its errors), atomic writes,
+sha256 digests."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -66,16 +68,74 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def read_input(path: str | os.PathLike, what: str = "file", *, source: str | None = None,
+               field: str | None = None) -> bytes:
+    """The bytes of the input file ``path``: the one reader for every file a user gives us.
+
+    Only a regular file is read (a FIFO, device or socket could give other bytes to a second
+    reader). Every failure is an ``InputError`` naming the file (or ``source`` and ``field``,
+    when the path came from a field of another file) and what was expected.
+    """
+    from audit.errors import InputError
+
+    path = Path(path)
+
+    def error(message: str) -> InputError:
+        if source is None:
+            return InputError(message, source=str(path), field=field)
+        return InputError(f"{message}: {path}", source=source, field=field)
+
+    try:
+        with open(path, "rb", opener=_open_no_block) as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise error(f"expected {what} to be a regular file, found {_kind(mode)}")
+            return handle.read()
+    except FileNotFoundError:
+        raise error(f"{what} not found") from None
+    except IsADirectoryError:
+        raise error(f"expected {what} to be a regular file, found a directory") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def _open_no_block(path, flags):
+    """Open without blocking on a FIFO, so that ``read_input`` can refuse it."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def decode_utf8(data: bytes, path: str | os.PathLike, what: str = "file") -> str:
+    """``data`` as UTF-8 text; an ``InputError`` naming ``path`` when it is not."""
+    from audit.errors import InputError
+
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"cannot read {what}: expected UTF-8 text (invalid byte at offset {exc.start})",
+                         source=str(path)) from None
+
+
 def read_json(path: str | os.PathLike, what: str, *, missing: str | None = None):
     """The parsed JSON file ``path``. ``InputError`` naming the file when it is missing
     (``missing``, default "<what> not found") or unreadable: "cannot read <what> as JSON", with
     the parser's line and column for malformed JSON, else the kind of error."""
     from audit.errors import InputError
 
+    if missing is not None and not Path(path).exists():
+        raise InputError(missing, source=str(path))
+    raw = read_input(path, what)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(missing or f"{what} not found", source=str(path)) from None
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         detail = str(exc) if isinstance(exc, json.JSONDecodeError) else exc.__class__.__name__
         raise InputError(f"cannot read {what} as JSON ({detail})", source=str(path)) from None

@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from audit.errors import InputError
-from audit.validation import validate_model
+from audit.validation import StrictModel, validate_model
 from audit.yamlio import load_yaml_file
 
 _JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
@@ -41,11 +41,7 @@ Number = Annotated[float, BeforeValidator(_not_bool)]
 Count = Annotated[int, BeforeValidator(_not_bool)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Organization(_Strict):
+class Organization(StrictModel):
     name: str = Field(min_length=1)
     jurisdictions: list[str] = Field(min_length=1, description="ISO 3166 codes: EU, US-CA, US-NY, KR")
     annual_revenue_usd: Optional[Number] = Field(default=None, ge=0)
@@ -59,7 +55,7 @@ class Organization(_Strict):
         return value
 
 
-class Authorization(_Strict):
+class Authorization(StrictModel):
     """A provider's written permission: a document on disk and its sha256."""
 
     document: str = Field(min_length=1)
@@ -73,7 +69,7 @@ class Authorization(_Strict):
         return value
 
 
-class Teacher(_Strict):
+class Teacher(StrictModel):
     model: str = Field(min_length=1, description="registry id, HF repo id, API model name or local dir")
     access: Literal["weights", "api", "consumer_app"]
     config: Optional[str] = Field(default=None, description="bundled name, config.json path or model dir")
@@ -82,7 +78,7 @@ class Teacher(_Strict):
     authorization: Optional[Authorization] = None
 
 
-class Student(_Strict):
+class Student(StrictModel):
     name: str = Field(min_length=1)
     config: str = Field(min_length=1)
     init: Literal["scratch", "base", "pruned_teacher"] = "scratch"
@@ -96,14 +92,14 @@ class Student(_Strict):
         return self
 
 
-class Data(_Strict):
+class Data(StrictModel):
     tokens: Number = Field(gt=0, description="training tokens seen by the student per epoch")
     manifest: Optional[str] = None
     seq_len: Count = Field(default=4096, gt=0, le=10_000_000)
     epochs: Number = Field(default=1, gt=0)
 
 
-class Method(_Strict):
+class Method(StrictModel):
     kind: Literal["logits", "cached_logits", "sequence"] = "logits"
     teacher_generated_tokens: Number = Field(default=0, ge=0, description="all generated tokens, discarded ones included")
     prompt_tokens: Number = Field(default=0, ge=0, description="prompt tokens prefilled for generation")
@@ -118,7 +114,7 @@ class Method(_Strict):
         return self
 
 
-class Use(_Strict):
+class Use(StrictModel):
     purpose: str = Field(min_length=1)
     scope: Literal["narrow", "general"] = "narrow"
     distribution: Literal["internal", "api", "open_weights"] = "internal"
@@ -126,7 +122,7 @@ class Use(_Strict):
     monthly_active_users: Optional[Number] = Field(default=None, ge=0)
 
 
-class Hardware(_Strict):
+class Hardware(StrictModel):
     accelerator: str = Field(min_length=1)
     count: Count = Field(gt=0)
     hours: Number = Field(gt=0, description="wall-clock hours of the run")
@@ -134,15 +130,15 @@ class Hardware(_Strict):
     price_per_hour_usd: Optional[Number] = Field(default=None, ge=0, description="per accelerator-hour")
 
 
-class Schedule(_Strict):
+class Schedule(StrictModel):
     start: Annotated[dt.date, BeforeValidator(_date_only)]
 
 
-class Budget(_Strict):
+class Budget(StrictModel):
     max_flops: Optional[Number] = Field(default=None, gt=0)
 
 
-class Plan(_Strict):
+class Plan(StrictModel):
     plan_version: Annotated[Literal[1], BeforeValidator(_not_bool)]
     name: str = Field(min_length=1)
     organization: Organization

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from audit.errors import InputError
+
+
+class StrictModel(BaseModel):
+    """The base of every data model read from a file or signed: unknown keys are rejected and
+    instances are read-only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def field_path(loc: tuple[Any, ...]) -> str:

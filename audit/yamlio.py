@@ -46,13 +46,6 @@ def load_yaml_text(text: str, source: str) -> Any:
 
 def load_yaml_file(path: str | Path) -> Any:
     """Read and parse a YAML file; a missing or unreadable file is an ``InputError``."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("file not found", source=str(path)) from None
-    except IsADirectoryError:
-        raise InputError("expected a file, found a directory", source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read ({exc.__class__.__name__})", source=str(path)) from None
-    return load_yaml_text(text, str(path))
+    from audit.fsutil import decode_utf8, read_input
+
+    return load_yaml_text(decode_utf8(read_input(path), path), str(path))

@@ -26,7 +26,7 @@ targets are computed before timing). ``--variants`` picks a subset.
 Weights: the student keeps fp32 master weights under bf16 autocast, the teacher is bf16, AdamW
 is fused; the same for every variant. MFU = FLOP per step / step time / 989e12 (H100/H200
 dense bf16), with FLOP per step = tokens x (student training + teacher forward FLOP per
-token) from flopgate's own counter (``audit.flops.summarize_model``; cached: student only).
+token) from flopgate's own counter (``audit.flops.summary.summarize_model``; cached: student only).
 Timing: CUDA events around ``--steps`` steps after ``--warmup`` steps (host clock on CPU).
 Peak memory: the largest allocation during the timed steps (total), and that minus the memory
 resident at the start of a step (models, optimizer state): the step's own working memory.
@@ -301,7 +301,7 @@ def build_models(pair: dict, device, amp: bool):
 
 def flops_per_token(configs: dict, seq_len: int) -> tuple[float, float, str]:
     """(student training, teacher forward) FLOP per token from flopgate's counter, and how."""
-    from audit.flops import summarize_model
+    from audit.flops.summary import summarize_model
 
     folder = Path(tempfile.mkdtemp(prefix="flopgate-bench-"))
     figures, methods = [], set()

@@ -271,22 +271,25 @@ def _signing_key(path: str | None):
 def _finish(args, loaded, gate, cfg, result, private_key, device_name: str) -> int:
     from distill.model_card import installed_clause_types, write_model_card
     from distill.record import write_run_record
+    from distill.run_report import write_run_report
 
     written = write_run_record(
         cfg.out_dir, result, audit_envelope=args.attestation, audit_predicate=gate.predicate,
         envelope_sha256=gate.envelope_sha256, plan_path=loaded.path, private_key=private_key,
         device_name=device_name, flops_per_token=cfg.flops_per_token, tolerance=cfg.tolerance,
         approval_path=args.approval if gate.approval_sha256 else None, approval_sha256=gate.approval_sha256)
-    card = write_model_card(cfg.out_dir, plan=loaded.plan, audit_predicate=gate.predicate,
-                            record=written.statement["predicate"], clause_types=installed_clause_types(),
-                            metrics_path=cfg.log_path)
+    record = written.statement["predicate"]
+    card = write_model_card(cfg.out_dir, plan=loaded.plan, audit_predicate=gate.predicate, record=record,
+                            clause_types=installed_clause_types())
+    report = write_run_report(cfg.out_dir, plan=loaded.plan, audit_predicate=gate.predicate, record=record,
+                              card=card, metrics_path=cfg.log_path)
     flops = f"{result.flops_used:.4g}" if result.flops_used is not None else "unknown"
     print(result.message)
     print(f"compute used: {flops} FLOP of {cfg.budget_flops:.4g}; {result.tokens:,} tokens in "
           f"{result.steps} steps, {result.wall_time_s:.1f} s")
     print(f"run record:   {written.envelope_path}")
     print(f"model card:   {card.readme}" + (f" (+ {card.notice.name})" if card.notice else ""))
-    print(f"run report:   {card.report}")
+    print(f"run report:   {report}")
     if card.todos:
         print(f"{len(card.todos)} obligation(s) to do before release; see {card.readme.name}")
     return 0

@@ -33,7 +33,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from audit.errors import InputError
-from audit.fsutil import read_json, sha256_file, write_atomic
+from audit.fsutil import decode_utf8, read_input, read_json, sha256_file, write_atomic
 from distill.checkpoint import checkpoint_digest
 
 MANIFEST_VERSION = 1
@@ -44,12 +44,7 @@ def read_documents(path: str | Path) -> list[str]:
     path = Path(path)
     if path.is_dir():
         return _dataset_documents(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("data file not found", source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read as UTF-8 text ({exc.__class__.__name__})", source=str(path)) from None
+    text = decode_utf8(read_input(path, "data file"), path, "data file")
     if path.suffix == ".jsonl":
         return _jsonl_documents(text, path)
     return [block.strip() for block in text.split("\n\n") if block.strip()]

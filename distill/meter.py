@@ -82,7 +82,7 @@ class ComputeMeter:
 
 
 def flops_per_token_from_estimate(estimate) -> float:
-    """The audited FLOP per training token from an ``audit.compute.model.ComputeEstimate``:
+    """The audited FLOP per training token from an ``audit.compute.types.ComputeEstimate``:
     (student training + teacher forward) / tokens. Unknown figures fail closed."""
     wanted = ("student_training", "teacher_forward")
     found = {c.id: c.flops for c in estimate.components if c.id in wanted}

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from audit.attest import PREDICATE_RUN_RECORD
 from audit.attest.dsse import write_envelope
 from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
-from audit.compute.model import CONVENTION
+from audit.compute.types import CONVENTION
 from audit.fsutil import write_atomic
 
 RECORD_ENVELOPE = "run-record.intoto.json"

@@ -57,10 +57,10 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from audit.errors import InputError
-from audit.validation import validate_model
+from audit.validation import StrictModel, validate_model
 from distill import distributed
 from distill.checkpoint import load_latest, restore_checkpoint, save_checkpoint
 from distill.data import check_manifest, load_packed, read_manifest
@@ -76,10 +76,8 @@ _RESUMABLE_FIELDS = {"out_dir", "log_path", "progress", "checkpoint_every", "kee
                      "teacher_flops_per_token", "shard_teacher"}
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StrictModel):
     """Everything a run needs. Paths are local; token counts are tokens of the teacher's tokenizer."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     teacher_dir: Path = Field(description="local Hugging Face model folder (weights + tokenizer)")
     student_init: Literal["scratch", "base", "pruned_teacher"] = "scratch"

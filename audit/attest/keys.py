@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from audit.errors import InputError
-from audit.fsutil import write_atomic
+from audit.fsutil import read_input, write_atomic
 
 PASSPHRASE_ENV = "FLOPGATE_KEY_PASSPHRASE"
 HOME_ENV = "FLOPGATE_HOME"
@@ -100,18 +100,6 @@ def generate_key(path: str | os.PathLike) -> tuple[Ed25519PrivateKey, Path]:
     return private_key, pub_path
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{what} not found", source=str(path)) from None
-    except IsADirectoryError:
-        raise InputError(f"expected a {what} file, found a directory", source=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"cannot read {what} ({exc.strerror or exc.__class__.__name__})",
-                         source=str(path)) from None
-
-
 def check_private_key_mode(path: Path) -> None:
     """Refuse a private key file that group or others may read or write (as OpenSSH does)."""
     if os.name == "nt":  # modes are advisory on Windows
@@ -131,7 +119,7 @@ def load_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
     An encrypted key is decrypted with ``FLOPGATE_KEY_PASSPHRASE``.
     """
     path = Path(path).expanduser()
-    data = _read(path, "private key")
+    data = read_input(path, "private key")
     check_private_key_mode(path)
     if b"BEGIN OPENSSH PRIVATE KEY" in data:
         key = _load_openssh_private(data, path)
@@ -171,7 +159,7 @@ def _load_openssh_private(data: bytes, path: Path):
 def load_public_key(path: str | os.PathLike) -> Ed25519PublicKey:
     """Load an Ed25519 public key: PEM (``BEGIN PUBLIC KEY``) or OpenSSH (``ssh-ed25519 ...``)."""
     path = Path(path).expanduser()
-    data = _read(path, "public key")
+    data = read_input(path, "public key")
     try:
         if data.lstrip().startswith(b"ssh-"):
             key = ser.load_ssh_public_key(data.strip())

@@ -24,7 +24,7 @@ from audit.attest.keys import TrustedKey
 from audit.attest.statement import (audited_outcome, check_subjects, pack_version_changes,
                                     parse_statement)
 from audit.errors import InputError
-from audit.fsutil import sha256_bytes
+from audit.fsutil import read_input, sha256_bytes
 
 InstalledPackVersions = Callable[[], Mapping[str, str]]
 
@@ -55,16 +55,7 @@ class Verified:
 
 def read_envelope_file(path: str | os.PathLike) -> bytes:
     """The bytes of an envelope file; a missing or unreadable file is an ``InputError``."""
-    path = Path(path)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError("file not found", source=str(path)) from None
-    except IsADirectoryError:
-        raise InputError("expected an envelope file, found a directory", source=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc.strerror or exc.__class__.__name__})",
-                         source=str(path)) from None
+    return read_input(path, "envelope file")
 
 
 def verify_envelope_bytes(data: bytes, trusted_keys: Sequence[TrustedKey], *,

@@ -11,7 +11,7 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-from audit.cli.render import console, sci
+from audit.cli.terminal import console, sci
 
 DEFAULT_OUT = "flopgate-audit"
 
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
     from audit.check import run_audit
-    from audit.cli.render import print_json
+    from audit.cli.terminal import print_json
     from audit.policy.engine import exit_code
 
     out = console()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from audit.cli.args import positive
-from audit.cli.render import console, print_json, sci
+from audit.cli.terminal import console, print_json, sci
 
 DEFAULT_SEQ_LEN = 4096
 
@@ -41,6 +41,7 @@ def run(args) -> int:
 
 def _plan_estimate(args):
     from audit.compute.estimate import estimate_plan
+    from audit.compute.tables import load_reference_tables
     from audit.plan import load_plan
 
     loaded = load_plan(args.target)
@@ -53,13 +54,13 @@ def _plan_estimate(args):
         plan = loaded.plan
         plan = plan.model_copy(update={"data": plan.data.model_copy(update=updates)})
         loaded = loaded.model_copy(update={"plan": plan})
-    return estimate_plan(loaded, use_cache=not args.no_cache)
+    return estimate_plan(loaded, load_reference_tables(), use_cache=not args.no_cache)
 
 
 def _model_only(args) -> dict:
     """A model without a plan: per-token figures, and totals when ``--tokens`` is given."""
-    from audit.compute.model import CONVENTION
-    from audit.flops import summarize_model
+    from audit.compute.types import CONVENTION
+    from audit.flops.summary import summarize_model
 
     seq_len = args.seq_len or DEFAULT_SEQ_LEN
     summary = summarize_model(args.target, seq_len, source=args.target, use_cache=not args.no_cache)

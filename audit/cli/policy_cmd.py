@@ -67,19 +67,15 @@ def _packs(args):
 # -- flopgate policy ----------------------------------------------------------------------------
 
 def run(args) -> int:
-    from audit.compute.estimate import estimate_plan
+    from audit.check import assess
     from audit.plan import load_plan
-    from audit.policy.engine import decide, exit_code
-    from audit.policy.facts import resolve_plan_facts
+    from audit.policy.engine import exit_code
 
-    loaded = load_plan(args.plan)
-    packs = _packs(args)
-    plan = resolve_plan_facts(loaded, packs)
-    estimate = estimate_plan(loaded, use_cache=not args.no_cache)
-    as_of = args.as_of or plan.schedule.start
-    decision = decide(plan, estimate, packs, as_of)
+    found = assess(load_plan(args.plan), [Path(d) for d in args.policies], args.as_of,
+                   use_cache=not args.no_cache)
+    decision, plan = found.decision, found.plan
     if args.json:
-        from audit.cli.render import print_json
+        from audit.cli.terminal import print_json
 
         print_json(decision_json(decision))
     else:
@@ -100,7 +96,7 @@ def print_decision(decision, plan_name: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from audit.cli.render import console
+    from audit.cli.terminal import console
     from audit.policy.engine import gate_would_open
 
     out = console()
@@ -162,14 +158,14 @@ def run_list(args) -> int:
                      "regimes": len(p.regimes), "terms": len(p.terms), "teachers": len(p.teachers),
                      "rules": len(p.rules)})
     if args.json:
-        from audit.cli.render import print_json
+        from audit.cli.terminal import print_json
 
         print_json(rows)
         return 0
     from rich.markup import escape
     from rich.table import Table
 
-    from audit.cli.render import console
+    from audit.cli.terminal import console
 
     table = Table(title="policy packs", title_justify="left")
     for column in ("id", "version", "reviewed", "kind", "contents", "sha256", "file"):
@@ -195,14 +191,14 @@ def run_show(args) -> int:
     header = {"pack": loaded.pack.id, "pack_version": loaded.pack.version, "file": str(loaded.path),
               "sha256": loaded.sha256}
     if args.json:
-        from audit.cli.render import print_json
+        from audit.cli.terminal import print_json
 
         print_json({**header, "item": data})
         return 0
     import yaml
     from rich.markup import escape
 
-    from audit.cli.render import console
+    from audit.cli.terminal import console
 
     out = console()
     out.print(escape(f"{args.id}  (pack {header['pack']}@{header['pack_version']}, {header['file']})"))
@@ -228,7 +224,7 @@ def run_terms(args) -> int:
     matched = [r for r in resolutions if r.terms]
     report = [explain(r, packs) for r in (resolutions if args.access else matched)]
     if args.json:
-        from audit.cli.render import print_json
+        from audit.cli.terminal import print_json
 
         print_json({"teacher": model, "license": license, "channels": report})
         return 0
@@ -287,7 +283,7 @@ def clause_effects(clause) -> str:
 def print_terms(model: str, license, report: list[dict]) -> None:
     from rich.markup import escape
 
-    from audit.cli.render import console
+    from audit.cli.terminal import console
 
     out = console()
     if not report:

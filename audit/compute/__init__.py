@@ -3,4 +3,4 @@
 Convention everywhere: one multiply-add = 2 FLOP.
 """
 
-from audit.compute.model import Component, ComputeEstimate, HardwareCheck  # noqa: F401
+from audit.compute.types import Component, ComputeEstimate, HardwareCheck  # noqa: F401

@@ -17,9 +17,10 @@ Components and which totals they join (EU GPAI guidelines, Annex A.1, ¶118-122)
 from __future__ import annotations
 
 
-from audit.compute.model import Component, ComputeEstimate, HardwareCheck, ModelSummary
-from audit.compute.tables import find_accelerator, find_published
-from audit.flops import summarize_model
+from audit.compute.types import Component, ComputeEstimate, HardwareCheck
+from audit.flops.summary import ModelSummary
+from audit.compute.tables import ReferenceTables
+from audit.flops.summary import summarize_model
 from audit.plan import LoadedPlan, Plan
 
 EU_TOLERANCE = 0.30     # the guidelines accept estimates within 30%
@@ -31,19 +32,22 @@ UNCERTAINTY = {         # relative half-width of each method's band
 }
 
 
-def estimate_plan(loaded: LoadedPlan, *, use_cache: bool = True) -> ComputeEstimate:
-    """The compute estimate of a loaded plan."""
+def estimate_plan(loaded: LoadedPlan, tables: ReferenceTables, *, use_cache: bool = True) -> ComputeEstimate:
+    """The compute estimate of a loaded plan: counts its models (I/O: configs and the count
+    cache), then :func:`build_estimate`."""
     plan, source = loaded.plan, str(loaded.path)
     seq_len = plan.data.seq_len
     student = summarize_model(plan.student.config, seq_len, source=source, field="student.config",
                               use_cache=use_cache)
     teacher = (summarize_model(plan.teacher.config, seq_len, source=source, field="teacher.config",
                                use_cache=use_cache) if plan.teacher.config else None)
-    return build_estimate(plan, student, teacher)
+    return build_estimate(plan, student, teacher, tables)
 
 
-def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | None) -> ComputeEstimate:
-    """Pure: the estimate from a plan and the per-token counts of its models."""
+def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | None,
+                   tables: ReferenceTables) -> ComputeEstimate:
+    """Pure: the estimate from a plan, the per-token counts of its models and the reference
+    tables (no I/O, no clock)."""
     tokens = plan.data.tokens * plan.data.epochs
     missing: list[str] = []
     components = [_student_training(student, tokens, plan)]
@@ -56,7 +60,7 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
     else:
         components.append(_teacher_generation(plan, teacher_forward, teacher))
 
-    original_id, original = _original_model(plan)
+    original_id, original = _original_model(plan, tables)
     if plan.student.init != "scratch":
         flops = original.training_flops if original else None
         if original is None:
@@ -71,7 +75,7 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
     update = _sum(c for c in components if "parameter_update" in c.counts_toward)
     modification = update if plan.student.init != "scratch" else None
     low, high = _band(components)
-    teacher_published = find_published(plan.teacher.model)
+    teacher_published = tables.find_published(plan.teacher.model)
     return ComputeEstimate(
         seq_len=plan.data.seq_len, tokens=tokens, components=components,
         total_flops=total, update_flops=update, modification_flops=modification,
@@ -83,7 +87,7 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
         student=student, teacher=teacher, teacher_params_estimate=teacher_params,
         teacher_training_flops=teacher_published.training_flops if teacher_published else None,
         teacher_training_source=teacher_published.source.url if teacher_published else None,
-        hardware=_hardware_check(plan, components),
+        hardware=_hardware_check(plan, components, tables),
         uncertainty_low=low, uncertainty_high=high,
         notification_figure=two_significant_figures(total),
         cost_usd=(plan.hardware.count * plan.hardware.hours * plan.hardware.price_per_hour_usd
@@ -154,11 +158,11 @@ def _teacher_generation(plan: Plan, per_token: float | None, teacher) -> Compone
                      "non-public synthetic data counts, discarded samples included (EU guidelines ¶119)"])
 
 
-def _original_model(plan: Plan):
+def _original_model(plan: Plan, tables: ReferenceTables):
     if plan.student.init == "base":
-        return plan.student.base_model, find_published(plan.student.base_model)
+        return plan.student.base_model, tables.find_published(plan.student.base_model)
     if plan.student.init == "pruned_teacher":
-        return plan.teacher.model, find_published(plan.teacher.model)
+        return plan.teacher.model, tables.find_published(plan.teacher.model)
     return None, None
 
 
@@ -176,13 +180,13 @@ def _band(components: list[Component]) -> tuple[float | None, float | None]:
     return low, high
 
 
-def _hardware_check(plan: Plan, components: list[Component]) -> HardwareCheck | None:
+def _hardware_check(plan: Plan, components: list[Component], tables: ReferenceTables) -> HardwareCheck | None:
     """count x hours x dense peak x utilisation, against the compute the run itself executes
     (the base model's training happened elsewhere; an API teacher runs at the provider)."""
     hw = plan.hardware
     if hw is None:
         return None
-    accelerator = find_accelerator(hw.accelerator)
+    accelerator = tables.find_accelerator(hw.accelerator)
     if accelerator is None:
         return HardwareCheck(accelerator=hw.accelerator, peak_flops_per_s=None,
                              note="unknown accelerator: no dense peak in policies/hardware.yaml")

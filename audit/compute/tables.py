@@ -7,31 +7,30 @@ Both are data with sources; these loaders validate them and look entries up by i
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from policies import PACKAGE_DIR
-from audit.validation import validate_model
-from audit.yamlio import load_yaml_file
+from audit.validation import StrictModel, validate_model
+from audit.fsutil import decode_utf8, read_input, sha256_bytes
+from audit.yamlio import load_yaml_text
 
 HARDWARE_FILE = PACKAGE_DIR / "hardware.yaml"
 PUBLISHED_FILE = PACKAGE_DIR / "published_compute.yaml"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Source(_Strict):
+class Source(StrictModel):
     url: str
     section: Optional[str] = None
     note: Optional[str] = None
     evidence: Literal["primary", "secondary", "unverified"]
 
 
-class Accelerator(_Strict):
+class Accelerator(StrictModel):
     id: str
     aliases: list[str] = []
     dense_bf16_flops_per_s: float = Field(gt=0)
@@ -39,7 +38,7 @@ class Accelerator(_Strict):
     source: Source
 
 
-class PublishedModel(_Strict):
+class PublishedModel(StrictModel):
     id: str
     aliases: list[str] = []
     training_flops: float = Field(gt=0)
@@ -49,14 +48,14 @@ class PublishedModel(_Strict):
     source: Source
 
 
-class HardwareTable(_Strict):
+class HardwareTable(StrictModel):
     id: str
     version: str
     last_reviewed: dt.date
     accelerators: list[Accelerator]
 
 
-class PublishedTable(_Strict):
+class PublishedTable(StrictModel):
     id: str
     version: str
     last_reviewed: dt.date
@@ -71,21 +70,35 @@ def _index(entries) -> dict:
     return index
 
 
-@lru_cache(maxsize=1)
-def hardware_table() -> HardwareTable:
-    return validate_model(HardwareTable, load_yaml_file(HARDWARE_FILE), str(HARDWARE_FILE))
+@dataclass(frozen=True)
+class ReferenceTables:
+    """Both tables as read from disk, with the sha256 of the bytes read (for the attestation).
+
+    The estimate takes this value as ``decide`` takes the packs, so that it does no I/O.
+    """
+
+    hardware: HardwareTable
+    published: PublishedTable
+    files: tuple[tuple[Path, str], ...] = ()   # (path, sha256) of each table file
+
+    def find_accelerator(self, name: str) -> Accelerator | None:
+        return _index(self.hardware.accelerators).get(name.lower())
+
+    def find_published(self, model_id: str | None) -> PublishedModel | None:
+        if not model_id:
+            return None
+        return _index(self.published.models).get(model_id.lower())
+
+
+def _read_table(model, path: Path):
+    raw = read_input(path, "reference table")
+    table = validate_model(model, load_yaml_text(decode_utf8(raw, path), str(path)), str(path))
+    return table, (path, sha256_bytes(raw))
 
 
 @lru_cache(maxsize=1)
-def published_table() -> PublishedTable:
-    return validate_model(PublishedTable, load_yaml_file(PUBLISHED_FILE), str(PUBLISHED_FILE))
-
-
-def find_accelerator(name: str) -> Accelerator | None:
-    return _index(hardware_table().accelerators).get(name.lower())
-
-
-def find_published(model_id: str | None) -> PublishedModel | None:
-    if not model_id:
-        return None
-    return _index(published_table().models).get(model_id.lower())
+def load_reference_tables() -> ReferenceTables:
+    """Read and validate ``policies/hardware.yaml`` and ``policies/published_compute.yaml``."""
+    hardware, hardware_file = _read_table(HardwareTable, HARDWARE_FILE)
+    published, published_file = _read_table(PublishedTable, PUBLISHED_FILE)
+    return ReferenceTables(hardware, published, (hardware_file, published_file))

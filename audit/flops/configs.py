@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import InputError
+from audit.fsutil import read_input
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
@@ -45,7 +46,7 @@ def resolve_config(ref: str, *, source: str = "config", field: str | None = None
             raise InputError(f"expected a bundled config name ({hint}), a config.json or a model "
                              f"folder, got {ref!r} (not found)", source=source, field=field)
         path, is_bundled = candidate, False
-    raw = path.read_bytes()
+    raw = read_input(path, "model config", source=source, field=field)
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -12,7 +12,7 @@ import operator
 from dataclasses import dataclass
 from typing import Optional
 
-from audit.compute.model import ComputeEstimate
+from audit.compute.types import ComputeEstimate
 from audit.plan import Plan
 from audit.policy.schema import FactTest, When
 

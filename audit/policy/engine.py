@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from audit.compute.model import ComputeEstimate
+from audit.compute.types import ComputeEstimate
 from audit.plan import Plan
 from audit.policy.conditions import Context
 from audit.policy.failclosed import engine_finding
-from audit.policy.model import Decision, Finding, Obligation, Outcome, TeacherResolution
-from audit.policy.organization import evaluate_rules
+from audit.policy.decision import Decision, Finding, Obligation, Outcome, TeacherResolution
+from audit.policy.org_rules import evaluate_rules
 from audit.policy.packs import PolicySet
 from audit.policy.regimes import evaluate_regimes
 from audit.policy.teachers import Resolution, evaluate_teacher, resolve_teacher, teacher_provider

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 from audit.errors import InputError
-from audit.fsutil import sha256_file
+from audit.fsutil import read_input, sha256_bytes
 from audit.plan import LoadedPlan, Plan
 from audit.policy.packs import PolicySet
 from audit.yamlio import load_yaml_text
@@ -23,7 +22,7 @@ LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENSE-MOD
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)
 
 
-def resolve_plan_facts(loaded: LoadedPlan, packs: Optional[PolicySet] = None) -> Plan:
+def resolve_plan_facts(loaded: LoadedPlan, packs: PolicySet) -> Plan:
     """Return the plan with ``teacher.license`` filled in from a local model directory, after
     checking a declared authorisation document. Raises ``InputError`` on a bad document."""
     plan = loaded.plan
@@ -31,10 +30,6 @@ def resolve_plan_facts(loaded: LoadedPlan, packs: Optional[PolicySet] = None) ->
     model_dir = Path(plan.teacher.model)
     if not model_dir.is_absolute() or not model_dir.is_dir():
         return plan
-    if packs is None:
-        from audit.policy.packs import load_packs
-
-        packs = load_packs()
     found = read_local_licenses(model_dir, packs)
     declared = [plan.teacher.license] if plan.teacher.license else []
     combined = _unique_ci(declared + found)
@@ -50,9 +45,7 @@ def check_authorization(loaded: LoadedPlan) -> None:
         return
     source = str(loaded.path)
     path = Path(auth.document)
-    if not path.is_file():
-        raise InputError(f"document not found: {path}", source=source, field="teacher.authorization.document")
-    actual = sha256_file(path)
+    actual = sha256_bytes(read_input(path, "document", source=source, field="teacher.authorization.document"))
     if actual != auth.sha256:
         raise InputError(f"does not match the document {path.name} (its sha256 is {actual})",
                          source=source, field="teacher.authorization.sha256")
@@ -67,12 +60,12 @@ def read_local_licenses(model_dir: Path, packs: PolicySet) -> list[str]:
     for name in LICENSE_FILES:
         path = model_dir / name
         if path.is_file():
-            found += license_ids_in_text(path.read_text(encoding="utf-8", errors="replace"), packs)
+            found += license_ids_in_text(_text(path), packs)
     return _unique_ci(found)
 
 
 def _front_matter_licenses(readme: Path) -> list[str]:
-    text = readme.read_text(encoding="utf-8", errors="replace")
+    text = _text(readme)
     match = _FRONT_MATTER.match(text)
     if not match:
         return []
@@ -85,6 +78,11 @@ def _front_matter_licenses(readme: Path) -> list[str]:
     if any(v.casefold() == "other" for v in out) and meta.get("license_name"):
         out = [v for v in out if v.casefold() != "other"] + [str(meta["license_name"])]
     return out
+
+
+def _text(path: Path) -> str:
+    """A model card or licence file's text; undecodable bytes do not stop a licence search."""
+    return read_input(path, "licence file").decode("utf-8", errors="replace")
 
 
 def license_ids_in_text(text: str, packs: PolicySet) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from audit import __version__
-from audit.policy.model import Finding
+from audit.policy.decision import Finding
 
 ENGINE_PACK = "engine"
 

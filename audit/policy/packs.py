@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 from pydantic import ValidationError
 
 from audit.errors import InputError
-from audit.fsutil import sha256_bytes
+from audit.fsutil import decode_utf8, read_input, sha256_bytes
 from audit.policy.schema import CLAUSE_TYPES, OrgRule, Pack, Regime, TeacherEntry, TermsDoc
 from audit.validation import field_path
 from audit.yamlio import load_yaml_text
@@ -188,17 +188,8 @@ def _describe(error: dict) -> str:
 
 def load_pack_file(path: Path, *, builtin: bool = False) -> LoadedPack:
     """Read, hash and validate one pack file."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError("file not found", source=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc.__class__.__name__})", source=str(path)) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError("expected UTF-8 text", source=str(path)) from None
-    pack = parse_pack(load_yaml_text(text, str(path)), str(path))
+    raw = read_input(path, "policy pack")
+    pack = parse_pack(load_yaml_text(decode_utf8(raw, path), str(path)), str(path))
     return LoadedPack(pack=pack, path=path.resolve(), sha256=sha256_bytes(raw), builtin=builtin)
 
 

@@ -16,7 +16,7 @@ from audit.policy.conditions import (
     when_holds,
 )
 from audit.policy.failclosed import rule_error
-from audit.policy.model import Finding, Obligation, RegimeResult
+from audit.policy.decision import Finding, Obligation, RegimeResult
 from audit.policy.packs import LoadedPack, PolicySet
 from audit.policy.schema import Regime
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from audit.policy.model import Citation
+from audit.policy.decision import Citation
+from audit.validation import StrictModel
 
 RuleId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=120)]
 Comparator = Literal[">", ">=", "<", "<=", "==", "!="]
@@ -33,11 +34,7 @@ FactName = Literal[
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FactTest(_Strict):
+class FactTest(StrictModel):
     """``<fact> <comparator> <value>``; a fact the plan or estimate lacks makes the test unknown."""
 
     fact: FactName
@@ -45,7 +42,7 @@ class FactTest(_Strict):
     value: float
 
 
-class When(_Strict):
+class When(StrictModel):
     """Conditions on the plan; all given conditions must hold (AND). Lists mean "any of"."""
 
     distribution: Optional[list[Literal["internal", "api", "open_weights"]]] = None
@@ -63,7 +60,7 @@ class When(_Strict):
     facts: list[FactTest] = []
 
 
-class Outcomes(_Strict):
+class Outcomes(StrictModel):
     """Effect per situation of the student: ``general`` (scope general), else ``narrow_`` plus
     its distribution. A missing entry takes the clause type's default."""
 
@@ -73,7 +70,7 @@ class Outcomes(_Strict):
     narrow_open_weights: Optional[Effect] = None
 
 
-class _Clause(_Strict):
+class _Clause(StrictModel):
     id: RuleId
     citation: Citation
     explanation: str = Field(min_length=1)
@@ -204,7 +201,7 @@ CLAUSE_TYPES = ("competitor_ban", "any_training_ban", "authorization_required", 
                 "region_exclusion", "permission", "needs_review")
 
 
-class TermsDoc(_Strict):
+class TermsDoc(StrictModel):
     """One governing document (a licence or a service's terms) at one version."""
 
     id: RuleId
@@ -218,7 +215,7 @@ class TermsDoc(_Strict):
     clauses: list[Clause] = Field(min_length=1)
 
 
-class Upstream(_Strict):
+class Upstream(StrictModel):
     """Terms the teacher itself inherited (it was trained on another model's outputs)."""
 
     id: RuleId
@@ -227,7 +224,7 @@ class Upstream(_Strict):
     explanation: str = Field(min_length=1)
 
 
-class TeacherEntry(_Strict):
+class TeacherEntry(StrictModel):
     """Models (globs on the plan's ``teacher.model``, case-insensitive) reached through one
     channel, and the terms that govern them."""
 
@@ -242,7 +239,7 @@ class TeacherEntry(_Strict):
     notes: str = ""
 
 
-class ObligationSpec(_Strict):
+class ObligationSpec(StrictModel):
     id: RuleId
     text: str = Field(min_length=1)
     deadline: Optional[str] = Field(default=None, description="in words, as the text gives it")
@@ -250,7 +247,7 @@ class ObligationSpec(_Strict):
         default=None, ge=0, description="adds an ISO date: schedule.start + this many days")
 
 
-class RelativeThreshold(_Strict):
+class RelativeThreshold(StrictModel):
     """Threshold = ``fraction_of`` / ``divisor``, or ``fallback`` when that figure is unknown."""
 
     fraction_of: Literal["original_model_flops"]
@@ -258,7 +255,7 @@ class RelativeThreshold(_Strict):
     fallback: float = Field(gt=0)
 
 
-class Regime(_Strict):
+class Regime(StrictModel):
     """One legal threshold test. In force on ``as_of`` when ``in_force_from <= as_of`` and
     (``in_force_until`` is empty or ``as_of < in_force_until``)."""
 
@@ -294,7 +291,7 @@ class Regime(_Strict):
         return self
 
 
-class OrgRule(_Strict):
+class OrgRule(StrictModel):
     """An organisation's rule: when ``when`` holds, apply ``effect``."""
 
     id: RuleId
@@ -312,7 +309,7 @@ class OrgRule(_Strict):
         return self
 
 
-class Pack(_Strict):
+class Pack(StrictModel):
     id: RuleId
     version: str = Field(min_length=1)
     last_reviewed: dt.date

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-from audit.report.numbers import short_sci, sci
+from audit.numbers import short_sci, sci
 
 WIDTH = 720
 LEFT, RIGHT = 28.0, 692.0

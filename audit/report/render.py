@@ -17,7 +17,7 @@ import jinja2
 from markupsafe import Markup
 
 from audit.errors import InputError
-from audit.report import numbers
+from audit import numbers
 from audit.report.chart import compute_chart
 
 SOURCE = "audit predicate"

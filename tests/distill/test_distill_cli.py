@@ -161,7 +161,7 @@ def test_teacher_dir_must_be_the_audited_teacher(project, signer, model_loads, t
 
 def test_unreadable_attestation_is_an_input_error(project, signer, capsys):
     code, out, err = distill(capsys, project, project.root / "missing.intoto.json", signer, "--allow-cpu")
-    assert code == 2 and "missing.intoto.json: file not found" in err
+    assert code == 2 and "missing.intoto.json: envelope file not found" in err
 
 
 def test_audit_without_per_token_figures_is_refused(project, signer, model_loads, capsys):

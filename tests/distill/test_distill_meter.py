@@ -37,7 +37,7 @@ def test_meter_rejects_bad_settings(bad):
 
 
 def test_flops_per_token_from_an_audit_estimate_fails_closed_on_unknowns():
-    from audit.compute.model import Component
+    from audit.compute.types import Component
 
     class Estimate:
         tokens = 1000.0

@@ -16,8 +16,8 @@ from audit.attest import PREDICATE_RUN_RECORD, VerificationFailed
 from audit.attest.dsse import parse_envelope
 from audit.attest.verify import verify_envelope_file
 from audit.plan import load_plan
-from distill.model_card import (NOTICE_NAME, README_NAME, REPORT_NAME, installed_clause_types,
-                                write_model_card)
+from distill.model_card import NOTICE_NAME, README_NAME, installed_clause_types, write_model_card
+from distill.run_report import REPORT_NAME, write_run_report
 from distill.record import RECORD_ENVELOPE, RECORD_JSON, write_run_record
 from distill.trainer import TrainResult
 from gate_fixtures import FPT, copy_project, make_audit, obligation
@@ -150,11 +150,13 @@ def card(run, plan=None, clause_types=CLAUSE_TYPES):
     audit = json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"]
     (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 4.0 - s}) + "\n" for s in (1, 2, 3)))
     plan = plan or load_plan(project.plan).plan
-    return write_model_card(out, plan=plan, audit_predicate=audit, record=record, clause_types=clause_types)
+    files = write_model_card(out, plan=plan, audit_predicate=audit, record=record, clause_types=clause_types)
+    report = write_run_report(out, plan=plan, audit_predicate=audit, record=record, card=files)
+    return files, report
 
 
 def test_card_carries_the_required_notices(run):
-    files = card(run)
+    files, report = card(run)
     readme = files.readme.read_text()
     assert files.readme.name == README_NAME
     # the attribution phrase heads the card, right under the title
@@ -169,7 +171,7 @@ def test_card_carries_the_required_notices(run):
 
 
 def test_card_keeps_what_a_tool_cannot_do_as_todos(run):
-    files = card(run)
+    files, report = card(run)
     todo_ids = [item.id for item in files.todos]
     # everything but the met, checkable naming obligation: the attribution still asks for a copy
     # of the Agreement, the unknown organisation rule is not understood at all
@@ -181,7 +183,7 @@ def test_card_keeps_what_a_tool_cannot_do_as_todos(run):
 
 
 def test_without_clause_types_nothing_is_claimed_done(run):
-    files = card(run, clause_types={})
+    files, _ = card(run, clause_types={})
     assert files.notice is None
     assert all(item.done is None for item in files.items)
     assert "**Built with Tiny**" not in files.readme.read_text()
@@ -192,8 +194,8 @@ def test_card_and_report_escape_hostile_text(run):
     plan = load_plan(project.plan).plan
     hostile = "<script>alert(1)</script> [x](javascript:alert(1))"
     plan = plan.model_copy(update={"student": plan.student.model_copy(update={"name": hostile})})
-    files = card(run, plan=plan)
-    html = files.report.read_text()
+    files, report = card(run, plan=plan)
+    html = report.read_text()
     readme = files.readme.read_text()
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "<script>" not in readme
@@ -201,9 +203,9 @@ def test_card_and_report_escape_hostile_text(run):
 
 
 def test_report_is_self_contained(run):
-    files = card(run)
-    html = files.report.read_text()
-    assert files.report.name == REPORT_NAME
+    files, report = card(run)
+    html = report.read_text()
+    assert report.name == REPORT_NAME
     for needle in ("<script", "src=", "<link", "@import", "url(", "<iframe"):
         assert needle not in html, needle
     assert "default-src 'none'" in html

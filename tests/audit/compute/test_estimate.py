@@ -5,10 +5,14 @@ from pathlib import Path
 import pytest
 
 from audit.compute.estimate import build_estimate, estimate_plan, two_significant_figures
-from audit.compute.model import ModelSummary
+from audit.compute.tables import load_reference_tables
+from audit.flops.summary import ModelSummary
 from audit.plan import Plan, load_plan
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+TABLES = load_reference_tables()
 
 
 def summary(train=6e9, forward=2e9, params=1e9):
@@ -36,7 +40,7 @@ def by_id(estimate):
 
 def test_online_logit_kd_components_and_totals():
     p = plan(data__tokens=1e9, data__epochs=2)
-    e = build_estimate(p, summary(), summary(forward=1e10))
+    e = build_estimate(p, summary(), summary(forward=1e10), TABLES)
     comps = by_id(e)
     assert comps["student_training"].flops == 6e9 * 2e9
     assert comps["teacher_forward"].flops == 1e10 * 2e9          # online: every epoch
@@ -48,34 +52,34 @@ def test_online_logit_kd_components_and_totals():
 
 def test_cached_logits_run_the_teacher_once():
     p = plan(data__tokens=1e9, data__epochs=3, method__kind="cached_logits")
-    e = build_estimate(p, summary(), summary(forward=1e10))
+    e = build_estimate(p, summary(), summary(forward=1e10), TABLES)
     assert by_id(e)["teacher_forward"].flops == 1e10 * 1e9
 
 
 def test_sequence_kd_counts_discarded_and_prompt_tokens():
     p = plan(method={"kind": "sequence", "teacher_generated_tokens": 5e9, "prompt_tokens": 1e9})
-    e = build_estimate(p, summary(), summary(forward=1e10))
+    e = build_estimate(p, summary(), summary(forward=1e10), TABLES)
     gen = by_id(e)["teacher_generation"]
     assert gen.flops == 1e10 * 6e9 and gen.counts_toward == ["cumulative"]
 
 
 def test_public_synthetic_data_is_excluded_from_cumulative():
     p = plan(method={"kind": "sequence", "teacher_generated_tokens": 5e9, "synthetic_data_public": True})
-    e = build_estimate(p, summary(), summary(forward=1e10))
+    e = build_estimate(p, summary(), summary(forward=1e10), TABLES)
     assert by_id(e)["teacher_generation"].counts_toward == []
     assert e.total_flops == by_id(e)["student_training"].flops
 
 
 def test_api_teacher_with_declared_parameters_uses_two_flop_per_parameter():
     p = plan(teacher={"model": "gpt-4o", "access": "api", "parameters": 2e11})
-    e = build_estimate(p, summary(), None)
+    e = build_estimate(p, summary(), None, TABLES)
     assert by_id(e)["teacher_forward"].flops == 2 * 2e11 * p.data.tokens
     assert by_id(e)["teacher_forward"].method == "parameters_estimate"
 
 
 def test_unknown_teacher_size_leaves_total_unknown_and_names_the_fact():
     p = plan(teacher={"model": "gpt-4o", "access": "api"})
-    e = build_estimate(p, summary(), None)
+    e = build_estimate(p, summary(), None, TABLES)
     assert e.total_flops is None and e.notification_figure is None
     assert any("teacher" in fact for fact in e.missing_facts)
 
@@ -83,7 +87,7 @@ def test_unknown_teacher_size_leaves_total_unknown_and_names_the_fact():
 def test_base_initialised_student_adds_published_base_training():
     p = plan(student={"name": "Llama-X", "config": "llama-3.1-8b", "init": "base",
                       "base_model": "meta-llama/Llama-3.1-8B"})
-    e = build_estimate(p, summary(), summary(forward=1e10))
+    e = build_estimate(p, summary(), summary(forward=1e10), TABLES)
     base = by_id(e)["base_model_training"]
     assert base.flops == 7.5e23 and base.counts_toward == ["cumulative"]
     assert e.original_model_flops == 7.5e23
@@ -93,7 +97,7 @@ def test_base_initialised_student_adds_published_base_training():
 
 def test_unpublished_base_is_a_missing_fact():
     p = plan(student={"name": "S", "config": "llama-3.2-1b", "init": "base", "base_model": "acme/secret-base"})
-    e = build_estimate(p, summary(), summary())
+    e = build_estimate(p, summary(), summary(), TABLES)
     assert e.total_flops is None and e.original_model_flops is None
     assert any("acme/secret-base" in fact for fact in e.missing_facts)
 
@@ -103,28 +107,28 @@ def test_hardware_cross_check_uses_dense_peak_and_flags_thirty_percent():
     executed = 989.4e12 * 3600 * 0.5
     student = summary(train=executed / p.data.tokens)
     e = build_estimate(p.model_copy(update={"method": p.method.model_copy(update={"kind": "sequence", "teacher_generated_tokens": 1})}),
-                       student, summary(forward=0.0))
+                       student, summary(forward=0.0), TABLES)
     assert e.hardware.ratio == pytest.approx(1.0)
     assert e.hardware.outside_tolerance is False
-    e2 = build_estimate(p, summary(train=executed / p.data.tokens * 2), summary(forward=0.0))
+    e2 = build_estimate(p, summary(train=executed / p.data.tokens * 2), summary(forward=0.0), TABLES)
     assert e2.hardware.outside_tolerance is True
 
 
 def test_unknown_accelerator_is_said_not_guessed():
     p = plan(hardware={"accelerator": "Quantum-9000", "count": 1, "hours": 1})
-    e = build_estimate(p, summary(), summary())
+    e = build_estimate(p, summary(), summary(), TABLES)
     assert e.hardware.peak_flops_per_s is None and "unknown accelerator" in e.hardware.note
 
 
 def test_cost_and_two_significant_figures():
-    e = build_estimate(plan(), summary(), summary())
+    e = build_estimate(plan(), summary(), summary(), TABLES)
     assert e.cost_usd == 64 * 120 * 2.5
     assert two_significant_figures(2.34e25) == "2.3e25"
     assert two_significant_figures(9.96e22) == "1.0e23"
 
 
 def test_estimate_plan_counts_the_bundled_models():
-    e = estimate_plan(load_plan(EXAMPLES / "online-logit-kd.yaml"))
+    e = estimate_plan(load_plan(EXAMPLES / "online-logit-kd.yaml"), TABLES)
     assert e.student.method == "counted" and e.teacher.method == "counted"
     assert e.coverage == 1.0
     # counted training FLOP sit above 6·N·D by the attention and lm_head share, not wildly

@@ -3,7 +3,8 @@
 import pytest
 
 from audit.errors import InputError
-from audit.flops import closed_form, summarize_model
+from audit.flops import closed_form
+from audit.flops.summary import summarize_model
 from audit.flops.configs import bundled_names, resolve_config
 from audit.flops.model_step import build_config, count_step
 from audit.flops.registry import kept_pairs

@@ -6,7 +6,8 @@ import copy
 import datetime as dt
 from typing import Any
 
-from audit.compute.model import Component, ComputeEstimate, ModelSummary
+from audit.compute.types import Component, ComputeEstimate
+from audit.flops.summary import ModelSummary
 from audit.plan import Plan
 
 # A 1.2B-parameter Llama-shaped student, 2e10 tokens: 6 N D = 1.44e20 FLOP. The numbers only

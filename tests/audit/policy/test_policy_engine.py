@@ -11,7 +11,7 @@ import pytest
 
 from audit.policy import engine
 from audit.policy.engine import decide, exit_code, gate_would_open, outcome_of
-from audit.policy.model import Decision, Finding, Obligation
+from audit.policy.decision import Decision, Finding, Obligation
 from audit.policy.packs import load_packs
 from policy_factories import make_compute, make_plan
 
@@ -174,7 +174,7 @@ def test_a_regime_that_raises_gives_review(builtin_packs, monkeypatch):
 
 
 def test_an_org_rule_that_raises_gives_review(tmp_path, monkeypatch):
-    from audit.policy import organization
+    from audit.policy import org_rules
 
     (tmp_path / "o.yaml").write_text(textwrap.dedent("""\
         id: org
@@ -194,7 +194,7 @@ def test_an_org_rule_that_raises_gives_review(tmp_path, monkeypatch):
     def broken(when, ctx):
         raise RuntimeError("nope")
 
-    monkeypatch.setattr(organization, "when_holds", broken)
+    monkeypatch.setattr(org_rules, "when_holds", broken)
     decision = decide(make_plan({"teacher": {"model": "openai/gpt-oss-20b"}}), make_compute(), packs, START)
     assert decision.outcome == "REVIEW"
     assert [f.observed for f in decision.findings if f.rule_id == "engine.rule-error"] == ["org.any"]

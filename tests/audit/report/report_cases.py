@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from audit.compute.model import Component, ComputeEstimate, HardwareCheck, ModelSummary
+from audit.compute.types import Component, ComputeEstimate, HardwareCheck
+from audit.flops.summary import ModelSummary
 from audit.plan import Plan
-from audit.policy.model import Citation, Decision, Finding, Obligation, RegimeResult
+from audit.policy.decision import Citation, Decision, Finding, Obligation, RegimeResult
 
 AS_OF = dt.date(2026, 12, 1)
 DIGEST_A = "a" * 64

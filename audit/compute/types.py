@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from audit.flops.summary import ModelSummary
+from audit.validation import StrictModel
 
 CONVENTION = "1 multiply-add = 2 FLOP; training step = forward + backward; attention causal-corrected"
 
@@ -20,11 +23,7 @@ CONVENTION = "1 multiply-add = 2 FLOP; training step = forward + backward; atten
 Bucket = Literal["cumulative", "parameter_update", "modification"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Component(_Frozen):
+class Component(StrictModel):
     """One part of the run's compute."""
 
     id: Literal["student_training", "teacher_forward", "teacher_generation", "base_model_training"]
@@ -35,7 +34,7 @@ class Component(_Frozen):
     assumptions: list[str] = []
 
 
-class HardwareCheck(_Frozen):
+class HardwareCheck(StrictModel):
     """count x hours x dense peak x utilisation, against the exact count (EU: +-30%)."""
 
     accelerator: str
@@ -49,29 +48,7 @@ class HardwareCheck(_Frozen):
     note: str = ""
 
 
-class ModelSummary(_Frozen):
-    """Parameter counts and per-token FLOP of one model at the plan's sequence length."""
-
-    ref: str = Field(description="the config reference as given in the plan")
-    architecture: str
-    config_sha256: Optional[str] = None
-    params_total: float
-    params_active: float = Field(description="parameters used per token (MoE: top-k experts)")
-    params_embedding: float
-    train_flops_per_token: float = Field(description="forward+backward, causal-corrected")
-    train_flops_per_token_noncausal: float
-    forward_flops_per_token: float = Field(description="forward only, causal-corrected")
-    forward_flops_per_token_noncausal: float
-    non_matmul_train_flops_per_token: float = Field(description="elementwise, norm and softmax FLOP (approximate), not in the headline")
-    attention_share: float = Field(description="attention's share of the training FLOP per token (causal)")
-    coverage: float = Field(description="share of dispatched FLOP-bearing ops with a formula, 0-1")
-    unknown_ops: dict[str, int] = {}
-    formula_errors: dict[str, str] = {}
-    method: Literal["counted", "closed_form"]
-    fallback_reason: Optional[str] = None
-
-
-class ComputeEstimate(_Frozen):
+class ComputeEstimate(StrictModel):
     convention: str = CONVENTION
     seq_len: int
     tokens: float = Field(description="student training tokens = data.tokens x epochs")

@@ -9,17 +9,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict
+from audit.validation import StrictModel
 
 Outcome = Literal["ALLOW", "ALLOW_WITH_OBLIGATIONS", "REVIEW", "DENY"]
 Evidence = Literal["primary", "secondary", "unverified"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Citation(_Frozen):
+class Citation(StrictModel):
     url: str
     section: str
     date: dt.date               # date of the source text (or when it was read)
@@ -27,7 +23,7 @@ class Citation(_Frozen):
     evidence: Evidence
 
 
-class Finding(_Frozen):
+class Finding(StrictModel):
     rule_id: str
     pack_id: str
     pack_version: str
@@ -40,7 +36,7 @@ class Finding(_Frozen):
     explanation: str                    # plain English, one or two sentences
 
 
-class Obligation(_Frozen):
+class Obligation(StrictModel):
     id: str
     rule_id: str
     text: str
@@ -50,7 +46,7 @@ class Obligation(_Frozen):
     authorized: bool = False             # status changed by a provider's written authorisation
 
 
-class RegimeResult(_Frozen):
+class RegimeResult(StrictModel):
     id: str                              # e.g. "eu-ai-act.systemic-risk"
     name: str
     jurisdiction: str
@@ -72,7 +68,7 @@ class RegimeResult(_Frozen):
     status_note: str = ""                # why it is not in force, or what was missing
 
 
-class TeacherResolution(_Frozen):
+class TeacherResolution(StrictModel):
     """Which teacher entry and which terms documents the engine applied, and why."""
 
     model: str                           # plan.teacher.model as given
@@ -87,7 +83,7 @@ class TeacherResolution(_Frozen):
     citation: Optional[Citation] = None  # source for the entry's mapping to its terms
 
 
-class Decision(_Frozen):
+class Decision(StrictModel):
     outcome: Outcome
     as_of: dt.date
     findings: list[Finding]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from audit.policy.conditions import Context, missing_facts, when_holds
 from audit.policy.failclosed import rule_error
-from audit.policy.model import Finding, Obligation
+from audit.policy.decision import Finding, Obligation
 from audit.policy.packs import PolicySet
 
 

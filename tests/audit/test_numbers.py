@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from audit.report import numbers
+from audit import numbers
 
 
 @pytest.mark.parametrize("value, expected", [

@@ -63,6 +63,16 @@ def ratio(value) -> str:
     return f"{sci(value)}×"
 
 
+def plain(value, digits: int = 3) -> str:
+    """A measured quantity such as hours or seconds, ``digits`` significant figures, no exponent
+    below a million: 0.0123, 4.5, 1.23e+06 -> 1.2e6."""
+    if not _usable(value):
+        return UNKNOWN
+    if value != 0 and not 1e-4 <= abs(value) < 1e6:
+        return sci(value, digits)
+    return f"{value:.{digits}g}"
+
+
 def usd(value) -> str:
     """US dollars, whole dollars: $19,200."""
     if not _usable(value):
