@@ -1,4 +1,5 @@
-"""How the report writes numbers. ``None`` (a figure the estimate could not make) is "unknown".
+"""How flopgate writes numbers, in the terminal, the HTML reports, the model card and the
+signed texts alike. ``None`` (a figure the estimate could not make) is "unknown".
 
 FLOP counts use 1 multiply-add = 2 FLOP; these helpers only format them. Scientific notation is
 written the way thresholds are quoted in law and guidance: ``2.3e25``, never ``2.3e+25``.
@@ -26,13 +27,13 @@ def sci(value, digits: int = 2) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def short_sci(value) -> str:
-    """Up to three significant figures, trailing zeros dropped: 1e23, 3.3e25, 1.25e26."""
+def short_sci(value, digits: int = 3) -> str:
+    """Up to ``digits`` significant figures, trailing zeros dropped: 1e23, 3.3e25, 1.25e26."""
     if not _usable(value):
         return UNKNOWN
     if value == 0:
         return "0"
-    mantissa, exponent = f"{value:.2e}".split("e")
+    mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
 

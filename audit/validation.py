@@ -32,22 +32,18 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
-    kind = error["type"]
-    got = error.get("input")
+def describe_error(error: dict[str, Any]) -> str:
+    """One pydantic error as "what was expected, got what": the one wording for every file
+    flopgate validates (plans, packs, reference tables)."""
+    kind, got = error["type"], error.get("input")
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
         return "required field is missing"
-    msg = error["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    msg = msg.replace("Input should be", "expected")
+    msg = error["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
     if not isinstance(got, (dict, list)):
         shown = repr(got)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        msg += f", got {shown}"
+        msg += f", got {shown[:57] + '...' if len(shown) > 60 else shown}"
     return msg
 
 
@@ -59,8 +55,8 @@ def validate_model(model: type[BaseModel], data: Any, source: str, context: dict
     try:
         return model.model_validate(data, context=context)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
+        errors = sorted(exc.errors(include_url=False), key=lambda e: [str(p) for p in e["loc"]])
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise InputError(_describe(first, model) + more, source=source,
+        raise InputError(describe_error(first) + more, source=source,
                          field=field_path(first["loc"])) from None

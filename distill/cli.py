@@ -23,7 +23,8 @@ import re
 import sys
 from pathlib import Path
 
-from audit.cli.args import positive
+from audit.cli.args import help_text, positive
+from audit.numbers import short_sci
 
 SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
@@ -33,7 +34,7 @@ SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_la
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("distill", help="run the planned distillation behind a verified audit",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", help="the plan file (YAML) the audit was made for")
     p.add_argument("--attestation", required=True, metavar="FILE", help="the signed audit (audit.intoto.json)")
     trust = p.add_mutually_exclusive_group()
@@ -118,8 +119,8 @@ def run(args) -> int:
     cfg = train_config(loaded, args, out_dir=out_dir, flops_per_token=flops_per_token, budget=budget,
                        teacher_flops_per_token=teacher_fpt)
     device_name = _device(args)
-    print(f"compute: {flops_per_token:.4g} FLOP per token, budget {budget:.4g} FLOP "
-          f"(stop before {budget * (1 + cfg.tolerance):.4g}); device {device_name}")
+    print(f"compute: {short_sci(flops_per_token, 4)} FLOP per token, budget {short_sci(budget, 4)} FLOP "
+          f"(stop before {short_sci(budget * (1 + cfg.tolerance), 4)}); device {device_name}")
     if args.dry_run:
         if args.key:
             from audit.attest.keys import load_private_key
@@ -127,14 +128,14 @@ def run(args) -> int:
         print("dry run: every check passed; no model was loaded")
         return 0
     # Under torchrun every process runs the checks; only the first signs (and may create a key).
-    private_key = _signing_key(args.key) if os.environ.get("RANK", "0") == "0" else None
+    signing_key = _signing_key(args.key) if os.environ.get("RANK", "0") == "0" else None
 
     from distill.trainer import train
 
     result = train(cfg, resume=args.resume)
     if result.rank != 0:
         return 0
-    return _finish(args, loaded, gate, cfg, result, private_key, device_name)
+    return _finish(args, loaded, gate, cfg, result, signing_key, device_name)
 
 
 def meter_figures(plan, predicate: dict) -> tuple[str | None, float | None, float | None]:
@@ -258,20 +259,24 @@ def _device(args) -> str:
 
 
 def _signing_key(path: str | None):
+    """The key that signs the run record, and where it lives (for the summary)."""
     from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
 
     if path:
-        return load_private_key(path)
+        return load_private_key(path), Path(path)
     key, where, created = ensure_default_key()
     if created:
         print(f"created a local signing key: {where} ({short_fingerprint(key_id(key.public_key()))})")
-    return key
+    return key, where
 
 
-def _finish(args, loaded, gate, cfg, result, private_key, device_name: str) -> int:
+def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str) -> int:
+    from audit.attest.keys import key_id, short_fingerprint
     from distill.model_card import installed_clause_types, write_model_card
     from distill.record import write_run_record
     from distill.run_report import write_run_report
+
+    private_key, key_path = signing_key
 
     written = write_run_record(
         cfg.out_dir, result, audit_envelope=args.attestation, audit_predicate=gate.predicate,
@@ -283,11 +288,11 @@ def _finish(args, loaded, gate, cfg, result, private_key, device_name: str) -> i
                             clause_types=installed_clause_types())
     report = write_run_report(cfg.out_dir, plan=loaded.plan, audit_predicate=gate.predicate, record=record,
                               card=card, metrics_path=cfg.log_path)
-    flops = f"{result.flops_used:.4g}" if result.flops_used is not None else "unknown"
     print(result.message)
-    print(f"compute used: {flops} FLOP of {cfg.budget_flops:.4g}; {result.tokens:,} tokens in "
-          f"{result.steps} steps, {result.wall_time_s:.1f} s")
+    print(f"compute used: {short_sci(result.flops_used, 4)} FLOP of {short_sci(cfg.budget_flops, 4)}; "
+          f"{result.tokens:,} tokens in {result.steps} steps, {result.wall_time_s:.1f} s")
     print(f"run record:   {written.envelope_path}")
+    print(f"signed by:    {short_fingerprint(key_id(private_key.public_key()))} ({key_path}; verify with its .pub)")
     print(f"model card:   {card.readme}" + (f" (+ {card.notice.name})" if card.notice else ""))
     print(f"run report:   {report}")
     if card.todos:

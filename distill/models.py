@@ -224,6 +224,17 @@ def load_config(path: str | Path):
         raise InputError(f"unusable config ({_first_line(exc)})", source=str(file)) from None
 
 
+def library_progress_bars(enabled: bool) -> None:
+    """Turn transformers' own progress bars (loading and writing weights) on or off. The trainer
+    turns them off unless stderr is a terminal, so logs and CI output carry no bar fragments."""
+    from transformers.utils import logging as hf_logging
+
+    if enabled:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+
+
 def _load_pretrained(model_dir: str | Path, dtype: torch.dtype, role: str) -> nn.Module:
     from transformers import AutoModelForCausalLM
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ import torch
 from pydantic import Field, model_validator
 
 from audit.errors import InputError
+from audit.numbers import short_sci
 from audit.validation import StrictModel, validate_model
 from distill import distributed
 from distill.checkpoint import load_latest, restore_checkpoint, save_checkpoint
@@ -68,7 +70,8 @@ from distill import losses
 from distill.losses import LossKind, LossSpec, fused_distill_loss
 from distill.meter import ComputeMeter
 from distill.models import (HiddenStates, build_student, check_vocab, compile_layers, decoder_layers,
-                            final_hidden_states, head_weight, load_teacher, load_tokenizer)
+                            final_hidden_states, head_weight, library_progress_bars, load_teacher,
+                            load_tokenizer)
 
 # Fields that do not change the trained weights; a resume may change them.
 _RESUMABLE_FIELDS = {"out_dir", "log_path", "progress", "checkpoint_every", "keep_last", "budget_flops",
@@ -344,6 +347,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
           on_step: Optional[Callable[[dict], None]] = None) -> TrainResult:
     """Run the distillation ``cfg`` describes; see the module docstring. All ranks call it."""
     session_start = time.monotonic()
+    library_progress_bars(cfg.progress and sys.stderr.isatty())
     ctx = distributed.setup(cfg.device)
     log = None
     try:
@@ -413,8 +417,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             if cfg.flops_per_token is not None:
                 charge = cfg.teacher_flops_per_token * (len(data) + padding) * cfg.seq_len
                 if meter.limit_flops is not None and charge > meter.limit_flops:
-                    raise InputError(f"the teacher cache's forward pass takes {charge:.4g} FLOP, past the budget's "
-                                     f"limit {meter.limit_flops:.4g}", field="budget_flops")
+                    raise InputError(f"the teacher cache's forward pass takes {short_sci(charge, 4)} FLOP, past the budget's "
+                                     f"limit {short_sci(meter.limit_flops, 4)}", field="budget_flops")
                 meter.charge(charge)  # a resumed run restores the meter below, charge included
             cache = _open_cache(cfg, build=build_cache, teacher=teacher, data=data, vocab=vocab, device=device,
                                 amp_dtype=amp_dtype, ctx=ctx, lockstep=shard, padding=padding)
@@ -535,10 +539,10 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                           "flops": meter.flops if cfg.flops_per_token is not None else None,
                           "elapsed_s": wall_before + time.monotonic() - session_start}
                 log.write(record)
-                budget = f" / {cfg.budget_flops:.3g}" if cfg.budget_flops else ""
+                budget = f" / {short_sci(cfg.budget_flops)}" if cfg.budget_flops else ""
                 shown = f"loss {last_loss:.4f}  " if last_loss is not None else ""
                 progress.update(task, completed=step, info=(
-                    f"{shown}{record['tokens_per_s']:,.0f} tok/s  compute {meter.flops:.3g}{budget} FLOP"))
+                    f"{shown}{record['tokens_per_s']:,.0f} tok/s  compute {short_sci(meter.flops)}{budget} FLOP"))
                 if on_step is not None:
                     on_step(record)
                 if step % cfg.checkpoint_every == 0:
@@ -548,7 +552,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         wall = wall_before + time.monotonic() - session_start
         if stopped_by_budget:
             message = (f"stopped before step {step + 1}: it would take compute past the budget "
-                       f"{cfg.budget_flops:.3g} x (1 + {cfg.tolerance}) FLOP; checkpoint {final.name}")
+                       f"{short_sci(cfg.budget_flops)} x (1 + {cfg.tolerance}) FLOP; checkpoint {final.name}")
         else:
             message = f"finished {step} steps; checkpoint {final.name}"
         return TrainResult(

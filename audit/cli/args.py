@@ -1,8 +1,22 @@
-"""Argument types shared by the commands: one-line errors for bad numbers."""
+"""Argument types shared by the commands: one-line errors for bad numbers and dates."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+
+
+def help_text(docstring: str) -> str:
+    """A module docstring as ``--help`` shows it: without reST's double backticks."""
+    return docstring.replace("``", "")
+
+
+def iso_date(text: str) -> dt.date:
+    """An argparse type: a calendar date such as 2026-12-01."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date like 2026-12-01, got {text!r}") from None
 
 
 def positive(kind=float):

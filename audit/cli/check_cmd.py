@@ -8,23 +8,24 @@ Exit codes: 0 the gate would open, 3 REVIEW (or an unmet checkable obligation), 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 
-from audit.cli.terminal import console, sci
+from audit.cli.args import help_text, iso_date
+from audit.cli.terminal import console, hardware_line
+from audit.numbers import percent, ratio, sci
 
 DEFAULT_OUT = "flopgate-audit"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("check", help="audit a plan: compute, policy decision, signed report",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", help="the plan file (YAML)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--key", help="Ed25519 private key (PEM); default: the local key, created on first use")
     p.add_argument("--policies", action="append", default=[], metavar="DIR",
                    help="a folder of organisation policy packs (repeatable)")
-    p.add_argument("--as-of", type=dt.date.fromisoformat, help="apply the rules as of this date (default: the plan's start)")
+    p.add_argument("--as-of", type=iso_date, help="apply the rules as of this date (default: the plan's start)")
     p.add_argument("--json", action="store_true", help="print the signed payload's predicate as JSON")
     p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
     p.set_defaults(func=run)
@@ -55,6 +56,9 @@ def run(args) -> int:
 
 
 def _print_verdict(out, result) -> None:
+    """The verdict, compute, regimes, findings and obligations. Every text from a plan or a pack
+    is escaped: rich would read "[secondary]" in a note as markup and drop it."""
+    from rich.markup import escape
     from rich.table import Table
 
     from audit.attest.keys import short_fingerprint
@@ -63,28 +67,33 @@ def _print_verdict(out, result) -> None:
     compute = predicate["compute"]
     colour = {"ALLOW": "green", "ALLOW_WITH_OBLIGATIONS": "green", "REVIEW": "yellow", "DENY": "red"}[decision.outcome]
     gate = "the training gate would open" if predicate["gate_open"] else "the training gate stays closed"
-    out.print(f"[bold {colour}]{decision.outcome}[/bold {colour}] for plan '{predicate['plan']['name']}': {gate}")
-    out.print(f"compute (cumulative): {sci(compute['total_flops'])} FLOP   parameter-update only: "
-              f"{sci(compute['update_flops'])}   6·N·D: {sci(compute['six_nd_flops'])}   "
-              f"op coverage: {compute['coverage']:.0%}   ({compute['convention']})")
+    out.print(f"[bold {colour}]{decision.outcome}[/bold {colour}] for plan {escape(repr(predicate['plan']['name']))}: {gate}")
+    out.print(f"compute (cumulative): {sci(compute['total_flops'], 3)} FLOP   parameter-update only: "
+              f"{sci(compute['update_flops'], 3)}   6·N·D: {sci(compute['six_nd_flops'], 3)}   "
+              f"op coverage: {percent(compute['coverage'])}   ({compute['convention']})")
+    hardware = hardware_line(compute.get("hardware"))
+    if hardware:
+        style = "yellow" if compute["hardware"].get("outside_tolerance") else "default"
+        out.print(f"hardware estimate: {hardware}", style=style)
     table = Table(title="regimes", title_justify="left")
     for column in ("regime", "status", "observed", "threshold", "margin"):
         table.add_column(column)
     for regime in decision.regimes:
         unit = " $" if regime.unit == "USD" else ""
-        threshold = (f"{regime.comparator or ''} {sci(regime.threshold_value)}{unit}"
+        threshold = (f"{regime.comparator or ''} {sci(regime.threshold_value, 3)}{unit}"
                      if regime.threshold_value is not None else "-")
-        observed = sci(regime.observed_value) + unit if regime.in_force else "-"
-        margin = f"x{regime.margin_ratio:.2g}" if regime.margin_ratio is not None else "-"
+        observed = sci(regime.observed_value, 3) + unit if regime.in_force else "-"
+        margin = ratio(regime.margin_ratio) if regime.margin_ratio is not None else "-"
         status = regime.status + (f" ({regime.status_note})" if regime.status_note and not regime.in_force else "")
-        table.add_row(regime.name, status, observed, threshold, margin)
+        table.add_row(escape(regime.name), escape(status), observed, threshold, margin)
     out.print(table)
     for finding in decision.findings:
         if finding.effect in ("deny", "review"):
-            out.print(f"  [{colour}]{finding.effect.upper()}[/{colour}] {finding.rule_id}: {finding.explanation}")
+            out.print(f"  [{colour}]{finding.effect.upper()}[/{colour}] {escape(finding.rule_id)}: "
+                      f"{escape(finding.explanation)}")
     for ob in decision.obligations:
         mark = {"met": "[green]met[/green]", "unmet": "[red]UNMET[/red]", "todo": "to do"}[ob.status]
         deadline = f" (deadline: {ob.deadline})" if ob.deadline else ""
-        out.print(f"  obligation {mark}: {ob.text}{deadline}")
-    out.print(f"wrote {result.envelope_path}, {result.payload_path.name}, {result.html_path.name} "
+        out.print(f"  obligation {mark}: {escape(ob.text)}{escape(deadline)}")
+    out.print(f"wrote {escape(str(result.envelope_path))}, {result.payload_path.name}, {result.html_path.name} "
               f"(signed by {short_fingerprint(result.signer_keyid)})")

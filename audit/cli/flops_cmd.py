@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 
-from audit.cli.args import positive
-from audit.cli.terminal import console, print_json, sci
+from audit.cli.args import help_text, positive
+from audit.cli.terminal import console, hardware_line, print_json
+from audit.numbers import percent, sci, short_sci, usd
 
 DEFAULT_SEQ_LEN = 4096
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("flops", help="count the training compute of a plan or a model",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="plan.yaml, config.json, model folder or bundled config name")
     p.add_argument("--tokens", type=positive(float), help="training tokens (overrides the plan's data.tokens)")
     p.add_argument("--seq-len", type=positive(int), help=f"tokens per sequence (default: the plan's, or {DEFAULT_SEQ_LEN})")
@@ -78,7 +79,7 @@ def _model_only(args) -> dict:
         "components": [{
             "id": "student_training", "label": "training (forward + backward)", "flops": total,
             "method": summary.method, "counts_toward": ["cumulative", "parameter_update"],
-            "assumptions": [f"{summary.train_flops_per_token:.4g} FLOP/token at {seq_len} tokens per sequence"],
+            "assumptions": [f"{short_sci(summary.train_flops_per_token, 4)} FLOP/token at {seq_len} tokens per sequence"],
         }],
         "coverage": summary.coverage,
         "model": summary.model_dump(mode="json"),
@@ -90,33 +91,30 @@ def _print_table(data: dict) -> None:
 
     out = console()
     model = data.get("model") or data.get("student")
-    title = data.get("target") or f"plan: {data['tokens']:.3g} tokens x seq_len {data['seq_len']}"
+    title = data.get("target") or f"plan: {short_sci(data['tokens'])} tokens x seq_len {data['seq_len']}"
     table = Table(title=title, title_justify="left")
     table.add_column("component")
     table.add_column("FLOP", justify="right")
     table.add_column("method")
     table.add_column("counts toward")
     for comp in data["components"]:
-        table.add_row(comp["label"], sci(comp["flops"]), comp["method"], ", ".join(comp["counts_toward"]) or "-")
+        table.add_row(comp["label"], sci(comp["flops"], 3), comp["method"], ", ".join(comp["counts_toward"]) or "-")
     out.print(table)
     rows = [
-        ("total (cumulative)", sci(data["total_flops"])),
-        ("parameter-update only", sci(data.get("update_flops")) if "update_flops" in data else None),
-        ("6·N·D (active params)", sci(data["six_nd_flops"])),
+        ("total (cumulative)", sci(data["total_flops"], 3)),
+        ("parameter-update only", sci(data.get("update_flops"), 3) if "update_flops" in data else None),
+        ("6·N·D (active params)", sci(data["six_nd_flops"], 3)),
         ("notification figure", data.get("notification_figure")),
-        ("uncertainty band", f"{sci(data.get('uncertainty_low'))} .. {sci(data.get('uncertainty_high'))}"
+        ("uncertainty band", f"{sci(data.get('uncertainty_low'), 3)} .. {sci(data.get('uncertainty_high'), 3)}"
          if data.get("uncertainty_low") else None),
-        ("params total / active", f"{data['params_total']:.4g} / {data['params_active']:.4g}"),
+        ("params total / active", f"{short_sci(data['params_total'], 4)} / {short_sci(data['params_active'], 4)}"),
         ("train FLOP/token (causal | full attention)",
-         f"{model['train_flops_per_token']:.4g} | {model['train_flops_per_token_noncausal']:.4g}"),
-        ("attention share", f"{model['attention_share']:.1%}"),
-        ("coverage", f"{data['coverage']:.1%}" + (f"  unknown ops: {model['unknown_ops']}" if model["unknown_ops"] else "")),
-        ("cost", f"${data['cost_usd']:,.0f}" if data.get("cost_usd") is not None else None),
+         f"{short_sci(model['train_flops_per_token'], 4)} | {short_sci(model['train_flops_per_token_noncausal'], 4)}"),
+        ("attention share", percent(model["attention_share"])),
+        ("coverage", percent(data["coverage"]) + (f"  unknown ops: {model['unknown_ops']}" if model["unknown_ops"] else "")),
+        ("cost", usd(data["cost_usd"]) if data.get("cost_usd") is not None else None),
+        ("hardware estimate", hardware_line(data.get("hardware"))),
     ]
-    hw = data.get("hardware")
-    if hw and hw.get("ratio") is not None:
-        flag = "  OUTSIDE ±30%" if hw["outside_tolerance"] else ""
-        rows.append(("hardware estimate", f"{sci(hw['estimate_flops'])} (x{hw['ratio']:.2f} of counted){flag}"))
     for label, value in rows:
         if value is not None:
             out.print(f"{label:>44}: {value}")

@@ -46,16 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name in BUILTIN_COMMANDS + _plugin_modules():
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a command not written yet
-                continue
-            raise
+        except Exception as exc:  # noqa: BLE001 - a broken command is reported, never skipped
+            raise CommandImportError(f"the command module {name} cannot be imported "
+                                     f"({exc.__class__.__name__}: {exc}); reinstall flopgate") from exc
         module.register(subparsers)
     return parser
 
 
+class CommandImportError(FlopgateError):
+    """A command module (built in or from the ``flopgate.commands`` entry points) fails to import."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except CommandImportError as exc:
+        print(f"flopgate: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

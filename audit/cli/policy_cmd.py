@@ -1,29 +1,28 @@
-"""``flopgate policy``, ``flopgate policies`` and ``flopgate terms``: the policy engine's commands.
-
-    flopgate policy PLAN [--policies DIR] [--json] [--as-of DATE]
-        Decide a plan (no signing). Exit codes: 0 the gate would open, 3 REVIEW (or an unmet
-        checkable obligation), 4 DENY, 2 invalid input.
-    flopgate policies list [--policies DIR] [--json]
-    flopgate policies show ID [--policies DIR] [--json]     (a pack, rule, clause, terms or teacher)
-    flopgate terms TEACHER [--access CHANNEL] [--license ID] [--policies DIR] [--json]
-        What governs a teacher (HF repo id, API model name or local model directory) and why.
-"""
+"""``flopgate policy``, ``flopgate policies`` and ``flopgate terms``: the policy engine's commands."""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 
+from audit.cli.args import iso_date
+from audit.numbers import ratio
+
 _CHANNELS = ("weights", "api", "consumer_app")
+POLICY_HELP = """Decide a plan against the policy packs, without signing (flopgate check signs).
+
+Exit codes: 0 the gate would open, 3 REVIEW (or an unmet checkable obligation), 4 DENY,
+2 invalid input."""
+TERMS_HELP = """What governs a teacher (HF repo id, API model name or local model directory) and why:
+its teacher entry, the terms documents and every clause with its source."""
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("policy", help="decide a plan against the policy packs (no signing)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=POLICY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", help="the plan file (YAML)")
     _common(p)
-    p.add_argument("--as-of", type=_date, help="apply the rules as of this date (default: the plan's schedule.start)")
+    p.add_argument("--as-of", type=iso_date, help="apply the rules as of this date (default: the plan's schedule.start)")
     p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
     p.set_defaults(func=run)
 
@@ -37,7 +36,8 @@ def register(subparsers) -> None:
     _common(show)
     show.set_defaults(func=run_show)
 
-    terms = subparsers.add_parser("terms", help="explain which terms govern a teacher, and why")
+    terms = subparsers.add_parser("terms", help="explain which terms govern a teacher, and why",
+                                  description=TERMS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     terms.add_argument("teacher", help="HF repo id, API model name or local model directory")
     terms.add_argument("--access", choices=_CHANNELS, help="channel (default: every channel that matches)")
     terms.add_argument("--license", help="licence id, as a plan's teacher.license would give it")
@@ -49,13 +49,6 @@ def _common(p) -> None:
     p.add_argument("--policies", action="append", default=[], metavar="DIR",
                    help="a folder of organisation policy packs (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a date like 2026-12-01, got {text!r}") from None
 
 
 def _packs(args):
@@ -117,28 +110,34 @@ def print_decision(decision, plan_name: str) -> None:
     for r in decision.regimes:
         observed = _value(r.observed_value, r.unit)
         threshold = f"{r.comparator} {_value(r.threshold_value, r.unit)}" if r.threshold_value is not None else "-"
-        margin = f"x{r.margin_ratio:.3g}" if r.margin_ratio is not None else "-"
+        margin = ratio(r.margin_ratio) if r.margin_ratio is not None else "-"
         note = r.status_note.split(". ")[0] if r.status in ("not_in_force", "unknown") else ""
         regimes.add_row(escape(r.name), r.status, observed, threshold, margin, escape(note))
     out.print(regimes)
 
-    findings = Table(title="findings that change the outcome", title_justify="left")
-    for column in ("effect", "rule", "observed", "explanation"):
-        findings.add_column(column)
+    # A list rather than a table: rule ids and explanations are long and never cut short.
+    out.print("findings that change the outcome")
     for f in decision.findings:
         if f.effect in ("deny", "review", "obligation", "allow"):
-            findings.add_row(f.effect, escape(f.rule_id), escape(f.observed or ""), escape(f.explanation))
-    out.print(findings)
+            out.print(f"  {f.effect.upper():<10} {escape(f.rule_id)}", style="bold")
+            if f.observed:
+                out.print(escape(f"    observed: {f.observed}"))
+            out.print(escape(f"    {f.explanation}"))
 
     if decision.obligations:
         obligations = Table(title="obligations", title_justify="left")
         for column in ("status", "obligation", "text", "deadline"):
-            obligations.add_column(column)
+            obligations.add_column(column, overflow="fold")
         for o in decision.obligations:
             status = o.status + (" (authorised)" if o.authorized else "")
             obligations.add_row(status, escape(o.id), escape(o.text), escape(o.deadline or ""))
         out.print(obligations)
     out.print(escape("packs: " + ", ".join(f"{p['id']}@{p['version']}" for p in decision.packs)))
+
+
+def _count(n: int, plural: str) -> str:
+    """``1 regime``, ``2 regimes``; ``1 terms`` (a terms document) stays as it is."""
+    return f"{n} {plural[:-1] if n == 1 and plural != 'terms' else plural}"
 
 
 def _value(value, unit: str) -> str:
@@ -169,9 +168,9 @@ def run_list(args) -> int:
 
     table = Table(title="policy packs", title_justify="left")
     for column in ("id", "version", "reviewed", "kind", "contents", "sha256", "file"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for r in rows:
-        contents = ", ".join(f"{r[k]} {k}" for k in ("regimes", "terms", "teachers", "rules") if r[k])
+        contents = ", ".join(_count(r[k], k) for k in ("regimes", "terms", "teachers", "rules") if r[k])
         table.add_row(escape(r["id"]), escape(r["version"]), r["last_reviewed"], r["kind"], contents,
                       r["sha256"][:12], escape(r["path"]))
     console().print(table)

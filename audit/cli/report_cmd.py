@@ -10,16 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from audit.cli.verify_cmd import _add_trust_options
+from audit.cli.args import help_text
+from audit.cli.verify_cmd import add_trust_options
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="re-render the HTML report from a signed audit (verified first)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("envelope", metavar="ENVELOPE", help="e.g. audit.intoto.json")
     p.add_argument("-o", "--output", metavar="FILE", help="write the HTML here (default: stdout)")
     p.add_argument("--plan", metavar="PLAN", help="the plan file, to find the audited inputs beside it")
-    _add_trust_options(p)
+    add_trust_options(p)
     p.set_defaults(func=run)
 
 
@@ -27,7 +28,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from audit.attest import PREDICATE_AUDIT, VERIFY_FAILED_EXIT, VerificationFailed
-    from audit.attest.keys import load_trusted_keys
+    from audit.attest.keys import load_trusted_keys, short_fingerprint
     from audit.attest.verify import read_envelope_file, unverified_statement, verify_envelope_file
     from audit.errors import InputError
     from audit.fsutil import write_atomic
@@ -54,7 +55,9 @@ def run(args) -> int:
     html = render_audit_html(statement["predicate"], signer_fingerprint=signer, verification=verification,
                              attestation_name=Path(args.envelope).name)
     if args.output:
-        write_atomic(args.output, html)
+        written = write_atomic(args.output, html)
+        state = "verified" if verification["ok"] else "verification FAILED"
+        print(f"wrote {written} ({state}; signed by {short_fingerprint(signer) if signer else 'an untrusted key'})")
     else:
         sys.stdout.write(html)
     if not verification["ok"]:

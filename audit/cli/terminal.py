@@ -6,10 +6,16 @@ import json
 import sys
 from typing import Any
 
+from audit.numbers import ratio, sci
 
-def sci(value: float | None, digits: int = 3) -> str:
-    """``3.14159e23`` -> ``3.14e+23``; None -> ``unknown``."""
-    return "unknown" if value is None else f"{value:.{digits - 1}e}"
+
+def hardware_line(hardware: dict | None) -> str | None:
+    """The hardware cross-check in one line (``compute.hardware`` of an estimate), flagged when
+    it is outside the EU guidelines' +/-30%; None when there is nothing to compare."""
+    if not hardware or hardware.get("ratio") is None:
+        return None
+    flag = "  OUTSIDE ±30% of the count" if hardware.get("outside_tolerance") else ""
+    return f"{sci(hardware.get('estimate_flops'), 3)} FLOP ({ratio(hardware['ratio'])} the count){flag}"
 
 
 def print_json(data: Any) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 
 
-def _add_trust_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
+def add_trust_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """``--pubkey FILE`` or ``--trust DIR``: the keys whose signatures are trusted."""
+    group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--pubkey", metavar="FILE", help="trust this public key (PEM or ssh-ed25519)")
     group.add_argument("--trust", metavar="DIR", help="trust every *.pub file in this folder")
 
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "predicate types, then the sha256 of every file it covers. Exit 0 only when "
                     "all hold; 5 when a check fails; 2 when an input cannot be read.")
     verify.add_argument("envelope", metavar="ENVELOPE", help="e.g. audit.intoto.json")
-    _add_trust_options(verify)
+    add_trust_options(verify)
     verify.add_argument("--plan", metavar="PLAN",
                         help="the plan file; other relative inputs are found beside it "
                              "(default: the paths recorded when the audit was signed)")
@@ -33,15 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     approve = subparsers.add_parser(
         "approve", help="sign a reviewer's approval of an audit",
         description="Sign an approval of an audit envelope (needed for a REVIEW outcome to open "
-                    "the training gate). A DENY audit can never be approved. With --trust or "
-                    "--pubkey the audit's signature is checked first; without, only its structure.")
+                    "the training gate). A DENY audit can never be approved. The audit's signature "
+                    "is checked first against the auditor key given with --pubkey or --trust.")
     approve.add_argument("envelope", metavar="ENVELOPE", help="the audit envelope to approve")
     approve.add_argument("--key", required=True, metavar="REVIEWER_KEY",
                          help="the reviewer's private key (mode 0600)")
     approve.add_argument("--note", required=True, metavar="TEXT",
                          help="what was reviewed and why it is approved")
     approve.add_argument("--out", metavar="FILE", help="default: ENVELOPE.approval.json")
-    _add_trust_options(approve)
+    add_trust_options(approve, required=True)
     approve.set_defaults(func=run_approve)
 
 
@@ -86,7 +87,7 @@ def run_approve(args: argparse.Namespace) -> int:
     from audit.attest.approval import approve
     from audit.attest.keys import key_id, load_private_key, load_trusted_keys, short_fingerprint
 
-    trusted = load_trusted_keys(args.pubkey, args.trust) if (args.pubkey or args.trust) else None
+    trusted = load_trusted_keys(args.pubkey, args.trust)
     key = load_private_key(args.key)
     approved = approve(args.envelope, key, args.note, trusted_keys=trusted, out_path=args.out)
     print(f"approved  {args.envelope}  (outcome {approved.audited_outcome})")

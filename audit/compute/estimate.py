@@ -20,6 +20,7 @@ from __future__ import annotations
 from audit.compute.types import Component, ComputeEstimate, HardwareCheck
 from audit.flops.summary import ModelSummary
 from audit.compute.tables import ReferenceTables
+from audit.numbers import sci, short_sci
 from audit.flops.summary import summarize_model
 from audit.plan import LoadedPlan, Plan
 
@@ -99,10 +100,7 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
 
 def two_significant_figures(flops: float | None) -> str | None:
     """``2.34e25`` -> ``"2.3e25"``: the EU notification's format."""
-    if flops is None:
-        return None
-    mantissa, exponent = f"{flops:.1e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+    return None if flops is None else sci(flops, 2)
 
 
 def _student_training(student: ModelSummary, tokens: float, plan: Plan) -> Component:
@@ -110,8 +108,8 @@ def _student_training(student: ModelSummary, tokens: float, plan: Plan) -> Compo
     return Component(
         id="student_training", label="student training (forward + backward)",
         flops=student.train_flops_per_token * tokens, method=student.method, counts_toward=buckets,
-        assumptions=[f"{student.train_flops_per_token:.4g} FLOP/token at {plan.data.seq_len} tokens per "
-                     f"sequence x {tokens:.4g} tokens ({plan.data.epochs:g} epochs)",
+        assumptions=[f"{short_sci(student.train_flops_per_token, 4)} FLOP/token at {plan.data.seq_len} tokens "
+                     f"per sequence x {short_sci(tokens, 4)} tokens ({plan.data.epochs:g} epochs)",
                      "attention over causal pairs; activation recomputation not counted"]
         + ([f"closed form: {student.fallback_reason}"] if student.fallback_reason else []))
 
@@ -152,7 +150,8 @@ def _teacher_generation(plan: Plan, per_token: float | None, teacher) -> Compone
         id="teacher_generation", label="teacher generation (prefill + decode, discarded samples included)",
         flops=per_token * generated if per_token is not None else None,
         method=_teacher_method(teacher, per_token), counts_toward=[] if public else ["cumulative"],
-        assumptions=[f"{plan.method.prompt_tokens:.4g} prompt + {plan.method.teacher_generated_tokens:.4g} "
+        assumptions=[f"{short_sci(plan.method.prompt_tokens, 4)} prompt + "
+                     f"{short_sci(plan.method.teacher_generated_tokens, 4)} "
                      "generated tokens; a KV-cache decode costs the same as a causal forward",
                      "public synthetic data need not be counted (EU guidelines ¶122)" if public else
                      "non-public synthetic data counts, discarded samples included (EU guidelines ¶119)"])
@@ -202,6 +201,6 @@ def _hardware_check(plan: Plan, components: list[Component], tables: ReferenceTa
         ratio=ratio,
         implied_utilization=executed / (seconds * accelerator.dense_bf16_flops_per_s) if executed else None,
         outside_tolerance=(abs(ratio - 1) > EU_TOLERANCE) if ratio is not None else None,
-        note=f"{hw.count} x {hw.hours:g} h x {accelerator.dense_bf16_flops_per_s:.4g} FLOP/s (dense BF16) "
+        note=f"{hw.count} x {hw.hours:g} h x {short_sci(accelerator.dense_bf16_flops_per_s, 4)} FLOP/s (dense BF16) "
              f"x {hw.utilization:g} utilisation; compared with "
              + ", ".join(c.id for c in local))

@@ -40,8 +40,11 @@ def resolve_config(ref: str, *, source: str = "config", field: str | None = None
     else:
         candidate = Path(ref).expanduser()
         if candidate.is_dir():
+            if not (candidate / "config.json").exists():
+                raise InputError(f"{ref!r} is a folder without a config.json; expected a model folder, "
+                                 "a config.json or a bundled config name", source=source, field=field)
             candidate = candidate / "config.json"
-        if not candidate.is_file():
+        elif not candidate.exists():
             hint = ", ".join(bundled_names())
             raise InputError(f"expected a bundled config name ({hint}), a config.json or a model "
                              f"folder, got {ref!r} (not found)", source=source, field=field)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from audit.errors import InputError
 from audit.fsutil import decode_utf8, read_input, sha256_bytes
 from audit.policy.schema import CLAUSE_TYPES, OrgRule, Pack, Regime, TeacherEntry, TermsDoc
-from audit.validation import field_path
+from audit.validation import describe_error, field_path
 from audit.yamlio import load_yaml_text
 
 BUILTIN_SUBDIRS = ("regimes", "teachers")
@@ -170,20 +170,13 @@ def _pack_error(error: dict, data: dict, source: str) -> InputError:
 
 
 def _describe(error: dict) -> str:
-    kind, got = error["type"], error.get("input")
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "union_tag_invalid":
+    """A clause's missing or unknown ``type`` is named with the known types; the rest as for
+    any file (:func:`audit.validation.describe_error`)."""
+    if error["type"] == "union_tag_invalid":
         return f"unknown clause type {error['ctx'].get('tag')!r}; expected one of {', '.join(CLAUSE_TYPES)}"
-    if kind == "union_tag_not_found":
+    if error["type"] == "union_tag_not_found":
         return f"clause has no type; expected one of {', '.join(CLAUSE_TYPES)}"
-    msg = error["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
-    if not isinstance(got, (dict, list)):
-        shown = repr(got)
-        msg += f", got {shown[:57] + '...' if len(shown) > 60 else shown}"
-    return msg
+    return describe_error(error)
 
 
 def load_pack_file(path: Path, *, builtin: bool = False) -> LoadedPack:

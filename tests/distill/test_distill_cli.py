@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from audit.attest import PREDICATE_RUN_RECORD
+from audit.attest.keys import short_fingerprint
 from audit.attest.verify import verify_envelope_file
 from audit.cli.main import main
 from audit.plan import load_plan
@@ -84,6 +85,8 @@ def test_gated_cpu_run_end_to_end(project, signer, capsys):
     assert "**Built with Tiny**" in readme
     assert (run_dir / "NOTICE").read_text() == NOTICE_TEXT + "\n"
     assert (run_dir / "run-report.html").is_file()
+    # the summary names the key that signed the record, by fingerprint, and where it is
+    assert f"signed by:    {short_fingerprint(signer.keyid)} ({signer.private_path};" in out
 
     # the same record through the command an auditor runs
     assert main(["verify", str(run_dir / "run-record.intoto.json"), "--pubkey", str(signer.public_path)]) == 0

@@ -82,6 +82,7 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path):
 def test_pruned_teacher_student_and_progress_is_quiet_off_a_terminal(tmp_path, capfd):
     cfg = TrainConfig.parse(tiny_run(tmp_path, student_init="pruned_teacher", student_config=None,
                                      student_layers=[1], max_steps=2, progress=True))
+    capfd.readouterr()
     result = train(cfg)
     from transformers import AutoModelForCausalLM
 
@@ -89,6 +90,8 @@ def test_pruned_teacher_student_and_progress_is_quiet_off_a_terminal(tmp_path, c
     assert student.config.num_hidden_layers == 1 and student.config.hidden_size == 64
     err = capfd.readouterr().err
     assert "tok/s" not in err and "compute" not in err
+    # nor transformers' own bars for loading and writing weights
+    assert "Loading weights" not in err and "Writing model shards" not in err and "it/s" not in err
 
 
 def write_plan(root, **method):

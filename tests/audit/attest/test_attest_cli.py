@@ -6,6 +6,7 @@ import json
 import os
 import stat
 
+import pytest
 from cryptography.hazmat.primitives import serialization as ser
 
 from audit.cli.main import main
@@ -100,7 +101,8 @@ def test_approve_then_verify_the_approval(signer, reviewer, make_audit, capsys):
 
 def test_approve_refuses_deny_with_exit_4(signer, reviewer, make_audit, capsys):
     path = make_audit(signer, "DENY")
-    assert main(["approve", str(path), "--key", str(reviewer.private_path), "--note", "x"]) == 4
+    assert main(["approve", str(path), "--key", str(reviewer.private_path), "--note", "x",
+                 "--pubkey", str(signer.public_path)]) == 4
     assert "DENY" in capsys.readouterr().err
     assert not path.with_name(path.name + ".approval.json").exists()
 
@@ -115,5 +117,16 @@ def test_approve_an_untrusted_audit_exits_5(signer, reviewer, stranger, make_aud
 def test_approve_refuses_a_world_readable_reviewer_key(signer, reviewer, make_audit, capsys):
     path = make_audit(signer)
     os.chmod(reviewer.private_path, 0o644)
-    assert main(["approve", str(path), "--key", str(reviewer.private_path), "--note", "x"]) == 2
+    assert main(["approve", str(path), "--key", str(reviewer.private_path), "--note", "x",
+                 "--pubkey", str(signer.public_path)]) == 2
     assert "chmod 600" in capsys.readouterr().err
+
+
+def test_approve_needs_the_auditor_key(signer, reviewer, make_audit, capsys):
+    """A reviewer signs off only an audit whose signature was checked: the CLI requires a key."""
+    path = make_audit(signer, "REVIEW")
+    with pytest.raises(SystemExit) as raised:
+        main(["approve", str(path), "--key", str(reviewer.private_path), "--note", "x"])
+    assert raised.value.code == 2
+    assert "--pubkey" in capsys.readouterr().err
+    assert not path.with_name(path.name + ".approval.json").exists()

@@ -1,0 +1,87 @@
+"""The command line as a new user meets it: help texts, summaries, messages, the command registry."""
+
+from pathlib import Path
+
+import pytest
+
+from audit.cli import main as cli_main
+from audit.cli.main import build_parser, main
+from keypairs import write_keypair
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = ROOT / "examples"
+COMMANDS = ["flops", "policy", "policies", "terms", "check", "keygen", "verify", "approve", "report", "distill"]
+
+
+@pytest.fixture
+def signer(tmp_path):
+    return write_keypair(tmp_path / "keys", "signer")
+
+
+def _help(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_no_rest_markup(command, capsys):
+    text = _help(command, capsys)
+    assert command in text and "``" not in text
+
+
+def test_policy_help_is_about_policy_alone(capsys):
+    text = _help("policy", capsys)
+    assert "Decide a plan" in text
+    assert "policies list" not in text and "terms TEACHER" not in text
+
+
+def test_a_command_module_that_fails_to_import_is_an_error_not_a_missing_command(monkeypatch, capsys):
+    monkeypatch.setattr(cli_main, "BUILTIN_COMMANDS", [*cli_main.BUILTIN_COMMANDS, "audit.cli.no_such_cmd"])
+    assert main(["--help"]) == 1
+    err = capsys.readouterr().err
+    assert "audit.cli.no_such_cmd" in err and "cannot be imported" in err and "\n" == err[-1]
+    assert err.count("\n") == 1
+
+
+def test_every_command_registers():
+    parser = build_parser()
+    registered = set(parser._subparsers._group_actions[0].choices)
+    assert set(COMMANDS) <= registered
+
+
+def test_flops_on_a_folder_without_a_config_says_so(capsys):
+    assert main(["flops", str(EXAMPLES)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder without a config.json" in err and "not found" not in err
+
+
+def test_check_summary_shows_the_hardware_cross_check_and_keeps_bracketed_text(tmp_path, signer, capsys):
+    # online-logit-kd declares 64 H100 x 120 h at 40%: far more than the counted compute
+    assert main(["check", str(EXAMPLES / "online-logit-kd.yaml"), "--out", str(tmp_path / "a"),
+                 "--key", str(signer.private_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("hardware estimate:"))
+    assert "OUTSIDE ±30%" in line
+    # pack notes carry evidence markers in brackets; the terminal must not eat them as markup
+    main(["check", str(EXAMPLES / "api-teacher.yaml"), "--out", str(tmp_path / "b"),
+          "--key", str(signer.private_path)])
+    out = capsys.readouterr().out
+    assert "[secondary]" in out and " ;" not in out and " .)" not in out
+
+
+def test_report_to_a_file_says_what_it_wrote(tmp_path, signer, capsys):
+    main(["check", str(EXAMPLES / "online-logit-kd.yaml"), "--out", str(tmp_path / "a"),
+          "--key", str(signer.private_path)])
+    capsys.readouterr()
+    target = tmp_path / "again.html"
+    assert main(["report", str(tmp_path / "a" / "audit.intoto.json"), "--pubkey", str(signer.public_path),
+                 "-o", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert target.is_file() and f"wrote {target} (verified;" in out
+
+
+def test_policies_list_counts_in_words(capsys):
+    assert main(["policies", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "1 regimes" not in out and "1 regime " in out
