@@ -66,12 +66,13 @@ def ratio(value) -> str:
 
 def plain(value, digits: int = 3) -> str:
     """A measured quantity such as hours or seconds, ``digits`` significant figures, no exponent
-    below a million: 0.0123, 4.5, 1.23e+06 -> 1.2e6."""
+    below a million: 0.0123, 4.5, 12,345; 1.23e+06 -> 1.23e6."""
     if not _usable(value):
         return UNKNOWN
     if value != 0 and not 1e-4 <= abs(value) < 1e6:
         return sci(value, digits)
-    return f"{value:.{digits}g}"
+    text = f"{value:.{digits}g}"
+    return f"{value:,.0f}" if "e" in text else text  # ``g`` writes 12345 as 1.234e+04
 
 
 def usd(value) -> str:

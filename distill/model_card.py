@@ -34,6 +34,16 @@ from audit.fsutil import write_atomic
 from audit.numbers import exact, plain, sci
 
 README_NAME, NOTICE_NAME = "README.md", "NOTICE"
+# Licence ids Hugging Face's model-card metadata takes as ``license: <id>`` (a common subset of
+# the list in hub-docs, docs/hub/repositories-licenses.md). Any other licence is written as
+# ``license: other`` with ``license_name``.
+HF_LICENSE_IDS = frozenset({
+    "apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "isc", "unlicense", "mpl-2.0",
+    "gpl-3.0", "lgpl-3.0", "agpl-3.0", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0",
+    "cc-by-nc-sa-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-4.0", "openrail", "openrail++",
+    "bigscience-openrail-m", "creativeml-openrail-m", "bigcode-openrail-m",
+    "bigscience-bloom-rail-1.0", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "gemma",
+})
 _QUOTED = re.compile(r"[\"\u201c]([^\"\u201c\u201d]{3,})[\"\u201d]")
 _NOTICE_QUOTE = re.compile(r"reading\s+[\"\u201c]([^\"\u201c\u201d]{3,})[\"\u201d]", re.I)
 
@@ -124,12 +134,21 @@ def _teacher_terms(audit_predicate: dict) -> tuple[list[str], list[str]]:
     return terms, _unique(urls)
 
 
+def license_metadata(declared: Optional[str]) -> dict:
+    """The card's licence fields: ``{"license": id}`` for an id Hugging Face knows (matched
+    case-insensitively, so SPDX's "Apache-2.0" is "apache-2.0"), else ``license: other`` with
+    ``license_name`` (``undeclared`` when the plan names no licence)."""
+    known = (declared or "").strip().lower()
+    if known in HF_LICENSE_IDS:
+        return {"license": known}
+    return {"license": "other", "license_name": declared or "undeclared"}
+
+
 def render_readme(plan, audit_predicate: dict, record: dict, items: list[CardItem],
                   phrases: list[str], notices: list[str]) -> str:
     """The model card's Markdown (``plan`` is an ``audit.plan.Plan``)."""
     declared = plan.student.license
-    front = {"license": "other", "license_name": declared or "undeclared",
-             "tags": ["distillation", "flopgate"], "pipeline_tag": "text-generation"}
+    front = {**license_metadata(declared), "tags": ["distillation", "flopgate"], "pipeline_tag": "text-generation"}
     terms, urls = _teacher_terms(audit_predicate)
     compute = record.get("compute") or {}
     checkpoint = record.get("checkpoint") or {}

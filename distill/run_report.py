@@ -9,6 +9,7 @@ page is self-contained (no scripts, no external requests). Units: FLOP with 1 mu
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -28,7 +29,8 @@ _REPORT = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).
 <style>
 body{font:15px/1.45 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1d2329}
 table{border-collapse:collapse;width:100%;margin:.5rem 0 1.5rem}td,th{border-bottom:1px solid #d8dde3;padding:.35rem .5rem;text-align:left;vertical-align:top}
-code{font-size:13px;word-break:break-all}.bar{background:#e8ecf0;height:12px;border-radius:6px;overflow:hidden}
+code{font-size:13px;word-break:break-all}svg.loss{max-width:40rem;display:block}
+svg.loss text{font:11px system-ui,sans-serif;fill:#333}.bar{background:#e8ecf0;height:12px;border-radius:6px;overflow:hidden}
 .bar span{display:block;height:100%;background:{{ '#c0392b' if stopped else '#2e7d5b' }}}
 .todo{color:#9a5b00}.met{color:#2e7d5b}.phrase{font-weight:bold;font-size:1.1rem}
 </style></head><body>
@@ -41,9 +43,17 @@ code{font-size:13px;word-break:break-all}.bar{background:#e8ecf0;height:12px;bor
 <p>{{ flops }} FLOP used of a {{ budget }} FLOP budget (the run stops before {{ limit }} FLOP);
 the audit estimated {{ audited }} FLOP. 1 multiply-add = 2 FLOP.</p>
 <table>{% for label, value in figures %}<tr><th>{{ label }}</th><td>{{ value }}</td></tr>{% endfor %}</table>
-{% if loss_points %}<h2>Loss</h2>
-<svg viewBox="0 0 400 120" width="100%" role="img" aria-label="training loss by step">
-<polyline fill="none" stroke="#2e6bb0" stroke-width="1.5" points="{{ loss_points }}"/></svg>
+{% if loss %}{% set b = box %}<h2>Loss</h2>
+<svg class="loss" viewBox="0 0 {{ b.width }} {{ b.height }}" width="100%" role="img" aria-label="loss per valid token by optimizer step">
+<line x1="{{ b.left }}" y1="{{ b.top }}" x2="{{ b.left }}" y2="{{ b.bottom }}" stroke="#555"/>
+<line x1="{{ b.left }}" y1="{{ b.bottom }}" x2="{{ b.right }}" y2="{{ b.bottom }}" stroke="#555"/>
+{% for label, x, anchor in loss.x_ticks %}<line x1="{{ x }}" y1="{{ b.bottom }}" x2="{{ x }}" y2="{{ b.bottom + 4 }}" stroke="#555"/>
+<text class="x-tick" x="{{ x }}" y="{{ b.bottom + 16 }}" text-anchor="{{ anchor }}">{{ label }}</text>
+{% endfor %}{% for label, y in loss.y_ticks %}<line x1="{{ b.left - 4 }}" y1="{{ y }}" x2="{{ b.left }}" y2="{{ y }}" stroke="#555"/>
+<text class="y-tick" x="{{ b.left - 6 }}" y="{{ y + 4 }}" text-anchor="end">{{ label }}</text>
+{% endfor %}<text class="x-title" x="{{ (b.left + b.right) / 2 }}" y="{{ b.height - 4 }}" text-anchor="middle">optimizer step</text>
+<text class="y-title" transform="rotate(-90)" x="{{ -(b.top + b.bottom) / 2 }}" y="12" text-anchor="middle">loss per valid token</text>
+<polyline fill="none" stroke="#2e6bb0" stroke-width="1.5" points="{{ loss.points }}"/></svg>
 <p>Loss per valid token, from {{ loss_first }} to {{ loss_last }} over {{ steps }} steps.</p>{% endif %}
 <h2>Obligations carried to the student</h2>
 <table><tr><th>Obligation</th><th>Status</th><th>Done by flopgate</th></tr>
@@ -72,14 +82,39 @@ def _loss_points(metrics_path: Path) -> list[tuple[int, float]]:
     return points
 
 
-def _polyline(points: list[tuple[int, float]]) -> str:
-    """SVG points in a 400 x 120 box (numbers only, so nothing to escape)."""
+# the loss chart's box in px: the plot runs from left to right and top to bottom inside it
+LOSS_BOX = {"width": 480, "height": 200, "left": 72, "right": 464, "top": 10, "bottom": 160}
+
+
+@dataclass(frozen=True)
+class LossChart:
+    """The loss curve in ``LOSS_BOX`` px: polyline points, x ticks (step label, x, text-anchor)
+    and y ticks (loss label, y)."""
+
+    points: str
+    x_ticks: tuple[tuple[str, float, str], ...]
+    y_ticks: tuple[tuple[str, float], ...]
+
+
+def loss_chart(points: list[tuple[int, float]], box: dict = LOSS_BOX) -> LossChart | None:
+    """Optimizer step on x (first and last step labelled), loss per valid token on y (lowest and
+    highest labelled); None for fewer than two points."""
     if len(points) < 2:
-        return ""
+        return None
     steps, losses = [p[0] for p in points], [p[1] for p in points]
-    span_x, span_y = (max(steps) - min(steps)) or 1, (max(losses) - min(losses)) or 1
-    return " ".join(f"{5 + 390 * (s - min(steps)) / span_x:.1f},{5 + 110 * (max(losses) - v) / span_y:.1f}"
-                    for s, v in points)
+    first, last, low, high = min(steps), max(steps), min(losses), max(losses)
+    width, height = box["right"] - box["left"], box["bottom"] - box["top"]
+
+    def x(step: float) -> float:
+        return round(box["left"] + width * (step - first) / ((last - first) or 1), 1)
+
+    def y(loss: float) -> float:
+        return round(box["top"] + height * (high - loss) / ((high - low) or 1), 1)
+
+    x_ticks = [(exact(first), x(first), "start"), (exact(last), x(last), "end")] if last != first else \
+        [(exact(first), x(first), "start")]
+    y_ticks = [(plain(high, 4), y(high)), (plain(low, 4), y(low))] if high != low else [(plain(high, 4), y(high))]
+    return LossChart(" ".join(f"{x(s)},{y(v)}" for s, v in points), tuple(x_ticks), tuple(y_ticks))
 
 
 def render_run_report(plan, audit_predicate: dict, record: dict, card: CardFiles, metrics_path: Path) -> str:
@@ -106,8 +141,8 @@ def render_run_report(plan, audit_predicate: dict, record: dict, card: CardFiles
         message=record.get("message", ""), phrases=card.phrases, stopped=bool(record.get("stopped_by_budget")),
         used_pct=f"{used:.1f}", flops=sci(flops), budget=sci(compute.get("budget_flops")), limit=sci(limit),
         audited=sci(compute.get("audited_total_flops")), figures=figures, items=card.items,
-        loss_points=_polyline(points), loss_first=f"{points[0][1]:.4f}" if points else "",
-        loss_last=f"{points[-1][1]:.4f}" if points else "", steps=record.get("steps"))
+        loss=loss_chart(points), box=LOSS_BOX, loss_first=plain(points[0][1], 4) if points else "",
+        loss_last=plain(points[-1][1], 4) if points else "", steps=record.get("steps"))
 
 
 

@@ -1,7 +1,10 @@
 """The report's compute chart: an inline SVG on a log10 axis, built in Python, no JavaScript.
 
 Each bar is one notion of the run's compute (cumulative, parameter-update, modification) with
-its components stacked largest first; vertical lines mark the legal thresholds. On a log axis
+its components stacked largest first. Each legal threshold is a vertical line drawn across the
+bar of the figure its rule compares (the EU GPAI line on the parameter-update bar, the
+systemic-risk line on the cumulative bar), with its label just above that bar; thresholds in
+dollars or users are not FLOP and stay out of the chart. On a log axis
 a stacked segment runs from the running total before it to the running total after it, and
 the first starts at the axis' left edge (log scale has no zero), so read a bar by its end
 points, not by lengths. Every piece of text is escaped with ``markupsafe.escape``.
@@ -11,7 +14,7 @@ Values are FLOP (1 multiply-add = 2 FLOP); ``None`` means unknown.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from markupsafe import Markup, escape
 
@@ -32,12 +35,21 @@ class Segment:
     flops: float | None
 
 
+NOTION_LABELS = {"cumulative": "Cumulative compute",
+                 "parameter_update": "Compute for parameter updates",
+                 "modification": "Compute of this modification"}
+# the compute figure a regime's ``fact`` names -> the notion (bar) it is compared with
+FACT_NOTIONS = {"total_flops": "cumulative", "update_flops": "parameter_update",
+                "modification_flops": "modification"}
+
+
 @dataclass(frozen=True)
 class Bar:
     label: str
     segments: tuple[Segment, ...]
     total: float | None      # the estimate's own total for this notion
     band: tuple[float | None, float | None] | None = None
+    notions: tuple[str, ...] = ("cumulative",)   # the figures this bar shows (several when equal)
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,7 @@ class Threshold:
     label: str
     flops: float
     in_force: bool = True
+    notion: str = "cumulative"   # the figure the rule compares: its line is drawn on that bar
 
 
 @dataclass(frozen=True)
@@ -89,13 +102,15 @@ class PlacedThreshold:
     top_y: float              # baseline of the first row; the line starts just above it
     in_force: bool            # True when any regime at this value is in force
     anchor: str               # "start": label runs right of the line; "end": left of it
+    bottom_y: float = 0.0     # the line ends just below the bar it is compared with
+    bar: int = 0              # index of that bar in ``ChartLayout.bars``
 
 
 @dataclass(frozen=True)
 class ChartLayout:
     axis: LogAxis
     height: float
-    plot_top: float
+    plot_top: float           # top of the first bar's block (its threshold labels start here)
     axis_y: float
     bars: tuple[PlacedBar, ...]
     thresholds: tuple[PlacedThreshold, ...]
@@ -174,22 +189,45 @@ def _wrap(names: list[str], value: float, room: float) -> tuple[str, ...]:
     return tuple(_clip(row, limit) for row in rows)
 
 
-def _place_thresholds(lines, axis: LogAxis) -> tuple[PlacedThreshold, ...]:
+def _place_thresholds(lines, axis: LogAxis, top: float) -> list[PlacedThreshold]:
+    """Label rows stacked downwards from ``top`` (px); the caller sets where the lines end."""
     placed, row = [], 0
     for value, names, in_force in _label_order(lines, axis):
         x = axis.x(value)
         anchor = "start" if x < (axis.left + axis.right) / 2 else "end"
         room = (axis.right - x if anchor == "start" else x - axis.left) - 6
         rows = _wrap(names, value, room)
-        placed.append(PlacedThreshold(value, x, rows, 8 + LABEL_ROW * (row + 1) - 4, in_force, anchor))
+        placed.append(PlacedThreshold(value, x, rows, top + LABEL_ROW * (row + 1) - 4, in_force, anchor))
         row += len(rows)
-    return tuple(placed)
+    return placed
+
+
+def _with_compared_bars(bars, thresholds) -> list[Bar]:
+    """``bars`` plus an empty "unknown" bar for each compared notion no bar shows, so that no
+    threshold is ever drawn against a figure its rule does not compare."""
+    bars, shown = list(bars), {notion for bar in bars for notion in bar.notions}
+    for threshold in thresholds:
+        if _positive(threshold.flops) and threshold.notion not in shown:
+            bars.append(Bar(NOTION_LABELS.get(threshold.notion, threshold.notion), (), None,
+                            notions=(threshold.notion,)))
+            shown.add(threshold.notion)
+    return bars
+
+
+def _bar_index(threshold: Threshold, bars) -> int:
+    return next(i for i, bar in enumerate(bars) if threshold.notion in bar.notions)
 
 
 def layout_chart(bars, thresholds) -> ChartLayout:
-    """Place bars, segments and threshold lines; pure geometry, no SVG."""
-    lines = _group_thresholds(thresholds)
-    ends = [line[0] for line in lines]
+    """Place bars, segments and threshold lines; pure geometry, no SVG.
+
+    Each bar's block is its thresholds' label rows, then the bar's title, then the bar; a
+    threshold's line runs from its label down across that bar only.
+    """
+    bars = _with_compared_bars(bars, thresholds)
+    drawn = [(t, _bar_index(t, bars)) for t in thresholds if _positive(t.flops)]
+    lines_by_bar = [_group_thresholds([t for t, at in drawn if at == i]) for i in range(len(bars))]
+    ends = [line[0] for lines in lines_by_bar for line in lines]
     for bar in bars:
         running = 0.0
         for segment in _known(bar.segments):
@@ -197,7 +235,6 @@ def layout_chart(bars, thresholds) -> ChartLayout:
             ends.append(running)
         ends += [bar.total, *(bar.band or ())]
     axis = choose_axis(ends)
-    placed_lines = _place_thresholds(lines, axis)
 
     colours: dict[str, str] = {}
     legend: dict[str, tuple[str, str, str]] = {}
@@ -206,10 +243,13 @@ def layout_chart(bars, thresholds) -> ChartLayout:
             colour = colours.setdefault(segment.key, COLOURS[len(colours) % len(COLOURS)])
             legend.setdefault(segment.key, (colour, segment.label, sci(segment.flops)))
 
-    plot_top = 8 + LABEL_ROW * sum(len(line.rows) for line in placed_lines) + 6
-    placed_bars = []
-    for index, bar in enumerate(bars):
-        y = plot_top + index * BAR_BLOCK + 16
+    plot_top = top = 8.0
+    placed_bars, placed_lines = [], []
+    for index, (bar, lines) in enumerate(zip(bars, lines_by_bar)):
+        block = _place_thresholds(lines, axis, top)
+        label_rows = sum(len(line.rows) for line in block)
+        y = top + (LABEL_ROW * label_rows + 6 if label_rows else 0) + 16
+        placed_lines += [replace(line, bottom_y=y + BAR_HEIGHT + 4, bar=index) for line in block]
         running, x_start, segments = 0.0, axis.left, []
         for segment in _known(bar.segments):
             running += segment.flops
@@ -222,11 +262,13 @@ def layout_chart(bars, thresholds) -> ChartLayout:
         if bar.band and all(_positive(v) for v in bar.band):
             band = (axis.x(bar.band[0]), axis.x(bar.band[1]))
         placed_bars.append(PlacedBar(bar.label, y, tuple(segments), unknown, bar.total, band))
+        top = y - 16 + BAR_BLOCK
 
-    axis_y = plot_top + BAR_BLOCK * max(len(bars), 1)
+    axis_y = top if bars else plot_top + BAR_BLOCK
     legend_y = axis_y + 34
-    height = legend_y + 16 * (len(legend) + (2 if lines else 0) + 1) + 4
-    return ChartLayout(axis, height, plot_top, axis_y, tuple(placed_bars), placed_lines,
+    legend_rows = len(legend) + (len(THRESHOLD_KEY) if placed_lines else 0) + 1
+    height = legend_y + 16 * legend_rows + 4
+    return ChartLayout(axis, height, plot_top, axis_y, tuple(placed_bars), tuple(placed_lines),
                        tuple(legend.values()), legend_y)
 
 
@@ -262,6 +304,9 @@ def _whisker(low: float, high: float, y: float) -> str:
 
 
 DASHED = {"stroke_width": "1.5", "stroke_dasharray": "5 3"}
+THRESHOLD_KEY = ((THRESHOLD_COLOUR, "legal threshold in force on the start date"),
+                 (INACTIVE_COLOUR, "threshold not in force on the start date"),
+                 (None, "Each threshold line crosses the bar of the figure its rule compares."))
 SMALL, NORMAL = {"font_size": "10", "fill": "#444"}, {"font_size": "11", "fill": "#222"}
 
 
@@ -305,10 +350,10 @@ def _legend_svg(layout: ChartLayout) -> list[str]:
         parts.append(_text(x + 18, y, f"{label}: {figure} FLOP" if known else f"{label}: unknown", **NORMAL))
         y += 16
     if layout.thresholds:
-        for colour, label in ((THRESHOLD_COLOUR, "legal threshold in force on the start date"),
-                              (INACTIVE_COLOUR, "threshold not in force on the start date")):
-            parts.append(_line(x, y - 4, x + 12, y - 4, stroke=colour, **DASHED))
-            parts.append(_text(x + 18, y, label, **NORMAL))
+        for colour, label in THRESHOLD_KEY:
+            if colour:
+                parts.append(_line(x, y - 4, x + 12, y - 4, stroke=colour, **DASHED))
+            parts.append(_text(x + 18 if colour else x, y, label, **NORMAL))
             y += 16
     if any(bar.band_x for bar in layout.bars):
         parts.append(_whisker(x, x + 12, y - 4))
@@ -323,7 +368,7 @@ def render_svg(layout: ChartLayout, title: str = "Compute of this run against le
              f"<title>{escape(title)}</title>"]
     for line in layout.thresholds:
         colour = THRESHOLD_COLOUR if line.in_force else INACTIVE_COLOUR
-        parts.append(_line(line.x, line.top_y - 10, line.x, axis_y, stroke=colour, **DASHED))
+        parts.append(_line(line.x, line.top_y - 10, line.x, line.bottom_y, stroke=colour, **DASHED))
         label_x = line.x + (4 if line.anchor == "start" else -4)
         for index, row in enumerate(line.rows):
             parts.append(_text(label_x, line.top_y + index * LABEL_ROW, row, font_size="11", fill=colour,
@@ -345,33 +390,62 @@ def render_svg(layout: ChartLayout, title: str = "Compute of this run against le
 
 # --- from the signed predicate -------------------------------------------------------------
 
-NOTIONS = (("cumulative", "total_flops", "Cumulative compute"),
-           ("parameter_update", "update_flops", "Compute for parameter updates"),
-           ("modification", "modification_flops", "Compute of this modification"))
+NOTIONS = (("cumulative", "total_flops"), ("parameter_update", "update_flops"),
+           ("modification", "modification_flops"))
 
 
-def bars_from_compute(compute: dict) -> list[Bar]:
-    """Cumulative compute always; the other notions only where they differ from it."""
+def _same_figure(a, b) -> bool:
+    """Two known figures that are equal (two unknowns are not known to be equal)."""
+    return _number(a) and _number(b) and a == b
+
+
+def bars_from_compute(compute: dict, compared=()) -> list[Bar]:
+    """One bar per distinct compute figure: cumulative always; parameter-update and modification
+    compute where they differ from it, are unknown, or a threshold in ``compared`` (notions)
+    tests them. A figure equal to the cumulative one shares its bar, and the label says so."""
     components = compute.get("components") or []
-    bars = []
-    for notion, field, label in NOTIONS:
+    cumulative = compute.get("total_flops")
+    bars, merged = [], ["cumulative"]
+    for notion, field in NOTIONS[1:]:
         total = compute.get(field)
-        if notion != "cumulative" and (total is None and notion == "modification"
-                                       or total == compute.get("total_flops")):
-            continue
-        segments = tuple(Segment(c.get("id", "?"), c.get("label") or c.get("id", "?"), c.get("flops"))
-                         for c in components if notion in (c.get("counts_toward") or []))
-        band = None
-        if notion == "cumulative":
-            band = (compute.get("uncertainty_low"), compute.get("uncertainty_high"))
-        bars.append(Bar(label, segments, total, band))
-    return bars
+        if _same_figure(total, cumulative):
+            merged.append(notion)
+        elif not (total is None and notion == "modification" and notion not in compared):
+            bars.append(_bar(compute, components, (notion,), total))
+    return [_bar(compute, components, tuple(merged), cumulative)] + bars
+
+
+def _bar(compute: dict, components, notions: tuple[str, ...], total) -> Bar:
+    """The bar of ``notions[0]`` (its components stacked), titled by every notion it shows."""
+    label = " = ".join([NOTION_LABELS[notions[0]]] + [NOTION_LABELS[n].lower() for n in notions[1:]])
+    segments = tuple(Segment(c.get("id", "?"), c.get("label") or c.get("id", "?"), c.get("flops"))
+                     for c in components if notions[0] in (c.get("counts_toward") or []))
+    band = None
+    if notions[0] == "cumulative":
+        band = (compute.get("uncertainty_low"), compute.get("uncertainty_high"))
+    return Bar(label, segments, total, band, notions)
+
+
+def regime_notion(regime: dict) -> str | None:
+    """The compute notion a regime result compares, from its ``fact`` (e.g. ``update_flops``)
+    or, in predicates without one, its ``compute_notion``; None for a test not in FLOP."""
+    if regime.get("unit", "FLOP") != "FLOP":
+        return None
+    fact = regime.get("fact")
+    if fact is not None:
+        return FACT_NOTIONS.get(fact)
+    notion = regime.get("compute_notion") or "cumulative"
+    return notion if notion in NOTION_LABELS else None
 
 
 def thresholds_from_regimes(regimes: list[dict]) -> list[Threshold]:
-    return [Threshold(r.get("name") or r.get("id", "?"), r["threshold_flops"], bool(r.get("in_force")))
-            for r in regimes if _positive(r.get("threshold_flops"))]
+    """FLOP thresholds only, each tagged with the figure its rule compares."""
+    return [Threshold(r.get("name") or r.get("id", "?"), r["threshold_flops"], bool(r.get("in_force")),
+                      regime_notion(r))
+            for r in regimes if _positive(r.get("threshold_flops")) and regime_notion(r)]
 
 
 def compute_chart(compute: dict, regimes: list[dict]) -> Markup:
-    return render_svg(layout_chart(bars_from_compute(compute), thresholds_from_regimes(regimes)))
+    thresholds = thresholds_from_regimes(regimes)
+    bars = bars_from_compute(compute, {t.notion for t in thresholds})
+    return render_svg(layout_chart(bars, thresholds))

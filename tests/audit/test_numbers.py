@@ -58,3 +58,11 @@ def test_money_and_percent():
 def test_anything_not_a_finite_number_is_unknown(bad):
     for format_ in (numbers.sci, numbers.short_sci, numbers.exact, numbers.ratio, numbers.usd, numbers.percent):
         assert format_(bad) == "unknown"
+
+
+@pytest.mark.parametrize("value, digits, expected", [
+    (0.0123, 3, "0.0123"), (4.5, 3, "4.5"), (12345, 4, "12,345"), (999.96, 3, "1,000"),
+    (1.23e6, 3, "1.23e6"), (2e-5, 3, "2.00e-5"), (0, 3, "0"), (None, 3, "unknown"),
+])
+def test_plain_never_writes_python_exponents(value, digits, expected):
+    assert numbers.plain(value, digits) == expected

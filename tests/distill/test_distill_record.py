@@ -8,15 +8,18 @@ import json
 import math
 import os
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 
 from audit.attest import PREDICATE_RUN_RECORD, VerificationFailed
 from audit.attest.dsse import parse_envelope
 from audit.attest.verify import verify_envelope_file
 from audit.plan import load_plan
-from distill.model_card import NOTICE_NAME, README_NAME, installed_clause_types, write_model_card
+from distill.model_card import (NOTICE_NAME, README_NAME, installed_clause_types, license_metadata,
+                                write_model_card)
 from distill.run_report import REPORT_NAME, write_run_report
 from distill.record import RECORD_ENVELOPE, RECORD_JSON, write_run_record
 from distill.trainer import TrainResult
@@ -144,11 +147,13 @@ def test_nothing_half_written_when_writing_fails(run, monkeypatch):
 
 # --- the model card ----------------------------------------------------------------------------
 
-def card(run, plan=None, clause_types=CLAUSE_TYPES):
+def card(run, plan=None, clause_types=CLAUSE_TYPES, metrics=None):
+    """Model card and run report; ``metrics`` are metrics.jsonl records (default: steps 1-3, loss 3-1)."""
     project, signer, envelope, out, checkpoint = run
     record = write(run).statement["predicate"]
     audit = json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"]
-    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 4.0 - s}) + "\n" for s in (1, 2, 3)))
+    metrics = metrics if metrics is not None else [{"step": s, "loss": 4.0 - s} for s in (1, 2, 3)]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     plan = plan or load_plan(project.plan).plan
     files = write_model_card(out, plan=plan, audit_predicate=audit, record=record, clause_types=clause_types)
     report = write_run_report(out, plan=plan, audit_predicate=audit, record=record, card=files)
@@ -168,6 +173,36 @@ def test_card_carries_the_required_notices(run):
     assert "The student is a derivative: distribute it only under the teacher's terms." in readme
     assert "## Use restrictions" in readme
     assert "- [x] Begin the student's name with Tiny" in readme
+
+
+def front_matter(readme: str) -> dict:
+    return yaml.safe_load(readme.split("---\n", 2)[1])
+
+
+@pytest.mark.parametrize("declared, expected", [
+    ("apache-2.0", {"license": "apache-2.0"}),
+    ("Apache-2.0", {"license": "apache-2.0"}),          # the SPDX spelling
+    ("MIT", {"license": "mit"}),
+    ("llama3.1", {"license": "llama3.1"}),
+    ("gemma", {"license": "gemma"}),
+    ("acme-research-1.0", {"license": "other", "license_name": "acme-research-1.0"}),
+    (None, {"license": "other", "license_name": "undeclared"}),
+])
+def test_license_metadata_uses_hugging_face_ids(declared, expected):
+    assert license_metadata(declared) == expected
+
+
+@pytest.mark.parametrize("declared, expected", [
+    ("Apache-2.0", {"license": "apache-2.0"}),
+    ("acme-research-1.0", {"license": "other", "license_name": "acme-research-1.0"}),
+])
+def test_card_front_matter_names_the_student_licence(run, declared, expected):
+    plan = load_plan(run[0].plan).plan
+    plan = plan.model_copy(update={"student": plan.student.model_copy(update={"license": declared})})
+    files, _ = card(run, plan=plan)
+    front = front_matter(files.readme.read_text())
+    assert {k: v for k, v in front.items() if k.startswith("license")} == expected
+    assert front["tags"] == ["distillation", "flopgate"]
 
 
 def test_card_keeps_what_a_tool_cannot_do_as_todos(run):
@@ -211,6 +246,39 @@ def test_report_is_self_contained(run):
     assert "default-src 'none'" in html
     assert "<polyline" in html  # the loss curve, drawn inline from metrics.jsonl
     assert "Built with Tiny" in html
+    axes = loss_axes(html)
+    assert axes["x-tick"] == ["1", "3"] and axes["y-tick"] == ["3", "1"]   # steps 1-3, loss 3 down to 1
+    assert axes["x-title"] == ["optimizer step"] and axes["y-title"] == ["loss per valid token"]
+
+
+def loss_axes(html: str) -> dict[str, list[str]]:
+    """The loss chart's text, by class (x-tick, y-tick, x-title, y-title), parsed as XML."""
+    svg = ET.fromstring(re.search(r'<svg class="loss".*?</svg>', html, re.S)[0])
+    texts: dict[str, list[str]] = {}
+    for text in svg.iter("text"):
+        texts.setdefault(text.get("class"), []).append(text.text)
+    return texts
+
+
+def test_loss_chart_axes_show_the_real_step_and_loss_range(run):
+    # steps 500..12,500; loss falls from 5.125 to 2.75 (not monotonically); unread steps log null
+    losses = [5.125 - 2.375 * (i / 24) ** 0.5 + (0.05 if i == 3 else 0.0) for i in range(25)]
+    metrics = [{"step": 500 * (i + 1), "loss": loss} for i, loss in enumerate(losses)]
+    metrics.insert(1, {"step": 750, "loss": None})
+    _, report = card(run, metrics=metrics)
+    html = report.read_text()
+    axes = loss_axes(html)
+    assert axes["x-tick"] == ["500", "12,500"]
+    assert axes["y-tick"] == ["5.125", "2.75"]
+    svg = ET.fromstring(re.search(r'<svg class="loss".*?</svg>', html, re.S)[0])
+    ticks = {t.text: t for t in svg.iter("text") if t.get("class") in ("x-tick", "y-tick")}
+    points = [tuple(map(float, p.split(","))) for p in svg.find("polyline").get("points").split()]
+    assert len(points) == 25
+    # the curve starts over the first step's tick at the top tick's height and ends over the
+    # last step's tick at the bottom tick's height (the y label's baseline sits 4 px lower)
+    assert points[0] == (float(ticks["500"].get("x")), float(ticks["5.125"].get("y")) - 4)
+    assert points[-1] == (float(ticks["12,500"].get("x")), float(ticks["2.75"].get("y")) - 4)
+    assert "from 5.125 to 2.75 over" in html
 
 
 def test_installed_clause_types_come_from_the_policy_packs():

@@ -66,13 +66,18 @@ def llama_citation(quote: str = "you shall also include \u201cLlama\u201d at the
                     date=dt.date(2024, 7, 23), quote=quote, evidence="primary")
 
 
+FACTS = {"cumulative": "total_flops", "parameter_update": "update_flops", "modification": "modification_flops"}
+
+
 def regime(id_, name, jurisdiction, threshold, observed, *, in_force=True, status=None,
            notion="cumulative", obligations=(), comparator=">") -> RegimeResult:
+    """A FLOP regime result; ``notion`` is the figure compared (its ``fact`` follows from it)."""
     if status is None:
         status = "unknown" if observed is None else ("exceeds" if observed > threshold else "below")
     return RegimeResult(
         id=id_, name=name, jurisdiction=jurisdiction, in_force=in_force, status=status,
         threshold_flops=threshold, comparator=comparator, observed_flops=observed, compute_notion=notion,
+        fact=FACTS[notion], observed_value=observed, threshold_value=threshold,
         margin_ratio=None if observed is None else observed / threshold, obligations=list(obligations),
         citation=Citation(url=EU_URL if jurisdiction == "EU" else CA_URL, section=f"{name}: threshold",
                           date=dt.date(2024, 7, 12), quote=f"training compute greater than {threshold:.0e}",
@@ -131,9 +136,12 @@ def _packs() -> list[dict]:
             {"id": "teacher-terms", "version": "2026.10", "last_reviewed": "2026-10-15", "sha256": "d" * 64}]
 
 
-def _small_regimes(total: float | None, obligations=()) -> list[RegimeResult]:
+def _small_regimes(compute: ComputeEstimate, obligations=()) -> list[RegimeResult]:
+    """As the EU pack tests them: GPAI compares the parameter-update figure, the rest cumulative."""
+    total = compute.total_flops
     return [
-        regime("eu-ai-act.gpai", "EU GPAI", "EU", 1e23, total, obligations=obligations),
+        regime("eu-ai-act.gpai", "EU GPAI", "EU", 1e23, compute.update_flops, notion="parameter_update",
+               obligations=obligations),
         regime("eu-ai-act.systemic-risk", "EU systemic risk", "EU", 1e25, total),
         regime("us-ca.sb53.frontier", "CA SB 53", "US-CA", 1e26, total),
         regime("us-ny.raise.frontier", "NY RAISE", "US-NY", 1e26, total, in_force=False, status="not_in_force"),
@@ -156,12 +164,12 @@ def review_case() -> dict:
                     comparator="==", citation=llama_citation(),
                     explanation="The licence asks models trained on Llama outputs to carry Llama in their name."),
             Finding(rule_id="eu-ai-act.gpai.below", pack_id="eu-ai-act", pack_version="2026.11", kind="regime",
-                    effect="allow", observed="3.1e21 FLOP", threshold="1e23 FLOP", comparator=">",
+                    effect="allow", observed="1.7e20 FLOP", threshold="1e23 FLOP", comparator=">",
                     citation=regime("x", "EU GPAI", "EU", 1e23, 1.0).citation,
                     explanation="Below the indicative GPAI threshold."),
         ],
         obligations=[naming, notice],
-        regimes=_small_regimes(compute.total_flops, obligations=("llama.naming",)),
+        regimes=_small_regimes(compute, obligations=("llama.naming",)),
         rule_ids=["teacher.llama31.naming"], packs=_packs())
     return predicate(make_plan(), compute, decision, gate_open=False)
 
@@ -177,7 +185,7 @@ def deny_case() -> dict:
                                             date=dt.date(2024, 12, 11), evidence="unverified",
                                             quote="use Output to develop models that compete with OpenAI"),
                           explanation="The provider's terms forbid training competing models on its outputs.")],
-        obligations=[], regimes=_small_regimes(compute.total_flops),
+        obligations=[], regimes=_small_regimes(compute),
         rule_ids=["teacher.consumer-app.compete"], packs=_packs())
     plan = make_plan(teacher={"model": "chatgpt", "access": "consumer_app", "config": None, "parameters": 1e12})
     return predicate(plan, compute, decision, gate_open=False)
@@ -200,7 +208,7 @@ def unknown_case() -> dict:
         outcome="REVIEW", as_of=AS_OF,
         findings=[Finding(rule_id="engine.unknown-compute", pack_id="engine", pack_version="0.1.0", kind="engine",
                           effect="review", explanation="The total compute is unknown, so no threshold can be ruled out.")],
-        obligations=[], regimes=_small_regimes(None), rule_ids=["engine.unknown-compute"], packs=_packs())
+        obligations=[], regimes=_small_regimes(compute), rule_ids=["engine.unknown-compute"], packs=_packs())
     plan = make_plan(teacher={"model": "some-api-model", "access": "api", "config": None},
                      method={"kind": "sequence", "teacher_generated_tokens": 5e9})
     return predicate(plan, compute, decision, gate_open=False)

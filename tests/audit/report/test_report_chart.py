@@ -7,11 +7,14 @@ x = left + (log10(v) - low) / (high - low) * (right - left), not taken from the 
 import math
 import xml.etree.ElementTree as ET
 
+import pytest
+import report_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from audit.compute.types import Component
 from audit.report.chart import (Bar, LogAxis, Segment, Threshold, bars_from_compute, choose_axis,
-                                compute_chart, layout_chart, render_svg)
+                                compute_chart, layout_chart, render_svg, thresholds_from_regimes)
 
 
 def expected_x(axis: LogAxis, value: float) -> float:
@@ -20,6 +23,30 @@ def expected_x(axis: LogAxis, value: float) -> float:
 
 def svg_tree(markup) -> ET.Element:
     return ET.fromstring(str(markup))   # also proves the SVG is well-formed XML
+
+
+def threshold_lines(root) -> list[tuple[float, float, float]]:
+    """(x, top, bottom) of each vertical dashed line (legend keys are horizontal)."""
+    return [(float(line.get("x1")), float(line.get("y1")), float(line.get("y2"))) for line in root.iter("line")
+            if line.get("stroke-dasharray") and line.get("x1") == line.get("x2")]
+
+
+def bar_rows(root) -> dict[str, tuple[float, float]]:
+    """Each bar's title (up to the ":") -> the bar's (top, bottom); the title sits 5 px above it."""
+    rows = {}
+    for text in root.iter("text"):
+        if text.get("font-weight") == "600":
+            top = float(text.get("y")) + 5
+            rows[text.text.rsplit(":", 1)[0]] = (top, top + 22)
+    return rows
+
+
+def crosses(line, row) -> bool:
+    return line[1] <= row[0] and line[2] >= row[1]
+
+
+def overlaps(line, row) -> bool:
+    return line[1] < row[1] and line[2] > row[0]
 
 
 def test_axis_maps_decades_linearly():
@@ -108,7 +135,8 @@ def test_long_labels_wrap_into_rows_that_never_overlap():
     assert len(rows) == len(set(rows)) and len(rows) > 2
     joined = " ".join(" ".join(line.rows) for line in layout.thresholds)
     assert all(name in joined for name in names)
-    assert layout.plot_top > max(rows)
+    (bar,) = layout.bars          # no bar given: an empty cumulative one carries the lines
+    assert max(rows) + 15 <= bar.y - 5   # every label row sits above the bar's own title
 
 
 def test_the_threshold_value_survives_a_name_too_long_for_the_row():
@@ -130,8 +158,10 @@ def test_svg_matches_the_layout():
     for rect, placed in zip(bar_rects, layout.bars[0].segments):
         assert math.isclose(float(rect.get("x")), placed.x_start, abs_tol=0.051)
         assert math.isclose(float(rect.get("x")) + float(rect.get("width")), placed.x_end, abs_tol=0.11)
-    dashed = [line for line in root.iter("line") if line.get("stroke-dasharray") and line.get("y2") == f"{layout.axis_y:.1f}"]
-    assert sorted(float(line.get("x1")) for line in dashed) == sorted(round(t.x, 1) for t in layout.thresholds)
+    dashed = threshold_lines(root)
+    assert sorted(x for x, _, _ in dashed) == sorted(round(t.x, 1) for t in layout.thresholds)
+    bottom = layout.bars[0].y + 22
+    assert all(top < layout.bars[0].y and bottom < y2 < layout.axis_y for _, top, y2 in dashed)
     texts = [t.text for t in root.iter("text")]
     assert "EU GPAI 1e23" in texts
     assert "NY RAISE (not in force) 1e26" in texts
@@ -179,14 +209,118 @@ def test_bars_follow_the_compute_notions():
     }
     bars = bars_from_compute(compute)
     assert [b.label for b in bars] == ["Cumulative compute", "Compute for parameter updates"]
+    assert [b.notions for b in bars] == [("cumulative",), ("parameter_update",)]
     assert [s.label for s in bars[1].segments] == ["Student"]
-    assert bars[0].band == (4e25, 6e25)
+    assert bars[0].band == (4e25, 6e25) and bars[1].band is None
+    # an unknown modification figure gets a bar only when a threshold compares it
+    assert bars_from_compute(compute, {"modification"})[-1] == Bar("Compute of this modification", (Segment(
+        "student_training", "Student", 1.2e25),), None, None, ("modification",))
+    # a figure equal to the cumulative one shares its bar, and the bar's title says so
     same = {**compute, "update_flops": 5.0e25, "modification_flops": 1.2e25}
-    assert [b.label for b in bars_from_compute(same)] == ["Cumulative compute", "Compute of this modification"]
+    bars = bars_from_compute(same)
+    assert [b.label for b in bars] == ["Cumulative compute = compute for parameter updates",
+                                       "Compute of this modification"]
+    assert bars[0].notions == ("cumulative", "parameter_update")
+    # two unknown figures are not known to be equal
+    unknown = {**compute, "total_flops": None, "update_flops": None}
+    assert [b.notions for b in bars_from_compute(unknown)] == [("cumulative",), ("parameter_update",)]
+
+
+def _regime_dict(id_, threshold, fact=None, notion="cumulative", unit="FLOP", in_force=True) -> dict:
+    """A regime result as signed; ``fact`` None is a predicate from before that field existed."""
+    flops = threshold if unit == "FLOP" else None
+    return {"id": id_, "name": id_, "in_force": in_force, "threshold_flops": flops, "threshold_value": threshold,
+            "fact": fact, "compute_notion": notion, "unit": unit}
+
+
+# a run whose cumulative compute (3.0e23) is above the EU GPAI 1e23 line but whose
+# parameter-update compute (5e22) is below it: GPAI compares the latter
+SPLIT_COMPUTE = {
+    "components": [
+        {"id": "teacher_forward", "label": "Teacher forward passes", "flops": 2.5e23, "counts_toward": ["cumulative"]},
+        {"id": "student_training", "label": "Student training", "flops": 5e22,
+         "counts_toward": ["cumulative", "parameter_update"]},
+    ],
+    "total_flops": 3.0e23, "update_flops": 5e22, "modification_flops": None,
+}
+
+
+@pytest.mark.parametrize("gpai", [
+    _regime_dict("EU GPAI", 1e23, fact="update_flops", notion="parameter_update"),
+    _regime_dict("EU GPAI", 1e23, notion="parameter_update"),          # no ``fact``: compute_notion says it
+])
+def test_each_threshold_is_drawn_on_the_bar_of_the_figure_it_compares(gpai):
+    regimes = [gpai, _regime_dict("EU systemic risk", 1e25, fact="total_flops"),
+               _regime_dict("NY distillation cost", 5e6, fact="cost_usd", unit="USD")]
+    root = svg_tree(compute_chart(SPLIT_COMPUTE, regimes))
+    rows = bar_rows(root)
+    cumulative, update = rows["Cumulative compute"], rows["Compute for parameter updates"]
+    layout = layout_chart(bars_from_compute(SPLIT_COMPUTE), thresholds_from_regimes(regimes))
+    x_of = {t.flops: round(t.x, 1) for t in layout.thresholds}
+    lines = {x: (x, top, bottom) for x, top, bottom in threshold_lines(root)}
+    assert len(lines) == 2                      # the dollar threshold is not a FLOP line
+    gpai_line, systemic_line = lines[x_of[1e23]], lines[x_of[1e25]]
+    assert crosses(gpai_line, update) and not overlaps(gpai_line, cumulative)
+    assert crosses(systemic_line, cumulative) and not overlaps(systemic_line, update)
+    # the cumulative bar ends right of the GPAI line, the update bar left of it
+    ends = {bar.label: bar.segments[-1].x_end for bar in layout.bars}
+    assert ends["Compute for parameter updates"] < x_of[1e23] < ends["Cumulative compute"]
+    # each label sits in its bar's block: above that bar, below the bar before it
+    texts = {t.text: float(t.get("y")) for t in root.iter("text")}
+    assert cumulative[1] < texts["EU GPAI 1e23"] < update[0]
+    assert texts["EU systemic risk 1e25"] < cumulative[0]
+    assert not any("5e6" in (t or "") or "NY distillation" in (t or "") for t in texts)
+    assert "Each threshold line crosses the bar of the figure its rule compares." in texts
+
+
+def test_threshold_on_a_figure_equal_to_the_cumulative_one_uses_the_shared_bar():
+    same = {**SPLIT_COMPUTE, "update_flops": 3.0e23}
+    regimes = [_regime_dict("EU GPAI", 1e23, fact="update_flops", notion="parameter_update")]
+    root = svg_tree(compute_chart(same, regimes))
+    rows = bar_rows(root)
+    assert list(rows) == ["Cumulative compute = compute for parameter updates"]
+    (line,) = threshold_lines(root)
+    assert crosses(line, rows["Cumulative compute = compute for parameter updates"])
+
+
+def test_threshold_on_an_unknown_figure_gets_an_unknown_bar():
+    regimes = [_regime_dict("EU modification", 1e25 / 3, fact="modification_flops", notion="modification")]
+    root = svg_tree(compute_chart(SPLIT_COMPUTE, regimes))
+    rows = bar_rows(root)
+    assert "Compute of this modification" in rows
+    assert "Compute of this modification: unknown" in [t.text for t in root.iter("text")]
+    (line,) = threshold_lines(root)
+    assert crosses(line, rows["Compute of this modification"])
+    assert not any(overlaps(line, row) for name, row in rows.items() if name != "Compute of this modification")
+
+
+def test_real_eu_pack_draws_gpai_against_the_update_figure():
+    """The engine's own regime results: EU GPAI tests ``update_flops`` (1e23), systemic risk
+    ``total_flops`` (1e25); cumulative 3.0e23 is above 1e23, parameter updates 5e22 below."""
+    from audit.plan import Plan
+    from audit.policy.engine import decide
+    from audit.policy.packs import load_packs
+
+    compute = report_cases.small_compute(
+        components=[Component(id=c["id"], label=c["label"], flops=c["flops"], method="counted",
+                              counts_toward=c["counts_toward"]) for c in SPLIT_COMPUTE["components"]],
+        total_flops=3.0e23, update_flops=5e22, uncertainty_low=2.7e23, uncertainty_high=3.3e23)
+    decision = decide(Plan.model_validate(report_cases.make_plan()), compute, load_packs(), report_cases.AS_OF)
+    regimes = decision.model_dump(mode="json")["regimes"]
+    gpai = next(r for r in regimes if r["id"] == "eu-ai-act.gpai")
+    assert gpai["fact"] == "update_flops" and gpai["status"] == "below"
+    dumped = compute.model_dump(mode="json")
+    root = svg_tree(compute_chart(dumped, regimes))
+    rows = bar_rows(root)
+    axis = layout_chart(bars_from_compute(dumped), thresholds_from_regimes(regimes)).axis
+    (gpai_line,) = [line for line in threshold_lines(root) if math.isclose(line[0], axis.x(1e23), abs_tol=0.06)]
+    assert crosses(gpai_line, rows["Compute for parameter updates"])
+    assert not overlaps(gpai_line, rows["Cumulative compute"])
 
 
 def test_chart_from_a_predicate(review_case):
-    svg = compute_chart(review_case["compute"], review_case["decision"]["regimes"])
-    texts = [t.text for t in svg_tree(svg).iter("text")]
+    root = svg_tree(compute_chart(review_case["compute"], review_case["decision"]["regimes"]))
+    texts = [t.text for t in root.iter("text")]
     assert "Cumulative compute: 3.1e21 FLOP" in texts
+    assert "Compute for parameter updates: 1.7e20 FLOP" in texts
     assert any("EU GPAI 1e23" in text for text in texts)
