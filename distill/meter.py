@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-from audit.errors import InputError
 from distill.distributed import DistContext, all_reduce_sum
 
 
@@ -79,15 +78,3 @@ class ComputeMeter:
     def load_state_dict(self, state: dict) -> None:
         self.tokens = int(state["tokens"])
         self.one_off_flops = float(state.get("one_off_flops", 0.0))
-
-
-def flops_per_token_from_estimate(estimate) -> float:
-    """The audited FLOP per training token from an ``audit.compute.types.ComputeEstimate``:
-    (student training + teacher forward) / tokens. Unknown figures fail closed."""
-    wanted = ("student_training", "teacher_forward")
-    found = {c.id: c.flops for c in estimate.components if c.id in wanted}
-    unknown = [name for name in wanted if found.get(name) is None]
-    if unknown or not estimate.tokens:
-        raise InputError(f"the audit has no per-token compute for {', '.join(unknown) or 'tokens'}; "
-                         "the meter cannot run without it", field="compute")
-    return (found["student_training"] + found["teacher_forward"]) / estimate.tokens

@@ -364,27 +364,6 @@ def write_cache_index(folder: str | Path, shards: list[dict], *, sequences: torc
     return index
 
 
-def build_teacher_cache(folder: str | Path, *, teacher, teacher_dir: str | Path, sequences: torch.Tensor,
-                        vocab: int, k: int, temperature: float = 1.0, logprob_dtype: str = "float16",
-                        batch_size: int = 8, device: torch.device | str = "cpu",
-                        amp_dtype: Optional[torch.dtype] = None, shard_sequences: Optional[int] = None,
-                        teacher_flops_per_token: Optional[float] = None,
-                        teacher_digest: Optional[str] = None) -> CacheIndex:
-    """Build a whole cache in one process: :func:`build_cache_shards` then :func:`write_cache_index`.
-    ``teacher_digest`` saves re-hashing the teacher folder when the caller has it."""
-    from distill.checkpoint import checkpoint_digest
-
-    if (Path(folder) / INDEX_FILE).exists():
-        raise InputError("already holds a teacher cache", source=str(folder))
-    shards = build_cache_shards(folder, teacher=teacher, sequences=sequences, vocab=vocab, k=k,
-                                temperature=temperature, logprob_dtype=logprob_dtype, batch_size=batch_size,
-                                device=device, amp_dtype=amp_dtype, shard_sequences=shard_sequences)
-    return write_cache_index(folder, shards, sequences=sequences, vocab=vocab, k=k, temperature=temperature,
-                             logprob_dtype=logprob_dtype,
-                             teacher_digest=teacher_digest or checkpoint_digest(teacher_dir),
-                             teacher_flops_per_token=teacher_flops_per_token)
-
-
 class TeacherCache:
     """A verified cache, read lazily (memory-mapped shards)."""
 

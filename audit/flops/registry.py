@@ -4,7 +4,9 @@ Convention: one multiply-add = 2 FLOP. A formula receives the op's arguments bou
 schema names (``query``, ``key``, ``is_causal`` ...) and its output, and returns an ``OpCost``.
 
 Every op the counter sees is either here (counted), in ``FREE_OPS`` (shape, copy, indexing and
-comparison ops that do no arithmetic by convention) or reported as unknown by name.
+comparison ops that do no arithmetic by convention) or reported as unknown by name. Composite
+ops (``matmul``, ``linear``, ``einsum``, ``scaled_dot_product_attention``) never reach a dispatch
+mode: they decompose into the ops below first, so they have no formula of their own.
 
 Attention is counted twice: over the full score matrix (what FlopCounterMode and the PaLM/MFU
 formula count) and over the (query, key) pairs a causal or sliding-window mask keeps. Attention
@@ -95,54 +97,6 @@ def _baddbmm(a: Mapping[str, Any], out: Any) -> OpCost:
     b, m, k = shape(a["batch1"])
     n = shape(a["batch2"])[-1]
     return _product(b * m * n, k, extra=b * m * n)
-
-
-@formula("aten.matmul")
-def _matmul(a: Mapping[str, Any], out: Any) -> OpCost:
-    """Broadcasting matmul: each output element is a dot product over the shared dimension."""
-    return _product(numel(out), shape(a["self"])[-1])
-
-
-@formula("aten.linear")
-def _linear(a: Mapping[str, Any], out: Any) -> OpCost:
-    bias = numel(out) if a.get("bias") is not None else 0
-    return _product(numel(out), shape(a["input"])[-1], extra=bias)
-
-
-def _expand_ellipsis(spec: str, ndim: int) -> str:
-    """Name the dimensions an ellipsis stands for with Greek letters, counted from the right
-    so broadcast dimensions of different operands line up."""
-    if "..." not in spec:
-        return spec
-    extra = ndim - (len(spec) - 3)
-    return spec.replace("...", "".join(chr(0x3B1 + extra - 1 - i) for i in range(extra)))
-
-
-@formula("aten.einsum")
-def _einsum(a: Mapping[str, Any], out: Any) -> OpCost:
-    """Left-to-right pairwise contraction: each pair costs 2 x the product of every index size
-    the pair touches (indices summed away included). One operand: a reduction, 1 per element."""
-    lhs, arrow, rhs = a["equation"].replace(" ", "").partition("->")
-    tensors = list(a["tensors"])
-    specs = [_expand_ellipsis(spec, len(shape(t))) for spec, t in zip(lhs.split(","), tensors)]
-    sizes: dict[str, int] = {}
-    for spec, tensor in zip(specs, tensors):
-        for letter, size in zip(spec, shape(tensor)):
-            sizes[letter] = max(sizes.get(letter, 1), size)
-    if arrow:
-        output = set(_expand_ellipsis(rhs, len(shape(out)))) if hasattr(out, "shape") else set(rhs)
-    else:  # implicit output: the indices that appear once
-        joined = "".join(specs)
-        output = {ch for ch in joined if joined.count(ch) == 1}
-    if len(specs) == 1:
-        return OpCost(non_matmul=float(math.prod(sizes.values())))
-    total, current = 0.0, set(specs[0])
-    for index, spec in enumerate(specs[1:], start=1):
-        touched = current | set(spec)
-        total += 2.0 * math.prod(sizes[ch] for ch in touched)
-        later = set("".join(specs[index + 1:])) | output
-        current = {ch for ch in touched if ch in later}
-    return OpCost(matmul=total)
 
 
 @formula("aten._grouped_mm")
@@ -250,7 +204,6 @@ def _bshd(a: Mapping[str, Any], *, backward: bool, causal: bool) -> OpCost:
 
 @formula("aten._scaled_dot_product_flash_attention", "aten._scaled_dot_product_efficient_attention",
          "aten._scaled_dot_product_cudnn_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
-         "aten._scaled_dot_product_attention_math", "aten.scaled_dot_product_attention",
          "aten._scaled_dot_product_fused_attention_overrideable")
 def _sdpa_forward(a: Mapping[str, Any], out: Any) -> OpCost:
     return _bhsd(a, backward=False, causal=bool(a.get("is_causal", False)))
@@ -320,7 +273,7 @@ _PER_OUTPUT_ELEMENT = {
     ], 1.0),
     **dict.fromkeys(["silu", "silu_backward", "gelu", "relu", "sigmoid_backward", "tanh_backward",
                      "gelu_backward", "hardtanh", "leaky_relu"], 4.0),
-    **dict.fromkeys(["_softmax", "_softmax_backward_data", "_log_softmax",
+    **dict.fromkeys(["_softmax", "_safe_softmax", "_softmax_backward_data", "_log_softmax",
                      "_log_softmax_backward_data"], 5.0),
     **dict.fromkeys(["native_layer_norm", "native_layer_norm_backward", "_fused_rms_norm",
                      "_fused_rms_norm_backward", "native_group_norm", "native_batch_norm"], 5.0),

@@ -43,7 +43,7 @@ class ModelSummary(StrictModel):
     method: Literal["counted", "closed_form"]
     fallback_reason: Optional[str] = None
 
-COUNTER_VERSION = "2"  # bump when formulas change, to invalidate caches
+COUNTER_VERSION = "3"  # bump when formulas change, to invalidate caches
 
 
 def cache_dir() -> Path:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.errors import InputError
-from distill.meter import ComputeMeter, flops_per_token_from_estimate
+from distill.meter import ComputeMeter
 from distill.trainer import TrainConfig, train
 from distill_testkit import tiny_run
 
@@ -34,24 +33,6 @@ def test_meter_counts_flops_and_stops_at_budget_times_one_plus_tolerance():
 def test_meter_rejects_bad_settings(bad):
     with pytest.raises(ValueError):
         ComputeMeter(**bad)
-
-
-def test_flops_per_token_from_an_audit_estimate_fails_closed_on_unknowns():
-    from audit.compute.types import Component
-
-    class Estimate:
-        tokens = 1000.0
-        components = [Component(id="student_training", label="s", flops=6e6, method="counted",
-                                counts_toward=["cumulative"]),
-                      Component(id="teacher_forward", label="t", flops=2e6, method="counted",
-                                counts_toward=["cumulative"]),
-                      Component(id="base_model_training", label="b", flops=1e20, method="published",
-                                counts_toward=["cumulative"])]
-
-    assert flops_per_token_from_estimate(Estimate) == 8000.0
-    Estimate.components[1] = Estimate.components[1].model_copy(update={"flops": None})
-    with pytest.raises(InputError, match="teacher_forward"):
-        flops_per_token_from_estimate(Estimate)
 
 
 # One step = micro_batch 4 x seq_len 16 = 64 tokens; at 1000 FLOP/token, 64,000 FLOP per step.

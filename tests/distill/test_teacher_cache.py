@@ -16,9 +16,9 @@ from distill.data import load_packed
 from distill.losses import LossSpec, fused_distill_loss, reference_distill_loss
 from distill.meter import ComputeMeter
 from distill.models import final_hidden_states, head_weight, load_teacher, load_tokenizer
-from distill.teacher_cache import (INDEX_FILE, TeacherCache, batch_sequence_ids, build_teacher_cache,
-                                   data_digest, fused_cached_loss, read_index, reference_cached_loss, teacher_topk,
-                                   topk_targets)
+from distill.teacher_cache import (INDEX_FILE, TeacherCache, batch_sequence_ids, build_cache_shards, data_digest,
+                                   fused_cached_loss, read_index, reference_cached_loss, teacher_topk, topk_targets,
+                                   write_cache_index)
 from distill.trainer import TrainConfig, train
 from distill_testkit import TRAIN_TEXT, tiny_run
 
@@ -129,6 +129,20 @@ def test_cached_targets_refuse_other_losses():
 # Files
 # ----------------------------------------------------------------------------------------------
 
+def build_teacher_cache(folder, *, teacher, teacher_dir, sequences, vocab, k, temperature=1.0, batch_size=8,
+                        shard_sequences=None, teacher_flops_per_token=None):
+    """A whole cache in one process, as the trainer builds it with one rank: the shards, then the
+    index."""
+    from distill.checkpoint import checkpoint_digest
+
+    shards = build_cache_shards(folder, teacher=teacher, sequences=sequences, vocab=vocab, k=k,
+                                temperature=temperature, logprob_dtype="float16", batch_size=batch_size,
+                                shard_sequences=shard_sequences)
+    return write_cache_index(folder, shards, sequences=sequences, vocab=vocab, k=k, temperature=temperature,
+                             logprob_dtype="float16", teacher_digest=checkpoint_digest(teacher_dir),
+                             teacher_flops_per_token=teacher_flops_per_token)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A tiny teacher, its packed data and a cache of it (top-5, fp16, two shards)."""
@@ -197,9 +211,6 @@ def test_cache_refuses_other_data_temperature_vocabulary_teacher_and_tampered_sh
     (copy / INDEX_FILE).unlink()
     with pytest.raises(InputError, match="no teacher cache index"):
         open_cache(built, folder=copy)
-    with pytest.raises(InputError, match="already holds"):
-        build_teacher_cache(built["root"] / "cache", teacher=built["teacher"], teacher_dir=built["teacher_dir"],
-                            sequences=built["sequences"], vocab=built["vocab"], k=5)
 
 
 def test_batch_sequence_ids_are_the_rows_data_batch_reads(built):

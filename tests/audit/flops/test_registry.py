@@ -57,17 +57,24 @@ def test_einsum_contraction():
     assert tally.headline == 2 * 2 * 3 * 5 * 7
 
 
-def test_einsum_formula_directly():
-    cost = FORMULAS["aten.einsum"]({"equation": "ij,jk,kl->il", "tensors": [meta(2, 3), meta(3, 4), meta(4, 5)]}, None)
-    # left to right: (ij,jk) touches i,j,k: 2*2*3*4; then (ik,kl) touches i,k,l: 2*2*4*5
-    assert cost.matmul == 2 * 2 * 3 * 4 + 2 * 2 * 4 * 5
-
-
 def test_einsum_with_ellipsis_broadcast_and_implicit_output():
-    f = FORMULAS["aten.einsum"]
-    out = meta(2, 3, 4, 6)
-    assert f({"equation": "...ik,...kj->...ij", "tensors": [meta(2, 3, 4, 5), meta(3, 5, 6)]}, out).matmul == 2 * 2 * 3 * 4 * 5 * 6
-    assert f({"equation": "ij,jk", "tensors": [meta(2, 3), meta(3, 4)]}, meta(2, 4)).matmul == 2 * 2 * 3 * 4
+    tally = count(torch.einsum, "...ik,...kj->...ij", meta(2, 3, 4, 5), meta(3, 5, 6))
+    assert tally.headline == 2 * 2 * 3 * 4 * 5 * 6
+    assert count(torch.einsum, "ij,jk", meta(2, 3), meta(3, 4)).headline == 2 * 2 * 3 * 4
+
+
+def test_composite_ops_reach_the_counter_as_the_ops_they_decompose_into():
+    """matmul, linear, einsum and SDPA have no formula: below autograd they are mm/bmm and an
+    SDPA backend op. Were one to reach the counter whole, it would be reported as unknown."""
+    q = meta(1, 2, 8, 16).requires_grad_()
+    with FlopCounter() as counter:
+        torch.matmul(meta(2, 3, 4), meta(4, 5))
+        torch.nn.functional.linear(meta(3, 4), meta(5, 4), meta(5))
+        torch.einsum("bij,jk->bik", meta(2, 3, 4), meta(4, 5))
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+    assert not counter.tally.unknown_calls
+    for name in ("aten.matmul", "aten.linear", "aten.einsum", "aten.scaled_dot_product_attention"):
+        assert name not in FORMULAS
 
 
 def test_grouped_mm_all_layouts():
