@@ -3,7 +3,8 @@
 # It starts in the repository root; everything it prints also goes to files under $OUT.
 #
 # Phases (a timestamp and the elapsed seconds are printed before each):
-#   0. install the carried wheels from .whl/ (bench/make_wheels.sh fetched them) into /tmp/site;
+#   0. install the wheels from .whl/ (bench/make_wheels.sh fetched them, for an air-gapped machine)
+#      into /tmp/site, or, without a .whl/ folder, use the installed packages as they are;
 #      flopgate itself runs from the checkout (PYTHONPATH) with a hand-made dist-info that
 #      registers the `distill` command's entry point;
 #   1. nvidia-smi and versions;
@@ -35,7 +36,9 @@ left() { echo $(( TOTAL - ($(date +%s) - START) )); }
 budget() { local cap=$1 l; l=$(left); (( l < cap )) && echo "$l" || echo "$cap"; }
 
 phase "0. install carried wheels"
-if [ "$TINY" = 1 ]; then
+if [ "$TINY" = 1 ] || ! compgen -G ".whl/*.whl" >/dev/null; then
+  # no bundle: use the Python environment as it is (pip install -e . with a CUDA torch)
+  [ "$TINY" = 1 ] || echo "no .whl/ bundle: using the installed packages"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
