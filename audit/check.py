@@ -48,25 +48,39 @@ class AuditResult:
 @dataclass(frozen=True)
 class Assessment:
     """A plan judged: the plan with its facts resolved, its compute estimate, the decision, the
-    date the rules were applied as of, and the packs and tables that were used."""
+    date the rules were applied as of (and whether that date is in the past, for history), and
+    the packs and tables that were used."""
 
     plan: Plan
     estimate: ComputeEstimate
     decision: Decision
     as_of: dt.date
+    historical: bool
     packs: PolicySet
     tables: ReferenceTables
 
 
+def rules_date(plan_start: dt.date, today: dt.date) -> dt.date:
+    """The date an audit applies the rules as of: the later of the plan's start and the signing
+    day. A start in the past cannot make a rule that is in force today "not yet in force"."""
+    return max(plan_start, today)
+
+
+def utc_today() -> dt.date:
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
 def assess(loaded: LoadedPlan, policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None, *,
-           use_cache: bool = True) -> Assessment:
-    """Plan -> estimate -> decision, as of ``as_of`` (default: the plan's ``schedule.start``)."""
+           use_cache: bool = True, today: dt.date | None = None) -> Assessment:
+    """Plan -> estimate -> decision as of :func:`rules_date`, or as of an explicit ``as_of``;
+    an explicit date before that makes the assessment historical (the gate refuses it)."""
     packs = load_packs(policy_dirs)
     tables = load_reference_tables()
     plan = resolve_plan_facts(loaded, packs)
     estimate = estimate_plan(loaded, tables, use_cache=use_cache)
-    as_of = as_of or plan.schedule.start
-    return Assessment(plan, estimate, decide(plan, estimate, packs, as_of), as_of, packs, tables)
+    due = rules_date(plan.schedule.start, today or utc_today())
+    when = as_of or due
+    return Assessment(plan, estimate, decide(plan, estimate, packs, when), when, when < due, packs, tables)
 
 
 def input_files(loaded: LoadedPlan, pack_files: list[dict], tables: ReferenceTables) -> list[InputFile]:
@@ -98,6 +112,7 @@ def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_
     predicate = {
         "tool": tool_versions(),
         "as_of": as_of.isoformat(),
+        "historical": found.historical,
         "created": utc_now(),
         "plan": {"name": plan.name, "path": str(loaded.path),
                  "sha256": next(i["sha256"] for i in inputs if i["role"] == "plan"),

@@ -90,6 +90,7 @@ def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
         outcome, predicate, data, approval_path, trusted_approvers)
     reasons += outcome_reasons
     reasons += _age_reasons(predicate, now, max_age_days)
+    reasons += _rules_date_reasons(predicate, now, max_age_days)
     reasons += [f"policy_pack: {line}" for line in pack_version_changes(statement, installed)]
     return GateResult(not reasons, reasons, predicate, verified.envelope_sha256, outcome, notes,
                       approval_sha)
@@ -194,6 +195,26 @@ def _age_reasons(predicate: dict, now: dt.datetime, max_age_days: float) -> list
     if age > dt.timedelta(days=max_age_days):
         return [f"age: the audit was created {created}, {age.days} days ago; the limit is "
                 f"{max_age_days:g} days: re-run flopgate check"]
+    return []
+
+
+def _rules_date_reasons(predicate: dict, now: dt.datetime, max_age_days: float) -> list[str]:
+    """The rules must be applied as of a current date: never a historical audit (an explicit
+    ``--as-of`` in the past), never rules older than the age limit, never a missing date."""
+    if predicate.get("historical") is not False:
+        if predicate.get("historical") is True:
+            return [f"dates: a historical audit (rules as of {predicate.get('as_of')}, before the plan's start "
+                    "and the signing day) records how the law stood then and cannot open the gate"]
+        return ["dates: the audit does not say whether it is historical (made by an older flopgate?); "
+                "re-run flopgate check"]
+    try:
+        as_of = dt.date.fromisoformat(str(predicate.get("as_of")))
+    except ValueError:
+        return [f"dates: the audit's rules date {predicate.get('as_of')!r} is not a date"]
+    today = (now if now.tzinfo else now.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc).date()
+    if (today - as_of).days > max_age_days:
+        return [f"dates: the audit applied the rules as of {as_of}, {(today - as_of).days} days ago; the limit "
+                f"is {max_age_days:g} days: re-run flopgate check"]
     return []
 
 

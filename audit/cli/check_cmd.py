@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--key", help="Ed25519 private key (PEM); default: the local key, created on first use")
     p.add_argument("--policies", action="append", default=[], metavar="DIR",
                    help="a folder of organisation policy packs (repeatable)")
-    p.add_argument("--as-of", type=iso_date, help="apply the rules as of this date (default: the plan's start)")
+    p.add_argument("--as-of", type=iso_date, help="apply the rules as of this date (default: the later of the "
+                   "plan's start and today; an earlier date makes a historical audit, which the gate refuses)")
     p.add_argument("--json", action="store_true", help="print the signed payload's predicate as JSON")
     p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
     p.set_defaults(func=run)
@@ -71,6 +72,9 @@ def _print_verdict(out, result) -> None:
     out.print(f"compute (cumulative): {sci(compute['total_flops'], 3)} FLOP   parameter-update only: "
               f"{sci(compute['update_flops'], 3)}   6·N·D: {sci(compute['six_nd_flops'], 3)}   "
               f"op coverage: {percent(compute['coverage'])}   ({compute['convention']})")
+    if predicate.get("historical"):
+        out.print(f"historical audit: rules as of {predicate['as_of']}, before the plan's start and today; "
+                  "the training gate refuses it", style="yellow")
     hardware = hardware_line(compute.get("hardware"))
     if hardware:
         style = "yellow" if compute["hardware"].get("outside_tolerance") else "default"

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
                               description=POLICY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", help="the plan file (YAML)")
     _common(p)
-    p.add_argument("--as-of", type=iso_date, help="apply the rules as of this date (default: the plan's schedule.start)")
+    p.add_argument("--as-of", type=iso_date, help="apply the rules as of this date (default: the later of the plan's start and today)")
     p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
     p.set_defaults(func=run)
 

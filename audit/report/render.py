@@ -135,6 +135,10 @@ def _warnings(predicate: dict) -> list[str]:
     if predicate.get("gate_open") is True and predicate["outcome"] not in ALLOWING:
         warnings.append(f"The attestation says the gate opens, but the outcome is {predicate['outcome']}; "
                         "this page treats the gate as closed.")
+    if predicate.get("historical") is True:
+        warnings.append(f"Historical audit: the rules were applied as of {predicate.get('as_of')}, a date "
+                        "before the plan's start and the signing day. It records how the law stood "
+                        "then; the training gate refuses it.")
     return warnings
 
 

@@ -120,8 +120,10 @@ def make_audit(project: Project, signer: KeyFiles, *, outcome: Optional[str] = "
                created: Optional[str] = None, gate_open: Optional[bool] = None,
                pack_version: str = PACK_VERSION, compute: Optional[dict] = None,
                roles: Sequence[str] = ("plan", "student_config", "teacher_config", "dataset_manifest", "policy_pack"),
-               teacher_terms: Sequence[str] = (), name: str = "audit.intoto.json") -> Path:
-    """Sign an audit of ``project`` and write its envelope into the project folder."""
+               teacher_terms: Sequence[str] = (), name: str = "audit.intoto.json",
+               as_of: Optional[str] = None, historical: Optional[bool] = False) -> Path:
+    """Sign an audit of ``project`` and write its envelope into the project folder. The rules
+    date defaults to the creation day; ``historical=None`` leaves the field out."""
     files = {"plan": project.plan, "student_config": project.student_config,
              "teacher_config": project.teacher_config, "dataset_manifest": project.manifest}
     wanted = [InputFile(role, files[role], project.root) for role in roles if role in files]
@@ -132,14 +134,17 @@ def make_audit(project: Project, signer: KeyFiles, *, outcome: Optional[str] = "
     if gate_open is None:
         gate_open = outcome == "ALLOW" or (outcome == "ALLOW_WITH_OBLIGATIONS" and not any(
             o["checkable"] and o["status"] != "met" for o in obligations))
-    decision = {"outcome": outcome, "as_of": "2026-12-01", "findings": list(findings),
+    created = created or iso(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1))
+    as_of = as_of or created[:10]
+    decision = {"outcome": outcome, "as_of": as_of, "findings": list(findings),
                 "obligations": list(obligations), "regimes": [], "rule_ids": [], "packs": [],
                 "teacher": {"model": "./teacher", "access": "weights", "terms": list(teacher_terms),
                             "upstream": [], "licenses": []}}
     predicate = {
         "tool": {"name": "flopgate", "version": "0.1.0"},
-        "as_of": "2026-12-01",
-        "created": created or iso(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)),
+        "as_of": as_of,
+        **({} if historical is None else {"historical": historical}),
+        "created": created,
         "plan": {"name": "tiny-gate-test", "path": str(project.plan),
                  "sha256": hashlib.sha256(project.plan.read_bytes()).hexdigest(),
                  "content": {"name": "tiny-gate-test"}},

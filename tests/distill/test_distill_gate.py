@@ -160,7 +160,22 @@ def _manifest_not_audited(project, keys, installed):
     return envelope, [], ["inputs: the audit covers no dataset_manifest"]
 
 
-REFUSALS = [_edited_plan, _edited_student_config, _edited_teacher_config, _edited_manifest, _untrusted_key,
+def _historical_audit(project, keys, installed):
+    """check --as-of 2024-06-01: how the law stood then, not a licence to train today."""
+    return make_audit(project, keys.signer, as_of="2024-06-01", historical=True), [], [
+        "dates: a historical audit (rules as of 2024-06-01"]
+
+
+def _rules_older_than_the_age_limit(project, keys, installed):
+    as_of = (NOW - dt.timedelta(days=45)).date().isoformat()
+    return make_audit(project, keys.signer, as_of=as_of), [], [f"dates: the audit applied the rules as of {as_of}"]
+
+
+def _audit_without_the_historical_flag(project, keys, installed):
+    return make_audit(project, keys.signer, historical=None), [], ["dates: the audit does not say"]
+
+
+REFUSALS = [_historical_audit, _rules_older_than_the_age_limit, _audit_without_the_historical_flag, _edited_plan, _edited_student_config, _edited_teacher_config, _edited_manifest, _untrusted_key,
             _deny, _deny_with_hand_made_approval, _expired, _from_the_future, _review_without_approval,
             _review_approved_by_untrusted_key, _review_approval_of_another_audit,
             _review_approval_without_approver_keys, _newer_installed_pack, _older_installed_pack,
