@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +24,7 @@ from audit.attest.statement import InputFile, build_subjects, make_statement, si
 from audit.compute.estimate import estimate_plan
 from audit.compute.tables import ReferenceTables, load_reference_tables
 from audit.compute.types import ComputeEstimate
+from audit.errors import InputError
 from audit.flops.configs import resolve_config
 from audit.fsutil import write_atomic
 from audit.plan import LoadedPlan, Plan, load_plan
@@ -130,21 +132,52 @@ def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_
     return predicate, decision, subjects
 
 
+def keep_previous_audit(out: Path, *, replace: bool, now: dt.datetime | None = None) -> list[Path]:
+    """Make room in ``out`` for a new audit without destroying a signed one.
+
+    Without ``replace``, a folder that holds an audit envelope is refused (``InputError``). With
+    it, the old envelope, payload and report are kept under a dated name (``audit.replaced-
+    20261130T220000Z.intoto.json``), never overwriting anything; the paths kept are returned.
+    Approvals stay as they are: they name the envelope they approve by its digest.
+    """
+    if not (out / ENVELOPE_NAME).exists():
+        return []
+    if not replace:
+        raise InputError("already holds a signed audit; flopgate never replaces one silently: pass "
+                         "--replace (the old audit is kept under a dated name) or choose another --out",
+                         source=str(out), field="--out")
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    kept = []
+    for name in (ENVELOPE_NAME, PAYLOAD_NAME, HTML_NAME):
+        old = out / name
+        if old.exists():
+            stem, _, suffix = name.partition(".")
+            new = out / f"{stem}.replaced-{stamp}.{suffix}"
+            os.link(old, new)  # FileExistsError rather than overwrite
+            os.unlink(old)
+            kept.append(new)
+    return kept
+
+
 def run_audit(plan_path: str | Path, out_dir: str | Path, private_key, *,
               policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None,
-              use_cache: bool = True) -> AuditResult:
-    """Audit a plan and write the signed envelope, the payload and the HTML report."""
+              use_cache: bool = True, replace: bool = False) -> AuditResult:
+    """Audit a plan and write the signed envelope, the payload and the HTML report; an audit
+    already in ``out_dir`` is refused, or with ``replace`` kept under a dated name."""
     from audit.attest.keys import key_id
     from audit.report.render import render_audit_html
 
+    out = Path(out_dir)
+    if not replace:
+        keep_previous_audit(out, replace=False)  # refuses before any work is done
     loaded = load_plan(plan_path)
     predicate, decision, subjects = build_predicate(loaded, policy_dirs=policy_dirs, as_of=as_of,
                                                     use_cache=use_cache)
     statement = make_statement(subjects, PREDICATE_AUDIT, predicate)
     envelope = sign_statement(statement, private_key)
     keyid = key_id(private_key.public_key())
-    out = Path(out_dir)
     html = render_audit_html(predicate, signer_fingerprint=keyid)
+    keep_previous_audit(out, replace=replace)
     # Each file is written atomically; the envelope goes last, so a run that stops part-way
     # never leaves a signed envelope beside an older report.
     payload_path = write_atomic(out / PAYLOAD_NAME, json.dumps(statement, indent=2) + "\n")

@@ -47,9 +47,9 @@ def timed(args: list[str], env: dict) -> tuple[float, int]:
 def time_plan(plan: Path, tmp: str, env: dict) -> Timing:
     """A cold run (its own empty count cache) then a cached run of `flopgate check` on ``plan``."""
     env = {**env, "FLOPGATE_CACHE_DIR": f"{tmp}/cache-{plan.stem}"}
-    args = [sys.executable, "-m", "audit.cli.main", "check", str(plan), "--out", f"{tmp}/out-{plan.stem}"]
-    cold, code = timed(args, env)
-    cached, _ = timed(args, env)
+    args = [sys.executable, "-m", "audit.cli.main", "check", str(plan), "--out"]
+    cold, code = timed(args + [f"{tmp}/out-{plan.stem}-cold"], env)
+    cached, _ = timed(args + [f"{tmp}/out-{plan.stem}-cached"], env)
     return Timing(plan.name, code, cold, cached)
 
 

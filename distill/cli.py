@@ -169,6 +169,16 @@ def meter_figures(plan, predicate: dict) -> tuple[str | None, float | None, floa
     return None, student + teacher, min(candidates)
 
 
+def run_files() -> tuple[str, ...]:
+    """What a finished or started run leaves in --out besides checkpoints: a new run there must
+    say --resume, so that a signed run record or a metrics log is never overwritten silently."""
+    from distill.model_card import README_NAME
+    from distill.record import RECORD_ENVELOPE, RECORD_JSON
+    from distill.run_report import REPORT_NAME
+
+    return RECORD_ENVELOPE, RECORD_JSON, "metrics.jsonl", README_NAME, REPORT_NAME
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value > 0
 
@@ -188,9 +198,12 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
     from distill.checkpoint import list_checkpoints
 
     plan, source = loaded.plan, str(loaded.path)
-    if list_checkpoints(out_dir) and not args.resume:
-        raise InputError("already holds checkpoints; resume the run (--resume) or choose another "
-                         "output folder (--out)", source=str(out_dir))
+    used = [name for name in run_files() if (out_dir / name).exists()]
+    if list_checkpoints(out_dir):
+        used.insert(0, "checkpoints")
+    if used and not args.resume:
+        raise InputError(f"already holds checkpoints or a run ({', '.join(used)}); resume the run (--resume) "
+                         "or choose another output folder (--out)", source=str(out_dir))
     teacher_dir = Path(args.teacher_dir) if args.teacher_dir else Path(plan.teacher.model)
     if not teacher_dir.is_dir():
         raise InputError(f"training needs the teacher's weights in a local folder; {plan.teacher.model!r} "

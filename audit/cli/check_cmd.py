@@ -29,6 +29,8 @@ def register(subparsers) -> None:
                    "plan's start and today; an earlier date makes a historical audit, which the gate refuses)")
     p.add_argument("--json", action="store_true", help="print the signed payload's predicate as JSON")
     p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
+    p.add_argument("--replace", action="store_true", help="when --out already holds an audit, keep it under a "
+                   "dated name and write the new one (without this, check refuses)")
     p.set_defaults(func=run)
 
 
@@ -48,7 +50,7 @@ def run(args) -> int:
             out.print(f"created a local signing key: {path} ({fingerprint}); "
                       f"share {path}.pub with whoever verifies your audits", style="yellow")
     result = run_audit(args.plan, args.out, private_key, policy_dirs=[Path(d) for d in args.policies],
-                       as_of=args.as_of, use_cache=not args.no_cache)
+                       as_of=args.as_of, use_cache=not args.no_cache, replace=args.replace)
     if args.json:
         print_json(result.predicate)
     else:

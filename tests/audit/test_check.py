@@ -76,6 +76,7 @@ def test_a_cached_check_imports_neither_torch_nor_transformers(tmp_path, key):
     """Per-token counts are cached: a second check must not pay for the big imports."""
     args = ["check", str(EXAMPLE), "--out", str(tmp_path / "out"), "--key", str(key[0])]
     assert main(args) == 0  # fills the cache (shared through FLOPGATE_CACHE_DIR)
+    args[3] = str(tmp_path / "again")
     probe = ("import sys; from audit.cli.main import main; code = main(%r); "
              "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)" % (args,))
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

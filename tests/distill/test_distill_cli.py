@@ -268,3 +268,18 @@ def test_shard_teacher_flag_reaches_the_train_config(project, signer, model_load
                              *(["--shard-teacher"] if flag else []))
     assert code == 0, err
     assert len(made) == 1 and made[0].shard_teacher is flag
+
+
+def test_a_folder_with_a_run_record_but_no_checkpoints_needs_resume(project, signer, capsys):
+    """Deleting the checkpoints must not let a new run overwrite the signed record and the log."""
+    import shutil
+
+    envelope = make_audit(project, signer)
+    args = ("--allow-cpu", "--steps", 2, "--micro-batch", MICRO_BATCH)
+    assert distill(capsys, project, envelope, signer, *args)[0] == 0
+    out = project.root / "out"
+    shutil.rmtree(out / "checkpoints")
+    before = {name: (out / name).read_bytes() for name in ("run-record.intoto.json", "metrics.jsonl")}
+    code, _, err = distill(capsys, project, envelope, signer, *args)
+    assert code == 2 and "run-record.intoto.json" in err and "--resume" in err
+    assert {name: (out / name).read_bytes() for name in before} == before
