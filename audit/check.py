@@ -29,7 +29,7 @@ from audit.flops.configs import resolve_config
 from audit.fsutil import write_atomic
 from audit.plan import LoadedPlan, Plan, load_plan
 from audit.policy.engine import decide, gate_would_open
-from audit.policy.facts import resolve_plan_facts
+from audit.policy.facts import read_plan_facts, resolve_plan_facts
 from audit.policy.decision import Decision
 from audit.policy.packs import PolicySet, load_packs
 from audit.versions import tool_versions
@@ -78,11 +78,11 @@ def assess(loaded: LoadedPlan, policy_dirs: Sequence[Path] = (), as_of: dt.date 
     an explicit date before that makes the assessment historical (the gate refuses it)."""
     packs = load_packs(policy_dirs)
     tables = load_reference_tables()
-    plan = resolve_plan_facts(loaded, packs)
+    plan, facts = resolve_plan_facts(loaded, packs), read_plan_facts(loaded)
     estimate = estimate_plan(loaded, tables, use_cache=use_cache)
     due = rules_date(plan.schedule.start, today or utc_today())
     when = as_of or due
-    return Assessment(plan, estimate, decide(plan, estimate, packs, when), when, when < due, packs, tables)
+    return Assessment(plan, estimate, decide(plan, estimate, packs, when, facts), when, when < due, packs, tables)
 
 
 def input_files(loaded: LoadedPlan, pack_files: list[dict], tables: ReferenceTables) -> list[InputFile]:

@@ -127,7 +127,7 @@ name: gpu-session-e2e
 organization: {{name: flopgate GPU session, jurisdictions: [EU]}}
 teacher: {{model: ./teacher, access: weights, config: ./teacher, license: apache-2.0}}
 student: {{name: e2e-student, config: ./student.json, init: scratch, license: apache-2.0}}
-data: {{tokens: {4 * manifest['total_tokens']}, seq_len: {seq_len}, manifest: ./manifest.json}}
+data: {{tokens: {manifest['total_tokens']}, epochs: 4, seq_len: {seq_len}, manifest: ./manifest.json}}
 method: {{kind: logits, loss: forward_kl, temperature: 1.0}}
 use: {{purpose: throughput check of the gated trainer, scope: narrow, distribution: internal}}
 schedule: {{start: {dt.date.today().isoformat()}}}

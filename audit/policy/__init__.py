@@ -3,8 +3,9 @@
 Public API (import from the modules; nothing heavy is imported here):
 
 - ``audit.policy.packs.load_packs(extra_dirs=()) -> PolicySet``; ``PolicySet.pack_files()``
-- ``audit.policy.facts.resolve_plan_facts(loaded, packs) -> Plan`` (the one I/O step)
-- ``audit.policy.engine.decide(plan, compute, packs, as_of) -> Decision`` (pure)
+- ``audit.policy.facts.resolve_plan_facts(loaded, packs) -> Plan`` and ``read_plan_facts(loaded)
+  -> PlanFacts`` (the one I/O step)
+- ``audit.policy.engine.decide(plan, compute, packs, as_of, facts) -> Decision`` (pure)
 - ``audit.policy.engine.gate_would_open(decision) -> bool``, ``exit_code(decision) -> int``
 - ``audit.policy.teachers.resolve_teacher(model, access, license, packs)`` (what governs a teacher)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from audit.compute.types import ComputeEstimate
 from audit.plan import Plan
 from audit.policy.schema import FactTest, When
+from audit.validation import StrictModel
 
 COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
            "==": operator.eq, "!=": operator.ne}
@@ -31,6 +32,15 @@ FACT_LABELS = {
 }
 
 
+class PlanFacts(StrictModel):
+    """Facts read from the files a plan names, by the I/O step before ``decide``
+    (:func:`audit.policy.facts.resolve_plan_facts`). Plain data: ``decide`` only reads it."""
+
+    manifest: Optional[str] = None          # the data.manifest that was read (absolute path)
+    manifest_tokens: Optional[int] = None   # tokens the manifest says its files hold; None: it gives no count
+    manifest_tokens_field: Optional[str] = None  # where the count came from: total_tokens or files[].tokens
+
+
 @dataclass(frozen=True)
 class Context:
     """Everything a rule may look at. Built once per decision; never mutated."""
@@ -40,6 +50,7 @@ class Context:
     as_of: dt.date
     teacher_provider: Optional[str] = None   # None when the teacher is unknown
     teacher_terms: tuple[str, ...] = ()
+    facts: PlanFacts = field(default_factory=PlanFacts)  # read from the plan's files before decide
 
     def fact(self, name: str) -> Optional[float]:
         """A numeric fact, or None when the plan or the estimate does not know it."""
@@ -73,6 +84,15 @@ def matches_any(value: Optional[str], patterns: list[str]) -> bool:
 def jurisdiction_covered(plan_codes: list[str], codes: list[str]) -> bool:
     """``US`` covers ``US-CA``; ``EU`` covers only ``EU`` (member states are listed explicitly)."""
     return any(pc == c or pc.startswith(c + "-") for pc in plan_codes for c in codes)
+
+
+def uncovered_jurisdictions(plan_codes: list[str], covered_codes: set[str]) -> list[str]:
+    """The plan's codes that no regime names in its ``applies_to``, in plan order.
+
+    A code is covered only when a regime lists it itself: a regime for ``US`` is applied to
+    ``US-TX`` (see :func:`jurisdiction_covered`), but it says nothing about Texas's own law.
+    """
+    return list(dict.fromkeys(code for code in plan_codes if code not in covered_codes))
 
 
 def student_derived_from(plan: Plan, patterns: list[str]) -> bool:

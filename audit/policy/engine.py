@@ -10,18 +10,23 @@ inputs always give the same :class:`Decision`. Outcome precedence, strictest fir
 - any obligation (``met`` or ``todo``) -> ALLOW_WITH_OBLIGATIONS;
 - otherwise ALLOW.
 
-Fail closed: an unknown teacher, an unknown licence, a fact a rule needs that is missing, or a
-rule that raises all give REVIEW findings, so none of them can end in ALLOW. The teacher's
-terms must also say something affirmative (a permission or an obligation); silence is REVIEW.
+Fail closed: an unknown teacher, an unknown licence, a jurisdiction no regime pack covers, a fact
+a rule needs that is missing, or a rule that raises all give REVIEW findings, so none of them can
+end in ALLOW. The teacher's terms must also say something affirmative (a permission or an
+obligation); silence is REVIEW. A plan that claims more training tokens per epoch than its
+dataset manifest holds is REVIEW too (the manifest is read before ``decide``, see
+:class:`audit.policy.conditions.PlanFacts`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import PurePath
 
 from audit.compute.types import ComputeEstimate
+from audit.numbers import exact
 from audit.plan import Plan
-from audit.policy.conditions import Context
+from audit.policy.conditions import Context, PlanFacts
 from audit.policy.failclosed import engine_finding
 from audit.policy.decision import Decision, Finding, Obligation, Outcome, TeacherResolution
 from audit.policy.org_rules import evaluate_rules
@@ -30,18 +35,21 @@ from audit.policy.regimes import evaluate_regimes
 from audit.policy.teachers import Resolution, evaluate_teacher, resolve_teacher, teacher_provider
 
 
-def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.date) -> Decision:
-    """Judge a planned run against every pack in ``packs`` as the law stood on ``as_of``."""
+def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.date,
+           facts: PlanFacts = PlanFacts()) -> Decision:
+    """Judge a planned run against every pack in ``packs`` as the law stood on ``as_of``;
+    ``facts`` are what :func:`audit.policy.facts.read_plan_facts` read from the plan's files."""
     res = resolve_teacher(plan.teacher.model, plan.teacher.access, plan.teacher.license, packs)
     ctx = Context(plan=plan, compute=compute, as_of=as_of,
-                  teacher_provider=teacher_provider(res, packs), teacher_terms=res.all_terms())
+                  teacher_provider=teacher_provider(res, packs), teacher_terms=res.all_terms(),
+                  facts=facts)
 
     findings, obligations, regimes = evaluate_regimes(ctx, packs)
     teacher_findings, teacher_obligations = evaluate_teacher(ctx, packs, res)
     teacher_findings += _resolution_findings(res, teacher_findings)
     org_findings, org_obligations = evaluate_rules(ctx, packs)
 
-    findings = findings + teacher_findings + org_findings
+    findings = findings + teacher_findings + org_findings + data_findings(ctx)
     obligations = obligations + teacher_obligations + org_obligations
     outcome, rule_ids = outcome_of(findings, obligations)
     return Decision(outcome=outcome, as_of=as_of, findings=findings, obligations=obligations,
@@ -83,6 +91,29 @@ def _resolution_findings(res: Resolution, teacher_findings: list[Finding]) -> li
             "None of the teacher's terms says affirmatively that this use is allowed; failing closed.",
             observed=who))
     return out
+
+
+def data_findings(ctx: Context) -> list[Finding]:
+    """``engine.data-tokens-exceed-manifest``: ``data.tokens`` (per epoch) above the tokens the
+    dataset manifest holds. Nothing when they agree, when the plan uses less than the manifest
+    holds (the trainer stops at data.tokens x epochs, so the audited compute still bounds the
+    run), or when no manifest was read or it gives no token count."""
+    held, planned = ctx.facts.manifest_tokens, ctx.plan.data.tokens
+    if held is None or planned <= held:
+        return []
+    name = PurePath(ctx.facts.manifest).name if ctx.facts.manifest else "the manifest"
+    return [engine_finding(
+        "engine.data-tokens-exceed-manifest",
+        f"The plan trains on {_tokens(planned)} per epoch (data.tokens), but its dataset manifest {name} "
+        f"holds only {_tokens(held)}; an epoch cannot see more tokens than the data holds, so the audited "
+        "compute would not match the data. Correct data.tokens (and data.epochs) or the manifest; a person "
+        "must review it.",
+        observed=f"data.tokens = {_tokens(planned)} per epoch",
+        threshold=f"{_tokens(held)} in {name} ({ctx.facts.manifest_tokens_field})", comparator=">")]
+
+
+def _tokens(value: float) -> str:
+    return f"{exact(value)} tokens"
 
 
 def outcome_of(findings: list[Finding], obligations: list[Obligation]) -> tuple[Outcome, list[str]]:

@@ -5,6 +5,11 @@
   (recognised by phrases the packs list). Every licence found is kept (``A AND B``), together
   with any ``teacher.license`` the plan declares, so a conflict is reviewed rather than hidden.
 - A declared ``teacher.authorization``: the document must exist and match its sha256.
+- A ``data.manifest`` (the JSON that ``distill.data.build_manifest`` writes; read here as plain
+  JSON, audit never imports distill): how many tokens its files hold, from ``total_tokens`` or
+  else the sum of ``files[].tokens``. A malformed count is an ``InputError`` naming the manifest
+  and the field; a manifest that gives no count leaves it unknown. The result goes to
+  ``decide`` as data (:func:`read_plan_facts`, :class:`audit.policy.conditions.PlanFacts`).
 """
 
 from __future__ import annotations
@@ -13,20 +18,80 @@ import re
 from pathlib import Path
 
 from audit.errors import InputError
-from audit.fsutil import read_input, sha256_bytes
+from audit.fsutil import read_input, read_json, sha256_bytes
 from audit.plan import LoadedPlan, Plan
+from audit.policy.conditions import PlanFacts
 from audit.policy.packs import PolicySet
 from audit.yamlio import load_yaml_text
 
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENSE-MODEL")
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)
+MANIFEST_VERSION = 1  # the format distill.data.build_manifest writes
 
 
 def resolve_plan_facts(loaded: LoadedPlan, packs: PolicySet) -> Plan:
     """Return the plan with ``teacher.license`` filled in from a local model directory, after
     checking a declared authorisation document. Raises ``InputError`` on a bad document."""
-    plan = loaded.plan
     check_authorization(loaded)
+    return _with_local_licenses(loaded.plan, packs)
+
+
+def read_plan_facts(loaded: LoadedPlan) -> PlanFacts:
+    """What ``decide`` needs from the files the plan names besides the plan itself: the dataset
+    manifest's token count (empty facts without a manifest). ``InputError`` on a bad manifest."""
+    if not loaded.plan.data.manifest:
+        return PlanFacts()
+    return read_manifest_facts(loaded.plan.data.manifest, source=str(loaded.path))
+
+
+def read_manifest_facts(manifest: str, *, source: str) -> PlanFacts:
+    """The token count a dataset manifest gives: ``total_tokens``, else the sum of every
+    ``files[].tokens``, else unknown. ``InputError`` naming the manifest and the field when a
+    count is malformed, or when ``total_tokens`` and the files disagree."""
+    path = Path(manifest)
+    if not path.exists():
+        raise InputError(f"the dataset manifest not found: {path}", source=source, field="data.manifest")
+    data = read_json(path, "the dataset manifest")
+    where = str(path)
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object at the top level", source=where)
+    if "manifest_version" in data and (isinstance(data["manifest_version"], bool)
+                                       or data["manifest_version"] != MANIFEST_VERSION):
+        raise InputError(f"expected {MANIFEST_VERSION}, got {data['manifest_version']!r}", source=where,
+                         field="manifest_version")
+    files = data.get("files", [])
+    if not isinstance(files, list):
+        raise InputError("expected a list of files", source=where, field="files")
+    file_tokens = []
+    for index, entry in enumerate(files):
+        if not isinstance(entry, dict):
+            raise InputError("expected an object {path, sha256, tokens}", source=where, field=f"files[{index}]")
+        if "tokens" in entry:
+            file_tokens.append(_token_count(entry["tokens"], where, f"files[{index}].tokens"))
+    per_file = sum(file_tokens) if files and len(file_tokens) == len(files) else None
+    facts = dict(manifest=manifest)
+    if "total_tokens" in data:
+        total = _token_count(data["total_tokens"], where, "total_tokens")
+        if per_file is not None and per_file != total:
+            raise InputError(f"says {total} tokens, but its files hold {per_file}", source=where,
+                             field="total_tokens")
+        return PlanFacts(**facts, manifest_tokens=total, manifest_tokens_field="total_tokens")
+    if per_file is not None:
+        return PlanFacts(**facts, manifest_tokens=per_file, manifest_tokens_field="files[].tokens")
+    return PlanFacts(**facts)
+
+
+def _token_count(value, where: str, field: str) -> int:
+    """A whole number of tokens >= 0 (JSON may write it as 1e9)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
+            isinstance(value, float) and not value.is_integer()):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise InputError(f"expected a whole number of tokens >= 0, got {shown}", source=where, field=field)
+    return int(value)
+
+
+def _with_local_licenses(plan: Plan, packs: PolicySet) -> Plan:
+    """``teacher.license`` completed from a local model directory's README and LICENSE."""
     model_dir = Path(plan.teacher.model)
     if not model_dir.is_absolute() or not model_dir.is_dir():
         return plan

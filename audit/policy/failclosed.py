@@ -1,5 +1,6 @@
-"""Engine findings: the fail-closed reasons (unknown teacher, unknown licence, a rule that
-raised). They carry no citation and always mean REVIEW."""
+"""Engine findings: the fail-closed reasons (unknown teacher, unknown licence, a jurisdiction no
+regime pack covers, a rule that raised, data.tokens above the manifest's tokens). They carry no
+citation and always mean REVIEW."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ ENGINE_PACK = "engine"
 
 
 def engine_finding(rule_id: str, explanation: str, observed: Optional[str] = None,
-                   effect: str = "review") -> Finding:
+                   effect: str = "review", threshold: Optional[str] = None,
+                   comparator: Optional[str] = None) -> Finding:
     return Finding(rule_id=rule_id, pack_id=ENGINE_PACK, pack_version=__version__, kind="engine",
-                   effect=effect, observed=observed, explanation=explanation)
+                   effect=effect, observed=observed, threshold=threshold, comparator=comparator,
+                   explanation=explanation)
 
 
 def rule_error(rule_id: str, exc: Exception) -> Finding:

@@ -4,6 +4,10 @@ A regime is in force on ``as_of`` when ``in_force_from <= as_of < in_force_until
 force is reported with status ``not_in_force`` and never yields findings that change the
 outcome. One in force compares one figure of the estimate with its threshold, exactly as the
 text says (``>`` or ``>=``); an unknown figure gives status ``unknown`` and a REVIEW finding.
+
+A plan jurisdiction that no regime names in its ``applies_to`` is not covered by any pack: what
+its law says about training compute is unknown, so it gives an ``engine.unknown-jurisdiction``
+REVIEW finding naming the code (fail closed), never a silent empty table.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from typing import Optional
 
 from audit.policy.conditions import (
     COMPARE, FACT_LABELS, Context, and3, fact_test, fmt_number, jurisdiction_covered, missing_facts,
-    when_holds,
+    uncovered_jurisdictions, when_holds,
 )
-from audit.policy.failclosed import rule_error
+from audit.policy.failclosed import engine_finding, rule_error
 from audit.policy.decision import Finding, Obligation, RegimeResult
 from audit.policy.packs import LoadedPack, PolicySet
 from audit.policy.schema import Regime
@@ -39,7 +43,25 @@ def evaluate_regimes(ctx: Context, packs: PolicySet
         findings += f
         obligations += o
         results += r
-    return findings, obligations, results
+    return jurisdiction_findings(ctx.plan.organization.jurisdictions, packs) + findings, obligations, results
+
+
+def jurisdiction_findings(plan_codes: list[str], packs: PolicySet) -> list[Finding]:
+    """One ``engine.unknown-jurisdiction`` REVIEW finding per plan code no regime covers."""
+    covered = {code for _, regime in packs.regimes() for code in regime.applies_to}
+    out = []
+    for code in uncovered_jurisdictions(plan_codes, covered):
+        parent = code.split("-")[0]
+        if parent != code and parent in covered:
+            text = (f"No regime pack covers {code}: the rules for {parent} were applied, but no pack "
+                    f"describes {code}'s own law, so whether it attaches duties to this run is unknown; a "
+                    f"person must review it (or add a regime pack that covers {code}).")
+        else:
+            text = (f"No regime pack covers {code}, so whether its law attaches duties to training compute "
+                    f"is unknown; a person must review it (or add a regime pack that covers {code}).")
+        out.append(engine_finding("engine.unknown-jurisdiction", text,
+                                  observed=f"organization.jurisdictions includes {code}"))
+    return out
 
 
 def in_force(regime: Regime, as_of: dt.date) -> bool:

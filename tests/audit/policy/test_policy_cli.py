@@ -101,6 +101,69 @@ def test_policy_with_an_org_pack(tmp_path, capsys):
     assert "acme-review-all" in {p["id"] for p in data["packs"]}
 
 
+def test_policy_names_a_jurisdiction_no_pack_covers(tmp_path, capsys):
+    code, out, err = _run(capsys, "policy", str(_write_plan(tmp_path, jurisdictions="[EU, JP]")), "--json")
+    assert code == 3, err
+    data = json.loads(out)
+    assert data["outcome"] == "REVIEW" and "engine.unknown-jurisdiction" in data["rule_ids"]
+    named = [f["observed"] for f in data["findings"] if f["rule_id"] == "engine.unknown-jurisdiction"]
+    assert named == ["organization.jurisdictions includes JP"]
+
+
+def _with_manifest(tmp_path, total_tokens: int):
+    """The CLI plan (data.tokens 1e9) naming a manifest that holds ``total_tokens``."""
+    plan = _write_plan(tmp_path, teacher="openai/gpt-oss-20b")
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "manifest_version": 1, "files": [{"path": "train.txt", "sha256": "ab" * 32, "bytes": 1,
+                                          "tokens": total_tokens}], "total_tokens": total_tokens}))
+    plan.write_text(plan.read_text().replace("data: {tokens: 1.0e9, seq_len: 256}",
+                                             "data: {tokens: 1.0e9, seq_len: 256, manifest: manifest.json}"))
+    return plan
+
+
+def test_policy_reviews_data_tokens_above_the_manifest(tmp_path, capsys):
+    code, out, err = _run(capsys, "policy", str(_with_manifest(tmp_path, 400_000_000)), "--json")
+    assert code == 3, err
+    data = json.loads(out)
+    assert data["rule_ids"] == ["engine.data-tokens-exceed-manifest"]
+    (finding,) = [f for f in data["findings"] if f["rule_id"] == "engine.data-tokens-exceed-manifest"]
+    assert "1,000,000,000 tokens" in finding["explanation"] and "400,000,000 tokens" in finding["explanation"]
+
+
+def test_policy_with_a_manifest_that_holds_data_tokens_opens_the_gate(tmp_path, capsys):
+    code, out, err = _run(capsys, "policy", str(_with_manifest(tmp_path, 1_000_000_000)), "--json")
+    assert code == 0, err
+    assert not [f for f in json.loads(out)["findings"] if f["rule_id"].startswith("engine.")]
+
+
+def test_policy_malformed_manifest_exits_2_with_one_line(tmp_path, capsys):
+    plan = _with_manifest(tmp_path, 5)
+    (tmp_path / "manifest.json").write_text('{"total_tokens": "lots"}')
+    code, out, err = _run(capsys, "policy", str(plan))
+    assert code == 2 and out == ""
+    assert err == (f"flopgate: error: {tmp_path / 'manifest.json'}: total_tokens: expected a whole number of "
+                   "tokens >= 0, got 'lots'\n")
+
+
+def test_check_report_shows_the_engine_findings(tmp_path, capsys):
+    """The signed audit and its HTML report carry the new findings as they carry any other."""
+    from audit.attest.keys import generate_key
+
+    generate_key(tmp_path / "keys" / "signer")
+    plan = _with_manifest(tmp_path, 400_000_000)
+    plan.write_text(plan.read_text().replace("jurisdictions: [EU]", "jurisdictions: [EU, JP]"))
+    code, _, err = _run(capsys, "check", str(plan), "--out", str(tmp_path / "out"),
+                        "--key", str(tmp_path / "keys" / "signer"))
+    assert code == 3, err
+    payload = json.loads((tmp_path / "out" / "audit.json").read_text())
+    predicate = payload.get("predicate", payload)
+    assert set(predicate["decision"]["rule_ids"]) == {"engine.unknown-jurisdiction", "engine.data-tokens-exceed-manifest"}
+    assert "facts" not in predicate["plan"]["content"]
+    html = (tmp_path / "out" / "audit.html").read_text()
+    assert "engine.unknown-jurisdiction" in html and "No regime pack covers JP" in html
+    assert "engine.data-tokens-exceed-manifest" in html and "400,000,000 tokens" in html
+
+
 def test_policy_bad_policies_dir_exits_2_with_one_line(tmp_path, capsys):
     code, out, err = _run(capsys, "policy", str(_write_plan(tmp_path)), "--policies", "/no/such/dir")
     assert code == 2 and out == ""

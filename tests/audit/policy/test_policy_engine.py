@@ -298,3 +298,42 @@ def test_unknown_compute_explains_what_the_estimate_lacks(builtin_packs):
     assert systemic.effect == "review" and systemic.observed == "unknown"
     assert "teacher.config or teacher.parameters" in systemic.explanation
     assert next(r for r in decision.regimes if r.id == "eu-ai-act.systemic-risk").status == "unknown"
+
+
+def test_each_uncovered_jurisdiction_is_named_in_its_own_finding(builtin_packs):
+    plan = make_plan({"teacher": {"model": "openai/gpt-oss-20b"},
+                      "organization": {"jurisdictions": ["EU", "JP", "US-TX"]}})
+    decision = decide(plan, make_compute(), builtin_packs, START)
+    assert decision.outcome == "REVIEW" and decision.rule_ids == ["engine.unknown-jurisdiction"]
+    japan, texas = [f for f in decision.findings if f.rule_id == "engine.unknown-jurisdiction"]
+    assert japan.observed == "organization.jurisdictions includes JP" and japan.effect == "review"
+    assert japan.kind == "engine" and japan.citation is None
+    assert "No regime pack covers JP" in japan.explanation
+    assert texas.observed == "organization.jurisdictions includes US-TX"
+    assert "the rules for US were applied" in texas.explanation and "US-TX's own law" in texas.explanation
+    assert not gate_would_open(decision)
+    # the covered jurisdictions are still judged
+    assert {"eu-ai-act.gpai", "us-eo-14110.dual-use-foundation-model"} <= {r.id for r in decision.regimes}
+
+
+def test_the_manifest_check_reads_facts_given_as_data_and_does_no_io(builtin_packs):
+    from audit.policy.conditions import PlanFacts
+
+    plan = make_plan({"teacher": {"model": "openai/gpt-oss-20b"},
+                      "data": {"tokens": 2.5e9, "manifest": "/data/manifest.json"}})
+    facts = PlanFacts(manifest="/data/manifest.json", manifest_tokens=2_000_000_000,
+                      manifest_tokens_field="total_tokens")
+    events: list[str] = []
+    watching = {"on": False}
+    sys.addaudithook(lambda event, args: events.append(event) if watching["on"] and event == "open" else None)
+    watching["on"] = True
+    try:
+        decision = decide(plan, make_compute(), builtin_packs, START, facts)
+    finally:
+        watching["on"] = False
+    assert events == []
+    assert decision.outcome == "REVIEW" and decision.rule_ids == ["engine.data-tokens-exceed-manifest"]
+    (finding,) = [f for f in decision.findings if f.rule_id == "engine.data-tokens-exceed-manifest"]
+    assert "2,500,000,000 tokens" in finding.explanation and "2,000,000,000 tokens" in finding.explanation
+    # the same plan without the facts read (a plain Plan) is not checked
+    assert decide(plan, make_compute(), builtin_packs, START).outcome == "ALLOW"

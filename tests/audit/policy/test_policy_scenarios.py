@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from audit.policy.conditions import PlanFacts
 from audit.policy.engine import decide, gate_would_open
 from audit.policy.packs import load_packs
 from audit.yamlio import load_yaml_file
@@ -39,9 +40,12 @@ def _packs(org: tuple[str, ...]):
 
 def run_scenario(row: dict):
     plan = make_plan(row.get("plan") or {})
+    facts = PlanFacts()
+    if "manifest_facts" in row:  # what read_plan_facts read from data.manifest
+        facts = PlanFacts(manifest=plan.data.manifest, **(row["manifest_facts"] or {}))
     compute = make_compute(**(row.get("compute") or {}))
     as_of = row.get("as_of") or plan.schedule.start
-    return decide(plan, compute, _packs(tuple(row.get("org_packs", []))), as_of)
+    return decide(plan, compute, _packs(tuple(row.get("org_packs", []))), as_of, facts)
 
 
 @lru_cache(maxsize=None)
@@ -76,6 +80,13 @@ def test_scenario(index):
         assert obligations[ob_id].authorized and obligations[ob_id].status == "met"
     if not expect.get("authorized"):
         assert not any(o.authorized for o in decision.obligations)
+    if "uncovered_jurisdictions" in expect:
+        named = [f.observed.removeprefix("organization.jurisdictions includes ") for f in decision.findings
+                 if f.rule_id == "engine.unknown-jurisdiction"]
+        assert named == expect["uncovered_jurisdictions"]
+    if "data_tokens_finding" in expect:
+        found = [f for f in decision.findings if f.rule_id == "engine.data-tokens-exceed-manifest"]
+        assert bool(found) == expect["data_tokens_finding"]
     regimes = {r.id: r for r in decision.regimes}
     for regime_id, status in (expect.get("regimes") or {}).items():
         if status == "absent":
