@@ -7,8 +7,8 @@ compute meter gets a per-token figure and a budget from the audit; (3) a CUDA de
 --allow-cpu; --dry-run stops here, having loaded no model; (4) training; (5) the signed run
 record, the model card (README.md, NOTICE) and run-report.html in --out.
 
-Budget: the smaller of the plan's budget.max_flops and the audited total compute; the run
-stops before budget x 1.05 FLOP. FLOP per token: the audited student training FLOP per token
+Budget: the smaller of the plan's budget.max_flops and the audited compute of what the run
+spends (student training and teacher forward); the run stops before it would pass the budget. FLOP per token: the audited student training FLOP per token
 plus the teacher's forward FLOP per token (1 multiply-add = 2 FLOP).
 
 Exit codes: 0 done (also after a clean stop at the budget), 6 refused by the gate (each reason
@@ -143,7 +143,11 @@ def meter_figures(plan, predicate: dict) -> tuple[str | None, float | None, floa
 
     FLOP per token = student train FLOP per token + teacher forward FLOP per token (from the
     model summaries, else the components divided by the audited tokens). Budget = the smaller
-    of the plan's budget.max_flops and the audited total; unknown figures refuse (fail closed)."""
+    of the plan's budget.max_flops and the audited compute of what the meter charges (student
+    training and teacher forward), never the audited total: that total also holds compute spent
+    elsewhere (a base model's training), which the run must not get to spend again. The meter
+    stops at the budget exactly, so the run never spends more than the audit compared with the
+    thresholds. Unknown figures refuse (fail closed)."""
     compute = predicate.get("compute") or {}
     tokens = compute.get("tokens")
     components = {c.get("id"): c.get("flops") for c in compute.get("components") or [] if isinstance(c, dict)}
@@ -162,11 +166,16 @@ def meter_figures(plan, predicate: dict) -> tuple[str | None, float | None, floa
         missing = "student training" if student is None else "teacher forward"
         return (f"compute: the audit has no {missing} FLOP per token, so the compute meter cannot "
                 "run"), None, None
-    candidates = [float(v) for v in (plan.budget.max_flops, compute.get("total_flops")) if _number(v)]
-    if not candidates:
-        return ("compute: neither the plan's budget.max_flops nor the audited total compute is "
-                "known, so the run has no budget"), None, None
+    metered = [components.get(c) for c in METERED_COMPONENTS if c in components]
+    if not metered or not all(_number(v) for v in metered):
+        return ("compute: the audit has no figure for the compute this run spends (student training, "
+                "teacher forward), so the run has no budget"), None, None
+    candidates = [float(v) for v in (plan.budget.max_flops, sum(metered)) if _number(v)]
     return None, student + teacher, min(candidates)
+
+
+METERED_COMPONENTS = ("student_training", "teacher_forward")
+"""The audit's compute components the trainer's meter charges."""
 
 
 def run_files() -> tuple[str, ...]:

@@ -5,7 +5,9 @@ audit's per-token figure for one training token (student forward + backward and 
 forward, 1 multiply-add = 2 FLOP). Tokens processed are every position fed through the models
 (sequences x seq_len), ignored labels included: they cost compute too.
 
-The run stops BEFORE a step would take the total past budget x (1 + tolerance).
+The run stops BEFORE a step would take the total past budget x (1 + tolerance). The tolerance
+is 0 by default: the hard limit is the budget itself, the figure the audit compared with the
+legal thresholds, so a run audited just below a threshold can never end just above it.
 
 One-off compute: with cached teacher logits, training tokens cost the student only
 (``flops_per_token`` is then the student's training FLOP per token) and the teacher's forward
@@ -27,7 +29,7 @@ class ComputeMeter:
     token counts and sum them over ranks, so all ranks must call them together."""
 
     def __init__(self, flops_per_token: float, budget_flops: Optional[float] = None,
-                 tolerance: float = 0.05, ctx: Optional[DistContext] = None):
+                 tolerance: float = 0.0, ctx: Optional[DistContext] = None):
         if not flops_per_token >= 0:
             raise ValueError(f"flops_per_token: expected >= 0, got {flops_per_token}")
         if budget_flops is not None and not budget_flops > 0:

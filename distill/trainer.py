@@ -112,7 +112,8 @@ class TrainConfig(StrictModel):
     dtype: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU")
     budget_flops: Optional[float] = Field(default=None, gt=0)
     flops_per_token: Optional[float] = Field(default=None, gt=0, description="audited FLOP per training token")
-    tolerance: float = Field(default=0.05, ge=0)
+    tolerance: float = Field(default=0.0, ge=0, description="share the meter may overrun the budget; "
+                             "0: the hard limit is the budget, the figure the audit compared")
     log_path: Optional[Path] = Field(default=None, description="JSONL metrics; default OUT/metrics.jsonl")
     progress: bool = True
     compile: Optional[bool] = Field(default=None, description="regional torch.compile of both models and "

@@ -15,9 +15,10 @@ from audit.attest.keys import short_fingerprint
 from audit.attest.verify import verify_envelope_file
 from audit.cli.main import main
 from audit.plan import load_plan
-from distill.cli import meter_figures
+from distill.cli import meter_figures, train_config
+from distill.meter import ComputeMeter
 from distill.gate import GATE_REFUSED_EXIT
-from gate_fixtures import (FPT, PACK_ID, PACK_VERSION, SEQ_LEN, STUDENT_TRAIN_FPT, TEACHER_FORWARD_FPT,
+from gate_fixtures import (FPT, PACK_ID, PACK_VERSION, PLAN_TOKENS, SEQ_LEN, STUDENT_TRAIN_FPT, TEACHER_FORWARD_FPT,
                            compute_block, forbid_model_loads, make_audit, obligation)
 from keypairs import write_keypair
 
@@ -94,9 +95,9 @@ def test_gated_cpu_run_end_to_end(project, signer, capsys):
 
 
 def test_budget_stop_is_clean_and_recorded(project, signer, capsys):
-    """Audited total = 2.5 steps of compute, so the limit (x 1.05) is 168 tokens' worth: steps 1
-    and 2 (128 tokens) fit, step 3 (192) would not, and the run stops after step 2."""
-    compute = compute_block(total_flops=2.5 * TOKENS_PER_STEP * FPT)
+    """Audited run compute = 2.5 steps, so the limit is 160 tokens' worth: steps 1 and 2 (128
+    tokens) fit, step 3 (192) would not, and the run stops after step 2."""
+    compute = compute_block(tokens=2.5 * TOKENS_PER_STEP)
     envelope = make_audit(project, signer, compute=compute)
     code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 5,
                              "--micro-batch", MICRO_BATCH)
@@ -182,7 +183,7 @@ def test_audit_without_per_token_figures_is_refused(project, signer, model_loads
 def test_meter_figures_take_the_smaller_budget(project):
     plan = load_plan(project.plan).plan
     audited_total = FPT * 4096
-    predicate = {"compute": compute_block(total_flops=audited_total)}
+    predicate = {"compute": compute_block(tokens=4096)}
     refusal, per_token, budget = meter_figures(plan, predicate)
     assert refusal is None
     assert per_token == STUDENT_TRAIN_FPT + TEACHER_FORWARD_FPT
@@ -203,8 +204,36 @@ def test_meter_figures_fall_back_to_components(project):
 
 def test_meter_figures_refuse_without_any_budget(project):
     plan = load_plan(project.plan).plan
-    refusal, _, _ = meter_figures(plan, {"compute": compute_block(total_flops=None)})
-    assert refusal and refusal.startswith("compute: neither")
+    compute = compute_block()
+    compute["components"][1]["flops"] = None
+    refusal, _, _ = meter_figures(plan, {"compute": compute})
+    assert refusal and refusal.startswith("compute: the audit has no figure for the compute this run spends")
+
+
+def test_the_budget_is_the_run_s_own_compute_never_the_total(project):
+    """A student from a published base: the audited total holds the base's training (1e24),
+    which the run must not get to spend; its budget is the metered components alone."""
+    plan = load_plan(project.plan).plan
+    compute = compute_block(total_flops=1e24)
+    compute["components"].append({"id": "base_model_training", "flops": 1e24 - FPT * PLAN_TOKENS})
+    assert meter_figures(plan, {"compute": compute})[2] == FPT * PLAN_TOKENS
+
+
+def test_the_meter_stops_at_the_audited_figure_itself(project, signer, tmp_path):
+    """An audit at 9.77e24 ('below' 1e25) must not be able to run to 1.025e25."""
+    from types import SimpleNamespace
+
+    plan = load_plan(project.plan)
+    audited = 9.77e24
+    compute = compute_block()
+    compute["components"] = [{"id": "student_training", "flops": audited * 0.6},
+                             {"id": "teacher_forward", "flops": audited * 0.4}]
+    _, per_token, budget = meter_figures(plan.plan, {"compute": compute})
+    args = SimpleNamespace(resume=False, teacher_dir=None, data=None, steps=None, micro_batch=None,
+                           grad_accum=None, lr=None, checkpoint_every=None, shard_teacher=False)
+    cfg = train_config(plan, args, out_dir=tmp_path / "run", flops_per_token=per_token, budget=budget)
+    meter = ComputeMeter(cfg.flops_per_token, cfg.budget_flops, cfg.tolerance)
+    assert meter.limit_flops == pytest.approx(audited, rel=1e-12) and meter.limit_flops < 1e25
 
 
 def test_second_run_into_the_same_folder_needs_resume(project, signer, capsys):
