@@ -8,12 +8,17 @@ overwritten; the public key is ``<private>.pub`` in PEM SubjectPublicKeyInfo. Ke
 A key's id (its fingerprint) is the sha256 hex of the raw 32-byte public key.
 Default location: ``$FLOPGATE_HOME/keys/flopgate-ed25519``, ``FLOPGATE_HOME`` defaulting to
 ``~/.config/flopgate``. Private key bytes are never printed or put in a message.
+
+Beside it, ``flopgate-cache-mac`` holds the secret that authenticates the FLOP count cache
+(32 random bytes as 64 hex digits): made on first use with mode 0600, never overwritten,
+refused when group or others may read or write it, and never printed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,8 @@ from audit.fsutil import read_input, write_atomic
 PASSPHRASE_ENV = "FLOPGATE_KEY_PASSPHRASE"
 HOME_ENV = "FLOPGATE_HOME"
 DEFAULT_KEY_NAME = "flopgate-ed25519"
+CACHE_MAC_KEY_NAME = "flopgate-cache-mac"
+CACHE_MAC_KEY_BYTES = 32
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -218,3 +225,60 @@ def ensure_default_key() -> tuple[Ed25519PrivateKey, Path, bool]:
         return private_key, path, False
     private_key, _ = generate_key(path)
     return private_key, path, True
+
+
+def cache_mac_key_path() -> Path:
+    """``$FLOPGATE_HOME/keys/flopgate-cache-mac``: the count cache's MAC key, beside the default
+    signing key."""
+    return flopgate_home() / "keys" / CACHE_MAC_KEY_NAME
+
+
+def check_secret_file_mode(path: Path, what: str) -> None:
+    """Refuse a secret file (``what`` names it in the message) that group or others may read or
+    write, like :func:`check_private_key_mode`."""
+    if os.name == "nt":  # modes are advisory on Windows
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", source=str(path)) from None
+    if mode & 0o077:
+        raise InputError(f"{what} is accessible by group or others (mode {mode:04o}); "
+                         f"run: chmod 600 {path}", source=str(path))
+
+
+def load_cache_mac_key(path: str | os.PathLike) -> bytes:
+    """The 32-byte count-cache MAC key in ``path`` (64 hex digits), after checking the file's
+    mode. ``InputError`` naming the file (never its contents) when it cannot be used."""
+    path = Path(path).expanduser()
+    what = "cache MAC key"
+    data = read_input(path, what)
+    check_secret_file_mode(path, what)
+    try:
+        key = bytes.fromhex(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) != CACHE_MAC_KEY_BYTES:
+        raise InputError(f"not a {what} (expected {2 * CACHE_MAC_KEY_BYTES} hex digits); "
+                         f"remove it and flopgate makes a new one", source=str(path))
+    return key
+
+
+def ensure_cache_mac_key() -> bytes:
+    """The count cache's MAC key (:func:`cache_mac_key_path`), made on first use.
+
+    A new key is 32 bytes from :mod:`secrets`, written atomically with mode 0600 and never over
+    an existing file (its folder made with mode 0700); when another process makes it first, that
+    one is used. ``OSError`` when it cannot be written (a read-only home); ``InputError`` when
+    the file there cannot be used (see :func:`load_cache_mac_key`).
+    """
+    path = cache_mac_key_path()
+    if not (path.exists() or path.is_symlink()):
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        try:
+            write_atomic(path, secrets.token_hex(CACHE_MAC_KEY_BYTES) + "\n", mode=0o600,
+                         overwrite=False)
+        except FileExistsError:
+            pass  # another process made it between our check and our write: use theirs
+    return load_cache_mac_key(path)

@@ -74,6 +74,10 @@ def _print_verdict(out, result) -> None:
     out.print(f"compute (cumulative): {sci(compute['total_flops'], 3)} FLOP   parameter-update only: "
               f"{sci(compute['update_flops'], 3)}   6·N·D: {sci(compute['six_nd_flops'], 3)}   "
               f"op coverage: {percent(compute['coverage'])}   ({compute['convention']})")
+    sources = sorted({(compute.get(m) or {}).get("count_source", "counted") for m in ("student", "teacher")
+                      if compute.get(m)})
+    out.print(f"per-token counts: {' and '.join(sources) or 'none'} "
+              "(cache entries are used only when their MAC verifies)")
     if predicate.get("historical"):
         out.print(f"historical audit: rules as of {predicate['as_of']}, before the plan's start and today; "
                   "the training gate refuses it", style="yellow")

@@ -6,17 +6,26 @@
 digest, the sequence length and the torch/transformers versions, so a cached lookup imports
 neither library.
 
+The cache is outside the trust boundary (a shared CI cache, anyone's home): an entry is used
+only when its HMAC-SHA256, keyed by the secret in the flopgate home folder
+(:func:`audit.attest.keys.ensure_cache_mac_key`) and bound to the entry's cache key, verifies.
+Anything else is recounted and overwritten. The summary says which it was (``count_source``).
+
 Convention: 1 multiply-add = 2 FLOP.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field
 
+from audit.errors import InputError
 from audit.flops.configs import ResolvedConfig, resolve_config
 from audit.validation import StrictModel
 from audit.versions import package_version
@@ -42,8 +51,13 @@ class ModelSummary(StrictModel):
     formula_errors: dict[str, str] = {}
     method: Literal["counted", "closed_form"]
     fallback_reason: Optional[str] = None
+    count_source: Literal["counted", "cache"] = Field(
+        "counted", description="counted by this run, or read from the count cache (authenticated)")
 
-COUNTER_VERSION = "3"  # bump when formulas change, to invalidate caches
+
+COUNTER_VERSION = "4"  # bump when formulas or the cache format change, to invalidate caches
+ENTRY_MAX_BYTES = 1 << 20  # an entry is under 1 KiB; a bigger file is not read
+_MAC_DOMAIN = b"flopgate count cache entry v1\0"
 
 
 def cache_dir() -> Path:
@@ -58,24 +72,82 @@ def cache_key(config: ResolvedConfig, seq_len: int) -> str:
 
 def summarize_model(ref: str, seq_len: int, *, source: str = "config", field: str | None = None,
                     use_cache: bool = True) -> ModelSummary:
-    """Per-token FLOP and parameter counts of the model ``ref`` at ``seq_len`` tokens per sequence."""
-    config = resolve_config(ref, source=source, field=field)
-    path = cache_dir() / f"{cache_key(config, seq_len)}.json"
-    if use_cache and path.is_file():
-        try:
-            cached = ModelSummary.model_validate_json(path.read_text())
-            return cached.model_copy(update={"ref": ref})
-        except ValueError:
-            pass  # a corrupt cache entry is recounted and overwritten
-    summary = _count(config, seq_len, source=source, field=field)
-    if use_cache:
-        from audit.fsutil import write_atomic
+    """Per-token FLOP and parameter counts of the model ``ref`` at ``seq_len`` tokens per sequence.
 
-        try:
-            write_atomic(path, summary.model_dump_json(indent=1))
-        except OSError:
-            pass  # a read-only home must not break a check
+    With ``use_cache``, an authenticated cache entry is used (``count_source="cache"``); a
+    missing, tampered, foreign or unreadable one is recounted and overwritten. ``InputError`` when
+    the MAC key file is unusable (others may read it, not a key); when none can be made (a
+    read-only home), the model is counted and nothing is cached.
+    """
+    config = resolve_config(ref, source=source, field=field)
+    mac_key = _cache_mac_key() if use_cache else None
+    name = cache_key(config, seq_len)
+    path = cache_dir() / f"{name}.json"
+    if mac_key is not None:
+        cached = _read_entry(path, name, mac_key)
+        if cached is not None and cached.config_sha256 == config.sha256:
+            return cached.model_copy(update={"ref": ref, "count_source": "cache"})
+    summary = _count(config, seq_len, source=source, field=field)
+    if mac_key is not None:
+        _write_entry(path, name, mac_key, summary)
     return summary
+
+
+def _cache_mac_key() -> bytes | None:
+    """The MAC key, or None when none can be made (the count then goes uncached)."""
+    from audit.attest.keys import ensure_cache_mac_key
+
+    try:
+        return ensure_cache_mac_key()
+    except OSError:
+        return None
+
+
+def _entry_mac(key: bytes, name: str, summary_text: bytes) -> str:
+    """HMAC-SHA256 over the summary's exact bytes, bound to the entry's cache key ``name`` (so a
+    good entry moved to another model's or sequence length's file does not verify)."""
+    message = _MAC_DOMAIN + name.encode("utf-8") + b"\0" + summary_text
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _read_entry(path: Path, name: str, key: bytes) -> ModelSummary | None:
+    """The summary in the cache entry ``path`` when its MAC verifies under ``key``, else None.
+
+    An entry is ``{"mac": hex, "summary": "<ModelSummary JSON text>"}``; the MAC is checked (in
+    constant time) before the summary is parsed.
+    """
+    from audit.fsutil import read_input
+
+    try:
+        if not path.is_file() or path.stat().st_size > ENTRY_MAX_BYTES:
+            return None
+        raw = read_input(path, "count cache entry")
+    except (OSError, InputError):
+        return None
+    try:
+        entry = json.loads(raw)
+        mac, text = entry["mac"], entry["summary"]
+        if not isinstance(mac, str) or not isinstance(text, str):
+            return None
+        summary_bytes = text.encode("utf-8")
+        expected = _entry_mac(key, name, summary_bytes)
+        if not hmac.compare_digest(mac.encode("utf-8"), expected.encode("ascii")):
+            return None
+        summary = ModelSummary.model_validate_json(summary_bytes)
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None  # not an entry we wrote: recounted and overwritten
+    return summary if summary.count_source == "counted" else None
+
+
+def _write_entry(path: Path, name: str, key: bytes, summary: ModelSummary) -> None:
+    from audit.fsutil import write_atomic
+
+    text = summary.model_dump_json()
+    entry = {"mac": _entry_mac(key, name, text.encode("utf-8")), "summary": text}
+    try:
+        write_atomic(path, json.dumps(entry, indent=1) + "\n")
+    except OSError:
+        pass  # a read-only cache must not break a check
 
 
 def _count(config: ResolvedConfig, seq_len: int, *, source: str, field: str | None) -> ModelSummary:
