@@ -117,7 +117,8 @@ def run(args) -> int:
         flops_per_token -= teacher_fpt
     out_dir = Path(args.out) if args.out else Path("distill-out") / _safe_name(loaded.plan.name)
     cfg = train_config(loaded, args, out_dir=out_dir, flops_per_token=flops_per_token, budget=budget,
-                       teacher_flops_per_token=teacher_fpt)
+                       teacher_flops_per_token=teacher_fpt, manifest_sha256=audited_digest(gate.predicate,
+                                                                                           "dataset_manifest"))
     device_name = _device(args)
     print(f"compute: {short_sci(flops_per_token, 4)} FLOP per token, budget {short_sci(budget, 4)} FLOP "
           f"(stop before {short_sci(budget * (1 + cfg.tolerance), 4)}); device {device_name}")
@@ -178,6 +179,15 @@ METERED_COMPONENTS = ("student_training", "teacher_forward")
 """The audit's compute components the trainer's meter charges."""
 
 
+def audited_digest(predicate: dict, role: str) -> str | None:
+    """The sha256 the verified audit records for its input of ``role`` (None when it has none;
+    the gate has already refused an audit whose inputs do not match the plan)."""
+    for entry in predicate.get("inputs") or []:
+        if isinstance(entry, dict) and entry.get("role") == role and isinstance(entry.get("sha256"), str):
+            return entry["sha256"]
+    return None
+
+
 def run_files() -> tuple[str, ...]:
     """What a finished or started run leaves in --out besides checkpoints: a new run there must
     say --resume, so that a signed run record or a metrics log is never overwritten silently."""
@@ -197,9 +207,10 @@ def _safe_name(name: str) -> str:
 
 
 def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget: float,
-                 teacher_flops_per_token: float | None = None):
+                 teacher_flops_per_token: float | None = None, manifest_sha256: str | None = None):
     """The trainer's config from the plan, the audit's figures and the flags; checks the
-    teacher folder and the data files first (no model is loaded)."""
+    teacher folder and the data files first (no model is loaded). ``manifest_sha256`` is the
+    audited manifest's digest: the manifest read here and by the trainer must have it."""
     from audit.errors import InputError
     from distill.data import check_manifest, read_manifest
     from distill.trainer import TrainConfig
@@ -221,7 +232,7 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
     if not plan.data.manifest:
         raise InputError("the trainer reads its data through an audited manifest; none is set",
                          source=source, field="data.manifest")
-    manifest, manifest_files = read_manifest(plan.data.manifest)
+    manifest, manifest_files = read_manifest(plan.data.manifest, expected_sha256=manifest_sha256)
     data_files = [Path(f) for f in args.data] if args.data else manifest_files
     check_manifest(manifest, data_files, source=plan.data.manifest)
 
@@ -238,6 +249,8 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
         overrides["compile"] = False
     if getattr(args, "shard_teacher", False):
         overrides["shard_teacher"] = True
+    if manifest_sha256 is not None:
+        overrides["manifest_sha256"] = manifest_sha256
     return TrainConfig.from_plan(with_teacher, out_dir=out_dir, flops_per_token=flops_per_token,
                                  budget_flops=budget, data_files=data_files, **overrides)
 

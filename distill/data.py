@@ -41,13 +41,21 @@ MANIFEST_VERSION = 1
 
 def read_documents(path: str | Path) -> list[str]:
     """The documents of one source (see the module docstring)."""
+    return read_source(path)[0]
+
+
+def read_source(path: str | Path) -> tuple[list[str], str]:
+    """The documents of one source and the sha256 of exactly the bytes they came from, read
+    once (a folder: its root digest, taken just before the dataset is loaded)."""
     path = Path(path)
     if path.is_dir():
-        return _dataset_documents(path)
-    text = decode_utf8(read_input(path, "data file"), path, "data file")
+        digest = checkpoint_digest(path)
+        return _dataset_documents(path), digest
+    raw = read_input(path, "data file")
+    text = decode_utf8(raw, path, "data file")
     if path.suffix == ".jsonl":
-        return _jsonl_documents(text, path)
-    return [block.strip() for block in text.split("\n\n") if block.strip()]
+        return _jsonl_documents(text, path), hashlib.sha256(raw).hexdigest()
+    return [block.strip() for block in text.split("\n\n") if block.strip()], hashlib.sha256(raw).hexdigest()
 
 
 def _jsonl_documents(text: str, path: Path) -> list[str]:
@@ -106,6 +114,7 @@ class PackedData:
     sequences: torch.Tensor
     seed: int
     file_tokens: list[int]
+    file_sha256: list[str]      # of the bytes that were tokenized, file by file
 
     def __post_init__(self):
         self._order_cache: tuple[int, torch.Tensor] | None = None
@@ -136,10 +145,12 @@ def load_packed(files: Sequence[str | Path], tokenizer, seq_len: int, seed: int)
     if not files:
         raise InputError("no data files given", field="data")
     stream: list[int] = []
-    file_tokens = []
+    file_tokens, file_sha256 = [], []
     for path in files:
-        ids = tokenize_documents(read_documents(path), tokenizer)
+        documents, digest = read_source(path)
+        ids = tokenize_documents(documents, tokenizer)
         file_tokens.append(len(ids))
+        file_sha256.append(digest)
         stream.extend(ids)
     count = (len(stream) - 1) // seq_len
     if count < 1:
@@ -147,7 +158,7 @@ def load_packed(files: Sequence[str | Path], tokenizer, seq_len: int, seed: int)
                          field="data.seq_len")
     tokens = torch.tensor(stream[:count * seq_len + 1], dtype=torch.int64)
     sequences = tokens.unfold(0, seq_len + 1, seq_len).contiguous()
-    return PackedData(sequences=sequences, seed=seed, file_tokens=file_tokens)
+    return PackedData(sequences=sequences, seed=seed, file_tokens=file_tokens, file_sha256=file_sha256)
 
 
 def vocabulary_digest(tokenizer) -> str:
@@ -192,10 +203,20 @@ def write_manifest(path: str | Path, manifest: dict) -> Path:
     return write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def read_manifest(path: str | Path) -> tuple[dict, list[Path]]:
-    """A manifest and its files' absolute paths. ``InputError`` on a malformed manifest."""
+def read_manifest(path: str | Path, *, expected_sha256: Optional[str] = None) -> tuple[dict, list[Path]]:
+    """A manifest and its files' absolute paths. ``InputError`` on a malformed manifest, or
+    when the bytes read are not the ones with ``expected_sha256`` (the audited manifest)."""
     path = Path(path)
-    manifest = read_json(path, "the manifest", missing="manifest not found")
+    if not path.exists():
+        raise InputError("manifest not found", source=str(path))
+    raw = read_input(path, "the manifest")
+    if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
+        raise InputError(f"is not the audited manifest (sha256 {hashlib.sha256(raw).hexdigest()[:12]}... read, "
+                         f"{expected_sha256[:12]}... audited)", source=str(path))
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        raise InputError(f"cannot read the manifest as JSON ({exc})", source=str(path)) from None
     if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
         raise InputError(f"expected manifest_version {MANIFEST_VERSION}", source=str(path), field="manifest_version")
     entries = manifest.get("files")
@@ -210,17 +231,20 @@ def read_manifest(path: str | Path) -> tuple[dict, list[Path]]:
 
 
 def check_manifest(manifest: dict, files: Sequence[str | Path], *, tokenizer=None,
-                   file_tokens: Optional[Iterable[int]] = None, source: str = "manifest") -> None:
+                   file_tokens: Optional[Iterable[int]] = None, file_sha256: Optional[Sequence[str]] = None,
+                   source: str = "manifest") -> None:
     """Require ``files`` to be the manifest's files, in order, byte for byte.
 
+    With ``file_sha256`` (from :func:`load_packed`: the digests of the bytes it tokenized) those
+    digests are compared, so what trains is what was checked; without, each file is hashed.
     With ``tokenizer``, its vocabulary must be the one the manifest was built with; with
-    ``file_tokens`` (from :func:`load_packed`), the per-file token counts must match too.
+    ``file_tokens``, the per-file token counts must match too.
     """
     entries = manifest["files"]
     if len(entries) != len(files):
         raise InputError(f"lists {len(entries)} data files, the run has {len(files)}", source=source, field="files")
     for index, (entry, path) in enumerate(zip(entries, files)):
-        actual = source_digest(path)
+        actual = file_sha256[index] if file_sha256 is not None else source_digest(path)
         if actual != entry["sha256"]:
             raise InputError(f"{path} has sha256 {actual[:12]}..., the manifest says {entry['sha256'][:12]}...",
                              source=source, field=f"files[{index}].sha256")

@@ -89,6 +89,8 @@ class TrainConfig(StrictModel):
     student_layers: Optional[list[int]] = Field(default=None, description="teacher layers kept (pruned)")
     data_files: list[Path] = Field(min_length=1)
     manifest: Optional[Path] = None
+    manifest_sha256: Optional[str] = Field(default=None, description="the audited manifest's digest (from "
+                                           "the gate); the manifest the trainer reads must have it")
     seq_len: int = Field(gt=0)
     micro_batch: int = Field(default=8, gt=0, description="sequences per rank per micro-step")
     grad_accum: int = Field(default=1, gt=0)
@@ -383,10 +385,10 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             student_tokenizer = load_tokenizer(cfg.student_base_dir)
         vocab = check_vocab(tokenizer, teacher, student, student_tokenizer)
         data = load_packed(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed)
-        if cfg.manifest is not None:
-            manifest, _ = read_manifest(cfg.manifest)
+        if cfg.manifest is not None:  # the bytes tokenized above must be the audited ones
+            manifest, _ = read_manifest(cfg.manifest, expected_sha256=cfg.manifest_sha256)
             check_manifest(manifest, cfg.data_files, tokenizer=tokenizer, file_tokens=data.file_tokens,
-                           source=str(cfg.manifest))
+                           file_sha256=data.file_sha256, source=str(cfg.manifest))
 
         sequences_per_step = ctx.world_size * cfg.grad_accum * cfg.micro_batch
         rank_tokens_per_step = cfg.grad_accum * cfg.micro_batch * cfg.seq_len

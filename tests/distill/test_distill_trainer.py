@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +174,46 @@ def test_bf16_autocast_path_keeps_fp32_master_weights(tmp_path):
     fp32 = train(TrainConfig.parse(tiny_run(tmp_path, max_steps=2, out_dir=str(tmp_path / "fp32"))))
     assert result.final_loss == pytest.approx(fp32.final_loss, rel=0.05)  # same maths, bf16 rounding
     assert result.final_loss != fp32.final_loss
+
+
+def test_the_bytes_tokenized_are_the_bytes_checked(planned, monkeypatch):
+    """The attack: data that differs while the trainer reads it and while the manifest check
+    reads it. A deterministic hook edits the file for the trainer's read and puts the audited
+    bytes back before the check; the digests of the bytes actually tokenized give it away."""
+    import distill.data as data_module
+
+    cfg = TrainConfig.from_plan(load_plan(write_plan(planned)), out_dir=planned / "out", flops_per_token=1000.0,
+                                micro_batch=4, device="cpu", progress=False, max_steps=1)
+    audited = (planned / "train.txt").read_bytes()
+    real_read_input = data_module.read_input
+
+    def swapped_read(path, *args, **kwargs):
+        if Path(path).name == "train.txt":
+            Path(path).write_bytes(audited + b"\n\nignore the audit .\n")
+            try:
+                return real_read_input(path, *args, **kwargs)
+            finally:
+                Path(path).write_bytes(audited)
+        return real_read_input(path, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "read_input", swapped_read)
+    with pytest.raises(InputError, match=r"files\[0\]\.sha256"):
+        train(cfg)
+    assert not (planned / "out" / "checkpoints").exists()
+
+
+def test_a_fifo_is_never_read_as_data(planned):
+    cfg = TrainConfig.from_plan(load_plan(write_plan(planned)), out_dir=planned / "out", flops_per_token=1000.0,
+                                micro_batch=4, device="cpu", progress=False, max_steps=1)
+    (planned / "train.txt").unlink()
+    os.mkfifo(planned / "train.txt")
+    with pytest.raises(InputError, match="regular file, found a FIFO"):
+        train(cfg)
+
+
+def test_a_manifest_other_than_the_audited_one_is_refused(planned):
+    cfg = TrainConfig.from_plan(load_plan(write_plan(planned)), out_dir=planned / "out", flops_per_token=1000.0,
+                                micro_batch=4, device="cpu", progress=False, max_steps=1,
+                                manifest_sha256="0" * 64)
+    with pytest.raises(InputError, match="is not the audited manifest"):
+        train(cfg)
