@@ -144,20 +144,25 @@ def _input_reasons(predicate: dict, plan_path: Path) -> list[str]:
 
 def _outcome_reasons(outcome: Optional[str], predicate: dict, envelope_bytes: bytes,
                      approval_path, trusted_approvers) -> tuple[list[str], list[str], Optional[str]]:
-    """(reasons, notes, approval sha256) for the audit's outcome."""
-    obligations = [o for o in ((predicate.get("decision") or {}).get("obligations") or [])
-                   if isinstance(o, dict)]
-    open_items = [o for o in obligations if o.get("checkable") is not True or o.get("status") != "met"]
-    notes = [f"obligation {o.get('id')} ({o.get('status')}): {o.get('text')}" for o in open_items]
+    """(reasons, notes, approval sha256) for the audit's outcome. The verified decision is
+    parsed into the engine's own :class:`Decision` and judged by the engine's one rule,
+    :func:`audit.policy.engine.gate_would_open`; the gate has no rule of its own."""
+    from audit.policy.engine import gate_would_open
+
     if outcome == "DENY":
-        return ["outcome: the audit's outcome is DENY; no approval or flag can open the gate"], notes, None
-    if outcome == "ALLOW":
+        return ["outcome: the audit's outcome is DENY; no approval or flag can open the gate"], [], None
+    if outcome not in ("ALLOW", "ALLOW_WITH_OBLIGATIONS", "REVIEW"):
+        return [f"outcome: the audit has no readable outcome (got {outcome!r})"], [], None
+    decision, problem = _decision(predicate)
+    if decision is None:
+        return [f"outcome: the audit's decision cannot be read ({problem})"], [], None
+    open_items = [o for o in decision.obligations if not (o.checkable and o.status == "met")]
+    notes = [f"obligation {o.id} ({o.status}): {o.text}" for o in open_items]
+    if outcome in ("ALLOW", "ALLOW_WITH_OBLIGATIONS"):
+        if not gate_would_open(decision):
+            return [f"outcome: checkable obligation {o.id} is {o.status}: {o.text}"
+                    for o in decision.obligations if o.checkable and o.status != "met"], notes, None
         return _gate_open_flag(predicate), notes, None
-    if outcome == "ALLOW_WITH_OBLIGATIONS":
-        unmet = [o for o in obligations if o.get("checkable") is True and o.get("status") != "met"]
-        reasons = [f"outcome: checkable obligation {o.get('id')} is {o.get('status')}: {o.get('text')}"
-                   for o in unmet]
-        return reasons or _gate_open_flag(predicate), notes, None
     if outcome == "REVIEW":
         if approval_path is None:
             return ["approval: the audit's outcome is REVIEW; give --approval FILE signed by a "
@@ -171,7 +176,20 @@ def _outcome_reasons(outcome: Optional[str], predicate: dict, envelope_bytes: by
             reason = check.reason if check.reason.startswith("approval") else f"approval: {check.reason}"
             return [reason], notes, None
         return [], [check.reason] + notes, sha256_bytes(approval_bytes)
-    return [f"outcome: the audit has no readable outcome (got {outcome!r})"], notes, None
+
+
+def _decision(predicate: dict):
+    """(the engine's ``Decision`` parsed from the verified predicate, None) or (None, why not)."""
+    from pydantic import ValidationError
+
+    from audit.policy.decision import Decision
+    from audit.validation import describe_error, field_path
+
+    try:
+        return Decision.model_validate(predicate.get("decision")), None
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        return None, f"decision.{field_path(error['loc'])}: {describe_error(error)}"
 
 
 def _gate_open_flag(predicate: dict) -> list[str]:

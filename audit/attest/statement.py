@@ -17,7 +17,6 @@ signing time, used when no base folder is given at verification.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 from pathlib import Path
@@ -28,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import audit
 import policies
 from audit.attest import KNOWN_PREDICATE_TYPES, STATEMENT_TYPE, VerificationFailed
-from audit.attest.canonical import canonical_json
+from audit.attest.canonical import StrictJSONError, canonical_json, strict_json_loads
 from audit.attest.dsse import Envelope, sign
 from audit.errors import InputError
 from audit.fsutil import sha256_file
@@ -40,12 +39,18 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class InputFile(NamedTuple):
-    """A file an attestation covers. ``extra`` is merged into its ``inputs`` entry."""
+    """A file an attestation covers. ``extra`` is merged into its ``inputs`` entry.
+
+    ``sha256`` is the digest of the bytes the caller read and used; give it whenever the file
+    was read, so that the signature covers exactly what was decided on (the file is then not
+    read again, and a file swapped since cannot slip in). Without it the file is hashed here.
+    """
 
     role: str                        # plan, student_config, teacher_config, policy_pack, ...
     path: str | os.PathLike
     base_dir: str | os.PathLike | None   # the plan's folder
     extra: Mapping[str, Any] | None = None
+    sha256: str | None = None
 
 
 def utc_now() -> str:
@@ -97,16 +102,20 @@ def build_subjects(files: Iterable[InputFile | tuple]) -> tuple[list[dict], list
     subjects: dict[str, str] = {}
     inputs: list[dict] = []
     for item in files:
-        role, path, base_dir, extra = InputFile(*item)
+        role, path, base_dir, extra, digest = InputFile(*item)
         resolved = Path(path).expanduser().resolve()
-        if not resolved.is_file():
-            raise InputError(f"{role}: expected a file to attest", source=str(path))
-        try:
-            digest = sha256_file(resolved)
-        except OSError as exc:
-            raise InputError(f"cannot read ({exc.strerror or exc.__class__.__name__})",
-                             source=str(path)) from None
+        if digest is None:
+            if not resolved.is_file():
+                raise InputError(f"{role}: expected a file to attest", source=str(path))
+            try:
+                digest = sha256_file(resolved)
+            except OSError as exc:
+                raise InputError(f"cannot read ({exc.strerror or exc.__class__.__name__})",
+                                 source=str(path)) from None
         name = subject_name(resolved, base_dir)
+        if subjects.get(name, digest) != digest:
+            raise InputError(f"{role}: read twice with different contents; it changed during the audit",
+                             source=str(path))
         subjects[name] = digest
         entry = {"role": role, "name": name, "sha256": digest, "path": str(resolved)}
         entry.update(extra or {})
@@ -133,11 +142,15 @@ def parse_statement(payload: bytes,
     (one of ``predicate_types``; any string when ``None``).
 
     Raises ``VerificationFailed`` with reason ``statement``, ``statement_type`` or
-    ``predicate_type``. Unknown extra fields are ignored, as the in-toto spec requires.
+    ``predicate_type``; the payload is read strictly (no repeated keys, NaN or nesting past 64
+    levels: ``canonical.strict_json_loads``). Unknown extra fields are ignored, as the in-toto
+    spec requires.
     """
     try:
-        statement = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        statement = strict_json_loads(payload)
+    except StrictJSONError as exc:
+        raise VerificationFailed("statement", f"payload: {exc}") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
         raise VerificationFailed("statement", "payload is not valid JSON") from None
     if not isinstance(statement, dict):
         raise VerificationFailed("statement", "payload is not a JSON object")

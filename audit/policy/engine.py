@@ -131,12 +131,13 @@ def outcome_of(findings: list[Finding], obligations: list[Obligation]) -> tuple[
 
 
 def gate_would_open(decision: Decision) -> bool:
-    """True for ALLOW, or ALLOW_WITH_OBLIGATIONS with no checkable obligation unmet."""
+    """The one gate rule (``check`` records it, the training gate applies it to the verified
+    decision): True for ALLOW, or ALLOW_WITH_OBLIGATIONS with every checkable obligation met."""
     if decision.outcome == "ALLOW":
         return True
     if decision.outcome != "ALLOW_WITH_OBLIGATIONS":
         return False
-    return not any(o.checkable and o.status == "unmet" for o in decision.obligations)
+    return all(o.status == "met" for o in decision.obligations if o.checkable)
 
 
 def exit_code(decision: Decision) -> int:

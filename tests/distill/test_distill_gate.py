@@ -175,7 +175,20 @@ def _audit_without_the_historical_flag(project, keys, installed):
     return make_audit(project, keys.signer, historical=None), [], ["dates: the audit does not say"]
 
 
-REFUSALS = [_historical_audit, _rules_older_than_the_age_limit, _audit_without_the_historical_flag, _edited_plan, _edited_student_config, _edited_teacher_config, _edited_manifest, _untrusted_key,
+def _decision_the_engine_cannot_read(project, keys, installed):
+    """The gate judges the engine's own Decision model: a decision that does not parse is refused."""
+    return make_audit(project, keys.signer, findings=[{"rule_id": "x"}]), [], [
+        "outcome: the audit's decision cannot be read (decision.findings[0]"]
+
+
+def _checkable_obligation_not_met(project, keys, installed):
+    """One rule, in the engine: a checkable obligation opens the gate only when met."""
+    ob = obligation("o.todo", "Name the student Llama-...", status="todo", checkable=True)
+    return make_audit(project, keys.signer, outcome="ALLOW_WITH_OBLIGATIONS", obligations=[ob], gate_open=True), [], [
+        "outcome: checkable obligation o.todo is todo"]
+
+
+REFUSALS = [_decision_the_engine_cannot_read, _checkable_obligation_not_met, _historical_audit, _rules_older_than_the_age_limit, _audit_without_the_historical_flag, _edited_plan, _edited_student_config, _edited_teacher_config, _edited_manifest, _untrusted_key,
             _deny, _deny_with_hand_made_approval, _expired, _from_the_future, _review_without_approval,
             _review_approved_by_untrusted_key, _review_approval_of_another_audit,
             _review_approval_without_approver_keys, _newer_installed_pack, _older_installed_pack,

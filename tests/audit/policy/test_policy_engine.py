@@ -337,3 +337,18 @@ def test_the_manifest_check_reads_facts_given_as_data_and_does_no_io(builtin_pac
     assert "2,500,000,000 tokens" in finding.explanation and "2,000,000,000 tokens" in finding.explanation
     # the same plan without the facts read (a plain Plan) is not checked
     assert decide(plan, make_compute(), builtin_packs, START).outcome == "ALLOW"
+
+
+def test_the_one_gate_rule_opens_only_on_met_checkable_obligations():
+    from audit.policy.decision import Decision, Obligation
+
+    def decision(*obligations):
+        return Decision(outcome="ALLOW_WITH_OBLIGATIONS", as_of=START, findings=[], obligations=list(obligations),
+                        regimes=[], rule_ids=[], packs=[])
+
+    def ob(status, checkable):
+        return Obligation(id="o", rule_id="o", text="t", checkable=checkable, status=status)
+
+    assert gate_would_open(decision(ob("met", True), ob("todo", False)))
+    assert not gate_would_open(decision(ob("unmet", True)))
+    assert not gate_would_open(decision(ob("todo", True)))  # fail closed on a checkable to-do
