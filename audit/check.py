@@ -25,10 +25,10 @@ from audit.compute.estimate import estimate_plan
 from audit.compute.tables import ReferenceTables, load_reference_tables
 from audit.compute.types import ComputeEstimate
 from audit.errors import InputError
-from audit.flops.configs import resolve_config
 from audit.fsutil import write_atomic
 from audit.plan import LoadedPlan, Plan, load_plan
 from audit.policy.engine import decide, gate_would_open
+from audit.policy.conditions import PlanFacts
 from audit.policy.facts import read_plan_facts, resolve_plan_facts
 from audit.policy.decision import Decision
 from audit.policy.packs import PolicySet, load_packs
@@ -60,6 +60,7 @@ class Assessment:
     historical: bool
     packs: PolicySet
     tables: ReferenceTables
+    facts: PlanFacts
 
 
 def rules_date(plan_start: dt.date, today: dt.date) -> dt.date:
@@ -82,26 +83,32 @@ def assess(loaded: LoadedPlan, policy_dirs: Sequence[Path] = (), as_of: dt.date 
     estimate = estimate_plan(loaded, tables, use_cache=use_cache)
     due = rules_date(plan.schedule.start, today or utc_today())
     when = as_of or due
-    return Assessment(plan, estimate, decide(plan, estimate, packs, when, facts), when, when < due, packs, tables)
+    return Assessment(plan, estimate, decide(plan, estimate, packs, when, facts), when, when < due, packs, tables,
+                      facts)
 
 
-def input_files(loaded: LoadedPlan, pack_files: list[dict], tables: ReferenceTables) -> list[InputFile]:
-    """Every file the audit depends on, with its role: what the signature covers."""
+def input_files(loaded: LoadedPlan, facts: PlanFacts, pack_files: list[dict],
+                tables: ReferenceTables) -> list[InputFile]:
+    """Every file the audit depends on, with its role and the sha256 of the bytes that were
+    read and used (each file is read once; nothing is hashed again here): what the signature
+    covers."""
     plan, base = loaded.plan, loaded.path.parent
-    files = [InputFile("plan", loaded.path, base)]
-    files.append(InputFile("student_config", resolve_config(plan.student.config).path, base))
-    if plan.teacher.config:
-        files.append(InputFile("teacher_config", resolve_config(plan.teacher.config).path, base))
+    files = [InputFile("plan", loaded.path, base, None, loaded.sha256)]
+    files.append(InputFile("student_config", loaded.student_config.path, base, None, loaded.student_config.sha256))
+    if loaded.teacher_config is not None:
+        files.append(InputFile("teacher_config", loaded.teacher_config.path, base, None,
+                               loaded.teacher_config.sha256))
     if plan.data.manifest:
-        files.append(InputFile("dataset_manifest", plan.data.manifest, base))
-    if plan.teacher.authorization:
-        files.append(InputFile("authorization", plan.teacher.authorization.document, base))
+        files.append(InputFile("dataset_manifest", plan.data.manifest, base, None, facts.manifest_sha256))
+    if plan.teacher.authorization:  # check_authorization read it and found this digest
+        files.append(InputFile("authorization", plan.teacher.authorization.document, base, None,
+                               plan.teacher.authorization.sha256))
     for pack in pack_files:
         files.append(InputFile("policy_pack", pack["path"], base,
-                               {"pack_id": pack["id"], "pack_version": pack["version"]}))
-    for (path, _), table in zip(tables.files, (tables.hardware, tables.published)):
+                               {"pack_id": pack["id"], "pack_version": pack["version"]}, pack["sha256"]))
+    for (path, digest), table in zip(tables.files, (tables.hardware, tables.published)):
         files.append(InputFile("reference_table", path, base,
-                               {"pack_id": table.id, "pack_version": table.version}))
+                               {"pack_id": table.id, "pack_version": table.version}, digest))
     return files
 
 
@@ -110,14 +117,13 @@ def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_
     """Everything the audit states, before signing, and the subjects the signature covers."""
     found = assess(loaded, policy_dirs, as_of, use_cache=use_cache)
     plan, decision, as_of = found.plan, found.decision, found.as_of
-    subjects, inputs = build_subjects(input_files(loaded, found.packs.pack_files(), found.tables))
+    subjects, inputs = build_subjects(input_files(loaded, found.facts, found.packs.pack_files(), found.tables))
     predicate = {
         "tool": tool_versions(),
         "as_of": as_of.isoformat(),
         "historical": found.historical,
         "created": utc_now(),
-        "plan": {"name": plan.name, "path": str(loaded.path),
-                 "sha256": next(i["sha256"] for i in inputs if i["role"] == "plan"),
+        "plan": {"name": plan.name, "path": str(loaded.path), "sha256": loaded.sha256,
                  "content": plan.model_dump(mode="json")},
         "conventions": {"flop": "1 multiply-add = 2 FLOP",
                         "training_step": "forward + backward, counted op by op on the meta device",

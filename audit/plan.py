@@ -9,15 +9,15 @@ money is US dollars, hours are wall-clock hours.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from audit.errors import InputError
 from audit.validation import StrictModel, validate_model
-from audit.yamlio import load_yaml_file
 
 _JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -37,8 +37,49 @@ def _date_only(value):
     return value
 
 
-Number = Annotated[float, BeforeValidator(_not_bool)]
-Count = Annotated[int, BeforeValidator(_not_bool)]
+MAX_NUMBER = 1e30
+"""The largest number a plan takes (tokens, hours, dollars, FLOP...): far above any real plan,
+and small enough that products of plan numbers (tokens x FLOP per token) stay finite."""
+MAX_COUNT = 10_000_000
+"""The largest whole-number count a plan takes (sequence length, accelerators)."""
+
+
+def _finite(value):
+    """YAML reads ``.inf``, ``.nan`` and overflowing numbers such as ``1e400`` as floats that
+    cannot be signed or compared; a plan number must be finite."""
+    value = _not_bool(value)
+    number = value
+    if isinstance(value, str):  # pydantic reads the text 'nan' or '1e400' as a float too
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError("expected a finite number (.inf, .nan and numbers beyond 1e308 are not)")
+    return value
+
+
+def _count(value):
+    """A whole number written as a float (``1e6``, ``64.0``) is that integer; a huge one is
+    refused here with the bound, not with pydantic's "exceeded maximum size"."""
+    value = _finite(value)
+    if isinstance(value, float) and value.is_integer():
+        if abs(value) > MAX_COUNT:
+            raise ValueError(f"expected less than or equal to {MAX_COUNT}")
+        return int(value)
+    return value
+
+
+def _at_most_max(value: float) -> float:
+    if abs(value) > MAX_NUMBER:
+        raise ValueError("expected a number at most 1e30 in size")
+    return value
+
+
+# Finite (no .inf, .nan or 1e400, which YAML reads as infinity) and at most 1e30 in size.
+Number = Annotated[float, BeforeValidator(_finite), Field(allow_inf_nan=False),
+                   AfterValidator(_at_most_max)]
+Count = Annotated[int, BeforeValidator(_count), Field(le=MAX_COUNT)]
 
 
 class Organization(StrictModel):
@@ -76,6 +117,16 @@ class Teacher(StrictModel):
     parameters: Optional[Number] = Field(default=None, gt=0, description="estimate when there is no config")
     license: Optional[str] = Field(default=None, description="licence id when the registry does not know the model")
     authorization: Optional[Authorization] = None
+    weights: Optional[str] = Field(default=None, description="local Hugging Face folder of the teacher "
+                                   "(config, tokenizer, weights): hashed and signed by check, re-hashed by the "
+                                   "gate; training needs it")
+
+    @model_validator(mode="after")
+    def _weights_need_weights_access(self):
+        if self.weights is not None and self.access != "weights":
+            raise ValueError(f"weights is set but access is {self.access!r}; a local weights folder means "
+                             "access: weights")
+        return self
 
 
 class Student(StrictModel):
@@ -95,7 +146,7 @@ class Student(StrictModel):
 class Data(StrictModel):
     tokens: Number = Field(gt=0, description="training tokens seen by the student per epoch")
     manifest: Optional[str] = None
-    seq_len: Count = Field(default=4096, gt=0, le=10_000_000)
+    seq_len: Count = Field(default=4096, gt=0, le=MAX_COUNT)
     epochs: Number = Field(default=1, gt=0)
 
 
@@ -124,7 +175,7 @@ class Use(StrictModel):
 
 class Hardware(StrictModel):
     accelerator: str = Field(min_length=1)
-    count: Count = Field(gt=0)
+    count: Count = Field(gt=0, le=MAX_COUNT)
     hours: Number = Field(gt=0, description="wall-clock hours of the run")
     utilization: Number = Field(default=0.4, gt=0, le=1, description="model FLOP utilisation, 0-1")
     price_per_hour_usd: Optional[Number] = Field(default=None, ge=0, description="per accelerator-hour")
@@ -153,11 +204,16 @@ class Plan(StrictModel):
 
 
 class LoadedPlan(BaseModel):
-    """A validated plan plus where it came from; paths inside ``plan`` are absolute."""
+    """A validated plan, where it came from, the sha256 of the exact bytes it was parsed from,
+    and its model configs as read (each once, with the digest of its bytes). Paths inside
+    ``plan`` are absolute. Everything downstream uses these, never the files again."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     plan: Plan
     path: Path
+    sha256: str
+    student_config: Any          # audit.flops.configs.ResolvedConfig
+    teacher_config: Any = None   # ResolvedConfig, or None without teacher.config
 
 
 def _resolve(value: str | None, base: Path, *, always: bool) -> str | None:
@@ -174,10 +230,15 @@ def _resolve(value: str | None, base: Path, *, always: bool) -> str | None:
     return value
 
 
-def load_plan(path: str | Path) -> LoadedPlan:
-    """Read, validate and resolve a plan file. Raises ``InputError`` with a one-line message."""
+def load_plan(path: str | Path, raw: bytes | None = None) -> LoadedPlan:
+    """Read (once), validate and resolve a plan file; ``raw``: its bytes, already read by the
+    caller (the gate, which checked their digest). Raises ``InputError`` with a one-line message."""
+    from audit.fsutil import decode_utf8, read_input, sha256_bytes
+    from audit.yamlio import load_yaml_text
+
     path = Path(path)
-    data = load_yaml_file(path)
+    raw = read_input(path, "plan") if raw is None else raw
+    data = load_yaml_text(decode_utf8(raw, path, "plan"), str(path))
     if not isinstance(data, dict):
         raise InputError("expected a YAML mapping at the top level", source=str(path))
     plan = validate_model(Plan, data, str(path))
@@ -186,6 +247,8 @@ def load_plan(path: str | Path) -> LoadedPlan:
         "model": _resolve(plan.teacher.model, base, always=False),
         "config": _resolve(plan.teacher.config, base, always=False),
     }
+    if plan.teacher.weights:
+        teacher_updates["weights"] = _resolve(plan.teacher.weights, base, always=True)
     if plan.teacher.authorization:
         teacher_updates["authorization"] = plan.teacher.authorization.model_copy(
             update={"document": _resolve(plan.teacher.authorization.document, base, always=True)})
@@ -194,14 +257,15 @@ def load_plan(path: str | Path) -> LoadedPlan:
         "student": plan.student.model_copy(update={"config": _resolve(plan.student.config, base, always=False)}),
         "data": plan.data.model_copy(update={"manifest": _resolve(plan.data.manifest, base, always=True)}),
     })
-    _check_config_references(plan, str(path))
-    return LoadedPlan(plan=plan, path=path.resolve())
+    student_config, teacher_config = _read_configs(plan, str(path))
+    return LoadedPlan(plan=plan, path=path.resolve(), sha256=sha256_bytes(raw),
+                      student_config=student_config, teacher_config=teacher_config)
 
 
-def _check_config_references(plan: Plan, source: str) -> None:
-    """Fail at load time, naming the field, when a model config cannot be found or read."""
+def _read_configs(plan: Plan, source: str):
+    """The model configs, read once at load time; an error names the field."""
     from audit.flops.configs import resolve_config
 
-    resolve_config(plan.student.config, source=source, field="student.config")
-    if plan.teacher.config:
-        resolve_config(plan.teacher.config, source=source, field="teacher.config")
+    student = resolve_config(plan.student.config, source=source, field="student.config")
+    teacher = resolve_config(plan.teacher.config, source=source, field="teacher.config") if plan.teacher.config else None
+    return student, teacher

@@ -38,10 +38,11 @@ def estimate_plan(loaded: LoadedPlan, tables: ReferenceTables, *, use_cache: boo
     cache), then :func:`build_estimate`."""
     plan, source = loaded.plan, str(loaded.path)
     seq_len = plan.data.seq_len
-    student = summarize_model(plan.student.config, seq_len, source=source, field="student.config",
+    # the configs as load_plan read them: the bytes counted are the bytes the audit signs
+    student = summarize_model(loaded.student_config, seq_len, source=source, field="student.config",
                               use_cache=use_cache)
-    teacher = (summarize_model(plan.teacher.config, seq_len, source=source, field="teacher.config",
-                               use_cache=use_cache) if plan.teacher.config else None)
+    teacher = (summarize_model(loaded.teacher_config, seq_len, source=source, field="teacher.config",
+                               use_cache=use_cache) if loaded.teacher_config is not None else None)
     return build_estimate(plan, student, teacher, tables)
 
 

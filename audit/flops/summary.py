@@ -70,16 +70,20 @@ def cache_key(config: ResolvedConfig, seq_len: int) -> str:
                      "tf" + str(package_version("transformers")), "v" + COUNTER_VERSION])
 
 
-def summarize_model(ref: str, seq_len: int, *, source: str = "config", field: str | None = None,
-                    use_cache: bool = True) -> ModelSummary:
+def summarize_model(ref: str | ResolvedConfig, seq_len: int, *, source: str = "config",
+                    field: str | None = None, use_cache: bool = True) -> ModelSummary:
     """Per-token FLOP and parameter counts of the model ``ref`` at ``seq_len`` tokens per sequence.
+
+    ``ref`` is a config reference (bundled name, config.json, model folder), or a config already
+    read (:class:`ResolvedConfig`): an audit counts exactly the bytes it hashed and signs.
 
     With ``use_cache``, an authenticated cache entry is used (``count_source="cache"``); a
     missing, tampered, foreign or unreadable one is recounted and overwritten. ``InputError`` when
     the MAC key file is unusable (others may read it, not a key); when none can be made (a
     read-only home), the model is counted and nothing is cached.
     """
-    config = resolve_config(ref, source=source, field=field)
+    config = ref if isinstance(ref, ResolvedConfig) else resolve_config(ref, source=source, field=field)
+    ref = config.ref
     mac_key = _cache_mac_key() if use_cache else None
     name = cache_key(config, seq_len)
     path = cache_dir() / f"{name}.json"

@@ -34,9 +34,10 @@ FACT_LABELS = {
 
 class PlanFacts(StrictModel):
     """Facts read from the files a plan names, by the I/O step before ``decide``
-    (:func:`audit.policy.facts.resolve_plan_facts`). Plain data: ``decide`` only reads it."""
+    (:func:`audit.policy.facts.read_plan_facts`). Plain data: ``decide`` only reads it."""
 
     manifest: Optional[str] = None          # the data.manifest that was read (absolute path)
+    manifest_sha256: Optional[str] = None   # of the bytes read: the audit signs exactly these
     manifest_tokens: Optional[int] = None   # tokens the manifest says its files hold; None: it gives no count
     manifest_tokens_field: Optional[str] = None  # where the count came from: total_tokens or files[].tokens
 

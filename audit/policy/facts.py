@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from audit.errors import InputError
-from audit.fsutil import read_input, read_json, sha256_bytes
+from audit.fsutil import read_input, sha256_bytes
 from audit.plan import LoadedPlan, Plan
 from audit.policy.conditions import PlanFacts
 from audit.policy.packs import PolicySet
@@ -51,8 +52,13 @@ def read_manifest_facts(manifest: str, *, source: str) -> PlanFacts:
     path = Path(manifest)
     if not path.exists():
         raise InputError(f"the dataset manifest not found: {path}", source=source, field="data.manifest")
-    data = read_json(path, "the dataset manifest")
+    raw = read_input(path, "the dataset manifest")
     where = str(path)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        detail = str(exc) if isinstance(exc, json.JSONDecodeError) else exc.__class__.__name__
+        raise InputError(f"cannot read the dataset manifest as JSON ({detail})", source=where) from None
     if not isinstance(data, dict):
         raise InputError("expected a JSON object at the top level", source=where)
     if "manifest_version" in data and (isinstance(data["manifest_version"], bool)
@@ -69,7 +75,7 @@ def read_manifest_facts(manifest: str, *, source: str) -> PlanFacts:
         if "tokens" in entry:
             file_tokens.append(_token_count(entry["tokens"], where, f"files[{index}].tokens"))
     per_file = sum(file_tokens) if files and len(file_tokens) == len(files) else None
-    facts = dict(manifest=manifest)
+    facts = dict(manifest=manifest, manifest_sha256=sha256_bytes(raw))
     if "total_tokens" in data:
         total = _token_count(data["total_tokens"], where, "total_tokens")
         if per_file is not None and per_file != total:

@@ -71,7 +71,7 @@ def test_relative_paths_resolve_against_the_plan_folder(tmp_path):
 
 
 def test_missing_file_and_broken_yaml(tmp_path):
-    with pytest.raises(InputError, match="file not found"):
+    with pytest.raises(InputError, match="plan not found"):
         load_plan(tmp_path / "nope.yaml")
     with pytest.raises(InputError, match=r"line \d+.*invalid YAML"):
         load_plan(write(tmp_path, "name: [unclosed\n"))
@@ -80,7 +80,12 @@ def test_missing_file_and_broken_yaml(tmp_path):
 # ------------------------------------------------------------------ generated malformed plans
 
 SECTIONS = ["organization", "teacher", "student", "data", "method", "use", "hardware", "schedule", "budget"]
-BAD_VALUES = st.sampled_from([-1, -1e30, 0, "", "lots", [], {}, None, True, "2026-13-45", [1, 2], float("nan")])
+BAD_VALUES = st.sampled_from([-1, -1e30, 0, "", "lots", [], {}, None, True, "2026-13-45", [1, 2], float("nan"),
+                              float("inf"), float("-inf"), 1e300, 10**31])
+# Written into the YAML text as they are (safe_dump would quote or normalise them): impossible
+# dates, numbers that overflow to infinity or are non-finite, nesting past the parser's stack.
+RAW_SCALARS = st.sampled_from(["2026-13-01", "2026-02-30", "1e400", "-1e400", ".inf", "-.inf", ".nan", "1e300",
+                               "1" + "0" * 31, "[" * 5000 + "]" * 5000, "[" * 5000])
 
 
 def leaf_paths(data, prefix=()):
@@ -110,7 +115,8 @@ def _set(data, path, value):
 @st.composite
 def malformed_plans(draw):
     """A plan broken in one way that the schema must reject."""
-    kind = draw(st.sampled_from(["unknown_key", "drop_required", "bad_value", "not_mapping", "bad_yaml", "bad_section"]))
+    kind = draw(st.sampled_from(["unknown_key", "drop_required", "bad_value", "not_mapping", "bad_yaml", "bad_section",
+                                 "raw_scalar"]))
     data = copy.deepcopy(VALID)
     if kind == "unknown_key":
         section = draw(st.sampled_from([None] + [s for s in SECTIONS if isinstance(data.get(s), dict)]))
@@ -135,6 +141,9 @@ def malformed_plans(draw):
         except yaml.YAMLError:
             text = "[broken"
         return text
+    if kind == "raw_scalar":
+        _set(data, draw(st.sampled_from(REQUIRED_OR_TYPED)), "RAW_SCALAR_HERE")
+        return yaml.safe_dump(data).replace("RAW_SCALAR_HERE", draw(RAW_SCALARS))
     if kind == "bad_section":
         section = draw(st.sampled_from(["organization", "teacher", "student", "data", "use", "schedule"]))
         data[section] = draw(st.sampled_from([5, "text", [1, 2]]))
@@ -144,9 +153,7 @@ def malformed_plans(draw):
     return draw(st.sampled_from(["name: [\n", "a: b: c\n", "{unclosed\n", "key: 'open\n", "\t- tab\n"]))
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=malformed_plans())
-def test_generated_malformed_plans_get_one_clean_line(tmp_path, capsys, text):
+def check_one_clean_line(tmp_path, capsys, text):
     path = tmp_path / "generated.yaml"
     path.write_text(text)
     with pytest.raises(InputError) as err:
@@ -157,3 +164,64 @@ def test_generated_malformed_plans_get_one_clean_line(tmp_path, capsys, text):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("flopgate: error: ")
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+QUICK = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+THOROUGH = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@QUICK
+@given(text=malformed_plans())
+def test_generated_malformed_plans_get_one_clean_line(tmp_path, capsys, text):
+    """A few dozen cases for the fast loop; the slow run below tries many more."""
+    check_one_clean_line(tmp_path, capsys, text)
+
+
+@pytest.mark.slow
+@THOROUGH
+@given(text=malformed_plans())
+def test_many_generated_malformed_plans_get_one_clean_line(tmp_path, capsys, text):
+    check_one_clean_line(tmp_path, capsys, text)
+
+
+# ------------------------------------------------------------------ values that used to escape
+
+EXAMPLE_TEXT = (ROOT / "examples" / "online-logit-kd.yaml").read_text()
+
+
+@pytest.mark.parametrize("old,new,field,expected", [
+    ("start: 2026-12-01", "start: 2026-13-01", "schedule.start", "month value is outside"),
+    ("start: 2026-12-01", "start: 2026-02-30", "schedule.start", "day value is outside"),
+    ("tokens: 2.0e10", "tokens: 1e400", "data.tokens", "expected a finite number"),
+    ("tokens: 2.0e10", "tokens: .inf", "data.tokens", "expected a finite number"),
+    ("tokens: 2.0e10", "tokens: 'nan'", "data.tokens", "expected a finite number"),
+    ("tokens: 2.0e10", "tokens: 1e300", "data.tokens", "at most 1e30"),
+    ("hours: 120", "hours: -.inf", "hardware.hours", "expected a finite number"),
+    ("utilization: 0.4", "utilization: .nan", "hardware.utilization", "expected a finite number"),
+    ("price_per_hour_usd: 2.5", "price_per_hour_usd: .inf", "hardware.price_per_hour_usd", "finite"),
+    ("monthly_active_users: 1.0e6", "monthly_active_users: 1e999", "use.monthly_active_users", "finite"),
+    ("max_flops: 1.0e22", "max_flops: .nan", "budget.max_flops", "expected a finite number"),
+    ("count: 64", "count: 1e30", "hardware.count", "less than or equal to 10000000, got 1e+30"),
+    ("count: 64", "count: " + "1" + "0" * 30, "hardware.count", "less than or equal to 10000000"),
+    ("count: 64", "count: 10000001", "hardware.count", "less than or equal to 10000000"),
+    ("count: 64", "count: .nan", "hardware.count", "expected a finite number"),
+    ("seq_len: 4096", "seq_len: 1e30", "data.seq_len", "less than or equal to 10000000"),
+    ("name: acme-support-1b", "name: " + "[" * 10_000 + "]" * 10_000, "", "nesting too deep"),
+])
+def test_values_that_used_to_escape_validation_name_the_field(tmp_path, old, new, field, expected):
+    assert old in EXAMPLE_TEXT
+    path = write(tmp_path, EXAMPLE_TEXT.replace(old, new, 1))
+    with pytest.raises(InputError) as err:
+        load_plan(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {field}") and expected in message, message
+    assert "\n" not in message
+
+
+def test_whole_numbers_written_as_floats_still_count(tmp_path):
+    text = EXAMPLE_TEXT.replace("count: 64", "count: 6.4e1").replace("seq_len: 4096", "seq_len: 4096.0")
+    loaded = load_plan(write(tmp_path, text))
+    assert loaded.plan.hardware.count == 64 and isinstance(loaded.plan.hardware.count, int)
+    assert loaded.plan.data.seq_len == 4096
+    with pytest.raises(InputError, match="hardware.count: .*integer"):
+        load_plan(write(tmp_path, EXAMPLE_TEXT.replace("count: 64", "count: 64.5")))

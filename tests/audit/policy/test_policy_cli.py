@@ -179,7 +179,7 @@ def test_policy_bad_date_is_a_usage_error(tmp_path, capsys):
 
 def test_policy_missing_plan_exits_2(tmp_path, capsys):
     code, _, err = _run(capsys, "policy", str(tmp_path / "nope.yaml"))
-    assert code == 2 and "nope.yaml: file not found" in err
+    assert code == 2 and "nope.yaml: plan not found" in err
 
 
 def test_policies_list_json(capsys):
