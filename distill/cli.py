@@ -48,8 +48,6 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: ./distill-out/PLAN-NAME)")
     p.add_argument("--key", metavar="FILE", help="Ed25519 key that signs the run record "
                                                  "(default: the local key, created on first use)")
-    p.add_argument("--teacher-dir", metavar="DIR", help="local Hugging Face folder of the teacher's "
-                   "weights, when the plan's teacher.model is a hub id; its config must match the audited one")
     p.add_argument("--data", nargs="+", action="extend", metavar="FILE", help="the data files, "
                    "when not at the manifest's paths; they must match the audited manifest byte for byte")
     p.add_argument("--steps", type=positive(int), metavar="N", help="stop after N optimizer steps "
@@ -88,7 +86,6 @@ def run(args) -> int:
     import datetime as dt
 
     from audit.attest.keys import load_trusted_keys
-    from audit.plan import load_plan
     from distill.gate import open_gate
 
     trusted = load_trusted_keys(args.pubkey, args.trust)
@@ -103,7 +100,7 @@ def run(args) -> int:
     for note in gate.notes:
         print(f"  {note}")
 
-    loaded = load_plan(args.plan)
+    loaded = gate.loaded_plan  # parsed from the very bytes the gate verified; never read again
     refusal, flops_per_token, budget = meter_figures(loaded.plan, gate.predicate)
     if refusal:
         return _refuse([refusal])
@@ -133,7 +130,7 @@ def run(args) -> int:
 
     from distill.trainer import train
 
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, after_load=audited_model_checks(loaded, gate))
     if result.rank != 0:
         return 0
     return _finish(args, loaded, gate, cfg, result, signing_key, device_name)
@@ -212,6 +209,7 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
     teacher folder and the data files first (no model is loaded). ``manifest_sha256`` is the
     audited manifest's digest: the manifest read here and by the trainer must have it."""
     from audit.errors import InputError
+    from audit.weights import teacher_folder
     from distill.data import check_manifest, read_manifest
     from distill.trainer import TrainConfig
 
@@ -224,11 +222,12 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
     if used and not args.resume:
         raise InputError(f"already holds checkpoints or a run ({', '.join(used)}); resume the run (--resume) "
                          "or choose another output folder (--out)", source=str(out_dir))
-    teacher_dir = Path(args.teacher_dir) if args.teacher_dir else Path(plan.teacher.model)
-    if not teacher_dir.is_dir():
-        raise InputError(f"training needs the teacher's weights in a local folder; {plan.teacher.model!r} "
-                         "is not one: give --teacher-dir DIR", source=source, field="teacher.model")
-    check_teacher_matches_audit(plan, teacher_dir, source)
+    teacher_dir = teacher_folder(plan)
+    if teacher_dir is None:
+        raise InputError(f"training needs the teacher's weights in a local folder, signed by the audit; "
+                         f"{plan.teacher.model!r} is not one: set teacher.weights and re-run flopgate check",
+                         source=source, field="teacher.weights")
+    check_teacher_matches_audit(loaded, teacher_dir)
     if not plan.data.manifest:
         raise InputError("the trainer reads its data through an audited manifest; none is set",
                          source=source, field="data.manifest")
@@ -255,17 +254,18 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
                                  budget_flops=budget, data_files=data_files, **overrides)
 
 
-def check_teacher_matches_audit(plan, teacher_dir: Path, source: str) -> None:
-    """The teacher folder's config.json must agree with the audited teacher config on every
-    shape field both give (so the audited FLOP per token is the teacher's)."""
+def check_teacher_matches_audit(loaded, teacher_dir: Path) -> None:
+    """A cheap check before any model loads: the teacher folder's config.json agrees with the
+    audited teacher config (as the gate verified it) on every shape field both give. The model
+    as loaded is checked in full afterwards (:func:`audited_model_checks`)."""
     from audit.errors import InputError
-    from audit.flops.configs import resolve_config
     from audit.fsutil import read_json
 
-    if not plan.teacher.config:
+    if loaded.teacher_config is None:
         raise InputError("the plan has no teacher.config, so the teacher's weights cannot be matched "
-                         "to the audit: add it and re-run flopgate check", source=source, field="teacher.config")
-    audited = resolve_config(plan.teacher.config, source=source, field="teacher.config").data
+                         "to the audit: add it and re-run flopgate check", source=str(loaded.path),
+                         field="teacher.config")
+    audited = loaded.teacher_config.data
     actual = read_json(teacher_dir / "config.json", "the teacher's config.json")
     if not isinstance(actual, dict):
         raise InputError("config.json is not a JSON object", source=str(teacher_dir))
@@ -275,6 +275,26 @@ def check_teacher_matches_audit(plan, teacher_dir: Path, source: str) -> None:
         detail = ", ".join(differing) or "hidden_size/num_hidden_layers missing"
         raise InputError(f"the teacher folder is not the audited teacher: {detail}",
                          source=str(teacher_dir / "config.json"))
+
+
+def audited_model_checks(loaded, gate):
+    """The trainer's ``after_load`` hook: the models as loaded have exactly the parameter shapes
+    of the audited configs (so the audited FLOP per token is theirs), and the teacher folder did
+    not change between the gate's hash and the load."""
+    from audit.weights import teacher_folder, verify_unchanged
+    from distill.model_check import check_loaded_model
+
+    def check(teacher, student) -> None:
+        if teacher is not None and loaded.teacher_config is not None:
+            check_loaded_model(teacher, loaded.teacher_config.data, role="teacher",
+                               source=str(teacher_folder(loaded.plan)))
+        if student is not None and loaded.plan.student.init != "pruned_teacher":
+            check_loaded_model(student, loaded.student_config.data, role="student",
+                               source=str(loaded.student_config.path))
+        if gate.teacher_weights is not None:
+            verify_unchanged(gate.teacher_weights)
+
+    return check
 
 
 def _device(args) -> str:

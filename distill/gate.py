@@ -34,7 +34,8 @@ from audit.attest.approval import verify_approval
 from audit.attest.keys import TrustedKey
 from audit.attest.statement import audited_outcome, check_subjects, pack_version_changes
 from audit.attest.verify import read_envelope_file, verify_envelope_bytes
-from audit.fsutil import sha256_bytes, sha256_file
+from audit.errors import InputError
+from audit.fsutil import read_input, sha256_bytes, sha256_file
 
 GATE_REFUSED_EXIT = 6
 """Exit code of ``flopgate distill`` when the gate refuses."""
@@ -54,6 +55,8 @@ class GateResult:
     outcome: Optional[str] = None
     notes: list[str] = field(default_factory=list)   # who approved, obligations left to do
     approval_sha256: Optional[str] = None
+    loaded_plan: Optional[object] = None   # audit.plan.LoadedPlan parsed from the verified plan bytes
+    teacher_weights: Optional[object] = None  # audit.weights.FolderDigest of the verified teacher folder
 
 
 def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
@@ -77,14 +80,21 @@ def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
         return GateResult(False, [f"signature: {exc}"], None, None)
     statement, predicate = verified.statement, verified.predicate
     plan_path = Path(plan_path)
+    plan_raw = read_input(plan_path, "plan")  # read once: verified, then parsed, then handed on
     installed = dict(installed_pack_versions)
 
     reasons: list[str] = []
     reasons += [f"subjects: {line}" for line in check_subjects(
-        statement, plan_path, installed_pack_versions=installed)]
-    reasons += _plan_reasons(predicate, plan_path)
+        statement, plan_path, installed_pack_versions=installed, plan_sha256=sha256_bytes(plan_raw))]
+    reasons += _plan_reasons(predicate, plan_path, plan_raw)
+    loaded, weights = None, None
     if not reasons:  # the plan is the audited one, so its file references can be trusted
-        reasons += _input_reasons(predicate, plan_path)
+        from audit.plan import load_plan
+
+        loaded = load_plan(plan_path, raw=plan_raw)
+        reasons += _input_reasons(predicate, loaded)
+        weights_reasons, weights = _weights_reasons(predicate, loaded)
+        reasons += weights_reasons
     outcome = audited_outcome(predicate)
     outcome_reasons, notes, approval_sha = _outcome_reasons(
         outcome, predicate, data, approval_path, trusted_approvers)
@@ -93,45 +103,40 @@ def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     reasons += _rules_date_reasons(predicate, now, max_age_days)
     reasons += [f"policy_pack: {line}" for line in pack_version_changes(statement, installed)]
     return GateResult(not reasons, reasons, predicate, verified.envelope_sha256, outcome, notes,
-                      approval_sha)
+                      approval_sha, loaded if not reasons else None, weights if not reasons else None)
 
 
-def _plan_reasons(predicate: dict, plan_path: Path) -> list[str]:
+def _plan_reasons(predicate: dict, plan_path: Path, plan_raw: bytes) -> list[str]:
     audited = (predicate.get("plan") or {}).get("sha256")
     plan_inputs = [e for e in _inputs(predicate) if e.get("role") == "plan"]
     if not isinstance(audited, str) or not plan_inputs:
         return ["plan: the audit records no plan digest"]
-    try:
-        actual = sha256_file(plan_path)
-    except OSError as exc:
-        return [f"plan: cannot read {plan_path} ({exc.__class__.__name__})"]
+    actual = sha256_bytes(plan_raw)
     if actual != audited or any(e.get("sha256") != audited for e in plan_inputs):
         return [f"plan: {plan_path} is not the audited plan (sha256 {actual[:12]}... now, "
                 f"{str(audited)[:12]}... audited)"]
     return []
 
 
-def current_inputs(plan_path: str | os.PathLike) -> list[tuple[str, Path]]:
-    """``(role, path)`` of the model configs and manifest the plan names now."""
-    from audit.flops.configs import resolve_config
-    from audit.plan import load_plan
-
-    plan = load_plan(plan_path).plan
-    files = [("student_config", resolve_config(plan.student.config).path)]
-    if plan.teacher.config:
-        files.append(("teacher_config", resolve_config(plan.teacher.config).path))
+def current_inputs(loaded) -> list[tuple[str, Path, Optional[str]]]:
+    """``(role, path, sha256 of the bytes load_plan read or None)`` of the model configs and the
+    manifest the plan names now (``loaded``: the verified plan, parsed once)."""
+    plan = loaded.plan
+    files = [("student_config", loaded.student_config.path, loaded.student_config.sha256)]
+    if loaded.teacher_config is not None:
+        files.append(("teacher_config", loaded.teacher_config.path, loaded.teacher_config.sha256))
     if plan.data.manifest:
-        files.append(("dataset_manifest", Path(plan.data.manifest)))
+        files.append(("dataset_manifest", Path(plan.data.manifest), None))
     return files
 
 
-def _input_reasons(predicate: dict, plan_path: Path) -> list[str]:
+def _input_reasons(predicate: dict, loaded) -> list[str]:
     reasons = []
     inputs = _inputs(predicate)
-    for role, path in current_inputs(plan_path):
+    for role, path, digest in current_inputs(loaded):
         audited = {e.get("sha256") for e in inputs if e.get("role") == role}
         try:
-            actual = sha256_file(path)
+            actual = digest or sha256_file(path)
         except OSError as exc:
             reasons.append(f"inputs: {role} {path} cannot be read ({exc.__class__.__name__})")
             continue
@@ -140,6 +145,28 @@ def _input_reasons(predicate: dict, plan_path: Path) -> list[str]:
         elif actual not in audited:
             reasons.append(f"inputs: {role} {path} has sha256 {actual[:12]}..., not the audited one")
     return reasons
+
+
+def _weights_reasons(predicate: dict, loaded):
+    """(reasons, digest): the teacher folder the plan names is the audited one, re-hashed now
+    (fast path: unchanged files by their stat record; anything touched is read again)."""
+    from audit.weights import hash_model_folder, teacher_folder
+
+    folder = teacher_folder(loaded.plan)
+    audited = {e.get("sha256") for e in _inputs(predicate) if e.get("role") == "teacher_weights"}
+    if folder is None:
+        return [], None
+    if not audited:
+        return [f"weights: the audit covers no teacher_weights, but the plan names {folder}; re-run "
+                "flopgate check"], None
+    try:
+        digest = hash_model_folder(folder)
+    except InputError as exc:
+        return [f"weights: {exc}"], None
+    if digest.root_sha256 not in audited:
+        return [f"weights: the teacher folder {folder} has root sha256 {digest.root_sha256[:12]}..., not the "
+                "audited one: its config, tokenizer or weights changed"], None
+    return [], digest
 
 
 def _outcome_reasons(outcome: Optional[str], predicate: dict, envelope_bytes: bytes,

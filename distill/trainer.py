@@ -347,8 +347,11 @@ def _open_cache(cfg: TrainConfig, *, build: bool, teacher, data, vocab: int, dev
 
 
 def train(cfg: TrainConfig, *, resume: bool = False,
-          on_step: Optional[Callable[[dict], None]] = None) -> TrainResult:
-    """Run the distillation ``cfg`` describes; see the module docstring. All ranks call it."""
+          on_step: Optional[Callable[[dict], None]] = None,
+          after_load: Optional[Callable[[Optional[torch.nn.Module], torch.nn.Module], None]] = None) -> TrainResult:
+    """Run the distillation ``cfg`` describes; see the module docstring. All ranks call it.
+    ``after_load(teacher, student)`` runs once the models are built, before anything trains (the
+    gated path checks them against the audit there; it raises to refuse)."""
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
     ctx = distributed.setup(cfg.device)
@@ -377,6 +380,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                                 torch.bfloat16 if amp_dtype else torch.float32) if need_teacher else None)
         student = build_student(cfg.student_init, teacher=teacher, config=cfg.student_config,
                                 base_dir=cfg.student_base_dir, layers=cfg.student_layers, seed=cfg.seed).to(device)
+        if after_load is not None:
+            after_load(teacher, student)
         if shard:  # after a pruned student has copied its layers from the whole teacher
             distributed.shard_teacher(teacher, decoder_layers(teacher), ctx)
         student_tokenizer = None

@@ -218,15 +218,30 @@ def pack_version_changes(statement: dict, installed: Mapping[str, str]) -> list[
     return lines
 
 
+def _current_digest(path: Path) -> str:
+    """sha256 of a file, or the root digest of a model folder (with the re-hash fast path)."""
+    if path.is_dir():
+        from audit.weights import hash_model_folder
+
+        return hash_model_folder(path, "a model folder").root_sha256
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return sha256_file(path)
+
+
 def check_subjects(statement: dict, plan_path: str | os.PathLike | None = None, *,
                    base_dir: str | os.PathLike | None = None,
-                   installed_pack_versions: Mapping[str, str] | None = None) -> list[str]:
+                   installed_pack_versions: Mapping[str, str] | None = None,
+                   plan_sha256: str | None = None) -> list[str]:
     """Recompute every subject's sha256 from disk; one problem line per changed or missing file.
 
     Relative names resolve against ``base_dir``, else the folder of ``plan_path``, else the
     absolute ``path`` recorded at signing time. The plan subject is ``plan_path`` itself when
-    given. A bundled policy pack whose installed version differs from the audited one (see
-    ``pack_version_changes``) is not compared: its new digest is expected.
+    given; ``plan_sha256`` is the digest of the plan bytes the caller already read (they are
+    not read again). A folder subject (a model's weights) is compared by its root digest
+    (:func:`audit.weights.folder_digest`). A bundled policy pack whose installed version
+    differs from the audited one (see ``pack_version_changes``) is not compared: its new digest
+    is expected.
     """
     if base_dir is None and plan_path is not None:
         base_dir = Path(plan_path).expanduser().resolve().parent
@@ -252,13 +267,14 @@ def check_subjects(statement: dict, plan_path: str | os.PathLike | None = None, 
         if path is None:
             problems.append(f"{name} ({roles}): cannot locate the file; give --plan PLAN")
             continue
-        if not path.is_file():
+        is_plan = plan_path is not None and any(e.get("role") == "plan" for e in entries)
+        try:
+            actual = plan_sha256 if is_plan and plan_sha256 is not None else _current_digest(path)
+        except FileNotFoundError:
             problems.append(f"{name} ({roles}): missing at {path}")
             continue
-        try:
-            actual = sha256_file(path)
-        except OSError as exc:
-            problems.append(f"{name} ({roles}): cannot read {path} ({exc.__class__.__name__})")
+        except (OSError, InputError) as exc:
+            problems.append(f"{name} ({roles}): cannot read {path} ({exc})")
             continue
         if actual != expected:
             problems.append(f"{name} ({roles}): changed since signing at {path} "

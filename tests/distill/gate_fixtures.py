@@ -119,7 +119,8 @@ def make_audit(project: Project, signer: KeyFiles, *, outcome: Optional[str] = "
                obligations: Sequence[dict] = (), findings: Sequence[dict] = (),
                created: Optional[str] = None, gate_open: Optional[bool] = None,
                pack_version: str = PACK_VERSION, compute: Optional[dict] = None,
-               roles: Sequence[str] = ("plan", "student_config", "teacher_config", "dataset_manifest", "policy_pack"),
+               roles: Sequence[str] = ("plan", "student_config", "teacher_config", "dataset_manifest", "policy_pack",
+                                       "teacher_weights"),
                teacher_terms: Sequence[str] = (), name: str = "audit.intoto.json",
                as_of: Optional[str] = None, historical: Optional[bool] = False) -> Path:
     """Sign an audit of ``project`` and write its envelope into the project folder. The rules
@@ -130,6 +131,12 @@ def make_audit(project: Project, signer: KeyFiles, *, outcome: Optional[str] = "
     if "policy_pack" in roles:
         wanted.append(InputFile("policy_pack", project.pack, project.root,
                                 {"pack_id": PACK_ID, "pack_version": pack_version}))
+    if "teacher_weights" in roles:
+        from audit.weights import folder_digest
+
+        digest = folder_digest(project.root / "teacher")
+        wanted.append(InputFile("teacher_weights", project.root / "teacher", project.root,
+                                {"files": len(digest.files), "bytes": digest.total_bytes}, digest.root_sha256))
     subjects, inputs = build_subjects(wanted)
     if gate_open is None:
         gate_open = outcome == "ALLOW" or (outcome == "ALLOW_WITH_OBLIGATIONS" and not any(

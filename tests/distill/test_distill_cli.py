@@ -143,24 +143,60 @@ def test_data_elsewhere_must_match_the_manifest(project, signer, model_loads, tm
     assert model_loads == []
 
 
-def test_teacher_dir_must_be_the_audited_teacher(project, signer, model_loads, tmp_path, capsys):
-    """A plan naming a hub id needs --teacher-dir, and that folder's shape must match the audit."""
+def test_a_hub_teacher_without_a_weights_folder_cannot_train(project, signer, model_loads, capsys):
     project.plan.write_text(project.plan.read_text().replace("model: ./teacher,", "model: tiny-org/tiny-teacher,"))
-    envelope = make_audit(project, signer)
+    envelope = make_audit(project, signer, roles=("plan", "student_config", "teacher_config", "dataset_manifest",
+                                                  "policy_pack"))
     code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")
-    assert code == 2 and "--teacher-dir" in err
-
-    copy = tmp_path / "weights"
-    shutil.copytree(project.root / "teacher", copy)
-    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run", "--teacher-dir", copy)
-    assert code == 0, err
-
-    config = json.loads((copy / "config.json").read_text())
-    config["num_hidden_layers"] += 1
-    (copy / "config.json").write_text(json.dumps(config))
-    code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run", "--teacher-dir", copy)
-    assert code == 2 and "not the audited teacher" in err and "num_hidden_layers" in err
+    assert code == 2 and "teacher.weights" in err
     assert model_loads == []
+
+
+def test_the_teacher_folder_is_bound_to_the_audit(project, signer, model_loads, capsys):
+    """The attack: weights swapped in the audited folder. The gate re-hashes the folder (a
+    changed file is read again even with its mtime restored) and refuses."""
+    import os
+
+    envelope = make_audit(project, signer)
+    assert distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")[0] == 0
+    weights = next((project.root / "teacher").glob("*.safetensors"))
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")
+    assert code == 6 and "teacher (teacher_weights): changed since signing" in err
+    assert model_loads == []
+
+
+def test_a_weights_folder_the_audit_does_not_cover_is_refused(project, signer, model_loads, capsys):
+    envelope = make_audit(project, signer, roles=("plan", "student_config", "teacher_config", "dataset_manifest",
+                                                  "policy_pack"))
+    code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")
+    assert code == 6 and "the audit covers no teacher_weights" in err
+    assert model_loads == []
+
+
+def test_a_loaded_teacher_of_another_shape_is_refused_before_training(project, signer, capsys, monkeypatch):
+    """Weights bound, but the audited config says one shape and the loaded model has another
+    (e.g. a sparse config.json that transformers fills with defaults): refused after loading,
+    before the first step, by the parameter shapes."""
+    import distill.cli as cli
+
+    envelope = make_audit(project, signer)
+    real = cli.audited_model_checks
+
+    def with_other_audited_teacher(loaded, gate):
+        config = dict(loaded.teacher_config.data, num_hidden_layers=loaded.teacher_config.data["num_hidden_layers"] + 1)
+        other = loaded.model_copy(update={"teacher_config": type(loaded.teacher_config)(
+            loaded.teacher_config.ref, loaded.teacher_config.path, False, config, loaded.teacher_config.sha256)})
+        return real(other, gate)
+
+    monkeypatch.setattr(cli, "audited_model_checks", with_other_audited_teacher)
+    code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 2)
+    assert code == 2 and "the loaded teacher is not the audited model" in err
+    assert not (project.root / "out" / "checkpoints").exists()
 
 
 def test_unreadable_attestation_is_an_input_error(project, signer, capsys):
@@ -312,3 +348,20 @@ def test_a_folder_with_a_run_record_but_no_checkpoints_needs_resume(project, sig
     code, _, err = distill(capsys, project, envelope, signer, *args)
     assert code == 2 and "run-record.intoto.json" in err and "--resume" in err
     assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_check_signs_the_teacher_folder_and_verify_notices_a_changed_weight(project, signer, capsys):
+    from audit.weights import folder_digest
+
+    out = project.root / "audit"
+    main(["check", str(project.plan), "--out", str(out), "--key", str(signer.private_path)])
+    payload = json.loads((out / "audit.json").read_text())["predicate"]
+    (entry,) = [e for e in payload["inputs"] if e["role"] == "teacher_weights"]
+    assert entry["sha256"] == folder_digest(project.root / "teacher").root_sha256
+    assert entry["files"] >= 3 and entry["bytes"] > 0
+    assert main(["verify", str(out / "audit.intoto.json"), "--pubkey", str(signer.public_path)]) == 0
+    weights = next((project.root / "teacher").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    capsys.readouterr()
+    assert main(["verify", str(out / "audit.intoto.json"), "--pubkey", str(signer.public_path)]) == 5
+    assert "teacher_weights" in capsys.readouterr().out
