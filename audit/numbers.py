@@ -88,3 +88,18 @@ def percent(share) -> str:
         return UNKNOWN
     text = f"{share * 100:.1f}".removesuffix(".0")
     return f"{text}%"
+
+
+def quantity(value: float, unit: str = "") -> str:
+    """A figure with its unit, as findings and the policy table state it (six significant
+    figures, so a threshold reads as written): ``1e25 FLOP``, ``3.33333e22 FLOP``; dollars and
+    users below 1e12 in full: ``$500,000,000``, ``1,000,000 users``."""
+    if unit == "USD" and abs(value) < 1e12:
+        return f"${value:,.0f}"
+    if unit == "users" and abs(value) < 1e12:
+        return f"{value:,.0f} users"
+    text = f"{value:.6g}"
+    if "e" in text:
+        mantissa, exp = text.split("e")
+        text = f"{mantissa}e{int(exp)}"
+    return f"{text} {unit}".strip()

@@ -141,9 +141,9 @@ def _count(n: int, plural: str) -> str:
 
 
 def _value(value, unit: str) -> str:
-    from audit.policy.conditions import fmt_number
+    from audit.numbers import quantity
 
-    return "unknown" if value is None else fmt_number(value, unit)
+    return "unknown" if value is None else quantity(value, unit)
 
 
 # -- flopgate policies list / show ----------------------------------------------------------------

@@ -158,18 +158,3 @@ def missing_facts(when: Optional[When], ctx: Context) -> list[str]:
     if when.teacher_terms is not None and not ctx.teacher_terms:
         out.append("the teacher's terms (teacher not recognised)")
     return out
-
-
-def fmt_number(value: float, unit: str = "") -> str:
-    """``1e25`` -> ``1e25``; ``3.3333e22`` -> ``3.33333e22``; dollars and users get no exponent
-    below a billion."""
-    if unit == "USD" and abs(value) < 1e12:
-        text = f"${value:,.0f}"
-        return text
-    if unit == "users" and abs(value) < 1e12:
-        return f"{value:,.0f} users"
-    text = f"{value:.6g}"
-    if "e" in text:
-        mantissa, exp = text.split("e")
-        text = f"{mantissa}e{int(exp)}"
-    return f"{text} {unit}".strip()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Optional
 
+from audit.numbers import quantity
 from audit.policy.conditions import (
-    COMPARE, FACT_LABELS, Context, and3, fact_test, fmt_number, jurisdiction_covered, missing_facts,
+    COMPARE, FACT_LABELS, Context, and3, fact_test, jurisdiction_covered, missing_facts,
     uncovered_jurisdictions, when_holds,
 )
 from audit.policy.failclosed import engine_finding, rule_error
@@ -82,7 +83,7 @@ def threshold_for(regime: Regime, ctx: Context) -> tuple[float, str]:
     base = ctx.fact(rel.fraction_of)
     if base is None:
         return rel.fallback, f" (fallback: {FACT_LABELS[rel.fraction_of]} is unknown)"
-    return base / rel.divisor, f" ({FACT_LABELS[rel.fraction_of]} {fmt_number(base, 'FLOP')} / {rel.divisor:g})"
+    return base / rel.divisor, f" ({FACT_LABELS[rel.fraction_of]} {quantity(base, 'FLOP')} / {rel.divisor:g})"
 
 
 def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
@@ -111,7 +112,7 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
         return [finding("info", f"{regime.name}: does not apply to this plan. {regime.explanation}")], [], []
 
     threshold, how = threshold_for(regime, ctx)
-    shown_threshold = fmt_number(threshold, unit) + how
+    shown_threshold = quantity(threshold, unit) + how
     observed = ctx.fact(regime.fact)
     flops = dict(threshold_flops=threshold if unit == "FLOP" else None, threshold_value=threshold)
     if observed is None or applies is None:
@@ -123,7 +124,7 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
                 [RegimeResult(**base, **flops, in_force=True, status="unknown",
                               status_note=f"missing: {', '.join(missing)}")])
 
-    shown_observed = fmt_number(observed, unit) + f" ({FACT_LABELS[regime.fact]})"
+    shown_observed = quantity(observed, unit) + f" ({FACT_LABELS[regime.fact]})"
     values = dict(**flops, observed_flops=observed if unit == "FLOP" else None, observed_value=observed,
                   margin_ratio=observed / threshold)
     exceeded = COMPARE[regime.comparator](observed, threshold)

@@ -18,8 +18,9 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from audit.numbers import quantity
 from audit.policy.conditions import (
-    COMPARE, Context, fmt_number, matches_any, jurisdiction_covered, missing_facts, student_derived_from,
+    COMPARE, Context, matches_any, jurisdiction_covered, missing_facts, student_derived_from,
     when_holds,
 )
 from audit.policy.failclosed import rule_error
@@ -259,12 +260,12 @@ def _non_commercial(clause, ctx: Context) -> _Out:
 def _usage_cap(clause, ctx: Context) -> _Out:
     value = ctx.fact(clause.metric)
     unit = "users" if clause.metric == "monthly_active_users" else "USD"
-    threshold = fmt_number(clause.limit, unit)
+    threshold = quantity(clause.limit, unit)
     field_name = "use.monthly_active_users" if unit == "users" else "organization.annual_revenue_usd"
     if value is None:
         return _Out("review", f"{field_name} is not in the plan, so the cap cannot be checked. {clause.explanation}",
                     observed="unknown", threshold=threshold)
-    observed = fmt_number(value, unit)
+    observed = quantity(value, unit)
     if not COMPARE[clause.comparator](value, clause.limit):
         return _Out("info", f"below the cap. {clause.explanation}", observed=observed, threshold=threshold)
     if clause.authorization_lifts:

@@ -66,3 +66,11 @@ def test_anything_not_a_finite_number_is_unknown(bad):
 ])
 def test_plain_never_writes_python_exponents(value, digits, expected):
     assert numbers.plain(value, digits) == expected
+
+
+@pytest.mark.parametrize("value, unit, expected", [
+    (1e25, "FLOP", "1e25 FLOP"), (1e25 / 3, "FLOP", "3.33333e24 FLOP"), (5e8, "USD", "$500,000,000"),
+    (1e6, "users", "1,000,000 users"), (2.5e13, "USD", "2.5e13 USD"), (42.0, "", "42"),
+])
+def test_quantity_states_a_figure_with_its_unit(value, unit, expected):
+    assert numbers.quantity(value, unit) == expected
