@@ -2,6 +2,12 @@
 
 PyYAML follows YAML 1.1, where ``1e10`` and ``2.0e10`` (no sign in the exponent) are strings.
 Plans are full of such numbers, so our loader also reads them as floats (as YAML 1.2 does).
+
+A plain scalar shaped like a timestamp that is no real date (``2026-13-01``, ``2026-02-30``)
+stays a string, so the schema that reads it names the field and what it expected. Flow
+collections (``[ ]``, ``{ }``) nested deeper than 64 levels are refused as the scanner meets
+them, with the line and column; block nesting deep enough to exhaust the recursion of PyYAML's
+composer (a few hundred levels) is an ``InputError`` too ("nesting too deep").
 """
 
 from __future__ import annotations
@@ -15,8 +21,30 @@ import yaml
 from audit.errors import InputError
 
 
+MAX_FLOW_DEPTH = 64
+"""Deepest nesting of ``[ ]`` and ``{ }`` read (plans and policy packs use a handful)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e10``, ``2.0e10`` and ``-3E+5`` as floats."""
+    """SafeLoader that reads ``1e10``, ``2.0e10`` and ``-3E+5`` as floats, an impossible date
+    such as ``2026-13-01`` as the string it is (PyYAML raises a bare ``ValueError``), and
+    refuses flow collections nested deeper than ``MAX_FLOW_DEPTH``."""
+
+    def fetch_flow_collection_start(self, TokenClass):
+        if self.flow_level >= MAX_FLOW_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"nesting too deep: more than {MAX_FLOW_DEPTH} levels of [ ] or {{ }}",
+                self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def construct_yaml_timestamp(self, node):
+        try:
+            return super().construct_yaml_timestamp(node)
+        except (ValueError, OverflowError):
+            return self.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
 
 
 _Loader.add_implicit_resolver(
@@ -42,6 +70,9 @@ def load_yaml_text(text: str, source: str) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise InputError(f"invalid YAML ({problem})", source=source, field=where) from None
+    except RecursionError:
+        raise InputError("invalid YAML (nesting too deep: lists or mappings inside each other "
+                         "deeper than the parser can follow)", source=source) from None
 
 
 def load_yaml_file(path: str | Path) -> Any:

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--approval", metavar="FILE", help="a reviewer's approval (needed for a REVIEW audit)")
     p.add_argument("--approver-pubkey", metavar="FILE", help="trust this reviewer public key")
     p.add_argument("--approver-trust", metavar="DIR", help="trust every *.pub reviewer key in this folder")
-    p.add_argument("--max-age-days", type=positive(float), default=30.0, metavar="N",
+    p.add_argument("--max-age-days", type=positive(float, maximum=36500), default=30.0, metavar="N",
                    help="refuse an audit older than N days (default 30)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: ./distill-out/PLAN-NAME)")
     p.add_argument("--key", metavar="FILE", help="Ed25519 key that signs the run record "
@@ -291,8 +291,8 @@ def audited_model_checks(loaded, gate):
         if student is not None and loaded.plan.student.init != "pruned_teacher":
             check_loaded_model(student, loaded.student_config.data, role="student",
                                source=str(loaded.student_config.path))
-        if gate.teacher_weights is not None:
-            verify_unchanged(gate.teacher_weights)
+        for digest in gate.model_folders.values():
+            verify_unchanged(digest)
 
     return check
 

@@ -4,14 +4,20 @@ An envelope is ``{"payload": b64(body), "payloadType": str, "signatures": [{"key
 Signatures are Ed25519 over ``PAE(payloadType, body)``, never over the JSON text, and the body
 is verified exactly as received (never re-serialised). ``keyid`` is the sha256 hex of the raw
 32-byte public key; it is only a hint: every trusted key is tried on every signature.
+
+Parsing is strict, so that no other parser can read another envelope out of the same bytes:
+repeated JSON keys, NaN/Infinity and nesting deeper than 64 levels are refused (see
+``canonical.strict_json_loads``), and ``payload`` and ``sig`` must be canonical standard base64
+(RFC 4648 section 4 alphabet, with padding, no whitespace, unused trailing bits zero). DSSE also
+lets writers use URL-safe base64; we write standard base64 and read only that.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.attest import PAYLOAD_TYPE, VerificationFailed
+from audit.attest.canonical import StrictJSONError, strict_json_loads
 from audit.attest.keys import TrustedKey, key_id
 from audit.fsutil import write_atomic
 
@@ -63,27 +70,49 @@ def sign(payload: bytes, private_key: Ed25519PrivateKey, payload_type: str = PAY
     return Envelope(payload_type, payload, (Signature(key_id(private_key.public_key()), signature),))
 
 
+_STANDARD_B64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
 def _b64decode(text: Any, field: str) -> bytes:
-    """Standard or URL-safe base64, padding optional (DSSE verifiers must accept both)."""
+    """Canonical standard base64 only (RFC 4648 section 4, padded): one text per byte string.
+
+    URL-safe characters, missing padding, whitespace and non-zero unused trailing bits are
+    refused, each with its reason: a lenient decoder maps many texts to one signature.
+    """
     if not isinstance(text, str):
         raise VerificationFailed("envelope", f"{field}: expected a base64 string")
-    cleaned = text.strip().replace("-", "+").replace("_", "/")
-    cleaned += "=" * (-len(cleaned) % 4)
-    try:
-        return base64.b64decode(cleaned, validate=True)
-    except (binascii.Error, ValueError):
-        raise VerificationFailed("envelope", f"{field}: not valid base64") from None
+    if not _STANDARD_B64.fullmatch(text):
+        raise VerificationFailed("envelope", f"{field}: not valid base64 ({_b64_problem(text)})")
+    decoded = base64.b64decode(text, validate=True)
+    if base64.b64encode(decoded).decode("ascii") != text:
+        raise VerificationFailed("envelope", f"{field}: not canonical base64 (the unused "
+                                             "trailing bits are not zero)")
+    return decoded
+
+
+def _b64_problem(text: str) -> str:
+    if any(c.isspace() for c in text):
+        return "it contains whitespace"
+    if "-" in text or "_" in text:
+        return "URL-safe characters '-' or '_'; expected standard base64, RFC 4648 section 4"
+    stripped = text.rstrip("=")
+    if re.fullmatch(r"[A-Za-z0-9+/]*", stripped) and len(text) % 4:
+        return "missing padding; expected a length that is a multiple of 4"
+    return "expected the RFC 4648 standard alphabet with '=' padding"
 
 
 def parse_envelope(data: bytes | str | dict) -> Envelope:
     """Decode an envelope from its file bytes, text or parsed JSON; check only its shape.
 
-    Raises ``VerificationFailed("envelope", ...)`` when it is not JSON or not a DSSE envelope.
+    Raises ``VerificationFailed("envelope", ...)`` when it is not strict JSON (see the module
+    docstring) or not a DSSE envelope.
     """
     if isinstance(data, (bytes, str)):
         try:
-            data = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+            data = strict_json_loads(data)
+        except StrictJSONError as exc:
+            raise VerificationFailed("envelope", str(exc)) from None
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
             raise VerificationFailed("envelope", "not valid JSON") from None
     if not isinstance(data, dict):
         raise VerificationFailed("envelope", "expected a JSON object")

@@ -1,12 +1,16 @@
 """The whole verification of an envelope file, as ``flopgate verify``, ``report`` and the gate
 use it. Checks run in this order and the first failure is raised as ``VerificationFailed``:
 
-1. the file is a DSSE envelope (JSON shape, base64)            -> reason ``envelope``
+1. the file is a DSSE envelope (strict JSON, shape, base64)    -> reason ``envelope``
 2. its payloadType is ``application/vnd.in-toto+json``           -> ``payload_type``
 3. a trusted key signed PAE(payloadType, payload)                -> ``signature``
 4. the payload is an in-toto Statement v1                         -> ``statement``/``statement_type``
 5. its predicateType is one we accept                             -> ``predicate_type``
 6. every subject's sha256 matches the file on disk (optional)    -> ``subjects``
+
+Envelope and payload are read strictly (``canonical.strict_json_loads``: no repeated keys, NaN
+or nesting past 64 levels; canonical standard base64 only), so no other parser can read a
+different envelope or statement out of the same bytes.
 
 A file that cannot be read at all is an ``InputError`` (exit 2), not a failed verification.
 """

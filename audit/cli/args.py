@@ -19,17 +19,21 @@ def iso_date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"expected a date like 2026-12-01, got {text!r}") from None
 
 
-def positive(kind=float):
-    """An argparse type: a finite number of ``kind`` (float or int) greater than 0."""
+def positive(kind=float, maximum: float | None = None):
+    """An argparse type: a finite number of ``kind`` (float or int) greater than 0, and at most
+    ``maximum`` when given (e.g. a number of days that must fit a ``datetime.timedelta``)."""
 
     def parse(text: str):
         try:
             value = float(text)
         except ValueError:
             value = None
-        if value is None or not 0 < value < float("inf") or (kind is int and value != int(value)):
+        bad = value is None or not 0 < value < float("inf")
+        bad = bad or (maximum is not None and value > maximum)
+        if bad or (kind is int and value != int(value)):
             noun = "whole number" if kind is int else "number"
-            raise argparse.ArgumentTypeError(f"expected a {noun} > 0, got {text!r}")
+            bound = f" and at most {maximum:g}" if maximum is not None else ""
+            raise argparse.ArgumentTypeError(f"expected a {noun} > 0{bound}, got {text!r}")
         return kind(value)
 
     return parse

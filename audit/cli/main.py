@@ -8,6 +8,10 @@ Commands from other packages (``flopgate distill``) plug in through the ``flopga
 entry-point group, so ``audit`` never imports ``distill``.
 
 Exit codes: 0 ok, 1 unexpected error, 2 invalid input; commands may add their own (check: 3, 4).
+A filesystem error that names a path (an output folder under a regular file, a read-only
+folder) is invalid input: ``flopgate: error: PATH: reason``, exit 2. When the reader of stdout
+goes away (``flopgate policies list | head -1``) the command stops quietly with exit 141, what a
+shell reports for a program ended by SIGPIPE (output rendered by rich ends with rich's own exit 1).
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ import sys
 
 from audit import __version__
 from audit.errors import FlopgateError
+
+BROKEN_PIPE_EXIT = 128 + 13
+"""Exit code when stdout's reader has gone: 128 + SIGPIPE, as a shell reports ``yes | head``."""
+
+_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError)
 
 BUILTIN_COMMANDS = [
     "audit.cli.flops_cmd",
@@ -58,6 +67,24 @@ class CommandImportError(FlopgateError):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code. Never a traceback (unless FLOPGATE_DEBUG is set)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return BROKEN_PIPE_EXIT
+    except SystemExit:  # argparse's --help, --version and usage errors
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            raise SystemExit(BROKEN_PIPE_EXIT) from None
+        raise
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
     except CommandImportError as exc:
@@ -75,13 +102,38 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flopgate: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
+    except _PATH_ERRORS as exc:
+        if exc.filename is None:
+            return _unexpected(exc)
+        print(f"flopgate: error: {exc.filename}: {exc.strerror or exc.__class__.__name__}",
+              file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
-        if os.environ.get("FLOPGATE_DEBUG"):
-            raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"flopgate: unexpected error: {exc.__class__.__name__}: {first} "
-              "(set FLOPGATE_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 1
+        return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> int:
+    if os.environ.get("FLOPGATE_DEBUG"):
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    print(f"flopgate: unexpected error: {exc.__class__.__name__}: {first} "
+          "(set FLOPGATE_DEBUG=1 for a traceback)", file=sys.stderr)
+    return 1
+
+
+def _stdout_to_devnull() -> None:
+    """The recipe of the Python docs' "Note on SIGPIPE": point stdout's file descriptor at
+    /dev/null, so that the flush at interpreter exit cannot raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real descriptor (tests, embedding)
+        pass
 
 
 if __name__ == "__main__":
