@@ -33,7 +33,7 @@ from audit.policy.facts import read_plan_facts, resolve_plan_facts
 from audit.policy.decision import Decision
 from audit.policy.packs import PolicySet, load_packs
 from audit.versions import tool_versions
-from audit.weights import hash_model_folder, teacher_folder
+from audit.weights import hash_model_folder, model_folders
 
 ENVELOPE_NAME, PAYLOAD_NAME, HTML_NAME = "audit.intoto.json", "audit.json", "audit.html"
 
@@ -104,11 +104,10 @@ def input_files(loaded: LoadedPlan, facts: PlanFacts, pack_files: list[dict],
     if plan.teacher.authorization:  # check_authorization read it and found this digest
         files.append(InputFile("authorization", plan.teacher.authorization.document, base, None,
                                plan.teacher.authorization.sha256))
-    folder = teacher_folder(plan)
-    if folder is not None:  # config, tokenizer and weights: a root over every file's sha256
-        digest = hash_model_folder(folder)
-        files.append(InputFile("teacher_weights", folder, base,
-                               {"files": len(digest.files), "bytes": digest.total_bytes}, digest.root_sha256))
+    for role, folder in model_folders(plan):  # config, tokenizer and weights: a root over every file
+        digest = hash_model_folder(folder, role.replace("_", " "))
+        files.append(InputFile(role, folder, base, {"files": len(digest.files), "bytes": digest.total_bytes},
+                               digest.root_sha256))
     for pack in pack_files:
         files.append(InputFile("policy_pack", pack["path"], base,
                                {"pack_id": pack["id"], "pack_version": pack["version"]}, pack["sha256"]))

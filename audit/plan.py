@@ -254,7 +254,8 @@ def load_plan(path: str | Path, raw: bytes | None = None) -> LoadedPlan:
             update={"document": _resolve(plan.teacher.authorization.document, base, always=True)})
     plan = plan.model_copy(update={
         "teacher": plan.teacher.model_copy(update=teacher_updates),
-        "student": plan.student.model_copy(update={"config": _resolve(plan.student.config, base, always=False)}),
+        "student": plan.student.model_copy(update={"config": _resolve(plan.student.config, base, always=False),
+                                                   "base_model": _resolve(plan.student.base_model, base, always=False)}),
         "data": plan.data.model_copy(update={"manifest": _resolve(plan.data.manifest, base, always=True)}),
     })
     student_config, teacher_config = _read_configs(plan, str(path))

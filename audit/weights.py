@@ -411,6 +411,20 @@ def teacher_folder(plan) -> Optional[Path]:
     return None
 
 
+def model_folders(plan) -> list[tuple[str, Path]]:
+    """``(role, folder)`` of every local model folder whose files become weights in the run: the
+    teacher's (``teacher_weights``) and, for ``student.init: base``, a base model given as a
+    local folder (``student_base_weights``). Each is signed by check and re-hashed by the gate."""
+    folders = []
+    teacher = teacher_folder(plan)
+    if teacher is not None:
+        folders.append(("teacher_weights", teacher))
+    base = Path(plan.student.base_model) if plan.student.init == "base" and plan.student.base_model else None
+    if base is not None and base.is_absolute() and base.is_dir():
+        folders.append(("student_base_weights", base))
+    return folders
+
+
 def digest_record_path() -> Path:
     """Where the re-hash fast path keeps its record: ``$FLOPGATE_HOME/cache/weight-digests.json``."""
     from audit.attest.keys import flopgate_home

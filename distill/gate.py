@@ -56,7 +56,7 @@ class GateResult:
     notes: list[str] = field(default_factory=list)   # who approved, obligations left to do
     approval_sha256: Optional[str] = None
     loaded_plan: Optional[object] = None   # audit.plan.LoadedPlan parsed from the verified plan bytes
-    teacher_weights: Optional[object] = None  # audit.weights.FolderDigest of the verified teacher folder
+    model_folders: dict = field(default_factory=dict)  # role -> audit.weights.FolderDigest, verified
 
 
 def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
@@ -103,7 +103,7 @@ def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     reasons += _rules_date_reasons(predicate, now, max_age_days)
     reasons += [f"policy_pack: {line}" for line in pack_version_changes(statement, installed)]
     return GateResult(not reasons, reasons, predicate, verified.envelope_sha256, outcome, notes,
-                      approval_sha, loaded if not reasons else None, weights if not reasons else None)
+                      approval_sha, loaded if not reasons else None, weights if not reasons else {})
 
 
 def _plan_reasons(predicate: dict, plan_path: Path, plan_raw: bytes) -> list[str]:
@@ -148,25 +148,28 @@ def _input_reasons(predicate: dict, loaded) -> list[str]:
 
 
 def _weights_reasons(predicate: dict, loaded):
-    """(reasons, digest): the teacher folder the plan names is the audited one, re-hashed now
-    (fast path: unchanged files by their stat record; anything touched is read again)."""
-    from audit.weights import hash_model_folder, teacher_folder
+    """(reasons, {role: digest}): every model folder the plan names (the teacher's, a base
+    student's) is the audited one, re-hashed now (fast path: unchanged files by their stat
+    record; anything touched is read again)."""
+    from audit.weights import hash_model_folder, model_folders
 
-    folder = teacher_folder(loaded.plan)
-    audited = {e.get("sha256") for e in _inputs(predicate) if e.get("role") == "teacher_weights"}
-    if folder is None:
-        return [], None
-    if not audited:
-        return [f"weights: the audit covers no teacher_weights, but the plan names {folder}; re-run "
-                "flopgate check"], None
-    try:
-        digest = hash_model_folder(folder)
-    except InputError as exc:
-        return [f"weights: {exc}"], None
-    if digest.root_sha256 not in audited:
-        return [f"weights: the teacher folder {folder} has root sha256 {digest.root_sha256[:12]}..., not the "
-                "audited one: its config, tokenizer or weights changed"], None
-    return [], digest
+    reasons, digests = [], {}
+    for role, folder in model_folders(loaded.plan):
+        audited = {e.get("sha256") for e in _inputs(predicate) if e.get("role") == role}
+        if not audited:
+            reasons.append(f"weights: the audit covers no {role}, but the plan names {folder}; re-run flopgate check")
+            continue
+        try:
+            digest = hash_model_folder(folder, role.replace("_", " "))
+        except InputError as exc:
+            reasons.append(f"weights: {exc}")
+            continue
+        if digest.root_sha256 not in audited:
+            reasons.append(f"weights: {role} {folder} has root sha256 {digest.root_sha256[:12]}..., not the "
+                           "audited one: its config, tokenizer or weights changed")
+            continue
+        digests[role] = digest
+    return reasons, digests
 
 
 def _outcome_reasons(outcome: Optional[str], predicate: dict, envelope_bytes: bytes,
