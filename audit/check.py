@@ -25,7 +25,7 @@ from audit.compute.estimate import estimate_plan
 from audit.compute.tables import ReferenceTables, load_reference_tables
 from audit.compute.types import ComputeEstimate
 from audit.errors import InputError
-from audit.fsutil import write_atomic
+from audit.fsutil import read_input, sha256_bytes, write_atomic
 from audit.plan import LoadedPlan, Plan, load_plan
 from audit.policy.engine import decide, gate_would_open
 from audit.policy.conditions import PlanFacts
@@ -88,11 +88,11 @@ def assess(loaded: LoadedPlan, policy_dirs: Sequence[Path] = (), as_of: dt.date 
                       facts)
 
 
-def input_files(loaded: LoadedPlan, facts: PlanFacts, pack_files: list[dict],
-                tables: ReferenceTables) -> list[InputFile]:
-    """Every file the audit depends on, with its role and the sha256 of the bytes that were
-    read and used (each file is read once; nothing is hashed again here): what the signature
-    covers."""
+def plan_inputs(loaded: LoadedPlan, *, manifest_sha256: str | None = None) -> tuple[list[InputFile], dict]:
+    """The files the plan names, with their roles and the sha256 of the bytes read: the one list
+    that check signs and the gate checks again. Model folders are hashed here (their digests
+    are returned too, by role, for a check after loading); the manifest's digest is the one
+    given (check read it for the decision), else that of the bytes read now."""
     plan, base = loaded.plan, loaded.path.parent
     files = [InputFile("plan", loaded.path, base, None, loaded.sha256)]
     files.append(InputFile("student_config", loaded.student_config.path, base, None, loaded.student_config.sha256))
@@ -100,14 +100,26 @@ def input_files(loaded: LoadedPlan, facts: PlanFacts, pack_files: list[dict],
         files.append(InputFile("teacher_config", loaded.teacher_config.path, base, None,
                                loaded.teacher_config.sha256))
     if plan.data.manifest:
-        files.append(InputFile("dataset_manifest", plan.data.manifest, base, None, facts.manifest_sha256))
+        digest = manifest_sha256 or sha256_bytes(read_input(plan.data.manifest, "the dataset manifest"))
+        files.append(InputFile("dataset_manifest", plan.data.manifest, base, None, digest))
     if plan.teacher.authorization:  # check_authorization read it and found this digest
         files.append(InputFile("authorization", plan.teacher.authorization.document, base, None,
                                plan.teacher.authorization.sha256))
+    folders = {}
     for role, folder in model_folders(plan):  # config, tokenizer and weights: a root over every file
-        digest = hash_model_folder(folder, role.replace("_", " "))
-        files.append(InputFile(role, folder, base, {"files": len(digest.files), "bytes": digest.total_bytes},
-                               digest.root_sha256))
+        folders[role] = hash_model_folder(folder, role.replace("_", " "))
+        files.append(InputFile(role, folder, base, {"files": len(folders[role].files),
+                                                    "bytes": folders[role].total_bytes}, folders[role].root_sha256))
+    return files, folders
+
+
+def input_files(loaded: LoadedPlan, facts: PlanFacts, pack_files: list[dict],
+                tables: ReferenceTables) -> list[InputFile]:
+    """Every file the audit depends on, with its role and the sha256 of the bytes that were
+    read and used (each file is read once; nothing is hashed again here): what the signature
+    covers."""
+    base = loaded.path.parent
+    files = plan_inputs(loaded, manifest_sha256=facts.manifest_sha256)[0]
     for pack in pack_files:
         files.append(InputFile("policy_pack", pack["path"], base,
                                {"pack_id": pack["id"], "pack_version": pack["version"]}, pack["sha256"]))

@@ -9,16 +9,21 @@ a stable code:
 ``subjects``    every file the audit covers still has its signed sha256 (one line per file);
 ``plan``        the plan given now is the audited plan, byte for byte;
 ``inputs``      the model configs and dataset manifest the plan names now are audited inputs
-                with the same sha256;
+                with the same sha256 (the one list check signs, :func:`audit.check.plan_inputs`);
+``weights``     every local model folder the plan names (the teacher's, a base student's) has the
+                audited root digest, re-hashed now;
 ``outcome``     ALLOW; ALLOW_WITH_OBLIGATIONS with every checkable obligation met; or REVIEW
                 with an approval (below). DENY, or no readable outcome, never opens;
 ``approval``    for REVIEW: an approval of this very envelope signed by a trusted approver key;
 ``age``         the audit was created at most ``max_age_days`` ago (and not in the future);
+``dates``       the audit is not historical and applied the rules as of a date at most
+                ``max_age_days`` old;
 ``policy_pack`` every bundled policy pack the audit used has the installed version.
 
 An installed policy pack whose version differs from the audited one in either direction
 refuses: a newer pack means the audit is out of date, an older one cannot vouch for it.
-No argument skips a check.
+No argument skips a check. The plan is read once: its bytes are compared with the audit, then
+parsed, and the parsed plan (with its configs as read) is handed to the trainer in the result.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from audit.attest.keys import TrustedKey
 from audit.attest.statement import audited_outcome, check_subjects, pack_version_changes
 from audit.attest.verify import read_envelope_file, verify_envelope_bytes
 from audit.errors import InputError
-from audit.fsutil import read_input, sha256_bytes, sha256_file
+from audit.fsutil import read_input, sha256_bytes
 
 GATE_REFUSED_EXIT = 6
 """Exit code of ``flopgate distill`` when the gate refuses."""
@@ -92,9 +97,8 @@ def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
         from audit.plan import load_plan
 
         loaded = load_plan(plan_path, raw=plan_raw)
-        reasons += _input_reasons(predicate, loaded)
-        weights_reasons, weights = _weights_reasons(predicate, loaded)
-        reasons += weights_reasons
+        input_reasons, weights = _input_reasons(predicate, loaded)
+        reasons += input_reasons
     outcome = audited_outcome(predicate)
     outcome_reasons, notes, approval_sha = _outcome_reasons(
         outcome, predicate, data, approval_path, trusted_approvers)
@@ -118,58 +122,30 @@ def _plan_reasons(predicate: dict, plan_path: Path, plan_raw: bytes) -> list[str
     return []
 
 
-def current_inputs(loaded) -> list[tuple[str, Path, Optional[str]]]:
-    """``(role, path, sha256 of the bytes load_plan read or None)`` of the model configs and the
-    manifest the plan names now (``loaded``: the verified plan, parsed once)."""
-    plan = loaded.plan
-    files = [("student_config", loaded.student_config.path, loaded.student_config.sha256)]
-    if loaded.teacher_config is not None:
-        files.append(("teacher_config", loaded.teacher_config.path, loaded.teacher_config.sha256))
-    if plan.data.manifest:
-        files.append(("dataset_manifest", Path(plan.data.manifest), None))
-    return files
+def _input_reasons(predicate: dict, loaded) -> tuple[list[str], dict]:
+    """(reasons, {role: folder digest}): every file and model folder the plan names now
+    (:func:`audit.check.plan_inputs`, the list check signed) has an audited input of its role
+    with the same sha256. Model folders are re-hashed with the fast path (unchanged files by
+    their stat record; anything touched is read again)."""
+    from audit.check import plan_inputs
 
-
-def _input_reasons(predicate: dict, loaded) -> list[str]:
+    try:
+        files, folders = plan_inputs(loaded)
+    except InputError as exc:
+        return [f"inputs: {exc}"], {}
     reasons = []
-    inputs = _inputs(predicate)
-    for role, path, digest in current_inputs(loaded):
-        audited = {e.get("sha256") for e in inputs if e.get("role") == role}
-        try:
-            actual = digest or sha256_file(path)
-        except OSError as exc:
-            reasons.append(f"inputs: {role} {path} cannot be read ({exc.__class__.__name__})")
-            continue
+    for item in files:
+        if item.role == "plan":
+            continue  # checked byte for byte above
+        audited = {e.get("sha256") for e in _inputs(predicate) if e.get("role") == item.role}
+        code = "weights" if item.role in folders else "inputs"
         if not audited:
-            reasons.append(f"inputs: the audit covers no {role}, but the plan names {path}")
-        elif actual not in audited:
-            reasons.append(f"inputs: {role} {path} has sha256 {actual[:12]}..., not the audited one")
-    return reasons
-
-
-def _weights_reasons(predicate: dict, loaded):
-    """(reasons, {role: digest}): every model folder the plan names (the teacher's, a base
-    student's) is the audited one, re-hashed now (fast path: unchanged files by their stat
-    record; anything touched is read again)."""
-    from audit.weights import hash_model_folder, model_folders
-
-    reasons, digests = [], {}
-    for role, folder in model_folders(loaded.plan):
-        audited = {e.get("sha256") for e in _inputs(predicate) if e.get("role") == role}
-        if not audited:
-            reasons.append(f"weights: the audit covers no {role}, but the plan names {folder}; re-run flopgate check")
-            continue
-        try:
-            digest = hash_model_folder(folder, role.replace("_", " "))
-        except InputError as exc:
-            reasons.append(f"weights: {exc}")
-            continue
-        if digest.root_sha256 not in audited:
-            reasons.append(f"weights: {role} {folder} has root sha256 {digest.root_sha256[:12]}..., not the "
-                           "audited one: its config, tokenizer or weights changed")
-            continue
-        digests[role] = digest
-    return reasons, digests
+            reasons.append(f"{code}: the audit covers no {item.role}, but the plan names {item.path}; "
+                           "re-run flopgate check")
+        elif item.sha256 not in audited:
+            what = "root sha256" if code == "weights" else "sha256"
+            reasons.append(f"{code}: {item.role} {item.path} has {what} {item.sha256[:12]}..., not the audited one")
+    return reasons, folders
 
 
 def _outcome_reasons(outcome: Optional[str], predicate: dict, envelope_bytes: bytes,
