@@ -346,6 +346,8 @@ def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str) -> i
     print(result.message)
     print(f"compute used: {short_sci(result.flops_used, 4)} FLOP of {short_sci(cfg.budget_flops, 4)}; "
           f"{result.tokens:,} tokens in {result.steps} steps, {result.wall_time_s:.1f} s")
+    if result.lost_tokens:
+        print(f"lost to crashes and charged: {short_sci(result.lost_flops, 4)} FLOP ({result.lost_tokens:,} tokens)")
     print(f"run record:   {written.envelope_path}")
     print(f"signed by:    {short_fingerprint(key_id(private_key.public_key()))} ({key_path}; verify with its .pub)")
     print(f"model card:   {card.readme}" + (f" (+ {card.notice.name})" if card.notice else ""))

@@ -42,6 +42,7 @@ class ComputeMeter:
         self.ctx = ctx
         self.tokens = 0
         self.one_off_flops = 0.0
+        self.lost_tokens = 0        # tokens of steps whose weights a crash lost (still in ``tokens``)
 
     @property
     def flops(self) -> float:
@@ -66,6 +67,16 @@ class ComputeMeter:
         """Record this rank's ``tokens`` from the step just done."""
         self.tokens += self._global(tokens)
 
+    def charge_lost(self, tokens: int) -> None:
+        """Book the global ``tokens`` of steps that ran but were lost to a crash: they used
+        compute, so they count toward the total and the budget, and are kept apart to be shown."""
+        self.tokens += int(tokens)
+        self.lost_tokens += int(tokens)
+
+    @property
+    def lost_flops(self) -> float:
+        return self.lost_tokens * self.flops_per_token
+
     def would_exceed(self, next_tokens: int) -> bool:
         """True when processing ``next_tokens`` more (this rank's share) would pass the limit."""
         limit = self.limit_flops
@@ -75,8 +86,9 @@ class ComputeMeter:
 
     def state_dict(self) -> dict:
         return {"tokens": self.tokens, "flops": self.flops, "flops_per_token": self.flops_per_token,
-                "one_off_flops": self.one_off_flops}
+                "one_off_flops": self.one_off_flops, "lost_tokens": self.lost_tokens}
 
     def load_state_dict(self, state: dict) -> None:
         self.tokens = int(state["tokens"])
         self.one_off_flops = float(state.get("one_off_flops", 0.0))
+        self.lost_tokens = int(state.get("lost_tokens", 0))

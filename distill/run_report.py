@@ -132,6 +132,8 @@ def render_run_report(plan, audit_predicate: dict, record: dict, card: CardFiles
         ("Accelerator-hours", plain(record.get("accelerator_hours"))),
         ("Device", f"{device.get('name')} ({device.get('type')}) x {device.get('processes')}"),
         ("Stopped by the budget", "yes" if record.get("stopped_by_budget") else "no"),
+        ("Lost to crashes (charged)", f"{sci(compute.get('lost_flops'))} FLOP, {exact(compute.get('lost_tokens'))} tokens"
+         if compute.get("lost_tokens") else "none"),
         ("Final checkpoint", f"{checkpoint.get('name')}, root sha256 {checkpoint.get('root_sha256')}"),
         ("Audit envelope", f"{shown_path(audit_info.get('envelope'))}, sha256 {audit_info.get('sha256')}"),
         ("Approval", audit_info.get("approval_sha256") or "none"),

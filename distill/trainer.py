@@ -241,6 +241,8 @@ class TrainResult:
     rank: int
     message: str
     teacher_sharded: bool = False    # the teacher's layers were sharded over the ranks (FSDP2)
+    lost_tokens: int = 0             # of steps lost to crashes; counted in tokens and flops_used
+    lost_flops: float = 0.0
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -457,7 +459,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             # Steps logged after the checkpoint (or before the first one) were lost to the
             # interruption, but they ran: their compute and time still count.
             lost = [r for r in log.records() if r.get("step", 0) > step]
-            meter.tokens += sum(r.get("step_tokens", 0) for r in lost)
+            meter.charge_lost(sum(r.get("step_tokens", 0) for r in lost))
             wall_before = max([wall_before] + [r.get("elapsed_s", 0.0) for r in lost])
             distributed.barrier(ctx)  # every rank has read the log before rank 0 rewrites it
         log.open(keep_through_step=step)
@@ -568,7 +570,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             flops_used=meter.flops if cfg.flops_per_token is not None else None,
             budget_flops=cfg.budget_flops, wall_time_s=wall, device_hours=wall * ctx.world_size / 3600,
             stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
-            device=str(device), rank=ctx.rank, message=message, teacher_sharded=shard)
+            device=str(device), rank=ctx.rank, message=message, teacher_sharded=shard,
+            lost_tokens=meter.lost_tokens, lost_flops=meter.lost_flops)
     finally:
         if log is not None:
             log.close()

@@ -287,3 +287,15 @@ def test_installed_clause_types_come_from_the_policy_packs():
     types = installed_clause_types()
     assert types, "the bundled policy packs define no terms clauses"
     assert set(types.values()) <= set(KNOWN)
+
+
+def test_compute_lost_to_a_crash_is_in_the_record_and_the_report(run):
+    project, signer, envelope, out, checkpoint = run
+    record = write(run, lost_tokens=128, lost_flops=128 * FPT).statement["predicate"]
+    assert record["compute"]["lost_tokens"] == 128 and record["compute"]["lost_flops"] == 128 * FPT
+    audit = json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"]
+    files = write_model_card(out, plan=load_plan(project.plan).plan, audit_predicate=audit, record=record,
+                             clause_types=CLAUSE_TYPES)
+    html = write_run_report(out, plan=load_plan(project.plan).plan, audit_predicate=audit, record=record,
+                            card=files).read_text()
+    assert "Lost to crashes (charged)" in html and "128 tokens" in html

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from distill.checkpoint import list_checkpoints
@@ -37,6 +38,7 @@ def write_config(tmp_path: Path, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     straight_cfg, killed_cfg = write_config(tmp_path, "straight"), write_config(tmp_path, "killed")
     straight = start(straight_cfg)
@@ -77,3 +79,6 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     step_tokens = straight_log[0]["step_tokens"]
     assert straight_log[-1]["tokens"] == 12 * step_tokens
     assert resumed_log[-1]["tokens"] == 14 * step_tokens
+    # ... and are kept apart, to be shown in the run record and report
+    state = json.loads((killed_dir / "checkpoints" / "step-00000012" / "trainer_state.json").read_text())
+    assert state["meter"]["lost_tokens"] == 2 * step_tokens
