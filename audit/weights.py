@@ -201,7 +201,9 @@ def folder_digest(folder: str | os.PathLike, *, progress: Optional[Progress] = N
     rels = [p.relative_to(root).as_posix() for p in paths]
     listed = [FileStat.of(_stat(root, rel)) for rel in rels]
     total = sum(s.size for s in listed)
-    key = _record_key() if record is not None else None
+    from audit.attest.keys import cache_mac_key_or_none
+
+    key = cache_mac_key_or_none() if record is not None else None
     known = _load_record(Path(record), key) if key is not None else {}
     started_ns = time.time_ns()
     done = [0]
@@ -316,16 +318,6 @@ def verify_unchanged(digest: FolderDigest) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Digest record
-
-
-def _record_key() -> bytes | None:
-    """The flopgate home's MAC secret, or None when none can be made (no record is used)."""
-    from audit.attest.keys import ensure_cache_mac_key
-
-    try:
-        return ensure_cache_mac_key()
-    except OSError:
-        return None
 
 
 def _record_mac(key: bytes, host: str, entries_text: str) -> str:

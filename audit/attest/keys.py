@@ -282,3 +282,12 @@ def ensure_cache_mac_key() -> bytes:
         except FileExistsError:
             pass  # another process made it between our check and our write: use theirs
     return load_cache_mac_key(path)
+
+
+def cache_mac_key_or_none() -> bytes | None:
+    """:func:`ensure_cache_mac_key`, or None when none can be made (a read-only home): the
+    count cache and the weights' digest record then simply go unused."""
+    try:
+        return ensure_cache_mac_key()
+    except OSError:
+        return None

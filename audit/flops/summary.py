@@ -84,7 +84,9 @@ def summarize_model(ref: str | ResolvedConfig, seq_len: int, *, source: str = "c
     """
     config = ref if isinstance(ref, ResolvedConfig) else resolve_config(ref, source=source, field=field)
     ref = config.ref
-    mac_key = _cache_mac_key() if use_cache else None
+    from audit.attest.keys import cache_mac_key_or_none
+
+    mac_key = cache_mac_key_or_none() if use_cache else None
     name = cache_key(config, seq_len)
     path = cache_dir() / f"{name}.json"
     if mac_key is not None:
@@ -95,16 +97,6 @@ def summarize_model(ref: str | ResolvedConfig, seq_len: int, *, source: str = "c
     if mac_key is not None:
         _write_entry(path, name, mac_key, summary)
     return summary
-
-
-def _cache_mac_key() -> bytes | None:
-    """The MAC key, or None when none can be made (the count then goes uncached)."""
-    from audit.attest.keys import ensure_cache_mac_key
-
-    try:
-        return ensure_cache_mac_key()
-    except OSError:
-        return None
 
 
 def _entry_mac(key: bytes, name: str, summary_text: bytes) -> str:

@@ -143,10 +143,12 @@ def test_data_elsewhere_must_match_the_manifest(project, signer, model_loads, tm
     assert model_loads == []
 
 
+ROLES_WITHOUT_WEIGHTS = ("plan", "student_config", "teacher_config", "dataset_manifest", "policy_pack")
+
+
 def test_a_hub_teacher_without_a_weights_folder_cannot_train(project, signer, model_loads, capsys):
     project.plan.write_text(project.plan.read_text().replace("model: ./teacher,", "model: tiny-org/tiny-teacher,"))
-    envelope = make_audit(project, signer, roles=("plan", "student_config", "teacher_config", "dataset_manifest",
-                                                  "policy_pack"))
+    envelope = make_audit(project, signer, roles=ROLES_WITHOUT_WEIGHTS)
     code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")
     assert code == 2 and "teacher.weights" in err
     assert model_loads == []
@@ -171,8 +173,7 @@ def test_the_teacher_folder_is_bound_to_the_audit(project, signer, model_loads, 
 
 
 def test_a_weights_folder_the_audit_does_not_cover_is_refused(project, signer, model_loads, capsys):
-    envelope = make_audit(project, signer, roles=("plan", "student_config", "teacher_config", "dataset_manifest",
-                                                  "policy_pack"))
+    envelope = make_audit(project, signer, roles=ROLES_WITHOUT_WEIGHTS)
     code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")
     assert code == 6 and "the audit covers no teacher_weights" in err
     assert model_loads == []
