@@ -321,7 +321,8 @@ def _signing_key(path: str | None):
         return load_private_key(path), Path(path)
     key, where, created = ensure_default_key()
     if created:
-        print(f"created a local signing key: {where} ({short_fingerprint(key_id(key.public_key()))})")
+        print(f"created a local signing key: {where} ({short_fingerprint(key_id(key.public_key()))})",
+              file=sys.stderr)
     return key, where
 
 

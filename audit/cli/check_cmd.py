@@ -8,6 +8,7 @@ Exit codes: 0 the gate would open, 3 REVIEW (or an unmet checkable obligation), 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from audit.cli.args import help_text, iso_date
@@ -47,8 +48,9 @@ def run(args) -> int:
         private_key, path, created = ensure_default_key()
         if created:
             fingerprint = short_fingerprint(key_id(private_key.public_key()))
-            out.print(f"created a local signing key: {path} ({fingerprint}); "
-                      f"share {path}.pub with whoever verifies your audits", style="yellow")
+            # a notice, not output: on stderr, so that --json stays parseable
+            print(f"created a local signing key: {path} ({fingerprint}); "
+                  f"share {path}.pub with whoever verifies your audits", file=sys.stderr)
     result = run_audit(args.plan, args.out, private_key, policy_dirs=[Path(d) for d in args.policies],
                        as_of=args.as_of, use_cache=not args.no_cache, replace=args.replace)
     if args.json:

@@ -179,11 +179,22 @@ def _describe(error: dict) -> str:
     return describe_error(error)
 
 
+_PARSED: dict[str, Pack] = {}
+"""Packs already parsed in this process, by the sha256 of their bytes. Parsing is a pure function
+of the bytes (a ``Pack`` is frozen), so the same bytes need not be parsed twice: YAML parsing is
+most of a cached check's time."""
+
+
 def load_pack_file(path: Path, *, builtin: bool = False) -> LoadedPack:
-    """Read, hash and validate one pack file."""
+    """Read, hash and validate one pack file (the file is always read; the parse of the same
+    bytes is reused)."""
     raw = read_input(path, "policy pack")
-    pack = parse_pack(load_yaml_text(decode_utf8(raw, path), str(path)), str(path))
-    return LoadedPack(pack=pack, path=path.resolve(), sha256=sha256_bytes(raw), builtin=builtin)
+    digest = sha256_bytes(raw)
+    pack = _PARSED.get(digest)
+    if pack is None:
+        pack = parse_pack(load_yaml_text(decode_utf8(raw, path), str(path)), str(path))
+        _PARSED[digest] = pack
+    return LoadedPack(pack=pack, path=path.resolve(), sha256=digest, builtin=builtin)
 
 
 def _yaml_files(folder: Path) -> list[Path]:

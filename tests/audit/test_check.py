@@ -36,12 +36,33 @@ def test_check_writes_a_verifiable_audit(tmp_path, key, capsys):
     assert "ALLOW" in capsys.readouterr().out
 
 
-def test_exit_code_follows_the_decision(tmp_path, key, capsys):
-    for plan in sorted((ROOT / "examples").glob("*.yaml")):
-        code = main(["check", str(plan), "--out", str(tmp_path / plan.stem), "--key", str(key[0]), "--json"])
-        predicate = json.loads(capsys.readouterr().out)
-        expected = 0 if predicate["gate_open"] else (4 if predicate["outcome"] == "DENY" else 3)
-        assert code == expected, plan.name
+# Each bundled example's outcome and exit code (0: the gate opens, 3: REVIEW or an unmet
+# obligation, 4: DENY), written out rather than derived from the predicate under test.
+EXPECTED = {
+    # gpt-4o through the API: the OpenAI terms' competitor ban needs review for a commercial student
+    "api-teacher.yaml": ("REVIEW", 3),
+    # Llama 3.1 licence: name starts with "Llama" (met); attribution and use policy are to-dos
+    "base-init-student.yaml": ("ALLOW_WITH_OBLIGATIONS", 0),
+    # Mixtral is Apache-2.0 and the run is below every threshold: nothing to do
+    "moe-teacher.yaml": ("ALLOW", 0),
+    # Llama 3.1 licence, internal use: only the acceptable-use policy is a to-do
+    "online-logit-kd.yaml": ("ALLOW_WITH_OBLIGATIONS", 0),
+    # Qwen licence, 400 users, internal: allowed with notices only
+    "sequence-kd-discarded.yaml": ("ALLOW", 0),
+}
+
+
+def test_every_bundled_example_has_a_pinned_outcome():
+    assert sorted(p.name for p in (ROOT / "examples").glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bundled_example_outcome_and_exit_code(name, tmp_path, key, capsys):
+    outcome, exit_code = EXPECTED[name]
+    code = main(["check", str(ROOT / "examples" / name), "--out", str(tmp_path / "out"), "--key", str(key[0]), "--json"])
+    predicate = json.loads(capsys.readouterr().out)
+    assert (predicate["outcome"], code) == (outcome, exit_code)
+    assert predicate["gate_open"] is (exit_code == 0)
 
 
 def test_hostile_names_are_escaped_in_the_report(tmp_path, key):

@@ -305,17 +305,22 @@ def test_approved_review_trains_and_the_record_names_the_approval(project, signe
 def test_cached_logits_plan_builds_the_cache_once_and_meters_the_student_per_token(project, signer, capsys):
     """A cached_logits plan: the teacher's forward is spent once (building the cache) and
     charged once; per training token the meter counts the student alone."""
+    from transformers import AutoTokenizer
+
+    from distill.data import build_manifest, load_packed, write_manifest
+
     project.plan.write_text(project.plan.read_text().replace("kind: logits", "kind: cached_logits"))
+    # The cache covers every packed token: a 3 kB slice of the data (still many times the two
+    # steps) keeps its build to a fraction of a second; the whole 20 kB takes seconds on 2 cores.
+    text = project.data.read_text(encoding="utf-8")
+    project.data.write_text(text[:text.index("\n\n", 3000)] + "\n", encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(str(project.root / "teacher"), local_files_only=True)
+    write_manifest(project.manifest, build_manifest([project.data], tokenizer, base=project.root))
     envelope = make_audit(project, signer)
     code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 2,
                              "--micro-batch", MICRO_BATCH, "--teacher-cache", project.root / "cache")
     assert code == 0, err
     assert any((project.root / "cache").iterdir())
-    from transformers import AutoTokenizer
-
-    from distill.data import load_packed
-
-    tokenizer = AutoTokenizer.from_pretrained(str(project.root / "teacher"), local_files_only=True)
     cached_tokens = len(load_packed([project.data], tokenizer, SEQ_LEN, seed=0)) * SEQ_LEN
     record = json.loads((project.root / "out" / "run-record.json").read_text())["predicate"]
     expected = 2 * TOKENS_PER_STEP * STUDENT_TRAIN_FPT + cached_tokens * TEACHER_FORWARD_FPT

@@ -32,6 +32,7 @@ def test_micro_batches_tile_the_global_batch():
         assert covered == list(range(100, 100 + world * accum * micro))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shard_teacher", [False, True], ids=["teacher-replicated", "teacher-sharded"])
 def test_two_gloo_processes_match_one_process(tmp_path, shard_teacher):
     common = dict(max_steps=6, lr=2e-3, checkpoint_every=3)
@@ -72,6 +73,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, shard_teacher):
         torch.testing.assert_close(weights_two[name], value, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sharded_teacher_keeps_half_of_each_layer_and_computes_the_same(tmp_path):
     """FSDP2 over two gloo ranks: each rank holds half of the decoder layers' weights and the
     whole embedding, norm and head; the teacher's hidden states do not change."""
@@ -93,6 +95,7 @@ def test_sharded_teacher_keeps_half_of_each_layer_and_computes_the_same(tmp_path
         assert report["max_abs_diff"] <= 1e-5 * report["scale"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shard_teacher", [False, True], ids=["teacher-replicated", "teacher-sharded"])
 def test_two_processes_build_a_cache_share_each_and_train_like_one(tmp_path, shard_teacher):
     """Cached teacher logits under torchrun: each rank builds the shards of its half of the rows,

@@ -60,6 +60,7 @@ def held_out_metrics(student, teacher, inputs, labels) -> tuple[float, float]:
     return kl, ce
 
 
+@pytest.mark.slow
 def test_distillation_learns_the_teacher_and_beats_hard_labels(tmp_path, one_thread):
     teacher_dir = make_model_dir(tmp_path / "teacher", seed=0)
     train_teacher(teacher_dir)

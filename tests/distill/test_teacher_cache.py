@@ -240,8 +240,13 @@ def test_meter_charges_one_off_compute_against_the_budget():
 
 def test_trainer_on_cached_logits_builds_the_cache_once_and_charges_its_forward_once(tmp_path):
     cache_dir = tmp_path / "tcache"
+    # The cache covers every packed token: 40 paragraphs keep its build under a second (all of
+    # train.txt takes ~20 s on two cores) and are still far more than three steps read.
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(TRAIN_TEXT.read_text(encoding="utf-8").split("\n\n")[:40]) + "\n", encoding="utf-8")
     fields = tiny_run(tmp_path, max_steps=3, teacher_source="cached", teacher_cache_dir=str(cache_dir),
-                      teacher_cache_k=8, flops_per_token=300.0, teacher_flops_per_token=200.0)
+                      teacher_cache_k=8, flops_per_token=300.0, teacher_flops_per_token=200.0,
+                      data_files=[str(text)])
     first = train(TrainConfig.parse(fields))
     index = read_index(cache_dir)
     assert index.k == 8 and index.logprob_dtype == "float16"

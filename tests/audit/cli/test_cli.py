@@ -85,3 +85,13 @@ def test_policies_list_counts_in_words(capsys):
     assert main(["policies", "list"]) == 0
     out = capsys.readouterr().out
     assert "1 regimes" not in out and "1 regime " in out
+
+
+def test_check_json_stays_parseable_when_the_first_check_creates_a_key(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.setenv("FLOPGATE_HOME", str(tmp_path / "fresh-home"))
+    assert main(["check", str(EXAMPLES / "moe-teacher.yaml"), "--out", str(tmp_path / "a"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["outcome"] == "ALLOW"
+    assert "created a local signing key" in err

@@ -84,9 +84,13 @@ def test_every_bundled_config_counts_fully(name):
 
 SMALL_BUNDLED = ["gpt2", "llama-3.2-1b", "llama-3.1-8b", "mistral-7b", "mixtral-8x7b", "phi-3-mini",
                  "qwen2.5-0.5b", "gemma-2-2b"]
+# One of each architecture in the fast loop (GPT-2, Llama, MoE, sliding/global Gemma); the other
+# Llama-shaped configs in the full suite.
+_SAME_SHAPE_AS_LLAMA = {"llama-3.1-8b", "mistral-7b", "phi-3-mini", "qwen2.5-0.5b"}
 
 
-@pytest.mark.parametrize("name", SMALL_BUNDLED)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SAME_SHAPE_AS_LLAMA else n
+                                  for n in SMALL_BUNDLED])
 def test_depth_extrapolation_equals_counting_every_layer(name):
     """count_step counts 1 and 2 layers and extends linearly when layers are identical;
     the result must equal running every layer."""
