@@ -27,6 +27,7 @@ from audit.compute.types import ComputeEstimate
 from audit.errors import InputError
 from audit.fsutil import read_input, sha256_bytes, write_atomic
 from audit.plan import LoadedPlan, Plan, load_plan
+from audit.predicate import AuditPredicate
 from audit.policy.engine import decide, gate_would_open
 from audit.policy.conditions import PlanFacts
 from audit.policy.facts import read_plan_facts, resolve_plan_facts
@@ -152,6 +153,8 @@ def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_
         "gate_open": gate_would_open(decision),
         "inputs": inputs,
     }
+    # the typed model is the shape of what is signed: build it, then sign its JSON
+    predicate = AuditPredicate.model_validate(predicate).model_dump(mode="json")
     return predicate, decision, subjects
 
 

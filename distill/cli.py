@@ -335,14 +335,14 @@ def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str) -> i
     private_key, key_path = signing_key
 
     written = write_run_record(
-        cfg.out_dir, result, audit_envelope=args.attestation, audit_predicate=gate.predicate,
+        cfg.out_dir, result, audit_envelope=args.attestation, audit=gate.audit,
         envelope_sha256=gate.envelope_sha256, plan_path=loaded.path, private_key=private_key,
         device_name=device_name, flops_per_token=cfg.flops_per_token, tolerance=cfg.tolerance,
         approval_path=args.approval if gate.approval_sha256 else None, approval_sha256=gate.approval_sha256)
     record = written.statement["predicate"]
-    card = write_model_card(cfg.out_dir, plan=loaded.plan, audit_predicate=gate.predicate, record=record,
+    card = write_model_card(cfg.out_dir, plan=loaded.plan, audit=gate.audit, record=record,
                             clause_types=installed_clause_types())
-    report = write_run_report(cfg.out_dir, plan=loaded.plan, audit_predicate=gate.predicate, record=record,
+    report = write_run_report(cfg.out_dir, plan=loaded.plan, audit=gate.audit, record=record,
                               card=card, metrics_path=cfg.log_path)
     print(result.message)
     print(f"compute used: {short_sci(result.flops_used, 4)} FLOP of {short_sci(cfg.budget_flops, 4)}; "

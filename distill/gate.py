@@ -6,6 +6,8 @@ a stable code:
 
 ``signature``   the envelope is a DSSE envelope whose audit statement a trusted key signed
                 (nothing else is checked when this fails: an unverified payload is not read);
+``predicate``   the verified predicate parses into :class:`audit.predicate.AuditPredicate`, the
+                model check signs (once; every check below reads its typed fields);
 ``subjects``    every file the audit covers still has its signed sha256 (one line per file);
 ``plan``        the plan given now is the audited plan, byte for byte;
 ``inputs``      the model configs and dataset manifest the plan names now are audited inputs
@@ -37,10 +39,11 @@ from typing import Mapping, Optional, Sequence
 from audit.attest import PREDICATE_AUDIT, VerificationFailed
 from audit.attest.approval import verify_approval
 from audit.attest.keys import TrustedKey
-from audit.attest.statement import audited_outcome, check_subjects, pack_version_changes
+from audit.attest.statement import check_subjects, pack_version_changes
 from audit.attest.verify import read_envelope_file, verify_envelope_bytes
 from audit.errors import InputError
 from audit.fsutil import read_input, sha256_bytes
+from audit.predicate import AuditPredicate, parse_audit_predicate
 
 GATE_REFUSED_EXIT = 6
 """Exit code of ``flopgate distill`` when the gate refuses."""
@@ -62,6 +65,7 @@ class GateResult:
     approval_sha256: Optional[str] = None
     loaded_plan: Optional[object] = None   # audit.plan.LoadedPlan parsed from the verified plan bytes
     model_folders: dict = field(default_factory=dict)  # role -> audit.weights.FolderDigest, verified
+    audit: Optional[AuditPredicate] = None   # the verified predicate, typed (None when unreadable)
 
 
 def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
@@ -88,41 +92,41 @@ def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     plan_raw = read_input(plan_path, "plan")  # read once: verified, then parsed, then handed on
     installed = dict(installed_pack_versions)
 
-    reasons: list[str] = []
-    reasons += [f"subjects: {line}" for line in check_subjects(
+    reasons: list[str] = [f"subjects: {line}" for line in check_subjects(
         statement, plan_path, installed_pack_versions=installed, plan_sha256=sha256_bytes(plan_raw))]
-    reasons += _plan_reasons(predicate, plan_path, plan_raw)
-    loaded, weights = None, None
+    reasons += [f"policy_pack: {line}" for line in pack_version_changes(statement, installed)]
+    audit, problem = parse_audit_predicate(predicate)  # once; every check below reads typed fields
+    if audit is None:
+        return GateResult(False, [f"predicate: the audit cannot be read ({problem}); re-run flopgate check"]
+                          + reasons, predicate, verified.envelope_sha256)
+    reasons += _plan_reasons(audit, plan_path, plan_raw)
+    loaded, weights = None, {}
     if not reasons:  # the plan is the audited one, so its file references can be trusted
         from audit.plan import load_plan
 
         loaded = load_plan(plan_path, raw=plan_raw)
-        input_reasons, weights = _input_reasons(predicate, loaded)
+        input_reasons, weights = _input_reasons(audit, loaded)
         reasons += input_reasons
-    outcome = audited_outcome(predicate)
-    outcome_reasons, notes, approval_sha = _outcome_reasons(
-        outcome, predicate, data, approval_path, trusted_approvers)
+    outcome_reasons, notes, approval_sha = _outcome_reasons(audit, data, approval_path, trusted_approvers)
     reasons += outcome_reasons
-    reasons += _age_reasons(predicate, now, max_age_days)
-    reasons += _rules_date_reasons(predicate, now, max_age_days)
-    reasons += [f"policy_pack: {line}" for line in pack_version_changes(statement, installed)]
-    return GateResult(not reasons, reasons, predicate, verified.envelope_sha256, outcome, notes,
-                      approval_sha, loaded if not reasons else None, weights if not reasons else {})
+    reasons += _age_reasons(audit, now, max_age_days)
+    reasons += _rules_date_reasons(audit, now, max_age_days)
+    return GateResult(not reasons, reasons, predicate, verified.envelope_sha256, audit.outcome, notes,
+                      approval_sha, loaded if not reasons else None, weights if not reasons else {}, audit)
 
 
-def _plan_reasons(predicate: dict, plan_path: Path, plan_raw: bytes) -> list[str]:
-    audited = (predicate.get("plan") or {}).get("sha256")
-    plan_inputs = [e for e in _inputs(predicate) if e.get("role") == "plan"]
-    if not isinstance(audited, str) or not plan_inputs:
-        return ["plan: the audit records no plan digest"]
+def _plan_reasons(audit: AuditPredicate, plan_path: Path, plan_raw: bytes) -> list[str]:
+    audited, plan_inputs = audit.plan.sha256, audit.inputs_of("plan")
+    if not plan_inputs:
+        return ["plan: the audit covers no plan input"]
     actual = sha256_bytes(plan_raw)
-    if actual != audited or any(e.get("sha256") != audited for e in plan_inputs):
+    if actual != audited or any(e.sha256 != audited for e in plan_inputs):
         return [f"plan: {plan_path} is not the audited plan (sha256 {actual[:12]}... now, "
                 f"{str(audited)[:12]}... audited)"]
     return []
 
 
-def _input_reasons(predicate: dict, loaded) -> tuple[list[str], dict]:
+def _input_reasons(audit: AuditPredicate, loaded) -> tuple[list[str], dict]:
     """(reasons, {role: folder digest}): every file and model folder the plan names now
     (:func:`audit.check.plan_inputs`, the list check signed) has an audited input of its role
     with the same sha256. Model folders are re-hashed with the fast path (unchanged files by
@@ -137,7 +141,7 @@ def _input_reasons(predicate: dict, loaded) -> tuple[list[str], dict]:
     for item in files:
         if item.role == "plan":
             continue  # checked byte for byte above
-        audited = {e.get("sha256") for e in _inputs(predicate) if e.get("role") == item.role}
+        audited = {e.sha256 for e in audit.inputs_of(item.role)}
         code = "weights" if item.role in folders else "inputs"
         if not audited:
             reasons.append(f"{code}: the audit covers no {item.role}, but the plan names {item.path}; "
@@ -148,27 +152,25 @@ def _input_reasons(predicate: dict, loaded) -> tuple[list[str], dict]:
     return reasons, folders
 
 
-def _outcome_reasons(outcome: Optional[str], predicate: dict, envelope_bytes: bytes,
-                     approval_path, trusted_approvers) -> tuple[list[str], list[str], Optional[str]]:
-    """(reasons, notes, approval sha256) for the audit's outcome. The verified decision is
-    parsed into the engine's own :class:`Decision` and judged by the engine's one rule,
+def _outcome_reasons(audit: AuditPredicate, envelope_bytes: bytes, approval_path,
+                     trusted_approvers) -> tuple[list[str], list[str], Optional[str]]:
+    """(reasons, notes, approval sha256) for the audit's outcome. The verified decision (the
+    engine's own :class:`Decision`) is judged by the engine's one rule,
     :func:`audit.policy.engine.gate_would_open`; the gate has no rule of its own."""
     from audit.policy.engine import gate_would_open
 
-    if outcome == "DENY":
+    outcome, decision = audit.outcome, audit.decision
+    if outcome == "DENY" or decision.outcome == "DENY":
         return ["outcome: the audit's outcome is DENY; no approval or flag can open the gate"], [], None
-    if outcome not in ("ALLOW", "ALLOW_WITH_OBLIGATIONS", "REVIEW"):
-        return [f"outcome: the audit has no readable outcome (got {outcome!r})"], [], None
-    decision, problem = _decision(predicate)
-    if decision is None:
-        return [f"outcome: the audit's decision cannot be read ({problem})"], [], None
+    if decision.outcome != outcome:
+        return [f"outcome: the audit says {outcome} but its decision says {decision.outcome}"], [], None
     open_items = [o for o in decision.obligations if not (o.checkable and o.status == "met")]
     notes = [f"obligation {o.id} ({o.status}): {o.text}" for o in open_items]
     if outcome in ("ALLOW", "ALLOW_WITH_OBLIGATIONS"):
         if not gate_would_open(decision):
             return [f"outcome: checkable obligation {o.id} is {o.status}: {o.text}"
                     for o in decision.obligations if o.checkable and o.status != "met"], notes, None
-        return _gate_open_flag(predicate), notes, None
+        return _gate_open_flag(audit), notes, None
     if outcome == "REVIEW":
         if approval_path is None:
             return ["approval: the audit's outcome is REVIEW; give --approval FILE signed by a "
@@ -184,29 +186,15 @@ def _outcome_reasons(outcome: Optional[str], predicate: dict, envelope_bytes: by
         return [], [check.reason] + notes, sha256_bytes(approval_bytes)
 
 
-def _decision(predicate: dict):
-    """(the engine's ``Decision`` parsed from the verified predicate, None) or (None, why not)."""
-    from pydantic import ValidationError
-
-    from audit.policy.decision import Decision
-    from audit.validation import describe_error, field_path
-
-    try:
-        return Decision.model_validate(predicate.get("decision")), None
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        return None, f"decision.{field_path(error['loc'])}: {describe_error(error)}"
-
-
-def _gate_open_flag(predicate: dict) -> list[str]:
+def _gate_open_flag(audit: AuditPredicate) -> list[str]:
     """The audit's own ``gate_open`` must not contradict an opening outcome (fail closed)."""
-    if predicate.get("gate_open") is False:
+    if not audit.gate_open:
         return ["outcome: the audit itself records gate_open = false"]
     return []
 
 
-def _age_reasons(predicate: dict, now: dt.datetime, max_age_days: float) -> list[str]:
-    created = predicate.get("created")
+def _age_reasons(audit: AuditPredicate, now: dt.datetime, max_age_days: float) -> list[str]:
+    created = audit.created
     try:
         when = dt.datetime.fromisoformat(str(created).replace("Z", "+00:00"))
     except ValueError:
@@ -222,26 +210,15 @@ def _age_reasons(predicate: dict, now: dt.datetime, max_age_days: float) -> list
     return []
 
 
-def _rules_date_reasons(predicate: dict, now: dt.datetime, max_age_days: float) -> list[str]:
+def _rules_date_reasons(audit: AuditPredicate, now: dt.datetime, max_age_days: float) -> list[str]:
     """The rules must be applied as of a current date: never a historical audit (an explicit
-    ``--as-of`` in the past), never rules older than the age limit, never a missing date."""
-    if predicate.get("historical") is not False:
-        if predicate.get("historical") is True:
-            return [f"dates: a historical audit (rules as of {predicate.get('as_of')}, before the plan's start "
-                    "and the signing day) records how the law stood then and cannot open the gate"]
-        return ["dates: the audit does not say whether it is historical (made by an older flopgate?); "
-                "re-run flopgate check"]
-    try:
-        as_of = dt.date.fromisoformat(str(predicate.get("as_of")))
-    except ValueError:
-        return [f"dates: the audit's rules date {predicate.get('as_of')!r} is not a date"]
+    ``--as-of`` in the past), never rules older than the age limit."""
+    as_of = audit.as_of
+    if audit.historical:
+        return [f"dates: a historical audit (rules as of {as_of}, before the plan's start and the signing "
+                "day) records how the law stood then and cannot open the gate"]
     today = (now if now.tzinfo else now.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc).date()
     if (today - as_of).days > max_age_days:
         return [f"dates: the audit applied the rules as of {as_of}, {(today - as_of).days} days ago; the limit "
                 f"is {max_age_days:g} days: re-run flopgate check"]
     return []
-
-
-def _inputs(predicate: dict) -> list[dict]:
-    inputs = predicate.get("inputs")
-    return [e for e in inputs if isinstance(e, dict)] if isinstance(inputs, list) else []

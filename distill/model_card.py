@@ -32,6 +32,7 @@ import yaml
 
 from audit.fsutil import write_atomic
 from audit.numbers import exact, plain, sci
+from audit.predicate import AuditPredicate
 
 README_NAME, NOTICE_NAME = "README.md", "NOTICE"
 # Licence ids Hugging Face's model-card metadata takes as ``license: <id>`` (a common subset of
@@ -80,18 +81,14 @@ def installed_clause_types() -> dict[str, str]:
     return {clause.id: clause.type for _, doc in load_packs().all_terms() for clause in doc.clauses}
 
 
-def card_items(audit_predicate: dict, clause_types: Mapping[str, str]) -> tuple[list[CardItem], list[str], list[str]]:
+def card_items(audit: AuditPredicate, clause_types: Mapping[str, str]) -> tuple[list[CardItem], list[str], list[str]]:
     """The obligations as card items, the attribution phrases, and the notice texts."""
-    decision = audit_predicate.get("decision") or {}
-    finding_kinds = {f.get("rule_id"): f.get("kind") for f in decision.get("findings") or []
-                     if isinstance(f, dict)}
+    finding_kinds = {f.rule_id: f.kind for f in audit.decision.findings}
     items, phrases, notices = [], [], []
-    for o in decision.get("obligations") or []:
-        if not isinstance(o, dict):
-            continue
-        text, rule_id = str(o.get("text") or ""), o.get("rule_id")
+    for o in audit.decision.obligations:
+        text, rule_id = o.text, o.rule_id
         kind = clause_types.get(rule_id) or finding_kinds.get(rule_id) or "unknown"
-        met = o.get("status") == "met" and o.get("checkable") is True
+        met = o.status == "met" and o.checkable
         done = None
         if kind == "attribution" and (found := _QUOTED.search(text)):
             phrases.append(found.group(1).strip())
@@ -103,9 +100,8 @@ def card_items(audit_predicate: dict, clause_types: Mapping[str, str]) -> tuple[
             done = "stated in the card's licence section"
         elif kind == "use_policy":
             done = "repeated under the card's use restrictions"
-        items.append(CardItem(id=str(o.get("id")), text=" ".join(text.split()), kind=kind,
-                              status=str(o.get("status")), deadline=o.get("deadline"),
-                              done=done, todo=not met))
+        items.append(CardItem(id=o.id, text=" ".join(text.split()), kind=kind, status=o.status,
+                              deadline=o.deadline, done=done, todo=not met))
     return items, _unique(phrases), _unique(notices)
 
 
@@ -124,13 +120,11 @@ def shown_path(value) -> str:
     return Path(str(value)).name if Path(str(value)).is_absolute() else str(value)
 
 
-def _teacher_terms(audit_predicate: dict) -> tuple[list[str], list[str]]:
+def _teacher_terms(audit: AuditPredicate) -> tuple[list[str], list[str]]:
     """(terms ids applied, citation URLs of the teacher findings)."""
-    decision = audit_predicate.get("decision") or {}
-    teacher = decision.get("teacher") or {}
-    terms = [str(t) for t in (teacher.get("terms") or []) + (teacher.get("upstream") or [])]
-    urls = [str((f.get("citation") or {}).get("url")) for f in decision.get("findings") or []
-            if isinstance(f, dict) and f.get("kind") == "teacher" and (f.get("citation") or {}).get("url")]
+    teacher = audit.decision.teacher
+    terms = (teacher.terms + teacher.upstream) if teacher else []
+    urls = [f.citation.url for f in audit.decision.findings if f.kind == "teacher" and f.citation]
     return terms, _unique(urls)
 
 
@@ -144,12 +138,12 @@ def license_metadata(declared: Optional[str]) -> dict:
     return {"license": "other", "license_name": declared or "undeclared"}
 
 
-def render_readme(plan, audit_predicate: dict, record: dict, items: list[CardItem],
+def render_readme(plan, audit: AuditPredicate, record: dict, items: list[CardItem],
                   phrases: list[str], notices: list[str]) -> str:
     """The model card's Markdown (``plan`` is an ``audit.plan.Plan``)."""
     declared = plan.student.license
     front = {**license_metadata(declared), "tags": ["distillation", "flopgate"], "pipeline_tag": "text-generation"}
-    terms, urls = _teacher_terms(audit_predicate)
+    terms, urls = _teacher_terms(audit)
     compute = record.get("compute") or {}
     checkpoint = record.get("checkpoint") or {}
     lines = ["---", yaml.safe_dump(front, sort_keys=True).rstrip(), "---", "", f"# {_md(plan.student.name)}", ""]
@@ -157,7 +151,7 @@ def render_readme(plan, audit_predicate: dict, record: dict, items: list[CardIte
     lines += [
         f"A student model distilled from `{_md(shown_path(plan.teacher.model))}` by online logit distillation "
         f"({_md(plan.method.loss)}, temperature {plan.method.temperature:g}), trained with flopgate "
-        f"behind a signed audit (outcome {_md(audit_predicate.get('outcome'))}).", "",
+        f"behind a signed audit (outcome {_md(audit.outcome)}).", "",
         f"Intended use: {_md(plan.use.purpose)} ({_md(plan.use.scope)} scope, "
         f"{_md(plan.use.distribution)} distribution).", "",
         "## Training", "",
@@ -207,13 +201,13 @@ def render_readme(plan, audit_predicate: dict, record: dict, items: list[CardIte
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(out_dir: str | Path, *, plan, audit_predicate: dict, record: dict,
+def write_model_card(out_dir: str | Path, *, plan, audit: AuditPredicate, record: dict,
                      clause_types: Mapping[str, str]) -> CardFiles:
     """Write ``README.md`` and ``NOTICE`` (only when an obligation gives a notice text) into
     ``out_dir``, each atomically."""
     out_dir = Path(out_dir)
-    items, phrases, notices = card_items(audit_predicate, clause_types)
-    readme = write_atomic(out_dir / README_NAME, render_readme(plan, audit_predicate, record, items,
+    items, phrases, notices = card_items(audit, clause_types)
+    readme = write_atomic(out_dir / README_NAME, render_readme(plan, audit, record, items,
                                                                phrases, notices))
     notice = None
     if notices:

@@ -43,6 +43,7 @@ from typing import Any, Optional, Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.attest import PREDICATE_RUN_RECORD
+from audit.predicate import AuditPredicate
 from audit.attest.dsse import write_envelope
 from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
 from audit.compute.types import CONVENTION
@@ -68,13 +69,12 @@ def _finite(value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def carried_obligations(audit_predicate: dict) -> list[dict]:
+def carried_obligations(audit: AuditPredicate) -> list[dict]:
     """The audit decision's obligations, as the student inherits them."""
-    obligations = (audit_predicate.get("decision") or {}).get("obligations") or []
-    return [{k: o.get(k) for k in _OBLIGATION_FIELDS if k in o} for o in obligations if isinstance(o, dict)]
+    return [o.model_dump(mode="json", include=set(_OBLIGATION_FIELDS)) for o in audit.decision.obligations]
 
 
-def build_predicate(result, *, audit_predicate: dict, envelope_name: str, envelope_sha256: str,
+def build_predicate(result, *, audit: AuditPredicate, envelope_name: str, envelope_sha256: str,
                     flops_per_token: Optional[float], tolerance: float, device_name: str,
                     checkpoint_name: str, checkpoint_root: str, checkpoint_files: int,
                     approval_sha256: Optional[str], inputs: list[dict]) -> dict:
@@ -83,19 +83,17 @@ def build_predicate(result, *, audit_predicate: dict, envelope_name: str, envelo
     from audit.versions import tool_versions
 
     budget = _finite(result.budget_flops)
-    compute = audit_predicate.get("compute") or {}
-    plan = audit_predicate.get("plan") or {}
     return {
         "tool": tool_versions(),
         "created": utc_now(),
-        "plan": {"name": plan.get("name"), "sha256": plan.get("sha256")},
+        "plan": {"name": audit.plan.name, "sha256": audit.plan.sha256},
         "audit": {"envelope": envelope_name, "sha256": envelope_sha256,
-                  "outcome": audit_predicate.get("outcome"), "created": audit_predicate.get("created"),
+                  "outcome": audit.outcome, "created": audit.created,
                   "approval_sha256": approval_sha256},
         "compute": {"flops": _finite(result.flops_used), "flops_per_token": _finite(flops_per_token),
                     "budget_flops": budget, "tolerance": tolerance,
                     "limit_flops": None if budget is None else budget * (1 + tolerance),
-                    "audited_total_flops": _finite(compute.get("total_flops")),
+                    "audited_total_flops": _finite(audit.compute.total_flops),
                     "lost_flops": _finite(result.lost_flops),
                     "lost_tokens": int(result.lost_tokens),
                     "convention": CONVENTION},
@@ -110,13 +108,13 @@ def build_predicate(result, *, audit_predicate: dict, envelope_name: str, envelo
         "message": result.message,
         "checkpoint": {"name": checkpoint_name, "step": int(result.steps),
                        "root_sha256": checkpoint_root, "files": checkpoint_files},
-        "obligations": carried_obligations(audit_predicate),
+        "obligations": carried_obligations(audit),
         "inputs": inputs,
     }
 
 
 def write_run_record(out_dir: str | os.PathLike, result, *, audit_envelope: str | os.PathLike,
-                     audit_predicate: dict, envelope_sha256: str, plan_path: str | os.PathLike,
+                     audit: AuditPredicate, envelope_sha256: str, plan_path: str | os.PathLike,
                      private_key: Ed25519PrivateKey, device_name: str,
                      flops_per_token: Optional[float], tolerance: float,
                      approval_path: str | os.PathLike | None = None,
@@ -140,7 +138,7 @@ def write_run_record(out_dir: str | os.PathLike, result, *, audit_envelope: str 
     checkpoint_name = (checkpoint.relative_to(out_dir).as_posix()
                        if checkpoint.is_relative_to(out_dir) else str(checkpoint))
     predicate = build_predicate(
-        result, audit_predicate=audit_predicate, envelope_name=envelope_name,
+        result, audit=audit, envelope_name=envelope_name,
         envelope_sha256=envelope_sha256, flops_per_token=flops_per_token, tolerance=tolerance,
         device_name=device_name, checkpoint_name=checkpoint_name,
         checkpoint_root=checkpoint_digest(checkpoint),

@@ -16,6 +16,7 @@ import jinja2
 
 from audit.fsutil import write_atomic
 from audit.numbers import exact, plain, sci
+from audit.predicate import AuditPredicate
 from distill.model_card import CardFiles, shown_path
 
 REPORT_NAME = "run-report.html"
@@ -117,7 +118,7 @@ def loss_chart(points: list[tuple[int, float]], box: dict = LOSS_BOX) -> LossCha
     return LossChart(" ".join(f"{x(s)},{y(v)}" for s, v in points), tuple(x_ticks), tuple(y_ticks))
 
 
-def render_run_report(plan, audit_predicate: dict, record: dict, card: CardFiles, metrics_path: Path) -> str:
+def render_run_report(plan, audit: AuditPredicate, record: dict, card: CardFiles, metrics_path: Path) -> str:
     """The self-contained HTML run report (no scripts, no external requests)."""
     compute = record.get("compute") or {}
     flops, limit = compute.get("flops"), compute.get("limit_flops")
@@ -139,7 +140,7 @@ def render_run_report(plan, audit_predicate: dict, record: dict, card: CardFiles
         ("Approval", audit_info.get("approval_sha256") or "none"),
     ]
     return _REPORT.render(
-        name=plan.student.name, teacher=shown_path(plan.teacher.model), outcome=audit_predicate.get("outcome"),
+        name=plan.student.name, teacher=shown_path(plan.teacher.model), outcome=audit.outcome,
         message=record.get("message", ""), phrases=card.phrases, stopped=bool(record.get("stopped_by_budget")),
         used_pct=f"{used:.1f}", flops=sci(flops), budget=sci(compute.get("budget_flops")), limit=sci(limit),
         audited=sci(compute.get("audited_total_flops")), figures=figures, items=card.items,
@@ -149,10 +150,10 @@ def render_run_report(plan, audit_predicate: dict, record: dict, card: CardFiles
 
 
 
-def write_run_report(out_dir: str | Path, *, plan, audit_predicate: dict, record: dict, card: CardFiles,
+def write_run_report(out_dir: str | Path, *, plan, audit: AuditPredicate, record: dict, card: CardFiles,
                      metrics_path: str | Path | None = None) -> Path:
     """Write ``run-report.html`` into ``out_dir`` atomically; the loss curve comes from
     ``metrics_path`` (default ``out_dir/metrics.jsonl``)."""
     out_dir = Path(out_dir)
     metrics = Path(metrics_path) if metrics_path is not None else out_dir / "metrics.jsonl"
-    return write_atomic(out_dir / REPORT_NAME, render_run_report(plan, audit_predicate, record, card, metrics))
+    return write_atomic(out_dir / REPORT_NAME, render_run_report(plan, audit, record, card, metrics))

@@ -105,14 +105,26 @@ def obligation(id_: str, text: str, *, status: str = "todo", checkable: bool = F
             "status": status, "authorized": False}
 
 
+def _summary(ref: str, train_fpt: float) -> dict:
+    """A model summary as the counter writes it (audit.flops.summary.ModelSummary)."""
+    return {"ref": ref, "architecture": "LlamaForCausalLM", "params_total": 1e6, "params_active": 1e6,
+            "params_embedding": 1e5, "train_flops_per_token": train_fpt, "train_flops_per_token_noncausal": train_fpt,
+            "forward_flops_per_token": train_fpt / 3, "forward_flops_per_token_noncausal": train_fpt / 3,
+            "non_matmul_train_flops_per_token": 0.0, "attention_share": 0.0, "coverage": 1.0, "method": "counted"}
+
+
 def compute_block(*, total_flops: Optional[float] = FPT * PLAN_TOKENS, tokens: float = PLAN_TOKENS) -> dict:
-    return {"convention": "1 multiply-add = 2 FLOP", "seq_len": SEQ_LEN, "tokens": tokens,
+    """An audit's compute estimate (audit.compute.types.ComputeEstimate) with made-up figures."""
+    return {"seq_len": SEQ_LEN, "tokens": tokens,
             "components": [
-                {"id": "student_training", "flops": STUDENT_TRAIN_FPT * tokens},
-                {"id": "teacher_forward", "flops": TEACHER_FORWARD_FPT * tokens}],
+                {"id": "student_training", "label": "student training", "flops": STUDENT_TRAIN_FPT * tokens,
+                 "method": "counted", "counts_toward": ["cumulative", "parameter_update"]},
+                {"id": "teacher_forward", "label": "teacher forward", "flops": TEACHER_FORWARD_FPT * tokens,
+                 "method": "counted", "counts_toward": ["cumulative"]}],
             "total_flops": total_flops, "update_flops": STUDENT_TRAIN_FPT * tokens,
-            "student": {"train_flops_per_token": STUDENT_TRAIN_FPT, "forward_flops_per_token": STUDENT_TRAIN_FPT / 3},
-            "teacher": {"train_flops_per_token": TEACHER_FORWARD_FPT * 3, "forward_flops_per_token": TEACHER_FORWARD_FPT}}
+            "six_nd_flops": 6e6 * tokens, "params_total": 1e6, "params_active": 1e6, "coverage": 1.0,
+            "student": _summary("./student.json", STUDENT_TRAIN_FPT),
+            "teacher": _summary("./teacher", TEACHER_FORWARD_FPT * 3)}
 
 
 def make_audit(project: Project, signer: KeyFiles, *, outcome: Optional[str] = "ALLOW",
@@ -149,6 +161,7 @@ def make_audit(project: Project, signer: KeyFiles, *, outcome: Optional[str] = "
                             "upstream": [], "licenses": []}}
     predicate = {
         "tool": {"name": "flopgate", "version": "0.1.0"},
+        "conventions": {"flop": "1 multiply-add = 2 FLOP"},
         "as_of": as_of,
         **({} if historical is None else {"historical": historical}),
         "created": created,
@@ -175,7 +188,8 @@ def hand_approval(audit_envelope: Path, approver: KeyFiles, *, outcome: str, out
                  "approver": {"keyid": approver.keyid},
                  "audit": {"name": audit_envelope.name, "sha256": digest, "outcome": outcome,
                            "signature_checked": True, "signers": []},
-                 "tool": {"name": "flopgate", "version": "0.1.0"}, "inputs": []}
+                 "tool": {"name": "flopgate", "version": "0.1.0"},
+        "conventions": {"flop": "1 multiply-add = 2 FLOP"}, "inputs": []}
     statement = make_statement(subjects, PREDICATE_APPROVAL, predicate)
     return write_envelope(out, sign_statement(statement, approver.private_key))
 

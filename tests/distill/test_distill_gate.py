@@ -148,7 +148,7 @@ def _unmet_checkable_obligation(project, keys, installed):
 
 
 def _no_outcome(project, keys, installed):
-    return make_audit(project, keys.signer, outcome=None), [], ["outcome: the audit has no readable outcome"]
+    return make_audit(project, keys.signer, outcome=None), [], ["predicate: the audit cannot be read (decision.outcome"]
 
 
 def _audit_says_closed(project, keys, installed):
@@ -172,13 +172,15 @@ def _rules_older_than_the_age_limit(project, keys, installed):
 
 
 def _audit_without_the_historical_flag(project, keys, installed):
-    return make_audit(project, keys.signer, historical=None), [], ["dates: the audit does not say"]
+    return make_audit(project, keys.signer, historical=None), [], [
+        "predicate: the audit cannot be read (historical: required field is missing)"]
 
 
 def _decision_the_engine_cannot_read(project, keys, installed):
-    """The gate judges the engine's own Decision model: a decision that does not parse is refused."""
+    """The gate reads the predicate as the typed model check signs (the engine's own Decision
+    inside): one that does not parse is refused, naming the field."""
     return make_audit(project, keys.signer, findings=[{"rule_id": "x"}]), [], [
-        "outcome: the audit's decision cannot be read (decision.findings[0]"]
+        "predicate: the audit cannot be read (decision.findings[0]"]
 
 
 def _checkable_obligation_not_met(project, keys, installed):

@@ -18,6 +18,7 @@ from audit.attest import PREDICATE_RUN_RECORD, VerificationFailed
 from audit.attest.dsse import parse_envelope
 from audit.attest.verify import verify_envelope_file
 from audit.plan import load_plan
+from audit.predicate import AuditPredicate
 from distill.model_card import (NOTICE_NAME, README_NAME, installed_clause_types, license_metadata,
                                 write_model_card)
 from distill.run_report import REPORT_NAME, write_run_report
@@ -67,8 +68,8 @@ def result(checkpoint: Path, **overrides) -> TrainResult:
 
 def write(run, **overrides):
     project, signer, envelope, out, checkpoint = run
-    audit = json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"]
-    return write_run_record(out, result(checkpoint, **overrides), audit_envelope=envelope, audit_predicate=audit,
+    audit = AuditPredicate.model_validate(json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"])
+    return write_run_record(out, result(checkpoint, **overrides), audit_envelope=envelope, audit=audit,
                             envelope_sha256=hashlib.sha256(envelope.read_bytes()).hexdigest(),
                             plan_path=project.plan, private_key=signer.private_key, device_name="test CPU",
                             flops_per_token=FPT, tolerance=0.05)
@@ -151,12 +152,12 @@ def card(run, plan=None, clause_types=CLAUSE_TYPES, metrics=None):
     """Model card and run report; ``metrics`` are metrics.jsonl records (default: steps 1-3, loss 3-1)."""
     project, signer, envelope, out, checkpoint = run
     record = write(run).statement["predicate"]
-    audit = json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"]
+    audit = AuditPredicate.model_validate(json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"])
     metrics = metrics if metrics is not None else [{"step": s, "loss": 4.0 - s} for s in (1, 2, 3)]
     (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     plan = plan or load_plan(project.plan).plan
-    files = write_model_card(out, plan=plan, audit_predicate=audit, record=record, clause_types=clause_types)
-    report = write_run_report(out, plan=plan, audit_predicate=audit, record=record, card=files)
+    files = write_model_card(out, plan=plan, audit=audit, record=record, clause_types=clause_types)
+    report = write_run_report(out, plan=plan, audit=audit, record=record, card=files)
     return files, report
 
 
@@ -293,9 +294,9 @@ def test_compute_lost_to_a_crash_is_in_the_record_and_the_report(run):
     project, signer, envelope, out, checkpoint = run
     record = write(run, lost_tokens=128, lost_flops=128 * FPT).statement["predicate"]
     assert record["compute"]["lost_tokens"] == 128 and record["compute"]["lost_flops"] == 128 * FPT
-    audit = json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"]
-    files = write_model_card(out, plan=load_plan(project.plan).plan, audit_predicate=audit, record=record,
+    audit = AuditPredicate.model_validate(json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"])
+    files = write_model_card(out, plan=load_plan(project.plan).plan, audit=audit, record=record,
                              clause_types=CLAUSE_TYPES)
-    html = write_run_report(out, plan=load_plan(project.plan).plan, audit_predicate=audit, record=record,
+    html = write_run_report(out, plan=load_plan(project.plan).plan, audit=audit, record=record,
                             card=files).read_text()
     assert "Lost to crashes (charged)" in html and "128 tokens" in html
