@@ -131,7 +131,8 @@ def write_run_record(out_dir: str | os.PathLike, result, *, audit_envelope: str 
     files.append(InputFile("audit_envelope", audit_envelope, out_dir))
     if approval_path is not None:
         files.append(InputFile("approval", approval_path, out_dir))
-    files.append(InputFile("plan", plan_path, out_dir))
+    # the plan as the gate verified it (its bytes are not read again): the audited digest
+    files.append(InputFile("plan", plan_path, out_dir, None, audit.plan.sha256))
     files += [InputFile(role, path, out_dir) for role, path in extra_files]
     subjects, inputs = build_subjects(files)
     envelope_name = next(e["name"] for e in inputs if e["role"] == "audit_envelope")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -371,3 +372,32 @@ def test_check_signs_the_teacher_folder_and_verify_notices_a_changed_weight(proj
     capsys.readouterr()
     assert main(["verify", str(out / "audit.intoto.json"), "--pubkey", str(signer.public_path)]) == 5
     assert "teacher_weights" in capsys.readouterr().out
+
+
+def test_the_gated_path_reads_the_plan_once(project, signer, monkeypatch, capsys):
+    """Verified, parsed and handed on from one read: nothing downstream reads the plan again
+    (a FIFO or a swap between reads could give it other bytes)."""
+    import audit.fsutil
+
+    envelope = make_audit(project, signer)
+    reads = []
+    real = audit.fsutil.read_input
+
+    def counting(path, *args, **kwargs):
+        if Path(path).resolve() == project.plan.resolve():
+            reads.append(path)
+        return real(path, *args, **kwargs)
+
+    real_hash = audit.fsutil.sha256_file
+
+    def counting_hash(path):
+        if Path(path).resolve() == project.plan.resolve():
+            reads.append(path)
+        return real_hash(path)
+
+    monkeypatch.setattr(audit.fsutil, "read_input", counting)
+    monkeypatch.setattr("distill.gate.read_input", counting)
+    monkeypatch.setattr("audit.attest.statement.sha256_file", counting_hash)
+    code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 1, "--micro-batch", MICRO_BATCH)
+    assert code == 0, err
+    assert len(reads) == 1
