@@ -158,6 +158,18 @@ def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_
     return predicate, decision, subjects
 
 
+def check_out_dir(out: Path, *, replace: bool) -> None:
+    """Refuse an output folder that cannot be one (a file is in the way) or that holds an audit
+    without ``replace``: before any work is done and before any key is made."""
+    ancestor = out
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise InputError("Not a directory", source=str(out))
+    if not replace:
+        keep_previous_audit(out, replace=False)
+
+
 def keep_previous_audit(out: Path, *, replace: bool, now: dt.datetime | None = None) -> list[Path]:
     """Make room in ``out`` for a new audit without destroying a signed one.
 
@@ -185,18 +197,18 @@ def keep_previous_audit(out: Path, *, replace: bool, now: dt.datetime | None = N
     return kept
 
 
-def run_audit(plan_path: str | Path, out_dir: str | Path, private_key, *,
+def run_audit(plan: str | Path | LoadedPlan, out_dir: str | Path, private_key, *,
               policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None,
               use_cache: bool = True, replace: bool = False) -> AuditResult:
-    """Audit a plan and write the signed envelope, the payload and the HTML report; an audit
-    already in ``out_dir`` is refused, or with ``replace`` kept under a dated name."""
+    """Audit a plan (a path, or a plan already loaded) and write the signed envelope, the payload
+    and the HTML report; an audit already in ``out_dir`` is refused, or with ``replace`` kept
+    under a dated name."""
     from audit.attest.keys import key_id
     from audit.report.render import render_audit_html
 
     out = Path(out_dir)
-    if not replace:
-        keep_previous_audit(out, replace=False)  # refuses before any work is done
-    loaded = load_plan(plan_path)
+    check_out_dir(out, replace=replace)  # refuses before any work is done
+    loaded = plan if isinstance(plan, LoadedPlan) else load_plan(plan)
     predicate, decision, subjects = build_predicate(loaded, policy_dirs=policy_dirs, as_of=as_of,
                                                     use_cache=use_cache)
     statement = make_statement(subjects, PREDICATE_AUDIT, predicate)

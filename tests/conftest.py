@@ -7,3 +7,9 @@ def _private_cache(tmp_path_factory, monkeypatch):
     root = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("FLOPGATE_CACHE_DIR", str(root / "flop-cache"))
     monkeypatch.setenv("FLOPGATE_HOME", str(root / "flopgate-home"))
+    if not (root / "flopgate-home" / "keys").exists():
+        # the session's local key exists before any test runs a command, so that no test's
+        # output depends on whether it happened to be the first to create it
+        from audit.attest.keys import ensure_default_key
+
+        ensure_default_key()

@@ -37,11 +37,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
-    from audit.check import run_audit
+    from audit.check import check_out_dir, run_audit
+    from audit.plan import load_plan
     from audit.cli.terminal import print_json
     from audit.policy.engine import exit_code
 
     out = console()
+    loaded = load_plan(args.plan)  # a bad plan or --out is one line, before any key is made
+    check_out_dir(Path(args.out), replace=args.replace)
     if args.key:
         private_key = load_private_key(args.key)
     else:
@@ -51,7 +54,7 @@ def run(args) -> int:
             # a notice, not output: on stderr, so that --json stays parseable
             print(f"created a local signing key: {path} ({fingerprint}); "
                   f"share {path}.pub with whoever verifies your audits", file=sys.stderr)
-    result = run_audit(args.plan, args.out, private_key, policy_dirs=[Path(d) for d in args.policies],
+    result = run_audit(loaded, args.out, private_key, policy_dirs=[Path(d) for d in args.policies],
                        as_of=args.as_of, use_cache=not args.no_cache, replace=args.replace)
     if args.json:
         print_json(result.predicate)

@@ -95,3 +95,13 @@ def test_check_json_stays_parseable_when_the_first_check_creates_a_key(tmp_path,
     out, err = capsys.readouterr()
     assert json.loads(out)["outcome"] == "ALLOW"
     assert "created a local signing key" in err
+
+
+def test_a_bad_plan_on_first_use_is_one_line_and_makes_no_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FLOPGATE_HOME", str(tmp_path / "fresh-home"))
+    plan = tmp_path / "bad.yaml"
+    plan.write_text((EXAMPLES / "moe-teacher.yaml").read_text().replace("plan_version: 1", "plan_version: 2"))
+    assert main(["check", str(plan), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plan_version" in err
+    assert not (tmp_path / "fresh-home").exists()
