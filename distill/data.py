@@ -33,7 +33,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from audit.errors import InputError
-from audit.fsutil import decode_utf8, read_input, read_json, sha256_file, write_atomic
+from audit.fsutil import decode_utf8, read_input, sha256_file, write_atomic
 from distill.checkpoint import checkpoint_digest
 
 MANIFEST_VERSION = 1

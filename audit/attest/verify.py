@@ -27,7 +27,6 @@ from audit.attest.dsse import check_payload_type, parse_envelope, verify_signatu
 from audit.attest.keys import TrustedKey
 from audit.attest.statement import (audited_outcome, check_subjects, pack_version_changes,
                                     parse_statement)
-from audit.errors import InputError
 from audit.fsutil import read_input, sha256_bytes
 
 InstalledPackVersions = Callable[[], Mapping[str, str]]

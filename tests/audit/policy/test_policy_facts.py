@@ -246,7 +246,7 @@ def test_malformed_manifest_is_a_one_line_input_error(tmp_path, builtin_packs, m
 
 def test_json_numbers_written_as_floats_are_counts(tmp_path, builtin_packs):
     loaded = _manifest(tmp_path, '{"total_tokens": 1e3}')
-    plan, facts = loaded.plan, read_plan_facts(loaded)
+    facts = read_plan_facts(loaded)
     assert facts.manifest_tokens == 1000
 
 
