@@ -36,6 +36,7 @@ BUILTIN_COMMANDS = [
     "audit.cli.keys_cmd",
     "audit.cli.verify_cmd",
     "audit.cli.report_cmd",
+    "audit.cli.ledger_cmd",
 ]
 
 

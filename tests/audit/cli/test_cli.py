@@ -10,7 +10,8 @@ from keypairs import write_keypair
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples"
-COMMANDS = ["flops", "policy", "policies", "terms", "check", "keygen", "verify", "approve", "report", "distill"]
+COMMANDS = ["flops", "policy", "policies", "terms", "check", "keygen", "verify", "approve", "report", "ledger",
+            "distill"]
 
 
 @pytest.fixture

@@ -1,0 +1,205 @@
+"""``flopgate ledger``: read and verify the tamper-evident ledger (see ``docs/ledger.md``).
+
+Subcommands: ``verify`` (exit 0 when the chain holds, 5 naming the first bad row), ``list``,
+``show SEQ``, ``spent --by audit|month`` and ``export --format jsonl``. Each takes
+``--ledger PATH`` (default ``$FLOPGATE_LEDGER``, else ``$FLOPGATE_HOME/ledger.sqlite``); none
+of them creates a ledger (a missing file is exit 2). Nothing here writes rows: check, approve and
+distill do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from audit.cli.verify_cmd import add_trust_options
+
+
+def _add_ledger_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ledger", metavar="PATH",
+                        help="the ledger file (default: $FLOPGATE_LEDGER, else "
+                             "$FLOPGATE_HOME/ledger.sqlite)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    ledger = subparsers.add_parser(
+        "ledger", help="verify and read the ledger of audits, approvals, runs and compute",
+        description="The ledger is one signed hash chain (SQLite) of audits, approvals, gate "
+                    "openings, runs and the FLOP charged against each audit's budget. Not yet "
+                    "written by check, approve or distill (docs/ledger.md): these commands read "
+                    "and verify a ledger.")
+    ledger.set_defaults(func=lambda args: _no_subcommand(ledger))
+    sub = ledger.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND")
+
+    verify = sub.add_parser(
+        "verify", help="check every row's hash, link and signature",
+        description="Check the whole chain: seq numbers without gaps, each prev_hash the row "
+                    "before's row_hash, each row_hash its content, each signature by a key you "
+                    "trust. Exit 0 when all hold, 5 naming the first row that does not, 2 when "
+                    "the ledger or a key cannot be read.")
+    _add_ledger_option(verify)
+    add_trust_options(verify, required=True)
+    verify.set_defaults(func=run_verify)
+
+    listing = sub.add_parser("list", help="list rows",
+                             description="One line per row, oldest first.")
+    _add_ledger_option(listing)
+    listing.add_argument("--audit", metavar="DIGEST",
+                         help="only rows about this audit (its sha256, or a prefix of it)")
+    listing.add_argument("--since", metavar="DATE",
+                         help="only rows at or after this date (YYYY-MM-DD) or RFC 3339 time")
+    listing.add_argument("--json", action="store_true", help="print the rows as a JSON array")
+    listing.set_defaults(func=run_list)
+
+    show = sub.add_parser("show", help="print one row", description="Print one row as JSON.")
+    _add_ledger_option(show)
+    show.add_argument("seq", metavar="SEQ", type=int, help="the row's seq number")
+    show.set_defaults(func=run_show)
+
+    spent = sub.add_parser("spent", help="FLOP charged, per audit or per month",
+                           description="Sum the charge rows per audit (with the audit's budget "
+                                       "when its audit row is in the ledger) or per UTC month.")
+    _add_ledger_option(spent)
+    spent.add_argument("--by", choices=("audit", "month"), default="audit")
+    spent.add_argument("--json", action="store_true", help="print JSON")
+    spent.set_defaults(func=run_spent)
+
+    export = sub.add_parser("export", help="write every row, one JSON object per line",
+                            description="Print every row in seq order as canonical JSON, one "
+                                        "per line (JSON Lines), e.g. for an archive or SIEM.")
+    _add_ledger_option(export)
+    export.add_argument("--format", choices=("jsonl",), default="jsonl")
+    export.set_defaults(func=run_export)
+
+
+def _no_subcommand(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _open(args: argparse.Namespace):
+    from audit.ledger.store import Ledger
+
+    return Ledger(args.ledger, create=False)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from audit.attest import VERIFY_FAILED_EXIT
+    from audit.attest.keys import load_trusted_keys
+
+    trusted = load_trusted_keys(args.pubkey, args.trust)
+    with _open(args) as ledger:
+        problems = ledger.verify(trusted)
+        if problems:
+            print(f"FAILED    {ledger.path}")
+            for line in problems:
+                print(f"  {line}")
+            return VERIFY_FAILED_EXIT
+        raw = ledger.raw_rows()
+        print(f"VERIFIED  {ledger.path}")
+        if raw:
+            head = json.loads(raw[-1][1])
+            print(f"  rows      {len(raw)} (seq 1..{head['seq']})")
+            print(f"  head      seq {head['seq']} row_hash {head['row_hash']}")
+            print("  (record the head elsewhere: a chain cannot show rows cut from its end)")
+        else:
+            print("  rows      0 (empty ledger)")
+    return 0
+
+
+def _summary(row: dict[str, Any]) -> str:
+    body = row.get("body") or {}
+    kind = row.get("kind")
+    if kind == "charge":
+        return (f"{body.get('run_id')} steps {body.get('step_from')}-{body.get('step_to')} "
+                f"{_flops(body.get('flops'))} FLOP")
+    if kind == "audit":
+        return (f"{body.get('plan_name')} {body.get('outcome')} budget "
+                f"{_flops(body.get('budget_flops'))} FLOP")
+    return " ".join(f"{k}={body[k]}" for k in sorted(body))[:80]
+
+
+def _flops(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with _open(args) as ledger:
+        rows = ledger.rows(since=args.since, audit=args.audit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row.get('seq'):>6}  {row.get('time')}  {str(row.get('kind')):<10}  "
+              f"{str(row.get('audit_sha256'))[:12]}  {_summary(row)}")
+    if not rows:
+        print("no rows", file=sys.stderr)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from audit.errors import InputError
+
+    with _open(args) as ledger:
+        row = ledger.row(args.seq)
+        if row is None:
+            raise InputError(f"no row with seq {args.seq}", source=str(ledger.path))
+    print(json.dumps(row, indent=2))
+    return 0
+
+
+def spent_totals(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """Charge totals per audit (with ``budget_flops`` from the audit's latest audit row, else
+    None) or per UTC month (``YYYY-MM``), in order of first appearance / month."""
+    import math
+
+    groups: dict[str, list[float]] = {}
+    budgets: dict[str, Any] = {}
+    for row in rows:
+        body = row.get("body") or {}
+        if row.get("kind") == "audit":
+            budgets[row.get("audit_sha256")] = body.get("budget_flops")
+        if row.get("kind") != "charge":
+            continue
+        key = row.get("audit_sha256") if by == "audit" else str(row.get("time"))[:7]
+        groups.setdefault(key, []).append(float(body.get("flops") or 0))
+    keys = list(groups) if by == "audit" else sorted(groups)
+    result = []
+    for key in keys:
+        entry: dict[str, Any] = {by: key, "charges": len(groups[key]),
+                                 "flops": math.fsum(groups[key])}
+        if by == "audit":
+            budget = budgets.get(key)
+            entry["budget_flops"] = budget
+            entry["left_flops"] = (budget - entry["flops"]
+                                   if isinstance(budget, (int, float)) else None)
+        result.append(entry)
+    return result
+
+
+def run_spent(args: argparse.Namespace) -> int:
+    with _open(args) as ledger:
+        totals = spent_totals(ledger.rows(), args.by)
+    if args.json:
+        print(json.dumps(totals, indent=2))
+        return 0
+    for entry in totals:
+        label = entry[args.by][:12] if args.by == "audit" else entry[args.by]
+        line = f"{label:<12}  {entry['charges']:>6} charge(s)  {_flops(entry['flops'])} FLOP"
+        if args.by == "audit" and entry["budget_flops"] is not None:
+            line += (f"  of {_flops(entry['budget_flops'])} budget, "
+                     f"{_flops(entry['left_flops'])} left")
+        print(line)
+    if not totals:
+        print("no charges", file=sys.stderr)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    with _open(args) as ledger:
+        stored = ledger.raw_rows()
+    for _seq, text in stored:  # as stored (RFC 8785 canonical JSON)
+        sys.stdout.write(text + "\n")
+    return 0

@@ -1,0 +1,231 @@
+"""The ledger's hash chain: building a signed row and verifying a sequence of rows. Pure: no
+files, no clock unless a row is made without a ``time``.
+
+A row is a JSON object with exactly these fields::
+
+    seq           int, 1 for the first row, then +1 per row
+    kind          one of KINDS
+    time          RFC 3339 UTC, always "YYYY-MM-DDTHH:MM:SS.ffffffZ" (so strings sort by time)
+    audit_sha256  64 lowercase hex: the sha256 of the audit envelope the row is about
+    body          object; for "charge" and "audit" the keys in REQUIRED_BODY_KEYS
+    prev_hash     64 lowercase hex: the previous row's row_hash (GENESIS_PREV for seq 1)
+    keyid         64 lowercase hex: sha256 of the signer's raw 32-byte Ed25519 public key
+    row_hash      64 lowercase hex, see below
+    sig           base64 (standard, padded) of the 64-byte Ed25519 signature
+
+The hash and what is signed::
+
+    content  = the row without "row_hash" and "sig"      (seq, kind, time, audit_sha256,
+                                                           body, prev_hash, keyid)
+    row_hash = hex(sha256(bytes.fromhex(prev_hash) || canonical_json(content)))
+    sig      = base64(Ed25519_sign(private_key, bytes.fromhex(row_hash)))   # the 32 raw bytes
+
+``canonical_json`` is RFC 8785 (:mod:`audit.attest.canonical`). Since ``prev_hash`` is inside
+``content`` as well as prefixed, the prefix is redundant but makes the chaining explicit: each
+hash commits to the whole history before it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit.attest.canonical import canonical_json
+from audit.attest.keys import TrustedKey, key_id
+
+GENESIS_PREV = "0" * 64
+"""The ``prev_hash`` of the first row (seq 1)."""
+
+KINDS = ("audit", "approval", "gate_open", "run", "resume", "charge", "generation")
+
+REQUIRED_BODY_KEYS: dict[str, tuple[str, ...]] = {
+    "charge": ("run_id", "step_from", "step_to", "tokens", "flops"),
+    "audit": ("plan_name", "outcome", "total_flops", "update_flops", "budget_flops", "signer"),
+}
+"""Keys a body of that kind must have (more are allowed). Other kinds: any JSON object."""
+
+ROW_FIELDS = ("seq", "kind", "time", "audit_sha256", "body", "prev_hash", "keyid", "row_hash",
+              "sig")
+CONTENT_FIELDS = ("seq", "kind", "time", "audit_sha256", "body", "prev_hash", "keyid")
+"""The fields hashed into ``row_hash`` (every field but ``row_hash`` and ``sig``)."""
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
+_HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
+
+
+class RowError(ValueError):
+    """A row that cannot be made (bad kind, body or digest); the message says why in one line."""
+
+
+def format_time(moment: datetime | str | None = None) -> str:
+    """``moment`` as the ledger's RFC 3339 UTC form; now when None. A naive datetime is refused
+    (its zone is unknown); a string must already be in the ledger's form."""
+    if moment is None:
+        moment = datetime.now(timezone.utc)
+    if isinstance(moment, str):
+        if not _TIME_RE.match(moment):
+            raise RowError(f"time {moment!r}: expected RFC 3339 UTC like "
+                           f"2025-01-31T12:00:00.000000Z")
+        datetime.strptime(moment, TIME_FORMAT)  # a real date (no month 13)
+        return moment
+    if moment.tzinfo is None:
+        raise RowError("time: a datetime without a time zone; give an aware (UTC) datetime")
+    return moment.astimezone(timezone.utc).strftime(TIME_FORMAT)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def check_body(kind: str, body: Any) -> None:
+    """Raise :class:`RowError` when ``body`` does not fit ``kind``."""
+    if kind not in KINDS:
+        raise RowError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if not isinstance(body, Mapping):
+        raise RowError(f"body: expected an object, got {type(body).__name__}")
+    missing = [k for k in REQUIRED_BODY_KEYS.get(kind, ()) if k not in body]
+    if missing:
+        raise RowError(f"{kind} body: missing {', '.join(missing)}")
+    if kind == "charge":
+        for key in ("step_from", "step_to"):
+            if not isinstance(body[key], int) or isinstance(body[key], bool) or body[key] < 0:
+                raise RowError(f"charge body: {key}: expected an integer >= 0")
+        if body["step_to"] < body["step_from"]:
+            raise RowError("charge body: step_to is before step_from")
+        for key in ("tokens", "flops"):
+            if not _is_number(body[key]) or body[key] < 0:
+                raise RowError(f"charge body: {key}: expected a finite number >= 0")
+        if not isinstance(body["run_id"], str) or not body["run_id"]:
+            raise RowError("charge body: run_id: expected a non-empty string")
+
+
+def row_content(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of ``row`` that ``row_hash`` covers."""
+    return {k: row[k] for k in CONTENT_FIELDS}
+
+
+def compute_row_hash(row: Mapping[str, Any]) -> str:
+    """``sha256(bytes.fromhex(prev_hash) || canonical_json(content))`` in hex."""
+    digest = hashlib.sha256(bytes.fromhex(row["prev_hash"]))
+    digest.update(canonical_json(row_content(row)))
+    return digest.hexdigest()
+
+
+def make_row(prev: Mapping[str, Any] | None, kind: str, audit_sha256: str,
+             body: Mapping[str, Any], private_key: Ed25519PrivateKey,
+             time: datetime | str | None = None) -> dict[str, Any]:
+    """The row after ``prev`` (None for the first), signed by ``private_key``.
+
+    ``time`` defaults to now. Raises :class:`RowError` for a bad kind, body or digest, and
+    ``ValueError`` for a body canonical JSON cannot hold (NaN, an integer beyond 2**53).
+    """
+    check_body(kind, body)
+    if not isinstance(audit_sha256, str) or not _HEX64_RE.match(audit_sha256):
+        raise RowError("audit_sha256: expected 64 lowercase hex digits (the envelope's sha256)")
+    row: dict[str, Any] = {
+        "seq": 1 if prev is None else int(prev["seq"]) + 1,
+        "kind": kind,
+        "time": format_time(time),
+        "audit_sha256": audit_sha256,
+        "body": dict(body),
+        "prev_hash": GENESIS_PREV if prev is None else prev["row_hash"],
+        "keyid": key_id(private_key.public_key()),
+    }
+    row["row_hash"] = compute_row_hash(row)
+    row["sig"] = base64.b64encode(private_key.sign(bytes.fromhex(row["row_hash"]))).decode("ascii")
+    return row
+
+
+def _shape_problem(row: Any) -> str | None:
+    """Why ``row`` is not a well-formed row, or None."""
+    if not isinstance(row, Mapping):
+        return f"not an object ({type(row).__name__})"
+    fields = set(row)
+    if fields != set(ROW_FIELDS):
+        extra, missing = sorted(fields - set(ROW_FIELDS)), sorted(set(ROW_FIELDS) - fields)
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
+                ([f"unexpected {', '.join(extra)}"] if extra else [])
+        return "; ".join(parts)
+    if not isinstance(row["seq"], int) or isinstance(row["seq"], bool):
+        return "seq is not an integer"
+    for key in ("audit_sha256", "prev_hash", "keyid", "row_hash"):
+        if not isinstance(row[key], str) or not _HEX64_RE.match(row[key]):
+            return f"{key} is not 64 lowercase hex digits"
+    if not isinstance(row["time"], str) or not _TIME_RE.match(row["time"]):
+        return "time is not RFC 3339 UTC (YYYY-MM-DDTHH:MM:SS.ffffffZ)"
+    if not isinstance(row["sig"], str):
+        return "sig is not a string"
+    try:
+        check_body(row["kind"], row["body"])
+    except RowError as exc:
+        return str(exc)
+    return None
+
+
+def _label(row: Any, position: int) -> str:
+    seq = row.get("seq") if isinstance(row, Mapping) else None
+    if isinstance(seq, int) and not isinstance(seq, bool):
+        return f"row seq {seq}"
+    return f"row #{position + 1} (no seq)"
+
+
+def verify_chain(rows: Iterable[Mapping[str, Any]], trusted_keys: Iterable[TrustedKey], *,
+                 start_seq: int = 1, start_prev: str = GENESIS_PREV) -> list[str]:
+    """Check ``rows`` in order; return ``[]`` when the whole chain holds, else a one-element
+    list naming the FIRST row that does not match and why (one line). Checking stops there:
+    nothing after a broken link can be trusted.
+
+    Per row, in this order: its shape; ``seq`` is the next number (a gap means a deleted row,
+    a step back means rows reordered or repeated); ``prev_hash`` is the previous row's
+    ``row_hash``; ``row_hash`` matches the row's content (an edited row); ``keyid`` is a
+    trusted key; ``sig`` is that key's signature over the row hash.
+
+    ``start_seq``/``start_prev`` let a caller verify a tail of the ledger from a row it already
+    trusts (default: the whole ledger from seq 1).
+    """
+    by_id = {key.keyid: key for key in trusted_keys}
+    expected_seq, expected_prev = start_seq, start_prev
+    for position, row in enumerate(rows):
+        label = _label(row, position)
+        problem = _shape_problem(row)
+        if problem:
+            return [f"{label}: malformed row: {problem}"]
+        seq = row["seq"]
+        if seq > expected_seq:
+            missing = (f"seq {expected_seq}" if seq == expected_seq + 1
+                       else f"seq {expected_seq}..{seq - 1}")
+            return [f"{label}: expected seq {expected_seq} here; {missing} missing "
+                    f"(deleted or reordered rows)"]
+        if seq < expected_seq:
+            return [f"{label}: expected seq {expected_seq} here; rows out of order or repeated"]
+        if row["prev_hash"] != expected_prev:
+            return [f"{label}: prev_hash does not match the row_hash of "
+                    f"{'the genesis' if seq == 1 else f'row seq {seq - 1}'} "
+                    f"(a row before it was edited, deleted or replaced)"]
+        try:
+            actual = compute_row_hash(row)
+        except ValueError as exc:
+            return [f"{label}: malformed row: {exc}"]
+        if actual != row["row_hash"]:
+            return [f"{label}: row_hash does not match the row's content (the row was edited)"]
+        key = by_id.get(row["keyid"])
+        if key is None:
+            return [f"{label}: signed by untrusted key SHA256:{row['keyid'][:16]}"]
+        try:
+            signature = base64.b64decode(row["sig"], validate=True)
+            key.public_key.verify(signature, bytes.fromhex(row["row_hash"]))
+        except (binascii.Error, ValueError, InvalidSignature):
+            return [f"{label}: bad signature by key SHA256:{row['keyid'][:16]} "
+                    f"({key.source})"]
+        expected_seq, expected_prev = seq + 1, row["row_hash"]
+    return []
