@@ -113,6 +113,14 @@ def run(args) -> int:
             return _refuse(["compute: the audit has no teacher forward FLOP per token for the logit cache"])
         flops_per_token -= teacher_fpt
     out_dir = Path(args.out) if args.out else Path("distill-out") / _safe_name(loaded.plan.name)
+    from distill.ledger_charges import StepCharges, read_charges
+
+    audit_budget, charges = budget, read_charges(gate.envelope_sha256, out_dir)
+    budget = audit_budget - charges.other_runs  # the audit's budget is spent once, across runs
+    if budget <= 0:
+        return _refuse([f"budget: audit {gate.envelope_sha256[:12]}... is spent: other runs were charged "
+                        f"{short_sci(charges.other_runs, 4)} of its {short_sci(audit_budget, 4)} FLOP "
+                        "(flopgate ledger list --audit ...)"])
     cfg = train_config(loaded, args, out_dir=out_dir, flops_per_token=flops_per_token, budget=budget,
                        teacher_flops_per_token=teacher_fpt, manifest_sha256=audited_digest(gate.predicate,
                                                                                            "dataset_manifest"))
@@ -130,7 +138,9 @@ def run(args) -> int:
 
     from distill.trainer import train
 
-    result = train(cfg, resume=args.resume, after_load=audited_model_checks(loaded, gate))
+    booked = StepCharges(charges, audit_budget, signing_key[0]) if signing_key else None
+    result = train(cfg, resume=args.resume, after_load=audited_model_checks(loaded, gate),
+                   on_step=booked.on_step if booked else None, after_resume=booked.after_resume if booked else None)
     if result.rank != 0:
         return 0
     return _finish(args, loaded, gate, cfg, result, signing_key, device_name)

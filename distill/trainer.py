@@ -350,10 +350,12 @@ def _open_cache(cfg: TrainConfig, *, build: bool, teacher, data, vocab: int, dev
 
 def train(cfg: TrainConfig, *, resume: bool = False,
           on_step: Optional[Callable[[dict], None]] = None,
-          after_load: Optional[Callable[[Optional[torch.nn.Module], torch.nn.Module], None]] = None) -> TrainResult:
+          after_load: Optional[Callable[[Optional[torch.nn.Module], torch.nn.Module], None]] = None,
+          after_resume: Optional[Callable[[float], None]] = None) -> TrainResult:
     """Run the distillation ``cfg`` describes; see the module docstring. All ranks call it.
     ``after_load(teacher, student)`` runs once the models are built, before anything trains (the
-    gated path checks them against the audit there; it raises to refuse)."""
+    gated path checks them against the audit there; it raises to refuse); ``after_resume(flops)``
+    gets the meter's total as restored from a checkpoint (lost steps included), before any step."""
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
     ctx = distributed.setup(cfg.device)
@@ -462,6 +464,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             meter.charge_lost(sum(r.get("step_tokens", 0) for r in lost))
             wall_before = max([wall_before] + [r.get("elapsed_s", 0.0) for r in lost])
             distributed.barrier(ctx)  # every rank has read the log before rank 0 rewrites it
+            if after_resume is not None:
+                after_resume(meter.flops)
         log.open(keep_through_step=step)
         saved = (step, latest.path) if latest is not None else None  # (step, folder) of the newest
         pending_loss = None  # the last step's summed loss, still on the device

@@ -7,6 +7,8 @@ def _private_cache(tmp_path_factory, monkeypatch):
     root = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("FLOPGATE_CACHE_DIR", str(root / "flop-cache"))
     monkeypatch.setenv("FLOPGATE_HOME", str(root / "flopgate-home"))
+    # each test its own ledger: two tests may sign byte-identical audits (same second)
+    monkeypatch.setenv("FLOPGATE_LEDGER", str(tmp_path_factory.mktemp("ledger") / "ledger.sqlite"))
     if not (root / "flopgate-home" / "keys").exists():
         # the session's local key exists before any test runs a command, so that no test's
         # output depends on whether it happened to be the first to create it

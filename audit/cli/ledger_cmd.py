@@ -27,9 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ledger = subparsers.add_parser(
         "ledger", help="verify and read the ledger of audits, approvals, runs and compute",
         description="The ledger is one signed hash chain (SQLite) of audits, approvals, gate "
-                    "openings, runs and the FLOP charged against each audit's budget. Not yet "
-                    "written by check, approve or distill (docs/ledger.md): these commands read "
-                    "and verify a ledger.")
+                    "openings, runs and the FLOP charged against each audit's budget (flopgate "
+                    "distill charges every step; see docs/ledger.md).")
     ledger.set_defaults(func=lambda args: _no_subcommand(ledger))
     sub = ledger.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND")
 

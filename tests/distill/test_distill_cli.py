@@ -401,3 +401,54 @@ def test_the_gated_path_reads_the_plan_once(project, signer, monkeypatch, capsys
     code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 1, "--micro-batch", MICRO_BATCH)
     assert code == 0, err
     assert len(reads) == 1
+
+
+def test_two_runs_against_one_audit_never_exceed_its_budget(project, signer, capsys):
+    """The audit's budget is spent once: a second --out gets what is left, and a spent audit is
+    refused by the gate. The ledger holds every charge and verifies."""
+    from audit.ledger.store import Ledger
+
+    envelope = make_audit(project, signer, compute=compute_block(tokens=2 * TOKENS_PER_STEP))
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 2, "--micro-batch",
+                             MICRO_BATCH)
+    assert code == 0, err
+    code, _, err = main_distill_into(capsys, project, envelope, signer, "again")
+    assert code == 6 and "budget: audit" in err and "is spent" in err
+    digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
+    with Ledger() as ledger:
+        assert ledger.spent(digest) == pytest.approx(2 * TOKENS_PER_STEP * FPT)
+        assert ledger.verify([signer.trusted]) == []
+
+
+def test_an_edited_meter_in_a_checkpoint_is_refused_on_resume(project, signer, capsys, monkeypatch):
+    """The attack: set meter.tokens = 0 in trainer_state.json, then --resume to get the budget
+    again. The ledger holds what the run was charged; the resumed meter must not be below it."""
+    from distill import trainer as trainer_module
+
+    envelope = make_audit(project, signer, compute=compute_block(tokens=2.5 * TOKENS_PER_STEP))
+    args = ("--allow-cpu", "--steps", 5, "--micro-batch", MICRO_BATCH)
+    assert distill(capsys, project, envelope, signer, *args)[0] == 0   # stops at the budget after step 2
+    state_path = project.root / "out" / "checkpoints" / "step-00000002" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["meter"]["tokens"] = 0
+    state_path.write_text(json.dumps(state))
+    steps = []
+    real = trainer_module.train
+
+    def counting(*a, **kw):
+        user_step = kw.get("on_step")
+        kw["on_step"] = lambda record: (steps.append(record["step"]), user_step and user_step(record))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(trainer_module, "train", counting)
+    code, _, err = distill(capsys, project, envelope, signer, *args, "--resume")
+    assert code == 2 and "trainer_state.json was edited" in err
+    assert steps == []   # refused before any step ran
+
+
+def main_distill_into(capsys, project, envelope, signer, name):
+    code = main(["distill", str(project.plan), "--attestation", str(envelope), "--pubkey", str(signer.public_path),
+                 "--key", str(signer.private_path), "--out", str(project.root / name), "--allow-cpu",
+                 "--steps", "2", "--micro-batch", str(MICRO_BATCH)])
+    out, err = capsys.readouterr()
+    return code, out, err

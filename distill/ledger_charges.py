@@ -1,0 +1,70 @@
+"""The audit's budget is spent once, across runs: what ``flopgate distill`` books in the ledger.
+
+Before training, the FLOP already charged to the audit by other runs (other ``--out`` folders)
+comes off the budget this run may spend; an audit with nothing left is refused by the gate.
+While training, rank 0 charges each step's compute to the audit in the ledger
+(:meth:`audit.ledger.store.Ledger.charge`, one ``BEGIN IMMEDIATE`` transaction), so two runs
+sharing an audit at once can never together pass it: the second is stopped with
+``BudgetExceeded`` (exit 6). A run is identified by its output folder, so a resume continues its
+own charges. FLOP use 1 multiply-add = 2 FLOP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from audit.errors import InputError
+
+
+@dataclass(frozen=True)
+class RunCharges:
+    """What the ledger holds for this audit: this run's charges and everyone else's (FLOP)."""
+
+    audit_sha256: str
+    run_id: str
+    this_run: float
+    other_runs: float
+
+
+def read_charges(audit_sha256: str, out_dir: Path) -> RunCharges:
+    """The audit's charges in the ledger, split by run (read only: a missing ledger is empty)."""
+    from audit.ledger.store import Ledger, default_ledger_path
+
+    run_id = str(Path(out_dir).resolve())
+    if not default_ledger_path().exists():
+        return RunCharges(audit_sha256, run_id, 0.0, 0.0)
+    with Ledger(create=False) as ledger:
+        charges = [r["body"] for r in ledger.rows(audit=audit_sha256) if r["kind"] == "charge"]
+    this_run = sum(float(c["flops"]) for c in charges if c["run_id"] == run_id)
+    return RunCharges(audit_sha256, run_id, this_run, sum(float(c["flops"]) for c in charges) - this_run)
+
+
+class StepCharges:
+    """Rank 0's bookkeeping for the trainer's hooks: ``after_resume(flops)`` checks a resumed
+    meter against the ledger before any step (a meter below what the ledger already charged
+    this run means an edited ``trainer_state.json``: refused); ``on_step(record)`` charges the
+    compute the meter counted since the last charge."""
+
+    def __init__(self, charges: RunCharges, audit_budget: float, private_key):
+        from audit.ledger.store import Ledger
+
+        self.charges, self.audit_budget, self.private_key = charges, audit_budget, private_key
+        self.ledger = Ledger()
+        self.charged = charges.this_run
+
+    def after_resume(self, meter_flops: float) -> None:
+        if meter_flops < self.charged:
+            raise InputError(f"the checkpoint's compute meter ({meter_flops:.6g} FLOP) is below what the ledger "
+                             f"already charged this run ({self.charged:.6g} FLOP): its trainer_state.json was "
+                             "edited", source=self.charges.run_id)
+
+    def on_step(self, record: dict) -> None:
+        flops: Optional[float] = record.get("flops")
+        if flops is None:
+            return
+        self.after_resume(flops)
+        self.ledger.charge(self.charges.audit_sha256, self.audit_budget, self.charges.run_id, record["step"],
+                           record["step"], record["step_tokens"], flops - self.charged, self.private_key)
+        self.charged = flops
