@@ -47,6 +47,7 @@ class AuditResult:
     payload_path: Path
     html_path: Path
     signer_keyid: str
+    envelope_sha256: str
 
 
 @dataclass(frozen=True)
@@ -221,4 +222,5 @@ def run_audit(plan: str | Path | LoadedPlan, out_dir: str | Path, private_key, *
     payload_path = write_atomic(out / PAYLOAD_NAME, json.dumps(statement, indent=2) + "\n")
     html_path = write_atomic(out / HTML_NAME, html)
     envelope_path = write_envelope(out / ENVELOPE_NAME, envelope)
-    return AuditResult(predicate, decision, envelope_path, payload_path, html_path, keyid)
+    return AuditResult(predicate, decision, envelope_path, payload_path, html_path, keyid,
+                       sha256_bytes(envelope.to_bytes()))

@@ -139,6 +139,8 @@ def run(args) -> int:
     from distill.trainer import train
 
     booked = StepCharges(charges, audit_budget, signing_key[0]) if signing_key else None
+    if booked:
+        booked.opened(outcome=gate.outcome, resume=args.resume)
     result = train(cfg, resume=args.resume, after_load=audited_model_checks(loaded, gate),
                    on_step=booked.on_step if booked else None, after_resume=booked.after_resume if booked else None)
     if result.rank != 0:

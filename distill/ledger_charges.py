@@ -54,6 +54,12 @@ class StepCharges:
         self.ledger = Ledger()
         self.charged = charges.this_run
 
+    def opened(self, *, outcome: str, resume: bool) -> None:
+        """Record that the gate opened for this run (``resume`` for a continued one)."""
+        self.ledger.append("resume" if resume else "gate_open", self.charges.audit_sha256,
+                           {"run_id": self.charges.run_id, "outcome": outcome,
+                            "charged_before_flops": self.charges.this_run}, self.private_key)
+
     def after_resume(self, meter_flops: float) -> None:
         if meter_flops < self.charged:
             raise InputError(f"the checkpoint's compute meter ({meter_flops:.6g} FLOP) is below what the ledger "

@@ -88,7 +88,7 @@ def json_depth(text: str, limit: int) -> int:
     return deepest
 
 
-def strict_json_loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def strict_json_loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH, parse_int=None) -> Any:
     """Parse JSON text (bytes must be UTF-8) for verification, refusing what two parsers could
     read differently: repeated keys, NaN/Infinity, nesting deeper than ``max_depth``.
 
@@ -99,6 +99,6 @@ def strict_json_loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any
     if json_depth(text, max_depth) > max_depth:
         raise StrictJSONError(f"nested deeper than {max_depth} levels")
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_int=parse_int)
     except RecursionError:  # unreachable after the depth scan; kept as a last guard
         raise StrictJSONError(f"nested deeper than {max_depth} levels") from None

@@ -38,6 +38,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
     from audit.check import check_out_dir, run_audit
+    from audit.ledger.store import record_event
     from audit.plan import load_plan
     from audit.cli.terminal import print_json
     from audit.policy.engine import exit_code
@@ -56,6 +57,13 @@ def run(args) -> int:
                   f"share {path}.pub with whoever verifies your audits", file=sys.stderr)
     result = run_audit(loaded, args.out, private_key, policy_dirs=[Path(d) for d in args.policies],
                        as_of=args.as_of, use_cache=not args.no_cache, replace=args.replace)
+    compute = result.predicate["compute"]
+    warning = record_event("audit", result.envelope_sha256, {
+        "plan_name": result.predicate["plan"]["name"], "outcome": result.decision.outcome,
+        "total_flops": compute["total_flops"], "update_flops": compute["update_flops"],
+        "budget_flops": loaded.plan.budget.max_flops, "signer": result.signer_keyid}, private_key)
+    if warning:
+        print(warning, file=sys.stderr)
     if args.json:
         print_json(result.predicate)
     else:

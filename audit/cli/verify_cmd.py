@@ -85,6 +85,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_approve(args: argparse.Namespace) -> int:
     from audit.attest.approval import approve
+    from audit.ledger.store import record_event
     from audit.attest.keys import key_id, load_private_key, load_trusted_keys, short_fingerprint
 
     trusted = load_trusted_keys(args.pubkey, args.trust)
@@ -93,6 +94,12 @@ def run_approve(args: argparse.Namespace) -> int:
     print(f"approved  {args.envelope}  (outcome {approved.audited_outcome})")
     print(f"wrote     {approved.path}")
     print(f"approver  {short_fingerprint(key_id(key.public_key()))}")
+    audit = approved.statement["predicate"]["audit"]
+    warning = record_event("approval", audit["sha256"], {"outcome": approved.audited_outcome,
+                                                         "approval": str(approved.path),
+                                                         "note": approved.statement["predicate"]["note"]}, key)
+    if warning:
+        print(warning)
     for note in approved.notes:
         print(f"note: {note}")
     return 0

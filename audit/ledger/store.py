@@ -51,6 +51,31 @@ class LedgerCorrupt(FlopgateError):
     exit_code = 5
 
 
+def json_number(text: str) -> int | float:
+    """A JSON integer as the canonical form wrote it: RFC 8785 writes a float such as 7.04e20 as
+    704166666666666800000, which is back to the same float only if read as one (an int beyond
+    2**53 cannot be canonicalised again)."""
+    value = int(text)
+    return value if abs(value) <= 2**53 - 1 else float(text)
+
+
+def _load_row(text: str) -> Any:
+    return strict_json_loads(text, parse_int=json_number)
+
+
+def record_event(kind: str, audit_sha256: str, body: Mapping[str, Any],
+                 private_key: Ed25519PrivateKey) -> str | None:
+    """Append one row to the default ledger for ``check`` or ``approve``; a ledger that cannot
+    be written (a read-only home, a locked file) gives a warning line instead, so that it never
+    stops an audit: the signed files are the record, the ledger their index."""
+    try:
+        with Ledger() as ledger:
+            ledger.append(kind, audit_sha256, body, private_key)
+    except (OSError, sqlite3.Error, FlopgateError) as exc:
+        return f"warning: not recorded in the ledger ({exc.__class__.__name__}: {exc})"
+    return None
+
+
 def default_ledger_path() -> Path:
     """``$FLOPGATE_LEDGER`` when set, else ``$FLOPGATE_HOME/ledger.sqlite``."""
     named = os.environ.get(LEDGER_ENV)
@@ -135,7 +160,7 @@ class Ledger:
             return None
         seq, text = found
         try:
-            row = strict_json_loads(text)
+            row = _load_row(text)
         except (StrictJSONError, ValueError) as exc:
             raise LedgerCorrupt(f"{self.path}: the last row (seq {seq}) is not JSON ({exc}); "
                                 f"run flopgate ledger verify") from None
@@ -234,7 +259,7 @@ class Ledger:
 
     def _parse(self, seq: int, text: str) -> dict[str, Any]:
         try:
-            return strict_json_loads(text)
+            return _load_row(text)
         except (StrictJSONError, ValueError) as exc:
             raise LedgerCorrupt(f"{self.path}: row seq {seq} is not JSON ({exc}); "
                                 f"run flopgate ledger verify") from None
@@ -246,7 +271,7 @@ class Ledger:
         rows = []
         for position, (seq, text) in enumerate(self.raw_rows()):
             try:
-                row = strict_json_loads(text)
+                row = _load_row(text)
             except (StrictJSONError, ValueError) as exc:
                 return [f"row seq {seq}: not JSON ({exc})"]
             if isinstance(row, dict) and row.get("seq") != seq:

@@ -418,6 +418,7 @@ def test_two_runs_against_one_audit_never_exceed_its_budget(project, signer, cap
     with Ledger() as ledger:
         assert ledger.spent(digest) == pytest.approx(2 * TOKENS_PER_STEP * FPT)
         assert ledger.verify([signer.trusted]) == []
+        assert [r["kind"] for r in ledger.rows(audit=digest)] == ["gate_open", "charge", "charge"]
 
 
 def test_an_edited_meter_in_a_checkpoint_is_refused_on_resume(project, signer, capsys, monkeypatch):

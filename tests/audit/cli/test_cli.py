@@ -106,3 +106,23 @@ def test_a_bad_plan_on_first_use_is_one_line_and_makes_no_key(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "plan_version" in err
     assert not (tmp_path / "fresh-home").exists()
+
+
+def test_check_and_approve_are_recorded_in_the_ledger(tmp_path, signer, capsys):
+    import hashlib
+
+    from audit.ledger.store import Ledger
+
+    assert main(["check", str(EXAMPLES / "api-teacher.yaml"), "--out", str(tmp_path / "a"),
+                 "--key", str(signer.private_path)]) == 3
+    envelope = tmp_path / "a" / "audit.intoto.json"
+    digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
+    reviewer = write_keypair(tmp_path / "keys", "reviewer")
+    assert main(["approve", str(envelope), "--key", str(reviewer.private_path), "--note", "reviewed",
+                 "--pubkey", str(signer.public_path)]) == 0
+    with Ledger() as ledger:
+        rows = ledger.rows(audit=digest)
+        assert [r["kind"] for r in rows] == ["audit", "approval"]
+        assert rows[0]["body"]["outcome"] == "REVIEW" and rows[0]["keyid"] == signer.keyid
+        assert rows[1]["keyid"] == reviewer.keyid
+        assert ledger.verify([signer.trusted, reviewer.trusted]) == []

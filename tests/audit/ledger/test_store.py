@@ -241,3 +241,13 @@ def test_a_bad_row_is_input_error_and_nothing_is_written(ledger, key):
     assert ledger.raw_rows() == []
     ledger.append("run", AUDIT, {"run_id": "r"}, key)  # the connection is still usable
     assert len(ledger.raw_rows()) == 1
+
+
+def test_float_figures_that_canonical_json_writes_as_integers_round_trip(ledger, key):
+    """RFC 8785 writes 7.041666666666667e20 as 704166666666666800000: read back as an int it
+    could not be canonicalised again, and the next append would call the head corrupt."""
+    body = dict(audit_body(1e25), total_flops=7.041666666666667e20, update_flops=3.0e17)
+    ledger.append("audit", "ab" * 32, body, key)
+    ledger.append("approval", "ab" * 32, {"note": "ok"}, key)
+    assert ledger.verify(trusted(key)) == []
+    assert ledger.rows()[0]["body"]["total_flops"] == 7.041666666666667e20
