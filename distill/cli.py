@@ -23,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-from audit.cli.args import help_text, positive
+from audit.cli.args import add_ledger_option, help_text, positive
 from audit.numbers import short_sci
 
 SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -64,6 +64,7 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--allow-cpu", action="store_true", help="train without CUDA (tests and tiny demos)")
     p.add_argument("--dry-run", action="store_true", help="run every check, load no model, train nothing")
+    add_ledger_option(p)
     p.set_defaults(func=run)
 
 
@@ -115,7 +116,7 @@ def run(args) -> int:
     out_dir = Path(args.out) if args.out else Path("distill-out") / _safe_name(loaded.plan.name)
     from distill.ledger_charges import StepCharges, read_charges
 
-    audit_budget, charges = budget, read_charges(gate.envelope_sha256, out_dir)
+    audit_budget, charges = budget, read_charges(gate.envelope_sha256, out_dir, args.ledger)
     budget = audit_budget - charges.other_runs  # the audit's budget is spent once, across runs
     if budget <= 0:
         return _refuse([f"budget: audit {gate.envelope_sha256[:12]}... is spent: other runs were charged "
@@ -138,7 +139,7 @@ def run(args) -> int:
 
     from distill.trainer import train
 
-    booked = StepCharges(charges, audit_budget, signing_key[0]) if signing_key else None
+    booked = StepCharges(charges, audit_budget, signing_key[0], args.ledger) if signing_key else None
     if booked:
         booked.opened(outcome=gate.outcome, resume=args.resume)
     result = train(cfg, resume=args.resume, after_load=audited_model_checks(loaded, gate),

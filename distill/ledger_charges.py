@@ -28,14 +28,14 @@ class RunCharges:
     other_runs: float
 
 
-def read_charges(audit_sha256: str, out_dir: Path) -> RunCharges:
+def read_charges(audit_sha256: str, out_dir: Path, ledger_path: str | None = None) -> RunCharges:
     """The audit's charges in the ledger, split by run (read only: a missing ledger is empty)."""
     from audit.ledger.store import Ledger, default_ledger_path
 
     run_id = str(Path(out_dir).resolve())
-    if not default_ledger_path().exists():
+    if not Path(ledger_path or default_ledger_path()).expanduser().exists():
         return RunCharges(audit_sha256, run_id, 0.0, 0.0)
-    with Ledger(create=False) as ledger:
+    with Ledger(ledger_path, create=False) as ledger:
         charges = [r["body"] for r in ledger.rows(audit=audit_sha256) if r["kind"] == "charge"]
     this_run = sum(float(c["flops"]) for c in charges if c["run_id"] == run_id)
     return RunCharges(audit_sha256, run_id, this_run, sum(float(c["flops"]) for c in charges) - this_run)
@@ -47,11 +47,11 @@ class StepCharges:
     this run means an edited ``trainer_state.json``: refused); ``on_step(record)`` charges the
     compute the meter counted since the last charge."""
 
-    def __init__(self, charges: RunCharges, audit_budget: float, private_key):
+    def __init__(self, charges: RunCharges, audit_budget: float, private_key, ledger_path: str | None = None):
         from audit.ledger.store import Ledger
 
         self.charges, self.audit_budget, self.private_key = charges, audit_budget, private_key
-        self.ledger = Ledger()
+        self.ledger = Ledger(ledger_path)
         self.charged = charges.this_run
 
     def opened(self, *, outcome: str, resume: bool) -> None:

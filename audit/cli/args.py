@@ -6,6 +6,21 @@ import argparse
 import datetime as dt
 
 
+def ledger_path(text: str) -> str:
+    """An argparse type: a ledger file. A database URL is refused for now (SQLite only)."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(f"expected a ledger file path, got {text!r}: shared (PostgreSQL) "
+                                         "ledgers are not supported yet")
+    return text
+
+
+def add_ledger_option(parser: argparse.ArgumentParser) -> None:
+    """``--ledger PATH``: the ledger file (default ``$FLOPGATE_LEDGER``, else
+    ``$FLOPGATE_HOME/ledger.sqlite``)."""
+    parser.add_argument("--ledger", metavar="PATH", type=ledger_path,
+                        help="the ledger file (default: $FLOPGATE_LEDGER, else $FLOPGATE_HOME/ledger.sqlite)")
+
+
 def help_text(docstring: str) -> str:
     """A module docstring as ``--help`` shows it: without reST's double backticks."""
     return docstring.replace("``", "")

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from audit.cli.args import help_text, iso_date
+from audit.cli.args import add_ledger_option, help_text, iso_date
 from audit.cli.terminal import console, hardware_line
 from audit.numbers import percent, ratio, sci
 
@@ -30,6 +30,7 @@ def register(subparsers) -> None:
                    "plan's start and today; an earlier date makes a historical audit, which the gate refuses)")
     p.add_argument("--json", action="store_true", help="print the signed payload's predicate as JSON")
     p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
+    add_ledger_option(p)
     p.add_argument("--replace", action="store_true", help="when --out already holds an audit, keep it under a "
                    "dated name and write the new one (without this, check refuses)")
     p.set_defaults(func=run)
@@ -61,7 +62,7 @@ def run(args) -> int:
     warning = record_event("audit", result.envelope_sha256, {
         "plan_name": result.predicate["plan"]["name"], "outcome": result.decision.outcome,
         "total_flops": compute["total_flops"], "update_flops": compute["update_flops"],
-        "budget_flops": loaded.plan.budget.max_flops, "signer": result.signer_keyid}, private_key)
+        "budget_flops": loaded.plan.budget.max_flops, "signer": result.signer_keyid}, private_key, args.ledger)
     if warning:
         print(warning, file=sys.stderr)
     if args.json:

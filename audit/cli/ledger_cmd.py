@@ -14,13 +14,8 @@ import json
 import sys
 from typing import Any
 
+from audit.cli.args import add_ledger_option
 from audit.cli.verify_cmd import add_trust_options
-
-
-def _add_ledger_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ledger", metavar="PATH",
-                        help="the ledger file (default: $FLOPGATE_LEDGER, else "
-                             "$FLOPGATE_HOME/ledger.sqlite)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,13 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "before's row_hash, each row_hash its content, each signature by a key you "
                     "trust. Exit 0 when all hold, 5 naming the first row that does not, 2 when "
                     "the ledger or a key cannot be read.")
-    _add_ledger_option(verify)
+    add_ledger_option(verify)
     add_trust_options(verify, required=True)
     verify.set_defaults(func=run_verify)
 
     listing = sub.add_parser("list", help="list rows",
                              description="One line per row, oldest first.")
-    _add_ledger_option(listing)
+    add_ledger_option(listing)
     listing.add_argument("--audit", metavar="DIGEST",
                          help="only rows about this audit (its sha256, or a prefix of it)")
     listing.add_argument("--since", metavar="DATE",
@@ -53,14 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.set_defaults(func=run_list)
 
     show = sub.add_parser("show", help="print one row", description="Print one row as JSON.")
-    _add_ledger_option(show)
+    add_ledger_option(show)
     show.add_argument("seq", metavar="SEQ", type=int, help="the row's seq number")
     show.set_defaults(func=run_show)
 
     spent = sub.add_parser("spent", help="FLOP charged, per audit or per month",
                            description="Sum the charge rows per audit (with the audit's budget "
                                        "when its audit row is in the ledger) or per UTC month.")
-    _add_ledger_option(spent)
+    add_ledger_option(spent)
     spent.add_argument("--by", choices=("audit", "month"), default="audit")
     spent.add_argument("--json", action="store_true", help="print JSON")
     spent.set_defaults(func=run_spent)
@@ -68,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="write every row, one JSON object per line",
                             description="Print every row in seq order as canonical JSON, one "
                                         "per line (JSON Lines), e.g. for an archive or SIEM.")
-    _add_ledger_option(export)
+    add_ledger_option(export)
     export.add_argument("--format", choices=("jsonl",), default="jsonl")
     export.set_defaults(func=run_export)
 

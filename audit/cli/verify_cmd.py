@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from audit.cli.args import add_ledger_option
+
 
 def add_trust_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
     """``--pubkey FILE`` or ``--trust DIR``: the keys whose signatures are trusted."""
@@ -42,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     approve.add_argument("--note", required=True, metavar="TEXT",
                          help="what was reviewed and why it is approved")
     approve.add_argument("--out", metavar="FILE", help="default: ENVELOPE.approval.json")
+    add_ledger_option(approve)
     add_trust_options(approve, required=True)
     approve.set_defaults(func=run_approve)
 
@@ -97,7 +100,8 @@ def run_approve(args: argparse.Namespace) -> int:
     audit = approved.statement["predicate"]["audit"]
     warning = record_event("approval", audit["sha256"], {"outcome": approved.audited_outcome,
                                                          "approval": str(approved.path),
-                                                         "note": approved.statement["predicate"]["note"]}, key)
+                                                         "note": approved.statement["predicate"]["note"]},
+                           key, args.ledger)
     if warning:
         print(warning)
     for note in approved.notes:

@@ -64,12 +64,12 @@ def _load_row(text: str) -> Any:
 
 
 def record_event(kind: str, audit_sha256: str, body: Mapping[str, Any],
-                 private_key: Ed25519PrivateKey) -> str | None:
+                 private_key: Ed25519PrivateKey, path: str | os.PathLike | None = None) -> str | None:
     """Append one row to the default ledger for ``check`` or ``approve``; a ledger that cannot
     be written (a read-only home, a locked file) gives a warning line instead, so that it never
     stops an audit: the signed files are the record, the ledger their index."""
     try:
-        with Ledger() as ledger:
+        with Ledger(path) as ledger:
             ledger.append(kind, audit_sha256, body, private_key)
     except (OSError, sqlite3.Error, FlopgateError) as exc:
         return f"warning: not recorded in the ledger ({exc.__class__.__name__}: {exc})"

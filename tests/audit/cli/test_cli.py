@@ -126,3 +126,16 @@ def test_check_and_approve_are_recorded_in_the_ledger(tmp_path, signer, capsys):
         assert rows[0]["body"]["outcome"] == "REVIEW" and rows[0]["keyid"] == signer.keyid
         assert rows[1]["keyid"] == reviewer.keyid
         assert ledger.verify([signer.trusted, reviewer.trusted]) == []
+
+
+def test_ledger_option_names_the_ledger_and_refuses_a_url(tmp_path, signer, capsys):
+    from audit.ledger.store import Ledger
+
+    named = tmp_path / "team-ledger.sqlite"
+    assert main(["check", str(EXAMPLES / "moe-teacher.yaml"), "--out", str(tmp_path / "a"),
+                 "--key", str(signer.private_path), "--ledger", str(named)]) == 0
+    with Ledger(named, create=False) as ledger:
+        assert [r["kind"] for r in ledger.rows()] == ["audit"]
+    with pytest.raises(SystemExit) as raised:
+        main(["check", str(EXAMPLES / "moe-teacher.yaml"), "--ledger", "postgresql://db/ledger"])
+    assert raised.value.code == 2 and "not supported yet" in capsys.readouterr().err
