@@ -86,10 +86,10 @@ def read_input(path: str | os.PathLike, what: str = "file", *, source: str | Non
         return InputError(f"{message}: {path}", source=source, field=field)
 
     try:
-        with open(path, "rb", opener=_open_no_block) as handle:
+        with open(path, "rb", opener=open_no_block) as handle:
             mode = os.fstat(handle.fileno()).st_mode
             if not stat.S_ISREG(mode):
-                raise error(f"expected {what} to be a regular file, found {_kind(mode)}")
+                raise error(f"expected {what} to be a regular file, found {file_kind(mode)}")
             return handle.read()
     except FileNotFoundError:
         raise error(f"{what} not found") from None
@@ -99,18 +99,15 @@ def read_input(path: str | os.PathLike, what: str = "file", *, source: str | Non
         raise error(f"cannot read {what} ({exc.strerror or exc.__class__.__name__})") from None
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device"
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, for an error: "a directory", "a FIFO", ..."""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISLNK, "a symlink"))
+    return next((name for test, name in kinds if test(mode)), "a device")
 
 
-def _open_no_block(path, flags):
-    """Open without blocking on a FIFO, so that ``read_input`` can refuse it."""
+def open_no_block(path, flags):
+    """An ``opener`` that does not block on a FIFO, so that the caller can refuse it."""
     return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Optional
 
 from audit.errors import InputError
+from audit.fsutil import file_kind, open_no_block
 
 BLOCK_BYTES = 4 << 20                   # bytes per read (4 MiB)
 RACY_MARGIN_NS = 2_000_000_000          # a recorded file's ctime must be this much older than the hash (ns)
@@ -151,7 +152,7 @@ def _walk(root: Path, prefix: str, real_root: str, found: list[str]) -> None:
         elif stat.S_ISREG(mode):
             found.append(rel)
         else:
-            raise InputError(f"{rel}: expected a regular file, found {_kind(mode)}", source=str(root))
+            raise InputError(f"{rel}: expected a regular file, found {file_kind(mode)}", source=str(root))
 
 
 def _check_name(root: Path, rel: str) -> None:
@@ -175,13 +176,7 @@ def _check_symlink(root: Path, rel: str, real_root: str) -> None:
     except OSError:
         raise InputError(f"{rel}: dangling symlink", source=str(root)) from None
     if not stat.S_ISREG(mode):
-        raise InputError(f"{rel}: symlink to {_kind(mode)}, expected a regular file", source=str(root))
-
-
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISLNK, "a symlink"))
-    return next((name for test, name in kinds if test(mode)), "a device")
+        raise InputError(f"{rel}: symlink to {file_kind(mode)}, expected a regular file", source=str(root))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +253,7 @@ def _hash_file(root: Path, rel: str, advance: Callable[[int], None]) -> tuple[st
     path after reading) differs from the one when it was opened: it changed while being read."""
     path = root / rel
     try:
-        handle = open(path, "rb", buffering=0, opener=_open_no_block)
+        handle = open(path, "rb", buffering=0, opener=open_no_block)
     except OSError as exc:
         raise InputError(f"{rel}: cannot read ({exc.strerror})", source=str(root)) from None
     digest, read = hashlib.sha256(), 0
@@ -266,7 +261,7 @@ def _hash_file(root: Path, rel: str, advance: Callable[[int], None]) -> tuple[st
     with handle:
         before = os.fstat(handle.fileno())
         if not stat.S_ISREG(before.st_mode):
-            raise InputError(f"{rel}: expected a regular file, found {_kind(before.st_mode)}",
+            raise InputError(f"{rel}: expected a regular file, found {file_kind(before.st_mode)}",
                              source=str(root))
         _clear_nonblock(handle.fileno())
         try:
@@ -282,11 +277,6 @@ def _hash_file(root: Path, rel: str, advance: Callable[[int], None]) -> tuple[st
         raise InputError(f"{rel}: changed while it was hashed; hash again when nothing writes to it",
                          source=str(root))
     return digest.hexdigest(), by_path
-
-
-def _open_no_block(path, flags):
-    """Open without blocking on a FIFO, so that it can be refused."""
-    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def _clear_nonblock(fd: int) -> None:
@@ -329,7 +319,7 @@ def _load_record(path: Path, key: bytes) -> dict[str, tuple[FileStat, str]]:
     """The record's entries (absolute path -> (stat tuple, sha256)) when it was written on this
     host under this home's key; an empty dict for anything else."""
     try:
-        with open(path, "rb", opener=_open_no_block) as handle:
+        with open(path, "rb", opener=open_no_block) as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                 return {}
             raw = handle.read(RECORD_MAX_BYTES + 1)
