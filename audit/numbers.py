@@ -29,13 +29,11 @@ def sci(value, digits: int = 2) -> str:
 
 def short_sci(value, digits: int = 3) -> str:
     """Up to ``digits`` significant figures, trailing zeros dropped: 1e23, 3.3e25, 1.25e26."""
-    if not _usable(value):
-        return UNKNOWN
-    if value == 0:
-        return "0"
-    mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
+    text = sci(value, digits)
+    if "e" not in text:  # "unknown" or "0"
+        return text
+    mantissa, exponent = text.split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
 
 def exact(value) -> str:
@@ -73,6 +71,11 @@ def plain(value, digits: int = 3) -> str:
         return sci(value, digits)
     text = f"{value:.{digits}g}"
     return f"{value:,.0f}" if "e" in text else text  # ``g`` writes 12345 as 1.234e+04
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 regime``, ``2 regimes``; ``plural`` when it is not ``singular + "s"``."""
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
 
 
 def usd(value) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from audit.errors import InputError
+from audit.numbers import quantity
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,9 @@ class StepCharges:
 
     def after_resume(self, meter_flops: float) -> None:
         if meter_flops < self.charged:
-            raise InputError(f"the checkpoint's compute meter ({meter_flops:.6g} FLOP) is below what the ledger "
-                             f"already charged this run ({self.charged:.6g} FLOP): its trainer_state.json was "
-                             "edited", source=self.charges.run_id)
+            raise InputError(f"the checkpoint's compute meter ({quantity(meter_flops, 'FLOP')}) is below what the "
+                             f"ledger already charged this run ({quantity(self.charged, 'FLOP')}): its "
+                             "trainer_state.json was edited", source=self.charges.run_id)
 
     def on_step(self, record: dict) -> None:
         flops: Optional[float] = record.get("flops")

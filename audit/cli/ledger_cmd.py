@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from audit.cli.args import add_ledger_option
+from audit.numbers import quantity
 from audit.cli.verify_cmd import add_trust_options
 
 
@@ -116,7 +117,7 @@ def _summary(row: dict[str, Any]) -> str:
 
 
 def _flops(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+    return quantity(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from audit.cli.args import iso_date
-from audit.numbers import ratio
+from audit.numbers import counted, ratio
 
 _CHANNELS = ("weights", "api", "consumer_app")
+_SINGULAR = {"regimes": "regime", "terms": "terms", "teachers": "teacher", "rules": "rule"}  # "1 terms": documents
 POLICY_HELP = """Decide a plan against the policy packs, without signing (flopgate check signs).
 
 Exit codes: 0 the gate would open, 3 REVIEW (or an unmet checkable obligation), 4 DENY,
@@ -135,11 +136,6 @@ def print_decision(decision, plan_name: str) -> None:
     out.print(escape("packs: " + ", ".join(f"{p['id']}@{p['version']}" for p in decision.packs)))
 
 
-def _count(n: int, plural: str) -> str:
-    """``1 regime``, ``2 regimes``; ``1 terms`` (a terms document) stays as it is."""
-    return f"{n} {plural[:-1] if n == 1 and plural != 'terms' else plural}"
-
-
 def _value(value, unit: str) -> str:
     from audit.numbers import quantity
 
@@ -170,7 +166,8 @@ def run_list(args) -> int:
     for column in ("id", "version", "reviewed", "kind", "contents", "sha256", "file"):
         table.add_column(column, overflow="fold")
     for r in rows:
-        contents = ", ".join(_count(r[k], k) for k in ("regimes", "terms", "teachers", "rules") if r[k])
+        contents = ", ".join(counted(r[k], _SINGULAR[k], k) for k in ("regimes", "terms", "teachers", "rules")
+                             if r[k])
         table.add_row(escape(r["id"]), escape(r["version"]), r["last_reviewed"], r["kind"], contents,
                       r["sha256"][:12], escape(r["path"]))
     console().print(table)

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from audit.attest.canonical import StrictJSONError, canonical_json, strict_json_loads
 from audit.attest.keys import TrustedKey, flopgate_home
 from audit.errors import FlopgateError, InputError
+from audit.numbers import quantity
 from audit.ledger import chain
 
 LEDGER_ENV = "FLOPGATE_LEDGER"
@@ -80,10 +81,6 @@ def default_ledger_path() -> Path:
     """``$FLOPGATE_LEDGER`` when set, else ``$FLOPGATE_HOME/ledger.sqlite``."""
     named = os.environ.get(LEDGER_ENV)
     return Path(named).expanduser() if named else flopgate_home() / DEFAULT_LEDGER_NAME
-
-
-def _fmt_flops(value: float) -> str:
-    return f"{value:.4g}"
 
 
 def parse_since(value: str) -> str:
@@ -222,9 +219,9 @@ class Ledger:
             if spent + flops > budget:
                 left = max(budget - spent, 0.0)
                 raise BudgetExceeded(
-                    f"audit {audit_sha256[:12]}: charge of {_fmt_flops(flops)} FLOP for "
-                    f"{run_id} steps {step_from}-{step_to} refused: {_fmt_flops(spent)} of "
-                    f"{_fmt_flops(budget)} FLOP spent, {_fmt_flops(left)} left")
+                    f"audit {audit_sha256[:12]}: charge of {quantity(flops)} FLOP for "
+                    f"{run_id} steps {step_from}-{step_to} refused: {quantity(spent)} of "
+                    f"{quantity(budget)} FLOP spent, {quantity(left)} left")
             return self._insert_next("charge", audit_sha256, body, private_key, time)
 
     # -- reading ------------------------------------------------------------------------

@@ -53,10 +53,6 @@ ALLOWING = ("ALLOW", "ALLOW_WITH_OBLIGATIONS")
 _REQUIRED = {"plan": dict, "compute": dict, "decision": dict, "outcome": str, "inputs": list}
 
 
-def _plural(count: int, singular: str, plural: str | None = None) -> str:
-    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
-
-
 def verdict_sentence(predicate: dict) -> str:
     """The verdict in words, e.g. "Review required before training: 1 unmet obligation"."""
     outcome = predicate.get("outcome")
@@ -71,7 +67,7 @@ def verdict_sentence(predicate: dict) -> str:
         (sum(f.get("effect") == "review" for f in findings), "finding to review", "findings to review"),
         (sum(o.get("status") == "todo" for o in obligations), "obligation to fulfil", "obligations to fulfil"),
     ]
-    parts = [_plural(*count) for count in counts if count[0]]
+    parts = [numbers.counted(*count) for count in counts if count[0]]
     return f"{VERDICTS[outcome][1]}: {', '.join(parts) if parts else 'nothing outstanding'}"
 
 
