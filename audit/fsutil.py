@@ -130,7 +130,15 @@ def read_json(path: str | os.PathLike, what: str, *, missing: str | None = None)
 
     if missing is not None and not Path(path).exists():
         raise InputError(missing, source=str(path))
-    raw = read_input(path, what)
+    return parse_json(read_input(path, what), path, what)
+
+
+def parse_json(raw: bytes, path: str | os.PathLike, what: str):
+    """``raw`` (bytes already read from ``path``, e.g. after checking their digest) as JSON;
+    ``InputError`` "cannot read <what> as JSON" naming the file, with the parser's line and
+    column for malformed JSON, else the kind of error."""
+    from audit.errors import InputError
+
     try:
         return json.loads(raw.decode("utf-8"))
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors

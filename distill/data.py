@@ -33,7 +33,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from audit.errors import InputError
-from audit.fsutil import decode_utf8, read_input, sha256_file, write_atomic
+from audit.fsutil import decode_utf8, parse_json, read_input, sha256_file, write_atomic
 from distill.checkpoint import checkpoint_digest
 
 MANIFEST_VERSION = 1
@@ -213,10 +213,7 @@ def read_manifest(path: str | Path, *, expected_sha256: Optional[str] = None) ->
     if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
         raise InputError(f"is not the audited manifest (sha256 {hashlib.sha256(raw).hexdigest()[:12]}... read, "
                          f"{expected_sha256[:12]}... audited)", source=str(path))
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except ValueError as exc:
-        raise InputError(f"cannot read the manifest as JSON ({exc})", source=str(path)) from None
+    manifest = parse_json(raw, path, "the manifest")
     if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
         raise InputError(f"expected manifest_version {MANIFEST_VERSION}", source=str(path), field="manifest_version")
     entries = manifest.get("files")

@@ -14,12 +14,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from audit.errors import InputError
-from audit.fsutil import read_input, sha256_bytes
+from audit.fsutil import parse_json, read_input, sha256_bytes
 from audit.plan import LoadedPlan, Plan
 from audit.policy.conditions import PlanFacts
 from audit.policy.packs import PolicySet
@@ -54,11 +53,7 @@ def read_manifest_facts(manifest: str, *, source: str) -> PlanFacts:
         raise InputError(f"the dataset manifest not found: {path}", source=source, field="data.manifest")
     raw = read_input(path, "the dataset manifest")
     where = str(path)
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except ValueError as exc:
-        detail = str(exc) if isinstance(exc, json.JSONDecodeError) else exc.__class__.__name__
-        raise InputError(f"cannot read the dataset manifest as JSON ({detail})", source=where) from None
+    data = parse_json(raw, path, "the dataset manifest")
     if not isinstance(data, dict):
         raise InputError("expected a JSON object at the top level", source=where)
     if "manifest_version" in data and (isinstance(data["manifest_version"], bool)
