@@ -123,8 +123,8 @@ def run(args) -> int:
                         f"{short_sci(charges.other_runs, 4)} of its {short_sci(audit_budget, 4)} FLOP "
                         "(flopgate ledger list --audit ...)"])
     cfg = train_config(loaded, args, out_dir=out_dir, flops_per_token=flops_per_token, budget=budget,
-                       teacher_flops_per_token=teacher_fpt, manifest_sha256=audited_digest(gate.predicate,
-                                                                                           "dataset_manifest"))
+                       teacher_flops_per_token=teacher_fpt,
+                       manifest_sha256=next((e.sha256 for e in gate.audit.inputs_of("dataset_manifest")), None))
     device_name = _device(args)
     print(f"compute: {short_sci(flops_per_token, 4)} FLOP per token, budget {short_sci(budget, 4)} FLOP "
           f"(stop before {short_sci(budget * (1 + cfg.tolerance), 4)}); device {device_name}")
@@ -187,15 +187,6 @@ def meter_figures(plan, predicate: dict) -> tuple[str | None, float | None, floa
 
 METERED_COMPONENTS = ("student_training", "teacher_forward")
 """The audit's compute components the trainer's meter charges."""
-
-
-def audited_digest(predicate: dict, role: str) -> str | None:
-    """The sha256 the verified audit records for its input of ``role`` (None when it has none;
-    the gate has already refused an audit whose inputs do not match the plan)."""
-    for entry in predicate.get("inputs") or []:
-        if isinstance(entry, dict) and entry.get("role") == role and isinstance(entry.get("sha256"), str):
-            return entry["sha256"]
-    return None
 
 
 def run_files() -> tuple[str, ...]:
