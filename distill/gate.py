@@ -92,21 +92,24 @@ def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     plan_raw = read_input(plan_path, "plan")  # read once: verified, then parsed, then handed on
     installed = dict(installed_pack_versions)
 
-    reasons: list[str] = [f"subjects: {line}" for line in check_subjects(
-        statement, plan_path, installed_pack_versions=installed, plan_sha256=sha256_bytes(plan_raw))]
-    reasons += [f"policy_pack: {line}" for line in pack_version_changes(statement, installed)]
     audit, problem = parse_audit_predicate(predicate)  # once; every check below reads typed fields
+    checks: list[str] = []
+    loaded, weights, read = None, {}, {plan_path.resolve(): sha256_bytes(plan_raw)}
     if audit is None:
-        return GateResult(False, [f"predicate: the audit cannot be read ({problem}); re-run flopgate check"]
-                          + reasons, predicate, verified.envelope_sha256)
-    reasons += _plan_reasons(audit, plan_path, plan_raw)
-    loaded, weights = None, {}
-    if not reasons:  # the plan is the audited one, so its file references can be trusted
-        from audit.plan import load_plan
-
-        loaded = load_plan(plan_path, raw=plan_raw)
-        input_reasons, weights = _input_reasons(audit, loaded)
-        reasons += input_reasons
+        checks.append(f"predicate: the audit cannot be read ({problem}); re-run flopgate check")
+    else:
+        checks += _plan_reasons(audit, plan_path, plan_raw)
+        if not checks:  # the plan is the audited one, so its file references can be trusted
+            loaded, input_reasons, weights, digests = _read_inputs(audit, plan_path, plan_raw)
+            checks += input_reasons
+            read.update(digests)
+    # every other subject is hashed here; what was just read is compared by its digest, not read again
+    reasons = [f"subjects: {line}" for line in check_subjects(
+        statement, plan_path, installed_pack_versions=installed, known_digests=read)]
+    reasons += [f"policy_pack: {line}" for line in pack_version_changes(statement, installed)]
+    reasons += checks
+    if audit is None:
+        return GateResult(False, reasons, predicate, verified.envelope_sha256)
     outcome_reasons, notes, approval_sha = _outcome_reasons(audit, data, approval_path, trusted_approvers)
     reasons += outcome_reasons
     reasons += _age_reasons(audit, now, max_age_days)
@@ -126,17 +129,20 @@ def _plan_reasons(audit: AuditPredicate, plan_path: Path, plan_raw: bytes) -> li
     return []
 
 
-def _input_reasons(audit: AuditPredicate, loaded) -> tuple[list[str], dict]:
-    """(reasons, {role: folder digest}): every file and model folder the plan names now
+def _read_inputs(audit: AuditPredicate, plan_path: Path, plan_raw: bytes):
+    """(the plan parsed from its verified bytes, reasons, {role: folder digest}, {path: sha256
+    of what was read}): every file and model folder the plan names now
     (:func:`audit.check.plan_inputs`, the list check signed) has an audited input of its role
     with the same sha256. Model folders are re-hashed with the fast path (unchanged files by
     their stat record; anything touched is read again)."""
     from audit.check import plan_inputs
+    from audit.plan import load_plan
 
     try:
+        loaded = load_plan(plan_path, raw=plan_raw)
         files, folders = plan_inputs(loaded)
     except InputError as exc:
-        return [f"inputs: {exc}"], {}
+        return None, [f"inputs: {exc}"], {}, {}
     reasons = []
     for item in files:
         if item.role == "plan":
@@ -149,7 +155,9 @@ def _input_reasons(audit: AuditPredicate, loaded) -> tuple[list[str], dict]:
         elif item.sha256 not in audited:
             what = "root sha256" if code == "weights" else "sha256"
             reasons.append(f"{code}: {item.role} {item.path} has {what} {item.sha256[:12]}..., not the audited one")
-    return reasons, folders
+    # the authorisation's digest here is the plan's declaration, not a read: check_subjects reads it
+    digests = {Path(item.path).resolve(): item.sha256 for item in files if item.role != "authorization"}
+    return loaded, reasons, folders, digests
 
 
 def _outcome_reasons(audit: AuditPredicate, envelope_bytes: bytes, approval_path,

@@ -232,13 +232,13 @@ def _current_digest(path: Path) -> str:
 def check_subjects(statement: dict, plan_path: str | os.PathLike | None = None, *,
                    base_dir: str | os.PathLike | None = None,
                    installed_pack_versions: Mapping[str, str] | None = None,
-                   plan_sha256: str | None = None) -> list[str]:
+                   known_digests: Mapping[Path, str] | None = None) -> list[str]:
     """Recompute every subject's sha256 from disk; one problem line per changed or missing file.
 
     Relative names resolve against ``base_dir``, else the folder of ``plan_path``, else the
     absolute ``path`` recorded at signing time. The plan subject is ``plan_path`` itself when
-    given; ``plan_sha256`` is the digest of the plan bytes the caller already read (they are
-    not read again). A folder subject (a model's weights) is compared by its root digest
+    given. ``known_digests`` maps resolved paths the caller has already read (and hashed) to
+    their sha256: those are compared, not read again. A folder subject (a model's weights) is compared by its root digest
     (:func:`audit.weights.folder_digest`). A bundled policy pack whose installed version
     differs from the audited one (see ``pack_version_changes``) is not compared: its new digest
     is expected.
@@ -267,9 +267,9 @@ def check_subjects(statement: dict, plan_path: str | os.PathLike | None = None, 
         if path is None:
             problems.append(f"{name} ({roles}): cannot locate the file; give --plan PLAN")
             continue
-        is_plan = plan_path is not None and any(e.get("role") == "plan" for e in entries)
+        known = (known_digests or {}).get(Path(path).expanduser().resolve())
         try:
-            actual = plan_sha256 if is_plan and plan_sha256 is not None else _current_digest(path)
+            actual = known if known is not None else _current_digest(path)
         except FileNotFoundError:
             problems.append(f"{name} ({roles}): missing at {path}")
             continue
