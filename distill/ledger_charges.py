@@ -31,10 +31,10 @@ class RunCharges:
 
 def read_charges(audit_sha256: str, out_dir: Path, ledger_path: str | None = None) -> RunCharges:
     """The audit's charges in the ledger, split by run (read only: a missing ledger is empty)."""
-    from audit.ledger.store import Ledger, default_ledger_path
+    from audit.ledger.store import Ledger, ledger_exists
 
     run_id = str(Path(out_dir).resolve())
-    if not Path(ledger_path or default_ledger_path()).expanduser().exists():
+    if not ledger_exists(ledger_path):
         return RunCharges(audit_sha256, run_id, 0.0, 0.0)
     with Ledger(ledger_path, create=False) as ledger:
         charges = [r["body"] for r in ledger.rows(audit=audit_sha256) if r["kind"] == "charge"]

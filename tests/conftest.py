@@ -15,3 +15,26 @@ def _private_cache(tmp_path_factory, monkeypatch):
         from audit.attest.keys import ensure_default_key
 
         ensure_default_key()
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A throwaway PostgreSQL server for the session (``tests/pg_server.py``); ``create_database``
+    gives a fresh database's URL. Skips, printing why, where the server cannot start."""
+    import pg_server
+
+    server, why = pg_server.start()
+    if server is None:
+        print(f"\nPostgreSQL tests skipped: {why}")
+        pytest.skip(f"PostgreSQL cannot start: {why}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_engine(request, monkeypatch):
+    """Runs a test once per ledger engine: the per-test SQLite file, then a fresh PostgreSQL
+    database named by ``FLOPGATE_LEDGER_URL`` (which commands prefer). Returns the engine."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("FLOPGATE_LEDGER_URL", request.getfixturevalue("pg").create_database())
+    return request.param

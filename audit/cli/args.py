@@ -7,18 +7,23 @@ import datetime as dt
 
 
 def ledger_path(text: str) -> str:
-    """An argparse type: a ledger file. A database URL is refused for now (SQLite only)."""
-    if "://" in text:
-        raise argparse.ArgumentTypeError(f"expected a ledger file path, got {text!r}: shared (PostgreSQL) "
-                                         "ledgers are not supported yet")
+    """An argparse type: a ledger file path or a ``postgresql://`` URL; any other URL is
+    refused."""
+    from audit.ledger.postgres_backend import is_url
+
+    if "://" in text and not is_url(text):
+        raise argparse.ArgumentTypeError(f"expected a ledger file path or a postgresql:// URL, "
+                                         f"got {text.split('://', 1)[0]}://...")
     return text
 
 
 def add_ledger_option(parser: argparse.ArgumentParser) -> None:
-    """``--ledger PATH``: the ledger file (default ``$FLOPGATE_LEDGER``, else
-    ``$FLOPGATE_HOME/ledger.sqlite``)."""
-    parser.add_argument("--ledger", metavar="PATH", type=ledger_path,
-                        help="the ledger file (default: $FLOPGATE_LEDGER, else $FLOPGATE_HOME/ledger.sqlite)")
+    """``--ledger PATH|URL``: the ledger (default ``$FLOPGATE_LEDGER_URL``, else
+    ``$FLOPGATE_LEDGER``, else ``$FLOPGATE_HOME/ledger.sqlite``)."""
+    parser.add_argument("--ledger", metavar="PATH|URL", type=ledger_path,
+                        help="the ledger: a SQLite file or a postgresql:// URL (default: "
+                             "$FLOPGATE_LEDGER_URL, else $FLOPGATE_LEDGER, else "
+                             "$FLOPGATE_HOME/ledger.sqlite)")
 
 
 def help_text(docstring: str) -> str:

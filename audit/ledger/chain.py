@@ -47,7 +47,7 @@ GENESIS_PREV = "0" * 64
 KINDS = ("audit", "approval", "gate_open", "run", "resume", "charge", "generation")
 
 REQUIRED_BODY_KEYS: dict[str, tuple[str, ...]] = {
-    "charge": ("run_id", "step_from", "step_to", "tokens", "flops"),
+    "charge": ("run_id", "step_from", "step_to", "tokens", "flops", "spent_flops"),
     "audit": ("plan_name", "outcome", "total_flops", "update_flops", "budget_flops", "signer"),
 }
 """Keys a body of that kind must have (more are allowed). Other kinds: any JSON object."""
@@ -102,11 +102,17 @@ def check_body(kind: str, body: Any) -> None:
                 raise RowError(f"charge body: {key}: expected an integer >= 0")
         if body["step_to"] < body["step_from"]:
             raise RowError("charge body: step_to is before step_from")
-        for key in ("tokens", "flops"):
+        for key in ("tokens", "flops", "spent_flops"):
             if not _is_number(body[key]) or body[key] < 0:
                 raise RowError(f"charge body: {key}: expected a finite number >= 0")
         if not isinstance(body["run_id"], str) or not body["run_id"]:
             raise RowError("charge body: run_id: expected a non-empty string")
+
+
+def next_spent(previous: float, flops: float) -> float:
+    """An audit's ``spent_flops`` after a charge of ``flops`` (FLOP): writer and verifier both
+    use this one float addition, so they agree to the bit."""
+    return float(previous) + float(flops)
 
 
 def row_content(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,13 +194,16 @@ def verify_chain(rows: Iterable[Mapping[str, Any]], trusted_keys: Iterable[Trust
     Per row, in this order: its shape; ``seq`` is the next number (a gap means a deleted row,
     a step back means rows reordered or repeated); ``prev_hash`` is the previous row's
     ``row_hash``; ``row_hash`` matches the row's content (an edited row); ``keyid`` is a
-    trusted key; ``sig`` is that key's signature over the row hash.
+    trusted key; ``sig`` is that key's signature over the row hash. Over a whole ledger (from
+    seq 1) also: each charge's ``spent_flops`` is its audit's previous ``spent_flops`` (0 before
+    the first charge) plus its ``flops``, computed as the writer does (one float addition).
 
     ``start_seq``/``start_prev`` let a caller verify a tail of the ledger from a row it already
-    trusts (default: the whole ledger from seq 1).
+    trusts (default: the whole ledger from seq 1); the running totals are not checked then.
     """
     by_id = {key.keyid: key for key in trusted_keys}
     expected_seq, expected_prev = start_seq, start_prev
+    spent: dict[str, float] | None = {} if start_seq == 1 else None
     for position, row in enumerate(rows):
         label = _label(row, position)
         problem = _shape_problem(row)
@@ -227,5 +236,11 @@ def verify_chain(rows: Iterable[Mapping[str, Any]], trusted_keys: Iterable[Trust
         except (binascii.Error, ValueError, InvalidSignature):
             return [f"{label}: bad signature by key SHA256:{row['keyid'][:16]} "
                     f"({key.source})"]
+        if spent is not None and row["kind"] == "charge":
+            total = next_spent(spent.get(row["audit_sha256"], 0.0), row["body"]["flops"])
+            if row["body"]["spent_flops"] != total:
+                return [f"{label}: spent_flops {row['body']['spent_flops']!r} is not the audit's "
+                        f"charges so far ({total!r}): a charge before it was removed or altered"]
+            spent[row["audit_sha256"]] = total
         expected_seq, expected_prev = seq + 1, row["row_hash"]
     return []

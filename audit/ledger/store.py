@@ -1,20 +1,15 @@
-"""The ledger in SQLite: one file, many writers (processes on one machine), one chain.
-
-Settings (see ``docs/ledger.md`` for why): WAL journal, ``synchronous=FULL`` (a committed row
-survives power loss), a 30 s busy timeout, and every write inside ``BEGIN IMMEDIATE`` so that
-reading the last row (and, for a charge, the spent total) and inserting the next one is one
-serialised step: two writers never chain onto the same row and never both spend the last of a
-budget.
-
-Table: ``rows(seq INTEGER PRIMARY KEY, row_json TEXT NOT NULL)``, ``row_json`` the RFC 8785
-canonical JSON of the row (:mod:`audit.ledger.chain`); an index on the rows' audit digest.
+"""The ledger: appends and budget charges over one storage engine, SQLite (a file, the default)
+or PostgreSQL (a URL, for a ledger shared by machines); see :mod:`audit.ledger.sqlite_backend`
+and :mod:`audit.ledger.postgres_backend`. Both serialise every write over the whole chain, so
+reading the last row (and, for a charge, the audit's spent total) and inserting the next row is
+one step: two writers never chain onto the same row and never both spend the last of a budget.
+The row logic (hashing, signing, the budget check) is here, once, for both.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,14 +24,9 @@ from audit.numbers import quantity
 from audit.ledger import chain
 
 LEDGER_ENV = "FLOPGATE_LEDGER"
+LEDGER_URL_ENV = "FLOPGATE_LEDGER_URL"
 DEFAULT_LEDGER_NAME = "ledger.sqlite"
-BUSY_TIMEOUT_S = 30.0
 BUDGET_EXCEEDED_EXIT = 6
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS rows (seq INTEGER PRIMARY KEY, row_json TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS rows_by_audit ON rows (json_extract(row_json, '$.audit_sha256'))",
-)
 
 
 class BudgetExceeded(InputError):
@@ -72,7 +62,7 @@ def record_event(kind: str, audit_sha256: str, body: Mapping[str, Any],
     try:
         with Ledger(path) as ledger:
             ledger.append(kind, audit_sha256, body, private_key)
-    except (OSError, sqlite3.Error, FlopgateError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any engine's error: the audit must go on
         return f"warning: not recorded in the ledger ({exc.__class__.__name__}: {exc})"
     return None
 
@@ -81,6 +71,20 @@ def default_ledger_path() -> Path:
     """``$FLOPGATE_LEDGER`` when set, else ``$FLOPGATE_HOME/ledger.sqlite``."""
     named = os.environ.get(LEDGER_ENV)
     return Path(named).expanduser() if named else flopgate_home() / DEFAULT_LEDGER_NAME
+
+
+def default_ledger() -> str:
+    """Where the ledger is when no ``--ledger`` names it: ``$FLOPGATE_LEDGER_URL`` (a
+    PostgreSQL URL) when set, else :func:`default_ledger_path`."""
+    return os.environ.get(LEDGER_URL_ENV) or str(default_ledger_path())
+
+
+def ledger_exists(where: str | os.PathLike | None) -> bool:
+    """False only for a ledger file that does not exist yet (a URL is assumed to exist)."""
+    from audit.ledger.postgres_backend import is_url
+
+    where = str(where) if where is not None else default_ledger()
+    return is_url(where) or Path(where).expanduser().exists()
 
 
 def parse_since(value: str) -> str:
@@ -101,35 +105,30 @@ def parse_since(value: str) -> str:
 
 
 class Ledger:
-    """The ledger at ``path`` (default :func:`default_ledger_path`).
+    """The ledger at ``where``: a file path (SQLite) or a ``postgresql://`` URL; default
+    :func:`default_ledger`.
 
     ``create=False`` refuses a missing file (``InputError``) instead of making an empty ledger:
-    for commands that only read. Each method opens its own short transaction; one ``Ledger``
-    keeps one connection and is for one thread.
+    for commands that only read. Each method is its own short transaction; one ``Ledger`` keeps
+    one connection and is for one thread.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True):
-        self.path = Path(path).expanduser() if path is not None else default_ledger_path()
-        if not self.path.exists():
-            if not create:
-                raise InputError("ledger not found", source=str(self.path))
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise InputError(f"cannot put the ledger in WAL mode (got {mode})",
-                                 source=str(self.path))
-            self._conn.execute("PRAGMA synchronous = FULL")
-            with self._write():
-                for statement in _SCHEMA:
-                    self._conn.execute(statement)
-        except sqlite3.DatabaseError as exc:
-            raise InputError(f"cannot open the ledger ({exc})", source=str(self.path)) from None
+    def __init__(self, where: str | os.PathLike | None = None, *, create: bool = True):
+        from audit.ledger.postgres_backend import PostgresBackend, is_url
+        from audit.ledger.sqlite_backend import ERRORS, SqliteBackend
+
+        where = str(where) if where is not None else default_ledger()
+        if is_url(where):
+            self._store = PostgresBackend(where, create=create)
+            self._errors = self._store.errors
+        else:
+            self._store = SqliteBackend(where, create=create)
+            self._errors = ERRORS
+        self.engine = self._store.engine
+        self.path = self._store.location  # a file path, or the URL without its password
 
     def close(self) -> None:
-        self._conn.close()
+        self._store.close()
 
     def __enter__(self) -> "Ledger":
         return self
@@ -138,73 +137,73 @@ class Ledger:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any error)."""
-        self._conn.execute("BEGIN IMMEDIATE")
+    def _write(self) -> Iterator[Any]:
+        """One write transaction holding the ledger's write lock; an engine error is an
+        ``InputError`` naming the ledger (nothing is written)."""
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            with self._store.transaction() as txn:
+                yield txn
+        except self._errors as exc:
+            raise InputError(f"ledger write failed ({error_line(exc)})", source=self.path) from None
 
     # -- writing ------------------------------------------------------------------------
 
-    def _last_row(self) -> dict[str, Any] | None:
-        found = self._conn.execute(
-            "SELECT seq, row_json FROM rows ORDER BY seq DESC LIMIT 1").fetchone()
+    def _intact(self, found: tuple[int, str] | None, what: str) -> dict[str, Any] | None:
+        """The stored row ``found`` parsed, after checking that it is a well-formed row whose
+        ``row_hash`` matches its content (``LedgerCorrupt`` otherwise); None for None."""
         if found is None:
             return None
         seq, text = found
         try:
             row = _load_row(text)
         except (StrictJSONError, ValueError) as exc:
-            raise LedgerCorrupt(f"{self.path}: the last row (seq {seq}) is not JSON ({exc}); "
+            raise LedgerCorrupt(f"{self.path}: {what} (seq {seq}) is not JSON ({exc}); "
                                 f"run flopgate ledger verify") from None
-        if (not isinstance(row, dict) or row.get("seq") != seq
-                or not isinstance(row.get("row_hash"), str)):
-            raise LedgerCorrupt(f"{self.path}: the last row (seq {seq}) is not a ledger row; "
-                                f"run flopgate ledger verify")
         try:
-            intact = chain.compute_row_hash(row) == row["row_hash"]
+            chain.check_body(row["kind"], row["body"])
+            intact = row["seq"] == seq and chain.compute_row_hash(row) == row["row_hash"]
         except (KeyError, TypeError, ValueError):
             intact = False
         if not intact:
-            raise LedgerCorrupt(f"{self.path}: the last row (seq {seq}) does not match its "
-                                f"row_hash; run flopgate ledger verify")
+            raise LedgerCorrupt(f"{self.path}: {what} (seq {seq}) is not an intact ledger row "
+                                f"(its row_hash does not match); run flopgate ledger verify")
         return row
 
-    def _insert_next(self, kind: str, audit_sha256: str, body: Mapping[str, Any],
+    def _last_row(self, txn) -> dict[str, Any] | None:
+        return self._intact(txn.last(), "the last row")
+
+    def _spent(self, last_charge: tuple[int, str] | None) -> float:
+        """The running total carried by the audit's latest charge row (0.0 when none)."""
+        row = self._intact(last_charge, "the audit's latest charge")
+        return 0.0 if row is None else float(row["body"]["spent_flops"])
+
+    def _insert_next(self, txn, kind: str, audit_sha256: str, body: Mapping[str, Any],
                      private_key: Ed25519PrivateKey, time: datetime | str | None) -> dict:
         try:
-            row = chain.make_row(self._last_row(), kind, audit_sha256, body, private_key, time)
+            row = chain.make_row(self._last_row(txn), kind, audit_sha256, body, private_key, time)
         except ValueError as exc:  # RowError, or a body canonical JSON cannot hold
             raise InputError(f"ledger row: {exc}") from None
-        self._conn.execute("INSERT INTO rows (seq, row_json) VALUES (?, ?)",
-                           (row["seq"], canonical_json(row).decode("utf-8")))
+        txn.insert(row["seq"], canonical_json(row).decode("utf-8"))
         return row
 
     def append(self, kind: str, audit_sha256: str, body: Mapping[str, Any],
                private_key: Ed25519PrivateKey, *, time: datetime | str | None = None) -> dict:
-        """Append one signed row (in one ``BEGIN IMMEDIATE`` transaction); return it."""
-        with self._write():
-            return self._insert_next(kind, audit_sha256, body, private_key, time)
-
-    def _spent_in_txn(self, audit_sha256: str) -> float:
-        values = self._conn.execute(
-            "SELECT json_extract(row_json, '$.body.flops') FROM rows "
-            "WHERE json_extract(row_json, '$.audit_sha256') = ? "
-            "AND json_extract(row_json, '$.kind') = 'charge'", (audit_sha256,)).fetchall()
-        return math.fsum(float(v) for (v,) in values if isinstance(v, (int, float)))
+        """Append one signed row (in one write transaction); return it. Charges go through
+        :meth:`charge`, which checks the budget and keeps the running total."""
+        if kind == "charge":
+            raise InputError("ledger row: a charge is written by Ledger.charge, not append")
+        with self._write() as txn:
+            return self._insert_next(txn, kind, audit_sha256, body, private_key, time)
 
     def charge(self, audit_sha256: str, budget_flops: float, run_id: str, step_from: int,
                step_to: int, tokens: float, flops: float, private_key: Ed25519PrivateKey, *,
                time: datetime | str | None = None) -> dict:
         """Charge ``flops`` of training (steps ``step_from``..``step_to``) to the audit.
 
-        In one ``BEGIN IMMEDIATE`` transaction: sum what is already charged to the audit and
-        append the charge row, or raise :class:`BudgetExceeded` (exit 6, nothing written) when
-        ``spent + flops > budget_flops``. Returns the row written.
+        In one write transaction: read what is already charged to the audit (the running
+        total ``spent_flops`` of its latest charge row, whose hash is checked) and append the
+        charge row carrying the new total, or raise :class:`BudgetExceeded` (exit 6, nothing
+        written) when that total would pass ``budget_flops``. Returns the row written.
         """
         flops = float(flops)
         budget = float(budget_flops)
@@ -212,27 +211,28 @@ class Ledger:
             raise InputError(f"charge: flops must be a finite number >= 0, got {flops}")
         if not math.isfinite(budget) or budget < 0:
             raise InputError(f"charge: budget_flops must be a finite number >= 0, got {budget}")
-        body = {"run_id": run_id, "step_from": step_from, "step_to": step_to, "tokens": tokens,
-                "flops": flops}
-        with self._write():
-            spent = self._spent_in_txn(audit_sha256)
-            if spent + flops > budget:
+        with self._write() as txn:
+            spent = self._spent(txn.last_charge(audit_sha256))
+            body = {"run_id": run_id, "step_from": step_from, "step_to": step_to,
+                    "tokens": tokens, "flops": flops,
+                    "spent_flops": chain.next_spent(spent, flops)}
+            if body["spent_flops"] > budget:
                 left = max(budget - spent, 0.0)
                 raise BudgetExceeded(
                     f"audit {audit_sha256[:12]}: charge of {quantity(flops)} FLOP for "
                     f"{run_id} steps {step_from}-{step_to} refused: {quantity(spent)} of "
                     f"{quantity(budget)} FLOP spent, {quantity(left)} left")
-            return self._insert_next("charge", audit_sha256, body, private_key, time)
+            return self._insert_next(txn, "charge", audit_sha256, body, private_key, time)
 
     # -- reading ------------------------------------------------------------------------
 
     def spent(self, audit_sha256: str) -> float:
         """FLOP charged to the audit so far (0.0 when none)."""
-        return self._spent_in_txn(audit_sha256)
+        return self._spent(self._read(lambda: self._store.last_charge(audit_sha256)))
 
     def raw_rows(self) -> list[tuple[int, str]]:
         """Every ``(seq, row_json)`` in seq order, as stored (one read transaction)."""
-        return self._conn.execute("SELECT seq, row_json FROM rows ORDER BY seq").fetchall()
+        return self._read(self._store.all_rows)
 
     def rows(self, since: str | None = None, audit: str | None = None) -> list[dict[str, Any]]:
         """The rows in seq order, parsed; only those at or after ``since`` (a date or RFC 3339
@@ -250,9 +250,14 @@ class Ledger:
         return result
 
     def row(self, seq: int) -> dict[str, Any] | None:
-        found = self._conn.execute("SELECT seq, row_json FROM rows WHERE seq = ?",
-                                   (seq,)).fetchone()
+        found = self._read(lambda: self._store.get(seq))
         return None if found is None else self._parse(*found)
+
+    def _read(self, read):
+        try:
+            return read()
+        except self._errors as exc:
+            raise InputError(f"ledger read failed ({error_line(exc)})", source=self.path) from None
 
     def _parse(self, seq: int, text: str) -> dict[str, Any]:
         try:
@@ -276,3 +281,9 @@ class Ledger:
                         f"(rows moved or reordered)"]
             rows.append(row)
         return chain.verify_chain(rows, trusted_keys)
+
+
+def error_line(exc: BaseException) -> str:
+    """An engine error as one line (SQLAlchemy wraps the driver's message in several)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__

@@ -403,7 +403,7 @@ def test_the_gated_path_reads_the_plan_once(project, signer, monkeypatch, capsys
     assert len(reads) == 1
 
 
-def test_two_runs_against_one_audit_never_exceed_its_budget(project, signer, capsys):
+def test_two_runs_against_one_audit_never_exceed_its_budget(project, signer, capsys, ledger_engine):
     """The audit's budget is spent once: a second --out gets what is left, and a spent audit is
     refused by the gate. The ledger holds every charge and verifies."""
     from audit.ledger.store import Ledger

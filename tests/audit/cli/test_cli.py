@@ -128,7 +128,7 @@ def test_check_and_approve_are_recorded_in_the_ledger(tmp_path, signer, capsys):
         assert ledger.verify([signer.trusted, reviewer.trusted]) == []
 
 
-def test_ledger_option_names_the_ledger_and_refuses_a_url(tmp_path, signer, capsys):
+def test_ledger_option_names_the_ledger_and_refuses_other_urls(tmp_path, signer, capsys):
     from audit.ledger.store import Ledger
 
     named = tmp_path / "team-ledger.sqlite"
@@ -137,5 +137,17 @@ def test_ledger_option_names_the_ledger_and_refuses_a_url(tmp_path, signer, caps
     with Ledger(named, create=False) as ledger:
         assert [r["kind"] for r in ledger.rows()] == ["audit"]
     with pytest.raises(SystemExit) as raised:
-        main(["check", str(EXAMPLES / "moe-teacher.yaml"), "--ledger", "postgresql://db/ledger"])
-    assert raised.value.code == 2 and "not supported yet" in capsys.readouterr().err
+        main(["check", str(EXAMPLES / "moe-teacher.yaml"), "--ledger", "mysql://db/ledger"])
+    assert raised.value.code == 2 and "postgresql:// URL, got mysql://" in capsys.readouterr().err
+
+
+def test_check_records_in_a_postgresql_ledger(pg, tmp_path, signer, monkeypatch):
+    from audit.ledger.store import Ledger
+
+    url = pg.create_database("cli_check")
+    monkeypatch.setenv("FLOPGATE_LEDGER_URL", url)  # no --ledger: the URL in the environment
+    assert main(["check", str(EXAMPLES / "moe-teacher.yaml"), "--out", str(tmp_path / "a"),
+                 "--key", str(signer.private_path)]) == 0
+    with Ledger(url, create=False) as ledger:
+        assert [r["kind"] for r in ledger.rows()] == ["audit"]
+        assert ledger.verify([signer.trusted]) == []

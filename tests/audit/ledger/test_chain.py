@@ -33,8 +33,9 @@ def audit_body(budget: float = 1000.0) -> dict:
 
 
 def charge_body(i: int, flops: float = 10.0) -> dict:
+    """The i-th charge of ``flops`` (i from 1): the audit's running total is then i * flops."""
     return {"run_id": "run-1", "step_from": 10 * i, "step_to": 10 * i + 10, "tokens": 4096,
-            "flops": flops}
+            "flops": flops, "spent_flops": i * flops}
 
 
 def build(key, n: int = 5) -> list[dict]:
@@ -135,8 +136,8 @@ def test_repeated_row_is_named(key):
 def test_untrusted_key_is_named(key):
     stranger = Ed25519PrivateKey.generate()
     rows = build(key, 3)
-    rows.append(make_row(rows[-1], "charge", AUDIT, charge_body(9), stranger, T0))
-    rows.append(make_row(rows[-1], "charge", AUDIT, charge_body(10), key, T0))
+    rows.append(make_row(rows[-1], "charge", AUDIT, charge_body(3), stranger, T0))
+    rows.append(make_row(rows[-1], "charge", AUDIT, charge_body(4), key, T0))
     problems = verify_chain(rows, [trusted(key)])
     assert problems == [f"row seq 4: signed by untrusted key SHA256:{key_id(stranger.public_key())[:16]}"]
     assert verify_chain(rows, [trusted(key), trusted(stranger)]) == []
@@ -159,6 +160,21 @@ def test_malformed_rows_are_named(key):
     rows = build(key, 3)
     rows[2]["body"]["flops"] = -5
     assert "flops" in verify_chain(rows, [trusted(key)])[0]
+
+
+def test_a_running_total_that_does_not_add_up_is_named(key):
+    """A signed chain whose charges skip one (a writer that dropped a charge, or rows rebuilt
+    by someone with the key): each charge must carry its audit's total so far."""
+    rows = build(key, 3)  # charges 1 and 2: totals 10 and 20
+    rows.append(make_row(rows[-1], "charge", AUDIT, charge_body(4), key, T0))  # says 40
+    assert verify_chain(rows, [trusted(key)]) == [
+        "row seq 4: spent_flops 40.0 is not the audit's charges so far (30.0): a charge before "
+        "it was removed or altered"]
+    other = "ef" * 32  # another audit's charges keep their own total
+    rows = build(key, 3)
+    rows.append(make_row(rows[-1], "charge", other, charge_body(1, 7.0), key, T0))
+    rows.append(make_row(rows[-1], "charge", AUDIT, charge_body(3), key, T0))
+    assert verify_chain(rows, [trusted(key)]) == []
 
 
 def test_verify_a_tail_from_a_trusted_row(key):

@@ -1,5 +1,6 @@
-"""The SQLite ledger (audit.ledger.store): appends, budget charges in one transaction, tampering
-found by verify, concurrent writers that never overspend, and a writer killed mid-append."""
+"""The ledger (audit.ledger.store) on both engines (SQLite, PostgreSQL: see conftest.py):
+appends, budget charges in one transaction, tampering found by verify, concurrent writers that
+never overspend, and a writer killed mid-append."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.attest.keys import TrustedKey, key_id
 from audit.ledger.store import (BUDGET_EXCEEDED_EXIT, BudgetExceeded, Ledger, LedgerCorrupt,
-                                default_ledger_path)
+                                default_ledger, default_ledger_path)
+from pg_server import raw_sql
 
 AUDIT = "cd" * 32
 OTHER = "ef" * 32
@@ -36,8 +38,8 @@ def key():
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    with Ledger(tmp_path / "ledger.sqlite") as opened:
+def ledger(where):
+    with Ledger(where) as opened:
         yield opened
 
 
@@ -46,13 +48,45 @@ def audit_body(budget: float) -> dict:
             "update_flops": budget / 2, "budget_flops": budget, "signer": "SHA256:00"}
 
 
-def test_settings(ledger):
-    conn = ledger._conn
+def test_sqlite_settings(tmp_path):
+    Ledger(tmp_path / "ledger.sqlite").close()
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent
+    conn.close()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    conn = ledger._store._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
     columns = [(r[1], r[2]) for r in conn.execute("PRAGMA table_info(rows)")]
     assert columns == [("seq", "INTEGER"), ("row_json", "TEXT")]
+    ledger.close()
+
+
+def test_postgres_tables_and_lock(pg):
+    url = pg.create_database("ledger_settings")
+    with Ledger(url) as ledger:
+        assert ledger.engine == "postgresql"
+        columns = raw_sql(url, "SELECT column_name, data_type FROM information_schema.columns "
+                               "WHERE table_name = 'rows' ORDER BY ordinal_position")
+        assert columns == [("seq", "bigint"), ("row_json", "text")]
+        assert raw_sql(url, "SELECT id FROM ledger_head") == [(1,)]
+    Ledger(url).close()  # opening again keeps the one head row
+    assert raw_sql(url, "SELECT count(*) FROM ledger_head") == [(1,)]
+
+
+def test_a_password_in_the_url_is_never_shown(pg):
+    url = pg.create_database("ledger_password").replace("flopgate@", "flopgate:s3cret@")
+    with Ledger(url) as ledger:  # trust auth: the password is not needed, only hidden
+        assert "s3cret" not in ledger.path and "***" in ledger.path
+
+
+def test_an_unreachable_database_is_one_line(pg):
+    from audit.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        Ledger(pg.url("no_such_database"))
+    assert "no_such_database" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_default_path(tmp_path, monkeypatch):
@@ -62,7 +96,9 @@ def test_default_path(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOPGATE_LEDGER", str(tmp_path / "elsewhere.sqlite"))
     assert default_ledger_path() == tmp_path / "elsewhere.sqlite"
     with Ledger() as opened:
-        assert opened.path == tmp_path / "elsewhere.sqlite"
+        assert opened.path == str(tmp_path / "elsewhere.sqlite")
+    monkeypatch.setenv("FLOPGATE_LEDGER_URL", "postgresql://db.example/ledger")
+    assert default_ledger() == "postgresql://db.example/ledger"  # the URL wins
 
 
 def test_read_only_open_refuses_a_missing_ledger(tmp_path):
@@ -106,31 +142,46 @@ def test_two_charges_pass_and_the_overspend_is_refused_and_not_written(ledger, k
     assert ledger.verify(trusted(key)) == []
 
 
-def test_tampering_in_the_file_is_named(ledger, key):
+def test_tampering_in_the_storage_is_named(where, ledger, key):
     for i in range(4):
         ledger.charge(AUDIT, 1e9, "run-1", i, i + 1, 10, 5.0, key)
-    conn = sqlite3.connect(ledger.path)
-    text = conn.execute("SELECT row_json FROM rows WHERE seq = 2").fetchone()[0]
-    conn.execute("UPDATE rows SET row_json = ? WHERE seq = 2",
-                 (text.replace('"flops":5', '"flops":1'),))
-    conn.commit()
+    text = raw_sql(where, "SELECT row_json FROM rows WHERE seq = 2")[0][0]
+    raw_sql(where, "UPDATE rows SET row_json = :t WHERE seq = 2",
+            t=text.replace('"flops":5', '"flops":1'))
     assert ledger.verify(trusted(key))[0].startswith("row seq 2: row_hash does not match")
-    conn.execute("UPDATE rows SET row_json = ? WHERE seq = 2", (text,))
-    conn.execute("DELETE FROM rows WHERE seq = 3")
-    conn.commit()
+    raw_sql(where, "UPDATE rows SET row_json = :t WHERE seq = 2", t=text)
+    raw_sql(where, "DELETE FROM rows WHERE seq = 3")
     assert ledger.verify(trusted(key))[0].startswith("row seq 4: expected seq 3")
-    conn.execute("UPDATE rows SET seq = 3 WHERE seq = 4")
-    conn.commit()
+    raw_sql(where, "UPDATE rows SET seq = 3 WHERE seq = 4")
     assert ledger.verify(trusted(key))[0].startswith("row seq 3: the stored row says seq 4")
-    conn.close()
 
 
-def test_no_append_onto_a_tampered_last_row(ledger, key):
+def test_an_edited_running_total_stops_the_next_charge(where, ledger, key):
+    for i in range(3):
+        ledger.charge(AUDIT, 100.0, "run-1", i, i + 1, 10, 30.0, key)
+    text = raw_sql(where, "SELECT row_json FROM rows WHERE seq = 3")[0][0]
+    raw_sql(where, "UPDATE rows SET row_json = :t WHERE seq = 3",
+            t=text.replace('"spent_flops":90', '"spent_flops":0'))
+    with pytest.raises(LedgerCorrupt, match="latest charge"):
+        ledger.charge(AUDIT, 100.0, "run-1", 3, 4, 10, 30.0, key)
+    with pytest.raises(LedgerCorrupt):
+        ledger.spent(AUDIT)
+    assert len(ledger.raw_rows()) == 3
+
+
+def test_a_reordered_pair_is_named(where, ledger, key):
+    for i in range(4):
+        ledger.charge(AUDIT, 1e9, "run-1", i, i + 1, 10, 5.0, key)
+    two, three = (raw_sql(where, "SELECT row_json FROM rows WHERE seq = :s", s=s)[0][0]
+                  for s in (2, 3))
+    raw_sql(where, "UPDATE rows SET row_json = :t WHERE seq = 2", t=three)
+    raw_sql(where, "UPDATE rows SET row_json = :t WHERE seq = 3", t=two)
+    assert ledger.verify(trusted(key))[0].startswith("row seq 2: the stored row says seq 3")
+
+
+def test_no_append_onto_a_tampered_last_row(where, ledger, key):
     ledger.append("run", AUDIT, {"run_id": "r"}, key)
-    conn = sqlite3.connect(ledger.path)
-    conn.execute("UPDATE rows SET row_json = replace(row_json, '\"r\"', '\"x\"')")
-    conn.commit()
-    conn.close()
+    raw_sql(where, "UPDATE rows SET row_json = replace(row_json, '\"r\"', '\"x\"')")
     with pytest.raises(LedgerCorrupt, match="seq 1"):
         ledger.append("run", AUDIT, {"run_id": "r2"}, key)
     assert len(ledger.raw_rows()) == 1
@@ -144,10 +195,10 @@ WORKERS = 8
 ATTEMPTS = 25   # 8 x 25 = 200 tries for 160 slots
 
 
-def _charge_worker(path: str, raw_key: bytes, worker: int, ready, start, results) -> None:
+def _charge_worker(where: str, raw_key: bytes, worker: int, ready, start, results) -> None:
     key = Ed25519PrivateKey.from_private_bytes(raw_key)
     ok = refused = 0
-    with Ledger(path) as ledger:
+    with Ledger(where) as ledger:
         ready.put(worker)
         start.wait(30)
         for attempt in range(ATTEMPTS):
@@ -161,13 +212,12 @@ def _charge_worker(path: str, raw_key: bytes, worker: int, ready, start, results
 
 
 @pytest.mark.slow
-def test_concurrent_charges_never_overspend(tmp_path, key):
-    path = tmp_path / "ledger.sqlite"
-    Ledger(path).close()
+def test_concurrent_charges_never_overspend(where, key):
+    Ledger(where).close()
     ctx = multiprocessing.get_context("spawn")
     ready, start, results = ctx.Queue(), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_charge_worker,
-                         args=(str(path), key_bytes(key), w, ready, start, results))
+                         args=(where, key_bytes(key), w, ready, start, results))
              for w in range(WORKERS)]
     for proc in procs:
         proc.start()
@@ -182,48 +232,48 @@ def test_concurrent_charges_never_overspend(tmp_path, key):
         assert proc.exitcode == 0
     succeeded = sum(ok for _, ok, _ in outcomes)
     assert sum(refused for _, _, refused in outcomes) == WORKERS * ATTEMPTS - succeeded
-    with Ledger(path) as ledger:
+    with Ledger(where) as ledger:
         charges = [r for r in ledger.rows() if r["kind"] == "charge"]
         assert len(charges) == succeeded == int(BUDGET // CHARGE)
         assert sum(r["body"]["flops"] for r in charges) <= BUDGET
         assert ledger.spent(AUDIT) == succeeded * CHARGE
         assert ledger.verify(trusted(key)) == []
     attempts = WORKERS * ATTEMPTS
-    print(f"\nledger: {attempts} charge attempts ({succeeded} written) by {WORKERS} processes "
+    engine = "postgresql" if where.startswith("postgresql") else "sqlite"
+    print(f"\nledger ({engine}): {attempts} charge attempts ({succeeded} written) by {WORKERS} processes "
           f"in {elapsed:.3f} s: {attempts / elapsed:.0f} charges/s "
           f"({succeeded / elapsed:.0f} written/s)")
 
 
-def _append_forever(path: str, raw_key: bytes) -> None:
+def _append_forever(where: str, raw_key: bytes) -> None:
     key = Ed25519PrivateKey.from_private_bytes(raw_key)
-    with Ledger(path) as ledger:
+    with Ledger(where) as ledger:
         i = 0
         while True:
-            ledger.append("charge", AUDIT, {"run_id": "loop", "step_from": i, "step_to": i + 1,
-                                            "tokens": 1, "flops": 1.0, "pad": "x" * 2000}, key)
+            ledger.charge(AUDIT, 1e30, "loop-" + "x" * 2000, i, i + 1, 1, 1.0, key)
             i += 1
 
 
 @pytest.mark.slow
-def test_writer_killed_mid_append_leaves_a_chain_that_verifies(tmp_path, key):
-    path = tmp_path / "ledger.sqlite"
-    Ledger(path).close()
+def test_writer_killed_mid_append_leaves_a_chain_that_verifies(where, key):
+    Ledger(where).close()
     ctx = multiprocessing.get_context("spawn")
     for round_ in range(3):
-        with Ledger(path) as ledger:
+        with Ledger(where) as ledger:
             before = len(ledger.raw_rows())
-        proc = ctx.Process(target=_append_forever, args=(str(path), key_bytes(key)))
+        proc = ctx.Process(target=_append_forever, args=(where, key_bytes(key)))
         proc.start()
         deadline = time.monotonic() + 20
-        with Ledger(path) as ledger:
+        with Ledger(where) as ledger:
             while len(ledger.raw_rows()) < before + 20 + 7 * round_:
                 assert time.monotonic() < deadline and proc.is_alive()
                 time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)
         assert proc.exitcode == -signal.SIGKILL
-        with Ledger(path) as ledger:
-            assert ledger._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        with Ledger(where) as ledger:
+            if ledger.engine == "sqlite":
+                assert raw_sql(where, "PRAGMA integrity_check") == [("ok",)]
             assert ledger.verify(trusted(key)) == []
             ledger.append("resume", AUDIT, {"after": "kill"}, key)  # the chain goes on
             assert ledger.verify(trusted(key)) == []
@@ -236,6 +286,9 @@ def test_a_bad_row_is_input_error_and_nothing_is_written(ledger, key):
         ledger.charge("not-a-digest", 100.0, "run-1", 0, 1, 1, 1.0, key)
     with pytest.raises(InputError, match="kind 'spend'"):
         ledger.append("spend", AUDIT, {}, key)
+    with pytest.raises(InputError, match="charge"):  # only charge() keeps the running total
+        ledger.append("charge", AUDIT, {"run_id": "r", "step_from": 0, "step_to": 1,
+                                        "tokens": 1, "flops": 1.0, "spent_flops": 0.0}, key)
     with pytest.raises(InputError, match="flops"):
         ledger.charge(AUDIT, 100.0, "run-1", 0, 1, 1, float("nan"), key)
     assert ledger.raw_rows() == []

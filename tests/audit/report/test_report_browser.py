@@ -4,7 +4,7 @@ Proves what string checks cannot: the page loads nothing but itself, logs no err
 of the hostile plan's markup (no dialog opens), fits an A4-wide window and prints to an A4
 PDF. Leaves test-artifacts/audit-report.{html,png,pdf} at the repository root for a human.
 
-Needs Debian's chromium and the playwright package: run .ci/install-browser.sh. Without them
+Needs Debian's chromium and the playwright package: run .ci/install-system.sh. Without them
 the test fails, unless FLOPGATE_SKIP_BROWSER=1 (then it is skipped).
 """
 
@@ -39,7 +39,7 @@ def chromium_or_fail() -> str:
     except ImportError:
         missing.append("the playwright Python package")
     if missing:
-        message = (f"browser test needs {' and '.join(missing)}: run .ci/install-browser.sh as root "
+        message = (f"browser test needs {' and '.join(missing)}: run .ci/install-system.sh as root "
                    "(or set FLOPGATE_SKIP_BROWSER=1 to skip this test)")
         if os.environ.get("FLOPGATE_SKIP_BROWSER") == "1":
             pytest.skip(message)
@@ -129,12 +129,12 @@ def test_missing_browser_fails_and_names_the_install_script(monkeypatch, tmp_pat
     with pytest.raises(pytest.fail.Exception) as failed:
         chromium_or_fail()
     message = str(failed.value)
-    assert ".ci/install-browser.sh" in message
+    assert ".ci/install-system.sh" in message
     assert "the chromium browser" in message and "the playwright Python package" in message
 
 
 def test_missing_browser_skips_only_when_asked(monkeypatch, tmp_path):
     _without_browser(monkeypatch, tmp_path)
     monkeypatch.setenv("FLOPGATE_SKIP_BROWSER", "1")
-    with pytest.raises(pytest.skip.Exception, match="install-browser.sh"):
+    with pytest.raises(pytest.skip.Exception, match="install-system.sh"):
         chromium_or_fail()
