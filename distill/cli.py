@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from audit.cli.args import add_ledger_option, help_text, positive
+from audit.compute.run_budget import meter_figures, positive_number
 from audit.numbers import short_sci
 
 SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -102,7 +103,7 @@ def run(args) -> int:
         print(f"  {note}")
 
     loaded = gate.loaded_plan  # parsed from the very bytes the gate verified; never read again
-    refusal, flops_per_token, budget = meter_figures(loaded.plan, gate.predicate)
+    refusal, flops_per_token, budget, student_fpt = meter_figures(loaded.plan, gate.predicate)
     if refusal:
         return _refuse([refusal])
     teacher_fpt = None
@@ -110,7 +111,7 @@ def run(args) -> int:
         # The teacher runs once, when the cache is built; the meter charges that once, so the
         # per-training-token figure is the student's alone.
         teacher_fpt = ((gate.predicate.get("compute") or {}).get("teacher") or {}).get("forward_flops_per_token")
-        if not _number(teacher_fpt):
+        if not positive_number(teacher_fpt):
             return _refuse(["compute: the audit has no teacher forward FLOP per token for the logit cache"])
         flops_per_token -= teacher_fpt
     out_dir = Path(args.out) if args.out else Path("distill-out") / _safe_name(loaded.plan.name)
@@ -139,7 +140,8 @@ def run(args) -> int:
 
     from distill.trainer import train
 
-    booked = StepCharges(charges, audit_budget, signing_key[0], args.ledger) if signing_key else None
+    booked = (StepCharges(charges, audit_budget, signing_key[0], args.ledger, update_flops_per_token=student_fpt)
+              if signing_key else None)
     if booked:
         booked.opened(outcome=gate.outcome, resume=args.resume)
     result = train(cfg, resume=args.resume, after_load=audited_model_checks(loaded, gate),
@@ -147,46 +149,6 @@ def run(args) -> int:
     if result.rank != 0:
         return 0
     return _finish(args, loaded, gate, cfg, result, signing_key, device_name)
-
-
-def meter_figures(plan, predicate: dict) -> tuple[str | None, float | None, float | None]:
-    """(refusal, FLOP per training token, budget) from the audit's compute estimate.
-
-    FLOP per token = student train FLOP per token + teacher forward FLOP per token (from the
-    model summaries, else the components divided by the audited tokens). Budget = the smaller
-    of the plan's budget.max_flops and the audited compute of what the meter charges (student
-    training and teacher forward), never the audited total: that total also holds compute spent
-    elsewhere (a base model's training), which the run must not get to spend again. The meter
-    stops at the budget exactly, so the run never spends more than the audit compared with the
-    thresholds. Unknown figures refuse (fail closed)."""
-    compute = predicate.get("compute") or {}
-    tokens = compute.get("tokens")
-    components = {c.get("id"): c.get("flops") for c in compute.get("components") or [] if isinstance(c, dict)}
-
-    def per_token(summary_key: str, figure: str, component: str):
-        value = (compute.get(summary_key) or {}).get(figure)
-        if _number(value):
-            return float(value)
-        if _number(components.get(component)) and _number(tokens) and tokens > 0:
-            return float(components[component]) / float(tokens)
-        return None
-
-    student = per_token("student", "train_flops_per_token", "student_training")
-    teacher = per_token("teacher", "forward_flops_per_token", "teacher_forward")
-    if student is None or teacher is None:
-        missing = "student training" if student is None else "teacher forward"
-        return (f"compute: the audit has no {missing} FLOP per token, so the compute meter cannot "
-                "run"), None, None
-    metered = [components.get(c) for c in METERED_COMPONENTS if c in components]
-    if not metered or not all(_number(v) for v in metered):
-        return ("compute: the audit has no figure for the compute this run spends (student training, "
-                "teacher forward), so the run has no budget"), None, None
-    candidates = [float(v) for v in (plan.budget.max_flops, sum(metered)) if _number(v)]
-    return None, student + teacher, min(candidates)
-
-
-METERED_COMPONENTS = ("student_training", "teacher_forward")
-"""The audit's compute components the trainer's meter charges."""
 
 
 def run_files() -> tuple[str, ...]:
@@ -197,10 +159,6 @@ def run_files() -> tuple[str, ...]:
     from distill.run_report import REPORT_NAME
 
     return RECORD_ENVELOPE, RECORD_JSON, "metrics.jsonl", README_NAME, REPORT_NAME
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value > 0
 
 
 def _safe_name(name: str) -> str:

@@ -39,6 +39,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
     from audit.check import check_out_dir, run_audit
+    from audit.compute.run_budget import meter_figures
     from audit.ledger.store import record_event
     from audit.plan import load_plan
     from audit.cli.terminal import print_json
@@ -59,10 +60,12 @@ def run(args) -> int:
     result = run_audit(loaded, args.out, private_key, policy_dirs=[Path(d) for d in args.policies],
                        as_of=args.as_of, use_cache=not args.no_cache, replace=args.replace)
     compute = result.predicate["compute"]
+    # the budget a run may spend under this audit, as distill meters it (None: no run can start)
+    budget = meter_figures(loaded.plan, result.predicate).budget
     warning = record_event("audit", result.envelope_sha256, {
         "plan_name": result.predicate["plan"]["name"], "outcome": result.decision.outcome,
         "total_flops": compute["total_flops"], "update_flops": compute["update_flops"],
-        "budget_flops": loaded.plan.budget.max_flops, "signer": result.signer_keyid}, private_key, args.ledger)
+        "budget_flops": budget, "signer": result.signer_keyid}, private_key, args.ledger)
     if warning:
         print(warning, file=sys.stderr)
     if args.json:

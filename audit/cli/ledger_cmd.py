@@ -1,7 +1,7 @@
 """``flopgate ledger``: read and verify the tamper-evident ledger (see ``docs/ledger.md``).
 
 Subcommands: ``verify`` (exit 0 when the chain holds, 5 naming the first bad row), ``list``,
-``show SEQ``, ``spent --by audit|month`` and ``export --format jsonl``. Each takes
+``show SEQ``, ``spent --by audit|month|regime-notion`` and ``export --format jsonl``. Each takes
 ``--ledger PATH`` (default ``$FLOPGATE_LEDGER``, else ``$FLOPGATE_HOME/ledger.sqlite``); none
 of them creates a ledger (a missing file is exit 2). Nothing here writes rows: check, approve and
 distill do.
@@ -53,11 +53,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("seq", metavar="SEQ", type=int, help="the row's seq number")
     show.set_defaults(func=run_show)
 
-    spent = sub.add_parser("spent", help="FLOP charged, per audit or per month",
+    spent = sub.add_parser("spent", help="FLOP charged, per audit, per month or per regime notion",
                            description="Sum the charge rows per audit (with the audit's budget "
-                                       "when its audit row is in the ledger) or per UTC month.")
+                                       "when its audit row is in the ledger), per UTC month, or "
+                                       "per audit under the two notions the thresholds use: "
+                                       "cumulative compute (every FLOP charged, teacher "
+                                       "included) and parameter-update compute (the student's "
+                                       "forward and backward passes), beside the audit's "
+                                       "estimates of both.")
     add_ledger_option(spent)
-    spent.add_argument("--by", choices=("audit", "month"), default="audit")
+    spent.add_argument("--by", choices=("audit", "month", "regime-notion"), default="audit")
     spent.add_argument("--json", action="store_true", help="print JSON")
     spent.set_defaults(func=run_spent)
 
@@ -117,7 +122,7 @@ def _summary(row: dict[str, Any]) -> str:
 
 
 def _flops(value: Any) -> str:
-    return quantity(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    return quantity(value) if _is_number(value) else str(value)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -146,32 +151,48 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def spent_totals(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
-    """Charge totals per audit (with ``budget_flops`` from the audit's latest audit row, else
-    None) or per UTC month (``YYYY-MM``), in order of first appearance / month."""
+    """Charge totals (FLOP) per audit (with ``budget_flops`` from the audit's latest audit row,
+    else None), per UTC month (``YYYY-MM``), or per audit by regime notion: ``flops``
+    (cumulative: everything charged) and ``update_flops`` (the parameter-update part; None when
+    a charge does not say, with ``charges_without_update`` counting them), beside the audit
+    row's estimates ``audited_total_flops`` and ``audited_update_flops``. In order of first
+    appearance (audits) or of month."""
     import math
 
-    groups: dict[str, list[float]] = {}
-    budgets: dict[str, Any] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    audits: dict[str, dict[str, Any]] = {}
     for row in rows:
         body = row.get("body") or {}
         if row.get("kind") == "audit":
-            budgets[row.get("audit_sha256")] = body.get("budget_flops")
+            audits[row.get("audit_sha256")] = body
         if row.get("kind") != "charge":
             continue
-        key = row.get("audit_sha256") if by == "audit" else str(row.get("time"))[:7]
-        groups.setdefault(key, []).append(float(body.get("flops") or 0))
-    keys = list(groups) if by == "audit" else sorted(groups)
+        key = str(row.get("time"))[:7] if by == "month" else row.get("audit_sha256")
+        groups.setdefault(key, []).append(body)
     result = []
-    for key in keys:
-        entry: dict[str, Any] = {by: key, "charges": len(groups[key]),
-                                 "flops": math.fsum(groups[key])}
+    for key in (sorted(groups) if by == "month" else list(groups)):
+        charges = groups[key]
+        entry: dict[str, Any] = {"audit" if by == "regime-notion" else by: key,
+                                 "charges": len(charges),
+                                 "flops": math.fsum(float(c.get("flops") or 0) for c in charges)}
+        audited = audits.get(key) or {}
         if by == "audit":
-            budget = budgets.get(key)
+            budget = audited.get("budget_flops")
             entry["budget_flops"] = budget
-            entry["left_flops"] = (budget - entry["flops"]
-                                   if isinstance(budget, (int, float)) else None)
+            entry["left_flops"] = budget - entry["flops"] if _is_number(budget) else None
+        if by == "regime-notion":
+            known = [float(c["update_flops"]) for c in charges if _is_number(c.get("update_flops"))]
+            entry["charges_without_update"] = len(charges) - len(known)
+            entry["update_flops"] = math.fsum(known) if len(known) == len(charges) else None
+            entry["plan_name"] = audited.get("plan_name")
+            entry["audited_total_flops"] = audited.get("total_flops")
+            entry["audited_update_flops"] = audited.get("update_flops")
         result.append(entry)
     return result
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def run_spent(args: argparse.Namespace) -> int:
@@ -181,6 +202,9 @@ def run_spent(args: argparse.Namespace) -> int:
         print(json.dumps(totals, indent=2))
         return 0
     for entry in totals:
+        if args.by == "regime-notion":
+            print(_notion_line(entry))
+            continue
         label = entry[args.by][:12] if args.by == "audit" else entry[args.by]
         line = f"{label:<12}  {entry['charges']:>6} charge(s)  {_flops(entry['flops'])} FLOP"
         if args.by == "audit" and entry["budget_flops"] is not None:
@@ -190,6 +214,17 @@ def run_spent(args: argparse.Namespace) -> int:
     if not totals:
         print("no charges", file=sys.stderr)
     return 0
+
+
+def _notion_line(entry: dict[str, Any]) -> str:
+    update = (f"{_flops(entry['update_flops'])} FLOP" if entry["update_flops"] is not None
+              else f"unknown ({entry['charges_without_update']} charge(s) do not say)")
+    line = (f"{entry['audit'][:12]}  {entry['plan_name'] or '(no audit row)'}: charged "
+            f"cumulative {_flops(entry['flops'])} FLOP, parameter updates {update}")
+    if entry["audited_total_flops"] is not None:
+        line += (f"; audited cumulative {_flops(entry['audited_total_flops'])}, parameter "
+                 f"updates {_flops(entry['audited_update_flops'])}")
+    return line
 
 
 def run_export(args: argparse.Namespace) -> int:

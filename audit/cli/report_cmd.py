@@ -3,6 +3,10 @@
 The envelope is verified first (signature by a key you trust, statement, and the digests of
 the files it covers). The report is rendered either way, but when verification fails the page
 opens with a prominent warning and the command exits 5. Without ``-o`` the HTML goes to stdout.
+
+The page also shows the audit's history in the ledger (``--ledger``, default as for every
+command): the gate openings, approvals and resumes, the compute charged per run, and what is
+left of the budget, with whether the ledger's hash chain verified with the same trusted keys.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from audit.cli.args import help_text
+from audit.cli.args import add_ledger_option, help_text
 from audit.cli.verify_cmd import add_trust_options
 
 
@@ -21,7 +25,23 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write the HTML here (default: stdout)")
     p.add_argument("--plan", metavar="PLAN", help="the plan file, to find the audited inputs beside it")
     add_trust_options(p)
+    add_ledger_option(p)
     p.set_defaults(func=run)
+
+
+def ledger_history(where: str | None, audit_sha256: str, trusted) -> dict:
+    """The report's ledger section: the audit's history, or ``missing`` when there is no ledger
+    file yet (a URL is always opened)."""
+    from audit.ledger.history import audit_history
+    from audit.ledger.store import Ledger, default_ledger, ledger_exists
+
+    if not ledger_exists(where):
+        return {"missing": True, "location": str(where or default_ledger())}
+    with Ledger(where, create=False) as ledger:
+        rows = ledger.rows()
+        problems = ledger.verify(trusted)
+        return audit_history(rows, audit_sha256, location=ledger.path,
+                             chain_problem=problems[0] if problems else None)
 
 
 def run(args) -> int:
@@ -31,7 +51,7 @@ def run(args) -> int:
     from audit.attest.keys import load_trusted_keys, short_fingerprint
     from audit.attest.verify import read_envelope_file, unverified_statement, verify_envelope_file
     from audit.errors import InputError
-    from audit.fsutil import write_atomic
+    from audit.fsutil import sha256_bytes, write_atomic
     from audit.policy.packs import installed_versions
     from audit.report.render import render_audit_html
 
@@ -41,11 +61,13 @@ def run(args) -> int:
                                         predicate_types=(PREDICATE_AUDIT,),
                                         installed_pack_versions=installed_versions)
         statement, signer = verified.statement, verified.signers[0].keyid
+        envelope_sha256 = verified.envelope_sha256
         verification = {"ok": True, "reason": "signature and every input digest verified"
                         + "".join(f"; {w}" for w in verified.warnings)}
     except VerificationFailed as exc:
         try:
-            statement = unverified_statement(read_envelope_file(args.envelope))
+            data = read_envelope_file(args.envelope)
+            statement, envelope_sha256 = unverified_statement(data), sha256_bytes(data)
         except (VerificationFailed, ValueError):
             raise InputError("not an audit envelope flopgate can read", source=args.envelope) from None
         signer = None
@@ -53,7 +75,8 @@ def run(args) -> int:
     if statement.get("predicateType") != PREDICATE_AUDIT:
         raise InputError("expected an audit attestation", source=args.envelope, field="predicateType")
     html = render_audit_html(statement["predicate"], signer_fingerprint=signer, verification=verification,
-                             attestation_name=Path(args.envelope).name)
+                             attestation_name=Path(args.envelope).name,
+                             ledger=ledger_history(args.ledger, envelope_sha256, trusted))
     if args.output:
         written = write_atomic(args.output, html)
         state = "verified" if verification["ok"] else "verification FAILED"

@@ -102,8 +102,9 @@ def check_body(kind: str, body: Any) -> None:
                 raise RowError(f"charge body: {key}: expected an integer >= 0")
         if body["step_to"] < body["step_from"]:
             raise RowError("charge body: step_to is before step_from")
-        for key in ("tokens", "flops", "spent_flops"):
-            if not _is_number(body[key]) or body[key] < 0:
+        for key in ("tokens", "flops", "spent_flops", "update_flops"):
+            if (key in body or key in REQUIRED_BODY_KEYS["charge"]) and not (
+                    _is_number(body.get(key)) and body[key] >= 0):
                 raise RowError(f"charge body: {key}: expected a finite number >= 0")
         if not isinstance(body["run_id"], str) or not body["run_id"]:
             raise RowError("charge body: run_id: expected a non-empty string")

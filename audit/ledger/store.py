@@ -197,8 +197,10 @@ class Ledger:
 
     def charge(self, audit_sha256: str, budget_flops: float, run_id: str, step_from: int,
                step_to: int, tokens: float, flops: float, private_key: Ed25519PrivateKey, *,
-               time: datetime | str | None = None) -> dict:
-        """Charge ``flops`` of training (steps ``step_from``..``step_to``) to the audit.
+               update_flops: float | None = None, time: datetime | str | None = None) -> dict:
+        """Charge ``flops`` of training (steps ``step_from``..``step_to``) to the audit;
+        ``update_flops`` is the part of it spent on the student's parameter updates (its forward
+        and backward passes; the rest is teacher compute), when the caller knows it.
 
         In one write transaction: read what is already charged to the audit (the running
         total ``spent_flops`` of its latest charge row, whose hash is checked) and append the
@@ -216,6 +218,8 @@ class Ledger:
             body = {"run_id": run_id, "step_from": step_from, "step_to": step_to,
                     "tokens": tokens, "flops": flops,
                     "spent_flops": chain.next_spent(spent, flops)}
+            if update_flops is not None:
+                body["update_flops"] = float(update_flops)
             if body["spent_flops"] > budget:
                 left = max(budget - spent, 0.0)
                 raise BudgetExceeded(

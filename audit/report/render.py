@@ -168,11 +168,15 @@ def _environment() -> jinja2.Environment:
 
 def render_audit_html(predicate: dict, *, signer_fingerprint: str | None,
                       verification: dict | None = None,
-                      attestation_name: str = "audit.intoto.json") -> str:
+                      attestation_name: str = "audit.intoto.json",
+                      ledger: dict | None = None) -> str:
     """Render the audit predicate (as signed) to one self-contained HTML page.
 
     ``verification`` is ``{"ok": bool, "reason": str}`` when the signature was checked; when
-    ``ok`` is not True the page opens with a warning banner. Raises ``InputError`` when the
+    ``ok`` is not True the page opens with a warning banner. ``ledger`` is the audit's ledger
+    history (:func:`audit.ledger.history.audit_history`, or ``{"missing": True, "location":
+    ...}``); without it the page has no ledger section (``flopgate check`` writes the report
+    before any run). Raises ``InputError`` when the
     predicate lacks a field the report needs.
     """
     _check_shape(predicate)
@@ -205,6 +209,7 @@ def render_audit_html(predicate: dict, *, signer_fingerprint: str | None,
         "digest_command": f"sha256sum {plan_argument}",
         "methods": METHODS, "notions": NOTIONS, "regime_status": REGIME_STATUS,
         "obligation_status": OBLIGATION_STATUS, "comparators": COMPARATORS,
+        "ledger": ledger,
     }
     try:
         return _environment().get_template("audit.html.j2").render(context)

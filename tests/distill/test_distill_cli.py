@@ -16,7 +16,8 @@ from audit.attest.keys import short_fingerprint
 from audit.attest.verify import verify_envelope_file
 from audit.cli.main import main
 from audit.plan import load_plan
-from distill.cli import meter_figures, train_config
+from audit.compute.run_budget import meter_figures
+from distill.cli import train_config
 from distill.meter import ComputeMeter
 from distill.gate import GATE_REFUSED_EXIT
 from gate_fixtures import (FPT, PACK_ID, PACK_VERSION, PLAN_TOKENS, SEQ_LEN, STUDENT_TRAIN_FPT, TEACHER_FORWARD_FPT,
@@ -222,9 +223,10 @@ def test_meter_figures_take_the_smaller_budget(project):
     plan = load_plan(project.plan).plan
     audited_total = FPT * 4096
     predicate = {"compute": compute_block(tokens=4096)}
-    refusal, per_token, budget = meter_figures(plan, predicate)
+    refusal, per_token, budget, student = meter_figures(plan, predicate)
     assert refusal is None
     assert per_token == STUDENT_TRAIN_FPT + TEACHER_FORWARD_FPT
+    assert student == STUDENT_TRAIN_FPT  # the parameter-update part, booked in each charge
     assert budget == audited_total
     bigger = plan.model_copy(update={"budget": plan.budget.model_copy(update={"max_flops": audited_total * 10})})
     assert meter_figures(bigger, predicate)[2] == audited_total
@@ -236,7 +238,7 @@ def test_meter_figures_fall_back_to_components(project):
     plan = load_plan(project.plan).plan
     compute = compute_block(tokens=1000)
     compute["student"], compute["teacher"] = None, None
-    _, per_token, _ = meter_figures(plan, {"compute": compute})
+    per_token = meter_figures(plan, {"compute": compute}).flops_per_token
     assert per_token == pytest.approx((STUDENT_TRAIN_FPT * 1000 + TEACHER_FORWARD_FPT * 1000) / 1000)
 
 
@@ -244,7 +246,7 @@ def test_meter_figures_refuse_without_any_budget(project):
     plan = load_plan(project.plan).plan
     compute = compute_block()
     compute["components"][1]["flops"] = None
-    refusal, _, _ = meter_figures(plan, {"compute": compute})
+    refusal = meter_figures(plan, {"compute": compute}).refusal
     assert refusal and refusal.startswith("compute: the audit has no figure for the compute this run spends")
 
 
@@ -266,7 +268,7 @@ def test_the_meter_stops_at_the_audited_figure_itself(project, signer, tmp_path)
     compute = compute_block()
     compute["components"] = [{"id": "student_training", "flops": audited * 0.6},
                              {"id": "teacher_forward", "flops": audited * 0.4}]
-    _, per_token, budget = meter_figures(plan.plan, {"compute": compute})
+    _, per_token, budget, _ = meter_figures(plan.plan, {"compute": compute})
     args = SimpleNamespace(resume=False, teacher_dir=None, data=None, steps=None, micro_batch=None,
                            grad_accum=None, lr=None, checkpoint_every=None, shard_teacher=False)
     cfg = train_config(plan, args, out_dir=tmp_path / "run", flops_per_token=per_token, budget=budget)
@@ -419,6 +421,8 @@ def test_two_runs_against_one_audit_never_exceed_its_budget(project, signer, cap
         assert ledger.spent(digest) == pytest.approx(2 * TOKENS_PER_STEP * FPT)
         assert ledger.verify([signer.trusted]) == []
         assert [r["kind"] for r in ledger.rows(audit=digest)] == ["gate_open", "charge", "charge"]
+        charges = [r["body"] for r in ledger.rows(audit=digest) if r["kind"] == "charge"]
+        assert [c["update_flops"] for c in charges] == pytest.approx([TOKENS_PER_STEP * STUDENT_TRAIN_FPT] * 2)
 
 
 def test_an_edited_meter_in_a_checkpoint_is_refused_on_resume(project, signer, capsys, monkeypatch):

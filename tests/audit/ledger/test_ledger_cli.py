@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from datetime import datetime, timezone
 
 import pytest
@@ -14,6 +13,7 @@ from audit.cli import ledger_cmd
 from audit.errors import FlopgateError
 from audit.ledger.store import Ledger
 from keypairs import write_keypair
+from pg_server import raw_sql
 
 AUDIT = "12" * 32
 OTHER = "34" * 32
@@ -41,10 +41,10 @@ def signer(tmp_path):
 
 
 @pytest.fixture
-def filled(tmp_path, signer):
-    """A ledger with an audit (budget 100), three charges over two months and another audit's
-    charge."""
-    path = tmp_path / "ledger.sqlite"
+def filled(where, signer):
+    """A ledger (on each engine) with an audit (budget 100), two charges over two months that
+    say their parameter-update part, and another audit's charge that does not."""
+    path = where
     key = signer.private_key
     jan = datetime(2025, 1, 15, tzinfo=timezone.utc)
     feb = datetime(2025, 2, 3, tzinfo=timezone.utc)
@@ -52,32 +52,29 @@ def filled(tmp_path, signer):
         ledger.append("audit", AUDIT, {"plan_name": "tiny", "outcome": "ALLOW", "total_flops": 90.0,
                                        "update_flops": 30.0, "budget_flops": 100.0,
                                        "signer": "SHA256:ab"}, key, time=jan)
-        ledger.charge(AUDIT, 100.0, "run-1", 0, 10, 4096, 30.0, key, time=jan)
-        ledger.charge(AUDIT, 100.0, "run-1", 10, 20, 4096, 30.0, key, time=feb)
+        ledger.charge(AUDIT, 100.0, "run-1", 0, 10, 4096, 30.0, key, update_flops=10.0, time=jan)
+        ledger.charge(AUDIT, 100.0, "run-1", 10, 20, 4096, 30.0, key, update_flops=10.0, time=feb)
         ledger.charge(OTHER, 50.0, "run-2", 0, 5, 1024, 5.0, key, time=feb)
     return path
 
 
 def test_verify_ok_and_failed(filled, signer, tmp_path, capsys):
-    assert run(["ledger", "verify", "--ledger", str(filled), "--pubkey", str(signer.public_path)]) == 0
+    assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("VERIFIED") and "rows      4 (seq 1..4)" in out and "head      seq 4" in out
     stranger = write_keypair(tmp_path / "other", "stranger")
-    assert run(["ledger", "verify", "--ledger", str(filled), "--trust", str(tmp_path / "other")]) == 5
+    assert run(["ledger", "verify", "--ledger", filled, "--trust", str(tmp_path / "other")]) == 5
     out = capsys.readouterr().out
     assert out.startswith("FAILED") and "row seq 1: signed by untrusted key" in out
-    conn = sqlite3.connect(filled)
-    conn.execute("DELETE FROM rows WHERE seq = 2")
-    conn.commit()
-    conn.close()
-    assert run(["ledger", "verify", "--ledger", str(filled), "--pubkey", str(signer.public_path)]) == 5
+    raw_sql(filled, "DELETE FROM rows WHERE seq = 2")
+    assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path)]) == 5
     assert "row seq 3: expected seq 2" in capsys.readouterr().out
     assert stranger  # its .pub made the trust folder
 
 
 def test_verify_needs_a_trusted_key(filled):
     with pytest.raises(SystemExit):
-        parser().parse_args(["ledger", "verify", "--ledger", str(filled)])
+        parser().parse_args(["ledger", "verify", "--ledger", filled])
 
 
 def test_missing_ledger_is_input_error(tmp_path, signer, capsys):
@@ -88,53 +85,72 @@ def test_missing_ledger_is_input_error(tmp_path, signer, capsys):
 
 
 def test_default_ledger_from_env(filled, monkeypatch, capsys):
-    monkeypatch.setenv("FLOPGATE_LEDGER", str(filled))
+    monkeypatch.setenv("FLOPGATE_LEDGER_URL" if filled.startswith("postgresql") else "FLOPGATE_LEDGER",
+                       filled)
     assert run(["ledger", "list"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 4
 
 
 def test_list_filters_and_json(filled, capsys):
-    assert run(["ledger", "list", "--ledger", str(filled)]) == 0
+    assert run(["ledger", "list", "--ledger", filled]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and "audit" in lines[0] and "tiny ALLOW budget 100 FLOP" in lines[0]
     assert "run-1 steps 0-10 30 FLOP" in lines[1]
-    assert run(["ledger", "list", "--ledger", str(filled), "--audit", OTHER[:8], "--json"]) == 0
+    assert run(["ledger", "list", "--ledger", filled, "--audit", OTHER[:8], "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["seq"] for r in rows] == [4]
-    assert run(["ledger", "list", "--ledger", str(filled), "--since", "2025-02-01"]) == 0
+    assert run(["ledger", "list", "--ledger", filled, "--since", "2025-02-01"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
-    assert run(["ledger", "list", "--ledger", str(filled), "--since", "February"]) == 2
+    assert run(["ledger", "list", "--ledger", filled, "--since", "February"]) == 2
 
 
 def test_show(filled, capsys):
-    assert run(["ledger", "show", "2", "--ledger", str(filled)]) == 0
+    assert run(["ledger", "show", "2", "--ledger", filled]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["seq"] == 2 and row["kind"] == "charge" and row["body"]["flops"] == 30
-    assert run(["ledger", "show", "99", "--ledger", str(filled)]) == 2
+    assert run(["ledger", "show", "99", "--ledger", filled]) == 2
     assert "no row with seq 99" in capsys.readouterr().out
 
 
 def test_spent_by_audit_and_month(filled, capsys):
-    assert run(["ledger", "spent", "--by", "audit", "--json", "--ledger", str(filled)]) == 0
+    assert run(["ledger", "spent", "--by", "audit", "--json", "--ledger", filled]) == 0
     totals = json.loads(capsys.readouterr().out)
     assert totals == [
         {"audit": AUDIT, "charges": 2, "flops": 60.0, "budget_flops": 100, "left_flops": 40.0},
         {"audit": OTHER, "charges": 1, "flops": 5.0, "budget_flops": None, "left_flops": None},
     ]
-    assert run(["ledger", "spent", "--by", "month", "--json", "--ledger", str(filled)]) == 0
+    assert run(["ledger", "spent", "--by", "month", "--json", "--ledger", filled]) == 0
     assert json.loads(capsys.readouterr().out) == [
         {"month": "2025-01", "charges": 1, "flops": 30.0},
         {"month": "2025-02", "charges": 2, "flops": 35.0},
     ]
-    assert run(["ledger", "spent", "--ledger", str(filled)]) == 0
+    assert run(["ledger", "spent", "--ledger", filled]) == 0
     out = capsys.readouterr().out
     assert f"{AUDIT[:12]}       2 charge(s)  60 FLOP  of 100 budget, 40 left" in out
+
+
+def test_spent_by_regime_notion(filled, capsys):
+    assert run(["ledger", "spent", "--by", "regime-notion", "--json", "--ledger", filled]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"audit": AUDIT, "charges": 2, "flops": 60.0, "charges_without_update": 0,
+         "update_flops": 20.0, "plan_name": "tiny", "audited_total_flops": 90,
+         "audited_update_flops": 30},
+        {"audit": OTHER, "charges": 1, "flops": 5.0, "charges_without_update": 1,
+         "update_flops": None, "plan_name": None, "audited_total_flops": None,
+         "audited_update_flops": None},
+    ]
+    assert run(["ledger", "spent", "--by", "regime-notion", "--ledger", filled]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"{AUDIT[:12]}  tiny: charged cumulative 60 FLOP, parameter updates 20 FLOP; "
+                      f"audited cumulative 90, parameter updates 30")
+    assert out[1] == (f"{OTHER[:12]}  (no audit row): charged cumulative 5 FLOP, parameter updates "
+                      f"unknown (1 charge(s) do not say)")
 
 
 def test_export_jsonl_verifies_on_its_own(filled, signer, capsys):
     from audit.ledger.chain import verify_chain
 
-    assert run(["ledger", "export", "--format", "jsonl", "--ledger", str(filled)]) == 0
+    assert run(["ledger", "export", "--format", "jsonl", "--ledger", filled]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [json.loads(line) for line in lines]
     assert [r["seq"] for r in rows] == [1, 2, 3, 4]

@@ -1,0 +1,73 @@
+"""``flopgate report`` shows the audit's ledger history: events, compute charged per run, what
+is left of the budget, and whether the chain verified; escaped like every other field."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from audit.cli.main import main
+from audit.ledger.history import audit_history
+from audit.ledger.store import Ledger
+from keypairs import write_keypair
+from pg_server import raw_sql
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+OTHER = "ab" * 32
+
+
+def _audited(tmp_path, signer) -> tuple[Path, str]:
+    out = tmp_path / "audit"
+    assert main(["check", str(EXAMPLES / "moe-teacher.yaml"), "--out", str(out),
+                 "--key", str(signer.private_path)]) == 0
+    envelope = out / "audit.intoto.json"
+    return envelope, hashlib.sha256(envelope.read_bytes()).hexdigest()
+
+
+def _report(tmp_path, envelope, signer, *extra) -> str:
+    target = tmp_path / "report.html"
+    assert main(["report", str(envelope), "--pubkey", str(signer.public_path), "-o", str(target),
+                 *extra]) == 0
+    return target.read_text()
+
+
+def test_report_shows_runs_spent_and_left(tmp_path, capsys):
+    signer = write_keypair(tmp_path / "keys", "signer")
+    envelope, digest = _audited(tmp_path, signer)
+    with Ledger() as ledger:
+        budget = ledger.rows(audit=digest)[0]["body"]["budget_flops"]
+        ledger.append("gate_open", digest, {"run_id": "<b>run-a</b>", "outcome": "ALLOW"},
+                      signer.private_key)
+        ledger.charge(digest, budget, "<b>run-a</b>", 1, 1, 100, budget / 4, signer.private_key,
+                      update_flops=budget / 8)
+        ledger.charge(digest, budget, "<b>run-a</b>", 2, 2, 100, budget / 4, signer.private_key,
+                      update_flops=budget / 8)
+        ledger.charge(OTHER, 1e30, "elsewhere", 1, 1, 100, 7.0, signer.private_key)
+    html = _report(tmp_path, envelope, signer)
+    section = html[html.index('<section id="ledger">'):html.index('<section id="compute">')]
+    assert "the hash chain verified" in section
+    assert "&lt;b&gt;run-a&lt;/b&gt;" in section and "<b>run-a</b>" not in section
+    assert section.count("gate_open") == 1 and "elsewhere" not in section
+    history = audit_history(Ledger().rows(), digest, location="x", chain_problem=None)
+    assert history["spent_flops"] == budget / 2 and history["left_flops"] == budget / 2
+    assert history["runs"][0]["charges"] == 2 and history["runs"][0]["update_flops"] == budget / 4
+    assert [e["kind"] for e in history["events"]] == ["audit", "gate_open"]
+
+
+def test_report_says_when_the_chain_does_not_verify(tmp_path, capsys):
+    signer = write_keypair(tmp_path / "keys", "signer")
+    envelope, digest = _audited(tmp_path, signer)
+    named = tmp_path / "team.sqlite"
+    with Ledger(named) as ledger:
+        ledger.charge(digest, 1e30, "run-a", 1, 1, 100, 5.0, signer.private_key)
+        ledger.charge(digest, 1e30, "run-a", 2, 2, 100, 5.0, signer.private_key)
+    raw_sql(str(named), "DELETE FROM rows WHERE seq = 1")
+    html = _report(tmp_path, envelope, signer, "--ledger", str(named))
+    assert "the hash chain did NOT verify" in html and "row seq 2: expected seq 1" in html
+
+
+def test_report_without_a_ledger_says_so(tmp_path, capsys):
+    signer = write_keypair(tmp_path / "keys", "signer")
+    envelope, _ = _audited(tmp_path, signer)
+    html = _report(tmp_path, envelope, signer, "--ledger", str(tmp_path / "none.sqlite"))
+    assert "No ledger at" in html and not (tmp_path / "none.sqlite").exists()
