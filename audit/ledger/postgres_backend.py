@@ -93,10 +93,15 @@ class PostgresBackend:
             self._engine = sqlalchemy.create_engine(parsed, pool_size=1, max_overflow=0,
                                                     pool_pre_ping=True)
             with self._engine.begin() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"),
-                             {"k": _SCHEMA_LOCK})
-                for statement in _SCHEMA:
-                    conn.execute(sqlalchemy.text(statement))
+                # a role with only the documented grants (no CREATE) uses existing tables
+                ready = conn.execute(sqlalchemy.text(
+                    "SELECT to_regclass('rows') IS NOT NULL AND to_regclass('ledger_head') IS NOT "
+                    "NULL AND to_regclass('rows_by_audit_kind') IS NOT NULL")).scalar()
+                if not ready:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"),
+                                 {"k": _SCHEMA_LOCK})
+                    for statement in _SCHEMA:
+                        conn.execute(sqlalchemy.text(statement))
         except ImportError as exc:
             raise InputError(f"a PostgreSQL ledger needs a driver ({exc}): "
                              "pip install 'flopgate[postgres]'") from None

@@ -75,6 +75,23 @@ def test_postgres_tables_and_lock(pg):
     assert raw_sql(url, "SELECT count(*) FROM ledger_head") == [(1,)]
 
 
+def test_a_trainer_role_with_only_the_documented_grants_can_charge(pg, key):
+    """docs/ledger.md: the owner creates the tables; the trainers' role gets SELECT, INSERT on
+    rows and SELECT, UPDATE on ledger_head, and cannot edit or delete rows."""
+    url = pg.create_database("ledger_grants")
+    Ledger(url).close()
+    pg.psql("CREATE ROLE trainer LOGIN; GRANT SELECT, INSERT ON rows TO trainer; "
+            "GRANT SELECT, UPDATE ON ledger_head TO trainer", "ledger_grants")
+    trainer = url.replace("flopgate@", "trainer@")
+    with Ledger(trainer) as ledger:
+        ledger.charge(AUDIT, 100.0, "run-1", 0, 1, 10, 60.0, key)
+        with pytest.raises(BudgetExceeded):
+            ledger.charge(AUDIT, 100.0, "run-1", 1, 2, 10, 60.0, key)
+        assert ledger.spent(AUDIT) == 60.0 and ledger.verify(trusted(key)) == []
+    with pytest.raises(Exception, match="permission denied"):
+        raw_sql(trainer, "DELETE FROM rows")
+
+
 def test_a_password_in_the_url_is_never_shown(pg):
     url = pg.create_database("ledger_password").replace("flopgate@", "flopgate:s3cret@")
     with Ledger(url) as ledger:  # trust auth: the password is not needed, only hidden
