@@ -18,13 +18,11 @@ on its own line), 2 invalid input (including: no CUDA and no --allow-cpu), 1 une
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 from pathlib import Path
 
 from audit.cli.args import add_ledger_option, help_text, positive
-from audit.compute.run_budget import meter_figures, positive_number
+from audit.compute.run_budget import positive_number
 from audit.numbers import short_sci
 
 SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -69,12 +67,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _installed_pack_versions() -> dict[str, str]:
-    from audit.policy.packs import installed_versions
-
-    return installed_versions()
-
-
 def _refuse(reasons: list[str]) -> int:
     from distill.gate import GATE_REFUSED_EXIT
 
@@ -85,28 +77,22 @@ def _refuse(reasons: list[str]) -> int:
 
 
 def run(args) -> int:
-    import datetime as dt
+    from distill.gated import GateRefused, open_gate
 
-    from audit.attest.keys import load_trusted_keys
-    from distill.gate import open_gate
-
-    trusted = load_trusted_keys(args.pubkey, args.trust)
-    approvers = (load_trusted_keys(args.approver_pubkey, args.approver_trust)
-                 if args.approver_pubkey or args.approver_trust else None)
-    gate = open_gate(args.attestation, args.plan, trusted_keys=trusted, approval_path=args.approval,
-                     trusted_approvers=approvers, max_age_days=args.max_age_days,
-                     now=dt.datetime.now(dt.timezone.utc), installed_pack_versions=_installed_pack_versions())
-    if not gate.ok:
-        return _refuse(gate.reasons)
+    try:
+        opened = open_gate(args.plan, args.attestation, pubkey=args.pubkey, trust=args.trust,
+                           approval=args.approval, approver_pubkey=args.approver_pubkey,
+                           approver_trust=args.approver_trust, max_age_days=args.max_age_days,
+                           out_dir=args.out, key=args.key, ledger=args.ledger, resume=args.resume)
+    except GateRefused as refused:
+        return _refuse(refused.reasons)
+    gate = opened.gate
     print(f"gate open: audit {args.attestation} (outcome {gate.outcome}, sha256 {gate.envelope_sha256[:12]}...)")
     for note in gate.notes:
         print(f"  {note}")
 
     loaded = gate.loaded_plan  # parsed from the very bytes the gate verified; never read again
-    refusal, flops_per_token, budget, student_fpt = meter_figures(loaded.plan, gate.predicate)
-    if refusal:
-        return _refuse([refusal])
-    teacher_fpt = None
+    flops_per_token, budget, teacher_fpt = opened.flops_per_token, opened.budget_flops, None
     if loaded.plan.method.kind == "cached_logits":
         # The teacher runs once, when the cache is built; the meter charges that once, so the
         # per-training-token figure is the student's alone.
@@ -114,16 +100,7 @@ def run(args) -> int:
         if not positive_number(teacher_fpt):
             return _refuse(["compute: the audit has no teacher forward FLOP per token for the logit cache"])
         flops_per_token -= teacher_fpt
-    out_dir = Path(args.out) if args.out else Path("distill-out") / _safe_name(loaded.plan.name)
-    from distill.ledger_charges import StepCharges, read_charges
-
-    audit_budget, charges = budget, read_charges(gate.envelope_sha256, out_dir, args.ledger)
-    budget = audit_budget - charges.other_runs  # the audit's budget is spent once, across runs
-    if budget <= 0:
-        return _refuse([f"budget: audit {gate.envelope_sha256[:12]}... is spent: other runs were charged "
-                        f"{short_sci(charges.other_runs, 4)} of its {short_sci(audit_budget, 4)} FLOP "
-                        "(flopgate ledger list --audit ...)"])
-    cfg = train_config(loaded, args, out_dir=out_dir, flops_per_token=flops_per_token, budget=budget,
+    cfg = train_config(loaded, args, out_dir=opened.out_dir, flops_per_token=flops_per_token, budget=budget,
                        teacher_flops_per_token=teacher_fpt,
                        manifest_sha256=next((e.sha256 for e in gate.audit.inputs_of("dataset_manifest")), None))
     device_name = _device(args)
@@ -135,20 +112,17 @@ def run(args) -> int:
             load_private_key(args.key)
         print("dry run: every check passed; no model was loaded")
         return 0
-    # Under torchrun every process runs the checks; only the first signs (and may create a key).
-    signing_key = _signing_key(args.key) if os.environ.get("RANK", "0") == "0" else None
 
     from distill.trainer import train
 
-    booked = (StepCharges(charges, audit_budget, signing_key[0], args.ledger, update_flops_per_token=student_fpt)
-              if signing_key else None)
-    if booked:
-        booked.opened(outcome=gate.outcome, resume=args.resume)
+    # Under torchrun every process runs the checks; only the first signs (and may create a key)
+    # and books the gate opening and each step's charge in the ledger.
+    booked = opened.step_charges()
     result = train(cfg, resume=args.resume, after_load=audited_model_checks(loaded, gate),
                    on_step=booked.on_step if booked else None, after_resume=booked.after_resume if booked else None)
     if result.rank != 0:
         return 0
-    return _finish(args, loaded, gate, cfg, result, signing_key, device_name)
+    return _finish(args, loaded, gate, cfg, result, opened.signing_key(), device_name)
 
 
 def run_files() -> tuple[str, ...]:
@@ -159,10 +133,6 @@ def run_files() -> tuple[str, ...]:
     from distill.run_report import REPORT_NAME
 
     return RECORD_ENVELOPE, RECORD_JSON, "metrics.jsonl", README_NAME, REPORT_NAME
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "run"
 
 
 def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget: float,
@@ -273,19 +243,6 @@ def _device(args) -> str:
         raise InputError("no CUDA device found; distillation runs on GPUs. Pass --allow-cpu to train "
                          "on the CPU (tests and tiny demos only)", field="--allow-cpu")
     return f"CPU ({platform.machine() or 'unknown'})"
-
-
-def _signing_key(path: str | None):
-    """The key that signs the run record, and where it lives (for the summary)."""
-    from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
-
-    if path:
-        return load_private_key(path), Path(path)
-    key, where, created = ensure_default_key()
-    if created:
-        print(f"created a local signing key: {where} ({short_fingerprint(key_id(key.public_key()))})",
-              file=sys.stderr)
-    return key, where
 
 
 def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str) -> int:

@@ -27,7 +27,6 @@ class RunCharges:
     run_id: str
     this_run: float
     other_runs: float
-    this_run_update: float = 0.0  # the parameter-update part of this_run (FLOP)
 
 
 def read_charges(audit_sha256: str, out_dir: Path, ledger_path: str | None = None) -> RunCharges:
@@ -39,10 +38,8 @@ def read_charges(audit_sha256: str, out_dir: Path, ledger_path: str | None = Non
         return RunCharges(audit_sha256, run_id, 0.0, 0.0)
     with Ledger(ledger_path, create=False) as ledger:
         charges = [r["body"] for r in ledger.rows(audit=audit_sha256) if r["kind"] == "charge"]
-    mine = [c for c in charges if c["run_id"] == run_id]
-    this_run = sum(float(c["flops"]) for c in mine)
-    return RunCharges(audit_sha256, run_id, this_run, sum(float(c["flops"]) for c in charges) - this_run,
-                      sum(float(c.get("update_flops", 0.0)) for c in mine))
+    this_run = sum(float(c["flops"]) for c in charges if c["run_id"] == run_id)
+    return RunCharges(audit_sha256, run_id, this_run, sum(float(c["flops"]) for c in charges) - this_run)
 
 
 class StepCharges:
@@ -50,7 +47,7 @@ class StepCharges:
     meter against the ledger before any step (a meter below what the ledger already charged
     this run means an edited ``trainer_state.json``: refused); ``on_step(record)`` charges the
     compute the meter counted since the last charge, with its parameter-update part (the
-    meter's tokens x ``update_flops_per_token``, the student's training FLOP per token)."""
+    step's tokens x ``update_flops_per_token``, the student's training FLOP per token)."""
 
     def __init__(self, charges: RunCharges, audit_budget: float, private_key, ledger_path: str | None = None,
                  *, update_flops_per_token: float):
@@ -60,7 +57,6 @@ class StepCharges:
         self.update_flops_per_token = float(update_flops_per_token)
         self.ledger = Ledger(ledger_path)
         self.charged = charges.this_run
-        self.updated = charges.this_run_update
 
     def opened(self, *, outcome: str, resume: bool) -> None:
         """Record that the gate opened for this run (``resume`` for a continued one)."""
@@ -79,8 +75,7 @@ class StepCharges:
         if flops is None:
             return
         self.after_resume(flops)
-        updated = max(float(record["tokens"]) * self.update_flops_per_token, self.updated)
         self.ledger.charge(self.charges.audit_sha256, self.audit_budget, self.charges.run_id, record["step"],
                            record["step"], record["step_tokens"], flops - self.charged, self.private_key,
-                           update_flops=updated - self.updated)
-        self.charged, self.updated = flops, updated
+                           update_flops=record["step_tokens"] * self.update_flops_per_token)
+        self.charged = flops

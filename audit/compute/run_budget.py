@@ -13,21 +13,35 @@ class MeterFigures(NamedTuple):
     reason when it cannot run, and then the figures are None."""
 
     refusal: str | None
-    flops_per_token: float | None          # per training token: student training + teacher forward
+    flops_per_token: float | None          # per training token: student training (+ teacher forward)
     budget: float | None
     student_flops_per_token: float | None  # the parameter-update part of flops_per_token
+
+
+METERED_COMPONENTS = {
+    "logits": ("student_training", "teacher_forward"),
+    "cached_logits": ("student_training", "teacher_forward"),
+    "sequence": ("student_training",),
+}
+"""Per method, the audit's compute components a training run spends (and the meter charges).
+A sequence-level run trains on answers the teacher already wrote: its generation is spent and
+metered by ``generate``, not by the trainer."""
 
 
 def meter_figures(plan, predicate: dict) -> MeterFigures:
     """The meter's figures from the audit's compute estimate.
 
-    FLOP per token = student train FLOP per token + teacher forward FLOP per token (from the
-    model summaries, else the components divided by the audited tokens). Budget = the smaller
-    of the plan's budget.max_flops and the audited compute of what the meter charges (student
-    training and teacher forward), never the audited total: that total also holds compute spent
-    elsewhere (a base model's training), which the run must not get to spend again. The meter
-    stops at the budget exactly, so the run never spends more than the audit compared with the
-    thresholds. Unknown figures refuse (fail closed)."""
+    FLOP per token = the student's training FLOP per token, plus for logit methods the
+    teacher's forward FLOP per token (from the model summaries, else the components divided by
+    the audited tokens). Budget = the smaller of the plan's budget.max_flops and the audited
+    compute of what the run spends (:data:`METERED_COMPONENTS`), never the audited total: that
+    total also holds compute spent elsewhere (a base model's training, the teacher's
+    generation), which the run must not get to spend again. The meter stops at the budget
+    exactly, so the run never spends more than the audit compared with the thresholds. Unknown
+    figures, or a method without a metered training run, refuse (fail closed)."""
+    metered_ids = METERED_COMPONENTS.get(plan.method.kind)
+    if metered_ids is None:
+        return MeterFigures(f"method: {plan.method.kind!r} runs have no compute meter yet", None, None, None)
     compute = predicate.get("compute") or {}
     tokens = compute.get("tokens")
     components = {c.get("id"): c.get("flops") for c in compute.get("components") or [] if isinstance(c, dict)}
@@ -36,26 +50,24 @@ def meter_figures(plan, predicate: dict) -> MeterFigures:
         value = (compute.get(summary_key) or {}).get(figure)
         if positive_number(value):
             return float(value)
-        if positive_number(components.get(component)) and positive_number(tokens) and tokens > 0:
+        if positive_number(components.get(component)) and positive_number(tokens):
             return float(components[component]) / float(tokens)
         return None
 
     student = per_token("student", "train_flops_per_token", "student_training")
-    teacher = per_token("teacher", "forward_flops_per_token", "teacher_forward")
+    teacher = (per_token("teacher", "forward_flops_per_token", "teacher_forward")
+               if "teacher_forward" in metered_ids else 0.0)
     if student is None or teacher is None:
         missing = "student training" if student is None else "teacher forward"
         return MeterFigures(f"compute: the audit has no {missing} FLOP per token, so the compute "
                             "meter cannot run", None, None, None)
-    metered = [components.get(c) for c in METERED_COMPONENTS if c in components]
-    if not metered or not all(positive_number(v) for v in metered):
-        return MeterFigures("compute: the audit has no figure for the compute this run spends (student "
-                            "training, teacher forward), so the run has no budget", None, None, None)
+    metered = [components.get(c) for c in metered_ids]
+    if not all(positive_number(v) for v in metered):
+        return MeterFigures("compute: the audit has no figure for the compute this run spends ("
+                            + ", ".join(c.replace("_", " ") for c in metered_ids)
+                            + "), so the run has no budget", None, None, None)
     candidates = [float(v) for v in (plan.budget.max_flops, sum(metered)) if positive_number(v)]
     return MeterFigures(None, student + teacher, min(candidates), student)
-
-
-METERED_COMPONENTS = ("student_training", "teacher_forward")
-"""The audit's compute components the trainer's meter charges."""
 
 
 def positive_number(value: Any) -> bool:

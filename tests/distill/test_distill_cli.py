@@ -38,7 +38,7 @@ def signer(tmp_path):
 
 @pytest.fixture(autouse=True)
 def installed(monkeypatch):
-    monkeypatch.setattr("distill.cli._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})
+    monkeypatch.setattr("distill.gated._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})
     monkeypatch.setattr("distill.model_card.installed_clause_types",
                         lambda: {"tiny.attribution": "attribution", "tiny.notice": "notice_file"})
 

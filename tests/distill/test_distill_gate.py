@@ -37,7 +37,7 @@ def model_loads(monkeypatch):
 def installed(monkeypatch):
     """The installed policy-pack versions the CLI sees (the test pack by default)."""
     versions = dict(INSTALLED)
-    monkeypatch.setattr("distill.cli._installed_pack_versions", lambda: dict(versions))
+    monkeypatch.setattr("distill.gated._installed_pack_versions", lambda: dict(versions))
     return versions
 
 
