@@ -51,7 +51,7 @@ def _installed_pack_versions() -> dict[str, str]:
     return installed_versions()
 
 
-def _rank() -> int:
+def process_rank() -> int:
     try:
         import torch.distributed as dist
 
@@ -121,7 +121,7 @@ class GatedRun:
         """Rank 0's ledger bookkeeping (:class:`distill.ledger_charges.StepCharges`), made once:
         making it records the gate opening (``gate_open``, or ``resume``) in the ledger. None
         on other ranks."""
-        if _rank() != 0:
+        if process_rank() != 0:
             return None
         if self._hook is None:
             from distill.ledger_charges import StepCharges
@@ -143,7 +143,7 @@ class GatedRun:
         """Sign the run record (over the files of ``checkpoint_dir``, the audit and the plan)
         and write the model card and run report into ``out_dir``; rank 0 only (other ranks get
         None). Returns the :class:`distill.record.WrittenRecord`."""
-        if _rank() != 0:
+        if process_rank() != 0:
             return None
         from distill.model_card import installed_clause_types, write_model_card
         from distill.record import write_run_record
@@ -194,18 +194,27 @@ class LoopMeter:
     def left_flops(self) -> float:
         return self.run.budget_flops - self._meter.flops
 
-    def would_exceed(self, tokens: int) -> bool:
-        """True when a step of ``tokens`` (this rank's) would take the run past its budget;
-        the step must not run. Every rank must call it (it sums over ranks)."""
-        exceed = self._meter.would_exceed(int(tokens))
+    def would_exceed(self, tokens: int, *, summed: bool = False) -> bool:
+        """True when a step of ``tokens`` (this rank's; all ranks' when ``summed``) would take
+        the run past its budget: the step must not run. Unless ``summed``, every rank must call
+        it (it sums over ranks)."""
+        if summed:
+            limit = self._meter.limit_flops
+            exceed = self._meter.flops + int(tokens) * self._meter.flops_per_token > limit
+        else:
+            exceed = self._meter.would_exceed(int(tokens))
         self.stopped_by_budget = self.stopped_by_budget or exceed
         return exceed
 
-    def step(self, tokens: int) -> dict:
-        """Book one optimizer step of ``tokens`` (this rank's share) and charge it; returns the
-        step's record (global ``tokens``, ``flops``)."""
+    def step(self, tokens: int, *, summed: bool = False) -> dict:
+        """Book one optimizer step of ``tokens`` (this rank's share, or all ranks' when
+        ``summed``, e.g. a Trainer's gathered count) and charge it; returns the step's record
+        (global ``tokens``, ``flops``)."""
         before = self._meter.tokens
-        self._meter.add(int(tokens))
+        if summed:
+            self._meter.tokens += int(tokens)
+        else:
+            self._meter.add(int(tokens))
         self.steps += 1
         record = {"step": self.steps, "tokens": self._meter.tokens,
                   "step_tokens": self._meter.tokens - before, "flops": self._meter.flops}
@@ -224,7 +233,7 @@ class LoopMeter:
             device_hours=wall_time_s / 3600 * (ctx.world_size if ctx else 1),
             stopped_by_budget=self.stopped_by_budget, checkpoint_dir=checkpoint_dir,
             world_size=ctx.world_size if ctx else 1, device=str(ctx.device) if ctx else "cpu",
-            rank=_rank(), message=message or f"{stop} after {self.steps} steps")
+            rank=process_rank(), message=message or f"{stop} after {self.steps} steps")
 
 
 def _dist_context():

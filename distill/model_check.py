@@ -47,18 +47,29 @@ def expected_shapes(config_dict: dict[str, Any], *, source: str = "the audited c
     return parameter_shapes(model)
 
 
-def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of ``model``'s parameters, shared (tied) ones listed once, in module order."""
-    return {name: tuple(param.shape) for name, param in model.named_parameters(remove_duplicate=True)}
+def parameter_shapes(model: nn.Module, *, adapters: bool = False) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of ``model``'s parameters, shared (tied) ones listed once, in module order.
+    ``adapters``: a PEFT base model, whose LoRA tensors (``lora_*``) are set aside and whose
+    wrapped layers (``.base_layer``) are named as in the plain model."""
+    shapes = {}
+    for name, param in model.named_parameters(remove_duplicate=True):
+        if adapters:
+            if "lora_" in name:
+                continue
+            name = name.replace(".base_layer.", ".")
+        shapes[name] = tuple(param.shape)
+    return shapes
 
 
-def check_loaded_model(model: nn.Module, config_dict: dict[str, Any], *, role: str, source: str) -> None:
+def check_loaded_model(model: nn.Module, config_dict: dict[str, Any], *, role: str, source: str,
+                       adapters: bool = False) -> None:
     """``InputError`` (one line) when ``model``'s parameter names, shapes or total parameter
     count differ from the audited ``config_dict``'s: it names ``role`` (teacher/student), the
     first few differing tensors (loaded shape vs audited shape) and both parameter counts.
-    ``source`` is the folder the model was loaded from."""
+    ``source`` is the folder the model was loaded from; ``adapters`` as in
+    :func:`parameter_shapes`."""
     audited = expected_shapes(config_dict, source=source)
-    loaded = parameter_shapes(model)
+    loaded = parameter_shapes(model, adapters=adapters)
     differing = [name for name in [*audited, *(n for n in loaded if n not in audited)]
                  if loaded.get(name) != audited.get(name)]
     n_loaded, n_audited = _count(loaded), _count(audited)

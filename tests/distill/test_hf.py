@@ -1,0 +1,108 @@
+"""``distill.hf.FlopgateCallback`` in front of a real ``transformers.Trainer`` on the CPU: the
+audited student trains and each step is charged in the ledger; the budget stop fires before the
+step that would pass it; a model that is not the audited student is refused before any step;
+the run record verifies. Importing distill.hf does not import TRL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from audit.attest import PREDICATE_RUN_RECORD
+from audit.attest.verify import verify_envelope_file
+from audit.errors import InputError
+from audit.ledger.store import Ledger
+from distill.gated import open_gate
+from distill.record import RECORD_ENVELOPE
+from gate_fixtures import FPT, PACK_ID, PACK_VERSION, SEQ_LEN, compute_block, make_audit
+from keypairs import write_keypair
+
+BATCH = 2
+TOKENS_PER_STEP = BATCH * SEQ_LEN  # fixed-length rows: every position is computed
+
+
+@pytest.fixture
+def signer(tmp_path):
+    return write_keypair(tmp_path / "keys", "auditor")
+
+
+@pytest.fixture(autouse=True)
+def installed(monkeypatch):
+    monkeypatch.setattr("distill.gated._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})
+
+
+def student(project, **change):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = json.loads(project.student_config.read_text())
+    config.update(change)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+
+
+def trainer_for(project, model, run, tmp_path, steps=6):
+    from transformers import Trainer, TrainingArguments
+
+    from distill.hf import FlopgateCallback
+
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(1)
+    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, vocab, (64, SEQ_LEN), generator=g)]
+    args = TrainingArguments(str(tmp_path / "hf"), per_device_train_batch_size=BATCH, max_steps=steps,
+                             include_num_input_tokens_seen="all", logging_steps=1, save_strategy="no",
+                             report_to=[], use_cpu=True, learning_rate=1e-3, disable_tqdm=True)
+    return Trainer(model=model, args=args, train_dataset=rows, callbacks=[FlopgateCallback(run)])
+
+
+def test_a_trainer_behind_the_gate_is_metered_stopped_and_recorded(project, signer, tmp_path):
+    envelope = make_audit(project, signer, compute=compute_block(tokens=3.5 * TOKENS_PER_STEP))
+    run = open_gate(project.plan, envelope, pubkey=str(signer.public_path), out_dir=project.root / "out",
+                    key=str(signer.private_path))
+    trainer = trainer_for(project, student(project), run, tmp_path)
+    trainer.train()
+    assert trainer.state.global_step == 3  # the 4th step would pass 3.5 steps' budget
+    assert run.meter.flops == 3 * TOKENS_PER_STEP * FPT
+    logged = [entry for entry in trainer.state.log_history if "flopgate/flops" in entry]
+    assert logged and logged[-1]["flopgate/budget_left_flops"] == pytest.approx(0.5 * TOKENS_PER_STEP * FPT)
+    digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
+    with Ledger() as ledger:
+        kinds = [r["kind"] for r in ledger.rows(audit=digest)]
+        assert kinds == ["gate_open", "charge", "charge", "charge"]
+        assert ledger.verify([signer.trusted]) == []
+    record = verify_envelope_file(project.root / "out" / RECORD_ENVELOPE, [signer.trusted],
+                                  predicate_types=(PREDICATE_RUN_RECORD,)).predicate
+    assert record["steps"] == 3 and record["stopped_by_budget"] is True
+    assert (project.root / "out" / "final" / "config.json").is_file()
+
+
+def test_a_model_that_is_not_the_audited_student_is_refused_before_any_step(project, signer, tmp_path):
+    envelope = make_audit(project, signer)
+    run = open_gate(project.plan, envelope, pubkey=str(signer.public_path), out_dir=project.root / "out",
+                    key=str(signer.private_path))
+    bigger = student(project, intermediate_size=2 * json.loads(project.student_config.read_text())["intermediate_size"])
+    with pytest.raises(InputError, match="not the audited model"):
+        trainer_for(project, bigger, run, tmp_path)
+
+
+def test_padding_must_be_counted(project, signer, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from distill.hf import FlopgateCallback
+
+    run = open_gate(project.plan, make_audit(project, signer), pubkey=str(signer.public_path),
+                    out_dir=project.root / "out", key=str(signer.private_path))
+    args = TrainingArguments(str(tmp_path / "hf"), include_num_input_tokens_seen="non_padding", report_to=[],
+                             use_cpu=True)
+    with pytest.raises(InputError, match="include_num_input_tokens_seen='all'"):
+        Trainer(model=student(project), args=args, train_dataset=[], callbacks=[FlopgateCallback(run)])
+
+
+def test_importing_the_callback_does_not_import_trl():
+    code = "import sys, distill.hf; print('trl' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
