@@ -79,15 +79,18 @@ def utc_today() -> dt.date:
 def assess(loaded: LoadedPlan, policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None, *,
            use_cache: bool = True, today: dt.date | None = None) -> Assessment:
     """Plan -> estimate -> decision as of :func:`rules_date`, or as of an explicit ``as_of``;
-    an explicit date before that makes the assessment historical (the gate refuses it)."""
+    an explicit date before that makes the assessment historical (the gate refuses it).
+    ``today`` (default: the UTC date) is the audit date, from which deadlines such as the EU
+    notification run; the signed predicate's ``created`` is the same day."""
     packs = load_packs(policy_dirs)
     tables = load_reference_tables()
-    plan, facts = resolve_plan_facts(loaded, packs), read_plan_facts(loaded)
+    plan, facts = resolve_plan_facts(loaded, packs), read_plan_facts(loaded, packs)
     estimate = estimate_plan(loaded, tables, use_cache=use_cache)
-    due = rules_date(plan.schedule.start, today or utc_today())
+    today = today or utc_today()  # the audit date: the pre-run estimate is made (and signed) today
+    due = rules_date(plan.schedule.start, today)
     when = as_of or due
-    return Assessment(plan, estimate, decide(plan, estimate, packs, when, facts), when, when < due, packs, tables,
-                      facts)
+    decision = decide(plan, estimate, packs, when, facts, audit_date=today)
+    return Assessment(plan, estimate, decision, when, when < due, packs, tables, facts)
 
 
 def plan_inputs(loaded: LoadedPlan, *, manifest_sha256: str | None = None) -> tuple[list[InputFile], dict]:
@@ -104,6 +107,10 @@ def plan_inputs(loaded: LoadedPlan, *, manifest_sha256: str | None = None) -> tu
     if plan.data.manifest:
         digest = manifest_sha256 or sha256_bytes(read_input(plan.data.manifest, "the dataset manifest"))
         files.append(InputFile("dataset_manifest", plan.data.manifest, base, None, digest))
+    if plan.data.prompts:  # what an API teacher is asked (flopgate generate reads them against this digest)
+        files.append(InputFile("prompts", plan.data.prompts, base, None,
+                               sha256_bytes(read_input(plan.data.prompts, "the prompts file",
+                                                       source=str(loaded.path), field="data.prompts"))))
     if plan.teacher.authorization:  # check_authorization read it and found this digest
         files.append(InputFile("authorization", plan.teacher.authorization.document, base, None,
                                plan.teacher.authorization.sha256))

@@ -84,8 +84,16 @@ Count = Annotated[int, BeforeValidator(_count), Field(le=MAX_COUNT)]
 
 class Organization(StrictModel):
     name: str = Field(min_length=1)
-    jurisdictions: list[str] = Field(min_length=1, description="ISO 3166 codes: EU, US-CA, US-NY, KR")
+    jurisdictions: list[str] = Field(min_length=1, description="markets served (where the model is placed "
+                                     "on the market or used), ISO 3166 codes: EU, US-CA, US-NY, KR")
+    domicile: Optional[str] = Field(default=None, description="one code: where the organisation is domiciled "
+                                    "or has its principal place of business (licence region clauses read this); "
+                                    "unknown means REVIEW wherever a region clause applies")
     annual_revenue_usd: Optional[Number] = Field(default=None, ge=0)
+    monthly_active_users: Optional[Number] = Field(
+        default=None, ge=0, description="monthly active users of all products or services made available by or "
+        "for the organisation and its affiliates (what licence user caps such as Llama's count); unknown means "
+        "REVIEW wherever such a cap applies")
 
     @field_validator("jurisdictions")
     @classmethod
@@ -93,6 +101,13 @@ class Organization(StrictModel):
         for code in value:
             if not _JURISDICTION.match(code):
                 raise ValueError(f"expected codes like EU, US, US-CA or KR, got {code!r}")
+        return value
+
+    @field_validator("domicile")
+    @classmethod
+    def _domicile_code(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not _JURISDICTION.match(value):
+            raise ValueError(f"expected one code like DE, FR, US-CA or KR, got {value!r}")
         return value
 
 
@@ -110,6 +125,35 @@ class Authorization(StrictModel):
         return value
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""The only hosts an http:// (unencrypted) teacher endpoint may name."""
+
+
+def endpoint_host(url: str) -> str:
+    """The host of a teacher endpoint (lower case), after checking the URL: https, or http on
+    :data:`LOCAL_HOSTS`; no user:password part, query or fragment. ``ValueError`` otherwise (the
+    message never repeats the URL, which could hold a secret)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ValueError(f"endpoint: expected a URL like https://api.example.com/v1 ({exc})") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError("endpoint: expected an https:// URL with a host, like https://api.example.com/v1")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("endpoint: a URL must not hold credentials; name the key's environment variable "
+                         "in teacher.api_key_env")
+    if parts.query or parts.fragment:
+        raise ValueError("endpoint: expected a base URL without ?query or #fragment")
+    host = host.lower()
+    if parts.scheme == "http" and host not in LOCAL_HOSTS:
+        raise ValueError(f"endpoint: http:// is allowed only for {', '.join(LOCAL_HOSTS)}; use https:// for {host}")
+    return host
+
+
 class Teacher(StrictModel):
     model: str = Field(min_length=1, description="registry id, HF repo id, API model name or local dir")
     access: Literal["weights", "api", "consumer_app"]
@@ -120,12 +164,31 @@ class Teacher(StrictModel):
     weights: Optional[str] = Field(default=None, description="local Hugging Face folder of the teacher "
                                    "(config, tokenizer, weights): hashed and signed by check, re-hashed by the "
                                    "gate; training needs it")
+    host: Optional[str] = Field(default=None, min_length=1, description="who serves an API teacher: the model's "
+                                "own provider (meta, openai, google...), aws-bedrock, google-vertex, azure-foundry, "
+                                "alibaba-model-studio or another name (unknown hosts mean REVIEW)")
+    endpoint: Optional[str] = Field(default=None, description="an API teacher's OpenAI-compatible base URL "
+                                    "(https://, or http:// on 127.0.0.1 or localhost); flopgate generate talks "
+                                    "to this host and no other")
+    api_key_env: Optional[str] = Field(default=None, description="the NAME of the environment variable that "
+                                       "holds the endpoint's API key (the key itself never goes in the plan)")
 
     @model_validator(mode="after")
     def _weights_need_weights_access(self):
         if self.weights is not None and self.access != "weights":
             raise ValueError(f"weights is set but access is {self.access!r}; a local weights folder means "
                              "access: weights")
+        if self.host is not None and self.access != "api":
+            raise ValueError(f"host is set but access is {self.access!r}; a host serves the model through an "
+                             "API (access: api)")
+        if (self.endpoint is not None or self.api_key_env is not None) and self.access != "api":
+            raise ValueError(f"endpoint/api_key_env is set but access is {self.access!r}; an endpoint serves "
+                             "the model through an API (access: api)")
+        if self.endpoint is not None:
+            endpoint_host(self.endpoint)
+        if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
+            raise ValueError("api_key_env: expected the name of an environment variable (letters, digits and _, "
+                             "e.g. OPENAI_API_KEY), not the key itself")
         return self
 
 
@@ -146,14 +209,18 @@ class Student(StrictModel):
 class Data(StrictModel):
     tokens: Number = Field(gt=0, description="training tokens seen by the student per epoch")
     manifest: Optional[str] = None
+    prompts: Optional[str] = Field(default=None, description="JSONL file of the prompts an API teacher answers "
+                                   "(one object a line: id, and messages or prompt); hashed and signed by check")
     seq_len: Count = Field(default=4096, gt=0, le=MAX_COUNT)
     epochs: Number = Field(default=1, gt=0)
 
 
 class Method(StrictModel):
-    kind: Literal["logits", "cached_logits", "sequence"] = "logits"
+    kind: Literal["logits", "cached_logits", "sequence", "on_policy"] = "logits"
     teacher_generated_tokens: Number = Field(default=0, ge=0, description="all generated tokens, discarded ones included")
     prompt_tokens: Number = Field(default=0, ge=0, description="prompt tokens prefilled for generation")
+    student_generated_tokens: Number = Field(default=0, ge=0, description="on_policy: tokens the student samples "
+                                             "(discarded ones included); the teacher scores each")
     synthetic_data_public: bool = False
     loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     temperature: Number = Field(default=1.0, gt=0)
@@ -162,15 +229,20 @@ class Method(StrictModel):
     def _sequence_needs_tokens(self):
         if self.kind == "sequence" and self.teacher_generated_tokens <= 0:
             raise ValueError("kind is 'sequence' but teacher_generated_tokens is not > 0")
+        if self.kind == "on_policy" and self.student_generated_tokens <= 0:
+            raise ValueError("kind is 'on_policy' but student_generated_tokens is not > 0")
         return self
 
 
 class Use(StrictModel):
     purpose: str = Field(min_length=1)
-    scope: Literal["narrow", "general"] = "narrow"
-    distribution: Literal["internal", "api", "open_weights"] = "internal"
-    commercial: bool = True
-    monthly_active_users: Optional[Number] = Field(default=None, ge=0)
+    # No defaults: scope and distribution decide which licence clauses apply, and a default would
+    # be the permissive answer (narrow, internal). A plan must state them.
+    scope: Literal["narrow", "general"]
+    distribution: Literal["internal", "api", "open_weights"]
+    commercial: bool = True  # the strict answer: non-commercial licences deny a commercial plan
+    monthly_active_users: Optional[Number] = Field(default=None, ge=0, description="users of the student's "
+                                                   "product; licence user caps read organization.monthly_active_users")
 
 
 class Hardware(StrictModel):
@@ -256,7 +328,8 @@ def load_plan(path: str | Path, raw: bytes | None = None) -> LoadedPlan:
         "teacher": plan.teacher.model_copy(update=teacher_updates),
         "student": plan.student.model_copy(update={"config": _resolve(plan.student.config, base, always=False),
                                                    "base_model": _resolve(plan.student.base_model, base, always=False)}),
-        "data": plan.data.model_copy(update={"manifest": _resolve(plan.data.manifest, base, always=True)}),
+        "data": plan.data.model_copy(update={"manifest": _resolve(plan.data.manifest, base, always=True),
+                                             "prompts": _resolve(plan.data.prompts, base, always=True)}),
     })
     student_config, teacher_config = _read_configs(plan, str(path))
     return LoadedPlan(plan=plan, path=path.resolve(), sha256=sha256_bytes(raw),

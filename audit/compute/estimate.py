@@ -10,6 +10,9 @@ Components and which totals they join (EU GPAI guidelines, Annex A.1, ¶118-122)
   ambiguity is stated.
 * teacher generation for sequence distillation: prompt prefill + every generated token,
   discarded samples included. Cumulative unless the synthetic data is public (¶122).
+* on-policy distillation: the student samples its own answers (prefill + every sampled token,
+  discarded ones included) and the teacher scores those same tokens with a forward pass. Both
+  cumulative; neither is counted as a parameter update (the student's training step is).
 * the pre-existing model's own training, when its weights initialise the student (¶121):
   cumulative only.
 """
@@ -59,6 +62,8 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
         missing.append("teacher.config or teacher.parameters (the teacher's size)")
     if plan.method.kind in ("logits", "cached_logits"):
         components.append(_teacher_logits(plan, tokens, teacher_forward, teacher))
+    elif plan.method.kind == "on_policy":
+        components += _on_policy(plan, student, teacher_forward, teacher)
     else:
         components.append(_teacher_generation(plan, teacher_forward, teacher))
 
@@ -158,6 +163,26 @@ def _teacher_generation(plan: Plan, per_token: float | None, teacher) -> Compone
                      "non-public synthetic data counts, discarded samples included (EU guidelines ¶119)"])
 
 
+def _on_policy(plan: Plan, student: ModelSummary, per_token: float | None, teacher) -> list[Component]:
+    """The student's sampling (forward per token x prompt + sampled tokens) and the teacher's
+    scoring of the same tokens (its forward per token x the same count)."""
+    rolled = plan.method.student_generated_tokens + plan.method.prompt_tokens
+    what = (f"{short_sci(plan.method.prompt_tokens, 4)} prompt + {short_sci(plan.method.student_generated_tokens, 4)} "
+            "student-sampled tokens, discarded samples included")
+    return [
+        Component(id="student_generation", label="student sampling (prefill + decode, discarded samples included)",
+                  flops=student.forward_flops_per_token * rolled, method=student.method, counts_toward=["cumulative"],
+                  assumptions=[what, "a KV-cache decode costs the same as a causal forward",
+                               "left out of the parameter-update total: sampling makes the data, the training "
+                               "step updates the parameters"]),
+        Component(id="teacher_scoring", label="teacher forward passes scoring the student's samples",
+                  flops=per_token * rolled if per_token is not None else None,
+                  method=_teacher_method(teacher, per_token), counts_toward=["cumulative"],
+                  assumptions=[what, "non-public targets count toward cumulative compute (EU guidelines ¶119)"]
+                  + ([] if teacher is not None or per_token is None else ["2 x declared parameters per token"])),
+    ]
+
+
 def _original_model(plan: Plan, tables: ReferenceTables):
     if plan.student.init == "base":
         return plan.student.base_model, tables.find_published(plan.student.base_model)
@@ -190,8 +215,9 @@ def _hardware_check(plan: Plan, components: list[Component], tables: ReferenceTa
     if accelerator is None:
         return HardwareCheck(accelerator=hw.accelerator, peak_flops_per_s=None,
                              note="unknown accelerator: no dense peak in policies/hardware.yaml")
-    local = [c for c in components if c.id == "student_training"
-             or (c.id in ("teacher_forward", "teacher_generation") and plan.teacher.access == "weights")]
+    local = [c for c in components if c.id in ("student_training", "student_generation")
+             or (c.id in ("teacher_forward", "teacher_generation", "teacher_scoring")
+                 and plan.teacher.access == "weights")]
     executed = _sum(local)
     seconds = hw.count * hw.hours * 3600.0
     estimate = seconds * accelerator.dense_bf16_flops_per_s * hw.utilization

@@ -15,6 +15,10 @@ from audit.flops.summary import ModelSummary
 from audit.validation import StrictModel
 
 CONVENTION = "1 multiply-add = 2 FLOP; training step = forward + backward; attention causal-corrected"
+OWN_TRAINING_COMPONENTS = ("student_training", "base_model_training")
+"""The components that are the student's own training compute (its training run and the training
+of a model whose weights initialise it), never the teacher's inference: what SB 53, RAISE 2026,
+Korea and the US rules compare (``own_training_flops``)."""
 
 # Which totals a component belongs to (EU GPAI guidelines, Annex A.1, ¶118-122):
 #   cumulative       - the systemic-risk test's "cumulative amount of compute used to train the model"
@@ -26,7 +30,8 @@ Bucket = Literal["cumulative", "parameter_update", "modification"]
 class Component(StrictModel):
     """One part of the run's compute."""
 
-    id: Literal["student_training", "teacher_forward", "teacher_generation", "base_model_training"]
+    id: Literal["student_training", "teacher_forward", "teacher_generation", "base_model_training",
+                "student_generation", "teacher_scoring"]
     label: str
     flops: Optional[float] = Field(description="FLOP; None when unknown")
     method: Literal["counted", "closed_form", "published", "parameters_estimate", "unknown"]

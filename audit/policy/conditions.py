@@ -29,6 +29,7 @@ FACT_LABELS = {
     "cost_usd": "compute cost",
     "annual_revenue_usd": "organization.annual_revenue_usd",
     "monthly_active_users": "use.monthly_active_users",
+    "organization_monthly_active_users": "organization.monthly_active_users",
 }
 
 
@@ -40,6 +41,9 @@ class PlanFacts(StrictModel):
     manifest_sha256: Optional[str] = None   # of the bytes read: the audit signs exactly these
     manifest_tokens: Optional[int] = None   # tokens the manifest says its files hold; None: it gives no count
     manifest_tokens_field: Optional[str] = None  # where the count came from: total_tokens or files[].tokens
+    teacher_card: Optional[str] = None      # the local teacher folder whose README/LICENSE was read
+    teacher_card_licenses: list[str] = []   # licence ids that folder's card and LICENSE name
+    teacher_declared_license: Optional[str] = None  # teacher.license exactly as the plan wrote it
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Context:
     teacher_provider: Optional[str] = None   # None when the teacher is unknown
     teacher_terms: tuple[str, ...] = ()
     facts: PlanFacts = field(default_factory=PlanFacts)  # read from the plan's files before decide
+    audit_date: Optional[dt.date] = None     # when the pre-run estimate was made (the audit); None: not given
 
     def fact(self, name: str) -> Optional[float]:
         """A numeric fact, or None when the plan or the estimate does not know it."""
@@ -59,6 +64,8 @@ class Context:
             return self.plan.organization.annual_revenue_usd
         if name == "monthly_active_users":
             return self.plan.use.monthly_active_users
+        if name == "organization_monthly_active_users":
+            return self.plan.organization.monthly_active_users
         return getattr(self.compute, name)
 
     @property
@@ -144,6 +151,11 @@ def when_holds(when: Optional[When], ctx: Context) -> Optional[bool]:
         checks.append(None if not ctx.teacher_terms else bool(set(when.teacher_terms) & set(ctx.teacher_terms)))
     if when.jurisdictions_any is not None:
         checks.append(jurisdiction_covered(plan.organization.jurisdictions, when.jurisdictions_any))
+    if when.domicile is not None:
+        domicile = plan.organization.domicile
+        checks.append(None if domicile is None else domicile in when.domicile)
+    if when.student_license is not None:
+        checks.append(matches_any(plan.student.license, when.student_license))
     checks.extend(fact_test(t, ctx) for t in when.facts)
     return and3(checks)
 
@@ -157,4 +169,6 @@ def missing_facts(when: Optional[When], ctx: Context) -> list[str]:
         out.append("the teacher's provider (teacher not recognised)")
     if when.teacher_terms is not None and not ctx.teacher_terms:
         out.append("the teacher's terms (teacher not recognised)")
+    if when.domicile is not None and ctx.plan.organization.domicile is None:
+        out.append("organization.domicile")
     return out

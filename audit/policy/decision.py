@@ -81,6 +81,9 @@ class TeacherResolution(StrictModel):
     upstream: list[str] = []             # terms inherited from the teacher's own teachers ("id@version")
     licenses: list[str] = []             # licence ids declared in the plan or read from a local model dir
     citation: Optional[Citation] = None  # source for the entry's mapping to its terms
+    host: Optional[str] = None           # teacher.host as given (API teachers)
+    host_entry_id: Optional[str] = None  # the host entry whose terms apply too
+    host_terms: list[str] = []           # the host's terms documents ("id@version")
 
 
 class Decision(StrictModel):
@@ -92,3 +95,4 @@ class Decision(StrictModel):
     rule_ids: list[str]                  # the rules behind the outcome
     packs: list[dict]                    # [{"id", "version", "last_reviewed", "sha256"}]
     teacher: Optional[TeacherResolution] = None
+    base_model: Optional[TeacherResolution] = None  # the weights the student starts from (init base / pruned)

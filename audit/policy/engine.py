@@ -12,8 +12,12 @@ inputs always give the same :class:`Decision`. Outcome precedence, strictest fir
 
 Fail closed: an unknown teacher, an unknown licence, a jurisdiction no regime pack covers, a fact
 a rule needs that is missing, or a rule that raises all give REVIEW findings, so none of them can
-end in ALLOW. The teacher's terms must also say something affirmative (a permission or an
-obligation); silence is REVIEW. A plan that claims more training tokens per epoch than its
+end in ALLOW. So do an unknown or unstated host for an open-weights model reached through an API
+(``engine.unknown-host``, ``engine.host-missing``), an unknown base model
+(``engine.unknown-base-model``; a known one's derivative-binding clauses apply as
+``base-model.<clause id>``), and a local teacher folder whose card disagrees with the declared
+licence or the pack's entry (``engine.teacher-license-conflict``). The teacher's terms must also
+say something affirmative (a permission or an obligation); silence is REVIEW. A plan that claims more training tokens per epoch than its
 dataset manifest holds is REVIEW too (the manifest is read before ``decide``, see
 :class:`audit.policy.conditions.PlanFacts`).
 """
@@ -21,6 +25,7 @@ dataset manifest holds is REVIEW too (the manifest is read before ``decide``, se
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import PurePath
 
 from audit.compute.types import ComputeEstimate
@@ -32,30 +37,126 @@ from audit.policy.decision import Decision, Finding, Obligation, Outcome, Teache
 from audit.policy.org_rules import evaluate_rules
 from audit.policy.packs import PolicySet
 from audit.policy.regimes import evaluate_regimes
-from audit.policy.teachers import Resolution, evaluate_teacher, resolve_teacher, teacher_provider
+from audit.policy.teachers import (
+    Resolution, base_model_of, evaluate_base_model, evaluate_teacher, resolve_base_model, resolve_plan_teacher,
+    split_licenses, teacher_provider,
+)
 
 
 def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.date,
-           facts: PlanFacts = PlanFacts()) -> Decision:
+           facts: PlanFacts = PlanFacts(), audit_date: dt.date | None = None) -> Decision:
     """Judge a planned run against every pack in ``packs`` as the law stood on ``as_of``;
-    ``facts`` are what :func:`audit.policy.facts.read_plan_facts` read from the plan's files."""
-    res = resolve_teacher(plan.teacher.model, plan.teacher.access, plan.teacher.license, packs)
+    ``facts`` are what :func:`audit.policy.facts.read_plan_facts` read from the plan's files;
+    ``audit_date`` is the day this pre-run estimate is made (deadlines that run from it, such as the
+    EU notification, get a date only when it is given)."""
+    res = resolve_plan_teacher(plan.teacher, packs)
     ctx = Context(plan=plan, compute=compute, as_of=as_of,
                   teacher_provider=teacher_provider(res, packs), teacher_terms=res.all_terms(),
-                  facts=facts)
+                  facts=facts, audit_date=audit_date)
 
     findings, obligations, regimes = evaluate_regimes(ctx, packs)
     teacher_findings, teacher_obligations = evaluate_teacher(ctx, packs, res)
     teacher_findings += _resolution_findings(res, teacher_findings)
+    teacher_findings += _host_findings(res)
+    teacher_findings += card_findings(res, facts, packs)
+    base = resolve_base_model(plan, packs)
+    applied = {f.rule_id for f in teacher_findings if f.effect != "info"}
+    base_findings, base_obligations = evaluate_base_model(ctx, packs, base, applied)
+    base_findings += _base_findings(plan, base)
     org_findings, org_obligations = evaluate_rules(ctx, packs)
 
-    findings = findings + teacher_findings + org_findings + data_findings(ctx)
-    obligations = obligations + teacher_obligations + org_obligations
+    findings = findings + teacher_findings + base_findings + org_findings + data_findings(ctx)
+    obligations = obligations + teacher_obligations + base_obligations + org_obligations
     outcome, rule_ids = outcome_of(findings, obligations)
     return Decision(outcome=outcome, as_of=as_of, findings=findings, obligations=obligations,
                     regimes=regimes, rule_ids=rule_ids,
                     packs=[{k: v for k, v in lp.summary().items() if k != "path"} for lp in packs.packs],
-                    teacher=_teacher_resolution(res, packs))
+                    teacher=_teacher_resolution(res, packs),
+                    base_model=_teacher_resolution(base, packs) if base is not None else None)
+
+
+def _host_findings(res: Resolution) -> list[Finding]:
+    """Fail-closed findings about who serves an API teacher."""
+    if res.host_status == "missing":
+        return [engine_finding(
+            "engine.host-missing",
+            f"{res.model!r} is an open-weights model reached through an API, and teacher.host does not say who "
+            "serves it. A hosted open-weights model is governed by the model licence plus the host's terms; the "
+            "first-party API terms were assumed. Set teacher.host (e.g. meta, aws-bedrock, google-vertex, "
+            "azure-foundry, alibaba-model-studio); a person must review it.",
+            observed="teacher.host not set")]
+    if res.host_status == "unknown":
+        return [engine_finding(
+            "engine.unknown-host",
+            f"No policy pack describes the terms of host {res.host!r}, so how it lets customers use outputs is "
+            "unknown; the model's own terms were applied and a person must review the host's terms (or add a "
+            "host entry in an organisation pack).", observed=f"teacher.host = {res.host!r}")]
+    return []
+
+
+def _base_findings(plan: Plan, base: Resolution | None) -> list[Finding]:
+    """Fail-closed findings about the base model the student is built on."""
+    if base is None:
+        return []
+    model, field = base_model_of(plan)
+    out = []
+    if not base.terms:
+        out.append(engine_finding(
+            "engine.unknown-base-model",
+            f"The student is built on {model!r} ({field}), but no policy pack describes that model's licence, "
+            "and its terms bind the student (naming, pass-through, notices, caps); a person must review it (or "
+            "add a teacher entry for it in an organisation pack).", observed=f"{field} = {model!r}"))
+    if base.unknown_licenses:
+        out.append(engine_finding(
+            "engine.unknown-base-license",
+            f"The base model's licence {', '.join(map(repr, base.unknown_licenses))} is not in any policy pack; a "
+            "person must review it.", observed=f"{field} = {model!r}"))
+    if len(base.entries) > len({lp.builtin for lp, _ in base.entries}):
+        ids = ", ".join(e.id for _, e in base.entries)
+        out.append(engine_finding(
+            "engine.ambiguous-base-model",
+            f"The base model {model!r} matches several entries equally well ({ids}); all their terms are applied "
+            "and a person must confirm which governs.", observed=f"{field} = {model!r}"))
+    return out
+
+
+def card_findings(res: Resolution, facts: PlanFacts, packs: PolicySet) -> list[Finding]:
+    """``engine.teacher-license-conflict``: the licence the plan declares (``teacher.license``),
+    the one the pack's entry for ``teacher.model`` gives and the one the local teacher folder's
+    card (README front matter / LICENSE) names do not all agree. Compared as terms documents;
+    a licence id no pack knows stands for itself."""
+    if not facts.teacher_card_licenses:
+        return []
+
+    def terms_of(ids: list[str]) -> frozenset[str]:
+        out = set()
+        for lic in ids:
+            known = packs.terms_for_license(lic) or packs.terms_for_license(
+                re.sub(r"^licenseref-", "", lic, flags=re.I))
+            out.update(known or [lic.casefold()])
+        return frozenset(out)
+
+    declared = split_licenses(facts.teacher_declared_license)
+    entry_terms = [t for _, e in res.entries for t in e.terms] + [up.terms for _, up in res.upstream]
+    sources = {"card": terms_of(facts.teacher_card_licenses)}
+    if declared:
+        sources["declared"] = terms_of(declared)
+    if entry_terms:
+        sources["entry"] = frozenset(entry_terms)
+    if len(sources) < 2 or len(set(sources.values())) == 1:
+        return []
+    entry = (f"the pack's entry {res.entry.id} for {res.model!r} names {', '.join(dict.fromkeys(entry_terms))}"
+             if entry_terms else f"no pack entry describes {res.model!r}")
+    declared_text = (f"the plan declares teacher.license = {facts.teacher_declared_license!r}" if declared
+                     else "the plan declares no teacher.license")
+    card_text = (f"the model card in {facts.teacher_card} names "
+                 f"{' AND '.join(facts.teacher_card_licenses)!r}")
+    return [engine_finding(
+        "engine.teacher-license-conflict",
+        f"The teacher's licence sources disagree: {declared_text}; {entry}; {card_text}. Every licence found is "
+        "applied, but a person must confirm which governs.",
+        observed=f"declared {facts.teacher_declared_license!r}; entry "
+                 f"{', '.join(dict.fromkeys(entry_terms)) or 'none'}; card {' AND '.join(facts.teacher_card_licenses)!r}")]
 
 
 def _resolution_findings(res: Resolution, teacher_findings: list[Finding]) -> list[Finding]:
@@ -158,7 +259,8 @@ def _teacher_resolution(res: Resolution, packs: PolicySet) -> TeacherResolution:
             packs.terms(res.terms[0])[1].provider if res.terms else None),
         matched_by=res.matched_by, terms=tagged(res.terms),
         upstream=tagged([up.terms for _, up in res.upstream]), licenses=list(res.licenses),
-        citation=entry.citation if entry else None)
+        citation=entry.citation if entry else None, host=res.host,
+        host_entry_id=res.host_entry[1].id if res.host_entry else None, host_terms=tagged(res.host_terms))
 
 
 def _unique(ids: list[str]) -> list[str]:

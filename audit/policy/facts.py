@@ -36,12 +36,41 @@ def resolve_plan_facts(loaded: LoadedPlan, packs: PolicySet) -> Plan:
     return _with_local_licenses(loaded.plan, packs)
 
 
-def read_plan_facts(loaded: LoadedPlan) -> PlanFacts:
+def read_plan_facts(loaded: LoadedPlan, packs: PolicySet | None = None) -> PlanFacts:
     """What ``decide`` needs from the files the plan names besides the plan itself: the dataset
-    manifest's token count (empty facts without a manifest). ``InputError`` on a bad manifest."""
-    if not loaded.plan.data.manifest:
-        return PlanFacts()
-    return read_manifest_facts(loaded.plan.data.manifest, source=str(loaded.path))
+    manifest's token count (empty facts without a manifest), and the licences a local teacher
+    folder's card names (:func:`read_teacher_card`; ``packs`` give the LICENSE marker phrases,
+    the built-in packs when not given). ``InputError`` on a bad manifest."""
+    facts = PlanFacts()
+    if loaded.plan.data.manifest:
+        facts = read_manifest_facts(loaded.plan.data.manifest, source=str(loaded.path))
+    return facts.model_copy(update=read_teacher_card(loaded.plan, packs))
+
+
+def teacher_folder(plan: Plan) -> Path | None:
+    """The local folder holding the teacher: ``teacher.model`` when it is one, else ``teacher.weights``."""
+    for value in (plan.teacher.model, plan.teacher.weights):
+        if value and Path(value).is_absolute() and Path(value).is_dir():
+            return Path(value)
+    return None
+
+
+def read_teacher_card(plan: Plan, packs: PolicySet | None = None) -> dict:
+    """``teacher_card``, ``teacher_card_licenses`` and ``teacher_declared_license`` for
+    :class:`PlanFacts`: what the local teacher folder's README front matter and LICENSE say,
+    beside what the plan declares, so ``decide`` can name all of them when they disagree."""
+    folder = teacher_folder(plan)
+    if folder is None:
+        return {}
+    if packs is None:
+        from audit.policy.packs import load_packs
+
+        packs = load_packs()
+    found = read_local_licenses(folder, packs)
+    if not found:
+        return {}
+    return {"teacher_card": str(folder), "teacher_card_licenses": found,
+            "teacher_declared_license": plan.teacher.license}
 
 
 def read_manifest_facts(manifest: str, *, source: str) -> PlanFacts:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from audit.errors import InputError
 from audit.fsutil import decode_utf8, read_input, sha256_bytes
-from audit.policy.schema import CLAUSE_TYPES, OrgRule, Pack, Regime, TeacherEntry, TermsDoc
+from audit.policy.schema import CLAUSE_TYPES, HostEntry, OrgRule, Pack, Regime, TeacherEntry, TermsDoc
 from audit.validation import describe_error, field_path
 from audit.yamlio import load_yaml_text
 
@@ -80,6 +80,17 @@ class PolicySet:
                 if up.terms not in self._terms:
                     raise InputError(f"unknown terms id {up.terms!r}", source=str(loaded.path),
                                      field=f"rule {up.id}: terms")
+        seen_hosts: dict[str, str] = {}
+        for loaded, host in self.hosts():
+            for terms_id in host.terms:
+                if terms_id not in self._terms:
+                    raise InputError(f"unknown terms id {terms_id!r}", source=str(loaded.path),
+                                     field=f"rule {host.id}: terms")
+            for name in host.hosts:
+                if name.casefold() in seen_hosts:
+                    raise InputError(f"host name {name!r} already names host {seen_hosts[name.casefold()]!r}",
+                                     source=str(loaded.path), field=f"rule {host.id}: hosts")
+                seen_hosts[name.casefold()] = host.id
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -88,6 +99,17 @@ class PolicySet:
 
     def teachers(self) -> list[tuple[LoadedPack, TeacherEntry]]:
         return [(lp, t) for lp in self.packs for t in lp.pack.teachers]
+
+    def hosts(self) -> list[tuple[LoadedPack, HostEntry]]:
+        return [(lp, h) for lp in self.packs for h in lp.pack.hosts]
+
+    def host(self, name: str) -> tuple[LoadedPack, HostEntry] | None:
+        """The host entry a ``teacher.host`` value names (case-insensitive), or None."""
+        wanted = name.strip().casefold()
+        for loaded, entry in self.hosts():
+            if wanted in (h.casefold() for h in entry.hosts):
+                return loaded, entry
+        return None
 
     def rules(self) -> list[tuple[LoadedPack, OrgRule]]:
         return [(lp, r) for lp in self.packs for r in lp.pack.rules]
@@ -132,6 +154,7 @@ def _items_with_ids(pack: Pack) -> Iterator[Any]:
     for entry in pack.teachers:
         yield entry
         yield from entry.upstream
+    yield from pack.hosts
     yield from pack.rules
 
 
@@ -141,6 +164,8 @@ def parse_pack(data: Any, source: str) -> Pack:
     """Validate one pack's parsed YAML; errors name ``source``, the rule id and the field."""
     if not isinstance(data, dict):
         raise InputError("expected a YAML mapping at the top level", source=source)
+    # top-level keys beginning with "x-" only hold YAML anchors for the rest of the file
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         return Pack.model_validate(data)
     except ValidationError as exc:

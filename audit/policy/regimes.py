@@ -5,6 +5,17 @@ force is reported with status ``not_in_force`` and never yields findings that ch
 outcome. One in force compares one figure of the estimate with its threshold, exactly as the
 text says (``>`` or ``>=``); an unknown figure gives status ``unknown`` and a REVIEW finding.
 
+A regime that compares ``own_training_flops`` reads the student's own training compute: its
+training run plus, when its weights start from a pre-existing model, that model's training; the
+teacher's forward passes (inference) are left out. Laws such as California SB 53 count the
+compute a model "was trained using", not the compute of another model that produced its data.
+
+An obligation may carry ``when`` (it applies only then) and ``unless`` (exemptions, e.g. the EU
+open-source exemption). A condition that cannot be decided keeps the duty (fail closed) and its
+text says what was missing. ``deadline_days_from_audit`` dates a deadline from the audit (the
+pre-run estimate, e.g. the EU notification), so it can fall before the run starts; without an
+audit date the deadline stays in words.
+
 A plan jurisdiction that no regime names in its ``applies_to`` is not covered by any pack: what
 its law says about training compute is unknown, so it gives an ``engine.unknown-jurisdiction``
 REVIEW finding naming the code (fail closed), never a silent empty table.
@@ -24,9 +35,25 @@ from audit.policy.failclosed import engine_finding, rule_error
 from audit.policy.decision import Finding, Obligation, RegimeResult
 from audit.policy.packs import LoadedPack, PolicySet
 from audit.policy.schema import Regime
+from audit.compute.types import OWN_TRAINING_COMPONENTS
 
 _NOTION = {"total_flops": "cumulative", "update_flops": "parameter_update",
-           "modification_flops": "modification", "cost_usd": "cumulative"}
+           "modification_flops": "modification", "own_training_flops": "cumulative", "cost_usd": "cumulative"}
+
+_LABELS = {**FACT_LABELS, "own_training_flops": (
+    "the student's own training compute (its training run, plus the training of a model whose weights "
+    "initialise it; teacher inference excluded)")}
+
+
+def regime_fact(ctx: Context, name: str) -> Optional[float]:
+    """The figure a regime compares; ``own_training_flops`` is summed from the estimate's
+    components (None when one of them is unknown or there is none)."""
+    if name != "own_training_flops":
+        return ctx.fact(name)
+    values = [c.flops for c in ctx.compute.components if c.id in OWN_TRAINING_COMPONENTS]
+    if not values or any(v is None for v in values):
+        return None
+    return float(sum(values))
 
 
 def evaluate_regimes(ctx: Context, packs: PolicySet
@@ -82,8 +109,8 @@ def threshold_for(regime: Regime, ctx: Context) -> tuple[float, str]:
     rel = regime.relative_threshold
     base = ctx.fact(rel.fraction_of)
     if base is None:
-        return rel.fallback, f" (fallback: {FACT_LABELS[rel.fraction_of]} is unknown)"
-    return base / rel.divisor, f" ({FACT_LABELS[rel.fraction_of]} {quantity(base, 'FLOP')} / {rel.divisor:g})"
+        return rel.fallback, f" (fallback: {_LABELS[rel.fraction_of]} is unknown)"
+    return base / rel.divisor, f" ({_LABELS[rel.fraction_of]} {quantity(base, 'FLOP')} / {rel.divisor:g})"
 
 
 def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
@@ -113,10 +140,10 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
 
     threshold, how = threshold_for(regime, ctx)
     shown_threshold = quantity(threshold, unit) + how
-    observed = ctx.fact(regime.fact)
+    observed = regime_fact(ctx, regime.fact)
     flops = dict(threshold_flops=threshold if unit == "FLOP" else None, threshold_value=threshold)
     if observed is None or applies is None:
-        missing = [FACT_LABELS[regime.fact]] if observed is None else missing_facts(regime.when, ctx)
+        missing = [_LABELS[regime.fact]] if observed is None else missing_facts(regime.when, ctx)
         why = f" (the estimate lacks: {'; '.join(ctx.compute.missing_facts)})" if ctx.compute.missing_facts else ""
         text = (f"{regime.name}: cannot be decided because {', '.join(missing)} is unknown{why}; "
                 f"a person must review it. {regime.explanation}")
@@ -124,7 +151,7 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
                 [RegimeResult(**base, **flops, in_force=True, status="unknown",
                               status_note=f"missing: {', '.join(missing)}")])
 
-    shown_observed = quantity(observed, unit) + f" ({FACT_LABELS[regime.fact]})"
+    shown_observed = quantity(observed, unit) + f" ({_LABELS[regime.fact]})"
     values = dict(**flops, observed_flops=observed if unit == "FLOP" else None, observed_value=observed,
                   margin_ratio=observed / threshold)
     exceeded = COMPARE[regime.comparator](observed, threshold)
@@ -142,7 +169,7 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
                 [RegimeResult(**base, **values, in_force=True, status="unknown",
                               status_note=f"missing: {', '.join(missing)}")])
 
-    obligations = [_obligation(regime, spec, ctx) for spec in regime.obligations]
+    obligations = [o for o in (_obligation(regime, spec, ctx) for spec in regime.obligations) if o is not None]
     effect = regime.effect
     text = f"{regime.name}: threshold exceeded. {regime.explanation}"
     result = RegimeResult(**base, **values, in_force=True, status="exceeds",
@@ -150,10 +177,25 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
     return [finding(effect, text, shown_observed, shown_threshold)], obligations, [result]
 
 
-def _obligation(regime: Regime, spec, ctx: Context) -> Obligation:
+def _obligation(regime: Regime, spec, ctx: Context) -> Optional[Obligation]:
+    """The duty, or None when its ``when`` is false or one of its ``unless`` exemptions holds.
+    An undecided condition keeps the duty and says so in its text (fail closed)."""
+    applies = when_holds(spec.when, ctx)
+    exempt = [when_holds(u, ctx) for u in spec.unless]
+    if applies is False or any(e is True for e in exempt):
+        return None
+    text = spec.text
+    undecided = ([spec.when] if applies is None else []) + [u for u, e in zip(spec.unless, exempt) if e is None]
+    if undecided:
+        missing = list(dict.fromkeys(m for w in undecided for m in missing_facts(w, ctx)))
+        text += (" (Listed because whether it applies could not be decided"
+                 + (f": {', '.join(missing)} is unknown" if missing else "") + ".)")
     deadline = spec.deadline
     if spec.deadline_days_from_start is not None:
         date = ctx.plan.schedule.start + dt.timedelta(days=spec.deadline_days_from_start)
         deadline = f"{date.isoformat()} ({deadline})" if deadline else date.isoformat()
-    return Obligation(id=spec.id, rule_id=regime.id, text=spec.text, deadline=deadline,
+    if spec.deadline_days_from_audit is not None and ctx.audit_date is not None:
+        date = ctx.audit_date + dt.timedelta(days=spec.deadline_days_from_audit)
+        deadline = f"{date.isoformat()} ({deadline})" if deadline else date.isoformat()
+    return Obligation(id=spec.id, rule_id=regime.id, text=text, deadline=deadline,
                       checkable=False, status="todo")

@@ -1,12 +1,13 @@
 """The policy-pack file format: what a YAML pack in ``policies/`` (or ``--policies DIR``) may say.
 
-A pack is data, never code. It holds any of four lists:
+A pack is data, never code. It holds any of five lists:
 
 - ``regimes``: legal compute thresholds, each with a jurisdiction, in-force dates and one test
   ``<fact> <comparator> <threshold>`` (plus optional extra ``requires`` tests);
 - ``terms``: documents that govern a teacher (a licence, an API's terms), each a list of
   clauses of a small fixed set of types;
 - ``teachers``: which models, reached through which channel, are governed by which terms;
+- ``hosts``: third parties serving other providers' models through an API (``teacher.host``);
 - ``rules``: an organisation's own rules (deny / review / obligation when conditions hold).
 
 Every rule, clause and teacher entry cites its source (:class:`Citation`). Unknown keys are
@@ -31,6 +32,7 @@ Channel = Literal["weights", "api", "consumer_app"]
 FactName = Literal[
     "total_flops", "update_flops", "modification_flops", "original_model_flops",
     "teacher_training_flops", "cost_usd", "annual_revenue_usd", "monthly_active_users",
+    "organization_monthly_active_users",
 ]
 
 
@@ -57,6 +59,10 @@ class When(StrictModel):
     teacher_model: Optional[list[str]] = Field(default=None, description="globs on teacher.model")
     teacher_terms: Optional[list[str]] = Field(default=None, description="ids of terms documents that apply")
     jurisdictions_any: Optional[list[str]] = None
+    domicile: Optional[list[str]] = Field(
+        default=None, description="codes: organization.domicile is one of them (unknown domicile: undecided)")
+    student_license: Optional[list[str]] = Field(
+        default=None, description="globs on student.license (no licence given: does not match)")
     facts: list[FactTest] = []
 
 
@@ -161,7 +167,9 @@ class UsageCap(_Clause):
     """A user or revenue cap: above it the licence needs the provider's permission."""
 
     type: Literal["usage_cap"]
-    metric: Literal["monthly_active_users", "annual_revenue_usd"]
+    metric: Literal["monthly_active_users", "organization_monthly_active_users", "annual_revenue_usd"] = Field(
+        description="monthly_active_users: the student's product (use.monthly_active_users); "
+        "organization_monthly_active_users: the licensee and its affiliates (organization.monthly_active_users)")
     comparator: Literal[">", ">="]
     limit: float = Field(gt=0)
     text: str = Field(min_length=1)
@@ -170,7 +178,8 @@ class UsageCap(_Clause):
 
 
 class RegionExclusion(_Clause):
-    """Rights are not granted to organisations in the listed jurisdictions."""
+    """Rights are not granted to organisations domiciled (principal place of business) in the
+    listed jurisdictions; read from ``organization.domicile``, unknown -> review."""
 
     type: Literal["region_exclusion"]
     jurisdictions: list[str] = Field(min_length=1)
@@ -239,12 +248,34 @@ class TeacherEntry(StrictModel):
     notes: str = ""
 
 
+class HostEntry(StrictModel):
+    """A third party that serves other providers' models through its own API (``teacher.host``).
+    A hosted model is governed by the host's terms plus the model's own licence (or, for a closed
+    model, its provider's terms)."""
+
+    id: RuleId
+    name: str = Field(min_length=1)
+    provider: str = Field(min_length=1)
+    hosts: list[str] = Field(min_length=1, description="values of teacher.host that name it (case-insensitive)")
+    terms: list[str] = Field(min_length=1)
+    citation: Citation
+    notes: str = ""
+
+
 class ObligationSpec(StrictModel):
     id: RuleId
     text: str = Field(min_length=1)
     deadline: Optional[str] = Field(default=None, description="in words, as the text gives it")
     deadline_days_from_start: Optional[int] = Field(
         default=None, ge=0, description="adds an ISO date: schedule.start + this many days")
+    deadline_days_from_audit: Optional[int] = Field(
+        default=None, ge=0, description="adds an ISO date: the audit date (the pre-run estimate) + this many "
+        "days, when decide() is given it; otherwise the deadline stays in words")
+    when: Optional[When] = Field(default=None, description="the duty applies only when these hold "
+                                 "(undecided: it is kept, fail closed)")
+    unless: list[When] = Field(default=[], description="exemptions: the duty is dropped when any of them "
+                               "holds (undecided: it is kept, fail closed)")
+    citation: Optional[Citation] = None
 
 
 class RelativeThreshold(StrictModel):
@@ -267,7 +298,7 @@ class Regime(StrictModel):
     in_force_until: Optional[dt.date] = None
     ended: Optional[Literal["rescinded", "superseded"]] = None
     status_note: str = ""
-    fact: Literal["total_flops", "update_flops", "modification_flops", "cost_usd"]
+    fact: Literal["total_flops", "update_flops", "modification_flops", "own_training_flops", "cost_usd"]
     comparator: Literal[">", ">="]
     threshold: Optional[float] = Field(default=None, gt=0)
     relative_threshold: Optional[RelativeThreshold] = None
@@ -319,10 +350,11 @@ class Pack(StrictModel):
     regimes: list[Regime] = []
     terms: list[TermsDoc] = []
     teachers: list[TeacherEntry] = []
+    hosts: list[HostEntry] = []
     rules: list[OrgRule] = []
 
     @model_validator(mode="after")
     def _not_empty(self):
-        if not (self.regimes or self.terms or self.teachers or self.rules):
-            raise ValueError("a pack needs at least one of regimes, terms, teachers or rules")
+        if not (self.regimes or self.terms or self.teachers or self.hosts or self.rules):
+            raise ValueError("a pack needs at least one of regimes, terms, teachers, hosts or rules")
         return self

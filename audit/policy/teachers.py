@@ -10,12 +10,24 @@ review. Upstream terms (the teacher was itself trained on another model's output
 
 Clause effects depend on the student's situation: ``general`` (scope general) or ``narrow_``
 plus its distribution (``internal``, ``api``, ``open_weights``).
+
+The channel: an open-weights model reached through an API is governed by whoever serves it.
+``teacher.host`` names the host: the model's own provider (its first-party API entry governs), a
+host entry (``hosts`` in a pack: the host's terms plus the model's licence, or a closed model's
+provider terms), or an unknown host (REVIEW). An open-weights model through an API without a
+host is REVIEW too (:func:`resolve_plan_teacher`).
+
+The base model: a student initialised from ``student.base_model`` (or pruned from the teacher)
+contains that model's weights, so the clauses of its licence that bind derivatives (naming,
+pass-through, attribution, notice, use policy, caps, region, non-commercial) apply to the
+student under rule ids ``base-model.<clause id>``; an unknown base model is REVIEW
+(:func:`evaluate_base_model`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from audit.numbers import quantity
@@ -26,7 +38,7 @@ from audit.policy.conditions import (
 from audit.policy.failclosed import rule_error
 from audit.policy.decision import Finding, Obligation
 from audit.policy.packs import LoadedPack, PolicySet
-from audit.policy.schema import TeacherEntry, Upstream
+from audit.policy.schema import HostEntry, TeacherEntry, Upstream, When
 
 _SITUATION_TEXT = {"general": "general-purpose", "narrow_internal": "narrow, internal-only",
                    "narrow_api": "narrow, API-served", "narrow_open_weights": "narrow, open-weights"}
@@ -51,6 +63,12 @@ class Resolution:
     licenses: tuple[str, ...] = ()
     unknown_licenses: tuple[str, ...] = ()
     license_only_terms: tuple[str, ...] = ()  # named by the licence but not by the entry
+    host: Optional[str] = None                # teacher.host as given
+    # none: not an API teacher, or a closed model through its own provider's API without a host;
+    # first_party: the host is the model's provider; third_party: a host entry governs too;
+    # unknown: no pack knows the host; missing: an open-weights model through an API, host not given
+    host_status: str = "none"
+    host_entry: Optional[tuple[LoadedPack, HostEntry]] = None
 
     @property
     def entry(self) -> Optional[TeacherEntry]:
@@ -60,8 +78,13 @@ class Resolution:
     def matched_by(self) -> str:
         return "model" if self.entries else ("license" if self.terms else "none")
 
+    @property
+    def host_terms(self) -> tuple[str, ...]:
+        return tuple(self.host_entry[1].terms) if self.host_entry else ()
+
     def all_terms(self) -> tuple[str, ...]:
-        return self.terms + tuple(up.terms for _, up in self.upstream if up.terms not in self.terms)
+        own = self.terms + tuple(up.terms for _, up in self.upstream if up.terms not in self.terms)
+        return own + tuple(t for t in self.host_terms if t not in own)
 
 
 def split_licenses(value: Optional[str]) -> list[str]:
@@ -121,6 +144,43 @@ def resolve_teacher(model: str, access: str, license: Optional[str], packs: Poli
                       license_only_terms=tuple(extra) if entries else ())
 
 
+def _provider_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.casefold())
+
+
+def is_first_party(host: str, provider: str) -> bool:
+    """``meta`` for Meta, ``mistral`` for Mistral AI, ``openai`` for OpenAI."""
+    h, p = _provider_key(host), _provider_key(provider)
+    return bool(h) and (h == p or p.startswith(h))
+
+
+def resolve_plan_teacher(teacher, packs: PolicySet) -> Resolution:
+    """:func:`resolve_teacher` plus the channel: who serves an API teacher (``teacher.host``).
+
+    - not an API teacher: as :func:`resolve_teacher`;
+    - no host: a closed model is taken to be served by its provider; an open-weights model (one
+      a weights entry knows) could be served by anyone, so ``host_status`` is ``missing`` (REVIEW);
+    - a host entry: the host's terms plus the model's licence (a weights entry or the declared
+      licence), or, for a closed model, its provider's API terms;
+    - the model's own provider: its API entry, as without a host;
+    - any other host: ``unknown`` (REVIEW), with the model's licence or provider terms.
+    """
+    res = resolve_teacher(teacher.model, teacher.access, teacher.license, packs)
+    if teacher.access != "api":
+        return res
+    weights = resolve_teacher(teacher.model, "weights", teacher.license, packs)
+    host = teacher.host
+    if host is None:
+        return replace(res, host_status="missing") if weights.entries else res
+    model = replace(weights, access="api") if weights.terms else res
+    found = packs.host(host)
+    if found is not None:
+        return replace(model, host=host, host_status="third_party", host_entry=found)
+    if res.entry is not None and is_first_party(host, res.entry.provider):
+        return replace(res, host=host, host_status="first_party")
+    return replace(model, host=host, host_status="unknown")
+
+
 def teacher_provider(res: Resolution, packs: PolicySet) -> Optional[str]:
     if res.entry is not None:
         return res.entry.provider
@@ -144,11 +204,19 @@ def evaluate_teacher(ctx: Context, packs: PolicySet, res: Resolution) -> tuple[l
     findings: list[Finding] = []
     obligations: list[Obligation] = []
     via: dict[str, Upstream] = {up.terms: up for _, up in res.upstream if up.terms not in res.terms}
+    own = set(res.terms) | set(via)
     for loaded, up in res.upstream:
         findings.append(Finding(
             rule_id=up.id, pack_id=loaded.pack.id, pack_version=loaded.pack.version, kind="teacher",
             effect="info", citation=up.citation,
             explanation=f"Upstream terms: {up.explanation} The clauses of {up.terms} apply as well."))
+    if res.host_entry is not None:
+        loaded, host = res.host_entry
+        findings.append(Finding(
+            rule_id=host.id, pack_id=loaded.pack.id, pack_version=loaded.pack.version, kind="teacher",
+            effect="info", citation=host.citation,
+            explanation=f"Host: {host.name} serves {res.model!r}; its terms ({', '.join(host.terms)}) apply "
+                        "together with the model's own licence or provider terms."))
     for terms_id in res.all_terms():
         loaded, doc = packs.terms(terms_id)
         for clause in doc.clauses:
@@ -160,6 +228,8 @@ def evaluate_teacher(ctx: Context, packs: PolicySet, res: Resolution) -> tuple[l
             prefix = f"{doc.title} ({doc.version})"
             if terms_id in via:
                 prefix = f"Inherited via {via[terms_id].id}: {prefix}"
+            elif terms_id not in own:
+                prefix = f"Host {res.host!r}: {prefix}"
             findings.append(Finding(
                 rule_id=clause.id, pack_id=loaded.pack.id, pack_version=loaded.pack.version, kind="teacher",
                 effect=out.effect, observed=out.observed, threshold=out.threshold, citation=clause.citation,
@@ -169,15 +239,85 @@ def evaluate_teacher(ctx: Context, packs: PolicySet, res: Resolution) -> tuple[l
     return findings, obligations
 
 
-def evaluate_clause(clause, ctx: Context) -> _Out:
-    applies = when_holds(clause.when, ctx)
+def evaluate_clause(clause, ctx: Context, when: Optional[When] = None, *, override: bool = False) -> _Out:
+    """One clause's effect; ``override`` evaluates ``when`` in place of the clause's own."""
+    when = when if override else clause.when
+    applies = when_holds(when, ctx)
     if applies is False:
         return _Out("info", f"not triggered for this plan. {clause.explanation}")
     if applies is None:
-        missing = ", ".join(missing_facts(clause.when, ctx))
+        missing = ", ".join(missing_facts(when, ctx))
         return _Out("review", f"cannot tell whether it applies: {missing} unknown. {clause.explanation}")
     handler = _HANDLERS[clause.type]
     return handler(clause, ctx)
+
+
+# -- the base model --------------------------------------------------------------------------
+
+BASE_PREFIX = "base-model."
+BASE_CLAUSE_TYPES = frozenset({"naming", "derivative_pass_through", "attribution", "notice_file", "use_policy",
+                               "usage_cap", "region_exclusion", "non_commercial"})
+"""Clause types that bind a model built on the licensed weights (a derivative), whoever taught it."""
+# Conditions about how the student relates to the teacher; a student built on the base model
+# contains its weights, the closest relation there is, so they hold for the base model's clauses.
+_TEACHER_RELATION = ("student_init", "student_derived_from", "access", "teacher_provider", "teacher_model",
+                     "teacher_terms")
+
+
+def base_model_of(plan) -> Optional[tuple[str, str]]:
+    """``(model id, field)`` of the weights the student starts from, or None for a scratch student."""
+    student = plan.student
+    if student.init == "base" and student.base_model:
+        return student.base_model, "student.base_model"
+    if student.init == "pruned_teacher":
+        return plan.teacher.model, "teacher.model (student.init: pruned_teacher)"
+    return None
+
+
+def resolve_base_model(plan, packs: PolicySet) -> Optional[Resolution]:
+    """The weights licence that governs the student's base model (None for a scratch student).
+    A pruned teacher's declared licence counts; a base model has no declared licence field."""
+    found = base_model_of(plan)
+    if found is None:
+        return None
+    model, _ = found
+    license = plan.teacher.license if plan.student.init == "pruned_teacher" else None
+    return resolve_teacher(model, "weights", license, packs)
+
+
+def _base_when(when: Optional[When]) -> Optional[When]:
+    return None if when is None else when.model_copy(update=dict.fromkeys(_TEACHER_RELATION))
+
+
+def evaluate_base_model(ctx: Context, packs: PolicySet, base: Optional[Resolution],
+                        already: set[str]) -> tuple[list[Finding], list[Obligation]]:
+    """The derivative-binding clauses of the base model's terms (and its upstream terms), as
+    ``base-model.<clause id>``. ``already``: clause ids the teacher's own evaluation applied
+    (not info), which are not repeated."""
+    findings: list[Finding] = []
+    obligations: list[Obligation] = []
+    if base is None or not base.terms:
+        return findings, obligations
+    for terms_id in base.all_terms():
+        loaded, doc = packs.terms(terms_id)
+        for clause in doc.clauses:
+            if clause.type not in BASE_CLAUSE_TYPES or clause.id in already:
+                continue
+            rule_id = BASE_PREFIX + clause.id
+            try:
+                out = evaluate_clause(clause, ctx, _base_when(clause.when), override=True)
+            except Exception as exc:  # noqa: BLE001 - fail closed
+                findings.append(rule_error(rule_id, exc))
+                continue
+            findings.append(Finding(
+                rule_id=rule_id, pack_id=loaded.pack.id, pack_version=loaded.pack.version, kind="teacher",
+                effect=out.effect, observed=out.observed, threshold=out.threshold, citation=clause.citation,
+                explanation=f"Base model {base.model!r}, {doc.title} ({doc.version}): the student is built on "
+                            f"these weights, so this binds it. {out.explanation}"))
+            if out.obligation is not None:
+                ob = out.obligation
+                obligations.append(ob.model_copy(update={"id": BASE_PREFIX + ob.id, "rule_id": rule_id}))
+    return findings, obligations
 
 
 def _obligation(clause, status: str, *, checkable: bool, authorized: bool = False,
@@ -257,15 +397,20 @@ def _non_commercial(clause, ctx: Context) -> _Out:
                 obligation=_obligation(clause, "met", checkable=True))
 
 
+_CAP_FIELDS = {"monthly_active_users": "use.monthly_active_users",
+               "organization_monthly_active_users": "organization.monthly_active_users",
+               "annual_revenue_usd": "organization.annual_revenue_usd"}
+
+
 def _usage_cap(clause, ctx: Context) -> _Out:
     value = ctx.fact(clause.metric)
-    unit = "users" if clause.metric == "monthly_active_users" else "USD"
+    unit = "USD" if clause.metric == "annual_revenue_usd" else "users"
     threshold = quantity(clause.limit, unit)
-    field_name = "use.monthly_active_users" if unit == "users" else "organization.annual_revenue_usd"
+    field_name = _CAP_FIELDS[clause.metric]
     if value is None:
         return _Out("review", f"{field_name} is not in the plan, so the cap cannot be checked. {clause.explanation}",
-                    observed="unknown", threshold=threshold)
-    observed = quantity(value, unit)
+                    observed=f"{field_name} unknown", threshold=threshold)
+    observed = f"{field_name} = {quantity(value, unit)}"
     if not COMPARE[clause.comparator](value, clause.limit):
         return _Out("info", f"below the cap. {clause.explanation}", observed=observed, threshold=threshold)
     if clause.authorization_lifts:
@@ -277,11 +422,21 @@ def _usage_cap(clause, ctx: Context) -> _Out:
 
 
 def _region(clause, ctx: Context) -> _Out:
-    codes = ctx.plan.organization.jurisdictions
-    observed = "organization.jurisdictions = " + ", ".join(codes)
-    if jurisdiction_covered(codes, clause.jurisdictions):
-        return _Out("deny", f"the organisation is in an excluded region. {clause.explanation}", observed=observed)
-    return _Out("info", f"the organisation is outside the excluded region. {clause.explanation}", observed=observed)
+    """Region clauses name where the licensee is domiciled or has its principal place of
+    business (``organization.domicile``), not the markets it serves (``jurisdictions``)."""
+    domicile = ctx.plan.organization.domicile
+    threshold = "domicile not in " + ", ".join(clause.jurisdictions)
+    if domicile is None:
+        return _Out("review", "organization.domicile is not in the plan, so it cannot be told whether the "
+                              "organisation is domiciled (principal place of business) in the excluded region; "
+                              f"the markets it serves (organization.jurisdictions) do not say. {clause.explanation}",
+                    observed="organization.domicile unknown", threshold=threshold)
+    observed = f"organization.domicile = {domicile}"
+    if jurisdiction_covered([domicile], clause.jurisdictions):
+        return _Out("deny", f"the organisation is domiciled in an excluded region. {clause.explanation}",
+                    observed=observed, threshold=threshold)
+    return _Out("info", f"the organisation is domiciled outside the excluded region. {clause.explanation}",
+                observed=observed, threshold=threshold)
 
 
 def _permission(clause, ctx: Context) -> _Out:

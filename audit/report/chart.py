@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from markupsafe import Markup, escape
 
+from audit.compute.types import OWN_TRAINING_COMPONENTS
 from audit.numbers import short_sci, sci
 
 WIDTH = 720
@@ -37,10 +38,11 @@ class Segment:
 
 NOTION_LABELS = {"cumulative": "Cumulative compute",
                  "parameter_update": "Compute for parameter updates",
-                 "modification": "Compute of this modification"}
+                 "modification": "Compute of this modification",
+                 "own_training": "The student's own training compute"}
 # the compute figure a regime's ``fact`` names -> the notion (bar) it is compared with
 FACT_NOTIONS = {"total_flops": "cumulative", "update_flops": "parameter_update",
-                "modification_flops": "modification"}
+                "modification_flops": "modification", "own_training_flops": "own_training"}
 
 
 @dataclass(frozen=True)
@@ -402,7 +404,7 @@ def _same_figure(a, b) -> bool:
 def bars_from_compute(compute: dict, compared=()) -> list[Bar]:
     """One bar per distinct compute figure: cumulative always; parameter-update and modification
     compute where they differ from it, are unknown, or a threshold in ``compared`` (notions)
-    tests them. A figure equal to the cumulative one shares its bar, and the label says so."""
+    tests them; the student's own training compute when a threshold compares it. A figure equal to the cumulative one shares its bar, and the label says so."""
     components = compute.get("components") or []
     cumulative = compute.get("total_flops")
     bars, merged = [], ["cumulative"]
@@ -412,6 +414,13 @@ def bars_from_compute(compute: dict, compared=()) -> list[Bar]:
             merged.append(notion)
         elif not (total is None and notion == "modification" and notion not in compared):
             bars.append(_bar(compute, components, (notion,), total))
+    if "own_training" in compared:  # its components: OWN_TRAINING_COMPONENTS, teacher inference excluded
+        own = [c for c in components if c.get("id") in OWN_TRAINING_COMPONENTS]
+        flops = [c.get("flops") for c in own]
+        total = sum(flops) if own and None not in flops else None
+        bars.append(Bar(NOTION_LABELS["own_training"],
+                        tuple(Segment(c.get("id", "?"), c.get("label") or c.get("id", "?"), c.get("flops"))
+                              for c in own), total, None, ("own_training",)))
     return [_bar(compute, components, tuple(merged), cumulative)] + bars
 
 

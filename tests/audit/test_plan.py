@@ -99,6 +99,7 @@ def leaf_paths(data, prefix=()):
 REQUIRED_OR_TYPED = [p for p in leaf_paths(VALID)
                      if p not in {("teacher", "config"), ("budget", "max_flops"),
                                   ("organization", "annual_revenue_usd"), ("use", "monthly_active_users"),
+                                  ("organization", "monthly_active_users"), ("organization", "domicile"),
                                   ("hardware", "price_per_hour_usd"), ("use", "commercial"),
                                   ("method", "temperature"), ("use", "purpose"), ("name",),
                                   ("student", "name"), ("organization", "name"), ("teacher", "model"),

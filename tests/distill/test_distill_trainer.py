@@ -103,7 +103,7 @@ def write_plan(root, **method):
         "student": {"name": "tiny-student", "config": "./student.json", "init": "scratch"},
         "data": {"tokens": 640, "seq_len": 16, "manifest": "./manifest.json"},
         "method": {"kind": "logits", "loss": "jsd", "temperature": 2.0, **method},
-        "use": {"purpose": "tests"}, "schedule": {"start": "2026-12-01"},
+        "use": {"purpose": "tests", "scope": "narrow", "distribution": "internal"}, "schedule": {"start": "2026-12-01"},
     }
     path = root / "plan.yaml"
     path.write_text(json.dumps(plan))  # JSON is YAML

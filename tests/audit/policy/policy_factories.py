@@ -15,7 +15,8 @@ from audit.plan import Plan
 BASE_PLAN: dict[str, Any] = {
     "plan_version": 1,
     "name": "scenario",
-    "organization": {"name": "Acme", "jurisdictions": ["EU"], "annual_revenue_usd": 2.0e8},
+    "organization": {"name": "Acme", "jurisdictions": ["EU"], "domicile": "EU", "annual_revenue_usd": 2.0e8,
+                     "monthly_active_users": 1.0e6},
     "teacher": {"model": "meta-llama/Llama-3.1-8B-Instruct", "access": "weights"},
     "student": {"name": "Acme-Student-1B", "config": "llama-3.2-1b", "init": "scratch"},
     "data": {"tokens": 2.0e10},

@@ -27,7 +27,8 @@ def _write_plan(tmp_path, *, teacher="meta-llama/Llama-3.1-8B-Instruct", access=
     path.write_text(textwrap.dedent(f"""\
         plan_version: 1
         name: cli-test
-        organization: {{name: Acme, jurisdictions: {jurisdictions}, annual_revenue_usd: 2.0e8}}
+        organization: {{name: Acme, jurisdictions: {jurisdictions}, domicile: EU, annual_revenue_usd: 2.0e8,
+                        monthly_active_users: 1.0e5}}
         teacher: {{model: {teacher}, access: {access}, parameters: 8.0e9}}
         student: {{name: {student}, config: ./student.json}}
         data: {{tokens: 1.0e9, seq_len: 256}}
@@ -190,7 +191,7 @@ def test_policies_list_json(capsys):
     assert {"eu-ai-act", "us-california", "us-new-york", "south-korea", "us-federal", "teachers-meta"} <= set(by_id)
     for r in rows:
         assert r["sha256"] == sha256_file(r["path"])
-    assert by_id["teachers-meta"]["teachers"] == 8
+    assert by_id["teachers-meta"]["teachers"] == 9  # Llama 2, Code Llama, 3, 3.1, 3.2, 3.2 Vision, 3.3, 4, API
 
 
 def test_policies_list_table(capsys):

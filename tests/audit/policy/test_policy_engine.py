@@ -106,10 +106,12 @@ def test_decide_does_not_read_the_clock(builtin_packs, monkeypatch):
     assert again == expected
 
 
-def test_notification_deadline_is_two_weeks_after_the_planned_start(builtin_packs):
-    decision = decide(make_plan(), make_compute(total_flops=2e25), builtin_packs, START)
+def test_notification_deadline_is_two_weeks_after_the_audit(builtin_packs):
+    # before: schedule.start + 14 days; the two weeks run from the pre-run estimate (Art. 52(1))
+    decision = decide(make_plan(), make_compute(total_flops=2e25), builtin_packs, START,
+                      audit_date=dt.date(2026, 11, 20))
     notify = next(o for o in decision.obligations if o.id == "eu-ai-act.systemic-risk.notify-commission")
-    assert notify.deadline.startswith("2026-12-15 (")  # 1 December + 14 days
+    assert notify.deadline.startswith("2026-12-04 (")  # 20 November + 14 days, before the 1 December start
     assert notify.status == "todo" and not notify.checkable
 
 

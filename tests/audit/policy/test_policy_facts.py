@@ -17,7 +17,7 @@ from policy_factories import make_compute
 PLAN = """\
 plan_version: 1
 name: local-teacher
-organization: {name: Acme, jurisdictions: [EU]}
+organization: {name: Acme, jurisdictions: [EU], domicile: EU, monthly_active_users: 1.0e5}
 teacher: {model: ./teacher, access: weights%s}
 student: {name: %s, config: llama-3.2-1b, init: scratch}
 data: {tokens: 1.0e9}

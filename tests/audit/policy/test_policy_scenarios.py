@@ -43,6 +43,8 @@ def run_scenario(row: dict):
     facts = PlanFacts()
     if "manifest_facts" in row:  # what read_plan_facts read from data.manifest
         facts = PlanFacts(manifest=plan.data.manifest, **(row["manifest_facts"] or {}))
+    if "card_facts" in row:  # what read_plan_facts read from a local teacher folder's README/LICENSE
+        facts = facts.model_copy(update=row["card_facts"])
     compute = make_compute(**(row.get("compute") or {}))
     as_of = row.get("as_of") or plan.schedule.start
     return decide(plan, compute, _packs(tuple(row.get("org_packs", []))), as_of, facts)
@@ -104,6 +106,12 @@ def test_every_teacher_entry_appears_in_a_scenario(builtin_packs):
     seen = {_decision(i).teacher.entry_id for i in range(len(SCENARIOS))}
     missing = {e.id for _, e in builtin_packs.teachers()} - seen
     assert not missing, f"teacher entries without a scenario: {sorted(missing)}"
+
+
+def test_every_host_entry_appears_in_a_scenario(builtin_packs):
+    seen = {_decision(i).teacher.host_entry_id for i in range(len(SCENARIOS))}
+    missing = {h.id for _, h in builtin_packs.hosts()} - seen
+    assert not missing, f"host entries without a scenario: {sorted(missing)}"
 
 
 def test_every_regime_threshold_is_tested_below_at_and_above(builtin_packs):

@@ -294,6 +294,20 @@ def test_threshold_on_an_unknown_figure_gets_an_unknown_bar():
     assert not any(overlaps(line, row) for name, row in rows.items() if name != "Compute of this modification")
 
 
+def test_a_threshold_on_own_training_compute_crosses_its_own_bar():
+    """SB 53 and the other own-training rules compare the student's training (plus a base
+    model's), never teacher inference: their line crosses a bar of just those components."""
+    regimes = [_regime_dict("SB 53", 1e26, fact="own_training_flops", notion="cumulative")]
+    root = svg_tree(compute_chart(SPLIT_COMPUTE, regimes))
+    rows = bar_rows(root)
+    assert "The student's own training compute" in rows
+    bar = next(b for b in bars_from_compute(SPLIT_COMPUTE, {"own_training"}) if b.notions == ("own_training",))
+    assert bar.total == 5e22 and [s.key for s in bar.segments] == ["student_training"]
+    (line,) = threshold_lines(root)
+    assert crosses(line, rows["The student's own training compute"])
+    assert not overlaps(line, rows["Cumulative compute"])
+
+
 def test_real_eu_pack_draws_gpai_against_the_update_figure():
     """The engine's own regime results: EU GPAI tests ``update_flops`` (1e23), systemic risk
     ``total_flops`` (1e25); cumulative 3.0e23 is above 1e23, parameter updates 5e22 below."""
