@@ -34,16 +34,7 @@ SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_la
 def register(subparsers) -> None:
     p = subparsers.add_parser("distill", help="run the planned distillation behind a verified audit",
                               description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("plan", help="the plan file (YAML) the audit was made for")
-    p.add_argument("--attestation", required=True, metavar="FILE", help="the signed audit (audit.intoto.json)")
-    trust = p.add_mutually_exclusive_group()
-    trust.add_argument("--pubkey", metavar="FILE", help="trust this auditor public key")
-    trust.add_argument("--trust", metavar="DIR", help="trust every *.pub auditor key in this folder")
-    p.add_argument("--approval", metavar="FILE", help="a reviewer's approval (needed for a REVIEW audit)")
-    p.add_argument("--approver-pubkey", metavar="FILE", help="trust this reviewer public key")
-    p.add_argument("--approver-trust", metavar="DIR", help="trust every *.pub reviewer key in this folder")
-    p.add_argument("--max-age-days", type=positive(float, maximum=36500), default=30.0, metavar="N",
-                   help="refuse an audit older than N days (default 30)")
+    add_gate_options(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default: ./distill-out/PLAN-NAME)")
     p.add_argument("--key", metavar="FILE", help="Ed25519 key that signs the run record "
                                                  "(default: the local key, created on first use)")
@@ -67,13 +58,31 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _refuse(reasons: list[str]) -> int:
+def add_gate_options(p) -> None:
+    """The plan, the signed audit and whom to trust: the same flags for every gated command
+    (distill, generate), with the meanings of :func:`distill.gated.verify_audit`."""
+    p.add_argument("plan", help="the plan file (YAML) the audit was made for")
+    p.add_argument("--attestation", required=True, metavar="FILE", help="the signed audit (audit.intoto.json)")
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument("--pubkey", metavar="FILE", help="trust this auditor public key")
+    trust.add_argument("--trust", metavar="DIR", help="trust every *.pub auditor key in this folder")
+    p.add_argument("--approval", metavar="FILE", help="a reviewer's approval (needed for a REVIEW audit)")
+    p.add_argument("--approver-pubkey", metavar="FILE", help="trust this reviewer public key")
+    p.add_argument("--approver-trust", metavar="DIR", help="trust every *.pub reviewer key in this folder")
+    p.add_argument("--max-age-days", type=positive(float, maximum=36500), default=30.0, metavar="N",
+                   help="refuse an audit older than N days (default 30)")
+
+
+def refuse(command: str, reasons: list[str]) -> int:
+    """Print every reason the gate gave (stderr) and return its exit code (6)."""
     from distill.gate import GATE_REFUSED_EXIT
 
-    print(f"flopgate: distill refused ({len(reasons)} reason(s)):", file=sys.stderr)
+    print(f"flopgate: {command} refused ({len(reasons)} reason(s)):", file=sys.stderr)
     for reason in reasons:
         print(f"  {reason}", file=sys.stderr)
     return GATE_REFUSED_EXIT
+
+
 
 
 def run(args) -> int:
@@ -85,7 +94,7 @@ def run(args) -> int:
                            approver_trust=args.approver_trust, max_age_days=args.max_age_days,
                            out_dir=args.out, key=args.key, ledger=args.ledger, resume=args.resume)
     except GateRefused as refused:
-        return _refuse(refused.reasons)
+        return refuse("distill", refused.reasons)
     gate = opened.gate
     print(f"gate open: audit {args.attestation} (outcome {gate.outcome}, sha256 {gate.envelope_sha256[:12]}...)")
     for note in gate.notes:
@@ -98,7 +107,7 @@ def run(args) -> int:
         # per-training-token figure is the student's alone.
         teacher_fpt = ((gate.predicate.get("compute") or {}).get("teacher") or {}).get("forward_flops_per_token")
         if not positive_number(teacher_fpt):
-            return _refuse(["compute: the audit has no teacher forward FLOP per token for the logit cache"])
+            return refuse("distill", ["compute: the audit has no teacher forward FLOP per token for the logit cache"])
         flops_per_token -= teacher_fpt
     cfg = train_config(loaded, args, out_dir=opened.out_dir, flops_per_token=flops_per_token, budget=budget,
                        teacher_flops_per_token=teacher_fpt,

@@ -251,6 +251,26 @@ def _dist_context():
                        owns_group=False)
 
 
+def verify_audit(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey: str | None = None,
+                 trust: str | None = None, approval: str | None = None, approver_pubkey: str | None = None,
+                 approver_trust: str | None = None, max_age_days: float = 30, now: dt.datetime | None = None):
+    """The gate's checks alone (:func:`distill.gate.open_gate`) with the keys named by paths, as
+    the commands' flags name them: the open :class:`distill.gate.GateResult`, or
+    :class:`GateRefused` with every reason. ``flopgate generate`` stops here; training goes on
+    to :func:`open_gate`, which adds the compute budget."""
+    from audit.attest.keys import load_trusted_keys
+    from distill.gate import open_gate as verify_gate
+
+    trusted = load_trusted_keys(pubkey, trust)
+    approvers = load_trusted_keys(approver_pubkey, approver_trust) if approver_pubkey or approver_trust else None
+    gate = verify_gate(attestation, plan, trusted_keys=trusted, approval_path=approval, trusted_approvers=approvers,
+                       max_age_days=max_age_days, now=now or dt.datetime.now(dt.timezone.utc),
+                       installed_pack_versions=_installed_pack_versions())
+    if not gate.ok:
+        raise GateRefused(gate.reasons)
+    return gate
+
+
 def open_gate(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey: str | None = None,
               trust: str | None = None, approval: str | None = None, approver_pubkey: str | None = None,
               approver_trust: str | None = None, max_age_days: float = 30,
@@ -262,17 +282,11 @@ def open_gate(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey
     ``out_dir`` names the run in the ledger: a later call with the same folder continues its
     charges (``resume``), another folder shares what is left of the audit's budget; None means
     :func:`default_out_dir`."""
-    from audit.attest.keys import load_trusted_keys
-    from distill.gate import open_gate as verify_gate
     from distill.ledger_charges import read_charges
 
-    trusted = load_trusted_keys(pubkey, trust)
-    approvers = load_trusted_keys(approver_pubkey, approver_trust) if approver_pubkey or approver_trust else None
-    gate = verify_gate(attestation, plan, trusted_keys=trusted, approval_path=approval, trusted_approvers=approvers,
-                       max_age_days=max_age_days, now=now or dt.datetime.now(dt.timezone.utc),
-                       installed_pack_versions=_installed_pack_versions())
-    if not gate.ok:
-        raise GateRefused(gate.reasons)
+    gate = verify_audit(plan, attestation, pubkey=pubkey, trust=trust, approval=approval,
+                        approver_pubkey=approver_pubkey, approver_trust=approver_trust,
+                        max_age_days=max_age_days, now=now)
     figures = meter_figures(gate.loaded_plan.plan, gate.predicate)
     if figures.refusal:
         raise GateRefused([figures.refusal])

@@ -1,0 +1,380 @@
+"""``flopgate generate PLAN --attestation audit.intoto.json``: the teacher answers the audited
+prompts, behind the same gate as ``flopgate distill``.
+
+Order: (1) the gate (distill/gate.py): signature by a trusted key, file digests (the prompts
+file included), plan, outcome (and approval for REVIEW), age, policy-pack versions; a refusal
+exits 6. (2) The plan must name an API teacher (teacher.endpoint), a prompts file
+(data.prompts) and method.kind sequence; --endpoint may only change the port or path, never the
+audited host (exit 6). (3) The allowance: the audited method.prompt_tokens and
+method.teacher_generated_tokens, less what other jobs under this audit spent (the ledger's
+generation rows). (4) Generation through the official openai client: CONCURRENCY requests at
+once, retries with exponential backoff and jitter on 429, 408, 5xx, timeouts and dropped
+connections (Retry-After honoured), a one-line error on 401/403/404 (exit 2). Each answer is
+appended to OUT/samples.jsonl (flush + fsync); --resume continues a killed or stopped job
+without asking a prompt twice. --filter module:function is called on each sample and returns
+True (keep) or False (discard); discarded samples stay in samples.jsonl, marked, and their
+tokens count. The job stops before a request could pass the allowance (its prompt counted
+conservatively, its answer bounded by --max-tokens). (5) kept-samples.jsonl, data-manifest.json
+and the signed generation record in OUT; a generation row in the ledger.
+
+The API key is read from the environment variable named by teacher.api_key_env, and never
+written or printed. Exit codes: 0 done (also after a clean stop at the allowance), 6 refused by
+the gate or no allowance left, 2 invalid input or a refused key, 1 a prompt that kept failing
+(resume later) or an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from audit.cli.args import add_ledger_option, help_text, positive
+from distill.cli import add_gate_options, refuse
+
+GENERATE_DEFAULT_OUT = "generate-out"
+LEDGER_EVERY_S = 10.0
+"""While a job runs, its running totals (spent + reserved in flight) go to the ledger this often."""
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="have an API teacher answer the audited prompts, behind a verified audit",
+                              description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_gate_options(p)
+    p.add_argument("--out", metavar="DIR", help="output folder (default: ./generate-out/PLAN-NAME)")
+    p.add_argument("--key", metavar="FILE", help="Ed25519 key that signs the record and the ledger row "
+                                                 "(default: the local key, created on first use)")
+    p.add_argument("--endpoint", metavar="URL", help="another base URL for the audited endpoint host (a port or "
+                   "path change); a different host is refused")
+    p.add_argument("--resume", action="store_true", help="continue the job in --out")
+    p.add_argument("--filter", metavar="MODULE:FUNCTION", help="called on each sample (a dict); True keeps it, "
+                   "False marks it discarded (its tokens still count)")
+    p.add_argument("--max-tokens", type=positive(int, maximum=10_000_000), default=1024, metavar="N",
+                   help="the most tokens one answer may have (default 1024)")
+    p.add_argument("--temperature", type=_non_negative, default=1.0, metavar="T", help="sampling temperature (default 1)")
+    p.add_argument("--top-p", type=positive(float, maximum=1), metavar="P", help="nucleus sampling")
+    p.add_argument("--seed", type=int, metavar="N", help="sampling seed, where the endpoint supports one")
+    p.add_argument("--concurrency", type=positive(int, maximum=1024), default=4, metavar="N",
+                   help="requests in flight at once (default 4)")
+    p.add_argument("--timeout", type=positive(float), default=120.0, metavar="S",
+                   help="seconds one request may take (default 120)")
+    p.add_argument("--max-attempts", type=positive(int, maximum=100), default=6, metavar="N",
+                   help="attempts per prompt, the first included (default 6)")
+    p.add_argument("--backoff", type=_non_negative, default=0.5, metavar="S",
+                   help="first retry delay; doubled each retry, with full jitter (default 0.5)")
+    p.add_argument("--backoff-max", type=_non_negative, default=60.0, metavar="S",
+                   help="the longest wait between attempts, Retry-After included (default 60)")
+    add_ledger_option(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from distill.gated import GateRefused, verify_audit
+
+    try:
+        gate = verify_audit(args.plan, args.attestation, pubkey=args.pubkey, trust=args.trust,
+                            approval=args.approval, approver_pubkey=args.approver_pubkey,
+                            approver_trust=args.approver_trust, max_age_days=args.max_age_days)
+    except GateRefused as refused:
+        return refuse("generate", refused.reasons)
+    loaded = gate.loaded_plan  # parsed from the very bytes the gate verified
+    endpoint, refusal = _endpoint(loaded, gate, args.endpoint)
+    if refusal:
+        return refuse("generate", [refusal])
+    print(f"gate open: audit {args.attestation} (outcome {gate.outcome}, sha256 {gate.envelope_sha256[:12]}...)")
+    for note in gate.notes:
+        print(f"  {note}")
+    return _generate(args, loaded, gate, endpoint)
+
+
+def _endpoint(loaded, gate, override: str | None) -> tuple[str, str | None]:
+    """(the base URL to use, a refusal or None). The plan must name an API teacher endpoint;
+    its host is the audited one (the signed plan's content says so too) and an --endpoint may
+    change the port or path only."""
+    from audit.errors import InputError
+    from audit.plan import endpoint_host
+
+    plan, source = loaded.plan, str(loaded.path)
+    if plan.teacher.access != "api" or not plan.teacher.endpoint:
+        raise InputError("flopgate generate asks an API teacher: set teacher.access: api and teacher.endpoint "
+                         "(an OpenAI-compatible base URL) and re-run flopgate check (a local teacher backend is not "
+                         "built yet)", source=source, field="teacher.endpoint")
+    if plan.method.kind != "sequence":
+        raise InputError(f"flopgate generate writes sequence-level training data; the plan's method.kind is "
+                         f"{plan.method.kind!r}, expected 'sequence'", source=source, field="method.kind")
+    if not plan.data.prompts:
+        raise InputError("the teacher answers an audited prompts file; set data.prompts (JSONL) and re-run "
+                         "flopgate check", source=source, field="data.prompts")
+    audited_teacher = (gate.audit.plan.content or {}).get("teacher") or {}
+    audited = audited_teacher.get("endpoint")
+    host = endpoint_host(plan.teacher.endpoint)
+    if not isinstance(audited, str):
+        return "", "endpoint: the audit's plan names no teacher endpoint; re-run flopgate check"
+    try:
+        audited_host = endpoint_host(audited)
+    except ValueError:
+        return "", "endpoint: the audit's plan has an unusable teacher endpoint; re-run flopgate check"
+    if host != audited_host:
+        return "", f"endpoint: the plan's endpoint host {host} is not the audited host {audited_host}"
+    if override is None:
+        return plan.teacher.endpoint, None
+    try:
+        wanted = endpoint_host(override)
+    except ValueError as exc:
+        raise InputError(str(exc).removeprefix("endpoint: "), field="--endpoint") from None
+    if wanted != audited_host:
+        return "", f"endpoint: --endpoint names host {wanted}, not the audited host {audited_host}; the teacher " \
+                   "may only be asked where the audit says"
+    return override, None
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "job"
+
+
+def _generate(args, loaded, gate, endpoint: str) -> int:
+    from audit.errors import InputError
+    from audit.plan import endpoint_host
+    from distill.generation.api import OpenAIBackend, api_key_for
+    from distill.generation.backend import Sampling
+    from distill.generation.journal import (ATTEMPTS_FILE, JOB_FILE, SAMPLES_FILE, Journal, load_state,
+                                            read_job_file, write_job_file)
+    from distill.generation.meter import TokenMeter
+    from distill.generation.prompts import read_prompts
+    from distill.generation.record import RECORD_ENVELOPE, RECORD_JSON
+    from distill.generation.retry import RetryPolicy
+    from distill.generation.runner import run_prompts
+
+    plan = loaded.plan
+    out_dir = Path(args.out) if args.out else Path(GENERATE_DEFAULT_OUT) / _safe_name(plan.name)
+    audited_prompts = next(e.sha256 for e in gate.audit.inputs_of("prompts"))  # the gate checked there is one
+    prompts, prompts_sha256 = read_prompts(plan.data.prompts, expected_sha256=audited_prompts)
+    sampling = Sampling(model=plan.teacher.model, max_tokens=args.max_tokens, temperature=args.temperature,
+                        top_p=args.top_p, seed=args.seed)
+    keep = _load_filter(args.filter) if args.filter else None
+    job = {"audit_sha256": gate.envelope_sha256, "plan_sha256": gate.audit.plan.sha256,
+           "prompts_sha256": prompts_sha256,
+           "teacher": {"model": plan.teacher.model, "endpoint_host": endpoint_host(endpoint)},
+           "sampling": sampling.as_dict(), "filter": args.filter}
+
+    used = [n for n in (JOB_FILE, SAMPLES_FILE, ATTEMPTS_FILE) if (out_dir / n).exists()]
+    if (out_dir / RECORD_ENVELOPE).exists() or (out_dir / RECORD_JSON).exists():
+        raise InputError(f"holds a finished job with a signed record ({RECORD_ENVELOPE}); it is never overwritten: "
+                         "choose another output folder (--out)", source=str(out_dir))
+    if used and not args.resume:
+        raise InputError(f"already holds a generation job ({', '.join(used)}); continue it (--resume) or choose "
+                         "another output folder (--out)", source=str(out_dir))
+    if args.resume:
+        if JOB_FILE not in used:
+            raise InputError(f"holds no generation job ({JOB_FILE}) to resume", source=str(out_dir))
+        started = read_job_file(out_dir)
+        for key_name, value in job.items():
+            if started.get(key_name) != value:
+                raise InputError(f"the job was started with another {key_name} ({started.get(key_name)!r}); resume "
+                                 f"it with the same audit, prompts, teacher, sampling flags and filter"[:400],
+                                 source=str(out_dir / JOB_FILE), field=key_name)
+        job_id = str(started.get("job_id"))
+    else:
+        job_id = str(uuid.uuid4())
+    state = load_state(out_dir) if args.resume else None
+    done = state.done if state else {}
+    pending = [p for p in prompts if p.id not in done]
+    stray = sorted(set(done) - {p.id for p in prompts})
+    if stray:
+        raise InputError(f"holds samples for prompt ids not in the audited prompts ({stray[0]!r}...)",
+                         source=str(out_dir / SAMPLES_FILE))
+
+    # the allowance: the audited figures less what other jobs under this audit spent
+    others = _other_jobs(gate.envelope_sha256, job_id, args.ledger)
+    allowed_prompt = plan.method.prompt_tokens - others[0]
+    allowed_completion = plan.method.teacher_generated_tokens - others[1]
+    meter = TokenMeter(allowed_prompt, allowed_completion, used_prompt=state.prompt_tokens if state else 0,
+                       used_completion=state.completion_tokens if state else 0)
+    if pending and not meter.fits_ever(pending[0].max_prompt_tokens(), sampling.max_tokens) and not (state and state.attempts):
+        return refuse("generate", [f"budget: audit {gate.envelope_sha256[:12]}... allows {allowed_prompt:,.0f} more prompt and "
+                        f"{allowed_completion:,.0f} more generated tokens (audited {plan.method.prompt_tokens:,.0f} and "
+                        f"{plan.method.teacher_generated_tokens:,.0f}, other jobs spent {others[0]:,} and {others[1]:,}); "
+                        f"the first prompt could need {pending[0].max_prompt_tokens():,} + {sampling.max_tokens:,}"])
+
+    private_key, key_path = _signing_key(args.key)
+    api_key, key_source = api_key_for(plan, os.environ)
+    backend = OpenAIBackend(endpoint, api_key, key_source=key_source, timeout_s=args.timeout)
+    del api_key
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        write_job_file(out_dir, {"job_id": job_id, **job})
+    journal = Journal(out_dir, session=(state.sessions if state else 0) + 1)
+    print(f"job {job_id}: {len(pending)} of {len(prompts)} prompt(s) to answer with {plan.teacher.model} at "
+          f"{endpoint_host(endpoint)} ({args.concurrency} at once)")
+    summary, status = None, "failed"
+    booked_at = [time.monotonic()]
+
+    def book_running() -> None:  # spent + in flight, from memory: the journal is being written
+        if time.monotonic() - booked_at[0] >= LEDGER_EVERY_S:
+            booked_at[0] = time.monotonic()
+            _append_row(args, gate, job_id, out_dir, "running", endpoint_host(endpoint), plan.teacher.model,
+                        private_key, prompt_tokens=meter.used_prompt + meter.reserved_prompt,
+                        completion_tokens=meter.used_completion + meter.reserved_completion,
+                        answered=None, kept=None)
+
+    try:
+        if state and state.attempts:  # a died session's spending reaches the ledger before any request
+            _append_row(args, gate, job_id, out_dir, "running", endpoint_host(endpoint), plan.teacher.model,
+                        private_key, prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens,
+                        answered=len(state.done), kept=None)
+        summary = run_prompts(pending, backend, sampling, meter, journal, concurrency=args.concurrency,
+                              retry=RetryPolicy(args.max_attempts, args.backoff, args.backoff_max), keep=keep,
+                              filter_name=args.filter, log=lambda line: print(line, flush=True),
+                              progress=book_running)
+        status = "stopped_by_budget" if summary.stopped_by_budget else "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        journal.close()
+        backend.close()
+        _book(args, gate, job_id, out_dir, status, endpoint_host(endpoint), plan.teacher.model, private_key,
+              failing=summary is None)
+    return _finish(args, loaded, gate, out_dir, prompts, prompts_sha256, job, job_id, summary, private_key, key_path,
+                   allowed=(allowed_prompt, allowed_completion))
+
+
+def _load_filter(spec: str):
+    """``module:function`` from the current folder or the installed packages."""
+    import importlib
+
+    from audit.errors import InputError
+
+    module_name, _, function = spec.partition(":")
+    if not module_name or not function:
+        raise InputError(f"expected MODULE:FUNCTION, got {spec!r}", field="--filter")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - the user's module: one line
+        raise InputError(f"cannot import {module_name} ({type(exc).__name__}: {exc})"[:300], field="--filter") from None
+    keep = getattr(module, function, None)
+    if not callable(keep):
+        raise InputError(f"{module_name} has no function {function}", field="--filter")
+    return keep
+
+
+def _signing_key(path: str | None):
+    from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
+
+    if path:
+        return load_private_key(path), Path(path)
+    key, where, created = ensure_default_key()
+    if created:
+        print(f"created a local signing key: {where} ({short_fingerprint(key_id(key.public_key()))})", file=sys.stderr)
+    return key, where
+
+
+def _other_jobs(audit_sha256: str, job_id: str, ledger_path) -> tuple[int, int]:
+    """(prompt, completion) tokens other generation jobs under this audit spent: each job's
+    latest ledger row (rows carry the job's running totals)."""
+    from audit.ledger.store import Ledger, ledger_exists
+
+    if not ledger_exists(ledger_path):
+        return 0, 0
+    latest: dict[str, dict] = {}
+    with Ledger(ledger_path, create=False) as ledger:
+        for row in ledger.rows(audit=audit_sha256):
+            body = row.get("body") or {}
+            if row.get("kind") == "generation" and row.get("audit_sha256") == audit_sha256 and body.get("job_id") != job_id:
+                latest[str(body.get("job_id"))] = body
+    return (sum(int(b.get("prompt_tokens", 0)) for b in latest.values()),
+            sum(int(b.get("completion_tokens", 0)) for b in latest.values()))
+
+
+def _book(args, gate, job_id: str, out_dir: Path, status: str, host: str, model: str, private_key, *,
+          failing: bool) -> None:
+    """The job's running totals as a ``generation`` row in the ledger. When the job is already
+    failing, a ledger that cannot be written is a warning, so the first error is the one shown."""
+    from distill.generation.journal import load_state
+
+    try:
+        state = load_state(out_dir)
+        kept = sum(1 for r in state.done.values() if r.get("status") == "kept")
+        _append_row(args, gate, job_id, out_dir, status, host, model, private_key, prompt_tokens=state.prompt_tokens,
+                    completion_tokens=state.completion_tokens, answered=len(state.done), kept=kept)
+    except Exception as exc:  # noqa: BLE001
+        if not failing:
+            raise
+        print(f"flopgate: warning: the job's tokens were not recorded in the ledger ({exc})", file=sys.stderr)
+
+
+def _append_row(args, gate, job_id: str, out_dir: Path, status: str, host: str, model: str, private_key, *,
+                prompt_tokens: int, completion_tokens: int, answered: int, kept) -> None:
+    """One ``generation`` row: the job's running totals (each row replaces the job's previous
+    one when jobs are summed: :func:`_other_jobs`)."""
+    from audit.ledger.store import Ledger
+
+    body = {"job_id": job_id, "out": str(out_dir.resolve()), "status": status,
+            "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
+            "teacher_model": model, "endpoint_host": host}
+    if answered is not None:
+        body["answered"] = answered
+    if kept is not None:
+        body.update(kept=kept, discarded=answered - kept)
+    with Ledger(args.ledger) as ledger:
+        ledger.append("generation", gate.envelope_sha256, body, private_key)
+
+
+def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job: dict, job_id: str, summary,
+            private_key, key_path, *, allowed: tuple[float, float]) -> int:
+    from audit.attest.keys import key_id, short_fingerprint
+    from distill.generation.journal import load_state
+    from distill.generation.record import write_generation_record, write_kept
+
+    plan = loaded.plan
+    state = load_state(out_dir)
+    answered = state.done
+    kept = sum(1 for r in answered.values() if r.get("status") == "kept")
+    used_prompt = sum(int(r["usage"]["prompt_tokens"]) for r in answered.values())
+    used_completion = sum(int(r["usage"]["completion_tokens"]) for r in answered.values())
+    write_kept(out_dir, [p.id for p in prompts], answered, teacher=job["teacher"], audit_sha256=gate.envelope_sha256,
+               prompts_sha256=prompts_sha256)
+    body = {"job": {"id": job_id, "sessions": state.sessions, "attempts": state.attempts},
+            "teacher": {**job["teacher"],
+                        "models_reported": sorted({str(r.get("teacher_model")) for r in answered.values()})},
+            "sampling": job["sampling"], "filter": job["filter"], "prompts_count": len(prompts),
+            "outputs": {"answered": len(answered), "kept": kept, "discarded": len(answered) - kept,
+                        "unanswered": len(prompts) - len(answered)},
+            "tokens": {"prompt": state.prompt_tokens, "completion": state.completion_tokens,
+                       "lost_prompt": state.prompt_tokens - used_prompt,
+                       "lost_completion": state.completion_tokens - used_completion,
+                       "allowed_prompt": float(allowed[0]), "allowed_completion": float(allowed[1]),
+                       "audited_prompt": float(plan.method.prompt_tokens),
+                       "audited_completion": float(plan.method.teacher_generated_tokens)},
+            "stopped_by_budget": summary.stopped_by_budget, "message": summary.message,
+            "wall_time_s": state.wall_time_s}
+    written = write_generation_record(
+        out_dir, audit=gate.audit, audit_envelope=args.attestation, envelope_sha256=gate.envelope_sha256,
+        plan_path=loaded.path, prompts_path=plan.data.prompts, prompts_sha256=prompts_sha256,
+        private_key=private_key, body=body, approval_path=args.approval if gate.approval_sha256 else None,
+        approval_sha256=gate.approval_sha256)
+    print(summary.message)
+    print(f"answered {len(answered)} of {len(prompts)} prompt(s): {kept} kept, {len(answered) - kept} discarded")
+    print(f"tokens: {state.prompt_tokens:,} prompt of {allowed[0]:,.0f}, {state.completion_tokens:,} generated of "
+          f"{allowed[1]:,.0f} (lost to failures and charged: {state.prompt_tokens - used_prompt:,} + "
+          f"{state.completion_tokens - used_completion:,}); {state.wall_time_s:.1f} s")
+    print(f"generation record: {written.envelope_path}")
+    print(f"signed by:         {short_fingerprint(key_id(private_key.public_key()))} ({key_path}; verify with its .pub)")
+    return 0

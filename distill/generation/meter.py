@@ -1,0 +1,67 @@
+"""The audited token allowance of a generation job.
+
+The audit signs ``method.prompt_tokens`` (prompt tokens prefilled) and
+``method.teacher_generated_tokens`` (every token the teacher generates, discarded samples
+included). A job may spend what the audit allows less what other jobs under the same audit
+already spent (the ledger's ``generation`` rows).
+
+Before a request the runner *reserves* its bound: the prompt's conservative token count
+(:meth:`distill.generation.prompts.Prompt.max_prompt_tokens`) and ``max_tokens`` for the
+completion. A reservation that would take used + reserved past either limit is refused, so
+requests in flight together can never pass the allowance. When the answer comes back the
+reservation is *settled* with the usage the teacher reported (or with the whole bound, when
+the teacher may have worked without saying what it spent: a timeout, a dropped connection).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reservation:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TokenMeter:
+    """Thread-safe. ``used_*`` start at what this job already spent (a resumed job)."""
+
+    def __init__(self, prompt_limit: float, completion_limit: float, *, used_prompt: int = 0,
+                 used_completion: int = 0):
+        self.prompt_limit, self.completion_limit = float(prompt_limit), float(completion_limit)
+        self.used_prompt, self.used_completion = int(used_prompt), int(used_completion)
+        self.reserved_prompt = self.reserved_completion = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, prompt_tokens: int, completion_tokens: int) -> Reservation | None:
+        """The reservation, or None when it does not fit now (the caller waits for requests in
+        flight to settle, or stops when none is)."""
+        with self._lock:
+            if (self.used_prompt + self.reserved_prompt + prompt_tokens > self.prompt_limit
+                    or self.used_completion + self.reserved_completion + completion_tokens > self.completion_limit):
+                return None
+            self.reserved_prompt += prompt_tokens
+            self.reserved_completion += completion_tokens
+            return Reservation(prompt_tokens, completion_tokens)
+
+    def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> None:
+        """Replace ``reservation`` by what was spent. More than reserved (a teacher whose
+        tokenizer broke the bound) is charged in full: the meter never undercounts."""
+        with self._lock:
+            self.reserved_prompt -= reservation.prompt_tokens
+            self.reserved_completion -= reservation.completion_tokens
+            self.used_prompt += int(prompt_tokens)
+            self.used_completion += int(completion_tokens)
+
+    def fits_ever(self, prompt_tokens: int, completion_tokens: int) -> bool:
+        """Whether a request of this bound could fit once nothing is in flight."""
+        with self._lock:
+            return (self.used_prompt + prompt_tokens <= self.prompt_limit
+                    and self.used_completion + completion_tokens <= self.completion_limit)
+
+    @property
+    def over(self) -> bool:
+        """Spent past a limit (only a teacher reporting more than the reserved bound can do it)."""
+        return self.used_prompt > self.prompt_limit or self.used_completion > self.completion_limit
