@@ -106,3 +106,29 @@ def test_importing_the_callback_does_not_import_trl():
     code = "import sys, distill.hf; print('trl' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_charge_once_per_step(project, signer, tmp_path):
+    """accelerate launch, 2 CPU processes: the Trainer gathers the token count, the callback
+    books each step once (rank 0), both ranks see the same global count."""
+    import os
+    from pathlib import Path
+
+    envelope = make_audit(project, signer, compute=compute_block(tokens=1e6))
+    runner = Path(__file__).resolve().parent / "run_hf_trainer.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           str(runner), str(project.plan), str(envelope), str(signer.public_path),
+                           str(signer.private_path), str(project.root / "out"), "3",
+                           json.dumps({PACK_ID: PACK_VERSION})],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("RANK"))
+    per_step = 2 * 2 * SEQ_LEN  # 2 processes x batch 2 x seq_len
+    assert lines == [f"RANK 0 STEPS 3 TOKENS {3 * per_step}", f"RANK 1 STEPS 3 TOKENS {3 * per_step}"]
+    digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
+    with Ledger() as ledger:
+        charges = [r for r in ledger.rows(audit=digest) if r["kind"] == "charge"]
+        assert len(charges) == 3 and all(c["body"]["tokens"] == per_step for c in charges)
