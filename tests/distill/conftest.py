@@ -15,3 +15,19 @@ def template(tmp_path_factory):
 def project(template, tmp_path):
     """A fresh copy of the template for one test."""
     return copy_project(template, tmp_path / "project")
+
+
+@pytest.fixture
+def signer(tmp_path):
+    """The auditor's key pair (also signs run records and ledger rows in these tests)."""
+    from keypairs import write_keypair
+
+    return write_keypair(tmp_path / "keys", "auditor")
+
+
+@pytest.fixture
+def test_pack_installed(monkeypatch):
+    """The template's audit names the test pack: make it the installed version."""
+    from gate_fixtures import PACK_ID, PACK_VERSION
+
+    monkeypatch.setattr("distill.gated._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})

@@ -13,20 +13,12 @@ from audit.attest import PREDICATE_RUN_RECORD
 from audit.attest.verify import verify_envelope_file
 from audit.ledger.store import Ledger
 from distill.gated import GateRefused, open_gate
-from gate_fixtures import FPT, PACK_ID, PACK_VERSION, STUDENT_TRAIN_FPT, compute_block, make_audit
-from keypairs import write_keypair
+from gate_fixtures import FPT, STUDENT_TRAIN_FPT, compute_block, make_audit
 
 TOKENS = 64  # per step
 
 
-@pytest.fixture
-def signer(tmp_path):
-    return write_keypair(tmp_path / "keys", "auditor")
-
-
-@pytest.fixture(autouse=True)
-def installed(monkeypatch):
-    monkeypatch.setattr("distill.gated._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})
+pytestmark = pytest.mark.usefixtures("test_pack_installed")
 
 
 def gate(project, envelope, signer, out="out", **kwargs):

@@ -20,20 +20,12 @@ from audit.ledger.store import Ledger
 from distill.gated import open_gate
 from distill.record import RECORD_ENVELOPE
 from gate_fixtures import FPT, PACK_ID, PACK_VERSION, SEQ_LEN, compute_block, make_audit
-from keypairs import write_keypair
 
 BATCH = 2
 TOKENS_PER_STEP = BATCH * SEQ_LEN  # fixed-length rows: every position is computed
 
 
-@pytest.fixture
-def signer(tmp_path):
-    return write_keypair(tmp_path / "keys", "auditor")
-
-
-@pytest.fixture(autouse=True)
-def installed(monkeypatch):
-    monkeypatch.setattr("distill.gated._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})
+pytestmark = pytest.mark.usefixtures("test_pack_installed")
 
 
 def student(project, **change):
