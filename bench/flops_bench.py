@@ -50,7 +50,7 @@ def measure(fn) -> tuple[float, float, object, str]:
 def hf_config(name: str):
     """The transformers config of the bundled model config ``name``."""
     from audit.flops.configs import resolve_config
-    from audit.flops.model_step import build_config
+    from audit.flops.hf_config import build_config
 
     return build_config(resolve_config(name).data, source=name)
 

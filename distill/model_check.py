@@ -33,7 +33,7 @@ def expected_shapes(config_dict: dict[str, Any], *, source: str = "the audited c
     the config cannot be built."""
     from transformers import AutoModelForCausalLM
 
-    from audit.flops.model_step import build_config
+    from audit.flops.hf_config import build_config
 
     if not isinstance(config_dict, dict) or "model_type" not in config_dict:
         raise InputError("expected a model config with a model_type", source=source, field="model_type")

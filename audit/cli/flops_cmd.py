@@ -120,6 +120,10 @@ def _print_table(data: dict) -> None:
             out.print(f"{label:>44}: {value}")
     if model.get("fallback_reason"):
         out.print(f"[yellow]closed-form count: {model['fallback_reason']}[/yellow]")
+    for warning in model.get("warnings") or []:
+        out.print(f"[yellow]warning: {warning}[/yellow]")
+    for note in model.get("notes") or []:
+        out.print(f"note: {note}")
     for fact in data.get("missing_facts", []):
         out.print(f"[yellow]missing fact: {fact}[/yellow]")
     out.print(f"convention: {data['convention']}")

@@ -13,59 +13,62 @@ import torch
 import torch.nn.functional as F
 
 
-def _reference(query, key, value, is_causal: bool, window: int, scale: float):
+def _reference(query, key, value, is_causal: bool, window: int, scale: float, chunk: int = 0):
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     q_len, k_len = query.shape[-2], key.shape[-2]
     mask = None
-    if is_causal or window:
+    if is_causal or window or chunk:
         q_pos = torch.arange(q_len, device=query.device)[:, None] + (k_len - q_len)
         k_pos = torch.arange(k_len, device=query.device)[None, :]
         mask = k_pos <= q_pos if is_causal else torch.ones(q_len, k_len, dtype=torch.bool, device=query.device)
         if window:
             mask = mask & (q_pos - k_pos < window)
+        if chunk:
+            mask = mask & (q_pos // chunk == k_pos // chunk)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
 
 
 @torch.library.custom_op("flopgate::attention", mutates_args=())
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, is_causal: bool,
-              window: int, scale: float) -> torch.Tensor:
-    """(batch, q_heads, q_len, d) x (batch, kv_heads, k_len, d) -> (batch, q_heads, q_len, d_v)."""
-    return _reference(query, key, value, is_causal, window, scale)
+              window: int, scale: float, chunk: int = 0) -> torch.Tensor:
+    """(batch, q_heads, q_len, d) x (batch, kv_heads, k_len, d) -> (batch, q_heads, q_len, d_v).
+    ``chunk`` > 0: chunked attention (Llama 4), a query sees only keys in its own chunk."""
+    return _reference(query, key, value, is_causal, window, scale, chunk)
 
 
 @attention.register_fake
-def _(query, key, value, is_causal, window, scale):
+def _(query, key, value, is_causal, window, scale, chunk=0):
     return query.new_empty(query.shape[:-1] + (value.shape[-1],))
 
 
 @torch.library.custom_op("flopgate::attention_backward", mutates_args=())
 def attention_backward(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
                        value: torch.Tensor, is_causal: bool, window: int,
-                       scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       scale: float, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with torch.enable_grad():
         q, k, v = (t.detach().requires_grad_() for t in (query, key, value))
-        out = _reference(q, k, v, is_causal, window, scale)
+        out = _reference(q, k, v, is_causal, window, scale, chunk)
         return torch.autograd.grad(out, (q, k, v), grad)
 
 
 @attention_backward.register_fake
-def _(grad, query, key, value, is_causal, window, scale):
+def _(grad, query, key, value, is_causal, window, scale, chunk=0):
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
 def _setup_context(ctx, inputs, output):
-    query, key, value, is_causal, window, scale = inputs
+    query, key, value, is_causal, window, scale, *rest = inputs
     ctx.save_for_backward(query, key, value)
-    ctx.options = (is_causal, window, scale)
+    ctx.options = (is_causal, window, scale, rest[0] if rest else 0)
 
 
 def _backward(ctx, grad):
     query, key, value = ctx.saved_tensors
     dq, dk, dv = attention_backward(grad, query, key, value, *ctx.options)
-    return dq, dk, dv, None, None, None
+    return dq, dk, dv, None, None, None, None
 
 
 attention.register_autograd(_backward, setup_context=_setup_context)

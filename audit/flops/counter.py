@@ -75,6 +75,26 @@ class Tally:
                      unknown_calls=counters(self.unknown_calls, deeper.unknown_calls),
                      formula_errors={**self.formula_errors, **deeper.formula_errors})
 
+    @staticmethod
+    def combine(tallies: list["Tally"], weights: list) -> "Tally":
+        """``sum(w * t)``: the tally of a model whose per-layer costs are a linear combination of
+        the counted ones (depth extension by layer kind)."""
+        def mix(get):
+            return float(sum(w * get(t) for t, w in zip(tallies, weights)))
+
+        def counters(get) -> Counter:
+            keys = set().union(*(get(t) for t in tallies))
+            return Counter({k: mix(lambda t: get(t).get(k, 0)) for k in keys})
+
+        errors: dict[str, str] = {}
+        for t in tallies:
+            errors.update(t.formula_errors)
+        return Tally(matmul=mix(lambda t: t.matmul), attention_full=mix(lambda t: t.attention_full),
+                     attention_masked=mix(lambda t: t.attention_masked), non_matmul=mix(lambda t: t.non_matmul),
+                     by_op=counters(lambda t: t.by_op), counted_calls=counters(lambda t: t.counted_calls),
+                     free_calls=counters(lambda t: t.free_calls), unknown_calls=counters(lambda t: t.unknown_calls),
+                     formula_errors=errors)
+
     @property
     def headline(self) -> float:
         """Matmul FLOP with attention counted over the pairs its mask keeps."""
@@ -86,18 +106,42 @@ class Tally:
 
     @property
     def coverage(self) -> float:
-        """Share of op calls that were counted or known to be free, 0-1."""
-        known = sum(self.counted_calls.values()) + sum(self.free_calls.values())
-        total = known + sum(self.unknown_calls.values())
-        return known / total if total else 1.0
+        """Share of FLOP-bearing op calls counted by a formula, 0-1. Free ops (views, copies,
+        indexing, RNG) are left out of both sides: an unknown op is assumed FLOP-bearing."""
+        counted = sum(self.counted_calls.values())
+        total = counted + sum(self.unknown_calls.values())
+        return counted / total if total else 1.0
+
+
+_MATMUL_OPS = frozenset({"aten.mm", "aten.bmm", "aten.addmm", "aten.baddbmm", "aten._grouped_mm"})
+
+
+@dataclass(frozen=True)
+class DenseExperts:
+    """An MoE whose experts run every token through every expert (Llama 4's batched experts):
+    a matmul with an expert weight's shape (as an operand, transposed, or as its gradient) is
+    counted at ``top_k / experts`` of what ran, the FLOP of routing each token to top-k."""
+
+    weight_shapes: frozenset
+    factor: float
+
+    def touches(self, bound: dict, out: Any) -> bool:
+        values = list(bound.values()) + [out]
+        for value in values:
+            shape = tuple(getattr(value, "shape", ()) or ())
+            if len(shape) >= 2 and (shape in self.weight_shapes
+                                    or shape[:-2] + (shape[-1], shape[-2]) in self.weight_shapes):
+                return True
+        return False
 
 
 class FlopCounter(TorchDispatchMode):
     """``with FlopCounter() as counter: model(x).sum().backward()`` then read ``counter.tally``."""
 
-    def __init__(self) -> None:
+    def __init__(self, dense_experts: DenseExperts | None = None) -> None:
         super().__init__()
         self.tally = Tally()
+        self.dense_experts = dense_experts
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -110,7 +154,13 @@ class FlopCounter(TorchDispatchMode):
         formula = FORMULAS.get(name)
         if formula is not None:
             try:
-                self.tally.add(name, formula(bind_arguments(func, args, kwargs), out))
+                bound = bind_arguments(func, args, kwargs)
+                cost = formula(bound, out)
+                if (self.dense_experts is not None and name in _MATMUL_OPS
+                        and self.dense_experts.touches(bound, out)):
+                    f = self.dense_experts.factor
+                    cost = OpCost(matmul=cost.matmul * f, non_matmul=cost.non_matmul * f)
+                self.tally.add(name, cost)
             except Exception as exc:  # noqa: BLE001 - a broken formula is reported, not hidden
                 self.tally.unknown_calls[name] += 1
                 self.tally.formula_errors[name] = f"{exc.__class__.__name__}: {exc}"

@@ -1,88 +1,195 @@
-"""Count one training step of a Hugging Face causal LM on the meta device.
+"""Count one training step of a Hugging Face causal LM (or encoder-decoder LM) on the meta device.
 
 The model is built from its config with no weights and no memory, then one forward pass (with
-the language-modelling loss) and one backward pass run under ``FlopCounter``. Two Hugging Face
+the language-modelling loss) and one backward pass run under ``FlopCounter``. Hugging Face
 paths are routed around so nothing data-dependent runs on meta:
 
 * attention goes through our registered ``"flopgate"`` implementation (``flopgate::attention``),
-  which also means HF builds no mask (its mask code calls ``.item()``);
+  which also means HF builds no mask (its mask code calls ``.item()``); models with attention
+  classes of their own (Falcon) are built with SDPA, whose calls are routed to the same op;
 * MoE experts use HF's ``grouped_mm`` implementation in bf16 (FLOP do not depend on the routing:
-  every token meets exactly top-k experts).
+  every token meets exactly top-k experts); batched dense experts (Llama 4) count at top-k;
+* Mamba's reference scan (a Python loop over the sequence) is replaced by a loop-free scan with
+  the same matmul FLOP.
+
+``count_step`` extends a few shallow counts to the full depth by layer kind (exact, checked);
+see its docstring and docs/flops.md. The pieces: :mod:`audit.flops.hf_config` (the config),
+:mod:`audit.flops.meta_patches` (what runs differently while counting),
+:mod:`audit.flops.depth` (layer kinds and the extension arithmetic).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from audit.errors import InputError
-from audit.flops.counter import FlopCounter, Tally
-
-ATTENTION_NAME = "flopgate"
-
-
-def _counting_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                        sliding_window=None, **kwargs):
-    """HF attention function: (batch, heads, seq, dim) in, (batch, seq, heads, dim) out."""
-    from audit.flops import attention_op
-
-    window = sliding_window or getattr(module, "sliding_window", None) or 0
-    causal = bool(getattr(module, "is_causal", True))
-    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    out = attention_op.attention(query, key, value, causal, int(window), scale)
-    return out.transpose(1, 2), None
+from audit.flops.counter import Tally
+from audit.flops.depth import (DepthError, kind_rows, per_layer_lists, plan_depths, extension_weights, signatures,
+                               with_depth)
+from audit.flops.hf_config import decoder_config, experts_top_k, is_encoder_decoder, is_moe, num_experts
+from audit.flops.meta_patches import (ATTENTION_NAME, counting_context, register_counting_attention,
+                                      sparse_key_cap)
 
 
-def register_counting_attention() -> None:
-    from transformers import AttentionInterface
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {text}"
 
-    AttentionInterface.register(ATTENTION_NAME, _counting_attention)
+
+def _from_config(builder, config, kwargs, dtype=torch.bfloat16):
+    import copy
+
+    config = copy.deepcopy(config)  # a failed attempt may leave its settings on the config
+    with torch.device("meta"), contextlib.redirect_stderr(io.StringIO()):
+        model_class = _mapped_class(builder, config)
+        wanted = getattr(model_class, "config_class", None)
+        if wanted is not None and not isinstance(config, wanted):
+            # a composite config whose causal-LM class takes one of its parts (MusicGen's decoder)
+            part = next((v for v in vars(config).values() if isinstance(v, wanted)), None)
+            if part is not None:
+                return model_class._from_config(part, dtype=dtype, **kwargs)
+        return builder.from_config(config, dtype=dtype, **kwargs)
 
 
-def build_config(data: dict[str, Any], *, source: str):
-    """A transformers config from a config.json dict; checks it is a causal LM."""
-    import transformers
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    model_type = data["model_type"]
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        known = "known" if model_type in transformers.CONFIG_MAPPING else "unknown"
-        raise InputError(f"expected a causal language model config; model_type {model_type!r} "
-                         f"({known} to transformers {transformers.__version__}) has no causal-LM class",
-                         source=source, field="model_type")
-    fields = {k: v for k, v in data.items() if k not in ("model_type", "architectures", "auto_map")}
+def _mapped_class(builder, config):
     try:
-        return AutoConfig.for_model(model_type, **fields)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds on bad configs
-        raise InputError(f"transformers rejected the config: {str(exc).splitlines()[0]}",
-                         source=source, field="model_type") from None
+        return builder._model_mapping[type(config)]
+    except Exception:  # noqa: BLE001 - no mapping: let from_config say so
+        return None
 
 
-def is_moe(config) -> bool:
-    return any(getattr(config, key, None) for key in ("num_local_experts", "num_experts", "n_routed_experts"))
+def _is_attention_refusal(exc: Exception) -> bool:
+    text = f"{exc.__class__.__name__}: {exc}"
+    return ATTENTION_NAME in text or "attn_implementation" in text or "attention implementation" in text
 
 
-def build_meta_model(config):
-    """The model on the meta device, bf16 (grouped MoE kernels require it), counting attention."""
-    from transformers import AutoModelForCausalLM
+@dataclass
+class MetaModel:
+    """A model built on meta, with how its attention and experts are counted."""
+
+    model: Any
+    notes: list
+    dense_experts: Any = None   # counter.DenseExperts when experts run densely
+    attention: tuple = (ATTENTION_NAME,)  # the attention implementation it was built with
+    dtype: Any = torch.bfloat16
+
+
+def _runnable_model(config, seq_len: int, batch: int, source_len: int | None) -> MetaModel:
+    """The model built our way, or - when a model accepts our attention implementation but its
+    own code then needs the mask transformers builds for the others (MPT) - built with SDPA.
+    A one-layer trial run decides, so a failure is found before the layers are counted."""
+    built = build_meta_model(config)
+    if built.attention[0] != ATTENTION_NAME:
+        return built
+    trial_config = config
+    depth = getattr(decoder_config(config), "num_hidden_layers", None)
+    if isinstance(depth, int) and depth > 1 and not is_encoder_decoder(config):
+        try:
+            trial_config = with_depth(config, 1)
+        except DepthError:
+            pass
+
+    def trial(attention: tuple, dtype) -> None:
+        ours = attention[0] == ATTENTION_NAME and dtype == torch.bfloat16
+        for candidate in ([trial_config, config] if trial_config is not config else [config]):  # shallow may not build
+            try:
+                model = built if candidate is config and ours else \
+                    build_meta_model(candidate, attention=attention, dtype=dtype)
+                count_step_full(candidate, seq_len, 1, source_len, built=model)
+                return
+            except Exception:  # noqa: BLE001
+                if candidate is config:
+                    raise
+
+    # ours in bf16 (grouped MoE kernels need it), then the model's own attention, then float32
+    # for code that mixes dtypes (XLNet, xLSTM)
+    ways = [((ATTENTION_NAME,), torch.bfloat16), (("sdpa", "eager"), torch.bfloat16)]
+    if not is_moe(config):
+        ways += [((ATTENTION_NAME,), torch.float32), (("sdpa", "eager"), torch.float32)]
+    first = None
+    for attention, dtype in ways:
+        try:
+            trial(attention, dtype)
+        except Exception as exc:  # noqa: BLE001 - the first failure is the one to report
+            first = first or exc
+            continue
+        if attention[0] == ATTENTION_NAME and dtype == torch.bfloat16:
+            return built
+        return build_meta_model(config, attention=attention, dtype=dtype)
+    raise first
+
+
+def build_meta_model(config, attention: tuple = (ATTENTION_NAME, "sdpa", "eager"),
+                     dtype: torch.dtype = torch.bfloat16) -> MetaModel:
+    """The model on the meta device, bf16 (grouped MoE kernels require it), counting attention.
+
+    Attention goes through our registered implementation; a model that keeps its own map of
+    attention classes (Falcon) is built with SDPA, whose calls the counting run routes to our op.
+    MoE experts use transformers' ``grouped_mm`` implementation; a model that does not offer it
+    keeps its own experts code, and if that computes every expert for every token, its expert
+    matmuls are counted at top-k (see ``counter.DenseExperts``).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     register_counting_attention()
-    kwargs: dict[str, Any] = {"attn_implementation": ATTENTION_NAME}
-    if is_moe(config):
-        kwargs["experts_implementation"] = "grouped_mm"
-    with torch.device("meta"), contextlib.redirect_stderr(io.StringIO()):
+    notes: list[str] = []
+    builder = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
+    errors: list[str] = []
+    model, used = None, {}
+    with_experts = is_moe(config)
+    for attn in attention:
+        kwargs: dict[str, Any] = {"attn_implementation": attn}
+        if with_experts:
+            kwargs["experts_implementation"] = "grouped_mm"
         try:
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, **kwargs)
-        except TypeError:  # older transformers: torch_dtype, no experts_implementation
-            kwargs.pop("experts_implementation", None)
-            model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16, **kwargs)
+            model, used = _from_config(builder, config, kwargs, dtype), kwargs
+            break
+        except Exception as exc:  # noqa: BLE001 - decide below whether another way may work
+            message = _one_line(exc)
+            if with_experts and "experts" in message and "implementation" in message:
+                with_experts = False
+                kwargs.pop("experts_implementation")
+                try:
+                    model, used = _from_config(builder, config, kwargs, dtype), kwargs
+                    break
+                except Exception as retry:  # noqa: BLE001
+                    exc, message = retry, _one_line(retry)
+            errors.append(f"with attn_implementation={attn!r}: {message}")
+            if not _is_attention_refusal(exc):
+                break
+    if model is None:
+        raise RuntimeError("cannot build the model on meta: " + "; then ".join(errors))
+    if sparse_key_cap(config) and used["attn_implementation"] != ATTENTION_NAME:
+        notes.append(f"sparse attention: each query attends to its top-{sparse_key_cap(config)} keys "
+                     "(counted as min(causal keys, top-k)); the indexer's scores count as matmul")
+    if used["attn_implementation"] == "sdpa":
+        notes.append("attention: built with SDPA (the model does not work with transformers' attention "
+                     "interface); SDPA calls are counted by our attention op (a mask is taken as causal), "
+                     "attention written as matmuls counts as matmul over the full score matrix")
+    elif used["attn_implementation"] == "eager":
+        notes.append("attention: built with eager attention; its score matmuls count as matmul over the full matrix")
+    dense = None
+    if is_moe(config) and "experts_implementation" not in used:
+        from audit.flops.counter import DenseExperts
+
+        experts, top_k = num_experts(config), experts_top_k(config)
+        shapes = frozenset(tuple(p.shape) for n, p in model.named_parameters()
+                           if p.dim() == 3 and p.shape[0] == experts and ".experts." in n + ".")
+        if shapes and top_k:
+            dense = DenseExperts(weight_shapes=shapes, factor=top_k / experts)
+            notes.append(f"experts: the model's own batched experts run every token through all {experts}; "
+                         f"their matmuls are counted at top-{top_k}")
+        else:
+            notes.append("experts: the model's own experts implementation (not grouped_mm)")
     model.train()
-    return model
+    if dtype != torch.bfloat16:
+        notes.append(f"built in {str(dtype).replace('torch.', '')}: the model's code mixes dtypes in bf16")
+    return MetaModel(model=model, notes=notes, dense_experts=dense, attention=(used["attn_implementation"],),
+                     dtype=dtype)
 
 
 @dataclass
@@ -96,7 +203,7 @@ def count_parameters(model, config) -> ParamCounts:
     """Unique parameters (a tied lm_head counts once). Active = total minus the experts a token
     does not use; expert weights are the parameters under an ``experts`` module."""
     total, embedding, expert = 0, 0, 0
-    experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None) or 0
+    experts = num_experts(config)
     for name, param in model.named_parameters(remove_duplicate=True):
         n = param.numel()
         total += n
@@ -104,83 +211,168 @@ def count_parameters(model, config) -> ParamCounts:
             embedding += n
         if experts and ".experts." in name + ".":
             expert += n
-    top_k = getattr(config, "num_experts_per_tok", None) or 0
+    top_k = experts_top_k(config)
     active = total - expert * (1 - top_k / experts) if experts and top_k else total
     return ParamCounts(total=float(total), active=float(active), embedding=float(embedding))
 
 
 @dataclass
 class StepCount:
-    """FLOP of one training step of ``batch x seq_len`` tokens."""
+    """FLOP of one training step of ``batch x seq_len`` tokens (target tokens for an
+    encoder-decoder, whose encoder reads ``source_len`` tokens per sequence)."""
 
     tokens: int
     forward: Tally
     backward: Tally
     params: ParamCounts
     architecture: str
+    depth_method: str = "every layer"
+    notes: list = field(default_factory=list)
+    mtp_train_flops: float = 0.0   # of forward + backward headline: the MTP layers added (see _with_mtp)
+    mtp_params: float = 0.0        # parameters of those layers (not in the built model)
+    attention: tuple = (ATTENTION_NAME,)  # the attention implementation the model was built with
+    dtype: Any = torch.bfloat16
 
 
-# Config keys that make decoder layers differ from one another (dense-then-MoE stacks,
-# interleaved attention kinds, ...). Any of them set means: count every layer.
-_HETEROGENEOUS_KEYS = ("first_k_dense_replace", "mlp_only_layers", "moe_layer_freq", "no_rope_layers",
-                       "interleave_moe_layer_step", "sliding_window_pattern", "global_attn_every_n_layers",
-                       "cross_attention_layers", "max_window_layers", "full_attn_idxs")
-
-
-def layers_identical(config) -> bool:
-    """True when every decoder layer has the same shape and kind, so FLOP grow linearly in depth."""
-    for key in _HETEROGENEOUS_KEYS:
-        value = getattr(config, key, None)
-        if key == "max_window_layers" and not getattr(config, "use_sliding_window", False):
-            continue  # Qwen2 keeps this key even when sliding windows are off
-        if value not in (None, 0, 1, [], ()) or (key == "max_window_layers" and value is not None
-                                                and value < config.num_hidden_layers):
-            return False
-    if getattr(config, "decoder_sparse_step", 1) not in (None, 1):
-        return False
-    layer_types = getattr(config, "layer_types", None)
-    return not layer_types or len(set(layer_types)) == 1
-
-
-def with_depth(config, layers: int):
-    """A copy of ``config`` with ``layers`` decoder layers."""
-    import copy
-
-    shallow = copy.deepcopy(config)
-    shallow.num_hidden_layers = layers
-    if getattr(shallow, "layer_types", None):
-        shallow.layer_types = list(shallow.layer_types)[:layers]
-    return shallow
-
-
-def count_step(config, seq_len: int, batch: int = 1) -> StepCount:
+def count_step(config, seq_len: int, batch: int = 1, source_len: int | None = None) -> StepCount:
     """One training step of ``batch x seq_len`` tokens.
 
-    When all layers are identical the step is counted at depth 1 and 2 and extended linearly
-    to the full depth (exact: f(L) = f(1) + (L - 1) * (f(2) - f(1))); otherwise every layer runs.
+    Depth extension by layer kind: the built model's decoder layers are grouped by signature
+    (``layer_signature``). The step is counted at a few shallow depths - 1 and 2 when every layer
+    is the same; more for interleaved stacks (Jamba: 1, 2, 3 and 5 of 32) - and the full depth's
+    count is the exact linear combination of those (``plan_depths``). Each shallow model's
+    layers must have the full model's signatures in order, and the combination must reproduce
+    the full model's parameter count exactly; otherwise, or when the config cannot be shortened,
+    every layer runs, and ``depth_method`` says why.
     """
-    depth = config.num_hidden_layers
-    if depth <= 2 or not layers_identical(config):
-        return count_step_full(config, seq_len, batch)
-    one = count_step_full(with_depth(config, 1), seq_len, batch)
-    two = count_step_full(with_depth(config, 2), seq_len, batch)
-    extend = lambda a, b: a.extrapolate(b, depth)  # noqa: E731
-    return StepCount(tokens=one.tokens, forward=extend(one.forward, two.forward),
-                     backward=extend(one.backward, two.backward),
-                     params=ParamCounts(*(x + (depth - 1) * (y - x) for x, y in (
-                         (one.params.total, two.params.total), (one.params.active, two.params.active),
-                         (one.params.embedding, two.params.embedding)))),
-                     architecture=one.architecture)
+    built = _runnable_model(config, seq_len, batch, source_len)
+    depth = getattr(decoder_config(config), "num_hidden_layers", None)
+    reason = None
+    kinds = None
+    if not isinstance(depth, int) or depth <= 2:
+        reason = "2 layers or fewer"
+    elif is_encoder_decoder(config):
+        reason = "encoder-decoder"
+    else:
+        keys = per_layer_lists(decoder_config(config), depth)
+        kinds = signatures(built.model, config, depth, keys)
+        if kinds is None:
+            reason = "decoder layers not found"
+    if reason is None:
+        depths, weights = plan_depths(kinds)
+        if not depths or depths[-1] * 2 > depth:
+            reason = f"{len(set(kinds))} layer kinds; extension would not save time"
+    if reason is None:
+        try:
+            steps = []
+            for k in depths:
+                shallow = with_depth(config, k)
+                shallow_built = build_meta_model(shallow, attention=built.attention, dtype=built.dtype)
+                if signatures(shallow_built.model, shallow, k, keys) != kinds[:k]:
+                    raise DepthError(f"the {k}-layer model's layers are not the full model's first {k}")
+                steps.append(count_step_full(shallow, seq_len, batch, source_len, built=shallow_built))
+        except DepthError as exc:
+            reason = str(exc)[:160]
+        except Exception as exc:  # noqa: BLE001 - a shallow model that will not run: count every layer
+            reason = f"a shortened model cannot be counted: {_one_line(exc)}"[:200]
+        else:
+            full_params = count_parameters(built.model, config)
+            params = ParamCounts(*(float(sum(w * getattr(s.params, f) for s, w in zip(steps, weights)))
+                                   for f in ("total", "active", "embedding")))
+            if params.total != full_params.total or params.active != full_params.active:
+                reason = (f"depth extension does not reproduce the parameter count "
+                          f"({params.total:.0f} vs {full_params.total:.0f})")
+            else:
+                from audit.flops.counter import Tally
+
+                kinds_n = len(set(kinds))
+                method = (f"extended from {', '.join(map(str, depths))} layers"
+                          + (f" ({kinds_n} layer kinds)" if kinds_n > 1 else ""))
+                result = StepCount(tokens=steps[0].tokens,
+                                   forward=Tally.combine([s.forward for s in steps], weights),
+                                   backward=Tally.combine([s.backward for s in steps], weights),
+                                   params=full_params, architecture=steps[0].architecture,
+                                   depth_method=method, notes=list(steps[0].notes), attention=built.attention,
+                                   dtype=built.dtype)
+                return _with_mtp(result, config, built.model, kinds, depths, steps)
+    step = count_step_full(config, seq_len, batch, source_len, built=built)
+    step.depth_method = f"every layer ({reason})"
+    return _with_mtp(step, config, built.model, None, None, None)
 
 
-def count_step_full(config, seq_len: int, batch: int = 1) -> StepCount:
+def _with_mtp(step: StepCount, config, model, kinds, depths, steps) -> StepCount:
+    """Multi-token-prediction layers (DeepSeek-V3 ``num_nextn_predict_layers``) that the config
+    declares but transformers' model does not build. Each MTP depth is one more decoder layer of
+    the last layer's kind, a projection of [hidden; embedding] (2d -> d) and the shared lm_head
+    (d -> vocab), and two RMSNorms; its layer is counted from the shallow runs (the cost of one
+    layer of that kind), the projection and head by formula. Without a depth extension to read
+    the layer's cost from, the layers are named in a note, not counted."""
+    text = decoder_config(config)
+    n = getattr(text, "num_nextn_predict_layers", 0) or 0
+    if not isinstance(n, int) or n <= 0:
+        return step
+    if any(key in name for name, _ in model.named_parameters() for key in ("mtp", "nextn")):
+        return step  # the model builds them: already counted
+    if kinds is None:
+        step.notes.append(f"the config declares {n} multi-token-prediction layer(s), which transformers' "
+                          "model does not build: not counted")
+        return step
+    from fractions import Fraction
+
+    from audit.flops.counter import Tally
+
+    distinct = list(dict.fromkeys(kinds))
+    unit = [Fraction(0)] * (len(distinct) + 1)
+    unit[1 + distinct.index(kinds[-1])] = Fraction(1)
+    weights = extension_weights(kind_rows(kinds, depths), unit)  # one layer of the last kind
+    if weights is None:
+        step.notes.append(f"the config declares {n} multi-token-prediction layer(s), which transformers' "
+                          "model does not build: not counted (its layer's cost is not separable here)")
+        return step
+    layer_fwd = Tally.combine([s.forward for s in steps], weights)
+    layer_bwd = Tally.combine([s.backward for s in steps], weights)
+    layer_params = [float(sum(w * getattr(s.params, f) for s, w in zip(steps, weights)))
+                    for f in ("total", "active")]
+    d, vocab, tokens = text.hidden_size, text.vocab_size, step.tokens
+    head = 2.0 * tokens * (2 * d * d + d * vocab)  # projection and lm_head, forward
+    forward = Tally.combine([step.forward, layer_fwd], [1, n])
+    backward = Tally.combine([step.backward, layer_bwd], [1, n])
+    forward.matmul += n * head
+    backward.matmul += n * 2 * head
+    extra = n * (2 * d * d + 2 * d)
+    params = ParamCounts(total=step.params.total + n * layer_params[0] + extra,
+                         active=step.params.active + n * layer_params[1] + extra, embedding=step.params.embedding)
+    notes = step.notes + [f"{n} multi-token-prediction layer(s) declared by the config (not built by "
+                          "transformers) counted: one decoder layer of the last kind, a 2d -> d projection "
+                          "and the shared lm_head each"]
+    added = (forward.headline + backward.headline) - (step.forward.headline + step.backward.headline)
+    return StepCount(tokens=tokens, forward=forward, backward=backward, params=params,
+                     architecture=step.architecture, depth_method=step.depth_method, notes=notes,
+                     mtp_train_flops=added, mtp_params=params.total - step.params.total, attention=step.attention,
+                     dtype=step.dtype)
+
+
+def count_step_full(config, seq_len: int, batch: int = 1, source_len: int | None = None,
+                    built: MetaModel | None = None) -> StepCount:
     """Run forward (with loss) and backward on meta under the counter, every layer."""
-    model = build_meta_model(config)
+    from audit.flops.counter import FlopCounter
+
+    built = built or build_meta_model(config)
+    model = built.model
     ids = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
-    with FlopCounter() as forward:
-        out = model(input_ids=ids, labels=ids, use_cache=False)
-    with FlopCounter() as backward:
-        out.loss.backward()
+    if is_encoder_decoder(config):
+        source = torch.zeros(batch, source_len or seq_len, dtype=torch.long, device="meta")
+        # decoder inputs given, so the labels are not shifted (no decoder_start_token_id needed)
+        inputs = dict(input_ids=source, decoder_input_ids=ids, labels=ids, use_cache=False)
+    else:
+        inputs = dict(input_ids=ids, labels=ids, use_cache=False)
+    with counting_context(sparse_key_cap(config)):
+        with FlopCounter(built.dense_experts) as forward:
+            out = model(**inputs)
+        loss = out.loss if getattr(out, "loss", None) is not None else out[0]
+        with FlopCounter(built.dense_experts) as backward:
+            loss.backward()
     return StepCount(tokens=batch * seq_len, forward=forward.tally, backward=backward.tally,
                      params=count_parameters(model, config),
-                     architecture=type(model).__name__)
+                     architecture=type(model).__name__, notes=list(built.notes), attention=built.attention,
+                     dtype=built.dtype)

@@ -146,16 +146,26 @@ def _convolution_backward(a: Mapping[str, Any], out: Any) -> OpCost:
 # --------------------------------------------------------------------------- attention
 
 
-def kept_pairs(q_len: int, k_len: int, causal: bool, window: int | None = None) -> int:
+def kept_pairs(q_len: int, k_len: int, causal: bool, window: int | None = None, chunk: int | None = None) -> int:
     """Number of (query, key) pairs a mask keeps.
 
     Causal masks align the last query with the last key (bottom-right, as in a KV-cache
     decode): query ``i`` sees keys ``0 .. i + (k_len - q_len)``. ``window`` (causal only) keeps
-    at most that many keys per query, the query's own position included. Closed form, so a
-    128k context costs nothing to count.
+    at most that many keys per query, the query's own position included. ``chunk`` (causal
+    only, Llama 4's chunked attention) keeps only keys in the query's own block of ``chunk``
+    positions. Closed form, so a 128k context costs nothing to count.
     """
     if not causal:
         return q_len * k_len
+    if chunk:
+        offset = k_len - q_len
+        cap = min(window, chunk) if window else chunk
+
+        def upto(n: int) -> int:  # sum over positions v < n of min(v mod chunk + 1, cap)
+            full, rest = divmod(max(n, 0), chunk)
+            return full * _sum_clamped(1, chunk, cap) + _sum_clamped(1, rest, cap)
+
+        return upto(offset + q_len) - upto(offset)
     cap = min(window, k_len) if window else k_len
     offset = k_len - q_len
     return _sum_clamped(offset + 1, offset + q_len, cap)
@@ -177,22 +187,24 @@ def _sum_clamped(lo: int, hi: int, cap: int) -> int:
 
 
 def _attention_cost(batch: int, q_heads: int, q_len: int, k_len: int, qk_dim: int, v_dim: int,
-                    causal: bool, window: int | None, backward: bool) -> OpCost:
+                    causal: bool, window: int | None, backward: bool, chunk: int | None = None) -> OpCost:
     """Forward: scores = Q K^T (2*d_qk per pair) and out = P V (2*d_v per pair) per head.
     Backward: twice the forward. Softmax: about 5 FLOP per kept score (max, sub, exp, sum, div)."""
     per_pair = 2.0 * (qk_dim + v_dim) * batch * q_heads
     factor = 2.0 if backward else 1.0
     full = per_pair * q_len * k_len * factor
-    masked = per_pair * kept_pairs(q_len, k_len, causal, window) * factor
-    softmax = 5.0 * batch * q_heads * kept_pairs(q_len, k_len, causal, window)
+    kept = kept_pairs(q_len, k_len, causal, window, chunk)
+    masked = per_pair * kept * factor
+    softmax = 5.0 * batch * q_heads * kept
     return OpCost(attention_full=full, attention_masked=masked, non_matmul=softmax)
 
 
-def _bhsd(a: Mapping[str, Any], *, backward: bool, causal: bool, window: int | None = None) -> OpCost:
+def _bhsd(a: Mapping[str, Any], *, backward: bool, causal: bool, window: int | None = None,
+          chunk: int | None = None) -> OpCost:
     """Attention with (batch, heads, seq, dim) tensors; grouped-query K/V may have fewer heads."""
     b, hq, sq, dqk = shape(a["query"])
     sk, dv = shape(a["key"])[-2], shape(a["value"])[-1]
-    return _attention_cost(b, hq, sq, sk, dqk, dv, causal, window, backward)
+    return _attention_cost(b, hq, sq, sk, dqk, dv, causal, window, backward, chunk)
 
 
 def _bshd(a: Mapping[str, Any], *, backward: bool, causal: bool) -> OpCost:
@@ -252,12 +264,14 @@ def _flex_backward(a: Mapping[str, Any], out: Any) -> OpCost:
 @formula("flopgate.attention")
 def _our_attention(a: Mapping[str, Any], out: Any) -> OpCost:
     """The op our counting attention calls; it knows the layer's causal flag and window."""
-    return _bhsd(a, backward=False, causal=bool(a["is_causal"]), window=int(a["window"]) or None)
+    return _bhsd(a, backward=False, causal=bool(a["is_causal"]), window=int(a["window"]) or None,
+                 chunk=int(a.get("chunk", 0) or 0) or None)
 
 
 @formula("flopgate.attention_backward")
 def _our_attention_backward(a: Mapping[str, Any], out: Any) -> OpCost:
-    return _bhsd(a, backward=True, causal=bool(a["is_causal"]), window=int(a["window"]) or None)
+    return _bhsd(a, backward=True, causal=bool(a["is_causal"]), window=int(a["window"]) or None,
+                 chunk=int(a.get("chunk", 0) or 0) or None)
 
 
 # --------------------------------------------------------------------------- non-matmul
@@ -270,9 +284,17 @@ _PER_OUTPUT_ELEMENT = {
         "addcmul_", "addcdiv_", "lerp", "lerp_", "rsub", "clamp_min", "floor_divide", "sign",
         "maximum", "minimum", "threshold_backward", "sgn", "square",
         "exp_", "sqrt_", "erf", "log1p", "expm1", "fmod", "remainder", "_foreach_add",
+        "mul_", "add_", "neg_", "sigmoid_", "tanh_", "rsqrt_", "reciprocal_", "pow_", "atan2",
+        "elu", "elu_backward", "hardsigmoid", "hardswish", "mish", "logit", "clamp_min_", "cumprod",
+        "log_", "abs_", "sign_", "xlogy", "exp2", "log2", "erfinv", "acos", "asin", "atan", "cosh", "sinh",
     ], 1.0),
     **dict.fromkeys(["silu", "silu_backward", "gelu", "relu", "sigmoid_backward", "tanh_backward",
-                     "gelu_backward", "hardtanh", "leaky_relu"], 4.0),
+                     "gelu_backward", "hardtanh", "leaky_relu", "softplus", "softplus_backward",
+                     "log_sigmoid_forward", "log_sigmoid_backward", "relu_", "silu_", "gelu_",
+                     "hardswish_backward", "hardsigmoid_backward", "mish_backward",
+                     "leaky_relu_backward", "hardtanh_backward", "_prelu_kernel", "glu", "glu_backward"], 4.0),
+    # polar(abs, angle) = abs*cos + i*abs*sin
+    "polar": 4.0,
     **dict.fromkeys(["_softmax", "_safe_softmax", "_softmax_backward_data", "_log_softmax",
                      "_log_softmax_backward_data"], 5.0),
     **dict.fromkeys(["native_layer_norm", "native_layer_norm_backward", "_fused_rms_norm",
@@ -281,13 +303,29 @@ _PER_OUTPUT_ELEMENT = {
 # Reductions: one FLOP per input element.
 _PER_INPUT_ELEMENT = ["sum", "mean", "cumsum", "amax", "max", "min", "norm", "linalg_vector_norm",
                       "nll_loss_forward", "nll_loss_backward", "embedding_dense_backward", "index_add",
-                      "index_add_", "scatter_add", "var_mean", "std", "var", "prod", "logsumexp"]
+                      "index_add_", "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_",
+                      "index_reduce", "index_reduce_", "var_mean", "std", "var", "prod", "logsumexp",
+                      "_segment_reduce", "segment_reduce", "amin", "nansum", "cummax", "cummin", "logcumsumexp",
+                      "_embedding_bag", "embedding_bag", "_embedding_bag_backward", "_embedding_bag_dense_backward",
+                      "native_group_norm_backward", "native_batch_norm_backward", "_native_batch_norm_legit",
+                      "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
+                      "_log_softmax_backward_data_out", "binary_cross_entropy_with_logits",
+                      "mse_loss", "mse_loss_backward", "smooth_l1_loss", "l1_loss"]
 
 
-def _per_output(cost: float) -> Formula:
+# A complex multiply is 4 real multiplies and 2 adds; a complex add or subtract is 2 real adds.
+_COMPLEX_FACTOR = {"mul": 6.0, "mul_": 6.0, "div": 11.0, "div_": 11.0}
+
+
+def _per_output(cost: float, name: str = "") -> Formula:
     def count(a: Mapping[str, Any], out: Any) -> OpCost:
         first = out[0] if isinstance(out, (tuple, list)) else out
-        return OpCost(non_matmul=cost * numel(first) if hasattr(first, "shape") else 0.0)
+        if not hasattr(first, "shape"):
+            return OpCost()
+        per = cost
+        if getattr(getattr(first, "dtype", None), "is_complex", False):
+            per = _COMPLEX_FACTOR.get(name, 2.0 * cost)
+        return OpCost(non_matmul=per * numel(first))
 
     return count
 
@@ -298,9 +336,43 @@ def _per_input(a: Mapping[str, Any], out: Any) -> OpCost:
 
 
 for _name, _cost in _PER_OUTPUT_ELEMENT.items():
-    FORMULAS.setdefault(f"aten.{_name}", _per_output(_cost))
+    FORMULAS.setdefault(f"aten.{_name}", _per_output(_cost, _name))
 for _name in _PER_INPUT_ELEMENT:
     FORMULAS.setdefault(f"aten.{_name}", _per_input)
+
+
+@formula("aten.linalg_solve_triangular", "aten.triangular_solve")
+def _triangular_solve(a: Mapping[str, Any], out: Any) -> OpCost:
+    """Solving A X = B, A (..., n, n) triangular, B (..., n, k): per right-hand side about n^2/2
+    multiply-adds, so n^2 k FLOP (matmul kind). ``linalg_solve_triangular(self=A, B)``;
+    ``triangular_solve(self=B, A)``."""
+    if "B" in a:
+        tri, rhs, left = a["self"], a["B"], bool(a.get("left", True))
+    else:
+        tri, rhs, left = a["A"], a["self"], True
+    n = shape(tri)[-1]
+    b = shape(rhs)
+    k = b[-1] if left else b[-2]
+    return OpCost(matmul=float(math.prod(b[:-2])) * n * n * k)
+
+
+@formula("aten.linalg_inv_ex", "aten.linalg_inv", "aten.inverse")
+def _inverse(a: Mapping[str, Any], out: Any) -> OpCost:
+    """Gauss-Jordan inversion of (..., n, n): about n^3 multiply-adds, 2 n^3 FLOP."""
+    s = shape(a.get("A", a.get("self")))
+    n = s[-1]
+    return OpCost(matmul=2.0 * math.prod(s[:-2]) * n ** 3)
+
+
+@formula("aten.dot", "aten.vdot")
+def _dot(a: Mapping[str, Any], out: Any) -> OpCost:
+    return _product(1, numel(a["self"]))
+
+
+@formula("aten.mv")
+def _mv(a: Mapping[str, Any], out: Any) -> OpCost:
+    m, k = shape(a["self"])
+    return _product(m, k)
 
 
 # --------------------------------------------------------------------------- free ops
@@ -320,4 +392,15 @@ FREE_OPS = frozenset(f"aten.{name}" for name in """
     normal_ uniform_ bernoulli_ native_dropout native_dropout_backward dropout t_ view_as
     _pin_memory lift_fresh_copy clamp clamp_ clamp_max floor ceil round trunc
     _unsafe_index _unsafe_index_put masked_fill masked_fill_ where where_ scalar_tensor item
+    logical_and_ logical_or_ logical_not_ logical_xor eye new_full view_as_complex view_as_real _conj
+    conj conj_physical resolve_conj resolve_neg _neg_view rand_like randn_like randint_like exponential_
+    random_ multinomial poisson geometric_ log_normal_ cauchy_ normal rand_like uniform
+    index_copy index_copy_ index_fill index_fill_ masked_scatter masked_scatter_ scatter_reduce_two
+    unfold unfold_backward im2col col2im diag_embed diagonal_scatter tril_ triu_ tril_indices
+    triu_indices searchsorted bucketize unique_consecutive _unique2 unique_dim _assert_async
+    _assert_tensor_metadata _functional_assert_async lt_ gt_ le_ ge_ eq_ ne_ bitwise_xor
+    bitwise_left_shift bitwise_right_shift __and__ __or__ masked_select_backward index_put_backward
+    split_copy unbind_copy view_copy permute_copy t_copy transpose_copy expand_copy _to_dense
+    alias_copy empty_permuted copy_  linspace logspace full_like isfinite signbit
+    _index_put_impl_ put_ take take_along_dim movedim moveaxis swapaxes swapdims _is_all_true _is_any_true
 """.split())

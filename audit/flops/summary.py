@@ -46,16 +46,19 @@ class ModelSummary(StrictModel):
     forward_flops_per_token_noncausal: float
     non_matmul_train_flops_per_token: float = Field(description="elementwise, norm and softmax FLOP (approximate), not in the headline")
     attention_share: float = Field(description="attention's share of the training FLOP per token (causal)")
-    coverage: float = Field(description="share of dispatched FLOP-bearing ops with a formula, 0-1")
+    coverage: float = Field(description="share of FLOP-bearing op calls counted by a formula, 0-1 (free ops excluded)")
     unknown_ops: dict[str, int] = {}
     formula_errors: dict[str, str] = {}
     method: Literal["counted", "closed_form"]
     fallback_reason: Optional[str] = None
+    depth_method: Optional[str] = Field(None, description="how the layers were counted: extended from 1 and 2, or every layer and why")
+    notes: list[str] = Field([], description="how attention, experts or stacks were counted where it is not the default")
+    warnings: list[str] = Field([], description="inputs outside what the config declares (a sequence longer than its positions)")
     count_source: Literal["counted", "cache"] = Field(
         "counted", description="counted by this run, or read from the count cache (authenticated)")
 
 
-COUNTER_VERSION = "4"  # bump when formulas or the cache format change, to invalidate caches
+COUNTER_VERSION = "5"  # bump when formulas or the cache format change, to invalidate caches
 ENTRY_MAX_BYTES = 1 << 20  # an entry is under 1 KiB; a bigger file is not read
 _MAC_DOMAIN = b"flopgate count cache entry v1\0"
 
@@ -147,17 +150,21 @@ def _write_entry(path: Path, name: str, key: bytes, summary: ModelSummary) -> No
 
 
 def _count(config: ResolvedConfig, seq_len: int, *, source: str, field: str | None) -> ModelSummary:
-    from audit.flops.model_step import build_config, count_step
+    from audit.flops.hf_config import build_config
+    from audit.flops.model_step import count_step
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_config = build_config(config.data, source=config.ref if config.bundled else str(config.path))
+    where = config.ref if config.bundled else str(config.path)
+    hf_config = build_config(config.data, source=where)
+    warnings = sequence_warnings(hf_config, seq_len)
     try:
         step = count_step(hf_config, seq_len)
     except Exception as exc:  # noqa: BLE001 - any failure of the HF path falls back, loudly
-        return _closed_form_summary(config, seq_len, f"meta-device run failed: "
-                                    f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return _closed_form_summary(config, seq_len, f"meta-device run failed: {exc.__class__.__name__}: {text}",
+                                    source=where, warnings=warnings)
     fwd, bwd, tokens = step.forward, step.backward, step.tokens
     train = (fwd.headline + bwd.headline) / tokens
     attention = (fwd.attention_masked + bwd.attention_masked) / tokens
@@ -175,14 +182,35 @@ def _count(config: ResolvedConfig, seq_len: int, *, source: str, field: str | No
         coverage=min(fwd.coverage, bwd.coverage),
         unknown_ops=dict(sorted(unknown.items())),
         formula_errors={**fwd.formula_errors, **bwd.formula_errors},
-        method="counted",
+        method="counted", depth_method=step.depth_method, notes=list(step.notes), warnings=warnings,
     )
 
 
-def _closed_form_summary(config: ResolvedConfig, seq_len: int, reason: str) -> ModelSummary:
+def sequence_warnings(hf_config, seq_len: int) -> list[str]:
+    """A sequence longer than the positions the config declares is counted, with a warning."""
+    from audit.flops.hf_config import decoder_config
+
+    positions = getattr(decoder_config(hf_config), "max_position_embeddings", None)
+    if isinstance(positions, int) and 0 < positions < seq_len:
+        return [f"seq_len {seq_len} exceeds max_position_embeddings {positions}: counted as given, "
+                "but the model was not built for sequences this long"]
+    return []
+
+
+def _closed_form_summary(config: ResolvedConfig, seq_len: int, reason: str, *, source: str = "config",
+                         warnings: list[str] | None = None) -> ModelSummary:
+    """The closed form when the meta run failed; ``InputError`` (naming the meta failure too)
+    when the config is outside what the closed form covers."""
     from audit.flops import closed_form
 
-    est = closed_form.estimate(config.data, seq_len)
+    try:
+        est = closed_form.estimate(config.data, seq_len)
+    except closed_form.OutsideBand as exc:
+        raise InputError(f"cannot count this model: {reason}; the closed form does not apply: {exc}",
+                         source=source) from None
+    except (TypeError, ValueError, KeyError) as exc:  # a field of an unexpected kind
+        raise InputError(f"cannot count this model: {reason}; the closed form cannot read the config "
+                         f"({exc.__class__.__name__}: {exc})", source=source) from None
     train = 3 * est.forward_per_token
     return ModelSummary(
         ref=config.ref, architecture=config.data.get("model_type", "?"), config_sha256=config.sha256,
@@ -193,5 +221,6 @@ def _closed_form_summary(config: ResolvedConfig, seq_len: int, reason: str) -> M
         forward_flops_per_token_noncausal=est.forward_per_token_full,
         non_matmul_train_flops_per_token=0.0,
         attention_share=3 * est.attention_per_token / train if train else 0.0,
-        coverage=0.0, method="closed_form", fallback_reason=reason,
+        coverage=0.0, method="closed_form", fallback_reason=reason, warnings=list(warnings or []),
+        notes=list(est.notes),
     )

@@ -6,7 +6,8 @@ from audit.errors import InputError
 from audit.flops import closed_form
 from audit.flops.summary import summarize_model
 from audit.flops.configs import bundled_names, resolve_config
-from audit.flops.model_step import build_config, count_step
+from audit.flops.hf_config import build_config
+from audit.flops.model_step import count_step
 from audit.flops.registry import kept_pairs
 
 LLAMA = dict(model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=3,
@@ -105,7 +106,7 @@ def test_depth_extrapolation_equals_counting_every_layer(name):
 
 
 def test_interleaved_layers_are_counted_one_by_one():
-    from audit.flops.model_step import layers_identical
+    from audit.flops.depth import layers_identical
 
     gemma = build_config(resolve_config("gemma-2-2b").data, source="gemma")
     assert not layers_identical(gemma)  # sliding and global attention alternate
@@ -114,7 +115,7 @@ def test_interleaved_layers_are_counted_one_by_one():
 
 def test_not_a_causal_lm_is_a_clear_error():
     with pytest.raises(InputError, match="causal language model"):
-        build_config({"model_type": "t5", "d_model": 8}, source="t5.json")
+        build_config({"model_type": "vit", "hidden_size": 8}, source="vit.json")
 
 
 def test_meta_failure_falls_back_to_closed_form_and_says_so(monkeypatch, tmp_path):
