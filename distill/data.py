@@ -1,9 +1,18 @@
 """Training data: local files -> documents -> teacher-tokenizer ids -> packed sequences.
 
-Sources, by file name:
-* ``*.jsonl``: one JSON object per line, its ``text`` field is a document;
-* a folder: a dataset saved with ``datasets.save_to_disk`` (its ``text`` column; the ``train``
-  split of a DatasetDict); needs the optional ``datasets`` package;
+Two ways to the trainer:
+
+* prepared shards (``flopgate data prepare``, :mod:`distill.prepare`, format in
+  :mod:`distill.shards`): the plan's ``data.manifest`` is a shard manifest (its ``format`` field
+  says so) and the trainer maps the token files; :func:`load_training_data` picks this path;
+* raw files (this module, kept for existing plans): tokenized here at the start of every run
+  and checked against a raw-file manifest (below).
+
+Sources, by file name (read by both ways; chat records by ``prepare`` only):
+* ``*.jsonl``: one JSON object per line: its ``text`` field (a string) is a document, or its
+  ``messages`` field (a list of ``{role, content}`` strings) is a chat document;
+* a folder: a dataset saved with ``datasets.save_to_disk`` (its ``text`` or ``messages``
+  column; the ``train`` split of a DatasetDict); needs the optional ``datasets`` package;
 * any other file: UTF-8 text, documents separated by blank lines.
 
 Packing: documents are tokenized without special tokens, each followed by the EOS token (when
@@ -28,7 +37,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
@@ -39,26 +48,59 @@ from distill.checkpoint import checkpoint_digest
 MANIFEST_VERSION = 1
 
 
+Document = Union[str, list]
+"""A text document (str) or a chat document (a list of ``{"role": str, "content": str}``)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input as read: its documents, and the sha256 and size of exactly the bytes they came
+    from (a folder: the root digest of :func:`distill.checkpoint.checkpoint_digest`, taken just
+    before the dataset is loaded, and the summed size of its files)."""
+
+    path: Path
+    kind: str                 # "text", "jsonl" or "dataset"
+    documents: list
+    sha256: str
+    bytes: int
+
+    @property
+    def chat(self) -> bool:
+        return any(not isinstance(document, str) for document in self.documents)
+
+
 def read_documents(path: str | Path) -> list[str]:
-    """The documents of one source (see the module docstring)."""
+    """The text documents of one source (see the module docstring); chat records refused."""
     return read_source(path)[0]
 
 
 def read_source(path: str | Path) -> tuple[list[str], str]:
-    """The documents of one source and the sha256 of exactly the bytes they came from, read
-    once (a folder: its root digest, taken just before the dataset is loaded)."""
+    """The text documents of one source and the sha256 of the bytes they came from, read once.
+    Chat records are an ``InputError``: their loss mask needs ``flopgate data prepare``."""
+    source = read_input_source(path)
+    if source.chat:
+        raise InputError("holds chat records ('messages'); the raw-text loader reads 'text' only: "
+                         "tokenize chat data with `flopgate data prepare`", source=str(source.path),
+                         field="messages")
+    return source.documents, source.sha256
+
+
+def read_input_source(path: str | Path) -> Source:
+    """One source with text and chat documents (see the module docstring)."""
     path = Path(path)
     if path.is_dir():
         digest = checkpoint_digest(path)
-        return _dataset_documents(path), digest
+        return Source(path, "dataset", _dataset_documents(path), digest, _size(path))
     raw = read_input(path, "data file")
     text = decode_utf8(raw, path, "data file")
+    digest = hashlib.sha256(raw).hexdigest()
     if path.suffix == ".jsonl":
-        return _jsonl_documents(text, path), hashlib.sha256(raw).hexdigest()
-    return [block.strip() for block in text.split("\n\n") if block.strip()], hashlib.sha256(raw).hexdigest()
+        return Source(path, "jsonl", _jsonl_documents(text, path), digest, len(raw))
+    documents = [block.strip() for block in text.split("\n\n") if block.strip()]
+    return Source(path, "text", documents, digest, len(raw))
 
 
-def _jsonl_documents(text: str, path: Path) -> list[str]:
+def _jsonl_documents(text: str, path: Path) -> list:
     documents = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -67,14 +109,31 @@ def _jsonl_documents(text: str, path: Path) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"invalid JSON ({exc.msg})", source=str(path), field=f"line {number}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise InputError("expected an object with a string field 'text'", source=str(path),
-                             field=f"line {number}")
-        documents.append(record["text"])
+        if isinstance(record, dict) and isinstance(record.get("text"), str):
+            documents.append(record["text"])
+        elif isinstance(record, dict) and "messages" in record:
+            documents.append(_chat(record["messages"], str(path), f"line {number}: messages"))
+        else:
+            raise InputError("expected an object with a string field 'text' or a list field 'messages'",
+                             source=str(path), field=f"line {number}")
     return documents
 
 
-def _dataset_documents(path: Path) -> list[str]:
+def _chat(messages, source: str, field: str) -> list[dict]:
+    """A chat document: a non-empty list of ``{role, content}`` strings (other keys dropped)."""
+    if not isinstance(messages, list) or not messages:
+        raise InputError("expected a non-empty list of {role, content} messages", source=source, field=field)
+    chat = []
+    for index, message in enumerate(messages):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            raise InputError("expected an object with string fields 'role' and 'content'", source=source,
+                             field=f"{field}[{index}]")
+        chat.append({"role": message["role"], "content": message["content"]})
+    return chat
+
+
+def _dataset_documents(path: Path) -> list:
     try:
         import datasets
     except ImportError:
@@ -88,9 +147,12 @@ def _dataset_documents(path: Path) -> list[str]:
         if "train" not in loaded:
             raise InputError(f"expected a 'train' split, found {sorted(loaded)}", source=str(path))
         loaded = loaded["train"]
-    if "text" not in loaded.column_names:
-        raise InputError(f"expected a 'text' column, found {loaded.column_names}", source=str(path), field="text")
-    return [str(text) for text in loaded["text"]]
+    if "text" in loaded.column_names:
+        return [str(text) for text in loaded["text"]]
+    if "messages" in loaded.column_names:
+        return [_chat(messages, str(path), f"messages[{row}]") for row, messages in enumerate(loaded["messages"])]
+    raise InputError(f"expected a 'text' or 'messages' column, found {loaded.column_names}", source=str(path),
+                     field="text")
 
 
 def tokenize_documents(documents: Sequence[str], tokenizer) -> list[int]:
@@ -105,6 +167,13 @@ def tokenize_documents(documents: Sequence[str], tokenizer) -> list[int]:
         if eos is not None:
             stream.append(eos)
     return stream
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order epoch ``epoch`` reads ``count`` packed sequences in: a ``torch.randperm``
+    seeded by (seed, epoch). Shared by raw-file and shard data, so both resume the same way."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(count, generator=generator)
 
 
 @dataclass
@@ -129,8 +198,7 @@ class PackedData:
     def order(self, epoch: int) -> torch.Tensor:
         """Sequence indices in the order epoch ``epoch`` reads them."""
         if self._order_cache is None or self._order_cache[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order_cache = (epoch, torch.randperm(len(self), generator=generator))
+            self._order_cache = (epoch, epoch_order(len(self), self.seed, epoch))
         return self._order_cache[1]
 
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,8 +272,9 @@ def write_manifest(path: str | Path, manifest: dict) -> Path:
 
 
 def read_manifest(path: str | Path, *, expected_sha256: Optional[str] = None) -> tuple[dict, list[Path]]:
-    """A manifest and its files' absolute paths. ``InputError`` on a malformed manifest, or
-    when the bytes read are not the ones with ``expected_sha256`` (the audited manifest)."""
+    """A manifest and its files' absolute paths (a shard manifest's files: its ``.bin`` token
+    files). ``InputError`` on a malformed manifest, or when the bytes read are not the ones with
+    ``expected_sha256`` (the audited manifest)."""
     path = Path(path)
     if not path.exists():
         raise InputError("manifest not found", source=str(path))
@@ -214,6 +283,12 @@ def read_manifest(path: str | Path, *, expected_sha256: Optional[str] = None) ->
         raise InputError(f"is not the audited manifest (sha256 {hashlib.sha256(raw).hexdigest()[:12]}... read, "
                          f"{expected_sha256[:12]}... audited)", source=str(path))
     manifest = parse_json(raw, path, "the manifest")
+    folder = path.resolve().parent
+    from distill.shards import is_shard_manifest, parse_shards
+
+    if is_shard_manifest(manifest):  # prepared shards: the files are the token files, in order
+        shards = parse_shards(manifest, str(path))[2]
+        return manifest, [folder / shard.bin.name for shard in shards]
     if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
         raise InputError(f"expected manifest_version {MANIFEST_VERSION}", source=str(path), field="manifest_version")
     entries = manifest.get("files")
@@ -223,7 +298,6 @@ def read_manifest(path: str | Path, *, expected_sha256: Optional[str] = None) ->
         if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
                 and isinstance(entry.get("sha256"), str) and isinstance(entry.get("tokens"), int)):
             raise InputError("expected {path, sha256, tokens}", source=str(path), field=f"files[{index}]")
-    folder = path.resolve().parent
     return manifest, [folder / entry["path"] for entry in entries]
 
 
@@ -236,7 +310,19 @@ def check_manifest(manifest: dict, files: Sequence[str | Path], *, tokenizer=Non
     digests are compared, so what trains is what was checked; without, each file is hashed.
     With ``tokenizer``, its vocabulary must be the one the manifest was built with; with
     ``file_tokens``, the per-file token counts must match too.
+
+    A shard manifest: every shard file is hashed (``files`` are its ``.bin`` files, the index
+    and mask next to each), and ``tokenizer`` must have the vocabulary the shards were made with.
     """
+    from distill.shards import is_shard_manifest, verify_files
+
+    if is_shard_manifest(manifest):
+        recorded = manifest.get("tokenizer") if isinstance(manifest.get("tokenizer"), dict) else {}
+        if tokenizer is not None and recorded.get("vocab_sha256") != vocabulary_digest(tokenizer):
+            raise InputError("the shards were tokenized with a different vocabulary than the teacher's tokenizer",
+                             source=source, field="tokenizer.vocab_sha256")
+        verify_files(manifest, [Path(f) for f in files], source)
+        return
     entries = manifest["files"]
     if len(entries) != len(files):
         raise InputError(f"lists {len(entries)} data files, the run has {len(files)}", source=source, field="files")
@@ -253,3 +339,24 @@ def check_manifest(manifest: dict, files: Sequence[str | Path], *, tokenizer=Non
             if tokens != entry["tokens"]:
                 raise InputError(f"{entry['path']} tokenizes to {tokens} tokens, the manifest says {entry['tokens']}",
                                  source=source, field=f"files[{index}].tokens")
+
+
+def load_training_data(files: Sequence[str | Path], tokenizer, seq_len: int, seed: int, *,
+                       manifest: str | Path | None = None, manifest_sha256: Optional[str] = None):
+    """The run's packed training data. With a shard manifest (its ``format`` field): the
+    prepared shards, ``files`` being their ``.bin`` files, each verified against the manifest as
+    it is mapped (:func:`distill.shards.open_packed_shards`). Otherwise the raw ``files``
+    tokenized here and, with a manifest, checked against it byte for byte. ``manifest_sha256``:
+    the manifest read must be the audited one."""
+    if manifest is None:
+        return load_packed(files, tokenizer, seq_len, seed)
+    loaded, _ = read_manifest(manifest, expected_sha256=manifest_sha256)
+    from distill.shards import is_shard_manifest, open_packed_shards
+
+    if is_shard_manifest(loaded):
+        return open_packed_shards(loaded, [Path(f) for f in files], seq_len=seq_len, seed=seed,
+                                  tokenizer=tokenizer, source=str(manifest))
+    data = load_packed(files, tokenizer, seq_len, seed)  # the bytes tokenized must be the audited ones
+    check_manifest(loaded, files, tokenizer=tokenizer, file_tokens=data.file_tokens, file_sha256=data.file_sha256,
+                   source=str(manifest))
+    return data

@@ -4,7 +4,8 @@
 
 1. join the process group if launched by torchrun (gloo on CPU, NCCL on CUDA);
 2. load the tokenizer and teacher, build the student, reconcile their vocabularies;
-3. read, tokenize and pack the data; check it against the manifest;
+3. map prepared shards (a shard manifest), or read, tokenize and pack raw files; check the
+   data against the manifest;
 4. AdamW, linear warm-up then cosine decay to ``min_lr_ratio x lr``, gradient clipping;
 5. resume from the newest checkpoint when asked (bitwise exact on the same hardware);
 6. each step: teacher forward (inference mode) or cached teacher targets, student forward,
@@ -65,7 +66,7 @@ from audit.numbers import short_sci
 from audit.validation import StrictModel, validate_model
 from distill import distributed
 from distill.checkpoint import load_latest, restore_checkpoint, save_checkpoint
-from distill.data import check_manifest, load_packed, read_manifest
+from distill.data import load_training_data, read_manifest
 from distill import losses
 from distill.losses import LossKind, LossSpec, fused_distill_loss
 from distill.meter import ComputeMeter
@@ -393,11 +394,9 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 (cfg.student_base_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
             student_tokenizer = load_tokenizer(cfg.student_base_dir)
         vocab = check_vocab(tokenizer, teacher, student, student_tokenizer)
-        data = load_packed(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed)
-        if cfg.manifest is not None:  # the bytes tokenized above must be the audited ones
-            manifest, _ = read_manifest(cfg.manifest, expected_sha256=cfg.manifest_sha256)
-            check_manifest(manifest, cfg.data_files, tokenizer=tokenizer, file_tokens=data.file_tokens,
-                           file_sha256=data.file_sha256, source=str(cfg.manifest))
+        # Prepared shards (a shard manifest) or raw files; either way checked against the manifest.
+        data = load_training_data(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed, manifest=cfg.manifest,
+                                  manifest_sha256=cfg.manifest_sha256)
 
         sequences_per_step = ctx.world_size * cfg.grad_accum * cfg.micro_batch
         rank_tokens_per_step = cfg.grad_accum * cfg.micro_batch * cfg.seq_len

@@ -192,5 +192,20 @@ def test_saved_dataset_folder_reads_the_train_split_text_column(tmp_path, monkey
     with pytest.raises(InputError, match="'train' split"):
         read_documents(tmp_path)
     saved[str(tmp_path)] = Dataset([{"content": "x"}])
-    with pytest.raises(InputError, match="'text' column"):
+    with pytest.raises(InputError, match="'text' or 'messages' column"):
         read_documents(tmp_path)
+
+
+def test_jsonl_chat_records_are_read_for_prepare_and_refused_by_the_raw_loader(tmp_path):
+    from distill.data import read_input_source
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"text": "the cat ."}\n'
+                    '{"messages": [{"role": "user", "content": "a dog ."}, '
+                    '{"role": "assistant", "content": "the fox .", "name": "x"}]}\n', encoding="utf-8")
+    source = read_input_source(path)
+    assert source.kind == "jsonl" and source.chat and source.bytes == path.stat().st_size
+    assert source.documents == ["the cat .", [{"role": "user", "content": "a dog ."},
+                                              {"role": "assistant", "content": "the fox ."}]]
+    with pytest.raises(InputError, match="messages: .*flopgate data prepare"):
+        read_documents(path)

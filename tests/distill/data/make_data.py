@@ -13,6 +13,11 @@ has something to learn and its next-word distributions stay soft (what distillat
 * optional adjectives, adverbs and prepositional phrases.
 
 Paragraphs of 2-5 sentences are separated by blank lines (the data loader's document rule).
+
+Chat data for ``flopgate data prepare``: ``chat.jsonl`` (conversations whose turns are
+paragraphs of the same language), ``chat_tokenizer/`` (the word-level tokenizer plus the special
+tokens ``<|system|>``, ``<|user|>``, ``<|assistant|>``, ``<|end|>`` and a chat template without
+``{% generation %}`` blocks) and ``chat_template_generation.jinja`` (the same layout, with them).
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ ADVERBS = ["often", "rarely", "quickly", "slowly"]
 PREPOSITIONS = ["near", "under", "with", "behind"]
 DETERMINERS = {"sg": ["the", "a", "every", "one"], "pl": ["the", "some", "many", "two"]}
 SPECIAL_TOKENS = ["[UNK]", "[EOS]"]
+CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|> {{ m.content }} <|end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+CHAT_TEMPLATE_GENERATION = (
+    "{% for m in messages %}{% if m.role == 'assistant' %}<|assistant|> {% generation %}{{ m.content }} <|end|>"
+    "{% endgeneration %} {% else %}<|{{ m.role }}|> {{ m.content }} <|end|> {% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 
 
 def vocabulary() -> list[str]:
@@ -91,8 +103,9 @@ class Grammar:
         return " ".join(w for _ in range(self.rng.randint(2, 5)) for w in self.sentence())
 
 
-def write_tokenizer(folder: Path) -> None:
-    """A word-level fast tokenizer (whitespace split), saved as a Hugging Face tokenizer dir."""
+def write_tokenizer(folder: Path, chat: bool = False) -> None:
+    """A word-level fast tokenizer (whitespace split), saved as a Hugging Face tokenizer dir;
+    ``chat``: with the chat special tokens and :data:`CHAT_TEMPLATE`."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -100,6 +113,9 @@ def write_tokenizer(folder: Path) -> None:
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", eos_token="[EOS]")
+    if chat:
+        tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
+        tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(str(folder))
     # Name the class every transformers version knows (4.x and 5.x) rather than 5.x's new alias.
     config_path = folder / "tokenizer_config.json"
@@ -117,6 +133,24 @@ def main() -> None:
     (HERE / "train.jsonl").write_text(
         "".join(json.dumps({"text": p}) + "\n" for p in train[:40]), encoding="utf-8")
     write_tokenizer(HERE / "tokenizer")
+    write_chat_data()
+
+
+def write_chat_data() -> None:
+    """chat.jsonl, chat_tokenizer/ and chat_template_generation.jinja (own seed: the files above
+    do not change)."""
+    grammar = Grammar(random.Random(SEED + 1))
+    rng = grammar.rng
+    lines = []
+    for number in range(24):
+        messages = [{"role": "system", "content": grammar.paragraph()}] if number % 3 == 0 else []
+        for _ in range(rng.randint(1, 3)):
+            messages += [{"role": "user", "content": grammar.paragraph()},
+                         {"role": "assistant", "content": grammar.paragraph()}]
+        lines.append(json.dumps({"messages": messages}) + "\n")
+    (HERE / "chat.jsonl").write_text("".join(lines), encoding="utf-8")
+    write_tokenizer(HERE / "chat_tokenizer", chat=True)
+    (HERE / "chat_template_generation.jinja").write_text(CHAT_TEMPLATE_GENERATION + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
