@@ -221,7 +221,22 @@ class TermsDoc(StrictModel):
     license_ids: list[str] = Field(default=[], description="ids that name it in plans and README front matter")
     license_text_markers: list[str] = Field(default=[], description="phrases that identify it in a LICENSE file")
     spdx: Optional[str] = None
+    effective_from: Optional[dt.date] = Field(default=None, description="first day this version governs "
+                                              "(unknown: assumed in force from the start)")
+    superseded_on: Optional[dt.date] = Field(default=None, description="first day a later version governs "
+                                             "instead (unknown: still in force)")
     clauses: list[Clause] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.effective_from and self.superseded_on and self.superseded_on <= self.effective_from:
+            raise ValueError("superseded_on must be after effective_from")
+        return self
+
+    def in_force(self, day: dt.date) -> bool:
+        """Whether this version governs on ``day``: ``effective_from <= day < superseded_on``."""
+        return ((self.effective_from is None or self.effective_from <= day)
+                and (self.superseded_on is None or day < self.superseded_on))
 
 
 class Upstream(StrictModel):

@@ -35,7 +35,7 @@ from audit.policy.conditions import (
     COMPARE, Context, matches_any, jurisdiction_covered, missing_facts, student_derived_from,
     when_holds,
 )
-from audit.policy.failclosed import rule_error
+from audit.policy.failclosed import engine_finding, rule_error
 from audit.policy.decision import Finding, Obligation
 from audit.policy.packs import LoadedPack, PolicySet
 from audit.policy.schema import HostEntry, TeacherEntry, Upstream, When
@@ -217,8 +217,13 @@ def evaluate_teacher(ctx: Context, packs: PolicySet, res: Resolution) -> tuple[l
             effect="info", citation=host.citation,
             explanation=f"Host: {host.name} serves {res.model!r}; its terms ({', '.join(host.terms)}) apply "
                         "together with the model's own licence or provider terms."))
+    in_force = 0
     for terms_id in res.all_terms():
         loaded, doc = packs.terms(terms_id)
+        if not doc.in_force(ctx.as_of):
+            findings.append(_not_in_force(doc, ctx.as_of))
+            continue
+        in_force += terms_id in res.terms
         for clause in doc.clauses:
             try:
                 out = evaluate_clause(clause, ctx)
@@ -236,7 +241,19 @@ def evaluate_teacher(ctx: Context, packs: PolicySet, res: Resolution) -> tuple[l
                 explanation=f"{prefix}: {out.explanation}"))
             if out.obligation is not None:
                 obligations.append(out.obligation)
+    if res.terms and not in_force:  # fail closed: the version that governed then is not in any pack
+        findings.append(engine_finding(
+            "engine.no-terms-in-force",
+            f"No version of {', '.join(res.terms)} that a pack holds was in force on {ctx.as_of}; the terms "
+            "that governed then are unknown, so a person must review them.", observed=str(ctx.as_of)))
     return findings, obligations
+
+
+def _not_in_force(doc, day) -> Finding:
+    window = f"from {doc.effective_from or 'the start'} until {doc.superseded_on or 'now'}"
+    return engine_finding("engine.terms-not-in-force",
+                          f"{doc.title} ({doc.version}) governs {window}, not on {day}: its clauses were not "
+                          "applied.", observed=f"{doc.id} on {day}", effect="info")
 
 
 def evaluate_clause(clause, ctx: Context, when: Optional[When] = None, *, override: bool = False) -> _Out:
