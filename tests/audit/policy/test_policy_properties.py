@@ -206,10 +206,6 @@ _SIZE_OR_VARIANT = re.compile(r"[-_.]?\d+(\.\d+)?[bm](?![a-z])|-(instruct|chat|i
 _SUFFIXES = ["1B", "3B-Instruct", "8B", "11B-Vision-Instruct", "27b-it", "70B-Instruct", "72B-Instruct", "405B"]
 _SITUATIONS = [{}, {"use": {"scope": "general", "distribution": "open_weights"}, "student": {"license": "apache-2.0"}},
                {"use": {"distribution": "api"}, "student": {"name": "Llama-Acme-1B"}}]
-# Entries that resolve more permissively than a sibling checkpoint but whose pack entry does not
-# yet say why (no `notes`). They belong to the teacher packs' owners; each needs a `notes:` line.
-# The test fails when a new one appears; remove an id here once its entry gains its note.
-PENDING_REASON = {"olmo-2-base", "llama-3.2", "qwen-license-72b", "falcon-apache", "qwen2.5-vl-apache"}
 
 
 def family(model: str) -> str:
@@ -261,4 +257,4 @@ def test_a_checkpoint_is_never_more_permissive_than_its_family_without_a_reason(
                 found = PACKS.find(looser.teacher.entry_id)
                 if not (found and found[1].notes.strip()):
                     unexplained.add(looser.teacher.entry_id)
-    assert not unexplained - PENDING_REASON, sorted(unexplained - PENDING_REASON)
+    assert not unexplained, sorted(unexplained)
