@@ -213,6 +213,12 @@ class Data(StrictModel):
                                    "(one object a line: id, and messages or prompt); hashed and signed by check")
     seq_len: Count = Field(default=4096, gt=0, le=MAX_COUNT)
     epochs: Number = Field(default=1, gt=0)
+    source_len: Optional[Count] = Field(default=None, gt=0, le=MAX_COUNT, description="encoder-decoder student or "
+                                        "teacher: encoder input tokens per sequence (seq_len counts the decoder's "
+                                        "target tokens); unset, seq_len is assumed and the count says so")
+    mean_document_tokens: Optional[Count] = Field(default=None, gt=0, le=MAX_COUNT, description="sequences packed "
+                                                  "from documents of this mean length under document masking: "
+                                                  "causal attention is counted per document, not per window")
 
 
 class Method(StrictModel):

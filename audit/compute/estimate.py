@@ -42,9 +42,10 @@ def estimate_plan(loaded: LoadedPlan, tables: ReferenceTables, *, use_cache: boo
     plan, source = loaded.plan, str(loaded.path)
     seq_len = plan.data.seq_len
     # the configs as load_plan read them: the bytes counted are the bytes the audit signs
-    student = summarize_model(loaded.student_config, seq_len, source=source, field="student.config",
+    shape = dict(source_len=plan.data.source_len, document_tokens=plan.data.mean_document_tokens)
+    student = summarize_model(loaded.student_config, seq_len, **shape, source=source, field="student.config",
                               use_cache=use_cache)
-    teacher = (summarize_model(loaded.teacher_config, seq_len, source=source, field="teacher.config",
+    teacher = (summarize_model(loaded.teacher_config, seq_len, **shape, source=source, field="teacher.config",
                                use_cache=use_cache) if loaded.teacher_config is not None else None)
     return build_estimate(plan, student, teacher, tables)
 

@@ -15,6 +15,14 @@ from audit.flops.hf_config import decoder_config
 
 
 ATTENTION_NAME = "flopgate"
+_DOCUMENT = {"tokens": 0}  # packed documents' length during a counting run (0: one document per row)
+
+
+def _document_for(causal: bool, query, key) -> int:
+    """The document length to mask with: causal self-attention only (queries and keys over the
+    same positions); cross-attention and bidirectional attention are counted over every key."""
+    tokens = _DOCUMENT["tokens"]
+    return tokens if tokens and causal and query.shape[-2] == key.shape[-2] else 0
 
 
 def _counting_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -25,7 +33,8 @@ def _counting_attention(module, query, key, value, attention_mask, scaling=None,
     window = sliding_window or getattr(module, "sliding_window", None) or 0
     causal = bool(getattr(module, "is_causal", True))
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    out = attention_op.attention(query, key, value, causal, int(window), scale, _chunk_of(module))
+    out = attention_op.attention(query, key, value, causal, int(window), scale, _chunk_of(module),
+                                 _document_for(causal, query, key))
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -71,7 +80,8 @@ class _SdpaToCountedAttention(TorchFunctionMode):
                 # a causal query keeping its top-k keys keeps min(i + 1, k) of them: the count of
                 # a causal window of k (which key they are does not change the FLOP)
                 cap = self.key_cap if causal else 0
-                return attention_op.attention(query, key, value, causal, cap, scale)
+                return attention_op.attention(query, key, value, causal, cap, scale, 0,
+                                              _document_for(causal, query, key))
         return func(*args, **kwargs)
 
 
@@ -122,11 +132,13 @@ def sparse_key_cap(config) -> int:
 
 
 @contextlib.contextmanager
-def counting_context(key_cap: int = 0):
+def counting_context(key_cap: int = 0, document_tokens: int = 0):
     """What a counting run needs around the model call: SDPA calls routed to our op,
     transformers' packed-sequence and padding checks (which read tensor values) switched off
     (our inputs are one unpadded, unpacked sequence per row), and Mamba's reference scan
-    replaced by ``counted_selective_scan`` (same FLOP, no loop over the sequence)."""
+    replaced by ``counted_selective_scan`` (same FLOP, no loop over the sequence).
+    ``document_tokens`` > 0: each row is packed documents of that length under document
+    masking; our attention op counts causal self-attention per document."""
     import transformers.masking_utils as masking_utils
     from transformers import PreTrainedModel
 
@@ -139,10 +151,13 @@ def counting_context(key_cap: int = 0):
     scans = [(m, m.mamba_selective_scan) for m in _scan_modules()]
     for module, _ in scans:
         module.mamba_selective_scan = counted_selective_scan
+    saved_document = _DOCUMENT["tokens"]
+    _DOCUMENT["tokens"] = int(document_tokens or 0)
     try:
         with _SdpaToCountedAttention(key_cap):
             yield
     finally:
+        _DOCUMENT["tokens"] = saved_document
         if saved is not None:
             masking_utils.find_packed_sequence_indices = saved
         if saved_warn is not None:

@@ -78,7 +78,8 @@ class MetaModel:
     dtype: Any = torch.bfloat16
 
 
-def _runnable_model(config, seq_len: int, batch: int, source_len: int | None) -> MetaModel:
+def _runnable_model(config, seq_len: int, batch: int, source_len: int | None,
+                    document_tokens: int | None = None) -> MetaModel:
     """The model built our way, or - when a model accepts our attention implementation but its
     own code then needs the mask transformers builds for the others (MPT) - built with SDPA.
     A one-layer trial run decides, so a failure is found before the layers are counted."""
@@ -99,7 +100,7 @@ def _runnable_model(config, seq_len: int, batch: int, source_len: int | None) ->
             try:
                 model = built if candidate is config and ours else \
                     build_meta_model(candidate, attention=attention, dtype=dtype)
-                count_step_full(candidate, seq_len, 1, source_len, built=model)
+                count_step_full(candidate, seq_len, 1, source_len, built=model, document_tokens=document_tokens)
                 return
             except Exception:  # noqa: BLE001
                 if candidate is config:
@@ -234,8 +235,11 @@ class StepCount:
     dtype: Any = torch.bfloat16
 
 
-def count_step(config, seq_len: int, batch: int = 1, source_len: int | None = None) -> StepCount:
-    """One training step of ``batch x seq_len`` tokens.
+def count_step(config, seq_len: int, batch: int = 1, source_len: int | None = None,
+               document_tokens: int | None = None) -> StepCount:
+    """One training step of ``batch x seq_len`` tokens (an encoder-decoder's encoder reads
+    ``source_len`` tokens per sequence, default ``seq_len``; ``document_tokens``: each sequence is
+    packed documents of that length under document masking, see ``counting_context``).
 
     Depth extension by layer kind: the built model's decoder layers are grouped by signature
     (``layer_signature``). The step is counted at a few shallow depths - 1 and 2 when every layer
@@ -245,7 +249,7 @@ def count_step(config, seq_len: int, batch: int = 1, source_len: int | None = No
     the full model's parameter count exactly; otherwise, or when the config cannot be shortened,
     every layer runs, and ``depth_method`` says why.
     """
-    built = _runnable_model(config, seq_len, batch, source_len)
+    built = _runnable_model(config, seq_len, batch, source_len, document_tokens)
     depth = getattr(decoder_config(config), "num_hidden_layers", None)
     reason = None
     kinds = None
@@ -270,7 +274,8 @@ def count_step(config, seq_len: int, batch: int = 1, source_len: int | None = No
                 shallow_built = build_meta_model(shallow, attention=built.attention, dtype=built.dtype)
                 if signatures(shallow_built.model, shallow, k, keys) != kinds[:k]:
                     raise DepthError(f"the {k}-layer model's layers are not the full model's first {k}")
-                steps.append(count_step_full(shallow, seq_len, batch, source_len, built=shallow_built))
+                steps.append(count_step_full(shallow, seq_len, batch, source_len, built=shallow_built,
+                                             document_tokens=document_tokens))
         except DepthError as exc:
             reason = str(exc)[:160]
         except Exception as exc:  # noqa: BLE001 - a shallow model that will not run: count every layer
@@ -295,7 +300,7 @@ def count_step(config, seq_len: int, batch: int = 1, source_len: int | None = No
                                    depth_method=method, notes=list(steps[0].notes), attention=built.attention,
                                    dtype=built.dtype)
                 return _with_mtp(result, config, built.model, kinds, depths, steps)
-    step = count_step_full(config, seq_len, batch, source_len, built=built)
+    step = count_step_full(config, seq_len, batch, source_len, built=built, document_tokens=document_tokens)
     step.depth_method = f"every layer ({reason})"
     return _with_mtp(step, config, built.model, None, None, None)
 
@@ -353,7 +358,7 @@ def _with_mtp(step: StepCount, config, model, kinds, depths, steps) -> StepCount
 
 
 def count_step_full(config, seq_len: int, batch: int = 1, source_len: int | None = None,
-                    built: MetaModel | None = None) -> StepCount:
+                    built: MetaModel | None = None, document_tokens: int | None = None) -> StepCount:
     """Run forward (with loss) and backward on meta under the counter, every layer."""
     from audit.flops.counter import FlopCounter
 
@@ -366,7 +371,7 @@ def count_step_full(config, seq_len: int, batch: int = 1, source_len: int | None
         inputs = dict(input_ids=source, decoder_input_ids=ids, labels=ids, use_cache=False)
     else:
         inputs = dict(input_ids=ids, labels=ids, use_cache=False)
-    with counting_context(sparse_key_cap(config)):
+    with counting_context(sparse_key_cap(config), document_tokens or 0):
         with FlopCounter(built.dense_experts) as forward:
             out = model(**inputs)
         loss = out.loss if getattr(out, "loss", None) is not None else out[0]

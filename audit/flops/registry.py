@@ -146,17 +146,28 @@ def _convolution_backward(a: Mapping[str, Any], out: Any) -> OpCost:
 # --------------------------------------------------------------------------- attention
 
 
-def kept_pairs(q_len: int, k_len: int, causal: bool, window: int | None = None, chunk: int | None = None) -> int:
+def kept_pairs(q_len: int, k_len: int, causal: bool, window: int | None = None, chunk: int | None = None,
+               document: int | None = None) -> int:
     """Number of (query, key) pairs a mask keeps.
 
     Causal masks align the last query with the last key (bottom-right, as in a KV-cache
     decode): query ``i`` sees keys ``0 .. i + (k_len - q_len)``. ``window`` (causal only) keeps
     at most that many keys per query, the query's own position included. ``chunk`` (causal
     only, Llama 4's chunked attention) keeps only keys in the query's own block of ``chunk``
-    positions. Closed form, so a 128k context costs nothing to count.
+    positions. ``document`` (causal only: packed documents under document masking) does the
+    same with blocks of ``document`` positions; with a chunk as well, the two blocks' common
+    refinement is exact when one length divides the other, and otherwise the smaller of the two
+    counts is taken (an upper bound: never fewer pairs than the mask keeps). Closed form, so a
+    128k context costs nothing to count.
     """
     if not causal:
         return q_len * k_len
+    if document:
+        if not chunk or chunk % document == 0:
+            chunk = document  # the document blocks refine the chunks (or there are none)
+        elif document % chunk != 0:  # neither refines the other: an upper bound
+            return min(kept_pairs(q_len, k_len, True, window, chunk),
+                       kept_pairs(q_len, k_len, True, window, document))
     if chunk:
         offset = k_len - q_len
         cap = min(window, chunk) if window else chunk
@@ -187,24 +198,25 @@ def _sum_clamped(lo: int, hi: int, cap: int) -> int:
 
 
 def _attention_cost(batch: int, q_heads: int, q_len: int, k_len: int, qk_dim: int, v_dim: int,
-                    causal: bool, window: int | None, backward: bool, chunk: int | None = None) -> OpCost:
+                    causal: bool, window: int | None, backward: bool, chunk: int | None = None,
+                    document: int | None = None) -> OpCost:
     """Forward: scores = Q K^T (2*d_qk per pair) and out = P V (2*d_v per pair) per head.
     Backward: twice the forward. Softmax: about 5 FLOP per kept score (max, sub, exp, sum, div)."""
     per_pair = 2.0 * (qk_dim + v_dim) * batch * q_heads
     factor = 2.0 if backward else 1.0
     full = per_pair * q_len * k_len * factor
-    kept = kept_pairs(q_len, k_len, causal, window, chunk)
+    kept = kept_pairs(q_len, k_len, causal, window, chunk, document)
     masked = per_pair * kept * factor
     softmax = 5.0 * batch * q_heads * kept
     return OpCost(attention_full=full, attention_masked=masked, non_matmul=softmax)
 
 
 def _bhsd(a: Mapping[str, Any], *, backward: bool, causal: bool, window: int | None = None,
-          chunk: int | None = None) -> OpCost:
+          chunk: int | None = None, document: int | None = None) -> OpCost:
     """Attention with (batch, heads, seq, dim) tensors; grouped-query K/V may have fewer heads."""
     b, hq, sq, dqk = shape(a["query"])
     sk, dv = shape(a["key"])[-2], shape(a["value"])[-1]
-    return _attention_cost(b, hq, sq, sk, dqk, dv, causal, window, backward, chunk)
+    return _attention_cost(b, hq, sq, sk, dqk, dv, causal, window, backward, chunk, document)
 
 
 def _bshd(a: Mapping[str, Any], *, backward: bool, causal: bool) -> OpCost:
@@ -263,15 +275,19 @@ def _flex_backward(a: Mapping[str, Any], out: Any) -> OpCost:
 
 @formula("flopgate.attention")
 def _our_attention(a: Mapping[str, Any], out: Any) -> OpCost:
-    """The op our counting attention calls; it knows the layer's causal flag and window."""
-    return _bhsd(a, backward=False, causal=bool(a["is_causal"]), window=int(a["window"]) or None,
-                 chunk=int(a.get("chunk", 0) or 0) or None)
+    """The op our counting attention calls; it knows the layer's causal flag, window, chunk and
+    (packed sequences under document masking) the document length."""
+    return _bhsd(a, backward=False, **_our_mask(a))
 
 
 @formula("flopgate.attention_backward")
 def _our_attention_backward(a: Mapping[str, Any], out: Any) -> OpCost:
-    return _bhsd(a, backward=True, causal=bool(a["is_causal"]), window=int(a["window"]) or None,
-                 chunk=int(a.get("chunk", 0) or 0) or None)
+    return _bhsd(a, backward=True, **_our_mask(a))
+
+
+def _our_mask(a: Mapping[str, Any]) -> dict:
+    return dict(causal=bool(a["is_causal"]), window=int(a["window"]) or None,
+                chunk=int(a.get("chunk", 0) or 0) or None, document=int(a.get("document", 0) or 0) or None)
 
 
 # --------------------------------------------------------------------------- non-matmul

@@ -3,8 +3,9 @@
 
 ``summarize_model(ref, seq_len)`` resolves the config, counts a training step on the meta device
 (or falls back to the closed form, saying why), and caches the result keyed by the config's
-digest, the sequence length and the torch/transformers versions, so a cached lookup imports
-neither library.
+digest, the sequence length (and, when given, the encoder's source length and the packed
+documents' length) and the torch/transformers versions, so a cached lookup imports neither
+library.
 
 The cache is outside the trust boundary (a shared CI cache, anyone's home): an entry is used
 only when its HMAC-SHA256, keyed by the secret in the flopgate home folder
@@ -53,12 +54,17 @@ class ModelSummary(StrictModel):
     fallback_reason: Optional[str] = None
     depth_method: Optional[str] = Field(None, description="how the layers were counted: extended from 1 and 2, or every layer and why")
     notes: list[str] = Field([], description="how attention, experts or stacks were counted where it is not the default")
-    warnings: list[str] = Field([], description="inputs outside what the config declares (a sequence longer than its positions)")
+    warnings: list[str] = Field([], description="inputs outside what the config declares (a sequence longer than its "
+                                "positions), and assumptions the plan left to the counter (an encoder-decoder's "
+                                "source length)")
+    source_len: Optional[int] = Field(None, description="encoder-decoders: encoder tokens per sequence counted")
+    document_tokens: Optional[int] = Field(None, description="packed documents' length under document masking "
+                                           "(data.mean_document_tokens); causal self-attention counted per document")
     count_source: Literal["counted", "cache"] = Field(
         "counted", description="counted by this run, or read from the count cache (authenticated)")
 
 
-COUNTER_VERSION = "5"  # bump when formulas or the cache format change, to invalidate caches
+COUNTER_VERSION = "6"  # bump when formulas or the cache format change, to invalidate caches
 ENTRY_MAX_BYTES = 1 << 20  # an entry is under 1 KiB; a bigger file is not read
 _MAC_DOMAIN = b"flopgate count cache entry v1\0"
 
@@ -68,14 +74,23 @@ def cache_dir() -> Path:
     return Path(base) if base else Path.home() / ".cache" / "flopgate" / "flops"
 
 
-def cache_key(config: ResolvedConfig, seq_len: int) -> str:
-    return "-".join([config.sha256[:32], str(seq_len), "torch" + str(package_version("torch")),
+def cache_key(config: ResolvedConfig, seq_len: int, source_len: int | None = None,
+              document_tokens: int | None = None) -> str:
+    extra = ([f"src{source_len}"] if source_len is not None else []) + \
+            ([f"doc{document_tokens}"] if document_tokens is not None else [])
+    return "-".join([config.sha256[:32], str(seq_len), *extra, "torch" + str(package_version("torch")),
                      "tf" + str(package_version("transformers")), "v" + COUNTER_VERSION])
 
 
-def summarize_model(ref: str | ResolvedConfig, seq_len: int, *, source: str = "config",
+def summarize_model(ref: str | ResolvedConfig, seq_len: int, *, source_len: int | None = None,
+                    document_tokens: int | None = None, source: str = "config",
                     field: str | None = None, use_cache: bool = True) -> ModelSummary:
     """Per-token FLOP and parameter counts of the model ``ref`` at ``seq_len`` tokens per sequence.
+
+    ``source_len`` (``data.source_len``): an encoder-decoder's encoder tokens per sequence; unset,
+    ``seq_len`` is assumed and the summary's ``warnings`` say so. Ignored for decoder-only models.
+    ``document_tokens`` (``data.mean_document_tokens``): each sequence is packed documents of that
+    length under document masking; causal self-attention is counted per document.
 
     ``ref`` is a config reference (bundled name, config.json, model folder), or a config already
     read (:class:`ResolvedConfig`): an audit counts exactly the bytes it hashed and signs.
@@ -90,13 +105,18 @@ def summarize_model(ref: str | ResolvedConfig, seq_len: int, *, source: str = "c
     from audit.attest.keys import cache_mac_key_or_none
 
     mac_key = cache_mac_key_or_none() if use_cache else None
-    name = cache_key(config, seq_len)
+    for value, what in ((source_len, "data.source_len"), (document_tokens, "data.mean_document_tokens")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise InputError(f"{what}: expected a whole number of tokens > 0, got {value!r}", source=source,
+                             field=what)
+    name = cache_key(config, seq_len, source_len, document_tokens)
     path = cache_dir() / f"{name}.json"
     if mac_key is not None:
         cached = _read_entry(path, name, mac_key)
         if cached is not None and cached.config_sha256 == config.sha256:
             return cached.model_copy(update={"ref": ref, "count_source": "cache"})
-    summary = _count(config, seq_len, source=source, field=field)
+    summary = _count(config, seq_len, source_len=source_len, document_tokens=document_tokens, source=source,
+                     field=field)
     if mac_key is not None:
         _write_entry(path, name, mac_key, summary)
     return summary
@@ -149,8 +169,9 @@ def _write_entry(path: Path, name: str, key: bytes, summary: ModelSummary) -> No
         pass  # a read-only cache must not break a check
 
 
-def _count(config: ResolvedConfig, seq_len: int, *, source: str, field: str | None) -> ModelSummary:
-    from audit.flops.hf_config import build_config
+def _count(config: ResolvedConfig, seq_len: int, source_len: int | None = None,
+           document_tokens: int | None = None, *, source: str, field: str | None) -> ModelSummary:
+    from audit.flops.hf_config import build_config, is_encoder_decoder
     from audit.flops.model_step import count_step
 
     from transformers.utils import logging as hf_logging
@@ -159,12 +180,24 @@ def _count(config: ResolvedConfig, seq_len: int, *, source: str, field: str | No
     where = config.ref if config.bundled else str(config.path)
     hf_config = build_config(config.data, source=where)
     warnings = sequence_warnings(hf_config, seq_len)
+    encoder_decoder = is_encoder_decoder(hf_config)
+    if not encoder_decoder:
+        source_len = None  # no encoder: nothing reads it
+    elif source_len is None:
+        source_len = seq_len
+        warnings.append(f"encoder-decoder counted with source_len = seq_len ({seq_len} encoder tokens per "
+                        "sequence): data.source_len is not set; set it to the encoder input length")
     try:
-        step = count_step(hf_config, seq_len)
+        step = count_step(hf_config, seq_len, source_len=source_len, document_tokens=document_tokens)
     except Exception as exc:  # noqa: BLE001 - any failure of the HF path falls back, loudly
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         return _closed_form_summary(config, seq_len, f"meta-device run failed: {exc.__class__.__name__}: {text}",
-                                    source=where, warnings=warnings)
+                                    source=where, warnings=warnings, document_tokens=document_tokens)
+    notes = list(step.notes)
+    if document_tokens is not None:
+        notes.append(document_note(seq_len, document_tokens))
+    if encoder_decoder:
+        notes.append(f"encoder-decoder: both stacks, {source_len} encoder tokens per {seq_len} target tokens")
     fwd, bwd, tokens = step.forward, step.backward, step.tokens
     train = (fwd.headline + bwd.headline) / tokens
     attention = (fwd.attention_masked + bwd.attention_masked) / tokens
@@ -182,8 +215,18 @@ def _count(config: ResolvedConfig, seq_len: int, *, source: str, field: str | No
         coverage=min(fwd.coverage, bwd.coverage),
         unknown_ops=dict(sorted(unknown.items())),
         formula_errors={**fwd.formula_errors, **bwd.formula_errors},
-        method="counted", depth_method=step.depth_method, notes=list(step.notes), warnings=warnings,
+        method="counted", depth_method=step.depth_method, notes=notes, warnings=warnings,
+        source_len=source_len, document_tokens=document_tokens,
     )
+
+
+def document_note(seq_len: int, document_tokens: int) -> str:
+    if document_tokens >= seq_len:
+        return (f"packed documents of {document_tokens} tokens (data.mean_document_tokens) fill the "
+                f"{seq_len}-token window: attention counted as one causal document per window")
+    return (f"packed documents: causal self-attention counted per document of {document_tokens} tokens "
+            f"(data.mean_document_tokens, document masking) in each {seq_len}-token window; cross- and "
+            "bidirectional attention, and attention the model computes as matmuls, over the whole window")
 
 
 def sequence_warnings(hf_config, seq_len: int) -> list[str]:
@@ -198,7 +241,7 @@ def sequence_warnings(hf_config, seq_len: int) -> list[str]:
 
 
 def _closed_form_summary(config: ResolvedConfig, seq_len: int, reason: str, *, source: str = "config",
-                         warnings: list[str] | None = None) -> ModelSummary:
+                         warnings: list[str] | None = None, document_tokens: int | None = None) -> ModelSummary:
     """The closed form when the meta run failed; ``InputError`` (naming the meta failure too)
     when the config is outside what the closed form covers."""
     from audit.flops import closed_form
@@ -222,5 +265,7 @@ def _closed_form_summary(config: ResolvedConfig, seq_len: int, reason: str, *, s
         non_matmul_train_flops_per_token=0.0,
         attention_share=3 * est.attention_per_token / train if train else 0.0,
         coverage=0.0, method="closed_form", fallback_reason=reason, warnings=list(warnings or []),
-        notes=list(est.notes),
+        notes=list(est.notes) + ([f"packed documents of {document_tokens} tokens: not applied by the closed form, "
+                                  "attention counted as one causal document per window (an upper bound)"]
+                                 if document_tokens is not None else []),
     )

@@ -17,9 +17,10 @@ end in ALLOW. So do an unknown or unstated host for an open-weights model reache
 (``engine.unknown-base-model``; a known one's derivative-binding clauses apply as
 ``base-model.<clause id>``), and a local teacher folder whose card disagrees with the declared
 licence or the pack's entry (``engine.teacher-license-conflict``). The teacher's terms must also
-say something affirmative (a permission or an obligation); silence is REVIEW. A plan that claims more training tokens per epoch than its
-dataset manifest holds is REVIEW too (the manifest is read before ``decide``, see
-:class:`audit.policy.conditions.PlanFacts`).
+say something affirmative (a permission or an obligation); silence is REVIEW. A plan that claims
+more training tokens per epoch than its dataset manifest holds is REVIEW too (the manifest is read before ``decide``, see
+:class:`audit.policy.conditions.PlanFacts`); and so is a student or teacher count that met FLOP-bearing
+ops without a formula (``engine.uncounted-ops``): the compute could be undercounted.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import re
 from pathlib import PurePath
 
 from audit.compute.types import ComputeEstimate
-from audit.numbers import exact
+from audit.numbers import counted, exact
 from audit.plan import Plan
 from audit.policy.conditions import Context, PlanFacts
 from audit.policy.failclosed import engine_finding
@@ -65,7 +66,8 @@ def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.dat
     base_findings += _base_findings(plan, base)
     org_findings, org_obligations = evaluate_rules(ctx, packs)
 
-    findings = findings + teacher_findings + base_findings + org_findings + data_findings(ctx)
+    findings = (findings + teacher_findings + base_findings + org_findings + data_findings(ctx)
+                + uncounted_findings(compute))
     obligations = obligations + teacher_obligations + base_obligations + org_obligations
     outcome, rule_ids = outcome_of(findings, obligations)
     return Decision(outcome=outcome, as_of=as_of, findings=findings, obligations=obligations,
@@ -211,6 +213,36 @@ def data_findings(ctx: Context) -> list[Finding]:
         "must review it.",
         observed=f"data.tokens = {_tokens(planned)} per epoch",
         threshold=f"{_tokens(held)} in {name} ({ctx.facts.manifest_tokens_field})", comparator=">")]
+
+
+def uncounted_findings(compute: ComputeEstimate) -> list[Finding]:
+    """``engine.uncounted-ops``: the student's or teacher's count met FLOP-bearing ops that no
+    formula counts (``unknown_ops``, formula errors, or coverage below 1), so the compute may be
+    undercounted; one REVIEW finding per model, naming the ops. A closed-form count (no op count
+    to be short of; its method and reason are stated) and a teacher known only by its parameter
+    count give none."""
+    out = []
+    for role, summary in (("student", compute.student), ("teacher", compute.teacher)):
+        if summary is None or summary.method != "counted":
+            continue
+        ops = dict(summary.unknown_ops)
+        for name in summary.formula_errors:
+            ops.setdefault(name, 0)
+        if not ops and summary.coverage >= 1.0:
+            continue
+        named = ", ".join(f"{name} ({_calls(calls)})" for name, calls in sorted(ops.items())) or "none named"
+        out.append(engine_finding(
+            "engine.uncounted-ops",
+            f"The {role}'s count ({summary.ref}, {summary.architecture}) met FLOP-bearing ops that no formula "
+            f"counts: {named}; op coverage {summary.coverage:.2%}. Their FLOP are not in the compute figures, "
+            "which may therefore be too low; a person must review it (or add formulas for those ops).",
+            observed=f"{role}: {len(ops)} uncounted op(s), coverage {summary.coverage:.4f}",
+            threshold="every FLOP-bearing op counted (coverage 1)", comparator="<"))
+    return out
+
+
+def _calls(calls: float) -> str:
+    return counted(int(calls), "call") if calls else "formula error"
 
 
 def _tokens(value: float) -> str:

@@ -1,6 +1,6 @@
 """Engine findings: the fail-closed reasons (unknown teacher, unknown licence, a jurisdiction no
-regime pack covers, a rule that raised, data.tokens above the manifest's tokens). They carry no
-citation and always mean REVIEW."""
+regime pack covers, a rule that raised, data.tokens above the manifest's tokens, a model count
+with FLOP-bearing ops no formula counts). They carry no citation and always mean REVIEW."""
 
 from __future__ import annotations
 
