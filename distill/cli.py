@@ -11,6 +11,11 @@ Budget: the smaller of the plan's budget.max_flops and the audited compute of wh
 spends (student training and teacher forward); the run stops before it would pass the budget. FLOP per token: the audited student training FLOP per token
 plus the teacher's forward FLOP per token (1 multiply-add = 2 FLOP).
 
+A sequence plan (method.kind: sequence) trains on the answers flopgate generate wrote:
+--generated DIR, accepted only when DIR's signed generation record is for this audit and its
+kept samples; no teacher model is loaded and the meter charges student training only
+(docs/distillation.md).
+
 Exit codes: 0 done (also after a clean stop at the budget), 6 refused by the gate (each reason
 on its own line), 2 invalid input (including: no CUDA and no --allow-cpu), 1 unexpected error.
 """
@@ -48,6 +53,10 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=positive(int), metavar="N", help="steps between checkpoints")
     p.add_argument("--teacher-cache", metavar="DIR", help="cached teacher logits for a cached_logits plan "
                    "(built there on first use; default OUT/teacher-cache)")
+    p.add_argument("--generated", metavar="DIR", help="a sequence plan: the folder flopgate generate wrote; "
+                   "trained on only when its signed generation record names this audit and its kept samples")
+    p.add_argument("--tokenizer", metavar="DIR", help="a sequence plan: the tokenizer folder (default: the "
+                   "teacher's local folder)")
     p.add_argument("--no-compile", action="store_true", help="no torch.compile on CUDA")
     p.add_argument("--shard-teacher", action="store_true", help="under torchrun: shard the teacher's layers "
                    "over the processes (FSDP2) instead of a whole copy on each; for teachers too large for one GPU")
@@ -101,6 +110,10 @@ def run(args) -> int:
         print(f"  {note}")
 
     loaded = gate.loaded_plan  # parsed from the very bytes the gate verified; never read again
+    if loaded.plan.method.kind == "sequence" or args.generated:
+        from distill.sequence import run as run_sequence
+
+        return run_sequence(args, opened)  # sequence-level: the teacher's answers, no teacher model
     flops_per_token, budget, teacher_fpt = opened.flops_per_token, opened.budget_flops, None
     if loaded.plan.method.kind == "cached_logits":
         # The teacher runs once, when the cache is built; the meter charges that once, so the
@@ -254,7 +267,7 @@ def _device(args) -> str:
     return f"CPU ({platform.machine() or 'unknown'})"
 
 
-def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str) -> int:
+def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str, extra_files=()) -> int:
     from audit.attest.keys import key_id, short_fingerprint
     from distill.model_card import installed_clause_types, write_model_card
     from distill.record import write_run_record
@@ -266,7 +279,8 @@ def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str) -> i
         cfg.out_dir, result, audit_envelope=args.attestation, audit=gate.audit,
         envelope_sha256=gate.envelope_sha256, plan_path=loaded.path, private_key=private_key,
         device_name=device_name, flops_per_token=cfg.flops_per_token, tolerance=cfg.tolerance,
-        approval_path=args.approval if gate.approval_sha256 else None, approval_sha256=gate.approval_sha256)
+        approval_path=args.approval if gate.approval_sha256 else None, approval_sha256=gate.approval_sha256,
+        extra_files=extra_files)
     record = written.statement["predicate"]
     card = write_model_card(cfg.out_dir, plan=loaded.plan, audit=gate.audit, record=record,
                             clause_types=installed_clause_types())

@@ -1,0 +1,609 @@
+"""Sequence-level distillation: the student learns the answers the teacher wrote.
+
+``flopgate distill PLAN --attestation A --pubkey K --generated DIR`` for a plan with
+``method.kind: sequence``. ``DIR`` is the folder ``flopgate generate`` wrote (docs/generate.md).
+No teacher model is loaded: the teacher's work is in the answers, and ``generate`` metered it.
+
+1. **Provenance** (fail closed, exit 6 with every reason): ``DIR/generation-record.intoto.json``
+   must verify with the keys trusted for the audit (signature, statement, predicate type
+   ``generation-record/v1``); its ``audit.sha256`` must be the digest of the audit envelope the
+   gate verified; and the sha256 of the ``kept-samples.jsonl`` bytes read here must be its
+   ``outputs.kept_sha256``. Those bytes, read once, are the bytes trained on.
+2. **Tokenizing**: each kept row's ``messages`` plus its ``completion`` (the teacher's answer,
+   role ``assistant``) is rendered with the tokenizer's chat template. The answer's tokens are
+   those starting at or after the end of the prompt rendered with the generation prompt
+   (``messages`` alone, ``add_generation_prompt=True``): the answer and the template's
+   end-of-turn text after it. Only they are labels; every prompt token's label is -100. A sample
+   longer than ``seq_len`` is cut to ``seq_len``; one with no answer token left is skipped (both
+   counted in ``sequence-data.json``).
+3. **Packing**: samples, in an order seeded by ``seed``, are packed whole into rows of
+   ``seq_len`` tokens (next fit; the rest of a row is padding, label -100). Position ids restart
+   at 0 for every sample, and the attention mask is block-diagonal causal ([B, 1, T, T]: a
+   token sees the earlier tokens of its own sample only), so a packed row gives each sample
+   the loss it has alone. Rows are read in a fresh seeded order each epoch.
+4. **Training**: cross-entropy on the answer tokens, summed over the step and divided by the
+   step's answer-token count; AdamW, warm-up + cosine (:func:`distill.trainer.warmup_cosine`),
+   gradient clipping, checkpoints (:mod:`distill.checkpoint`), metrics (``metrics.jsonl``).
+   Logits are formed and reduced in fp32 (on CUDA the body runs under bf16 autocast).
+5. **Metering**: every row position counts as a training token (padding included: it is
+   computed), charged at the audited student training FLOP per token; the run stops before
+   the meter would pass the budget; ``on_step`` gets each step's record (the ledger charge).
+
+The tokenizer: ``--tokenizer DIR``, else the teacher's local folder (what the logit trainer
+uses), else a ``student.init: base`` folder holding a tokenizer. Its digest is recorded in
+``sequence-data.json``, which the run record signs with the generation record and the samples.
+
+Not yet: ``--resume`` of a sequence run; several processes are wired (DDP, global answer-token
+count) but only one process is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from audit.errors import InputError
+from audit.numbers import short_sci
+from audit.validation import StrictModel, validate_model
+
+IGNORE_INDEX = -100
+DATA_RECORD = "sequence-data.json"
+"""What the run trained on (generation record, samples, tokenizer, packing); signed by the run record."""
+
+
+# -- provenance --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GeneratedData:
+    """The verified output of ``flopgate generate``: ``kept`` are the bytes to train on."""
+
+    folder: Path
+    record_path: Path
+    record_sha256: str       # of the envelope's bytes
+    kept_path: Path
+    kept_sha256: str
+    kept: bytes
+    predicate: dict
+
+
+class ProvenanceRefused(Exception):
+    """The generated data is not the audited teacher's (one line per reason)."""
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = list(reasons)
+        super().__init__("; ".join(self.reasons))
+
+
+def verify_generated(folder: str | Path, trusted_keys, audit_sha256: str) -> GeneratedData:
+    """Check ``folder`` per the module docstring (1); :class:`ProvenanceRefused` names every failure.
+
+    The envelope's signature and statement are verified (``check_files=False``: the trainer
+    reads exactly one subject, the samples, and compares the digest of the bytes it read)."""
+    from audit.attest import PREDICATE_GENERATION_RECORD, VerificationFailed
+    from audit.attest.verify import read_envelope_file, verify_envelope_bytes
+    from audit.fsutil import read_input, sha256_bytes
+    from distill.generation.record import KEPT_FILE, RECORD_ENVELOPE
+
+    folder = Path(folder)
+    record_path, kept_path = folder / RECORD_ENVELOPE, folder / KEPT_FILE
+    try:
+        data = read_envelope_file(record_path)
+    except InputError as exc:
+        raise ProvenanceRefused([f"generated data: no generation record ({exc})"]) from None
+    try:
+        verified = verify_envelope_bytes(data, trusted_keys, predicate_types=(PREDICATE_GENERATION_RECORD,),
+                                         check_files=False)
+    except VerificationFailed as exc:
+        raise ProvenanceRefused([f"generated data: {record_path} does not verify ({exc.reason}: {exc})"]) from None
+    predicate = verified.predicate
+    reasons = []
+    record_audit = (predicate.get("audit") or {}).get("sha256")
+    if record_audit != audit_sha256:
+        reasons.append(f"generated data: the generation record is for audit {str(record_audit)[:12]}..., "
+                       f"not the audit verified here ({audit_sha256[:12]}...)")
+    expected = (predicate.get("outputs") or {}).get("kept_sha256")
+    kept, kept_sha256 = b"", ""
+    try:
+        kept = read_input(kept_path, "kept samples")
+        kept_sha256 = sha256_bytes(kept)
+        if kept_sha256 != expected:
+            reasons.append(f"generated data: {kept_path} has sha256 {kept_sha256[:12]}..., the signed "
+                           f"generation record says {str(expected)[:12]}... (the samples were changed)")
+    except InputError as exc:
+        reasons.append(f"generated data: {exc}")
+    if reasons:
+        raise ProvenanceRefused(reasons)
+    return GeneratedData(folder, record_path, verified.envelope_sha256, kept_path, kept_sha256, kept, predicate)
+
+
+def read_samples(generated: GeneratedData) -> list[tuple[list[dict], dict]]:
+    """``(messages, answer)`` of every kept row, from the verified bytes; one-line errors."""
+    source = str(generated.kept_path)
+    try:
+        text = generated.kept.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("expected UTF-8 text", source=source) from None
+    samples = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON ({exc.msg})", source=source, field=f"line {number}") from None
+        where = f"line {number}"
+        if not isinstance(row, dict) or row.get("status", "kept") != "kept":
+            raise InputError("expected a kept sample (an object with status 'kept')", source=source, field=where)
+        messages, completion = row.get("messages"), row.get("completion")
+        if not (isinstance(messages, list) and messages and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages)):
+            raise InputError("expected 'messages': a non-empty list of {role, content} strings",
+                             source=source, field=f"{where}: messages")
+        if not (isinstance(completion, dict) and isinstance(completion.get("content"), str)):
+            raise InputError("expected 'completion': {role, content}", source=source, field=f"{where}: completion")
+        samples.append(([{"role": m["role"], "content": m["content"]} for m in messages],
+                        {"role": "assistant", "content": completion["content"]}))
+    if not samples:
+        raise InputError("holds no kept sample to train on", source=source)
+    return samples
+
+
+# -- tokenizing and packing --------------------------------------------------------------------
+
+def encode_sample(tokenizer, messages: list[dict], answer: dict, *,
+                  where: str = "sample") -> tuple[list[int], list[int]]:
+    """Token ids of the rendered conversation and their next-token labels: ``labels[t]`` is
+    ``ids[t + 1]`` when that token belongs to the answer (module docstring, 2), else -100."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("the tokenizer has no chat template, so prompts and answers cannot be rendered",
+                         field="--tokenizer")
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError("expected a fast tokenizer (a tokenizer.json): the answer's tokens are found by "
+                         "character offsets", field="--tokenizer")
+    try:
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages + [answer], tokenize=False)
+    except Exception as exc:  # a template error names the sample
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(f"the chat template cannot render this sample ({exc.__class__.__name__}: {first})",
+                         source=where) from None
+    if not full.startswith(prompt):
+        raise InputError("the chat template renders the prompt differently once the answer follows, so the "
+                         "answer's tokens cannot be told apart", source=where)
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    answer_token = [start >= len(prompt) for start, _ in encoded["offset_mapping"]]
+    labels = [ids[t + 1] if answer_token[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)]
+    return ids, labels + [IGNORE_INDEX] * min(1, len(ids))
+
+
+@dataclass
+class PackedSamples:
+    """Rows [n, seq_len] of packed samples: ids, labels, position ids and the sample each
+    position belongs to (``segments``; padding is a segment of its own)."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    segments: torch.Tensor
+    seed: int
+    samples: int = 0
+    truncated: int = 0
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def order(self, epoch: int) -> torch.Tensor:
+        from distill.data import epoch_order
+
+        return epoch_order(len(self), self.seed, epoch)
+
+    def batch(self, start: int, count: int) -> tuple[torch.Tensor, ...]:
+        """(ids, labels, position ids, segments) [count, seq_len] for cursor positions [start, start + count)."""
+        n = len(self)
+        rows = torch.stack([self.order(p // n)[p % n] for p in range(start, start + count)])
+        return self.input_ids[rows], self.labels[rows], self.position_ids[rows], self.segments[rows]
+
+
+def pack(encoded: list[tuple[list[int], list[int]]], seq_len: int, *, seed: int = 0, pad_id: int = 0) -> PackedSamples:
+    """Pack whole samples into rows of ``seq_len`` (module docstring, 3)."""
+    truncated = skipped = 0
+    kept = []
+    for ids, labels in encoded:
+        if len(ids) > seq_len:
+            ids, labels = ids[:seq_len], labels[:seq_len - 1] + [IGNORE_INDEX]
+            truncated += 1
+        if all(label == IGNORE_INDEX for label in labels):
+            skipped += 1
+            continue
+        kept.append((ids, labels))
+    if not kept:
+        raise InputError(f"no sample has an answer token within seq_len {seq_len}", field="data.seq_len")
+    order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed)).tolist()
+    rows: list[list[tuple[list[int], list[int]]]] = [[]]
+    used = 0
+    for index in order:
+        ids, labels = kept[index]
+        if used + len(ids) > seq_len:
+            rows.append([])
+            used = 0
+        rows[-1].append((ids, labels))
+        used += len(ids)
+    shape = (len(rows), seq_len)
+    input_ids = torch.full(shape, pad_id, dtype=torch.int64)
+    label_rows = torch.full(shape, IGNORE_INDEX, dtype=torch.int64)
+    positions = torch.zeros(shape, dtype=torch.int64)
+    segments = torch.zeros(shape, dtype=torch.int64)
+    for r, row in enumerate(rows):
+        at = 0
+        for s, (ids, labels) in enumerate(row):
+            end = at + len(ids)
+            input_ids[r, at:end] = torch.tensor(ids)
+            label_rows[r, at:end] = torch.tensor(labels)
+            positions[r, at:end] = torch.arange(len(ids))
+            segments[r, at:end] = s
+            at = end
+        positions[r, at:] = torch.arange(seq_len - at)
+        segments[r, at:] = len(row)
+    return PackedSamples(input_ids, label_rows, positions, segments, seed, len(kept), truncated, skipped)
+
+
+def packed_attention_mask(segments: torch.Tensor, *, additive_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """[B, 1, T, T] block-diagonal causal mask: True (or 0.0) where a query may attend to a key.
+    Boolean for SDPA; with ``additive_dtype``, 0 / the dtype's minimum (eager attention)."""
+    length = segments.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    allowed = (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]
+    if additive_dtype is None:
+        return allowed
+    mask = torch.zeros(allowed.shape, dtype=additive_dtype, device=segments.device)
+    return mask.masked_fill(~allowed, torch.finfo(additive_dtype).min)
+
+
+class PackedHiddenStates(torch.nn.Module):
+    """Final hidden states of packed rows (the module DDP wraps); the lm_head stays a parameter."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+        impl = getattr(lm.config, "_attn_implementation", None) or "eager"
+        if impl not in ("sdpa", "eager"):
+            raise InputError(f"packed training needs sdpa or eager attention (a 4D mask), the student uses {impl!r}",
+                             field="student")
+        self.boolean_mask = impl == "sdpa"
+
+    def forward(self, input_ids, position_ids, segments):
+        mask = packed_attention_mask(segments, additive_dtype=None if self.boolean_mask else
+                                     next(self.lm.parameters()).dtype)
+        body = getattr(self.lm, self.lm.base_model_prefix)
+        return body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                    use_cache=False).last_hidden_state
+
+
+def answer_loss_sum(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Summed cross-entropy of the labelled positions, logits in fp32 over the first ``vocab`` rows."""
+    keep = labels.reshape(-1) != IGNORE_INDEX
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        logits = hidden.reshape(-1, hidden.shape[-1])[keep].float() @ head[:vocab].float().T
+        return F.cross_entropy(logits, labels.reshape(-1)[keep], reduction="sum")
+
+
+# -- config and training -----------------------------------------------------------------------
+
+class SequenceConfig(StrictModel):
+    """A sequence-level run. Token counts are positions fed to the student (padding included)."""
+
+    generated_dir: Path
+    tokenizer_dir: Path
+    student_init: Literal["scratch", "base"] = "scratch"
+    student_config: Optional[Path] = None
+    student_base_dir: Optional[Path] = None
+    seq_len: int = Field(gt=0)
+    micro_batch: int = Field(default=8, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    max_steps: Optional[int] = Field(default=None, gt=0)
+    max_tokens: Optional[int] = Field(default=None, gt=0)
+    lr: float = Field(default=3e-4, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: Optional[float] = Field(default=1.0, gt=0)
+    seed: int = 0
+    out_dir: Path
+    checkpoint_every: int = Field(default=100, gt=0)
+    keep_last: Optional[int] = Field(default=3, gt=0)
+    device: str = "auto"
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    budget_flops: Optional[float] = Field(default=None, gt=0)
+    flops_per_token: Optional[float] = Field(default=None, gt=0)
+    tolerance: float = Field(default=0.0, ge=0)
+    log_path: Optional[Path] = None
+    progress: bool = True
+    log_every: Optional[int] = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.max_steps is None and self.max_tokens is None:
+            raise ValueError("set max_steps or max_tokens")
+        if self.budget_flops is not None and self.flops_per_token is None:
+            raise ValueError("budget_flops needs flops_per_token")
+        if self.student_init == "scratch" and self.student_config is None:
+            raise ValueError("student_init 'scratch' needs student_config")
+        if self.student_init == "base" and self.student_base_dir is None:
+            raise ValueError("student_init 'base' needs student_base_dir")
+        return self
+
+    @classmethod
+    def from_plan(cls, loaded, *, generated_dir: str | Path, out_dir: str | Path,
+                  tokenizer_dir: str | Path | None = None, flops_per_token: Optional[float] = None,
+                  budget_flops: Optional[float] = None, **overrides) -> "SequenceConfig":
+        """Student source, seq_len and tokens (data.tokens x epochs) from the plan; the tokenizer
+        per the module docstring; ``overrides`` win."""
+        from audit.flops.configs import resolve_config
+        from audit.weights import teacher_folder
+
+        plan, source = loaded.plan, str(loaded.path)
+        if plan.method.kind != "sequence":
+            raise InputError(f"sequence-level training needs method.kind 'sequence', not {plan.method.kind!r}",
+                             source=source, field="method.kind")
+        if plan.student.init == "pruned_teacher":
+            raise InputError("a sequence plan loads no teacher, so its student cannot be a pruned teacher",
+                             source=source, field="student.init")
+        base_dir = None
+        if plan.student.init == "base":
+            base_dir = Path(plan.student.base_model).expanduser()
+            if not base_dir.is_absolute():
+                base_dir = loaded.path.parent / base_dir
+        student_config = (resolve_config(plan.student.config, source=source, field="student.config").path
+                          if plan.student.init == "scratch" else None)
+        if tokenizer_dir is None:
+            teacher_dir = teacher_folder(plan)
+            if teacher_dir is not None and teacher_dir.is_dir():
+                tokenizer_dir = teacher_dir
+            elif base_dir is not None and (base_dir / "tokenizer_config.json").is_file():
+                tokenizer_dir = base_dir
+            else:
+                raise InputError("the teacher is not a local model folder, so there is no tokenizer to take "
+                                 "from it: pass the student's tokenizer folder with --tokenizer DIR",
+                                 source=source, field="--tokenizer")
+        fields = dict(generated_dir=Path(generated_dir), tokenizer_dir=Path(tokenizer_dir),
+                      student_init=plan.student.init, student_config=student_config, student_base_dir=base_dir,
+                      seq_len=plan.data.seq_len, max_tokens=int(plan.data.tokens * plan.data.epochs),
+                      budget_flops=budget_flops, flops_per_token=flops_per_token, out_dir=Path(out_dir))
+        fields.update(overrides)
+        return validate_model(cls, fields, source)
+
+
+def tokenize_and_pack(generated: GeneratedData, tokenizer, seq_len: int, seed: int) -> PackedSamples:
+    encoded = [encode_sample(tokenizer, messages, answer, where=f"{generated.kept_path}: sample {i + 1}")
+               for i, (messages, answer) in enumerate(read_samples(generated))]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return pack(encoded, seq_len, seed=seed, pad_id=pad)
+
+
+def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *,
+                   on_step: Optional[Callable[[dict], None]] = None,
+                   after_load: Optional[Callable[[torch.nn.Module], None]] = None):
+    """Train per the module docstring; returns a :class:`distill.trainer.TrainResult`."""
+    from distill import distributed
+    from distill.checkpoint import load_latest, save_checkpoint
+    from distill.meter import ComputeMeter
+    from distill.models import build_student, check_vocab, head_weight, library_progress_bars, load_tokenizer
+    from distill.trainer import MetricsLog, TrainResult, _progress, warmup_cosine
+
+    start_time = time.monotonic()
+    library_progress_bars(cfg.progress and sys.stderr.isatty())
+    ctx = distributed.setup(cfg.device)
+    log = None
+    try:
+        device = ctx.device
+        on_cuda = device.type == "cuda"
+        amp_dtype = torch.bfloat16 if (cfg.dtype == "bf16" or (cfg.dtype == "auto" and on_cuda)) else None
+        log_every = cfg.log_every or (10 if on_cuda else 1)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        if load_latest(cfg.out_dir) is not None:
+            raise InputError("already holds checkpoints; a sequence run cannot resume yet: choose another "
+                             "output folder", source=str(cfg.out_dir))
+
+        tokenizer = load_tokenizer(cfg.tokenizer_dir)
+        data = tokenize_and_pack(generated, tokenizer, cfg.seq_len, cfg.seed)
+        student = build_student(cfg.student_init, config=cfg.student_config, base_dir=cfg.student_base_dir,
+                                seed=cfg.seed).to(device)
+        if after_load is not None:
+            after_load(student)
+        vocab = check_vocab(tokenizer, None, student)
+        body = distributed.wrap_ddp(PackedHiddenStates(student), ctx)
+
+        sequences_per_step = ctx.world_size * cfg.grad_accum * cfg.micro_batch
+        rank_tokens_per_step = cfg.grad_accum * cfg.micro_batch * cfg.seq_len
+        total_steps = cfg.max_steps or cfg.max_tokens // (sequences_per_step * cfg.seq_len)
+        if total_steps < 1:
+            raise InputError(f"max_tokens {cfg.max_tokens} is less than one step of "
+                             f"{sequences_per_step * cfg.seq_len} tokens", field="max_tokens")
+        optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                      weight_decay=cfg.weight_decay, fused=on_cuda)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
+        meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx)
+        log = MetricsLog(cfg.log_path or cfg.out_dir / "metrics.jsonl", enabled=ctx.is_main)
+        log.open(keep_through_step=0)
+        autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+        head = head_weight(student)
+
+        step, cursor, last_loss, saved = 0, 0, None, None
+
+        def checkpoint() -> Path:
+            nonlocal saved
+            path = save_checkpoint(cfg.out_dir, step, model=student, optimizer=optimizer, scheduler=scheduler,
+                                   ctx=ctx, tokenizer=tokenizer, keep_last=cfg.keep_last,
+                                   state={"cursor": cursor, "meter": meter.state_dict(), "loss": last_loss,
+                                          "config": cfg.model_dump(mode="json"), "world_size": ctx.world_size,
+                                          "wall_time_s": time.monotonic() - start_time})
+            saved = (step, path)
+            return path
+
+        stopped_by_budget = False
+        progress, task = _progress(cfg.progress and ctx.is_main, total_steps)
+        loop_start = time.monotonic()
+        with progress:
+            while step < total_steps:
+                if meter.would_exceed(rank_tokens_per_step):
+                    stopped_by_budget = True
+                    break
+                starts = [distributed.micro_batch_start(cursor, a, cfg.micro_batch, ctx)
+                          for a in range(cfg.grad_accum)]
+                batches = [data.batch(start, cfg.micro_batch) for start in starts]
+                if ctx.enabled:
+                    num_valid = distributed.global_valid_tokens([b[1] for b in batches], ctx)
+                else:
+                    num_valid = sum(int((b[1] != IGNORE_INDEX).sum()) for b in batches)
+                loss_sum = torch.zeros((), device=device)
+                for a, (ids, labels, positions, segments) in enumerate(batches):
+                    ids, labels, positions, segments = (t.to(device) for t in (ids, labels, positions, segments))
+                    last_micro = a == cfg.grad_accum - 1
+                    with nullcontext() if (last_micro or not ctx.enabled) else body.no_sync():
+                        with autocast():
+                            hidden = body(ids, positions, segments)
+                        loss = answer_loss_sum(hidden, head, labels, vocab) / num_valid
+                        (loss * ctx.world_size).backward()  # DDP averages; the loss is already global
+                    loss_sum += loss.detach()
+                max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                cursor += sequences_per_step
+                meter.add(rank_tokens_per_step)
+                total = distributed.all_reduce_sum(loss_sum, ctx)
+                read_now = step % log_every == 0 or step == total_steps or step % cfg.checkpoint_every == 0
+                if read_now:
+                    last_loss = float(total)
+                elapsed = time.monotonic() - loop_start
+                record = {"step": step, "loss": last_loss if read_now else None, "lr": lr,
+                          "grad_norm": float(grad_norm) if read_now else None,
+                          "tokens": meter.tokens, "step_tokens": rank_tokens_per_step * ctx.world_size,
+                          "valid_tokens": int(num_valid) if read_now or isinstance(num_valid, int) else None,
+                          "tokens_per_s": meter.tokens / max(elapsed, 1e-9),
+                          "flops": meter.flops if cfg.flops_per_token is not None else None,
+                          "elapsed_s": time.monotonic() - start_time}
+                log.write(record)
+                budget = f" / {short_sci(cfg.budget_flops)}" if cfg.budget_flops else ""
+                shown = f"loss {last_loss:.4f}  " if last_loss is not None else ""
+                progress.update(task, completed=step, info=f"{shown}compute {short_sci(meter.flops)}{budget} FLOP")
+                if on_step is not None:
+                    on_step(record)
+                if step % cfg.checkpoint_every == 0:
+                    checkpoint()
+        final = saved[1] if saved is not None and saved[0] == step else checkpoint()
+        wall = time.monotonic() - start_time
+        if ctx.is_main:
+            _write_data_record(cfg, generated, data)
+        if stopped_by_budget:
+            message = (f"stopped before step {step + 1}: it would take compute past the budget "
+                       f"{short_sci(cfg.budget_flops)} x (1 + {cfg.tolerance}) FLOP; checkpoint {final.name}")
+        else:
+            message = f"finished {step} steps; checkpoint {final.name}"
+        return TrainResult(
+            steps=step, tokens=meter.tokens, final_loss=last_loss,
+            flops_used=meter.flops if cfg.flops_per_token is not None else None,
+            budget_flops=cfg.budget_flops, wall_time_s=wall, device_hours=wall * ctx.world_size / 3600,
+            stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
+            device=str(device), rank=ctx.rank, message=message)
+    finally:
+        if log is not None:
+            log.close()
+        distributed.teardown(ctx)
+
+
+def _write_data_record(cfg: SequenceConfig, generated: GeneratedData, data: PackedSamples) -> Path:
+    from audit.fsutil import write_atomic
+    from distill.prepare import tokenizer_digest
+
+    body = {"generated": {"folder": str(generated.folder), "record_sha256": generated.record_sha256,
+                          "kept_sha256": generated.kept_sha256,
+                          "audit_sha256": (generated.predicate.get("audit") or {}).get("sha256"),
+                          "job_id": (generated.predicate.get("job") or {}).get("id")},
+            "tokenizer": {"folder": str(cfg.tokenizer_dir), **tokenizer_digest(cfg.tokenizer_dir)},
+            "packing": {"seq_len": cfg.seq_len, "samples": data.samples, "truncated": data.truncated,
+                        "skipped": data.skipped, "rows": len(data),
+                        "answer_tokens": int((data.labels != IGNORE_INDEX).sum())}}
+    return write_atomic(cfg.out_dir / DATA_RECORD, json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+
+# -- the command's branch ----------------------------------------------------------------------
+
+def run(args, opened) -> int:
+    """``flopgate distill`` for a sequence plan (or any plan given --generated), after the gate
+    opened: provenance, config, device, dry run, training, then the record as for logit KD."""
+    from audit.attest.keys import load_trusted_keys
+    from distill import cli
+
+    gate = opened.gate
+    loaded = gate.loaded_plan
+    kind = loaded.plan.method.kind
+    if kind != "sequence":
+        return cli.refuse("distill", [f"method: --generated trains on the teacher's answers, but the audited "
+                                      f"plan is {kind!r}: its audit did not cover sequence-level training"])
+    if not args.generated:
+        raise InputError("a sequence plan trains on the teacher's answers: pass the folder flopgate generate "
+                         "wrote with --generated DIR", source=str(loaded.path), field="--generated")
+    try:
+        generated = verify_generated(args.generated, load_trusted_keys(args.pubkey, args.trust),
+                                     gate.envelope_sha256)
+    except ProvenanceRefused as refused:
+        return cli.refuse("distill", refused.reasons)
+    out_dir = opened.out_dir
+    used = [name for name in (*cli.run_files(), DATA_RECORD) if (out_dir / name).exists()]
+    from distill.checkpoint import list_checkpoints
+
+    if list_checkpoints(out_dir):
+        used.insert(0, "checkpoints")
+    if args.resume:
+        raise InputError("a sequence run cannot resume yet", field="--resume")
+    if used:
+        raise InputError(f"already holds checkpoints or a run ({', '.join(used)}); choose another output "
+                         "folder (--out)", source=str(out_dir))
+    overrides = {k: v for k, v in {"max_steps": args.steps, "micro_batch": args.micro_batch,
+                                   "grad_accum": args.grad_accum, "lr": args.lr,
+                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    cfg = SequenceConfig.from_plan(loaded, generated_dir=args.generated, out_dir=out_dir,
+                                   tokenizer_dir=args.tokenizer, flops_per_token=opened.flops_per_token,
+                                   budget_flops=opened.budget_flops, **overrides)
+    device_name = cli._device(args)
+    print(f"generated data: {generated.kept_path} (sha256 {generated.kept_sha256[:12]}..., signed by the "
+          f"generation record for this audit); tokenizer {cfg.tokenizer_dir}")
+    print(f"compute: {short_sci(cfg.flops_per_token, 4)} FLOP per token (student training), budget "
+          f"{short_sci(cfg.budget_flops, 4)} FLOP; device {device_name}")
+    if args.dry_run:
+        from distill.models import load_tokenizer
+
+        tokenize_and_pack(generated, load_tokenizer(cfg.tokenizer_dir), cfg.seq_len, cfg.seed)
+        if args.key:
+            from audit.attest.keys import load_private_key
+            load_private_key(args.key)
+        print("dry run: every check passed; no model was loaded")
+        return 0
+
+    booked = opened.step_charges()
+    check = cli.audited_model_checks(loaded, gate)
+    result = train_sequence(cfg, generated, on_step=booked.on_step if booked else None,
+                            after_load=lambda student: check(None, student))
+    if result.rank != 0:
+        return 0
+    extra = [("generation_record", generated.record_path), ("sequence_data", cfg.out_dir / DATA_RECORD)]
+    return cli._finish(args, loaded, gate, cfg, result, opened.signing_key(), device_name, extra_files=extra)

@@ -1,0 +1,244 @@
+"""``flopgate distill --generated`` for a ``method.kind: sequence`` plan: the student trained on
+the answers ``flopgate generate`` got from the fake OpenAI server (tests/openai_server.py), on
+the CPU. The provenance refusals (no record, a forged record, another audit's record, edited
+samples, a logit plan given --generated), the answer-only labels, and packing: a packed batch
+gives each sample exactly the loss it has alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from audit.attest import PREDICATE_RUN_RECORD
+from audit.attest.dsse import write_envelope
+from audit.attest.statement import sign_statement
+from audit.attest.verify import verify_envelope_file
+from audit.cli.main import main
+from audit.ledger.store import Ledger
+from distill.gate import GATE_REFUSED_EXIT
+from distill.sequence import IGNORE_INDEX, PackedHiddenStates, answer_loss_sum, encode_sample, pack
+from gate_fixtures import STUDENT_TRAIN_FPT, make_audit
+from generate_kit import KEY_ENV, STUDENT, make_project, sign_audit
+from keypairs import write_keypair
+from openai_server import FakeOpenAI
+
+KEY = "sk-test-sequence-0123456789"
+DATA = Path(__file__).parent / "data"
+TOKENIZER = DATA / "chat_tokenizer"      # word level, 68 tokens = the student's vocab_size
+SEQ_LEN, MICRO_BATCH = 32, 2              # the kit's plan: seq_len 32
+SENTENCES = ["the dog sees a cat .", "two birds like the fox .", "a farmer feeds the horses .",
+             "the old sailor finds a dog .", "some children help the baker .", "every cat watches two birds .",
+             "the red fox follows a horse .", "many teachers see the child .", "one quiet bird likes the cats .",
+             "the small dog chases some foxes .", "two bakers help the old farmer .", "a happy child feeds one bird ."]
+
+
+@pytest.fixture
+def signer(tmp_path):
+    return write_keypair(tmp_path / "keys", "auditor")
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAI(key=KEY) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def key_env(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def generated_project(root: Path, fake, signer, capsys, sentences=SENTENCES):
+    """A sequence plan whose prompts are the sentences, its audit, and what generate wrote."""
+    project = make_project(root, fake.url, prompts=0)
+    project.prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": s}) + "\n"
+                                       for i, s in enumerate(sentences)), encoding="utf-8")
+    sign_audit(project, signer)
+    code = main(["generate", str(project.plan), "--attestation", str(project.envelope), "--pubkey",
+                 str(signer.public_path), "--key", str(signer.private_path), "--out", str(root / "gen"),
+                 "--max-tokens", "32", "--backoff", "0.001", "--timeout", "5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return project
+
+
+@pytest.fixture
+def api_project(tmp_path, fake, signer, capsys):
+    return generated_project(tmp_path / "api", fake, signer, capsys)
+
+
+def distill(capsys, project, signer, *extra, envelope=None, generated=None):
+    code = main(["distill", str(project.plan), "--attestation", str(envelope or project.envelope),
+                 "--pubkey", str(signer.public_path), "--key", str(signer.private_path),
+                 "--out", str(project.root / "out"), "--allow-cpu", "--tokenizer", str(TOKENIZER),
+                 "--generated", str(generated or project.root / "gen"), *map(str, extra)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_generate_then_distill_trains_charges_and_signs(api_project, signer, capsys):
+    code, out, err = distill(capsys, api_project, signer, "--steps", 3, "--micro-batch", MICRO_BATCH)
+    assert code == 0, err
+    run_dir = api_project.root / "out"
+    verified = verify_envelope_file(run_dir / "run-record.intoto.json", [signer.trusted],
+                                    predicate_types=(PREDICATE_RUN_RECORD,))
+    record = verified.predicate
+    audit_sha = hashlib.sha256(api_project.envelope.read_bytes()).hexdigest()
+    tokens = 3 * MICRO_BATCH * SEQ_LEN
+    assert record["audit"]["sha256"] == audit_sha
+    assert record["steps"] == 3 and record["tokens"] == tokens
+    assert record["compute"]["flops"] == pytest.approx(tokens * STUDENT_TRAIN_FPT)  # the student alone
+    roles = {e["role"] for e in record["inputs"]}
+    assert {"checkpoint", "audit_envelope", "plan", "generation_record", "sequence_data"} <= roles
+    assert (run_dir / "README.md").is_file() and (run_dir / "run-report.html").is_file()
+    assert main(["verify", str(run_dir / "run-record.intoto.json"), "--pubkey", str(signer.public_path)]) == 0
+    capsys.readouterr()
+
+    data = json.loads((run_dir / "sequence-data.json").read_text())
+    kept = (api_project.root / "gen" / "kept-samples.jsonl").read_bytes()
+    assert data["generated"]["kept_sha256"] == hashlib.sha256(kept).hexdigest()
+    assert data["generated"]["audit_sha256"] == audit_sha
+    assert data["tokenizer"]["folder"] == str(TOKENIZER) and len(data["tokenizer"]["sha256"]) == 64
+    assert data["packing"]["samples"] == len(SENTENCES) and data["packing"]["skipped"] == 0
+
+    with Ledger() as ledger:
+        rows = [r for r in ledger.rows(audit=audit_sha)]
+    charges = [r["body"] for r in rows if r["kind"] == "charge"]
+    assert len(charges) == 3
+    assert sum(float(c["flops"]) for c in charges) == pytest.approx(record["compute"]["flops"])
+    assert any(r["kind"] == "gate_open" for r in rows)
+    assert [m["step"] for m in metrics(run_dir)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_student_learns_the_teachers_answers(api_project, signer, capsys):
+    code, out, err = distill(capsys, api_project, signer, "--steps", 60, "--micro-batch", MICRO_BATCH,
+                             "--lr", 1e-2, "--checkpoint-every", 1000)
+    assert code == 0, err
+    losses = [m["loss"] for m in metrics(api_project.root / "out")]
+    assert len(losses) == 60
+    first, last = losses[0], sum(losses[-5:]) / 5
+    print(f"answer loss: step 1 {first:.3f}, mean of the last 5 steps {last:.3f}")
+    assert last < 0.5 * first   # measured: 4.23 -> 0.86
+
+
+def test_budget_stop_is_clean_and_recorded(api_project, signer, capsys):
+    """The audited student training is 4096 tokens' worth: 16 steps of 8 rows x 32 fit, the 17th does not."""
+    code, out, err = distill(capsys, api_project, signer, "--steps", 20, "--micro-batch", 8)
+    assert code == 0, err
+    assert "stopped before step 17" in out
+    record = json.loads((api_project.root / "out" / "run-record.json").read_text())["predicate"]
+    assert record["stopped_by_budget"] is True and record["steps"] == 16
+    assert record["compute"]["flops"] <= record["compute"]["limit_flops"]
+
+
+def test_dry_run_checks_the_data_and_trains_nothing(api_project, signer, capsys):
+    code, out, err = distill(capsys, api_project, signer, "--dry-run")
+    assert code == 0, err
+    assert "dry run: every check passed" in out and "signed by the generation record" in out
+    assert not (api_project.root / "out").exists()
+
+
+def test_no_generation_record_is_refused(api_project, signer, capsys):
+    (api_project.root / "gen" / "generation-record.intoto.json").unlink()
+    code, out, err = distill(capsys, api_project, signer, "--steps", 1)
+    assert code == GATE_REFUSED_EXIT
+    assert "no generation record" in err
+    assert not (api_project.root / "out").exists()
+
+
+def test_forged_generation_record_is_refused(api_project, signer, tmp_path, capsys):
+    gen = api_project.root / "gen"
+    statement = json.loads((gen / "generation-record.json").read_text())
+    forger = write_keypair(tmp_path / "forger", "forger")
+    write_envelope(gen / "generation-record.intoto.json", sign_statement(statement, forger.private_key))
+    code, out, err = distill(capsys, api_project, signer, "--steps", 1)
+    assert code == GATE_REFUSED_EXIT
+    assert "does not verify (signature" in err
+
+
+def test_another_audits_record_is_refused(api_project, fake, signer, tmp_path, capsys):
+    other = generated_project(tmp_path / "other", fake, signer, capsys, sentences=SENTENCES[:3])
+    code, out, err = distill(capsys, api_project, signer, "--steps", 1, generated=other.root / "gen")
+    assert code == GATE_REFUSED_EXIT
+    assert "generation record is for audit" in err and "not the audit verified here" in err
+    assert not (api_project.root / "out").exists()
+
+
+def test_edited_samples_are_refused(api_project, signer, capsys):
+    kept = api_project.root / "gen" / "kept-samples.jsonl"
+    kept.write_text(kept.read_text().replace("the dog sees a cat", "the dog sees a fox"))
+    code, out, err = distill(capsys, api_project, signer, "--steps", 1)
+    assert code == GATE_REFUSED_EXIT
+    assert "the samples were changed" in err
+
+
+def test_logit_plan_given_generated_is_refused(project, api_project, signer, test_pack_installed, capsys):
+    envelope = make_audit(project, signer)  # the tiny logit-KD project of gate_fixtures
+    code, out, err = distill(capsys, project, signer, "--steps", 1, envelope=envelope,
+                             generated=api_project.root / "gen")
+    assert code == GATE_REFUSED_EXIT
+    assert "'logits'" in err and "did not cover sequence-level training" in err
+    assert not (project.root / "out").exists()
+
+
+def test_sequence_plan_without_generated_is_bad_input(api_project, signer, capsys):
+    code = main(["distill", str(api_project.plan), "--attestation", str(api_project.envelope), "--pubkey",
+                 str(signer.public_path), "--out", str(api_project.root / "out"), "--allow-cpu",
+                 "--tokenizer", str(TOKENIZER)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--generated" in err and "Traceback" not in err
+
+
+def test_labels_are_the_answer_tokens_only():
+    from distill.models import load_tokenizer
+
+    tokenizer = load_tokenizer(TOKENIZER)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the dog sees a cat ."}]
+    ids, labels = encode_sample(tokenizer, messages, {"role": "assistant", "content": "two birds like the fox ."})
+    assert len(ids) == len(labels) and labels[-1] == IGNORE_INDEX
+    trained = [label for label in labels if label != IGNORE_INDEX]
+    assert tokenizer.decode(trained).split() == "two birds like the fox . <|end|>".split()
+    # each label is the next token: the answer is the tail of the ids
+    assert ids[-len(trained):] == trained
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_loss_equals_one_by_one(attention):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = {k: v for k, v in STUDENT.items() if k != "model_type"}
+    model_config = AutoConfig.for_model("llama", **config)
+    model_config._attn_implementation = attention
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(model_config).eval()
+    generator = torch.Generator().manual_seed(1)
+    samples = []
+    for length in (5, 9, 3, 12, 7, 6, 10):
+        ids = torch.randint(2, 68, (length,), generator=generator).tolist()
+        answer_from = length // 2
+        labels = [ids[t + 1] if t + 1 >= answer_from else IGNORE_INDEX for t in range(length - 1)] + [IGNORE_INDEX]
+        samples.append((ids, labels))
+    packed = pack(samples, 16, seed=3)
+    assert len(packed) < len(samples) and packed.samples == len(samples)   # rows hold several samples
+    body = PackedHiddenStates(model)
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():
+        hidden = body(packed.input_ids, packed.position_ids, packed.segments)
+        packed_loss = answer_loss_sum(hidden, head, packed.labels, 68) / int((packed.labels != IGNORE_INDEX).sum())
+        total, count = 0.0, 0
+        for ids, labels in samples:
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+            target = torch.tensor(labels)
+            total += float(torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX,
+                                                             reduction="sum"))
+            count += int((target != IGNORE_INDEX).sum())
+    assert float(packed_loss) == pytest.approx(total / count, abs=1e-5)
