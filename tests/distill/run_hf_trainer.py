@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def main() -> int:
@@ -37,8 +38,9 @@ def main() -> int:
                              report_to=[], use_cpu=True, disable_tqdm=True, include_num_input_tokens_seen="all")
     trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[FlopgateCallback(run)])
     trainer.train()
-    print(f"RANK {trainer.args.process_index} STEPS {trainer.state.global_step} TOKENS {run.meter.tokens}",
-          flush=True)
+    # one file per rank: the ranks' stdout may interleave
+    Path(out, f"rank-{trainer.args.process_index}.txt").write_text(
+        f"RANK {trainer.args.process_index} STEPS {trainer.state.global_step} TOKENS {run.meter.tokens}")
     return 0
 
 

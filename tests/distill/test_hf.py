@@ -117,7 +117,7 @@ def test_two_processes_under_accelerate_charge_once_per_step(project, signer, tm
                            json.dumps({PACK_ID: PACK_VERSION})],
                           capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("RANK"))
+    lines = sorted(p.read_text() for p in (project.root / "out").glob("rank-*.txt"))
     per_step = 2 * 2 * SEQ_LEN  # 2 processes x batch 2 x seq_len
     assert lines == [f"RANK 0 STEPS 3 TOKENS {3 * per_step}", f"RANK 1 STEPS 3 TOKENS {3 * per_step}"]
     digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
