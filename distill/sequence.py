@@ -401,7 +401,7 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *,
     from distill.checkpoint import load_latest, save_checkpoint
     from distill.meter import ComputeMeter
     from distill.models import build_student, check_vocab, head_weight, library_progress_bars, load_tokenizer
-    from distill.trainer import MetricsLog, TrainResult, _progress, warmup_cosine
+    from distill.trainer import MetricsLog, TrainResult, _progress, optimizer_step, warmup_cosine
 
     start_time = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
@@ -480,12 +480,7 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *,
                         loss = answer_loss_sum(hidden, head, labels, vocab) / num_valid
                         (loss * ctx.world_size).backward()  # DDP averages; the loss is already global
                     loss_sum += loss.detach()
-                max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm, lr = optimizer_step(student, optimizer, scheduler, cfg.grad_clip)
                 step += 1
                 cursor += sequences_per_step
                 meter.add(rank_tokens_per_step)

@@ -246,6 +246,19 @@ class TrainResult:
     lost_flops: float = 0.0
 
 
+def optimizer_step(model, optimizer, scheduler, grad_clip: Optional[float]) -> tuple[torch.Tensor, float]:
+    """One optimizer step after the backward passes: clip the gradient norm (to ``grad_clip``; no
+    clipping when None), step, advance the LR schedule, clear the gradients. Returns the norm
+    before clipping and the learning rate the step used."""
+    max_norm = grad_clip if grad_clip is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
     """LR factor for the step about to run (0-based): linear warm-up over ``warmup_steps``
     (1/w, 2/w, ..., 1), then cosine from 1 down to ``min_ratio`` at ``total_steps``."""
@@ -530,12 +543,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                                                       labels, spec, num_valid, vocab, cfg.chunk_size, **loss_options)
                         (loss * ctx.world_size).backward()  # DDP averages; the loss is already global
                     loss_sum += loss.detach()
-                max_norm = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm, lr = optimizer_step(student, optimizer, scheduler, cfg.grad_clip)
                 step += 1
                 cursor += sequences_per_step
                 meter.add(rank_tokens_per_step)
