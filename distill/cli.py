@@ -129,11 +129,7 @@ def run(args) -> int:
     print(f"compute: {short_sci(flops_per_token, 4)} FLOP per token, budget {short_sci(budget, 4)} FLOP "
           f"(stop before {short_sci(budget * (1 + cfg.tolerance), 4)}); device {device_name}")
     if args.dry_run:
-        if args.key:
-            from audit.attest.keys import load_private_key
-            load_private_key(args.key)
-        print("dry run: every check passed; no model was loaded")
-        return 0
+        return dry_run_done(args)
 
     from distill.trainer import train
 
@@ -145,6 +141,15 @@ def run(args) -> int:
     if result.rank != 0:
         return 0
     return _finish(args, loaded, gate, cfg, result, opened.signing_key(), device_name)
+
+
+def dry_run_done(args) -> int:
+    """The end of a --dry-run: the signing key (when named) must load too; nothing was trained."""
+    if args.key:
+        from audit.attest.keys import load_private_key
+        load_private_key(args.key)
+    print("dry run: every check passed; no model was loaded")
+    return 0
 
 
 def run_files() -> tuple[str, ...]:

@@ -61,7 +61,7 @@ class WrittenRecord:
     statement: dict
 
 
-def _finite(value: Any) -> Optional[float]:
+def finite_or_none(value: Any) -> Optional[float]:
     """A float for signing; NaN and infinity cannot be signed (RFC 8785) and become None."""
     if value is None:
         return None
@@ -82,7 +82,7 @@ def build_predicate(result, *, audit: AuditPredicate, envelope_name: str, envelo
     :class:`distill.trainer.TrainResult`."""
     from audit.versions import tool_versions
 
-    budget = _finite(result.budget_flops)
+    budget = finite_or_none(result.budget_flops)
     return {
         "tool": tool_versions(),
         "created": utc_now(),
@@ -90,18 +90,18 @@ def build_predicate(result, *, audit: AuditPredicate, envelope_name: str, envelo
         "audit": {"envelope": envelope_name, "sha256": envelope_sha256,
                   "outcome": audit.outcome, "created": audit.created,
                   "approval_sha256": approval_sha256},
-        "compute": {"flops": _finite(result.flops_used), "flops_per_token": _finite(flops_per_token),
+        "compute": {"flops": finite_or_none(result.flops_used), "flops_per_token": finite_or_none(flops_per_token),
                     "budget_flops": budget, "tolerance": tolerance,
                     "limit_flops": None if budget is None else budget * (1 + tolerance),
-                    "audited_total_flops": _finite(audit.compute.total_flops),
-                    "lost_flops": _finite(result.lost_flops),
+                    "audited_total_flops": finite_or_none(audit.compute.total_flops),
+                    "lost_flops": finite_or_none(result.lost_flops),
                     "lost_tokens": int(result.lost_tokens),
                     "convention": CONVENTION},
         "tokens": int(result.tokens),
         "steps": int(result.steps),
-        "final_loss": _finite(result.final_loss),
-        "wall_time_s": _finite(result.wall_time_s),
-        "accelerator_hours": _finite(result.device_hours),
+        "final_loss": finite_or_none(result.final_loss),
+        "wall_time_s": finite_or_none(result.wall_time_s),
+        "accelerator_hours": finite_or_none(result.device_hours),
         "device": {"type": str(result.device).split(":")[0], "name": device_name,
                    "processes": int(result.world_size)},
         "stopped_by_budget": bool(result.stopped_by_budget),

@@ -401,7 +401,7 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *,
     from distill.checkpoint import load_latest, save_checkpoint
     from distill.meter import ComputeMeter
     from distill.models import build_student, check_vocab, head_weight, library_progress_bars, load_tokenizer
-    from distill.trainer import MetricsLog, TrainResult, _progress, optimizer_step, warmup_cosine
+    from distill.trainer import MetricsLog, TrainResult, _progress, end_message, optimizer_step, warmup_cosine
 
     start_time = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
@@ -508,11 +508,7 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *,
         wall = time.monotonic() - start_time
         if ctx.is_main:
             _write_data_record(cfg, generated, data)
-        if stopped_by_budget:
-            message = (f"stopped before step {step + 1}: it would take compute past the budget "
-                       f"{short_sci(cfg.budget_flops)} x (1 + {cfg.tolerance}) FLOP; checkpoint {final.name}")
-        else:
-            message = f"finished {step} steps; checkpoint {final.name}"
+        message = end_message(step, stopped_by_budget, cfg.budget_flops, cfg.tolerance, final.name)
         return TrainResult(
             steps=step, tokens=meter.tokens, final_loss=last_loss,
             flops_used=meter.flops if cfg.flops_per_token is not None else None,
@@ -588,11 +584,7 @@ def run(args, opened) -> int:
         from distill.models import load_tokenizer
 
         tokenize_and_pack(generated, load_tokenizer(cfg.tokenizer_dir), cfg.seq_len, cfg.seed)
-        if args.key:
-            from audit.attest.keys import load_private_key
-            load_private_key(args.key)
-        print("dry run: every check passed; no model was loaded")
-        return 0
+        return cli.dry_run_done(args)
 
     booked = opened.step_charges()
     check = cli.audited_model_checks(loaded, gate)

@@ -246,6 +246,15 @@ class TrainResult:
     lost_flops: float = 0.0
 
 
+def end_message(step: int, stopped_by_budget: bool, budget_flops, tolerance: float, checkpoint: str) -> str:
+    """How a run ended, for its result and record: finished, or stopped before the step that
+    would have passed budget x (1 + tolerance) FLOP."""
+    if stopped_by_budget:
+        return (f"stopped before step {step + 1}: it would take compute past the budget "
+                f"{short_sci(budget_flops)} x (1 + {tolerance}) FLOP; checkpoint {checkpoint}")
+    return f"finished {step} steps; checkpoint {checkpoint}"
+
+
 def optimizer_step(model, optimizer, scheduler, grad_clip: Optional[float]) -> tuple[torch.Tensor, float]:
     """One optimizer step after the backward passes: clip the gradient norm (to ``grad_clip``; no
     clipping when None), step, advance the LR schedule, clear the gradients. Returns the norm
@@ -571,11 +580,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         final = saved[1] if saved is not None and saved[0] == step else checkpoint()
         read_loss()
         wall = wall_before + time.monotonic() - session_start
-        if stopped_by_budget:
-            message = (f"stopped before step {step + 1}: it would take compute past the budget "
-                       f"{short_sci(cfg.budget_flops)} x (1 + {cfg.tolerance}) FLOP; checkpoint {final.name}")
-        else:
-            message = f"finished {step} steps; checkpoint {final.name}"
+        message = end_message(step, stopped_by_budget, cfg.budget_flops, cfg.tolerance, final.name)
         return TrainResult(
             steps=step, tokens=meter.tokens, final_loss=last_loss,
             flops_used=meter.flops if cfg.flops_per_token is not None else None,

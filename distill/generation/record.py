@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -50,20 +49,13 @@ from audit.attest import PREDICATE_GENERATION_RECORD
 from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
 from audit.fsutil import sha256_bytes, write_atomic
 from audit.predicate import AuditPredicate
-from distill.record import _finite, carried_obligations
+from distill.record import WrittenRecord, carried_obligations, finite_or_none
 
 RECORD_ENVELOPE = "generation-record.intoto.json"
 RECORD_JSON = "generation-record.json"
 KEPT_FILE = "kept-samples.jsonl"
 MANIFEST_FILE = "data-manifest.json"
 MANIFEST_KIND = "flopgate-generated-samples/v1"
-
-
-@dataclass(frozen=True)
-class WrittenRecord:
-    envelope_path: Path
-    json_path: Path
-    statement: dict
 
 
 def write_kept(out_dir: Path, prompt_order: list[str], samples: dict[str, dict], *, teacher: dict,
@@ -105,7 +97,7 @@ def write_generation_record(out_dir: str | os.PathLike, *, audit: AuditPredicate
     subjects, inputs = build_subjects(files)
     digest = {e["role"]: e["sha256"] for e in inputs}
     envelope_name = next(e["name"] for e in inputs if e["role"] == "audit_envelope")
-    tokens = {k: (_finite(v) if isinstance(v, float) else v) for k, v in body["tokens"].items()}
+    tokens = {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in body["tokens"].items()}
     predicate = {
         "tool": tool_versions(),
         "created": utc_now(),
@@ -122,7 +114,7 @@ def write_generation_record(out_dir: str | os.PathLike, *, audit: AuditPredicate
         "tokens": tokens,
         "stopped_by_budget": bool(body["stopped_by_budget"]),
         "message": body["message"],
-        "wall_time_s": _finite(body["wall_time_s"]),
+        "wall_time_s": finite_or_none(body["wall_time_s"]),
         "obligations": carried_obligations(audit),
         "inputs": inputs,
     }

@@ -13,6 +13,8 @@ import torch
 
 DATA = Path(__file__).resolve().parent / "data"
 TOKENIZER_DIR = DATA / "tokenizer"
+CHAT = DATA / "chat.jsonl"                # chat samples (messages with roles)
+CHAT_TOKENIZER = DATA / "chat_tokenizer"  # word level, with a chat template
 TRAIN_TEXT = DATA / "train.txt"
 HELDOUT_TEXT = DATA / "heldout.txt"
 TOKENIZER_SIZE = 64  # len() of the shipped word-level tokenizer

@@ -31,11 +31,6 @@ OBLIGATIONS = [obligation("tiny.attribution", 'Prominently display "Built with T
                obligation("tiny.notice", f'Ship a Notice file reading "{NOTICE_TEXT}" with every copy.')]
 
 
-@pytest.fixture
-def signer(tmp_path):
-    return write_keypair(tmp_path / "keys", "auditor")
-
-
 @pytest.fixture(autouse=True)
 def installed(monkeypatch):
     monkeypatch.setattr("distill.gated._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})

@@ -22,23 +22,18 @@ from audit.ledger.store import Ledger
 from distill.gate import GATE_REFUSED_EXIT
 from distill.sequence import IGNORE_INDEX, PackedHiddenStates, answer_loss_sum, encode_sample, pack
 from gate_fixtures import STUDENT_TRAIN_FPT, make_audit
+from distill_testkit import CHAT_TOKENIZER
 from generate_kit import KEY_ENV, STUDENT, make_project, sign_audit
 from keypairs import write_keypair
 from openai_server import FakeOpenAI
 
 KEY = "sk-test-sequence-0123456789"
-DATA = Path(__file__).parent / "data"
-TOKENIZER = DATA / "chat_tokenizer"      # word level, 68 tokens = the student's vocab_size
+TOKENIZER = CHAT_TOKENIZER                # word level, 68 tokens = the student's vocab_size
 SEQ_LEN, MICRO_BATCH = 32, 2              # the kit's plan: seq_len 32
 SENTENCES = ["the dog sees a cat .", "two birds like the fox .", "a farmer feeds the horses .",
              "the old sailor finds a dog .", "some children help the baker .", "every cat watches two birds .",
              "the red fox follows a horse .", "many teachers see the child .", "one quiet bird likes the cats .",
              "the small dog chases some foxes .", "two bakers help the old farmer .", "a happy child feeds one bird ."]
-
-
-@pytest.fixture
-def signer(tmp_path):
-    return write_keypair(tmp_path / "keys", "auditor")
 
 
 @pytest.fixture

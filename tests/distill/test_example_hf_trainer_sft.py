@@ -13,7 +13,6 @@ import pytest
 from audit.cli.main import main as flopgate
 from audit.ledger.store import Ledger
 from generate_kit import KEY_ENV, make_project, sign_audit
-from keypairs import write_keypair
 from openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,11 +24,6 @@ def example():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def signer(tmp_path):
-    return write_keypair(tmp_path / "keys", "auditor")
 
 
 @pytest.fixture

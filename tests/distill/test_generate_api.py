@@ -22,17 +22,11 @@ from audit.ledger.store import Ledger
 from distill.gate import GATE_REFUSED_EXIT
 from audit.attest import PREDICATE_GENERATION_RECORD
 from generate_kit import KEY_ENV, make_project, read_lines, sign_audit
-from keypairs import write_keypair
 from openai_server import FakeOpenAI
 
 KEY = "sk-test-do-not-print-0123456789"
 FAST = ["--backoff", "0.001", "--backoff-max", "2", "--timeout", "5"]
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def signer(tmp_path):
-    return write_keypair(tmp_path / "keys", "auditor")
 
 
 @pytest.fixture

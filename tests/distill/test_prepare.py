@@ -17,10 +17,8 @@ from distill.data import read_documents, tokenize_documents, vocabulary_digest
 from distill.models import load_tokenizer
 from distill.prepare import prepare, tokenizer_digest
 from distill.shards import FORMAT, MANIFEST_NAME
-from distill_testkit import DATA, TOKENIZER_DIR, TRAIN_TEXT
+from distill_testkit import CHAT, CHAT_TOKENIZER, DATA, TOKENIZER_DIR, TRAIN_TEXT
 
-CHAT = DATA / "chat.jsonl"
-CHAT_TOKENIZER = DATA / "chat_tokenizer"
 GENERATION_TEMPLATE = DATA / "chat_template_generation.jinja"
 
 

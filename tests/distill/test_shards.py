@@ -16,10 +16,8 @@ from distill.losses import IGNORE_INDEX
 from distill.models import load_tokenizer
 from distill.prepare import prepare
 from distill.shards import MANIFEST_NAME, ShardSet, is_shard_manifest
-from distill_testkit import DATA, TOKENIZER_DIR, TRAIN_TEXT, make_model_dir, tiny_run
+from distill_testkit import CHAT, CHAT_TOKENIZER, TOKENIZER_DIR, TRAIN_TEXT, make_model_dir, tiny_run
 
-CHAT = DATA / "chat.jsonl"
-CHAT_TOKENIZER = DATA / "chat_tokenizer"
 
 
 @pytest.fixture(scope="module")
