@@ -198,11 +198,7 @@ class LoopMeter:
         """True when a step of ``tokens`` (this rank's; all ranks' when ``summed``) would take
         the run past its budget: the step must not run. Unless ``summed``, every rank must call
         it (it sums over ranks)."""
-        if summed:
-            limit = self._meter.limit_flops
-            exceed = self._meter.flops + int(tokens) * self._meter.flops_per_token > limit
-        else:
-            exceed = self._meter.would_exceed(int(tokens))
+        exceed = self._meter.would_exceed(int(tokens), summed=summed)
         self.stopped_by_budget = self.stopped_by_budget or exceed
         return exceed
 
@@ -211,10 +207,7 @@ class LoopMeter:
         ``summed``, e.g. a Trainer's gathered count) and charge it; returns the step's record
         (global ``tokens``, ``flops``)."""
         before = self._meter.tokens
-        if summed:
-            self._meter.tokens += int(tokens)
-        else:
-            self._meter.add(int(tokens))
+        self._meter.add(int(tokens), summed=summed)
         self.steps += 1
         record = {"step": self.steps, "tokens": self._meter.tokens,
                   "step_tokens": self._meter.tokens - before, "flops": self._meter.flops}

@@ -60,12 +60,15 @@ class ComputeMeter:
         """budget x (1 + tolerance), or None without a budget."""
         return None if self.budget_flops is None else self.budget_flops * (1 + self.tolerance)
 
-    def _global(self, tokens: int) -> int:
-        return int(all_reduce_sum(int(tokens), self.ctx)) if self.ctx is not None else int(tokens)
+    def _global(self, tokens: int, summed: bool) -> int:
+        if summed or self.ctx is None:
+            return int(tokens)
+        return int(all_reduce_sum(int(tokens), self.ctx))
 
-    def add(self, tokens: int) -> None:
-        """Record this rank's ``tokens`` from the step just done."""
-        self.tokens += self._global(tokens)
+    def add(self, tokens: int, *, summed: bool = False) -> None:
+        """Record this rank's ``tokens`` from the step just done (all ranks' when ``summed``,
+        e.g. a count the caller already gathered: then nothing is all-reduced)."""
+        self.tokens += self._global(tokens, summed)
 
     def charge_lost(self, tokens: int) -> None:
         """Book the global ``tokens`` of steps that ran but were lost to a crash: they used
@@ -77,12 +80,13 @@ class ComputeMeter:
     def lost_flops(self) -> float:
         return self.lost_tokens * self.flops_per_token
 
-    def would_exceed(self, next_tokens: int) -> bool:
-        """True when processing ``next_tokens`` more (this rank's share) would pass the limit."""
+    def would_exceed(self, next_tokens: int, *, summed: bool = False) -> bool:
+        """True when processing ``next_tokens`` more (this rank's share; all ranks' when
+        ``summed``) would pass the limit."""
         limit = self.limit_flops
         if limit is None:
             return False
-        return (self.tokens + self._global(next_tokens)) * self.flops_per_token + self.one_off_flops > limit
+        return (self.tokens + self._global(next_tokens, summed)) * self.flops_per_token + self.one_off_flops > limit
 
     def state_dict(self) -> dict:
         return {"tokens": self.tokens, "flops": self.flops, "flops_per_token": self.flops_per_token,
