@@ -91,13 +91,13 @@ def run_verify(args: argparse.Namespace) -> int:
 
     trusted = load_trusted_keys(args.pubkey, args.trust)
     with _open(args) as ledger:
-        problems = ledger.verify(trusted)
+        raw = ledger.raw_rows()  # read once: the head printed is the head verified
+        problems = ledger.verify(trusted, raw)
         if problems:
             print(f"FAILED    {ledger.path}")
             for line in problems:
                 print(f"  {line}")
             return VERIFY_FAILED_EXIT
-        raw = ledger.raw_rows()
         print(f"VERIFIED  {ledger.path}")
         if raw:
             head = json.loads(raw[-1][1])

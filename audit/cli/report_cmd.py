@@ -38,8 +38,9 @@ def ledger_history(where: str | None, audit_sha256: str, trusted) -> dict:
     if not ledger_exists(where):
         return {"missing": True, "location": str(where or default_ledger())}
     with Ledger(where, create=False) as ledger:
-        rows = ledger.rows()
-        problems = ledger.verify(trusted)
+        stored = ledger.raw_rows()  # read once: the history shown is the chain verified
+        rows = ledger.rows(stored=stored)
+        problems = ledger.verify(trusted, stored)
         return audit_history(rows, audit_sha256, location=ledger.path,
                              chain_problem=problems[0] if problems else None)
 

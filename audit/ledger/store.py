@@ -238,13 +238,15 @@ class Ledger:
         """Every ``(seq, row_json)`` in seq order, as stored (one read transaction)."""
         return self._read(self._store.all_rows)
 
-    def rows(self, since: str | None = None, audit: str | None = None) -> list[dict[str, Any]]:
+    def rows(self, since: str | None = None, audit: str | None = None,
+             stored: list[tuple[int, str]] | None = None) -> list[dict[str, Any]]:
         """The rows in seq order, parsed; only those at or after ``since`` (a date or RFC 3339
         time, see :func:`parse_since`) and/or about ``audit`` (a digest or a prefix of one).
-        A row that is not JSON raises :class:`LedgerCorrupt`."""
+        ``stored``: rows already read with :meth:`raw_rows` (else they are read now). A row that
+        is not JSON raises :class:`LedgerCorrupt`."""
         since_text = parse_since(since) if since else None
         result = []
-        for seq, text in self.raw_rows():
+        for seq, text in (self.raw_rows() if stored is None else stored):
             row = self._parse(seq, text)
             if since_text and str(row.get("time", "")) < since_text:
                 continue
@@ -270,12 +272,13 @@ class Ledger:
             raise LedgerCorrupt(f"{self.path}: row seq {seq} is not JSON ({exc}); "
                                 f"run flopgate ledger verify") from None
 
-    def verify(self, trusted_keys: list[TrustedKey]) -> list[str]:
-        """:func:`audit.ledger.chain.verify_chain` over the whole ledger, after checking that
-        each stored ``seq`` column matches the row's own ``seq`` and that each row is JSON.
-        ``[]`` when it holds, else one line naming the first bad row."""
+    def verify(self, trusted_keys: list[TrustedKey], stored: list[tuple[int, str]] | None = None) -> list[str]:
+        """:func:`audit.ledger.chain.verify_chain` over the whole ledger (``stored``: the rows
+        already read with :meth:`raw_rows`, so that what is verified is what the caller uses),
+        after checking that each stored ``seq`` column matches the row's own ``seq`` and that
+        each row is JSON. ``[]`` when it holds, else one line naming the first bad row."""
         rows = []
-        for position, (seq, text) in enumerate(self.raw_rows()):
+        for seq, text in (self.raw_rows() if stored is None else stored):
             try:
                 row = _load_row(text)
             except (StrictJSONError, ValueError) as exc:
