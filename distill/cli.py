@@ -274,6 +274,7 @@ def _device(args) -> str:
 
 def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str, extra_files=()) -> int:
     from audit.attest.keys import key_id, short_fingerprint
+    from distill.export import export_model
     from distill.model_card import installed_clause_types, write_model_card
     from distill.record import write_run_record
     from distill.run_report import write_run_report
@@ -291,6 +292,7 @@ def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str, extr
                             clause_types=installed_clause_types())
     report = write_run_report(cfg.out_dir, plan=loaded.plan, audit=gate.audit, record=record,
                               card=card, metrics_path=cfg.log_path)
+    model_dir = export_model(cfg.out_dir, result.checkpoint_dir, [f for f in (card.readme, card.notice) if f])
     print(result.message)
     print(f"compute used: {short_sci(result.flops_used, 4)} FLOP of {short_sci(cfg.budget_flops, 4)}; "
           f"{result.tokens:,} tokens in {result.steps} steps, {result.wall_time_s:.1f} s")
@@ -300,6 +302,7 @@ def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str, extr
     print(f"signed by:    {short_fingerprint(key_id(private_key.public_key()))} ({key_path}; verify with its .pub)")
     print(f"model card:   {card.readme}" + (f" (+ {card.notice.name})" if card.notice else ""))
     print(f"run report:   {report}")
+    print(f"student:      {model_dir} (AutoModelForCausalLM/AutoTokenizer.from_pretrained; model card inside)")
     if card.todos:
         print(f"{len(card.todos)} obligation(s) to do before release; see {card.readme.name}")
     return 0

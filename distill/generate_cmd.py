@@ -3,13 +3,17 @@ prompts, behind the same gate as ``flopgate distill``.
 
 Order: (1) the gate (distill/gate.py): signature by a trusted key, file digests (the prompts
 file included), plan, outcome (and approval for REVIEW), age, policy-pack versions; a refusal
-exits 6. (2) The plan must name an API teacher (teacher.endpoint), a prompts file
-(data.prompts) and method.kind sequence; --endpoint may only change the port or path, never the
-audited host (exit 6). (3) The allowance: the audited method.prompt_tokens and
+exits 6. (2) The plan must name a teacher that can answer: an API endpoint (teacher.endpoint;
+--endpoint may only change the port or path, never the audited host, exit 6) or a local weights
+folder (teacher.weights, hashed by check and re-hashed by the gate); a prompts file
+(data.prompts) and method.kind sequence. (3) The allowance: the audited method.prompt_tokens and
 method.teacher_generated_tokens, less what other jobs under this audit spent (the ledger's
-generation rows). (4) Generation through the official openai client: CONCURRENCY requests at
-once, retries with exponential backoff and jitter on 429, 408, 5xx, timeouts and dropped
-connections (Retry-After honoured), a one-line error on 401/403/404 (exit 2). Each answer is
+generation rows). (4) Generation: an API teacher through the official openai client,
+CONCURRENCY requests at once, retries with exponential backoff and jitter on 429, 408, 5xx,
+timeouts and dropped connections (Retry-After honoured), a one-line error on 401/403/404 (exit
+2); a local teacher loaded from its audited folder (its shapes checked against the audited
+config) answering in batches of up to CONCURRENCY prompts, through vLLM when it is installed and
+a CUDA device is present, else transformers' generate (--backend chooses). Each answer is
 appended to OUT/samples.jsonl (flush + fsync); --resume continues a killed or stopped job
 without asking a prompt twice. --filter module:function is called on each sample and returns
 True (keep) or False (discard); discarded samples stay in samples.jsonl, marked, and their
@@ -52,7 +56,7 @@ def _non_negative(text: str) -> float:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="have an API teacher answer the audited prompts, behind a verified audit",
+    p = subparsers.add_parser("generate", help="have the teacher (an API or its local weights) answer the audited prompts, behind a verified audit",
                               description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_gate_options(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default: ./generate-out/PLAN-NAME)")
@@ -69,7 +73,10 @@ def register(subparsers) -> None:
     p.add_argument("--top-p", type=positive(float, maximum=1), metavar="P", help="nucleus sampling")
     p.add_argument("--seed", type=int, metavar="N", help="sampling seed, where the endpoint supports one")
     p.add_argument("--concurrency", type=positive(int, maximum=1024), default=4, metavar="N",
-                   help="requests in flight at once (default 4)")
+                   help="requests in flight at once; for a local teacher, the most prompts in one batch (default 4)")
+    p.add_argument("--backend", choices=("auto", "transformers", "vllm"), default="auto",
+                   help="a local teacher's engine (default auto: vLLM when installed and a CUDA device is present, "
+                        "else transformers generate)")
     p.add_argument("--timeout", type=positive(float), default=120.0, metavar="S",
                    help="seconds one request may take (default 120)")
     p.add_argument("--max-attempts", type=positive(int, maximum=100), default=6, metavar="N",
@@ -83,6 +90,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from audit.errors import InputError
     from distill.gated import GateRefused, verify_audit
 
     try:
@@ -92,33 +100,50 @@ def run(args) -> int:
     except GateRefused as refused:
         return refuse("generate", refused.reasons)
     loaded = gate.loaded_plan  # parsed from the very bytes the gate verified
-    endpoint, refusal = _endpoint(loaded, gate, args.endpoint)
-    if refusal:
-        return refuse("generate", [refusal])
+    _check_generation_plan(loaded)
+    endpoint = None
+    if loaded.plan.teacher.access == "api":
+        endpoint, refusal = _endpoint(loaded, gate, args.endpoint)
+        if refusal:
+            return refuse("generate", [refusal])
+    elif args.endpoint is not None:
+        raise InputError("--endpoint is for an API teacher; this plan's teacher runs from its audited weights "
+                         "folder", field="--endpoint")
     print(f"gate open: audit {args.attestation} (outcome {gate.outcome}, sha256 {gate.envelope_sha256[:12]}...)")
     for note in gate.notes:
         print(f"  {note}")
     return _generate(args, loaded, gate, endpoint)
 
 
-def _endpoint(loaded, gate, override: str | None) -> tuple[str, str | None]:
-    """(the base URL to use, a refusal or None). The plan must name an API teacher endpoint;
-    its host is the audited one (the signed plan's content says so too) and an --endpoint may
-    change the port or path only."""
+def _check_generation_plan(loaded) -> None:
+    """The plan names a teacher that can answer (an API endpoint or a local weights folder), a
+    prompts file and method.kind sequence."""
     from audit.errors import InputError
-    from audit.plan import endpoint_host
+    from audit.weights import teacher_folder
 
     plan, source = loaded.plan, str(loaded.path)
-    if plan.teacher.access != "api" or not plan.teacher.endpoint:
-        raise InputError("flopgate generate asks an API teacher: set teacher.access: api and teacher.endpoint "
-                         "(an OpenAI-compatible base URL) and re-run flopgate check (a local teacher backend is not "
-                         "built yet)", source=source, field="teacher.endpoint")
+    if plan.teacher.access == "api" and not plan.teacher.endpoint:
+        raise InputError("an API teacher needs teacher.endpoint (an OpenAI-compatible base URL); set it and re-run "
+                         "flopgate check", source=source, field="teacher.endpoint")
+    if plan.teacher.access != "api" and teacher_folder(plan) is None:
+        raise InputError("the teacher answers from an API endpoint (teacher.access: api, teacher.endpoint) or from "
+                         "a local weights folder (teacher.access: weights, teacher.weights); set one and re-run "
+                         "flopgate check", source=source, field="teacher")
     if plan.method.kind != "sequence":
         raise InputError(f"flopgate generate writes sequence-level training data; the plan's method.kind is "
                          f"{plan.method.kind!r}, expected 'sequence'", source=source, field="method.kind")
     if not plan.data.prompts:
         raise InputError("the teacher answers an audited prompts file; set data.prompts (JSONL) and re-run "
                          "flopgate check", source=source, field="data.prompts")
+
+
+def _endpoint(loaded, gate, override: str | None) -> tuple[str, str | None]:
+    """(the base URL to use, a refusal or None) for an API teacher: its host is the audited one
+    (the signed plan's content says so too) and an --endpoint may change the port or path only."""
+    from audit.errors import InputError
+    from audit.plan import endpoint_host
+
+    plan = loaded.plan
     audited_teacher = (gate.audit.plan.content or {}).get("teacher") or {}
     audited = audited_teacher.get("endpoint")
     host = endpoint_host(plan.teacher.endpoint)
@@ -148,8 +173,6 @@ def _safe_name(name: str) -> str:
 
 def _generate(args, loaded, gate, endpoint: str) -> int:
     from audit.errors import InputError
-    from audit.plan import endpoint_host
-    from distill.generation.api import OpenAIBackend, api_key_for
     from distill.generation.backend import Sampling
     from distill.generation.journal import (ATTEMPTS_FILE, JOB_FILE, SAMPLES_FILE, Journal, load_state,
                                             read_job_file, write_job_file)
@@ -168,7 +191,7 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     keep = _load_filter(args.filter) if args.filter else None
     job = {"audit_sha256": gate.envelope_sha256, "plan_sha256": gate.audit.plan.sha256,
            "prompts_sha256": prompts_sha256,
-           "teacher": {"model": plan.teacher.model, "endpoint_host": endpoint_host(endpoint)},
+           "teacher": _teacher_identity(loaded, gate, endpoint, args.backend),
            "sampling": sampling.as_dict(), "filter": args.filter}
 
     used = [n for n in (JOB_FILE, SAMPLES_FILE, ATTEMPTS_FILE) if (out_dir / n).exists()]
@@ -211,29 +234,29 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
                         f"the first prompt could need {pending[0].max_prompt_tokens():,} + {sampling.max_tokens:,}"])
 
     private_key, key_path = _signing_key(args.key)
-    api_key, key_source = api_key_for(plan, os.environ)
-    backend = OpenAIBackend(endpoint, api_key, key_source=key_source, timeout_s=args.timeout)
-    del api_key
+    teacher = job["teacher"]
+    where = teacher.get("endpoint_host") or f"{teacher['engine']} on this machine"
+    backend = _open_backend(args, loaded, gate, endpoint, teacher) if pending else None
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         write_job_file(out_dir, {"job_id": job_id, **job})
     journal = Journal(out_dir, session=(state.sessions if state else 0) + 1)
     print(f"job {job_id}: {len(pending)} of {len(prompts)} prompt(s) to answer with {plan.teacher.model} at "
-          f"{endpoint_host(endpoint)} ({args.concurrency} at once)")
+          f"{where} ({args.concurrency} at once)")
     summary, status = None, "failed"
     booked_at = [time.monotonic()]
 
     def book_running() -> None:  # spent + in flight, from memory: the journal is being written
         if time.monotonic() - booked_at[0] >= LEDGER_EVERY_S:
             booked_at[0] = time.monotonic()
-            _append_row(args, gate, job_id, out_dir, "running", endpoint_host(endpoint), plan.teacher.model,
+            _append_row(args, gate, job_id, out_dir, "running", teacher,
                         private_key, prompt_tokens=meter.used_prompt + meter.reserved_prompt,
                         completion_tokens=meter.used_completion + meter.reserved_completion,
                         answered=None, kept=None)
 
     try:
         if state and state.attempts:  # a died session's spending reaches the ledger before any request
-            _append_row(args, gate, job_id, out_dir, "running", endpoint_host(endpoint), plan.teacher.model,
+            _append_row(args, gate, job_id, out_dir, "running", teacher,
                         private_key, prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens,
                         answered=len(state.done), kept=None)
         summary = run_prompts(pending, backend, sampling, meter, journal, concurrency=args.concurrency,
@@ -246,11 +269,72 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         raise
     finally:
         journal.close()
-        backend.close()
-        _book(args, gate, job_id, out_dir, status, endpoint_host(endpoint), plan.teacher.model, private_key,
-              failing=summary is None)
+        if backend is not None:
+            backend.close()
+        _book(args, gate, job_id, out_dir, status, teacher, private_key, failing=summary is None)
     return _finish(args, loaded, gate, out_dir, prompts, prompts_sha256, job, job_id, summary, private_key, key_path,
                    allowed=(allowed_prompt, allowed_completion))
+
+
+def _teacher_identity(loaded, gate, endpoint: str | None, backend: str) -> dict:
+    """What answers, as recorded in the job, the ledger and the generation record: the model and
+    the endpoint's host, or for a local teacher the audited weights' root digest and the engine."""
+    from audit.plan import endpoint_host
+    from distill.generation.local import choose_engine
+
+    model = loaded.plan.teacher.model
+    if endpoint is not None:
+        return {"model": model, "endpoint_host": endpoint_host(endpoint)}
+    weights = gate.model_folders["teacher_weights"]  # the gate hashed it against the audit
+    return {"model": model, "weights_sha256": weights.root_sha256, "engine": choose_engine(backend)}
+
+
+def _open_backend(args, loaded, gate, endpoint: str | None, teacher: dict):
+    """The API client, or the local teacher loaded from its audited folder and checked: shapes
+    as the audited config, folder unchanged since the gate hashed it."""
+    if endpoint is not None:
+        from distill.generation.api import OpenAIBackend, api_key_for
+
+        api_key, key_source = api_key_for(loaded.plan, os.environ)
+        return OpenAIBackend(endpoint, api_key, key_source=key_source, timeout_s=args.timeout)
+    from audit.weights import teacher_folder, verify_unchanged
+    from distill.cli import audited_model_checks, check_teacher_matches_audit
+
+    folder = teacher_folder(loaded.plan)
+    describe = {"weights_sha256": teacher["weights_sha256"]}
+    check_teacher_matches_audit(loaded, folder)
+    if teacher["engine"] == "vllm":
+        from distill.generation.local import VLLMBackend
+
+        backend = VLLMBackend(folder, model_id=loaded.plan.teacher.model, batch_size=args.concurrency,
+                              seed=args.seed, describe=describe)
+        for digest in gate.model_folders.values():
+            verify_unchanged(digest)
+        return backend
+    import torch
+
+    from distill.generation.local import TransformersBackend
+    from distill.models import library_progress_bars, load_teacher, load_tokenizer
+
+    library_progress_bars(sys.stderr.isatty())
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_teacher(folder, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    audited_model_checks(loaded, gate)(model, None)
+    print(f"teacher loaded from {folder} on {device} (transformers generate, batches of up to {args.concurrency})")
+    return TransformersBackend(model, load_tokenizer(folder), model_id=loaded.plan.teacher.model,
+                               batch_size=args.concurrency, seed=args.seed, describe=describe)
+
+
+def _generation_flops(gate, plan, tokens: int) -> dict:
+    """The teacher's FLOP for ``tokens`` (prompt + generated) at the audit's per-token figure
+    (teacher_generation: a forward per token, prefill and KV-cache decode alike)."""
+    component = next((c for c in gate.audit.compute.components if c.id == "teacher_generation"), None)
+    audited_tokens = plan.method.prompt_tokens + plan.method.teacher_generated_tokens
+    if component is None or component.flops is None or audited_tokens <= 0:
+        return {"per_token": None, "used": None, "audited": None}
+    per_token = component.flops / audited_tokens
+    return {"per_token": per_token, "used": per_token * tokens, "audited": component.flops}
 
 
 def _load_filter(spec: str):
@@ -303,7 +387,7 @@ def _other_jobs(audit_sha256: str, job_id: str, ledger_path) -> tuple[int, int]:
             sum(int(b.get("completion_tokens", 0)) for b in latest.values()))
 
 
-def _book(args, gate, job_id: str, out_dir: Path, status: str, host: str, model: str, private_key, *,
+def _book(args, gate, job_id: str, out_dir: Path, status: str, teacher: dict, private_key, *,
           failing: bool) -> None:
     """The job's running totals as a ``generation`` row in the ledger. When the job is already
     failing, a ledger that cannot be written is a warning, so the first error is the one shown."""
@@ -312,7 +396,7 @@ def _book(args, gate, job_id: str, out_dir: Path, status: str, host: str, model:
     try:
         state = load_state(out_dir)
         kept = sum(1 for r in state.done.values() if r.get("status") == "kept")
-        _append_row(args, gate, job_id, out_dir, status, host, model, private_key, prompt_tokens=state.prompt_tokens,
+        _append_row(args, gate, job_id, out_dir, status, teacher, private_key, prompt_tokens=state.prompt_tokens,
                     completion_tokens=state.completion_tokens, answered=len(state.done), kept=kept)
     except Exception as exc:  # noqa: BLE001
         if not failing:
@@ -320,7 +404,7 @@ def _book(args, gate, job_id: str, out_dir: Path, status: str, host: str, model:
         print(f"flopgate: warning: the job's tokens were not recorded in the ledger ({exc})", file=sys.stderr)
 
 
-def _append_row(args, gate, job_id: str, out_dir: Path, status: str, host: str, model: str, private_key, *,
+def _append_row(args, gate, job_id: str, out_dir: Path, status: str, teacher: dict, private_key, *,
                 prompt_tokens: int, completion_tokens: int, answered: int, kept) -> None:
     """One ``generation`` row: the job's running totals (each row replaces the job's previous
     one when jobs are summed: :func:`_other_jobs`)."""
@@ -328,7 +412,7 @@ def _append_row(args, gate, job_id: str, out_dir: Path, status: str, host: str, 
 
     body = {"job_id": job_id, "out": str(out_dir.resolve()), "status": status,
             "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
-            "teacher_model": model, "endpoint_host": host}
+            "teacher_model": teacher["model"], **{k: v for k, v in teacher.items() if k != "model"}}
     if answered is not None:
         body["answered"] = answered
     if kept is not None:
@@ -363,6 +447,7 @@ def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job
                        "allowed_prompt": float(allowed[0]), "allowed_completion": float(allowed[1]),
                        "audited_prompt": float(plan.method.prompt_tokens),
                        "audited_completion": float(plan.method.teacher_generated_tokens)},
+            "flops": _generation_flops(gate, plan, state.prompt_tokens + state.completion_tokens),
             "stopped_by_budget": summary.stopped_by_budget, "message": summary.message,
             "wall_time_s": state.wall_time_s}
     written = write_generation_record(
@@ -375,6 +460,11 @@ def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job
     print(f"tokens: {state.prompt_tokens:,} prompt of {allowed[0]:,.0f}, {state.completion_tokens:,} generated of "
           f"{allowed[1]:,.0f} (lost to failures and charged: {state.prompt_tokens - used_prompt:,} + "
           f"{state.completion_tokens - used_completion:,}); {state.wall_time_s:.1f} s")
+    if body["flops"]["used"] is not None:
+        from audit.numbers import short_sci
+
+        print(f"teacher compute: {short_sci(body['flops']['used'], 4)} FLOP of {short_sci(body['flops']['audited'], 4)} "
+              "audited (the audit's FLOP per token x tokens)")
     print(f"generation record: {written.envelope_path}")
     print(f"signed by:         {short_fingerprint(key_id(private_key.public_key()))} ({key_path}; verify with its .pub)")
     return 0

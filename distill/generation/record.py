@@ -80,8 +80,8 @@ def write_generation_record(out_dir: str | os.PathLike, *, audit: AuditPredicate
                             approval_sha256: Optional[str] = None) -> WrittenRecord:
     """Hash the outputs, sign the record and write both files atomically; an existing record is
     never replaced (``FileExistsError``). ``body`` holds the job's figures (job, teacher,
-    sampling, filter, prompts count, outputs counts, tokens, stopped_by_budget, message,
-    wall_time_s)."""
+    sampling, filter, prompts count, outputs counts, tokens, flops (the teacher's FLOP at the
+    audit's per-token figure), stopped_by_budget, message, wall_time_s)."""
     from audit.versions import tool_versions
 
     out_dir = Path(out_dir).resolve()
@@ -112,6 +112,7 @@ def write_generation_record(out_dir: str | os.PathLike, *, audit: AuditPredicate
         "outputs": {"samples_sha256": digest["samples"], "kept_sha256": digest["kept_samples"],
                     "manifest_sha256": digest["data_manifest"], **body["outputs"]},
         "tokens": tokens,
+        "flops": {k: finite_or_none(v) if isinstance(v, float) else v for k, v in body.get("flops", {}).items()},
         "stopped_by_budget": bool(body["stopped_by_budget"]),
         "message": body["message"],
         "wall_time_s": finite_or_none(body["wall_time_s"]),
