@@ -79,7 +79,7 @@ def build_predicate(result, *, audit: AuditPredicate, envelope_name: str, envelo
                     checkpoint_name: str, checkpoint_root: str, checkpoint_files: int,
                     approval_sha256: Optional[str], inputs: list[dict]) -> dict:
     """The run-record predicate (see the module docstring). ``result`` is a
-    :class:`distill.trainer.TrainResult`."""
+    :class:`distill.loop.TrainResult`."""
     from audit.versions import tool_versions
 
     budget = finite_or_none(result.budget_flops)

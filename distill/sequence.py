@@ -22,7 +22,7 @@ No teacher model is loaded: the teacher's work is in the answers, and ``generate
    token sees the earlier tokens of its own sample only), so a packed row gives each sample
    the loss it has alone. Rows are read in a fresh seeded order each epoch.
 4. **Training**: cross-entropy on the answer tokens, summed over the step and divided by the
-   step's answer-token count; AdamW, warm-up + cosine (:func:`distill.trainer.warmup_cosine`),
+   step's answer-token count; AdamW, warm-up + cosine (:func:`distill.loop.warmup_cosine`),
    gradient clipping, checkpoints (:mod:`distill.checkpoint`), metrics (``metrics.jsonl``).
    Logits are formed and reduced in fp32 (on CUDA the body runs under bf16 autocast).
 5. **Metering**: every row position counts as a training token (padding included: it is
@@ -33,8 +33,9 @@ The tokenizer: ``--tokenizer DIR``, else the teacher's local folder (what the lo
 uses), else a ``student.init: base`` folder holding a tokenizer. Its digest is recorded in
 ``sequence-data.json``, which the run record signs with the generation record and the samples.
 
-Not yet: ``--resume`` of a sequence run; several processes are wired (DDP, global answer-token
-count) but only one process is tested.
+The loop itself (steps, resume, meter, checkpoints, metrics) is :func:`distill.loop.run_loop`,
+shared with the logit recipe; ``--resume`` continues a run bitwise exactly, as for logit KD.
+Several processes are wired (DDP, global answer-token count) but only one process is tested.
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
 from audit.errors import InputError
 from audit.numbers import short_sci
-from audit.validation import StrictModel, validate_model
+from audit.validation import validate_model
+from distill.loop import LoopConfig
 
 IGNORE_INDEX = -100
 DATA_RECORD = "sequence-data.json"
@@ -302,43 +304,18 @@ def answer_loss_sum(hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tens
 
 # -- config and training -----------------------------------------------------------------------
 
-class SequenceConfig(StrictModel):
-    """A sequence-level run. Token counts are positions fed to the student (padding included)."""
+class SequenceConfig(LoopConfig):
+    """A sequence-level run (the loop's fields are :class:`distill.loop.LoopConfig`'s). Token
+    counts are positions fed to the student (padding included)."""
 
     generated_dir: Path
     tokenizer_dir: Path
     student_init: Literal["scratch", "base"] = "scratch"
     student_config: Optional[Path] = None
     student_base_dir: Optional[Path] = None
-    seq_len: int = Field(gt=0)
-    micro_batch: int = Field(default=8, gt=0)
-    grad_accum: int = Field(default=1, gt=0)
-    max_steps: Optional[int] = Field(default=None, gt=0)
-    max_tokens: Optional[int] = Field(default=None, gt=0)
-    lr: float = Field(default=3e-4, gt=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=0, ge=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip: Optional[float] = Field(default=1.0, gt=0)
-    seed: int = 0
-    out_dir: Path
-    checkpoint_every: int = Field(default=100, gt=0)
-    keep_last: Optional[int] = Field(default=3, gt=0)
-    device: str = "auto"
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    budget_flops: Optional[float] = Field(default=None, gt=0)
-    flops_per_token: Optional[float] = Field(default=None, gt=0)
-    tolerance: float = Field(default=0.0, ge=0)
-    log_path: Optional[Path] = None
-    progress: bool = True
-    log_every: Optional[int] = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.max_steps is None and self.max_tokens is None:
-            raise ValueError("set max_steps or max_tokens")
-        if self.budget_flops is not None and self.flops_per_token is None:
-            raise ValueError("budget_flops needs flops_per_token")
         if self.student_init == "scratch" and self.student_config is None:
             raise ValueError("student_init 'scratch' needs student_config")
         if self.student_init == "base" and self.student_base_dir is None:
@@ -393,31 +370,24 @@ def tokenize_and_pack(generated: GeneratedData, tokenizer, seq_len: int, seed: i
     return pack(encoded, seq_len, seed=seed, pad_id=pad)
 
 
-def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *,
+def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: bool = False,
                    on_step: Optional[Callable[[dict], None]] = None,
-                   after_load: Optional[Callable[[torch.nn.Module], None]] = None):
-    """Train per the module docstring; returns a :class:`distill.trainer.TrainResult`."""
+                   after_load: Optional[Callable[[torch.nn.Module], None]] = None,
+                   after_resume: Optional[Callable[[float], None]] = None):
+    """Train per the module docstring; returns a :class:`distill.loop.TrainResult`."""
     from distill import distributed
-    from distill.checkpoint import load_latest, save_checkpoint
+    from distill.loop import run_loop
     from distill.meter import ComputeMeter
     from distill.models import build_student, check_vocab, head_weight, library_progress_bars, load_tokenizer
-    from distill.trainer import MetricsLog, TrainResult, _progress, end_message, optimizer_step, warmup_cosine
 
-    start_time = time.monotonic()
+    session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
     ctx = distributed.setup(cfg.device)
-    log = None
     try:
         device = ctx.device
-        on_cuda = device.type == "cuda"
-        amp_dtype = torch.bfloat16 if (cfg.dtype == "bf16" or (cfg.dtype == "auto" and on_cuda)) else None
-        log_every = cfg.log_every or (10 if on_cuda else 1)
+        amp_dtype = cfg.amp_dtype(device)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        if load_latest(cfg.out_dir) is not None:
-            raise InputError("already holds checkpoints; a sequence run cannot resume yet: choose another "
-                             "output folder", source=str(cfg.out_dir))
-
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
         data = tokenize_and_pack(generated, tokenizer, cfg.seq_len, cfg.seed)
         student = build_student(cfg.student_init, config=cfg.student_config, base_dir=cfg.student_base_dir,
@@ -426,98 +396,23 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *,
             after_load(student)
         vocab = check_vocab(tokenizer, None, student)
         body = distributed.wrap_ddp(PackedHiddenStates(student), ctx)
-
-        sequences_per_step = ctx.world_size * cfg.grad_accum * cfg.micro_batch
-        rank_tokens_per_step = cfg.grad_accum * cfg.micro_batch * cfg.seq_len
-        total_steps = cfg.max_steps or cfg.max_tokens // (sequences_per_step * cfg.seq_len)
-        if total_steps < 1:
-            raise InputError(f"max_tokens {cfg.max_tokens} is less than one step of "
-                             f"{sequences_per_step * cfg.seq_len} tokens", field="max_tokens")
-        optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                                      weight_decay=cfg.weight_decay, fused=on_cuda)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
-        meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx)
-        log = MetricsLog(cfg.log_path or cfg.out_dir / "metrics.jsonl", enabled=ctx.is_main)
-        log.open(keep_through_step=0)
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
         head = head_weight(student)
 
-        step, cursor, last_loss, saved = 0, 0, None, None
+        def micro_loss(batch, start: int, num_valid) -> torch.Tensor:
+            ids, labels, positions, segments = (t.to(device) for t in batch)
+            with autocast():
+                hidden = body(ids, positions, segments)
+            return answer_loss_sum(hidden, head, labels, vocab) / num_valid
 
-        def checkpoint() -> Path:
-            nonlocal saved
-            path = save_checkpoint(cfg.out_dir, step, model=student, optimizer=optimizer, scheduler=scheduler,
-                                   ctx=ctx, tokenizer=tokenizer, keep_last=cfg.keep_last,
-                                   state={"cursor": cursor, "meter": meter.state_dict(), "loss": last_loss,
-                                          "config": cfg.model_dump(mode="json"), "world_size": ctx.world_size,
-                                          "wall_time_s": time.monotonic() - start_time})
-            saved = (step, path)
-            return path
-
-        stopped_by_budget = False
-        progress, task = _progress(cfg.progress and ctx.is_main, total_steps)
-        loop_start = time.monotonic()
-        with progress:
-            while step < total_steps:
-                if meter.would_exceed(rank_tokens_per_step):
-                    stopped_by_budget = True
-                    break
-                starts = [distributed.micro_batch_start(cursor, a, cfg.micro_batch, ctx)
-                          for a in range(cfg.grad_accum)]
-                batches = [data.batch(start, cfg.micro_batch) for start in starts]
-                if ctx.enabled:
-                    num_valid = distributed.global_valid_tokens([b[1] for b in batches], ctx)
-                else:
-                    num_valid = sum(int((b[1] != IGNORE_INDEX).sum()) for b in batches)
-                loss_sum = torch.zeros((), device=device)
-                for a, (ids, labels, positions, segments) in enumerate(batches):
-                    ids, labels, positions, segments = (t.to(device) for t in (ids, labels, positions, segments))
-                    last_micro = a == cfg.grad_accum - 1
-                    with nullcontext() if (last_micro or not ctx.enabled) else body.no_sync():
-                        with autocast():
-                            hidden = body(ids, positions, segments)
-                        loss = answer_loss_sum(hidden, head, labels, vocab) / num_valid
-                        (loss * ctx.world_size).backward()  # DDP averages; the loss is already global
-                    loss_sum += loss.detach()
-                grad_norm, lr = optimizer_step(student, optimizer, scheduler, cfg.grad_clip)
-                step += 1
-                cursor += sequences_per_step
-                meter.add(rank_tokens_per_step)
-                total = distributed.all_reduce_sum(loss_sum, ctx)
-                read_now = step % log_every == 0 or step == total_steps or step % cfg.checkpoint_every == 0
-                if read_now:
-                    last_loss = float(total)
-                elapsed = time.monotonic() - loop_start
-                record = {"step": step, "loss": last_loss if read_now else None, "lr": lr,
-                          "grad_norm": float(grad_norm) if read_now else None,
-                          "tokens": meter.tokens, "step_tokens": rank_tokens_per_step * ctx.world_size,
-                          "valid_tokens": int(num_valid) if read_now or isinstance(num_valid, int) else None,
-                          "tokens_per_s": meter.tokens / max(elapsed, 1e-9),
-                          "flops": meter.flops if cfg.flops_per_token is not None else None,
-                          "elapsed_s": time.monotonic() - start_time}
-                log.write(record)
-                budget = f" / {short_sci(cfg.budget_flops)}" if cfg.budget_flops else ""
-                shown = f"loss {last_loss:.4f}  " if last_loss is not None else ""
-                progress.update(task, completed=step, info=f"{shown}compute {short_sci(meter.flops)}{budget} FLOP")
-                if on_step is not None:
-                    on_step(record)
-                if step % cfg.checkpoint_every == 0:
-                    checkpoint()
-        final = saved[1] if saved is not None and saved[0] == step else checkpoint()
-        wall = time.monotonic() - start_time
+        result = run_loop(cfg, ctx, student=student, body=body, data=data, micro_loss=micro_loss,
+                          meter=ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx),
+                          tokenizer=tokenizer, resume=resume, session_start=session_start, on_step=on_step,
+                          after_resume=after_resume)
         if ctx.is_main:
             _write_data_record(cfg, generated, data)
-        message = end_message(step, stopped_by_budget, cfg.budget_flops, cfg.tolerance, final.name)
-        return TrainResult(
-            steps=step, tokens=meter.tokens, final_loss=last_loss,
-            flops_used=meter.flops if cfg.flops_per_token is not None else None,
-            budget_flops=cfg.budget_flops, wall_time_s=wall, device_hours=wall * ctx.world_size / 3600,
-            stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
-            device=str(device), rank=ctx.rank, message=message)
+        return result
     finally:
-        if log is not None:
-            log.close()
         distributed.teardown(ctx)
 
 
@@ -564,11 +459,9 @@ def run(args, opened) -> int:
 
     if list_checkpoints(out_dir):
         used.insert(0, "checkpoints")
-    if args.resume:
-        raise InputError("a sequence run cannot resume yet", field="--resume")
-    if used:
-        raise InputError(f"already holds checkpoints or a run ({', '.join(used)}); choose another output "
-                         "folder (--out)", source=str(out_dir))
+    if used and not args.resume:
+        raise InputError(f"already holds checkpoints or a run ({', '.join(used)}); resume it (--resume) or "
+                         "choose another output folder (--out)", source=str(out_dir))
     overrides = {k: v for k, v in {"max_steps": args.steps, "micro_batch": args.micro_batch,
                                    "grad_accum": args.grad_accum, "lr": args.lr,
                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None}
@@ -588,8 +481,9 @@ def run(args, opened) -> int:
 
     booked = opened.step_charges()
     check = cli.audited_model_checks(loaded, gate)
-    result = train_sequence(cfg, generated, on_step=booked.on_step if booked else None,
-                            after_load=lambda student: check(None, student))
+    result = train_sequence(cfg, generated, resume=args.resume, on_step=booked.on_step if booked else None,
+                            after_load=lambda student: check(None, student),
+                            after_resume=booked.after_resume if booked else None)
     if result.rank != 0:
         return 0
     extra = [("generation_record", generated.record_path), ("sequence_data", cfg.out_dir / DATA_RECORD)]

@@ -48,40 +48,36 @@ audited FLOP per token and its own overrides.
 
 from __future__ import annotations
 
-import json
-import math
 import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, ClassVar, Literal, Optional
 
 import torch
 from pydantic import Field, model_validator
 
 from audit.errors import InputError
 from audit.numbers import short_sci
-from audit.validation import StrictModel, validate_model
-from distill import distributed
-from distill.checkpoint import load_latest, restore_checkpoint, save_checkpoint
+from audit.validation import validate_model
+from distill import distributed, losses
 from distill.data import load_training_data, read_manifest
-from distill import losses
+from distill.loop import LoopConfig, TrainResult, run_loop, total_steps
 from distill.losses import LossKind, LossSpec, fused_distill_loss
 from distill.meter import ComputeMeter
 from distill.models import (HiddenStates, build_student, check_vocab, compile_layers, decoder_layers,
                             final_hidden_states, head_weight, library_progress_bars, load_teacher,
                             load_tokenizer)
 
-# Fields that do not change the trained weights; a resume may change them.
-_RESUMABLE_FIELDS = {"out_dir", "log_path", "progress", "checkpoint_every", "keep_last", "budget_flops",
-                     "tolerance", "flops_per_token", "device", "compile", "log_every", "teacher_cache_dir",
-                     "teacher_flops_per_token", "shard_teacher"}
 
 
-class TrainConfig(StrictModel):
-    """Everything a run needs. Paths are local; token counts are tokens of the teacher's tokenizer."""
+class TrainConfig(LoopConfig):
+    """A logit-distillation run (the loop's fields are :class:`distill.loop.LoopConfig`'s). Paths
+    are local; token counts are tokens of the teacher's tokenizer."""
+
+    RESUMABLE: ClassVar[frozenset] = LoopConfig.RESUMABLE | {"compile", "teacher_cache_dir", "teacher_flops_per_token",
+                                                             "shard_teacher"}
 
     teacher_dir: Path = Field(description="local Hugging Face model folder (weights + tokenizer)")
     student_init: Literal["scratch", "base", "pruned_teacher"] = "scratch"
@@ -92,37 +88,13 @@ class TrainConfig(StrictModel):
     manifest: Optional[Path] = None
     manifest_sha256: Optional[str] = Field(default=None, description="the audited manifest's digest (from "
                                            "the gate); the manifest the trainer reads must have it")
-    seq_len: int = Field(gt=0)
-    micro_batch: int = Field(default=8, gt=0, description="sequences per rank per micro-step")
-    grad_accum: int = Field(default=1, gt=0)
-    max_steps: Optional[int] = Field(default=None, gt=0)
-    max_tokens: Optional[int] = Field(default=None, gt=0, description="used when max_steps is not set")
-    lr: float = Field(default=3e-4, gt=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=0, ge=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip: Optional[float] = Field(default=1.0, gt=0, description="max global grad norm; None = off")
     loss: LossKind = "forward_kl"
     beta: float = Field(default=0.5, description="JSD weight, 0 < beta < 1")
     temperature: float = Field(default=1.0, gt=0)
     hard_label_weight: float = Field(default=0.0, ge=0, le=1)
     chunk_size: Optional[int] = Field(default=None, gt=0, description="tokens per fused-loss chunk")
-    seed: int = 0
-    out_dir: Path
-    checkpoint_every: int = Field(default=100, gt=0)
-    keep_last: Optional[int] = Field(default=3, gt=0)
-    device: str = "auto"
-    dtype: Literal["auto", "bf16", "fp32"] = Field(default="auto", description="auto: bf16 on CUDA, fp32 on CPU")
-    budget_flops: Optional[float] = Field(default=None, gt=0)
-    flops_per_token: Optional[float] = Field(default=None, gt=0, description="audited FLOP per training token")
-    tolerance: float = Field(default=0.0, ge=0, description="share the meter may overrun the budget; "
-                             "0: the hard limit is the budget, the figure the audit compared")
-    log_path: Optional[Path] = Field(default=None, description="JSONL metrics; default OUT/metrics.jsonl")
-    progress: bool = True
     compile: Optional[bool] = Field(default=None, description="regional torch.compile of both models and "
                                     "the loss's chunk work; None: on for CUDA, off for CPU")
-    log_every: Optional[int] = Field(default=None, gt=0, description="read the loss back every N steps "
-                                     "(a host sync); None: 10 on CUDA, 1 on CPU")
     teacher_source: Literal["online", "cached"] = "online"
     teacher_cache_dir: Optional[Path] = Field(default=None, description="cached teacher logits (built if absent)")
     teacher_cache_k: int = Field(default=64, gt=0, description="top-k kept per position when building the cache")
@@ -134,10 +106,6 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.max_steps is None and self.max_tokens is None:
-            raise ValueError("set max_steps or max_tokens")
-        if self.budget_flops is not None and self.flops_per_token is None:
-            raise ValueError("budget_flops needs flops_per_token")
         if self.loss == "jsd" and not 0 < self.beta < 1:
             raise ValueError(f"beta must be in (0, 1) for jsd, got {self.beta}")
         if self.student_init == "scratch" and self.student_config is None:
@@ -221,114 +189,6 @@ class TrainConfig(StrictModel):
     def loss_spec(self) -> LossSpec:
         return LossSpec(self.loss, self.beta, self.temperature, self.hard_label_weight)
 
-    def fingerprint(self) -> dict:
-        """The fields that fix the trained weights; a resume must not change them."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in _RESUMABLE_FIELDS}
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    steps: int
-    tokens: int                      # tokens processed, all ranks (sequences x seq_len)
-    final_loss: Optional[float]      # mean loss per valid token in the last step
-    flops_used: Optional[float]      # tokens x flops_per_token; None without a per-token figure
-    budget_flops: Optional[float]
-    wall_time_s: float               # summed over this run's sessions (resumes included)
-    device_hours: float              # wall time x number of processes (accelerator-hours on GPU)
-    stopped_by_budget: bool
-    checkpoint_dir: Path
-    world_size: int
-    device: str
-    rank: int
-    message: str
-    teacher_sharded: bool = False    # the teacher's layers were sharded over the ranks (FSDP2)
-    lost_tokens: int = 0             # of steps lost to crashes; counted in tokens and flops_used
-    lost_flops: float = 0.0
-
-
-def end_message(step: int, stopped_by_budget: bool, budget_flops, tolerance: float, checkpoint: str) -> str:
-    """How a run ended, for its result and record: finished, or stopped before the step that
-    would have passed budget x (1 + tolerance) FLOP."""
-    if stopped_by_budget:
-        return (f"stopped before step {step + 1}: it would take compute past the budget "
-                f"{short_sci(budget_flops)} x (1 + {tolerance}) FLOP; checkpoint {checkpoint}")
-    return f"finished {step} steps; checkpoint {checkpoint}"
-
-
-def optimizer_step(model, optimizer, scheduler, grad_clip: Optional[float]) -> tuple[torch.Tensor, float]:
-    """One optimizer step after the backward passes: clip the gradient norm (to ``grad_clip``; no
-    clipping when None), step, advance the LR schedule, clear the gradients. Returns the norm
-    before clipping and the learning rate the step used."""
-    max_norm = grad_clip if grad_clip is not None else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm, lr
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
-    """LR factor for the step about to run (0-based): linear warm-up over ``warmup_steps``
-    (1/w, 2/w, ..., 1), then cosine from 1 down to ``min_ratio`` at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-class MetricsLog:
-    """JSONL, one object per optimizer step, written by rank 0 and flushed per line."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled, self.handle = path, enabled, None
-
-    def records(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a crash ends the log
-        return records
-
-    def open(self, keep_through_step: int) -> None:
-        """Keep the records up to ``keep_through_step`` (0: none) and append after them."""
-        if not self.enabled:
-            return
-        from audit.fsutil import write_atomic
-
-        kept = [r for r in self.records() if r.get("step", 0) <= keep_through_step]
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self.handle = open(self.path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        if self.handle:
-            self.handle.write(json.dumps(record) + "\n")
-            self.handle.flush()
-
-    def close(self) -> None:
-        if self.handle:
-            self.handle.close()
-            self.handle = None
-
-
-def _progress(enabled: bool, total: int):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    progress = Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[info]}"), console=console,
-                        disable=not (enabled and console.is_terminal))
-    task = progress.add_task("distill", total=total, info="")
-    return progress, task
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -382,13 +242,11 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
     ctx = distributed.setup(cfg.device)
-    log = None
     try:
         device = ctx.device
         on_cuda = device.type == "cuda"
-        amp_dtype = torch.bfloat16 if (cfg.dtype == "bf16" or (cfg.dtype == "auto" and on_cuda)) else None
+        amp_dtype = cfg.amp_dtype(device)
         compile_models = cfg.compile if cfg.compile is not None else on_cuda
-        log_every = cfg.log_every or (10 if on_cuda else 1)
         cached = cfg.teacher_source == "cached"
         if on_cuda:
             torch.set_float32_matmul_precision("high")  # fp32 matmuls (the loss's logits) use TF32
@@ -419,22 +277,11 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         # Prepared shards (a shard manifest) or raw files; either way checked against the manifest.
         data = load_training_data(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed, manifest=cfg.manifest,
                                   manifest_sha256=cfg.manifest_sha256)
+        total_steps(cfg, ctx.world_size)  # refuse a run shorter than one step before any cache is built
 
-        sequences_per_step = ctx.world_size * cfg.grad_accum * cfg.micro_batch
-        rank_tokens_per_step = cfg.grad_accum * cfg.micro_batch * cfg.seq_len
-        total_steps = cfg.max_steps or cfg.max_tokens // (sequences_per_step * cfg.seq_len)
-        if total_steps < 1:
-            raise InputError(f"max_tokens {cfg.max_tokens} is less than one step of "
-                             f"{sequences_per_step * cfg.seq_len} tokens", field="max_tokens")
-
-        # --- Optimisation -------------------------------------------------------------------
         if compile_models:
             compile_layers(student, backend=losses.COMPILE_BACKEND)
         body = distributed.wrap_ddp(HiddenStates(student), ctx)
-        optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                                      weight_decay=cfg.weight_decay, fused=on_cuda)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
         spec = cfg.loss_spec()
         meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx)
 
@@ -452,143 +299,40 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 if meter.limit_flops is not None and charge > meter.limit_flops:
                     raise InputError(f"the teacher cache's forward pass takes {short_sci(charge, 4)} FLOP, past the budget's "
                                      f"limit {short_sci(meter.limit_flops, 4)}", field="budget_flops")
-                meter.charge(charge)  # a resumed run restores the meter below, charge included
+                meter.charge(charge)  # a resumed run restores the meter, charge included
             cache = _open_cache(cfg, build=build_cache, teacher=teacher, data=data, vocab=vocab, device=device,
                                 amp_dtype=amp_dtype, ctx=ctx, lockstep=shard, padding=padding)
             teacher = None  # not needed any more: free its memory
         elif compile_models and not shard:  # a sharded layer's all-gather hooks stay eager
             compile_layers(teacher, backend=losses.COMPILE_BACKEND)
 
-        # --- Resume ---------------------------------------------------------------------------
-        step, cursor, wall_before, last_loss = 0, 0, 0.0, None
-        log = MetricsLog(cfg.log_path or cfg.out_dir / "metrics.jsonl", enabled=ctx.is_main)
-        latest = load_latest(cfg.out_dir)
-        if latest is not None and not resume:
-            raise InputError("already holds checkpoints; resume the run or choose another output folder",
-                             source=str(cfg.out_dir))
-        if latest is not None:
-            state = restore_checkpoint(latest, model=student, optimizer=optimizer, scheduler=scheduler, ctx=ctx)
-            defaults = {name: field.default for name, field in TrainConfig.model_fields.items()}
-            saved_config = state["config"]
-            changed = sorted(k for k, v in cfg.fingerprint().items()
-                             if saved_config.get(k, defaults.get(k)) != v)
-            if changed or state["world_size"] != ctx.world_size:
-                raise InputError(f"cannot resume exactly: the run's {', '.join(changed) or 'process count'} "
-                                 "differs from the checkpoint's", source=str(latest.path))
-            step, cursor = state["step"], state["cursor"]
-            wall_before, last_loss = state["wall_time_s"], state.get("loss")
-            meter.load_state_dict(state["meter"])
-        if resume:
-            # Steps logged after the checkpoint (or before the first one) were lost to the
-            # interruption, but they ran: their compute and time still count.
-            lost = [r for r in log.records() if r.get("step", 0) > step]
-            meter.charge_lost(sum(r.get("step_tokens", 0) for r in lost))
-            wall_before = max([wall_before] + [r.get("elapsed_s", 0.0) for r in lost])
-            distributed.barrier(ctx)  # every rank has read the log before rank 0 rewrites it
-            if after_resume is not None:
-                after_resume(meter.flops)
-        log.open(keep_through_step=step)
-        saved = (step, latest.path) if latest is not None else None  # (step, folder) of the newest
-        pending_loss = None  # the last step's summed loss, still on the device
-
-        def read_loss() -> Optional[float]:
-            nonlocal last_loss, pending_loss
-            if pending_loss is not None:
-                last_loss, pending_loss = float(pending_loss), None
-            return last_loss
-
-        def checkpoint() -> Path:
-            nonlocal saved
-            path = save_checkpoint(
-                cfg.out_dir, step, model=student, optimizer=optimizer, scheduler=scheduler, ctx=ctx,
-                tokenizer=tokenizer, keep_last=cfg.keep_last,
-                state={"cursor": cursor, "meter": meter.state_dict(), "config": cfg.fingerprint(),
-                       "world_size": ctx.world_size, "loss": read_loss(),
-                       "wall_time_s": wall_before + time.monotonic() - session_start})
-            saved = (step, path)
-            return path
-
-        # --- Training loop ----------------------------------------------------------------------
-        stopped_by_budget = False
+        # --- One micro-step's loss; the loop (distill/loop.py) does the rest ------------------
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
         student_head = head_weight(student)
         teacher_head = head_weight(teacher) if teacher is not None else None
         loss_options = dict(matmul_dtype=amp_dtype if on_cuda else None, compile=compile_models)
-        progress, task = _progress(cfg.progress and ctx.is_main, total_steps)
-        loop_start, loop_tokens = time.monotonic(), 0
-        with progress:
-            progress.update(task, completed=step)
-            while step < total_steps:
-                if meter.would_exceed(rank_tokens_per_step):
-                    stopped_by_budget = True
-                    break
-                starts = [distributed.micro_batch_start(cursor, a, cfg.micro_batch, ctx) for a in range(cfg.grad_accum)]
-                batches = [data.batch(start, cfg.micro_batch) for start in starts]
-                if ctx.enabled:
-                    num_valid = distributed.global_valid_tokens([labels for _, labels in batches], ctx)
-                else:  # counted on the host: no device round trip
-                    num_valid = sum(int((labels != losses.IGNORE_INDEX).sum()) for _, labels in batches)
-                loss_sum = torch.zeros((), device=device)
-                for a, ((inputs, labels), start) in enumerate(zip(batches, starts)):
-                    inputs, labels = _to_device(inputs, device), _to_device(labels, device)
-                    last_micro = a == cfg.grad_accum - 1
-                    with nullcontext() if (last_micro or not ctx.enabled) else body.no_sync():
-                        if cache is not None:
-                            from distill.teacher_cache import batch_sequence_ids, fused_cached_loss
 
-                            targets = cache.targets(batch_sequence_ids(data, start, cfg.micro_batch))
-                            targets = targets.pin_memory() if on_cuda else targets
-                            targets = targets.to(device, non_blocking=on_cuda)
-                            with autocast():
-                                student_hidden = body(inputs)
-                            loss = fused_cached_loss(student_hidden, student_head, targets, labels, spec, num_valid,
-                                                     vocab, cfg.chunk_size, **loss_options)
-                        else:
-                            with torch.inference_mode(), autocast():
-                                teacher_hidden = final_hidden_states(teacher, inputs)
-                            with autocast():
-                                student_hidden = body(inputs)
-                            loss = fused_distill_loss(student_hidden, student_head, teacher_hidden, teacher_head,
-                                                      labels, spec, num_valid, vocab, cfg.chunk_size, **loss_options)
-                        (loss * ctx.world_size).backward()  # DDP averages; the loss is already global
-                    loss_sum += loss.detach()
-                grad_norm, lr = optimizer_step(student, optimizer, scheduler, cfg.grad_clip)
-                step += 1
-                cursor += sequences_per_step
-                meter.add(rank_tokens_per_step)
-                loop_tokens += rank_tokens_per_step * ctx.world_size
-                pending_loss = distributed.all_reduce_sum(loss_sum, ctx)
-                read_now = step % log_every == 0 or step == total_steps or step % cfg.checkpoint_every == 0
-                elapsed = time.monotonic() - loop_start
-                record = {"step": step, "loss": read_loss() if read_now else None, "lr": lr,
-                          "grad_norm": float(grad_norm) if read_now else None,
-                          "tokens": meter.tokens, "step_tokens": rank_tokens_per_step * ctx.world_size,
-                          "valid_tokens": (num_valid if isinstance(num_valid, int)
-                                           else int(num_valid) if read_now else None),
-                          "tokens_per_s": loop_tokens / max(elapsed, 1e-9),
-                          "flops": meter.flops if cfg.flops_per_token is not None else None,
-                          "elapsed_s": wall_before + time.monotonic() - session_start}
-                log.write(record)
-                budget = f" / {short_sci(cfg.budget_flops)}" if cfg.budget_flops else ""
-                shown = f"loss {last_loss:.4f}  " if last_loss is not None else ""
-                progress.update(task, completed=step, info=(
-                    f"{shown}{record['tokens_per_s']:,.0f} tok/s  compute {short_sci(meter.flops)}{budget} FLOP"))
-                if on_step is not None:
-                    on_step(record)
-                if step % cfg.checkpoint_every == 0:
-                    checkpoint()
-        final = saved[1] if saved is not None and saved[0] == step else checkpoint()
-        read_loss()
-        wall = wall_before + time.monotonic() - session_start
-        message = end_message(step, stopped_by_budget, cfg.budget_flops, cfg.tolerance, final.name)
-        return TrainResult(
-            steps=step, tokens=meter.tokens, final_loss=last_loss,
-            flops_used=meter.flops if cfg.flops_per_token is not None else None,
-            budget_flops=cfg.budget_flops, wall_time_s=wall, device_hours=wall * ctx.world_size / 3600,
-            stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
-            device=str(device), rank=ctx.rank, message=message, teacher_sharded=shard,
-            lost_tokens=meter.lost_tokens, lost_flops=meter.lost_flops)
+        def micro_loss(batch, start: int, num_valid) -> torch.Tensor:
+            inputs, labels = _to_device(batch[0], device), _to_device(batch[1], device)
+            if cache is not None:
+                from distill.teacher_cache import batch_sequence_ids, fused_cached_loss
+
+                targets = cache.targets(batch_sequence_ids(data, start, cfg.micro_batch))
+                targets = targets.pin_memory() if on_cuda else targets
+                targets = targets.to(device, non_blocking=on_cuda)
+                with autocast():
+                    student_hidden = body(inputs)
+                return fused_cached_loss(student_hidden, student_head, targets, labels, spec, num_valid,
+                                         vocab, cfg.chunk_size, **loss_options)
+            with torch.inference_mode(), autocast():
+                teacher_hidden = final_hidden_states(teacher, inputs)
+            with autocast():
+                student_hidden = body(inputs)
+            return fused_distill_loss(student_hidden, student_head, teacher_hidden, teacher_head,
+                                      labels, spec, num_valid, vocab, cfg.chunk_size, **loss_options)
+
+        return run_loop(cfg, ctx, student=student, body=body, data=data, micro_loss=micro_loss, meter=meter,
+                        tokenizer=tokenizer, resume=resume, session_start=session_start, teacher_sharded=shard,
+                        on_step=on_step, after_resume=after_resume)
     finally:
-        if log is not None:
-            log.close()
         distributed.teardown(ctx)

@@ -23,7 +23,7 @@ from distill.model_card import (NOTICE_NAME, README_NAME, installed_clause_types
                                 write_model_card)
 from distill.run_report import REPORT_NAME, write_run_report
 from distill.record import RECORD_ENVELOPE, RECORD_JSON, write_run_record
-from distill.trainer import TrainResult
+from distill.loop import TrainResult
 from gate_fixtures import FPT, copy_project, make_audit, obligation
 from keypairs import write_keypair
 

@@ -14,7 +14,8 @@ from audit.errors import InputError
 from audit.plan import load_plan
 from distill.data import build_manifest, write_manifest
 from distill.models import load_tokenizer
-from distill.trainer import TrainConfig, train, warmup_cosine
+from distill.loop import warmup_cosine
+from distill.trainer import TrainConfig, train
 from distill_testkit import TOKENIZER_DIR, TRAIN_TEXT, tiny_run
 
 
