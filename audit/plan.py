@@ -192,17 +192,47 @@ class Teacher(StrictModel):
         return self
 
 
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+
+
+class Adapter(StrictModel):
+    """Adapters trained on a frozen student (LoRA, as PEFT builds it): the student's weights get
+    no gradients, so a training step costs the frozen model's forward and its input-gradient
+    backward, plus the adapters' forward and full backward (``audit.flops.adapter``)."""
+
+    kind: Literal["lora"]
+    rank: Count = Field(gt=0, le=MAX_COUNT, description="r: the adapters' inner dimension")
+    alpha: Optional[Number] = Field(default=None, gt=0, description="lora_alpha (scaling; no FLOP)")
+    target_modules: list[str] = Field(min_length=1, description="the linear modules that get adapters, matched as "
+                                      "PEFT matches a list: the module's name, or its last dotted part(s)")
+    dropout: Number = Field(default=0.0, ge=0, lt=1, description="lora_dropout (no FLOP)")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _MODULE_NAME.match(name):
+                raise ValueError(f"expected module names like q_proj or self_attn.v_proj, got {name!r}")
+        if len(set(value)) != len(value):
+            raise ValueError("expected each module name once")
+        return value
+
+
 class Student(StrictModel):
     name: str = Field(min_length=1)
     config: str = Field(min_length=1)
     init: Literal["scratch", "base", "pruned_teacher"] = "scratch"
     base_model: Optional[str] = None
     license: Optional[str] = Field(default=None, description="licence the student is released under")
+    adapter: Optional[Adapter] = Field(default=None, description="train adapters on the frozen student instead "
+                                       "of the whole model (LoRA); unset, every weight trains")
 
     @model_validator(mode="after")
     def _base_needs_id(self):
         if self.init == "base" and not self.base_model:
             raise ValueError("init is 'base' but base_model is not set")
+        if self.adapter is not None and self.init == "pruned_teacher":
+            raise ValueError("adapter is set but init is 'pruned_teacher'; a pruned student trains its weights")
         return self
 
 

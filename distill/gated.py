@@ -11,6 +11,13 @@ handle. FLOP throughout, 1 multiply-add = 2 FLOP.
         run.meter.step(tokens)          # one ledger charge per optimizer step (rank 0)
     run.finish(checkpoint_dir="out/final", final_loss=loss)
 
+Two kinds of plan need the caller to say it meters them right, else the gate refuses them:
+a ``student.adapter`` plan (``trains_adapter=True``: the run trains only the declared adapters
+on the frozen student, charged at the adapter's rate) and an ``on_policy`` plan
+(``meters_sampling=True``: each step also passes the positions the student ran while sampling,
+``run.meter.step(tokens, generated=...)``). ``flopgate distill`` trains whole models on logits
+and passes neither.
+
 ``flopgate distill`` opens its gate here too, so the two cannot drift apart. Under several
 processes (torchrun, ``accelerate launch``), every rank calls ``would_exceed`` and ``step``
 with its own token count: they sum the counts over ranks (an all-reduce), so every rank takes
@@ -68,8 +75,10 @@ class GatedRun:
 
     ``budget_flops`` is what this run may still spend: the audit's run budget less what other
     runs (other ``out_dir``) were charged in the ledger. ``flops_per_token`` is per training
-    token (student training, plus teacher forward for logit methods);
-    ``student_flops_per_token`` its parameter-update part."""
+    token (student training - the adapter's for a ``student.adapter`` plan - plus teacher
+    forward for logit methods and the teacher's scoring for on-policy ones);
+    ``student_flops_per_token`` its parameter-update part; ``generation_flops_per_token`` per
+    position the student runs while sampling (on-policy runs; 0 otherwise)."""
 
     gate: Any                      # distill.gate.GateResult (ok)
     attestation: Path
@@ -82,6 +91,7 @@ class GatedRun:
     ledger: Optional[str] = None
     key_path: Optional[str] = None
     resume: bool = False
+    generation_flops_per_token: float = 0.0
     _meter: Any = field(default=None, repr=False)
     _signing: Any = field(default=None, repr=False)
     _hook: Any = field(default=None, repr=False)
@@ -176,7 +186,8 @@ class LoopMeter:
         from distill.meter import ComputeMeter
 
         self.run = run
-        self._meter = ComputeMeter(run.flops_per_token, run.budget_flops, 0.0, ctx=_dist_context())
+        self._meter = ComputeMeter(run.flops_per_token, run.budget_flops, 0.0, ctx=_dist_context(),
+                                   generation_flops_per_token=run.generation_flops_per_token)
         self._meter.charge(run.charges.this_run)
         self._hook = run.step_charges()
         self.steps = 0
@@ -187,6 +198,11 @@ class LoopMeter:
         return self._meter.tokens
 
     @property
+    def generated(self) -> int:
+        """Positions the student ran while sampling (on-policy runs), all ranks."""
+        return self._meter.generated
+
+    @property
     def flops(self) -> float:
         return self._meter.flops
 
@@ -194,32 +210,40 @@ class LoopMeter:
     def left_flops(self) -> float:
         return self.run.budget_flops - self._meter.flops
 
-    def would_exceed(self, tokens: int, *, summed: bool = False) -> bool:
-        """True when a step of ``tokens`` (this rank's; all ranks' when ``summed``) would take
-        the run past its budget: the step must not run. Unless ``summed``, every rank must call
-        it (it sums over ranks)."""
-        exceed = self._meter.would_exceed(int(tokens), summed=summed)
+    def would_exceed(self, tokens: int, *, generated: int = 0, summed: bool = False) -> bool:
+        """True when a step of ``tokens`` (and, on-policy, ``generated`` sampled positions; this
+        rank's; all ranks' when ``summed``) would take the run past its budget: the step must not
+        run. Unless ``summed``, every rank must call it (it sums over ranks)."""
+        exceed = self._meter.would_exceed(int(tokens), generated=int(generated), summed=summed)
         self.stopped_by_budget = self.stopped_by_budget or exceed
         return exceed
 
-    def step(self, tokens: int, *, summed: bool = False) -> dict:
-        """Book one optimizer step of ``tokens`` (this rank's share, or all ranks' when
-        ``summed``, e.g. a Trainer's gathered count) and charge it; returns the step's record
-        (global ``tokens``, ``flops``)."""
-        before = self._meter.tokens
-        self._meter.add(int(tokens), summed=summed)
+    def step(self, tokens: int, *, generated: int = 0, summed: bool = False) -> dict:
+        """Book one optimizer step of ``tokens`` training positions and, on-policy, the
+        ``generated`` positions the student ran while sampling them (prompt prefill and sampled
+        tokens; this rank's share, or all ranks' when ``summed``, e.g. a Trainer's gathered
+        count) and charge it; returns the step's record (global ``tokens``, ``generated``,
+        ``flops``)."""
+        before, sampled_before = self._meter.tokens, self._meter.generated
+        self._meter.add(int(tokens), generated=int(generated), summed=summed)
         self.steps += 1
         record = {"step": self.steps, "tokens": self._meter.tokens,
                   "step_tokens": self._meter.tokens - before, "flops": self._meter.flops}
+        if self._meter.generation_flops_per_token:
+            record.update(generated=self._meter.generated, step_generated=self._meter.generated - sampled_before)
         if self._hook is not None:
             self._hook.on_step(record)
         return record
 
     def result(self, checkpoint_dir: Path, *, final_loss, message, wall_time_s: float):
-        from distill.trainer import TrainResult
+        from distill.loop import TrainResult
 
         ctx = _dist_context()
         stop = "stopped before the compute budget" if self.stopped_by_budget else "finished"
+        if message is None and self._meter.generation_flops_per_token:
+            # the record's compute.flops holds the sampling too: say how much, since flops_per_token is per trained token
+            message = (f"{stop} after {self.steps} steps; compute.flops includes {self._meter.generated} sampled "
+                       f"positions x {self._meter.generation_flops_per_token:.6g} FLOP (the student's forward)")
         return TrainResult(
             steps=self.steps, tokens=self._meter.tokens, final_loss=final_loss,
             flops_used=self._meter.flops, budget_flops=self.run.budget_flops, wall_time_s=wall_time_s,
@@ -269,9 +293,14 @@ def open_gate(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey
               approver_trust: str | None = None, max_age_days: float = 30,
               out_dir: str | os.PathLike | None = None,
               key: str | None = None, ledger: str | None = None, resume: bool = False,
-              now: dt.datetime | None = None) -> GatedRun:
+              now: dt.datetime | None = None, trains_adapter: bool = False,
+              meters_sampling: bool = False) -> GatedRun:
     """Verify the audit for ``plan`` (same checks and meanings as ``flopgate distill``'s flags)
     and return the open gate, or raise :class:`GateRefused` with every reason. Loads no model.
+    ``trains_adapter``: the caller trains only the plan's ``student.adapter`` (a plan with one
+    is refused without it: its compute is charged at the adapter's rate).
+    ``meters_sampling``: the caller passes each step's sampled positions to the meter (an
+    ``on_policy`` plan is refused without it: its sampling would go uncharged).
     ``out_dir`` names the run in the ledger: a later call with the same folder continues its
     charges (``resume``), another folder shares what is left of the audit's budget; None means
     :func:`default_out_dir`."""
@@ -280,7 +309,19 @@ def open_gate(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey
     gate = verify_audit(plan, attestation, pubkey=pubkey, trust=trust, approval=approval,
                         approver_pubkey=approver_pubkey, approver_trust=approver_trust,
                         max_age_days=max_age_days, now=now)
-    figures = meter_figures(gate.loaded_plan.plan, gate.predicate)
+    plan_ = gate.loaded_plan.plan
+    unmetered = []
+    if plan_.student.adapter is not None and not trains_adapter:
+        unmetered.append("student.adapter: the audit charges the adapter's training only (frozen student); open the "
+                         "gate with trains_adapter=True from code that trains just the declared adapter "
+                         "(flopgate distill trains the whole model)")
+    if plan_.method.kind == "on_policy" and not meters_sampling:
+        unmetered.append("method: 'on_policy' runs are charged per position the student samples; open the gate with "
+                         "meters_sampling=True from code that passes them to meter.step(tokens, generated=...) "
+                         "(distill.hf.metered_on_policy for TRL's GKD trainer)")
+    if unmetered:
+        raise GateRefused(unmetered)
+    figures = meter_figures(plan_, gate.predicate)
     if figures.refusal:
         raise GateRefused([figures.refusal])
     out_dir = Path(out_dir) if out_dir else default_out_dir(gate.loaded_plan.plan.name)
@@ -291,7 +332,8 @@ def open_gate(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey
                            f"{short_sci(charges.other_runs, 4)} of its {short_sci(figures.budget, 4)} FLOP "
                            "(flopgate ledger list --audit ...)"])
     return GatedRun(gate, Path(attestation), out_dir, figures.budget, budget, figures.flops_per_token,
-                    figures.student_flops_per_token, charges, ledger=ledger, key_path=key, resume=resume)
+                    figures.student_flops_per_token, charges, ledger=ledger, key_path=key, resume=resume,
+                    generation_flops_per_token=figures.generation_flops_per_token)
 
 
 def default_out_dir(plan_name: str) -> Path:

@@ -9,8 +9,11 @@ and charged in the ledger; the run record is signed at the end.
     python examples/hf_trainer_sft.py PLAN --attestation audit.intoto.json --pubkey auditor.pub \\
         --samples generate-out/kept-samples.jsonl --tokenizer TOKENIZER_DIR --out sft-out
 
-``--lora R`` trains LoRA adapters of rank R (PEFT) on a frozen student instead of the whole model;
-see examples/lora_student.py. Runs on a CPU for tiny models (tests); use a GPU for real ones.
+``--lora R`` trains LoRA adapters of rank R (PEFT) on a frozen student for a plan that declares
+no adapter: the audit counted full training, and that is what each step is charged (an
+over-count). A plan with ``student.adapter`` is audited and charged at the adapter's rate: train
+it with examples/lora_student.py (this script's gate refuses it). Runs on a CPU for tiny models
+(tests); use a GPU for real ones.
 """
 
 from __future__ import annotations
@@ -60,36 +63,44 @@ def tokenize_samples(path: Path, tokenizer, seq_len: int) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def open_run(args, **gate_options):
+    """The gate first: nothing is loaded or built for a refused audit. The open run, or the
+    exit code (6) after printing why it refused."""
     from distill.gated import GateRefused, open_gate
 
-    try:  # the gate first: nothing is loaded or built for a refused audit
-        run = open_gate(args.plan, args.attestation, pubkey=args.pubkey, out_dir=args.out, key=args.key,
-                        ledger=args.ledger)
+    try:
+        return open_gate(args.plan, args.attestation, pubkey=args.pubkey, out_dir=args.out, key=args.key,
+                         ledger=args.ledger, **gate_options)
     except GateRefused as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return refused.exit_code
 
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from distill.hf import FlopgateCallback
+def audited_student(run):
+    """The student built from the config the audit counted (seeded random weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(**dict(run.gate.loaded_plan.student_config.data)))
+
+
+def load_rows(run, args):
+    """The tokenizer and the training rows from the kept samples."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    seq_len = run.plan.data.seq_len
-    rows = tokenize_samples(Path(args.samples), tokenizer, seq_len)
+    return tokenizer, tokenize_samples(Path(args.samples), tokenizer, run.plan.data.seq_len)
 
-    torch.manual_seed(0)
-    audited = dict(run.gate.loaded_plan.student_config.data)  # the config the audit counted
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**audited))
-    if args.lora:
-        from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=args.lora, lora_alpha=2 * args.lora,
-                                                 target_modules=["q_proj", "v_proj"]))
+def train_behind_gate(run, model, rows, tokenizer, args) -> int:
+    """Train ``model`` with transformers' Trainer and the gate's callback; prints what was charged."""
+    from transformers import Trainer, TrainingArguments
+
+    from distill.hf import FlopgateCallback
+
     training = TrainingArguments(str(Path(args.out) / "hf"), per_device_train_batch_size=args.batch,
                                  max_steps=args.steps, learning_rate=args.lr, logging_steps=1,
                                  save_strategy="no", report_to=[], use_cpu=args.cpu, disable_tqdm=True,
@@ -101,6 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"steps {meter.steps}, {meter.tokens} tokens, {meter.flops:.4g} FLOP charged, "
           f"{meter.left_flops:.4g} FLOP left of the budget; record in {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = open_run(args)  # a plan with student.adapter is refused here: see examples/lora_student.py
+    if isinstance(run, int):
+        return run
+    tokenizer, rows = load_rows(run, args)
+    model = audited_student(run)
+    if args.lora:  # charged as full training: the plan declares no adapter (an over-count)
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=args.lora, lora_alpha=2 * args.lora,
+                                                 target_modules=["q_proj", "v_proj"]))
+    return train_behind_gate(run, model, rows, tokenizer, args)
 
 
 if __name__ == "__main__":

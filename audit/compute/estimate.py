@@ -3,7 +3,10 @@
 Components and which totals they join (EU GPAI guidelines, Annex A.1, ¶118-122):
 
 * student training: forward + backward per token x tokens x epochs. Cumulative, parameter
-  update, and modification (when the student starts from a pre-existing model).
+  update, and modification (when the student starts from a pre-existing model). A student that
+  trains adapters (``student.adapter``, LoRA) is counted with its weights frozen: forward and
+  input-gradient backward of the frozen model, forward and backward of the adapters
+  (``audit.flops.adapter``); its sampling (on-policy) runs the adapters too.
 * teacher forward for logit distillation: forward per token x tokens (x epochs when online;
   once when logits are cached). Cumulative (non-public targets); whether it "directly
   contributes to parameter updates" is ambiguous, so it is left out of that total and the
@@ -20,7 +23,7 @@ Components and which totals they join (EU GPAI guidelines, Annex A.1, ¶118-122)
 from __future__ import annotations
 
 
-from audit.compute.types import Component, ComputeEstimate, HardwareCheck
+from audit.compute.types import AdapterSummary, Component, ComputeEstimate, HardwareCheck
 from audit.flops.summary import ModelSummary
 from audit.compute.tables import ReferenceTables
 from audit.numbers import sci, short_sci
@@ -47,16 +50,25 @@ def estimate_plan(loaded: LoadedPlan, tables: ReferenceTables, *, use_cache: boo
                               use_cache=use_cache)
     teacher = (summarize_model(loaded.teacher_config, seq_len, **shape, source=source, field="teacher.config",
                                use_cache=use_cache) if loaded.teacher_config is not None else None)
-    return build_estimate(plan, student, teacher, tables)
+    adapter = None
+    if plan.student.adapter is not None:
+        from audit.flops.adapter import summarize_adapter
+
+        adapter = summarize_adapter(loaded.student_config, seq_len, plan.student.adapter, source=source, **shape)
+    return build_estimate(plan, student, teacher, tables, adapter=adapter)
 
 
 def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | None,
-                   tables: ReferenceTables) -> ComputeEstimate:
-    """Pure: the estimate from a plan, the per-token counts of its models and the reference
-    tables (no I/O, no clock)."""
+                   tables: ReferenceTables, *, adapter: AdapterSummary | None = None) -> ComputeEstimate:
+    """Pure: the estimate from a plan, the per-token counts of its models (and of the student
+    with its adapter, for a plan with ``student.adapter``) and the reference tables (no I/O, no
+    clock)."""
     tokens = plan.data.tokens * plan.data.epochs
     missing: list[str] = []
-    components = [_student_training(student, tokens, plan)]
+    if plan.student.adapter is not None and (adapter is None or adapter.train_flops_per_token is None):
+        why = f" ({adapter.failure})" if adapter is not None and adapter.failure else ""
+        missing.append(f"student.adapter: the training FLOP per token of the student with its adapter{why}")
+    components = [_student_training(student, tokens, plan, adapter)]
 
     teacher_forward, teacher_params = _teacher_forward_per_token(plan, teacher)
     if teacher_forward is None:  # every method needs the teacher's forward passes
@@ -64,7 +76,7 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
     if plan.method.kind in ("logits", "cached_logits"):
         components.append(_teacher_logits(plan, tokens, teacher_forward, teacher))
     elif plan.method.kind == "on_policy":
-        components += _on_policy(plan, student, teacher_forward, teacher)
+        components += _on_policy(plan, student, teacher_forward, teacher, adapter)
     else:
         components.append(_teacher_generation(plan, teacher_forward, teacher))
 
@@ -92,7 +104,8 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
         original_model_source=original.source.url if original else None,
         six_nd_flops=6.0 * student.params_active * tokens,
         params_total=student.params_total, params_active=student.params_active,
-        student=student, teacher=teacher, teacher_params_estimate=teacher_params,
+        student=student, adapter=adapter if plan.student.adapter is not None else None, teacher=teacher,
+        teacher_params_estimate=teacher_params,
         teacher_training_flops=teacher_published.training_flops if teacher_published else None,
         teacher_training_source=teacher_published.source.url if teacher_published else None,
         hardware=_hardware_check(plan, components, tables),
@@ -100,7 +113,8 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
         notification_figure=two_significant_figures(total),
         cost_usd=(plan.hardware.count * plan.hardware.hours * plan.hardware.price_per_hour_usd
                   if plan.hardware and plan.hardware.price_per_hour_usd is not None else None),
-        coverage=min(m.coverage for m in (student, teacher) if m is not None),
+        coverage=min([m.coverage for m in (student, teacher) if m is not None]
+                     + ([adapter.coverage] if adapter is not None and adapter.coverage is not None else [])),
         missing_facts=missing,
     )
 
@@ -110,8 +124,23 @@ def two_significant_figures(flops: float | None) -> str | None:
     return None if flops is None else sci(flops, 2)
 
 
-def _student_training(student: ModelSummary, tokens: float, plan: Plan) -> Component:
+def _student_training(student: ModelSummary, tokens: float, plan: Plan,
+                      adapter: AdapterSummary | None = None) -> Component:
     buckets = ["cumulative", "parameter_update"] + (["modification"] if plan.student.init != "scratch" else [])
+    declared = plan.student.adapter
+    if declared is not None:
+        per_token = adapter.train_flops_per_token if adapter is not None else None
+        what = (f"LoRA rank {declared.rank} on {', '.join(declared.target_modules)}; the student's weights frozen: "
+                "its forward and input-gradient backward, the adapters' forward and backward")
+        return Component(
+            id="student_training", label="student training (adapters on the frozen student)",
+            flops=per_token * tokens if per_token is not None else None,
+            method="counted" if per_token is not None else "unknown", counts_toward=buckets,
+            assumptions=([f"{short_sci(per_token, 4)} FLOP/token at {plan.data.seq_len} tokens per sequence x "
+                          f"{short_sci(tokens, 4)} tokens ({plan.data.epochs:g} epochs)"] if per_token is not None
+                         else [f"not counted: {adapter.failure if adapter is not None else 'no adapter count'}"])
+            + [what, f"full training would be {short_sci(student.train_flops_per_token, 4)} FLOP/token",
+               "attention over causal pairs; activation recomputation not counted"])
     return Component(
         id="student_training", label="student training (forward + backward)",
         flops=student.train_flops_per_token * tokens, method=student.method, counts_toward=buckets,
@@ -164,15 +193,21 @@ def _teacher_generation(plan: Plan, per_token: float | None, teacher) -> Compone
                      "non-public synthetic data counts, discarded samples included (EU guidelines ¶119)"])
 
 
-def _on_policy(plan: Plan, student: ModelSummary, per_token: float | None, teacher) -> list[Component]:
-    """The student's sampling (forward per token x prompt + sampled tokens) and the teacher's
-    scoring of the same tokens (its forward per token x the same count)."""
+def _on_policy(plan: Plan, student: ModelSummary, per_token: float | None, teacher,
+               adapter: AdapterSummary | None = None) -> list[Component]:
+    """The student's sampling (forward per token x prompt + sampled tokens; with its adapters
+    for a ``student.adapter`` plan) and the teacher's scoring of the same tokens (its forward per
+    token x the same count)."""
     rolled = plan.method.student_generated_tokens + plan.method.prompt_tokens
+    sampling = student.forward_flops_per_token
+    if plan.student.adapter is not None:
+        sampling = adapter.forward_flops_per_token if adapter is not None else None
     what = (f"{short_sci(plan.method.prompt_tokens, 4)} prompt + {short_sci(plan.method.student_generated_tokens, 4)} "
             "student-sampled tokens, discarded samples included")
     return [
         Component(id="student_generation", label="student sampling (prefill + decode, discarded samples included)",
-                  flops=student.forward_flops_per_token * rolled, method=student.method, counts_toward=["cumulative"],
+                  flops=sampling * rolled if sampling is not None else None,
+                  method=student.method if sampling is not None else "unknown", counts_toward=["cumulative"],
                   assumptions=[what, "a KV-cache decode costs the same as a causal forward",
                                "left out of the parameter-update total: sampling makes the data, the training "
                                "step updates the parameters"]),

@@ -53,6 +53,27 @@ class HardwareCheck(StrictModel):
     note: str = ""
 
 
+class AdapterSummary(StrictModel):
+    """The student's declared adapter (``student.adapter``) and its training step, counted with
+    the student's weights frozen (``audit.flops.adapter``). Figures are None, with ``failure``,
+    when the step could not be counted."""
+
+    kind: Literal["lora"]
+    rank: int
+    alpha: Optional[float] = None
+    target_modules: list[str]
+    trainable_params: Optional[float] = Field(default=None, description="the adapters' parameters: r x (in + out) "
+                                              "per targeted linear layer")
+    frozen_params: Optional[float] = Field(default=None, description="the student's own parameters, frozen")
+    train_flops_per_token: Optional[float] = Field(default=None, description="frozen forward + input-gradient "
+                                                   "backward, adapters forward + backward; causal-corrected")
+    train_flops_per_token_noncausal: Optional[float] = None
+    forward_flops_per_token: Optional[float] = Field(default=None, description="forward with the adapters")
+    coverage: Optional[float] = None
+    unknown_ops: dict[str, int] = {}
+    failure: Optional[str] = None
+
+
 class ComputeEstimate(StrictModel):
     convention: str = CONVENTION
     seq_len: int
@@ -68,6 +89,8 @@ class ComputeEstimate(StrictModel):
     params_total: float
     params_active: float
     student: ModelSummary
+    adapter: Optional[AdapterSummary] = Field(default=None, description="student.adapter: the student's "
+                                              "training counted with its weights frozen and adapters trained")
     teacher: Optional[ModelSummary] = None
     teacher_params_estimate: Optional[float] = None
     teacher_training_flops: Optional[float] = Field(default=None, description="the teacher's own published training compute")

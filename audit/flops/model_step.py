@@ -358,12 +358,15 @@ def _with_mtp(step: StepCount, config, model, kinds, depths, steps) -> StepCount
 
 
 def count_step_full(config, seq_len: int, batch: int = 1, source_len: int | None = None,
-                    built: MetaModel | None = None, document_tokens: int | None = None) -> StepCount:
-    """Run forward (with loss) and backward on meta under the counter, every layer."""
+                    built: MetaModel | None = None, document_tokens: int | None = None,
+                    prepare=None) -> StepCount:
+    """Run forward (with loss) and backward on meta under the counter, every layer. ``prepare``:
+    called with the built model before the step, returns the model to run (audit.flops.adapter:
+    frozen weights with LoRA adapters)."""
     from audit.flops.counter import FlopCounter
 
     built = built or build_meta_model(config)
-    model = built.model
+    model = built.model if prepare is None else prepare(built.model)
     ids = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
     if is_encoder_decoder(config):
         source = torch.zeros(batch, source_len or seq_len, dtype=torch.long, device="meta")

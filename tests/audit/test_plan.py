@@ -226,3 +226,48 @@ def test_whole_numbers_written_as_floats_still_count(tmp_path):
     assert loaded.plan.data.seq_len == 4096
     with pytest.raises(InputError, match="hardware.count: .*integer"):
         load_plan(write(tmp_path, EXAMPLE_TEXT.replace("count: 64", "count: 64.5")))
+
+
+LORA = {"kind": "lora", "rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+
+
+def test_a_lora_adapter_is_part_of_the_student(tmp_path):
+    data = copy.deepcopy(VALID)
+    data["student"]["adapter"] = dict(LORA)
+    adapter = load_plan(write(tmp_path, data)).plan.student.adapter
+    assert (adapter.kind, adapter.rank, adapter.alpha, adapter.target_modules, adapter.dropout) == \
+        ("lora", 8, 16.0, ["q_proj", "v_proj"], 0.0)
+    assert load_plan(write(tmp_path, VALID, "plain.yaml")).plan.student.adapter is None
+
+
+@pytest.mark.parametrize("change,field,expected", [
+    ({"kind": "dora"}, "student.adapter.kind", "'lora'"),
+    ({"rank": 0}, "student.adapter.rank", "greater than 0"),
+    ({"rank": True}, "student.adapter.rank", "boolean"),
+    ({"alpha": -1}, "student.adapter.alpha", "greater than 0"),
+    ({"target_modules": []}, "student.adapter.target_modules", "at least 1"),
+    ({"target_modules": ["q_proj", "q_proj"]}, "student.adapter.target_modules", "once"),
+    ({"target_modules": ["q proj"]}, "student.adapter.target_modules", "module names"),
+    ({"dropout": 1.0}, "student.adapter.dropout", "less than 1"),
+    ({"bias": "all"}, "student.adapter.bias", "unknown key"),
+    ({"rank": 2.5}, "student.adapter.rank", "integer"),
+])
+def test_a_bad_adapter_gets_one_line_naming_its_field(tmp_path, change, field, expected):
+    data = copy.deepcopy(VALID)
+    data["student"]["adapter"] = {**LORA, **change}
+    with pytest.raises(InputError) as err:
+        load_plan(write(tmp_path, data))
+    message = str(err.value)
+    assert field in message and expected in message and "\n" not in message
+
+
+def test_an_adapter_needs_its_kind_rank_and_targets_and_no_pruned_teacher(tmp_path):
+    for key in ("kind", "rank", "target_modules"):
+        data = copy.deepcopy(VALID)
+        data["student"]["adapter"] = {k: v for k, v in LORA.items() if k != key}
+        with pytest.raises(InputError, match=f"student.adapter.{key}"):
+            load_plan(write(tmp_path, data))
+    data = copy.deepcopy(VALID)
+    data["student"].update(adapter=dict(LORA), init="pruned_teacher")
+    with pytest.raises(InputError, match="pruned"):
+        load_plan(write(tmp_path, data))

@@ -90,3 +90,118 @@ def test_the_budget_is_shared_across_runs_and_a_resume_continues(project, signer
         gate(project, envelope, signer, out="c")
     resumed = gate(project, envelope, signer, out="a", resume=True)  # its own 2 steps count as spent
     assert resumed.meter.flops == 2 * TOKENS * FPT and loop(resumed, 10) == 0
+
+
+SAMPLED = 40  # positions the student runs while sampling, per step
+
+
+def on_policy_project(project, max_flops: float | None = None):
+    """The template plan made on-policy; its audit's compute (made-up, consistent figures)."""
+    from gate_fixtures import TEACHER_FORWARD_FPT
+
+    text = project.plan.read_text().replace(
+        "method: {kind: logits, loss: forward_kl, temperature: 1.0}",
+        "method: {kind: on_policy, student_generated_tokens: 3000, prompt_tokens: 1000, loss: jsd}")
+    project.plan.write_text(text + (f"budget: {{max_flops: {max_flops!r}}}\n" if max_flops else ""))
+    compute = compute_block()
+    rolled = 4000.0
+    compute["components"] = [compute["components"][0],
+                             {"id": "student_generation", "label": "sampling", "method": "counted",
+                              "flops": STUDENT_TRAIN_FPT / 3 * rolled, "counts_toward": ["cumulative"]},
+                             {"id": "teacher_scoring", "label": "scoring", "method": "counted",
+                              "flops": TEACHER_FORWARD_FPT * rolled, "counts_toward": ["cumulative"]}]
+    return compute
+
+
+def test_an_on_policy_loop_is_charged_for_what_it_samples(project, signer):
+    step_flops = TOKENS * FPT + SAMPLED * STUDENT_TRAIN_FPT / 3  # student forward = train / 3 in the fixture
+    compute = on_policy_project(project, max_flops=3.5 * step_flops)
+    envelope = make_audit(project, signer, compute=compute)
+    with pytest.raises(GateRefused, match="meters_sampling=True"):
+        gate(project, envelope, signer)  # a loop that does not pass its sampling would under-count
+    run = gate(project, envelope, signer, meters_sampling=True)
+    assert run.flops_per_token == FPT and run.generation_flops_per_token == STUDENT_TRAIN_FPT / 3
+    done = 0
+    while not run.meter.would_exceed(TOKENS, generated=SAMPLED):
+        run.meter.step(TOKENS, generated=SAMPLED)
+        done += 1
+    assert done == 3 and run.meter.generated == 3 * SAMPLED
+    assert run.meter.flops == pytest.approx(3 * step_flops)
+    digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
+    with Ledger() as ledger:
+        rows = ledger.rows(audit=digest)
+        assert [r["kind"] for r in rows] == ["gate_open", "charge", "charge", "charge"]
+        for row in rows[1:]:
+            assert row["body"]["flops"] == pytest.approx(step_flops)
+            assert row["body"]["update_flops"] == TOKENS * STUDENT_TRAIN_FPT  # sampling updates no parameter
+
+
+def test_sampling_cannot_be_booked_on_a_run_audited_without_it(project, signer):
+    run = gate(project, make_audit(project, signer), signer)
+    with pytest.raises(ValueError, match="not on_policy"):
+        run.meter.step(TOKENS, generated=SAMPLED)
+
+
+def test_an_adapter_plan_needs_a_caller_that_trains_only_the_adapter(project, signer):
+    project.plan.write_text(project.plan.read_text().replace(
+        "init: scratch}", "init: scratch, adapter: {kind: lora, rank: 4, target_modules: [q_proj]}}"))
+    compute = compute_block()
+    compute["adapter"] = {"kind": "lora", "rank": 4, "target_modules": ["q_proj"],
+                          "train_flops_per_token": STUDENT_TRAIN_FPT / 2}
+    compute["components"][0]["flops"] = STUDENT_TRAIN_FPT / 2 * compute["tokens"]
+    envelope = make_audit(project, signer, compute=compute)
+    with pytest.raises(GateRefused, match="trains_adapter=True"):
+        gate(project, envelope, signer)
+    run = gate(project, envelope, signer, trains_adapter=True)
+    assert run.student_flops_per_token == STUDENT_TRAIN_FPT / 2  # the adapter's rate, not the summary's full one
+
+
+RANKS_SCRIPT = '''
+import json, os, sys
+import torch.distributed as dist
+import distill.gated
+distill.gated._installed_pack_versions = lambda: json.loads(sys.argv[5])
+from distill.gated import open_gate
+plan, envelope, pubkey, key, _, out = sys.argv[1:7]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+run = open_gate(plan, envelope, pubkey=pubkey, key=key, out_dir=out, meters_sampling=True)
+steps = 0
+while not run.meter.would_exceed(10 * (rank + 1), generated=3 * (rank + 1)):  # each rank its own counts
+    run.meter.step(10 * (rank + 1), generated=3 * (rank + 1))
+    steps += 1
+with open(os.path.join(out, f"rank-{rank}.txt"), "w") as f:
+    f.write(f"{steps} {run.meter.tokens} {run.meter.generated}")
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_two_ranks_sum_their_sampled_positions_and_charge_once_per_step(project, signer, tmp_path):
+    """torchrun, 2 CPU processes (gloo): both ranks' trained and sampled positions are summed
+    (all-reduce), both stop at the same step, rank 0 alone charges each step."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from gate_fixtures import PACK_ID, PACK_VERSION
+
+    step_flops = 30 * FPT + 9 * STUDENT_TRAIN_FPT / 3  # ranks 10 + 20 trained, 3 + 6 sampled
+    envelope = make_audit(project, signer, compute=on_policy_project(project, max_flops=4.5 * step_flops))
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    out = project.root / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(project.plan), str(envelope), str(signer.public_path),
+                           str(signer.private_path), json.dumps({PACK_ID: PACK_VERSION}), str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.read_text() for p in out.glob("rank-*.txt")) == ["4 120 36", "4 120 36"]
+    digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
+    with Ledger() as ledger:
+        charges = [r["body"] for r in ledger.rows(audit=digest) if r["kind"] == "charge"]
+    assert len(charges) == 4 and all(c["tokens"] == 30 for c in charges)
+    assert all(c["flops"] == pytest.approx(step_flops) for c in charges)

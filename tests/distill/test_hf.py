@@ -124,3 +124,70 @@ def test_two_processes_under_accelerate_charge_once_per_step(project, signer, tm
     with Ledger() as ledger:
         charges = [r for r in ledger.rows(audit=digest) if r["kind"] == "charge"]
         assert len(charges) == 3 and all(c["body"]["tokens"] == per_step for c in charges)
+
+
+class FakeOnPolicyTrainer:
+    """The two methods ``metered_on_policy`` wraps, as TRL's GKDTrainer has them: sampling
+    appends 5 tokens to the prompts; the loss is not computed."""
+
+    def __init__(self, *, callbacks=None, seq_kd=False):
+        self.seq_kd = seq_kd
+
+    @staticmethod
+    def generate_on_policy_outputs(model, inputs, generation_config):
+        rows, prompt = inputs["prompts"].shape
+        sequences = torch.zeros(rows, prompt + 5, dtype=torch.long)
+        return sequences, torch.ones_like(sequences), sequences.clone()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return torch.tensor(0.0)
+
+
+def on_policy_run(project, signer):
+    from test_gated import on_policy_project
+
+    envelope = make_audit(project, signer, compute=on_policy_project(project))
+    return open_gate(project.plan, envelope, pubkey=str(signer.public_path), out_dir=project.root / "out",
+                     key=str(signer.private_path), meters_sampling=True)
+
+
+def test_an_on_policy_trainer_counts_what_it_samples_and_trains_on(project, signer):
+    from types import SimpleNamespace
+
+    from distill.hf import FlopgateCallback, metered_on_policy
+
+    run = on_policy_run(project, signer)
+    trainer = metered_on_policy(FakeOnPolicyTrainer)(callbacks=[FlopgateCallback(run)])
+    prompts = {"prompts": torch.zeros(2, 7, dtype=torch.long)}
+    trainer.generate_on_policy_outputs(None, prompts, SimpleNamespace(use_cache=True))
+    assert trainer.take_counts() == (0, 2 * (7 + 5))  # prefill + sampled tokens, per row
+    trainer.generate_on_policy_outputs(None, prompts, SimpleNamespace(use_cache=False))
+    assert trainer.take_counts() == (0, 2 * (5 * 7 + (0 + 1 + 2 + 3 + 4)))  # each token re-runs its prefix
+    training, evaluating = torch.nn.Linear(1, 1).train(), torch.nn.Linear(1, 1).eval()
+    trainer.compute_loss(training, {"input_ids": torch.zeros(2, 12, dtype=torch.long)})
+    trainer.compute_loss(evaluating, {"input_ids": torch.zeros(2, 12, dtype=torch.long)})  # not training: no charge
+    assert trainer.take_counts() == (24, 0) and trainer.take_counts() == (0, 0)
+    with pytest.raises(InputError, match="longer than the audited data.seq_len"):
+        trainer.compute_loss(training, {"input_ids": torch.zeros(1, SEQ_LEN + 1, dtype=torch.long)})
+
+
+def test_an_on_policy_trainer_is_refused_what_it_cannot_meter(project, signer):
+    from distill.hf import FlopgateCallback, metered_on_policy
+
+    metered = metered_on_policy(FakeOnPolicyTrainer)
+    logits_run = open_gate(project.plan, make_audit(project, signer, name="logits.intoto.json"),
+                           pubkey=str(signer.public_path), out_dir=project.root / "o2", key=str(signer.private_path))
+    with pytest.raises(InputError, match="samples nothing"):  # its sampling would not be audited
+        metered(callbacks=[FlopgateCallback(logits_run)])
+    with pytest.raises(InputError, match="seq_kd"):  # the teacher would generate: not in an on-policy audit
+        metered(callbacks=[FlopgateCallback(on_policy_run(project, signer))], seq_kd=True)
+    with pytest.raises(InputError, match="one FlopgateCallback"):
+        metered(callbacks=[])
+    with pytest.raises(TypeError):
+        metered_on_policy(object)
+
+
+def test_a_plain_trainer_is_refused_an_on_policy_audit(project, signer, tmp_path):
+    run = on_policy_run(project, signer)
+    with pytest.raises(InputError, match="metered_on_policy"):
+        trainer_for(project, student(project), run, tmp_path)
