@@ -60,7 +60,14 @@ def register(subparsers) -> None:
     p.add_argument("--no-compile", action="store_true", help="no torch.compile on CUDA")
     p.add_argument("--shard-teacher", action="store_true", help="under torchrun: shard the teacher's layers "
                    "over the processes (FSDP2) instead of a whole copy on each; for teachers too large for one GPU")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--shard-student", choices=("auto", "fsdp", "ddp"), help="under torchrun: shard the student "
+                   "over the processes (fsdp, FSDP2) or replicate it (ddp); default auto: FSDP2 from 1e9 parameters")
+    p.add_argument("--activation-checkpointing", choices=("on", "off"), help="recompute each student layer in the "
+                   "backward (default: on from 1e9 parameters)")
+    p.add_argument("--offload", action="store_true", help="with FSDP2: keep the student's shards, gradients and "
+                   "optimizer step in host memory")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (a sharded "
+                   "checkpoint also at another process count with the same global batch)")
     p.add_argument("--allow-cpu", action="store_true", help="train without CUDA (tests and tiny demos)")
     p.add_argument("--dry-run", action="store_true", help="run every check, load no model, train nothing")
     add_ledger_option(p)
@@ -196,9 +203,7 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
 
     with_teacher = loaded.model_copy(update={"plan": plan.model_copy(update={
         "teacher": plan.teacher.model_copy(update={"model": str(teacher_dir)})})})
-    overrides = {k: v for k, v in {"max_steps": args.steps, "micro_batch": args.micro_batch,
-                                   "grad_accum": args.grad_accum, "lr": args.lr,
-                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    overrides = loop_overrides(args)
     if teacher_flops_per_token is not None:
         overrides["teacher_flops_per_token"] = teacher_flops_per_token
     if getattr(args, "teacher_cache", None):
@@ -211,6 +216,16 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
         overrides["manifest_sha256"] = manifest_sha256
     return TrainConfig.from_plan(with_teacher, out_dir=out_dir, flops_per_token=flops_per_token,
                                  budget_flops=budget, data_files=data_files, **overrides)
+
+
+def loop_overrides(args) -> dict:
+    """The command-line settings of the training loop every recipe shares (distill.loop.LoopConfig)."""
+    checkpointing = {"on": True, "off": False}.get(getattr(args, "activation_checkpointing", None))
+    values = {"max_steps": args.steps, "micro_batch": args.micro_batch, "grad_accum": args.grad_accum,
+              "lr": args.lr, "checkpoint_every": args.checkpoint_every,
+              "student_sharding": getattr(args, "shard_student", None), "activation_checkpointing": checkpointing,
+              "offload": True if getattr(args, "offload", False) else None}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def check_teacher_matches_audit(loaded, teacher_dir: Path) -> None:

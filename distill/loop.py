@@ -15,8 +15,13 @@ One optimizer step:
 ``data.batch(start, count)`` returns a tuple of CPU tensors whose second item is the next-token
 labels (``IGNORE_INDEX`` where nothing is learnt). Resume restores the newest checkpoint and is
 bitwise exact on the same hardware and process count; a config whose :meth:`LoopConfig.fingerprint`
-differs from the checkpoint's is refused. Steps logged after the checkpoint were lost to the
-interruption but ran: their compute is charged (``meter.charge_lost``).
+differs from the checkpoint's is refused (:func:`_check_resumable`). Steps logged after the
+checkpoint were lost to the interruption but ran: their compute is charged (``meter.charge_lost``).
+
+The student: one process trains it as is; several replicate it (DDP) or shard it (FSDP2,
+``student_sharding``; :mod:`distill.fsdp`). A sharded student is checkpointed with
+``torch.distributed.checkpoint`` (each rank its shards; the last checkpoint also holds the whole
+model for the export) and may resume at another process count with the same global batch.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from audit.errors import InputError
 from audit.numbers import short_sci
 from audit.validation import StrictModel
 from distill import distributed
-from distill.checkpoint import load_latest, restore_checkpoint, save_checkpoint
+from distill.checkpoint import (is_sharded_checkpoint, load_latest, restore_checkpoint,
+                                restore_sharded_checkpoint, save_checkpoint, save_sharded_checkpoint)
+from distill.fsdp import is_sharded
 from distill.losses import IGNORE_INDEX
 from distill.meter import ComputeMeter
 
@@ -68,10 +75,17 @@ class LoopConfig(StrictModel):
     progress: bool = True
     log_every: Optional[int] = Field(default=None, gt=0, description="read the loss back every N steps "
                                      "(a host sync); None: 10 on CUDA, 1 on CPU")
+    student_sharding: Literal["auto", "fsdp", "ddp"] = Field(default="auto", description="several processes: "
+                                                             "shard the student (FSDP2) or replicate it (DDP); "
+                                                             "auto: FSDP2 from 1e9 parameters (distill.fsdp)")
+    activation_checkpointing: Optional[bool] = Field(default=None, description="recompute each decoder layer in "
+                                                     "the backward; None: on from 1e9 parameters")
+    offload: bool = Field(default=False, description="FSDP2: keep shards, gradients and the optimizer step in host "
+                          "memory")
 
     RESUMABLE: ClassVar[frozenset] = frozenset({
         "out_dir", "log_path", "progress", "checkpoint_every", "keep_last", "budget_flops", "tolerance",
-        "flops_per_token", "device", "log_every"})
+        "flops_per_token", "device", "log_every", "activation_checkpointing", "offload"})
     """Fields that do not change the trained weights; a resume may change them."""
 
     @model_validator(mode="after")
@@ -85,6 +99,15 @@ class LoopConfig(StrictModel):
     def fingerprint(self) -> dict:
         """The fields that fix the trained weights; a resume must not change them."""
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.RESUMABLE}
+
+    def prepare_student(self, body: torch.nn.Module, layers: torch.nn.ModuleList, ctx) -> torch.nn.Module:
+        """The module the recipe calls: ``body`` (which holds the student) sharded with FSDP2,
+        replicated with DDP, or as is in one process (:func:`distill.fsdp.shard_student`). Before
+        the optimizer is built; the student's head must be read after each forward."""
+        from distill.fsdp import shard_student
+
+        return shard_student(body, layers, ctx, strategy=self.student_sharding, offload=self.offload,
+                             activation_checkpointing=self.activation_checkpointing)
 
     def amp_dtype(self, device: torch.device) -> Optional[torch.dtype]:
         """bf16 autocast on CUDA (or when asked), none (fp32) on CPU."""
@@ -207,6 +230,31 @@ def total_steps(cfg: LoopConfig, world_size: int) -> int:
     return steps
 
 
+def _check_resumable(cfg: LoopConfig, state: dict, ctx, sharded: bool, global_batch: int, where: Path) -> None:
+    """Refuse a resume that would not continue the same run. At the checkpoint's process count
+    every weight-fixing field must match (the continuation is then bitwise exact). A sharded
+    checkpoint may resume at another process count (DCP reshards it) when the global batch
+    (processes x grad_accum x micro_batch) is the same; micro_batch and grad_accum may change
+    for that. Not bitwise then: the sums run in another order."""
+    defaults = {name: field.default for name, field in type(cfg).model_fields.items()}
+    saved = state["config"]
+    same_world = state["world_size"] == ctx.world_size
+    loose = set() if same_world else {"micro_batch", "grad_accum"}
+    changed = sorted(k for k, v in cfg.fingerprint().items() if k not in loose and saved.get(k, defaults.get(k)) != v)
+    if changed:
+        raise InputError(f"cannot resume: the run's {', '.join(changed)} differs from the checkpoint's", source=str(where))
+    if not same_world:
+        saved_batch = state.get("global_batch", state["world_size"] * saved["grad_accum"] * saved["micro_batch"])
+        if not sharded:
+            raise InputError(f"was written by {state['world_size']} process(es), this run has {ctx.world_size}: only a "
+                             "sharded (FSDP2) checkpoint resumes at another process count", source=str(where))
+        if saved_batch != global_batch:
+            raise InputError(f"cannot resume at {ctx.world_size} process(es): the global batch would be {global_batch} "
+                             f"sequences, the checkpoint's is {saved_batch}; set grad_accum x micro_batch to "
+                             f"{saved_batch // ctx.world_size if saved_batch % ctx.world_size == 0 else 'fit'}",
+                             source=str(where))
+
+
 MicroLoss = Callable[[tuple, int, "torch.Tensor | int"], torch.Tensor]
 """``micro_loss(batch, start, num_valid) -> loss``: the recipe's forward and loss for one
 micro-batch (rows from ``start``), divided by the step's global valid-label count."""
@@ -237,13 +285,15 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
     if latest is not None and not resume:
         raise InputError("already holds checkpoints; resume the run or choose another output folder",
                          source=str(cfg.out_dir))
+    sharded = is_sharded(student)
     if latest is not None:
-        state = restore_checkpoint(latest, model=student, optimizer=optimizer, scheduler=scheduler, ctx=ctx)
-        defaults = {name: field.default for name, field in type(cfg).model_fields.items()}
-        changed = sorted(k for k, v in cfg.fingerprint().items() if state["config"].get(k, defaults.get(k)) != v)
-        if changed or state["world_size"] != ctx.world_size:
-            raise InputError(f"cannot resume exactly: the run's {', '.join(changed) or 'process count'} "
-                             "differs from the checkpoint's", source=str(latest.path))
+        if is_sharded_checkpoint(latest) != sharded:
+            raise InputError(f"holds a {'sharded' if is_sharded_checkpoint(latest) else 'whole'} checkpoint and the "
+                             f"student is {'sharded' if sharded else 'not sharded'}: resume with the same "
+                             "student_sharding", source=str(latest.path))
+        restore = restore_sharded_checkpoint if sharded else restore_checkpoint
+        state = restore(latest, model=student, optimizer=optimizer, scheduler=scheduler, ctx=ctx)
+        _check_resumable(cfg, state, ctx, sharded, sequences_per_step, latest.path)
         step, cursor = state["step"], state["cursor"]
         wall_before, last_loss = state["wall_time_s"], state.get("loss")
         meter.load_state_dict(state["meter"])
@@ -256,7 +306,8 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
             after_resume(meter.flops)
     try:
         log.open(keep_through_step=step)
-        saved = (step, latest.path) if latest is not None else None  # (step, folder) of the newest
+        # (step, folder, holds the whole model) of the newest checkpoint
+        saved = (step, latest.path, not sharded) if latest is not None else None
         pending_loss = None  # the last step's summed loss, still on the device
 
         def read_loss() -> Optional[float]:
@@ -265,15 +316,21 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                 last_loss, pending_loss = float(pending_loss), None
             return last_loss
 
-        def checkpoint() -> Path:
+        def checkpoint(final: bool = False) -> Path:
+            """Checkpoint this step; a sharded student's ``final`` one also holds the whole
+            model (what the export and the run record read)."""
             nonlocal saved
-            path = save_checkpoint(
-                cfg.out_dir, step, model=student, optimizer=optimizer, scheduler=scheduler, ctx=ctx,
-                tokenizer=tokenizer, keep_last=cfg.keep_last,
-                state={"cursor": cursor, "meter": meter.state_dict(), "config": cfg.fingerprint(),
-                       "world_size": ctx.world_size, "loss": read_loss(),
-                       "wall_time_s": wall_before + time.monotonic() - session_start})
-            saved = (step, path)
+            state = {"cursor": cursor, "meter": meter.state_dict(), "config": cfg.fingerprint(),
+                     "world_size": ctx.world_size, "global_batch": sequences_per_step, "loss": read_loss(),
+                     "wall_time_s": wall_before + time.monotonic() - session_start}
+            if sharded:
+                path = save_sharded_checkpoint(cfg.out_dir, step, model=student, optimizer=optimizer,
+                                               scheduler=scheduler, state=state, ctx=ctx, keep_last=cfg.keep_last,
+                                               full_weights=final, tokenizer=tokenizer if final else None)
+            else:
+                path = save_checkpoint(cfg.out_dir, step, model=student, optimizer=optimizer, scheduler=scheduler,
+                                       ctx=ctx, tokenizer=tokenizer, keep_last=cfg.keep_last, state=state)
+            saved = (step, path, final or not sharded)
             return path
 
         # --- the loop --------------------------------------------------------------------------
@@ -323,8 +380,8 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                 if on_step is not None:
                     on_step(record)
                 if step % cfg.checkpoint_every == 0:
-                    checkpoint()
-        final = saved[1] if saved is not None and saved[0] == step else checkpoint()
+                    checkpoint(final=step == steps_total)
+        final = saved[1] if saved is not None and saved[0] == step and saved[2] else checkpoint(final=True)
         read_loss()
     finally:
         log.close()

@@ -378,7 +378,8 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: boo
     from distill import distributed
     from distill.loop import run_loop
     from distill.meter import ComputeMeter
-    from distill.models import build_student, check_vocab, head_weight, library_progress_bars, load_tokenizer
+    from distill.models import (build_student, check_vocab, decoder_layers, head_weight, library_progress_bars,
+                                load_tokenizer)
 
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
@@ -395,15 +396,15 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: boo
         if after_load is not None:
             after_load(student)
         vocab = check_vocab(tokenizer, None, student)
-        body = distributed.wrap_ddp(PackedHiddenStates(student), ctx)
+        body = cfg.prepare_student(PackedHiddenStates(student), decoder_layers(student), ctx)
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-        head = head_weight(student)
 
         def micro_loss(batch, start: int, num_valid) -> torch.Tensor:
             ids, labels, positions, segments = (t.to(device) for t in batch)
             with autocast():
                 hidden = body(ids, positions, segments)
-            return answer_loss_sum(hidden, head, labels, vocab) / num_valid
+            # the head after the forward: a sharded student's is whole only until its backward
+            return answer_loss_sum(hidden, head_weight(student), labels, vocab) / num_valid
 
         result = run_loop(cfg, ctx, student=student, body=body, data=data, micro_loss=micro_loss,
                           meter=ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx),
@@ -462,9 +463,7 @@ def run(args, opened) -> int:
     if used and not args.resume:
         raise InputError(f"already holds checkpoints or a run ({', '.join(used)}); resume it (--resume) or "
                          "choose another output folder (--out)", source=str(out_dir))
-    overrides = {k: v for k, v in {"max_steps": args.steps, "micro_batch": args.micro_batch,
-                                   "grad_accum": args.grad_accum, "lr": args.lr,
-                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    overrides = cli.loop_overrides(args)
     cfg = SequenceConfig.from_plan(loaded, generated_dir=args.generated, out_dir=out_dir,
                                    tokenizer_dir=args.tokenizer, flops_per_token=opened.flops_per_token,
                                    budget_flops=opened.budget_flops, **overrides)

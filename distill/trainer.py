@@ -32,10 +32,11 @@ first when the folder has none, so the teacher's forward leaves the training loo
 then charges the cache's teacher forward (``teacher_flops_per_token`` x the data's tokens) once
 per run, and ``flops_per_token`` must be the student's training FLOP per token only.
 
-Several processes (torchrun): the student is replicated under DDP; the teacher (online, or
-building a cache, each rank its share) is replicated too or, with ``shard_teacher``, its decoder
-layers are sharded over the ranks with FSDP2 (:func:`distill.distributed.shard_teacher`), for
-teachers larger than one device.
+Several processes (torchrun): the student is replicated under DDP or, from 1e9 parameters or
+with ``student_sharding="fsdp"``, sharded with FSDP2 (:mod:`distill.fsdp`); the teacher (online,
+or building a cache, each rank its share) is replicated too or, with ``shard_teacher``, its
+decoder layers are sharded over the ranks with FSDP2 (:func:`distill.distributed.shard_teacher`),
+for teachers larger than one device.
 
 Device: ``device="auto"`` picks CUDA when present. Refusing to train on CPU without
 ``--allow-cpu`` is the CLI's job, not this module's. Nothing here checks an audit: callers
@@ -281,7 +282,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
 
         if compile_models:
             compile_layers(student, backend=losses.COMPILE_BACKEND)
-        body = distributed.wrap_ddp(HiddenStates(student), ctx)
+        body = cfg.prepare_student(HiddenStates(student), decoder_layers(student), ctx)
         spec = cfg.loss_spec()
         meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx)
 
@@ -308,7 +309,6 @@ def train(cfg: TrainConfig, *, resume: bool = False,
 
         # --- One micro-step's loss; the loop (distill/loop.py) does the rest ------------------
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-        student_head = head_weight(student)
         teacher_head = head_weight(teacher) if teacher is not None else None
         loss_options = dict(matmul_dtype=amp_dtype if on_cuda else None, compile=compile_models)
 
@@ -322,13 +322,14 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 targets = targets.to(device, non_blocking=on_cuda)
                 with autocast():
                     student_hidden = body(inputs)
-                return fused_cached_loss(student_hidden, student_head, targets, labels, spec, num_valid,
+                return fused_cached_loss(student_hidden, head_weight(student), targets, labels, spec, num_valid,
                                          vocab, cfg.chunk_size, **loss_options)
             with torch.inference_mode(), autocast():
                 teacher_hidden = final_hidden_states(teacher, inputs)
             with autocast():
                 student_hidden = body(inputs)
-            return fused_distill_loss(student_hidden, student_head, teacher_hidden, teacher_head,
+            # read after the forward: a sharded student's head is whole only until its backward
+            return fused_distill_loss(student_hidden, head_weight(student), teacher_hidden, teacher_head,
                                       labels, spec, num_valid, vocab, cfg.chunk_size, **loss_options)
 
         return run_loop(cfg, ctx, student=student, body=body, data=data, micro_loss=micro_loss, meter=meter,

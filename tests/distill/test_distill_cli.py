@@ -218,10 +218,11 @@ def test_meter_figures_take_the_smaller_budget(project):
     plan = load_plan(project.plan).plan
     audited_total = FPT * 4096
     predicate = {"compute": compute_block(tokens=4096)}
-    refusal, per_token, budget, student = meter_figures(plan, predicate)
+    refusal, per_token, budget, student, sampling = meter_figures(plan, predicate)
     assert refusal is None
     assert per_token == STUDENT_TRAIN_FPT + TEACHER_FORWARD_FPT
     assert student == STUDENT_TRAIN_FPT  # the parameter-update part, booked in each charge
+    assert sampling == 0.0               # a logit run samples nothing
     assert budget == audited_total
     bigger = plan.model_copy(update={"budget": plan.budget.model_copy(update={"max_flops": audited_total * 10})})
     assert meter_figures(bigger, predicate)[2] == audited_total
@@ -263,7 +264,8 @@ def test_the_meter_stops_at_the_audited_figure_itself(project, signer, tmp_path)
     compute = compute_block()
     compute["components"] = [{"id": "student_training", "flops": audited * 0.6},
                              {"id": "teacher_forward", "flops": audited * 0.4}]
-    _, per_token, budget, _ = meter_figures(plan.plan, {"compute": compute})
+    figures = meter_figures(plan.plan, {"compute": compute})
+    per_token, budget = figures.flops_per_token, figures.budget
     args = SimpleNamespace(resume=False, teacher_dir=None, data=None, steps=None, micro_batch=None,
                            grad_accum=None, lr=None, checkpoint_every=None, shard_teacher=False)
     cfg = train_config(plan, args, out_dir=tmp_path / "run", flops_per_token=per_token, budget=budget)

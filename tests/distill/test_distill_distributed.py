@@ -136,3 +136,58 @@ def test_two_processes_build_a_cache_share_each_and_train_like_one(tmp_path, sha
 
     assert one.steps == 4 and len(curve("two")) == 4
     assert curve("two") == pytest.approx(curve("one"), rel=1e-5)
+
+
+def _launch(tmp_path, name: str, cfg: dict, ranks: int, *extra, hang_after=None):
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+               str(RUNNER), str(tmp_path / f"{name}.json"), *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if hang_after is None:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return None
+    return subprocess.Popen(command + ["--hang-after-step", str(hang_after)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_a_sharded_student_matches_one_process_and_resumes_at_another_process_count(tmp_path):
+    """The trainer with its student sharded by FSDP2: 4 gloo ranks follow the one-process loss
+    curve; killed after step 4 (checkpoint at 3), the run resumes on 2 ranks (DCP reshards; the
+    global batch kept at 8 by grad_accum) and still follows the curve; the last checkpoint holds
+    the whole student, equal to the one-process weights."""
+    import signal
+    import time
+
+    common = dict(max_steps=6, lr=2e-3, checkpoint_every=3)
+    one = train(TrainConfig.parse(tiny_run(tmp_path, micro_batch=4, grad_accum=2, out_dir=str(tmp_path / "one"),
+                                           **common)))
+    four = tiny_run(tmp_path, micro_batch=2, grad_accum=1, out_dir=str(tmp_path / "sharded"),
+                    student_sharding="fsdp", **common)
+    victim = _launch(tmp_path, "four", four, 4, hang_after=4)
+    deadline, line = time.monotonic() + 300, ""
+    while "HANGING" not in line and time.monotonic() < deadline:
+        line = victim.stdout.readline()
+        if not line and victim.poll() is not None:
+            break
+    assert "HANGING 4" in line, victim.stderr.read()[-4000:]
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    checkpoints = sorted(p.name for p in (tmp_path / "sharded" / "checkpoints").iterdir() if p.name.startswith("step"))
+    assert checkpoints == ["step-00000003"] and (tmp_path / "sharded" / "checkpoints" / "step-00000003" / "dcp").is_dir()
+
+    two = dict(four, grad_accum=2)   # 2 ranks x 2 x 2 = the same global batch of 8 sequences
+    _launch(tmp_path, "two", two, 2, "--resume")
+
+    def curve(name):
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    sharded, single = curve("sharded"), curve("one")
+    assert [r["step"] for r in sharded] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(sharded, single):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+    final = tmp_path / "sharded" / "checkpoints" / "step-00000006"
+    weights = load_file(final / "model.safetensors")
+    for name, value in load_file(one.checkpoint_dir / "model.safetensors").items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5)
