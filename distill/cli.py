@@ -66,6 +66,15 @@ def register(subparsers) -> None:
                    "backward (default: on from 1e9 parameters)")
     p.add_argument("--offload", action="store_true", help="with FSDP2: keep the student's shards, gradients and "
                    "optimizer step in host memory")
+    p.add_argument("--eval-sequences", type=positive(int), metavar="N", help="hold N packed sequences out of "
+                   "training and evaluate on them (KL to the teacher, cross-entropy, top-1 agreement)")
+    p.add_argument("--eval-every", type=positive(int), metavar="N", help="evaluate every N steps (default: at the "
+                   "end only)")
+    p.add_argument("--early-stop-patience", type=positive(int), metavar="N", help="stop after N evaluations "
+                   "without improvement (KL, else cross-entropy)")
+    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files in OUT/tensorboard")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases, offline, in OUT/wandb "
+                   "(needs the wandb package)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (a sharded "
                    "checkpoint also at another process count with the same global batch)")
     p.add_argument("--allow-cpu", action="store_true", help="train without CUDA (tests and tiny demos)")
@@ -224,7 +233,11 @@ def loop_overrides(args) -> dict:
     values = {"max_steps": args.steps, "micro_batch": args.micro_batch, "grad_accum": args.grad_accum,
               "lr": args.lr, "checkpoint_every": args.checkpoint_every,
               "student_sharding": getattr(args, "shard_student", None), "activation_checkpointing": checkpointing,
-              "offload": True if getattr(args, "offload", False) else None}
+              "offload": True if getattr(args, "offload", False) else None,
+              "eval_sequences": getattr(args, "eval_sequences", None), "eval_every": getattr(args, "eval_every", None),
+              "early_stop_patience": getattr(args, "early_stop_patience", None),
+              "tensorboard": False if getattr(args, "no_tensorboard", False) else None,
+              "wandb": True if getattr(args, "wandb", False) else None}
     return {k: v for k, v in values.items() if v is not None}
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from audit.errors import InputError
@@ -176,8 +177,60 @@ def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(count, generator=generator)
 
 
+class EpochOrder:
+    """Reading packed rows in training order; shared by every data set a recipe trains on.
+
+    A data set says how many rows it has (``total_rows``) and how to fetch rows by id
+    (``rows(ids)``, a tuple of CPU tensors whose second item is the next-token labels). This
+    gives it ``len`` (the rows trained on), ``order(epoch)`` (those rows in a ``torch.randperm``
+    order seeded by (seed, epoch), the same for raw files, shards and samples, so resume is
+    exact), ``row_ids(start, count)`` and ``batch(start, count)`` for global cursor positions,
+    and :meth:`hold_out`, which sets rows aside for evaluation before training starts."""
+
+    seed: int
+    _trained: Optional[torch.Tensor] = None   # row ids trained on; None: all of them
+    _order_cache: Optional[tuple[int, torch.Tensor]] = None
+
+    def total_rows(self) -> int:
+        raise NotImplementedError
+
+    def rows(self, ids: torch.Tensor) -> tuple:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.total_rows() if self._trained is None else len(self._trained)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Row ids in the order epoch ``epoch`` reads them."""
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            order = epoch_order(len(self), self.seed, epoch)
+            self._order_cache = (epoch, order if self._trained is None else self._trained[order])
+        return self._order_cache[1]
+
+    def row_ids(self, start: int, count: int) -> torch.Tensor:
+        """Row ids read at global cursor positions [start, start + count)."""
+        n = len(self)
+        return torch.stack([self.order(p // n)[p % n] for p in range(start, start + count)])
+
+    def batch(self, start: int, count: int) -> tuple:
+        """The rows at global cursor positions [start, start + count)."""
+        return self.rows(self.row_ids(start, count))
+
+    def hold_out(self, count: int) -> torch.Tensor:
+        """Set ``count`` rows aside (chosen by a permutation seeded apart from the epochs'); they
+        are never trained on. Returns their ids, sorted. Before any batch is read."""
+        total = self.total_rows()
+        if not 0 < count < total:
+            raise InputError(f"cannot hold out {count} of {total} packed sequences for evaluation: keep at least one "
+                             "to train on", field="eval_sequences")
+        chosen = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1))
+        held = chosen[:count].sort().values
+        self._trained, self._order_cache = chosen[count:].sort().values, None
+        return held
+
+
 @dataclass
-class PackedData:
+class PackedData(EpochOrder):
     """Packed sequences [n, seq_len + 1] and the seeded order they are read in."""
 
     sequences: torch.Tensor
@@ -185,27 +238,107 @@ class PackedData:
     file_tokens: list[int]
     file_sha256: list[str]      # of the bytes that were tokenized, file by file
 
-    def __post_init__(self):
-        self._order_cache: tuple[int, torch.Tensor] | None = None
-
-    def __len__(self) -> int:
+    def total_rows(self) -> int:
         return self.sequences.shape[0]
 
     @property
     def seq_len(self) -> int:
         return self.sequences.shape[1] - 1
 
-    def order(self, epoch: int) -> torch.Tensor:
-        """Sequence indices in the order epoch ``epoch`` reads them."""
-        if self._order_cache is None or self._order_cache[0] != epoch:
-            self._order_cache = (epoch, epoch_order(len(self), self.seed, epoch))
-        return self._order_cache[1]
-
-    def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and labels [count, seq_len] for global cursor positions [start, start + count)."""
-        rows = [self.order(position // len(self))[position % len(self)] for position in range(start, start + count)]
-        block = self.sequences[torch.stack(rows)]
+    def rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels [len(ids), seq_len] of packed rows ``ids``."""
+        block = self.sequences[ids]
         return block[:, :-1].contiguous(), block[:, 1:].contiguous()
+
+
+@dataclass(frozen=True)
+class PackedSequence:
+    """One packed sequence: ``tokens`` [seq_len + 1] int64, ``mask`` [seq_len + 1] uint8 (None
+    without a loss mask), ``document_starts``: indices into ``tokens`` where a document begins."""
+
+    tokens: np.ndarray
+    mask: Optional[np.ndarray]
+    document_starts: np.ndarray
+
+
+class ShardData(EpochOrder):
+    """Packed sequences over verified shards, read in the seeded order of
+    :func:`distill.data.epoch_order`; the interface of :class:`distill.data.PackedData`
+    (``len``, ``seq_len``, ``order``, ``batch``, ``sequences``, ``file_tokens``, ``file_sha256``)."""
+
+    def __init__(self, shards, seq_len: int, seed: int):
+        """``shards``: a verified :class:`distill.shards.ShardSet`."""
+        self.shards, self.seed, self._seq_len = shards, seed, seq_len
+        self.count = (shards.total - 1) // seq_len
+        if self.count < 1:
+            raise InputError(f"the shards hold {shards.total} tokens, fewer than seq_len + 1 = {seq_len + 1}",
+                             field="data.seq_len")
+        self.file_tokens = [s.tokens for s in shards.shards]
+        self.file_sha256 = [s.bin.sha256 for s in shards.shards]
+        self._sequences = None        # torch.Tensor [n, seq_len + 1], built on first use
+
+    def total_rows(self) -> int:
+        return self.count
+
+    @property
+    def seq_len(self) -> int:
+        return self._seq_len
+
+    @property
+    def loss_mask(self) -> bool:
+        return self.shards.loss_mask
+
+    def sequence(self, row: int) -> PackedSequence:
+        """Packed sequence ``row`` (storage order, not epoch order)."""
+        start = row * self._seq_len
+        stop = start + self._seq_len + 1
+        ids, mask = self.shards.read(start, stop)
+        return PackedSequence(ids, mask, self.shards.document_starts(start, stop) - start)
+
+    def __iter__(self):
+        """Every packed sequence once, in storage order."""
+        return (self.sequence(row) for row in range(self.count))
+
+    def rows(self, ids):
+        """Inputs and labels [len(ids), seq_len] (torch int64) of packed rows ``ids``; labels whose
+        mask is 0 are ``IGNORE_INDEX``. Reads only those rows from the mapped shards."""
+        import torch
+
+        from distill.losses import IGNORE_INDEX
+
+        read = [self.sequence(int(row)) for row in ids]
+        block = torch.from_numpy(np.stack([s.tokens for s in read]))
+        inputs, labels = block[:, :-1].contiguous(), block[:, 1:].contiguous()
+        if self.loss_mask:
+            keep = torch.from_numpy(np.stack([s.mask[1:] for s in read])).bool()
+            labels = labels.masked_fill(~keep, IGNORE_INDEX)
+        return inputs, labels
+
+    @property
+    def sequences(self):
+        """All packed sequences [n, seq_len + 1] (torch int64) in memory, built on first use (the
+        teacher cache reads them)."""
+        import torch
+
+        if self._sequences is None:
+            ids, _ = self.shards.read(0, self.count * self._seq_len + 1)
+            self._sequences = torch.from_numpy(ids).unfold(0, self._seq_len + 1, self._seq_len).contiguous()
+        return self._sequences
+
+
+def open_packed_shards(manifest: dict, bins: Sequence[Path], *, seq_len: int, seed: int, tokenizer=None,
+                       source: str = "manifest") -> ShardData:
+    """The training data of a shard manifest: every shard file verified and mapped; with
+    ``tokenizer``, its vocabulary must be the one the shards were tokenized with."""
+    if tokenizer is not None:
+        recorded = (manifest.get("tokenizer") or {}).get("vocab_sha256") if isinstance(manifest.get("tokenizer"),
+                                                                                      dict) else None
+        if recorded != vocabulary_digest(tokenizer):
+            raise InputError("the shards were tokenized with a different vocabulary than the teacher's tokenizer",
+                             source=source, field="tokenizer.vocab_sha256")
+    from distill.shards import ShardSet
+
+    return ShardData(ShardSet(manifest, bins, source), seq_len, seed)
 
 
 def load_packed(files: Sequence[str | Path], tokenizer, seq_len: int, seed: int) -> PackedData:
@@ -351,7 +484,7 @@ def load_training_data(files: Sequence[str | Path], tokenizer, seq_len: int, see
     if manifest is None:
         return load_packed(files, tokenizer, seq_len, seed)
     loaded, _ = read_manifest(manifest, expected_sha256=manifest_sha256)
-    from distill.shards import is_shard_manifest, open_packed_shards
+    from distill.shards import is_shard_manifest
 
     if is_shard_manifest(loaded):
         return open_packed_shards(loaded, [Path(f) for f in files], seq_len=seq_len, seed=seed,

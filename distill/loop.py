@@ -26,7 +26,6 @@ model for the export) and may resume at another process count with the same glob
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -46,6 +45,7 @@ from distill.checkpoint import (is_sharded_checkpoint, load_latest, restore_chec
 from distill.fsdp import is_sharded
 from distill.losses import IGNORE_INDEX
 from distill.meter import ComputeMeter
+from distill.run_log import RunLog
 
 
 class LoopConfig(StrictModel):
@@ -82,16 +82,26 @@ class LoopConfig(StrictModel):
                                                      "the backward; None: on from 1e9 parameters")
     offload: bool = Field(default=False, description="FSDP2: keep shards, gradients and the optimizer step in host "
                           "memory")
+    eval_sequences: int = Field(default=0, ge=0, description="packed sequences held out of training for evaluation")
+    eval_every: Optional[int] = Field(default=None, gt=0, description="evaluate every N steps (and at the end); "
+                                      "None: at the end only, when sequences are held out")
+    early_stop_patience: Optional[int] = Field(default=None, gt=0, description="stop after N evaluations without "
+                                               "improvement of the first metric (kl, else ce)")
+    tensorboard: bool = Field(default=True, description="TensorBoard event files in OUT/tensorboard")
+    wandb: bool = Field(default=False, description="Weights & Biases, offline, in OUT/wandb (needs wandb)")
 
     RESUMABLE: ClassVar[frozenset] = frozenset({
         "out_dir", "log_path", "progress", "checkpoint_every", "keep_last", "budget_flops", "tolerance",
-        "flops_per_token", "device", "log_every", "activation_checkpointing", "offload"})
+        "flops_per_token", "device", "log_every", "activation_checkpointing", "offload", "eval_every",
+        "early_stop_patience", "tensorboard", "wandb"})
     """Fields that do not change the trained weights; a resume may change them."""
 
     @model_validator(mode="after")
     def _loop_consistent(self):
         if self.max_steps is None and self.max_tokens is None:
             raise ValueError("set max_steps or max_tokens")
+        if (self.eval_every or self.early_stop_patience) and not self.eval_sequences:
+            raise ValueError("eval_every/early_stop_patience need eval_sequences > 0 (sequences held out to evaluate on)")
         if self.budget_flops is not None and self.flops_per_token is None:
             raise ValueError("budget_flops needs flops_per_token")
         return self
@@ -132,6 +142,8 @@ class TrainResult:
     teacher_sharded: bool = False    # the teacher's layers were sharded over the ranks (FSDP2)
     lost_tokens: int = 0             # of steps lost to crashes; counted in tokens and flops_used
     lost_flops: float = 0.0
+    eval: Optional[dict] = None      # the last evaluation's metrics (per held-out token), with its step
+    stopped_early: bool = False      # the early-stopping rule ended the run
 
 
 def end_message(step: int, stopped_by_budget: bool, budget_flops, tolerance: float, checkpoint: str) -> str:
@@ -167,44 +179,6 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Call
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-class MetricsLog:
-    """JSONL, one object per optimizer step, written by rank 0 and flushed per line."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled, self.handle = path, enabled, None
-
-    def records(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a crash ends the log
-        return records
-
-    def open(self, keep_through_step: int) -> None:
-        """Keep the records up to ``keep_through_step`` (0: none) and append after them."""
-        if not self.enabled:
-            return
-        from audit.fsutil import write_atomic
-
-        kept = [r for r in self.records() if r.get("step", 0) <= keep_through_step]
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self.handle = open(self.path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        if self.handle:
-            self.handle.write(json.dumps(record) + "\n")
-            self.handle.flush()
-
-    def close(self) -> None:
-        if self.handle:
-            self.handle.close()
-            self.handle = None
 
 
 def progress_bar(enabled: bool, total: int):
@@ -260,10 +234,16 @@ MicroLoss = Callable[[tuple, int, "torch.Tensor | int"], torch.Tensor]
 micro-batch (rows from ``start``), divided by the step's global valid-label count."""
 
 
+EvalSums = Callable[[tuple], dict]
+"""``eval_sums(batch) -> {"tokens": n, metric: sum, ...}``: the recipe's evaluation of held-out
+rows (no gradients): per-token sums over the ``n`` positions it scores (module docstring)."""
+
+
 def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.Module, data, micro_loss: MicroLoss,
              meter: ComputeMeter, tokenizer=None, resume: bool = False, session_start: Optional[float] = None,
              teacher_sharded: bool = False, on_step: Optional[Callable[[dict], None]] = None,
-             after_resume: Optional[Callable[[float], None]] = None) -> TrainResult:
+             after_resume: Optional[Callable[[float], None]] = None,
+             eval_sums: Optional[EvalSums] = None) -> TrainResult:
     """Train ``student`` (through ``body``, its DDP wrapper or itself) to the end of ``cfg``;
     all ranks call it. See the module docstring."""
     session_start = time.monotonic() if session_start is None else session_start
@@ -278,9 +258,16 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, steps_total,
                                                                            cfg.min_lr_ratio))
 
+    held = data.hold_out(cfg.eval_sequences) if cfg.eval_sequences else None  # never trained on
+    if held is not None and eval_sums is None:
+        raise InputError("this recipe has no evaluation; leave eval_sequences at 0", field="eval_sequences")
+
     # --- resume --------------------------------------------------------------------------------
     step, cursor, wall_before, last_loss = 0, 0, 0.0, None
-    log = MetricsLog(cfg.log_path or cfg.out_dir / "metrics.jsonl", enabled=ctx.is_main)
+    early = {"best": None, "bad": 0}  # the early-stopping rule's state, checkpointed
+    log = RunLog(cfg.out_dir, cfg.log_path, enabled=ctx.is_main, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
+                 budget_limit=cfg.budget_flops * (1 + cfg.tolerance) if cfg.budget_flops else None,
+                 run_name=cfg.out_dir.name)
     latest = load_latest(cfg.out_dir)
     if latest is not None and not resume:
         raise InputError("already holds checkpoints; resume the run or choose another output folder",
@@ -296,6 +283,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
         _check_resumable(cfg, state, ctx, sharded, sequences_per_step, latest.path)
         step, cursor = state["step"], state["cursor"]
         wall_before, last_loss = state["wall_time_s"], state.get("loss")
+        early = state.get("early_stop", early)
         meter.load_state_dict(state["meter"])
     if resume:
         lost = [r for r in log.records() if r.get("step", 0) > step]
@@ -322,7 +310,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
             nonlocal saved
             state = {"cursor": cursor, "meter": meter.state_dict(), "config": cfg.fingerprint(),
                      "world_size": ctx.world_size, "global_batch": sequences_per_step, "loss": read_loss(),
-                     "wall_time_s": wall_before + time.monotonic() - session_start}
+                     "early_stop": early, "wall_time_s": wall_before + time.monotonic() - session_start}
             if sharded:
                 path = save_sharded_checkpoint(cfg.out_dir, step, model=student, optimizer=optimizer,
                                                scheduler=scheduler, state=state, ctx=ctx, keep_last=cfg.keep_last,
@@ -333,8 +321,40 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
             saved = (step, path, final or not sharded)
             return path
 
+        def evaluate() -> dict:
+            """Metrics per held-out position, over every rank's share of the held-out rows. All
+            ranks run the same number of forwards (a rank with no rows left scores a row at weight
+            0), which a sharded student needs."""
+            mine = held[ctx.rank::ctx.world_size]
+            totals: dict[str, torch.Tensor] = {}
+            student.eval()
+            try:
+                with torch.no_grad():
+                    for first in range(0, math.ceil(len(held) / ctx.world_size), cfg.micro_batch):
+                        ids, weight = mine[first:first + cfg.micro_batch], 1.0
+                        if len(ids) == 0:
+                            ids, weight = held[:1], 0.0
+                        for key, value in eval_sums(data.rows(ids)).items():
+                            value = torch.as_tensor(value, dtype=torch.float64, device=device) * weight
+                            totals[key] = totals[key] + value if key in totals else value
+            finally:
+                student.train()
+            summed = {k: float(distributed.all_reduce_sum(v, ctx)) for k, v in sorted(totals.items())}
+            tokens = summed.pop("tokens")
+            return {**{k: v / max(tokens, 1.0) for k, v in summed.items()}, "tokens": int(tokens), "step": step}
+
+        def no_better(metrics: dict) -> bool:
+            """Apply the early-stopping rule to an evaluation; True when the run should stop."""
+            value = metrics.get("kl", metrics.get("ce"))
+            if early["best"] is None or value < early["best"]:
+                early.update(best=value, bad=0)
+            else:
+                early["bad"] += 1
+            return cfg.early_stop_patience is not None and early["bad"] >= cfg.early_stop_patience
+
         # --- the loop --------------------------------------------------------------------------
-        stopped_by_budget = False
+        stopped_by_budget = stopped_early = False
+        last_eval = None
         progress, task = progress_bar(cfg.progress and ctx.is_main, steps_total)
         loop_start, loop_tokens = time.monotonic(), 0
         with progress:
@@ -372,6 +392,9 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                           "tokens_per_s": loop_tokens / max(elapsed, 1e-9),
                           "flops": meter.flops if cfg.flops_per_token is not None else None,
                           "elapsed_s": wall_before + time.monotonic() - session_start}
+                if held is not None and (step == steps_total or (cfg.eval_every and step % cfg.eval_every == 0)):
+                    record["eval"] = last_eval = evaluate()
+                    stopped_early = no_better(last_eval)
                 log.write(record)
                 budget = f" / {short_sci(cfg.budget_flops)}" if cfg.budget_flops else ""
                 shown = f"loss {last_loss:.4f}  " if last_loss is not None else ""
@@ -379,8 +402,13 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                     f"{shown}{record['tokens_per_s']:,.0f} tok/s  compute {short_sci(meter.flops)}{budget} FLOP"))
                 if on_step is not None:
                     on_step(record)
+                if stopped_early:
+                    break
                 if step % cfg.checkpoint_every == 0:
                     checkpoint(final=step == steps_total)
+        if held is not None and (last_eval is None or last_eval["step"] != step):
+            last_eval = evaluate()  # the run ended between evaluations (budget, early stop, resume)
+            log.write({"step": step, "eval": last_eval})
         final = saved[1] if saved is not None and saved[0] == step and saved[2] else checkpoint(final=True)
         read_loss()
     finally:
@@ -391,6 +419,10 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
         flops_used=meter.flops if cfg.flops_per_token is not None else None,
         budget_flops=cfg.budget_flops, wall_time_s=wall, device_hours=wall * ctx.world_size / 3600,
         stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
-        device=str(device), rank=ctx.rank, message=end_message(step, stopped_by_budget, cfg.budget_flops,
-                                                              cfg.tolerance, final.name),
-        teacher_sharded=teacher_sharded, lost_tokens=meter.lost_tokens, lost_flops=meter.lost_flops)
+        device=str(device), rank=ctx.rank,
+        message=(f"stopped early at step {step}: {cfg.early_stop_patience} evaluation(s) without improvement; "
+                 f"checkpoint {final.name}") if stopped_early else end_message(step, stopped_by_budget,
+                                                                                cfg.budget_flops, cfg.tolerance,
+                                                                                final.name),
+        teacher_sharded=teacher_sharded, lost_tokens=meter.lost_tokens, lost_flops=meter.lost_flops,
+        eval=last_eval, stopped_early=stopped_early)

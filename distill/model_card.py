@@ -146,6 +146,7 @@ def render_readme(plan, audit: AuditPredicate, record: dict, items: list[CardIte
     terms, urls = _teacher_terms(audit)
     compute = record.get("compute") or {}
     checkpoint = record.get("checkpoint") or {}
+    evaluated = record.get("eval") or {}
     lines = ["---", yaml.safe_dump(front, sort_keys=True).rstrip(), "---", "", f"# {_md(plan.student.name)}", ""]
     lines += [f"**{_md(p)}**" for p in phrases] + ([""] if phrases else [])
     lines += [
@@ -163,6 +164,9 @@ def render_readme(plan, audit: AuditPredicate, record: dict, items: list[CardIte
         f"| Training compute | {sci(compute.get('flops'))} FLOP (1 multiply-add = 2 FLOP) |",
         f"| Audited budget | {sci(compute.get('budget_flops'))} FLOP, stop at {sci(compute.get('limit_flops'))} |",
         f"| Stopped by the budget | {'yes' if record.get('stopped_by_budget') else 'no'} |",
+        *([f"| Held-out evaluation (step {exact(evaluated.get('step'))}, {exact(evaluated.get('tokens'))} tokens) | "
+           + ", ".join(f"{name} {plain(evaluated[name])}" for name in ("kl", "ce", "top1_agreement")
+                       if evaluated.get(name) is not None) + " |"] if evaluated else []),
         f"| Device | {_md((record.get('device') or {}).get('name'))} x {(record.get('device') or {}).get('processes')} |",
         f"| Accelerator-hours | {plain(record.get('accelerator_hours'))} |",
         f"| Weights | `{_md(checkpoint.get('name'))}` (root sha256 `{_md(checkpoint.get('root_sha256'))}`) |",

@@ -20,7 +20,8 @@ The predicate::
                  "audited_total_flops", "lost_flops", "lost_tokens", "convention"},
      "tokens", "steps", "final_loss", "wall_time_s", "accelerator_hours",
      "device": {"type", "name", "processes"},
-     "stopped_by_budget", "message",
+     "stopped_by_budget", "stopped_early", "message",
+     "eval": null or {"step", "tokens", "ce", "kl", "top1_agreement"} (the last held-out evaluation),
      "checkpoint": {"name", "step", "root_sha256", "files"},
      "obligations": [the audit decision's obligations, carried to the student],
      "inputs": [{"role", "name", "sha256", "path"}]}
@@ -105,12 +106,21 @@ def build_predicate(result, *, audit: AuditPredicate, envelope_name: str, envelo
         "device": {"type": str(result.device).split(":")[0], "name": device_name,
                    "processes": int(result.world_size)},
         "stopped_by_budget": bool(result.stopped_by_budget),
+        "stopped_early": bool(getattr(result, "stopped_early", False)),
+        "eval": _eval_block(getattr(result, "eval", None)),
         "message": result.message,
         "checkpoint": {"name": checkpoint_name, "step": int(result.steps),
                        "root_sha256": checkpoint_root, "files": checkpoint_files},
         "obligations": carried_obligations(audit),
         "inputs": inputs,
     }
+
+
+def _eval_block(metrics: Optional[dict]) -> Optional[dict]:
+    """The last held-out evaluation: metrics per position (finite floats), its step and tokens."""
+    if not metrics:
+        return None
+    return {k: (int(v) if k in ("step", "tokens") else finite_or_none(float(v))) for k, v in sorted(metrics.items())}
 
 
 def write_run_record(out_dir: str | os.PathLike, result, *, audit_envelope: str | os.PathLike,

@@ -56,6 +56,7 @@ from pydantic import model_validator
 from audit.errors import InputError
 from audit.numbers import short_sci
 from audit.validation import validate_model
+from distill.data import EpochOrder
 from distill.loop import LoopConfig
 
 IGNORE_INDEX = -100
@@ -191,7 +192,7 @@ def encode_sample(tokenizer, messages: list[dict], answer: dict, *,
 
 
 @dataclass
-class PackedSamples:
+class PackedSamples(EpochOrder):
     """Rows [n, seq_len] of packed samples: ids, labels, position ids and the sample each
     position belongs to (``segments``; padding is a segment of its own)."""
 
@@ -204,19 +205,12 @@ class PackedSamples:
     truncated: int = 0
     skipped: int = 0
 
-    def __len__(self) -> int:
+    def total_rows(self) -> int:
         return self.input_ids.shape[0]
 
-    def order(self, epoch: int) -> torch.Tensor:
-        from distill.data import epoch_order
-
-        return epoch_order(len(self), self.seed, epoch)
-
-    def batch(self, start: int, count: int) -> tuple[torch.Tensor, ...]:
-        """(ids, labels, position ids, segments) [count, seq_len] for cursor positions [start, start + count)."""
-        n = len(self)
-        rows = torch.stack([self.order(p // n)[p % n] for p in range(start, start + count)])
-        return self.input_ids[rows], self.labels[rows], self.position_ids[rows], self.segments[rows]
+    def rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(ids, labels, position ids, segments) [len(ids), seq_len] of rows ``ids``."""
+        return self.input_ids[ids], self.labels[ids], self.position_ids[ids], self.segments[ids]
 
 
 def pack(encoded: list[tuple[list[int], list[int]]], seq_len: int, *, seed: int = 0, pad_id: int = 0) -> PackedSamples:
@@ -406,10 +400,20 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: boo
             # the head after the forward: a sharded student's is whole only until its backward
             return answer_loss_sum(hidden, head_weight(student), labels, vocab) / num_valid
 
+        def eval_sums(batch) -> dict:
+            """Held-out answers: the student's cross-entropy and top-1 agreement with the tokens
+            the teacher wrote (distill/evaluation.py)."""
+            from distill.evaluation import token_metric_sums
+
+            ids, labels, positions, segments = (t.to(device) for t in batch)
+            with autocast():
+                hidden = body(ids, positions, segments)
+            return token_metric_sums(hidden, head_weight(student), labels, vocab)
+
         result = run_loop(cfg, ctx, student=student, body=body, data=data, micro_loss=micro_loss,
                           meter=ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx),
                           tokenizer=tokenizer, resume=resume, session_start=session_start, on_step=on_step,
-                          after_resume=after_resume)
+                          after_resume=after_resume, eval_sums=eval_sums)
         if ctx.is_main:
             _write_data_record(cfg, generated, data)
         return result

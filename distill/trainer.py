@@ -332,8 +332,23 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             return fused_distill_loss(student_hidden, head_weight(student), teacher_hidden, teacher_head,
                                       labels, spec, num_valid, vocab, cfg.chunk_size, **loss_options)
 
+        def eval_sums(batch) -> dict:
+            """Held-out metrics (distill/evaluation.py): with the online teacher, KL and top-1
+            agreement too; on cached logits (no teacher left) the student's cross-entropy."""
+            from distill.evaluation import token_metric_sums
+
+            inputs, labels = _to_device(batch[0], device), _to_device(batch[1], device)
+            with autocast():
+                student_hidden = body(inputs)
+                teacher_hidden = final_hidden_states(teacher, inputs) if teacher is not None else None
+            sums = token_metric_sums(student_hidden, head_weight(student), labels, vocab,
+                                     teacher_hidden=teacher_hidden, teacher_head=teacher_head)
+            if teacher is None:
+                del sums["top1_agreement"]  # against the data's tokens, not the teacher's: not reported
+            return sums
+
         return run_loop(cfg, ctx, student=student, body=body, data=data, micro_loss=micro_loss, meter=meter,
                         tokenizer=tokenizer, resume=resume, session_start=session_start, teacher_sharded=shard,
-                        on_step=on_step, after_resume=after_resume)
+                        on_step=on_step, after_resume=after_resume, eval_sums=eval_sums)
     finally:
         distributed.teardown(ctx)

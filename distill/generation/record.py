@@ -27,6 +27,7 @@ The predicate::
                  "discarded", "unanswered"},
      "tokens": {"prompt", "completion", "lost_prompt", "lost_completion",
                 "allowed_prompt", "allowed_completion", "audited_prompt", "audited_completion"},
+     "flops": {"per_token", "used", "audited"} (the teacher's, at the audit's FLOP per token),
      "stopped_by_budget", "message", "wall_time_s",
      "obligations": [the audit decision's obligations, carried to the data],
      "inputs": [{"role", "name", "sha256", "path"}]}

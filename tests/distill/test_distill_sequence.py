@@ -276,3 +276,15 @@ def test_an_interrupted_sequence_run_resumes_bitwise_exactly(tmp_path, fake, sig
     assert record["steps"] == 6 and record["compute"]["lost_tokens"] == MICRO_BATCH * SEQ_LEN   # step 3, lost
     assert (broken.root / "out" / "model" / "model.safetensors").read_bytes() == \
         (broken.root / "out" / final).read_bytes()
+
+
+def test_a_sequence_run_evaluates_held_out_answers(api_project, signer, capsys):
+    code, out, err = distill(capsys, api_project, signer, "--steps", 4, "--micro-batch", MICRO_BATCH,
+                             "--eval-sequences", 1, "--eval-every", 2, "--lr", 1e-2)
+    assert code == 0, err
+    evals = [m["eval"] for m in metrics(api_project.root / "out") if "eval" in m]
+    assert [e["step"] for e in evals] == [2, 4] and "kl" not in evals[-1]
+    assert evals[-1]["ce"] > 0 and 0 <= evals[-1]["top1_agreement"] <= 1 and evals[-1]["tokens"] > 0
+    record = json.loads((api_project.root / "out" / "run-record.json").read_text())["predicate"]
+    assert record["eval"] == pytest.approx(evals[-1]) and record["stopped_early"] is False
+    assert "Held-out evaluation (step 4" in (api_project.root / "out" / "README.md").read_text()
