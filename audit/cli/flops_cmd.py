@@ -22,6 +22,12 @@ def register(subparsers) -> None:
     p.add_argument("target", help="plan.yaml, config.json, model folder or bundled config name")
     p.add_argument("--tokens", type=positive(float), help="training tokens (overrides the plan's data.tokens)")
     p.add_argument("--seq-len", type=positive(int), help=f"tokens per sequence (default: the plan's, or {DEFAULT_SEQ_LEN})")
+    p.add_argument("--source-len", type=positive(int),
+                   help="encoder-decoder: encoder input tokens per sequence (overrides the plan's "
+                        "data.source_len; default: the plan's, or --seq-len with a warning)")
+    p.add_argument("--mean-document-tokens", type=positive(int),
+                   help="sequences packed from documents of this mean length under document masking: causal "
+                        "attention is counted per document (overrides the plan's data.mean_document_tokens)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
     p.set_defaults(func=run)
@@ -46,11 +52,9 @@ def _plan_estimate(args):
     from audit.plan import load_plan
 
     loaded = load_plan(args.target)
-    updates = {}
-    if args.tokens:
-        updates["tokens"] = args.tokens
-    if args.seq_len:
-        updates["seq_len"] = args.seq_len
+    flags = {"tokens": args.tokens, "seq_len": args.seq_len, "source_len": args.source_len,
+             "mean_document_tokens": args.mean_document_tokens}
+    updates = {key: value for key, value in flags.items() if value}
     if updates:
         plan = loaded.plan
         plan = plan.model_copy(update={"data": plan.data.model_copy(update=updates)})
@@ -64,13 +68,17 @@ def _model_only(args) -> dict:
     from audit.flops.summary import summarize_model
 
     seq_len = args.seq_len or DEFAULT_SEQ_LEN
-    summary = summarize_model(args.target, seq_len, source=args.target, use_cache=not args.no_cache)
+    summary = summarize_model(args.target, seq_len, source_len=args.source_len,
+                              document_tokens=args.mean_document_tokens, source=args.target,
+                              use_cache=not args.no_cache)
     tokens = args.tokens
     total = summary.train_flops_per_token * tokens if tokens else None
     return {
         "convention": CONVENTION,
         "target": args.target,
         "seq_len": seq_len,
+        "source_len": args.source_len,
+        "mean_document_tokens": args.mean_document_tokens,
         "tokens": tokens,
         "total_flops": total,
         "six_nd_flops": 6.0 * summary.params_active * tokens if tokens else None,
@@ -79,11 +87,21 @@ def _model_only(args) -> dict:
         "components": [{
             "id": "student_training", "label": "training (forward + backward)", "flops": total,
             "method": summary.method, "counts_toward": ["cumulative", "parameter_update"],
-            "assumptions": [f"{short_sci(summary.train_flops_per_token, 4)} FLOP/token at {seq_len} tokens per sequence"],
+            "assumptions": _assumptions(summary.train_flops_per_token, seq_len, args),
         }],
         "coverage": summary.coverage,
         "model": summary.model_dump(mode="json"),
     }
+
+
+def _assumptions(per_token: float, seq_len: int, args) -> list[str]:
+    """What a model's count assumed about the data, in words (FLOP = 2 per multiply-add)."""
+    said = [f"{short_sci(per_token, 4)} FLOP/token at {seq_len} tokens per sequence"]
+    if args.source_len:
+        said.append(f"encoder tokens per sequence: {args.source_len}")
+    if args.mean_document_tokens:
+        said.append(f"documents of {args.mean_document_tokens} tokens on average, attention masked per document")
+    return said
 
 
 def _print_table(data: dict) -> None:
@@ -111,6 +129,8 @@ def _print_table(data: dict) -> None:
         ("train FLOP/token (causal | full attention)",
          f"{short_sci(model['train_flops_per_token'], 4)} | {short_sci(model['train_flops_per_token_noncausal'], 4)}"),
         ("attention share", percent(model["attention_share"])),
+        ("encoder tokens per sequence", model.get("source_len")),
+        ("mean document tokens (attention per document)", model.get("document_tokens")),
         ("coverage", percent(data["coverage"]) + (f"  unknown ops: {model['unknown_ops']}" if model["unknown_ops"] else "")),
         ("cost", usd(data["cost_usd"]) if data.get("cost_usd") is not None else None),
         ("hardware estimate", hardware_line(data.get("hardware"))),

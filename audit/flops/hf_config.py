@@ -65,22 +65,24 @@ def decoder_config(config):
     return config
 
 
-def num_experts(config) -> int:
+def _first_int(config, keys: tuple, least: int) -> int:
+    """The first of ``keys`` set to an int >= ``least`` on the decoder config or its MoE part
+    (DBRX keeps its experts under ``ffn_config``), else 0."""
     text = decoder_config(config)
-    for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"):
-        value = getattr(text, key, None)
-        if isinstance(value, int) and value > 1:
-            return value
+    for part in (text, getattr(text, "ffn_config", None)):
+        for key in keys:
+            value = getattr(part, key, None)
+            if isinstance(value, int) and value >= least:
+                return value
     return 0
+
+
+def num_experts(config) -> int:
+    return _first_int(config, ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"), 2)
 
 
 def experts_top_k(config) -> int:
-    text = decoder_config(config)
-    for key in ("num_experts_per_tok", "moe_top_k", "top_k", "num_experts_per_token", "moe_k"):
-        value = getattr(text, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 0
+    return _first_int(config, ("num_experts_per_tok", "moe_top_k", "top_k", "num_experts_per_token", "moe_k"), 1)
 
 
 def is_encoder_decoder(config) -> bool:

@@ -1,7 +1,10 @@
 """What runs differently while a model is counted on the meta device: attention routed to the
-counted ``flopgate::attention`` op (also for models that call SDPA themselves), and Mamba's
-per-token scan replaced by a loop-free one with the same matmul FLOP. :func:`counting_context`
-installs them for one count."""
+counted ``flopgate::attention`` op (also for models that call SDPA themselves), Mamba's
+per-token scan replaced by a loop-free one with the same matmul FLOP, and the few model methods
+whose routing reads tensor values (``ROUTING_PATCHES``: experts picked with ``nonzero`` or
+``tolist``) replaced by ones that dispatch the same matmuls without reading them, and RWKV's
+per-token recurrence by a loop-free one with the same FLOP (``SCAN_PATCHES``).
+:func:`counting_context` installs them for one count."""
 
 from __future__ import annotations
 
@@ -114,6 +117,139 @@ def counted_selective_scan(hidden_states, dt, A, B, C, D=None, z=None, delta_bia
     return (out, states[:, :, -1]) if return_last_state else out
 
 
+def even_split(pairs: int, experts: int) -> list[int]:
+    """``pairs`` (token, expert) assignments spread over ``experts`` as evenly as possible. A
+    routed MoE's matmul FLOP are 2 x pairs x (expert weight size) however the router splits
+    them, so any split counts exactly; this one needs no tensor values."""
+    base, extra = divmod(pairs, experts)
+    return [base + (i < extra) for i in range(experts)]
+
+
+def jetmoe_gating(self, hidden_states):
+    """JetMoE's top-k gating (``JetMoeTopKGating.forward``) with the tokens per expert taken
+    from ``even_split`` instead of ``tolist()`` of the routing (not readable on meta)."""
+    logits = self.layer(hidden_states).float()
+    top_k_logits, top_k_indices = logits.topk(self.top_k, dim=1)
+    top_k_gates = torch.softmax(top_k_logits, dim=1).type_as(hidden_states)
+    expert_size = even_split(top_k_indices.numel(), self.num_experts)
+    _, index_sorted_experts = top_k_indices.flatten().sort(0)
+    batch_index = index_sorted_experts.div(self.top_k, rounding_mode="trunc")
+    batch_gates = top_k_gates.flatten()[index_sorted_experts]
+    return index_sorted_experts, batch_index, batch_gates, expert_size, logits
+
+
+def dbrx_experts(self, hidden_states, top_k_index, top_k_weights):
+    """DBRX's experts (``DbrxExperts.forward``) without the loop over the experts ``nonzero``
+    finds: every (token, choice) pair runs through one expert's GLU (all experts have the same
+    shape, so the matmuls - tokens x top-k rows - are the ones routing runs), then is weighted
+    and added back per token as the model does."""
+    batch = hidden_states.shape[0]
+    x = hidden_states.reshape(-1, self.hidden_size)
+    tokens, k = top_k_index.shape
+    token_idx = torch.arange(tokens, device=x.device).repeat_interleave(k)
+    split = (-1, self.ffn_hidden_size, self.hidden_size)
+    w1, v1, w2 = (getattr(self.mlp, name).view(split)[0] for name in ("w1", "v1", "w2"))
+    states = self.mlp(x[token_idx], w1, v1, w2) * top_k_weights.reshape(-1, 1)
+    out = torch.zeros_like(x).index_add_(0, token_idx, states.to(x.dtype))
+    return out.view(batch, -1, self.hidden_size)
+
+
+def xmod_one_language(self, lang_ids, hidden_states):
+    """X-MOD's language adapter (``XmodOutput.lang_adapter``) for a batch in one language:
+    every token through that language's adapter (the model selects tokens by ``lang_ids`` with
+    boolean indexing, which needs ``nonzero``). All adapters have the same shape."""
+    residual = hidden_states
+    if self.adapter_layer_norm is not None:
+        hidden_states = self.adapter_layer_norm(hidden_states)
+    elif self.adapter_reuse_layer_norm:
+        hidden_states = self.LayerNorm(hidden_states)
+    if self.ln_before_adapter:
+        residual = hidden_states
+    adapter = next(iter(self.adapter_modules.values()))
+    return self.dropout(adapter(hidden_states)) + residual
+
+
+def counted_wkv(time_decay, time_first, key, value, state=None, return_state=False):
+    """RWKV's WKV recurrence (``rwkv_linear_attention_cpu``) without its Python loop over the
+    sequence (25 s for the sweep's RWKV on meta). Every step of the loop does the same
+    elementwise work on a (batch, channels) slice; here each op runs once on (batch, L, channels)
+    with the state one step back standing in for the loop's carried state, so the elementwise
+    FLOP are the loop's (the initial state is made once per row, as the loop makes it). WKV has
+    no matmul. key, value: (batch, L, channels); time_decay, time_first: (channels,)."""
+    key_f = key.float()
+    if state is None:
+        start = torch.zeros_like(key_f[:, 0])
+        num, den, mx = start, torch.zeros_like(key_f[:, 0]), start - 1e38
+    else:
+        num, den, mx = state
+    num, den, mx = (t[:, None].expand_as(key_f) for t in (num, den, mx))
+    time_decay = -torch.exp(time_decay)
+    max_out = torch.maximum(mx, key_f + time_first)
+    e1, e2 = torch.exp(mx - max_out), torch.exp(key_f + time_first - max_out)
+    output = ((e1 * num + e2 * value) / (e1 * den + e2)).to(key.dtype)
+    max_state = torch.maximum(mx + time_decay, key_f)
+    e1, e2 = torch.exp(mx + time_decay - max_state), torch.exp(key_f - max_state)
+    num_state, den_state = e1 * num + e2 * value, e1 * den + e2
+    if return_state or state is not None:
+        return output, [num_state[:, -1], den_state[:, -1], max_state[:, -1]]
+    return output, None
+
+
+def xlm_masks(slen, lengths, causal, padding_mask=None):
+    """XLM's masks (``get_masks``) made on meta for rows of ``slen`` tokens without padding (the
+    counting run's input, whose lengths ``known_inputs`` gives on the host): every position kept,
+    and the causal mask when the model is causal. Masks are comparisons: no FLOP."""
+    batch = lengths.size(0)
+    mask = padding_mask if padding_mask is not None else torch.ones(batch, slen, dtype=torch.bool, device="meta")
+    if not causal:
+        return mask, mask
+    positions = torch.arange(slen, device="meta")
+    return mask, positions[None, None, :].repeat(batch, slen, 1) <= positions[None, :, None]
+
+
+def known_inputs(config, batch: int, seq_len: int) -> dict:
+    """Inputs a model checks with ``.item()``, given as the host-side values the counting run
+    knows: XLM's ``lengths`` (every row is ``seq_len`` tokens, no padding)."""
+    if getattr(config, "model_type", None) == "xlm":
+        return {"lengths": torch.full((batch,), seq_len, dtype=torch.long)}
+    return {}
+
+
+# (transformers module, class or "" for the module itself, attribute, replacement): installed
+# while counting when the module is loaded
+ROUTING_PATCHES = [
+    ("transformers.models.jetmoe.modeling_jetmoe", "JetMoeTopKGating", "forward", jetmoe_gating),
+    ("transformers.models.dbrx.modeling_dbrx", "DbrxExperts", "forward", dbrx_experts),
+    ("transformers.models.xmod.modeling_xmod", "XmodOutput", "lang_adapter", xmod_one_language),
+]
+INPUT_PATCHES = [  # with the host-side values of ``known_inputs``
+    ("transformers.models.xlm.modeling_xlm", "", "get_masks", xlm_masks),
+]
+SCAN_PATCHES = [
+    ("transformers.models.rwkv.modeling_rwkv", "", "rwkv_linear_attention_cpu", counted_wkv),
+]
+
+
+def routed_by_patch(model) -> bool:
+    """Whether ``model`` has a module whose routing ``ROUTING_PATCHES`` replaces while counting."""
+    names = {cls for _, cls, _, _ in ROUTING_PATCHES}
+    return any(type(m).__name__ in names for m in model.modules())
+
+
+def _method_patches() -> list:
+    """``(owner, attribute, replacement)`` for the ``ROUTING_PATCHES``, ``SCAN_PATCHES`` and
+    ``INPUT_PATCHES`` whose module is loaded (the owner: a class in it, or the module)."""
+    import sys
+
+    found = []
+    for module, cls, name, fn in ROUTING_PATCHES + SCAN_PATCHES + INPUT_PATCHES:
+        loaded = sys.modules.get(module)
+        owner = getattr(loaded, cls, None) if cls else loaded
+        if owner is not None and name in vars(owner):
+            found.append((owner, name, fn))
+    return found
+
+
 def _scan_modules():
     """Loaded transformers modules whose ``mamba_selective_scan`` is the reference scan."""
     import sys
@@ -135,8 +271,11 @@ def sparse_key_cap(config) -> int:
 def counting_context(key_cap: int = 0, document_tokens: int = 0):
     """What a counting run needs around the model call: SDPA calls routed to our op,
     transformers' packed-sequence and padding checks (which read tensor values) switched off
-    (our inputs are one unpadded, unpacked sequence per row), and Mamba's reference scan
-    replaced by ``counted_selective_scan`` (same FLOP, no loop over the sequence).
+    (our inputs are one unpadded, unpacked sequence per row), Mamba's reference scan
+    replaced by ``counted_selective_scan`` (same FLOP, no loop over the sequence) and the
+    ``ROUTING_PATCHES`` methods (same matmul FLOP, no tensor values read), ``SCAN_PATCHES``
+    recurrences (RWKV: same FLOP, no loop over the sequence) and ``INPUT_PATCHES`` (XLM's masks,
+    made on meta from the lengths ``known_inputs`` gives) replaced.
     ``document_tokens`` > 0: each row is packed documents of that length under document
     masking; our attention op counts causal self-attention per document."""
     import transformers.masking_utils as masking_utils
@@ -151,6 +290,10 @@ def counting_context(key_cap: int = 0, document_tokens: int = 0):
     scans = [(m, m.mamba_selective_scan) for m in _scan_modules()]
     for module, _ in scans:
         module.mamba_selective_scan = counted_selective_scan
+    patches = _method_patches()
+    methods = [(owner, name, vars(owner)[name]) for owner, name, _ in patches]
+    for owner, name, fn in patches:
+        setattr(owner, name, fn)
     saved_document = _DOCUMENT["tokens"]
     _DOCUMENT["tokens"] = int(document_tokens or 0)
     try:
@@ -164,3 +307,5 @@ def counting_context(key_cap: int = 0, document_tokens: int = 0):
             PreTrainedModel.warn_if_padding_and_no_attention_mask = saved_warn
         for module, original in scans:
             module.mamba_selective_scan = original
+        for owner, name, original in methods:
+            setattr(owner, name, original)

@@ -10,7 +10,9 @@ paths are routed around so nothing data-dependent runs on meta:
 * MoE experts use HF's ``grouped_mm`` implementation in bf16 (FLOP do not depend on the routing:
   every token meets exactly top-k experts); batched dense experts (Llama 4) count at top-k;
 * Mamba's reference scan (a Python loop over the sequence) is replaced by a loop-free scan with
-  the same matmul FLOP.
+  the same matmul FLOP, RWKV's recurrence likewise, and experts routed by ``nonzero``/``tolist``
+  (DBRX, JetMoE) run the same top-k matmuls without reading the routing;
+* LayerDrop is off (every layer counted, the same on every run).
 
 ``count_step`` extends a few shallow counts to the full depth by layer kind (exact, checked);
 see its docstring and docs/flops.md. The pieces: :mod:`audit.flops.hf_config` (the config),
@@ -21,6 +23,7 @@ see its docstring and docs/flops.md. The pieces: :mod:`audit.flops.hf_config` (t
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +34,8 @@ from audit.flops.counter import Tally
 from audit.flops.depth import (DepthError, kind_rows, per_layer_lists, plan_depths, extension_weights, signatures,
                                with_depth)
 from audit.flops.hf_config import decoder_config, experts_top_k, is_encoder_decoder, is_moe, num_experts
-from audit.flops.meta_patches import (ATTENTION_NAME, counting_context, register_counting_attention,
-                                      sparse_key_cap)
+from audit.flops.meta_patches import (ATTENTION_NAME, counting_context, known_inputs, register_counting_attention,
+                                      routed_by_patch, sparse_key_cap)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -40,10 +43,24 @@ def _one_line(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}"
 
 
-def _from_config(builder, config, kwargs, dtype=torch.bfloat16):
-    import copy
+def without_layerdrop(config) -> list[str]:
+    """Set every LayerDrop probability of ``config`` and its sub-configs to 0, in place (a
+    training step with LayerDrop skips layers at random: the count would change run to run; the
+    count is of every layer). Returns the fields that were set."""
+    from transformers import PretrainedConfig
 
+    changed = []
+    for part in (config, *(v for v in vars(config).values() if isinstance(v, PretrainedConfig))):
+        for key, value in list(vars(part).items()):
+            if key.endswith("layerdrop") and isinstance(value, (int, float)) and value > 0:
+                setattr(part, key, 0.0)
+                changed.append(f"{key}={value:g}")
+    return changed
+
+
+def _from_config(builder, config, kwargs, dtype=torch.bfloat16):
     config = copy.deepcopy(config)  # a failed attempt may leave its settings on the config
+    without_layerdrop(config)
     with torch.device("meta"), contextlib.redirect_stderr(io.StringIO()):
         model_class = _mapped_class(builder, config)
         wanted = getattr(model_class, "config_class", None)
@@ -164,6 +181,11 @@ def build_meta_model(config, attention: tuple = (ATTENTION_NAME, "sdpa", "eager"
                 break
     if model is None:
         raise RuntimeError("cannot build the model on meta: " + "; then ".join(errors))
+    if any(p.device.type != "meta" for p in model.parameters()):
+        model.to("meta")  # made by a factory the device context does not reach (DiffLlama's torch.normal)
+    dropped = without_layerdrop(copy.deepcopy(config))
+    if dropped:
+        notes.append(f"LayerDrop ({', '.join(dropped)}) off: every layer counted")
     if sparse_key_cap(config) and used["attn_implementation"] != ATTENTION_NAME:
         notes.append(f"sparse attention: each query attends to its top-{sparse_key_cap(config)} keys "
                      "(counted as min(causal keys, top-k)); the indexer's scores count as matmul")
@@ -180,7 +202,10 @@ def build_meta_model(config, attention: tuple = (ATTENTION_NAME, "sdpa", "eager"
         experts, top_k = num_experts(config), experts_top_k(config)
         shapes = frozenset(tuple(p.shape) for n, p in model.named_parameters()
                            if p.dim() == 3 and p.shape[0] == experts and ".experts." in n + ".")
-        if shapes and top_k:
+        if routed_by_patch(model):
+            notes.append("experts: the model's routing reads tensor values; while counting, a patch sends the "
+                         "same number of (token, expert) pairs through experts of the same shape")
+        elif shapes and top_k:
             dense = DenseExperts(weight_shapes=shapes, factor=top_k / experts)
             notes.append(f"experts: the model's own batched experts run every token through all {experts}; "
                          f"their matmuls are counted at top-{top_k}")
@@ -202,7 +227,7 @@ class ParamCounts:
 
 def count_parameters(model, config) -> ParamCounts:
     """Unique parameters (a tied lm_head counts once). Active = total minus the experts a token
-    does not use; expert weights are the parameters under an ``experts`` module."""
+    does not use (``_is_expert_weight``)."""
     total, embedding, expert = 0, 0, 0
     experts = num_experts(config)
     for name, param in model.named_parameters(remove_duplicate=True):
@@ -210,11 +235,22 @@ def count_parameters(model, config) -> ParamCounts:
         total += n
         if "embed" in name or name.endswith(("wte.weight", "wpe.weight")) or "lm_head" in name:
             embedding += n
-        if experts and ".experts." in name + ".":
+        if experts and _is_expert_weight(name, param, experts):
             expert += n
     top_k = experts_top_k(config)
     active = total - expert * (1 - top_k / experts) if experts and top_k else total
     return ParamCounts(total=float(total), active=float(active), embedding=float(embedding))
+
+
+def _is_expert_weight(name: str, param, experts: int) -> bool:
+    """A parameter of one expert among ``experts``: under an ``experts`` module (not its router,
+    nor a vector held by the experts module itself, which every token uses: JetMoE's output bias),
+    or stacked per expert (3-d, first dimension the expert count: JetMoE's ``input_linear``)."""
+    if param.dim() == 3 and param.shape[0] == experts:
+        return True
+    if ".experts." not in name + "." or ".router." in name:
+        return False
+    return not (param.dim() == 1 and name.rsplit(".", 1)[0].endswith("experts"))
 
 
 @dataclass
@@ -357,6 +393,18 @@ def _with_mtp(step: StepCount, config, model, kinds, depths, steps) -> StepCount
                      dtype=step.dtype)
 
 
+def audio_codebooks(model, config) -> int:
+    """Parallel codebooks of an audio-token decoder (MusicGen: ``num_codebooks`` token streams,
+    one code of each summed into every position, one lm_head each), else 0. Such a model is
+    counted per position (audio frame): ``seq_len`` frames of that many codes each. A model that
+    declares codebooks but predicts text with one head (Moshi's causal LM) is not one."""
+    value = getattr(decoder_config(config), "num_codebooks", None)
+    heads = getattr(model, "lm_heads", None)
+    if is_encoder_decoder(config) or not isinstance(value, int) or value < 2:
+        return 0
+    return value if isinstance(heads, torch.nn.ModuleList) and len(heads) == value else 0
+
+
 def count_step_full(config, seq_len: int, batch: int = 1, source_len: int | None = None,
                     built: MetaModel | None = None, document_tokens: int | None = None,
                     prepare=None) -> StepCount:
@@ -368,12 +416,17 @@ def count_step_full(config, seq_len: int, batch: int = 1, source_len: int | None
     built = built or build_meta_model(config)
     model = built.model if prepare is None else prepare(built.model)
     ids = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
-    if is_encoder_decoder(config):
+    codebooks = audio_codebooks(model, config)
+    if codebooks:  # one token stream per codebook, summed into one position
+        streams = torch.zeros(batch * codebooks, seq_len, dtype=torch.long, device="meta")
+        labels = torch.zeros(batch, seq_len, codebooks, dtype=torch.long, device="meta")
+        inputs = dict(input_ids=streams, labels=labels, use_cache=False)
+    elif is_encoder_decoder(config):
         source = torch.zeros(batch, source_len or seq_len, dtype=torch.long, device="meta")
         # decoder inputs given, so the labels are not shifted (no decoder_start_token_id needed)
         inputs = dict(input_ids=source, decoder_input_ids=ids, labels=ids, use_cache=False)
     else:
-        inputs = dict(input_ids=ids, labels=ids, use_cache=False)
+        inputs = dict(input_ids=ids, labels=ids, use_cache=False, **known_inputs(config, batch, seq_len))
     with counting_context(sparse_key_cap(config), document_tokens or 0):
         with FlopCounter(built.dense_experts) as forward:
             out = model(**inputs)
@@ -382,5 +435,6 @@ def count_step_full(config, seq_len: int, batch: int = 1, source_len: int | None
             loss.backward()
     return StepCount(tokens=batch * seq_len, forward=forward.tally, backward=backward.tally,
                      params=count_parameters(model, config),
-                     architecture=type(model).__name__, notes=list(built.notes), attention=built.attention,
-                     dtype=built.dtype)
+                     architecture=type(model).__name__, attention=built.attention, dtype=built.dtype,
+                     notes=list(built.notes) + ([f"audio tokens: counted per position (frame) of {codebooks} "
+                                                 "codebooks"] if codebooks else []))

@@ -64,7 +64,7 @@ class ModelSummary(StrictModel):
         "counted", description="counted by this run, or read from the count cache (authenticated)")
 
 
-COUNTER_VERSION = "6"  # bump when formulas or the cache format change, to invalidate caches
+COUNTER_VERSION = "7"  # bump when formulas or the cache format change, to invalidate caches
 ENTRY_MAX_BYTES = 1 << 20  # an entry is under 1 KiB; a bigger file is not read
 _MAC_DOMAIN = b"flopgate count cache entry v1\0"
 

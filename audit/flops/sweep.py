@@ -35,6 +35,10 @@ FIXES: dict[str, dict[str, Any]] = {
                                                           for i in range(24)]},
     # DBRX: 8 KV heads, rope theta 5e5, qkv clipped at 8
     "dbrx": {"attn_config": {"kv_n_heads": 8, "rope_theta": 500000.0, "clip_qkv": 8.0}},
+    # X-MOD: a language for the adapters (the default has one, en_XX, and names none as default)
+    "xmod": {"default_language": "en_XX"},
+    # North-Micro: rope parameters per layer type (the default leaves them empty; theta changes no FLOP)
+    "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
 }
 
 # Why a type fails where its raw error does not say it: shown beside the error.
@@ -42,15 +46,15 @@ KNOWN_LIMITS: dict[str, str] = {
     **dict.fromkeys(["dots3_note", "dots3_note_text"],
                     "per-layer attention settings the config will not read globally"),
     "blt": "byte patches are cut where the entropy model's output says: data-dependent shapes",
-    **dict.fromkeys(["jetmoe", "longcat_flash"], "experts chosen by data-dependent indexing (nonzero/tolist)"),
+    "longcat_flash": ("zero-computation (identity) experts among the top-k: the FLOP per token depend on how "
+                      "many picks the trained router sends to them"),
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"],
                     "a draft model fed by another model's hidden states, not a language model alone"),
-    **dict.fromkeys(["musicgen", "musicgen_melody"],
-                    "audio-token model: its input is one stream per codebook, not a token sequence"),
-    "xmod": "needs a language id (adapters per language)",
-    "dbrx": "experts chosen by data-dependent indexing (nonzero)",
     "nllb-moe": "experts chosen by data-dependent indexing (nonzero)",
     "gemma3n": "its vision tower needs the timm package, not installed here",
+    **dict.fromkeys(["qwen4_exp", "qwen4_exp_text"],
+                    "QSA sparse attention: the class default leaves the indexer's sizes unset, and with them set "
+                    "the indexer picks keys with nonzero (data-dependent)"),
     "git": "an image-captioning model: its loss expects image tokens before the text",
 }
 
