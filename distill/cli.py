@@ -186,6 +186,7 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
     from audit.errors import InputError
     from audit.weights import teacher_folder
     from distill.data import check_manifest, read_manifest
+    from distill.shards import is_shard_manifest
     from distill.trainer import TrainConfig
 
     from distill.checkpoint import list_checkpoints
@@ -207,6 +208,10 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
         raise InputError("the trainer reads its data through an audited manifest; none is set",
                          source=source, field="data.manifest")
     manifest, manifest_files = read_manifest(plan.data.manifest, expected_sha256=manifest_sha256)
+    if not is_shard_manifest(manifest):
+        raise InputError("is a manifest of raw text files; the trainer reads prepared shards only: run flopgate data "
+                         "prepare on the files, set data.manifest to its manifest.json and re-run flopgate check",
+                         source=str(plan.data.manifest), field="format")
     data_files = [Path(f) for f in args.data] if args.data else manifest_files
     check_manifest(manifest, data_files, source=plan.data.manifest)
 

@@ -34,7 +34,7 @@ name: tiny-gate-test
 organization: {{name: Test Org, jurisdictions: [EU]}}
 teacher: {{model: ./teacher, access: weights, config: ./teacher}}
 student: {{name: Tiny-Student, config: ./student.json, init: scratch}}
-data: {{tokens: {PLAN_TOKENS}, seq_len: {SEQ_LEN}, manifest: ./manifest.json}}
+data: {{tokens: {PLAN_TOKENS}, seq_len: {SEQ_LEN}, manifest: ./shards/manifest.json}}
 method: {{kind: logits, loss: forward_kl, temperature: 1.0}}
 use: {{purpose: gate test, scope: narrow, distribution: internal}}
 schedule: {{start: 2026-12-01}}
@@ -59,11 +59,24 @@ class Project:
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.json"
+        return self.root / "shards" / "manifest.json"
 
     @property
     def data(self) -> Path:
+        """The text the shards were prepared from (not read by the trainer)."""
         return self.root / "data.txt"
+
+    @property
+    def shard(self) -> Path:
+        """The token file the trainer reads."""
+        return self.root / "shards" / "shard-00000.bin"
+
+    def prepare(self) -> Path:
+        """(Re)make the shards from ``data`` with the teacher's tokenizer; returns the manifest."""
+        from distill.prepare import prepare
+
+        return prepare([self.data], tokenizer_dir=self.root / "teacher", out=self.root / "shards", workers=1,
+                       replace=True).manifest_path
 
     @property
     def pack(self) -> Path:
@@ -72,10 +85,8 @@ class Project:
 
 def build_template(folder: Path) -> Path:
     """The project folder: a tiny teacher model folder (seeded weights + shipped tokenizer), a
-    smaller student config, the first ~20 kB of the shipped training text and its manifest."""
-    from transformers import AutoTokenizer
-
-    from distill.data import build_manifest, write_manifest
+    smaller student config, the first ~20 kB of the shipped training text and its shards
+    (``flopgate data prepare``: the manifest the plan names)."""
     from distill_testkit import TRAIN_TEXT, make_model_dir, write_config
 
     folder.mkdir(parents=True)
@@ -83,8 +94,7 @@ def build_template(folder: Path) -> Path:
     write_config(folder / "student.json")
     text = TRAIN_TEXT.read_text(encoding="utf-8")
     (folder / "data.txt").write_text(text[:text.index("\n\n", 20_000)] + "\n", encoding="utf-8")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder / "teacher"), local_files_only=True)
-    write_manifest(folder / "manifest.json", build_manifest([folder / "data.txt"], tokenizer, base=folder))
+    Project(folder).prepare()
     (folder / "packs").mkdir()
     (folder / "packs" / "test-pack.yaml").write_text(f"id: {PACK_ID}\nversion: '{PACK_VERSION}'\n")
     (folder / "plan.yaml").write_text(PLAN_YAML, encoding="utf-8")

@@ -120,23 +120,39 @@ def test_no_cuda_refuses_without_allow_cpu(project, signer, model_loads, monkeyp
 
 
 def test_dry_run_checks_the_data_files_too(project, signer, model_loads, capsys):
-    """The data file is not an audit subject, but the audited manifest pins its sha256."""
+    """The shard files are not audit subjects, but the audited manifest pins their sha256."""
     envelope = make_audit(project, signer)
-    project.data.write_text(project.data.read_text() + "an extra sentence .\n")
+    data = bytearray(project.shard.read_bytes())
+    data[10] ^= 1
+    project.shard.write_bytes(bytes(data))
     code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")
-    assert code == 2 and "files[0].sha256" in err
+    assert code == 2 and "sha256" in err and "shard-00000.bin" in err
     assert model_loads == []
 
 
 def test_data_elsewhere_must_match_the_manifest(project, signer, model_loads, tmp_path, capsys):
     envelope = make_audit(project, signer)
-    moved = tmp_path / "moved.txt"
-    shutil.copy(project.data, moved)
+    shutil.copytree(project.shard.parent, tmp_path / "moved")   # a shard's .idx and .mask sit beside its .bin
+    moved = tmp_path / "moved" / project.shard.name
     code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run", "--data", moved)
     assert code == 0, err
-    moved.write_text("different text .\n")
+    moved.write_bytes(bytes(reversed(moved.read_bytes())))
     code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run", "--data", moved)
     assert code == 2 and "manifest" in err
+    assert model_loads == []
+
+
+def test_a_raw_text_manifest_is_refused_with_the_way_to_prepare_it(project, signer, model_loads, capsys):
+    """Raw text is an input to flopgate data prepare only: the trainer maps prepared shards."""
+    from transformers import AutoTokenizer
+
+    from distill.data import build_manifest, write_manifest
+
+    tokenizer = AutoTokenizer.from_pretrained(str(project.root / "teacher"), local_files_only=True)
+    write_manifest(project.manifest, build_manifest([project.data], tokenizer, base=project.manifest.parent))
+    envelope = make_audit(project, signer)
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--dry-run")
+    assert code == 2 and "flopgate data prepare" in err and "manifest.json" in err and err.count("\n") == 1
     assert model_loads == []
 
 
@@ -305,23 +321,20 @@ def test_approved_review_trains_and_the_record_names_the_approval(project, signe
 def test_cached_logits_plan_builds_the_cache_once_and_meters_the_student_per_token(project, signer, capsys):
     """A cached_logits plan: the teacher's forward is spent once (building the cache) and
     charged once; per training token the meter counts the student alone."""
-    from transformers import AutoTokenizer
-
-    from distill.data import build_manifest, load_packed, write_manifest
+    import json as json_
 
     project.plan.write_text(project.plan.read_text().replace("kind: logits", "kind: cached_logits"))
     # The cache covers every packed token: a 3 kB slice of the data (still many times the two
     # steps) keeps its build to a fraction of a second; the whole 20 kB takes seconds on 2 cores.
     text = project.data.read_text(encoding="utf-8")
     project.data.write_text(text[:text.index("\n\n", 3000)] + "\n", encoding="utf-8")
-    tokenizer = AutoTokenizer.from_pretrained(str(project.root / "teacher"), local_files_only=True)
-    write_manifest(project.manifest, build_manifest([project.data], tokenizer, base=project.root))
+    project.prepare()
     envelope = make_audit(project, signer)
     code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 2,
                              "--micro-batch", MICRO_BATCH, "--teacher-cache", project.root / "cache")
     assert code == 0, err
     assert any((project.root / "cache").iterdir())
-    cached_tokens = len(load_packed([project.data], tokenizer, SEQ_LEN, seed=0)) * SEQ_LEN
+    cached_tokens = (json_.loads(project.manifest.read_text())["total_tokens"] - 1) // SEQ_LEN * SEQ_LEN
     record = json.loads((project.root / "out" / "run-record.json").read_text())["predicate"]
     expected = 2 * TOKENS_PER_STEP * STUDENT_TRAIN_FPT + cached_tokens * TEACHER_FORWARD_FPT
     assert record["compute"]["flops"] == pytest.approx(expected)

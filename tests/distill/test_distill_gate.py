@@ -78,7 +78,7 @@ def _edited_teacher_config(project, keys, installed):
 def _edited_manifest(project, keys, installed):
     envelope = make_audit(project, keys.signer)
     project.manifest.write_text(project.manifest.read_text() + " ")
-    return envelope, [], ["subjects: manifest.json (dataset_manifest)"]
+    return envelope, [], ["subjects: shards/manifest.json (dataset_manifest)"]
 
 
 def _untrusted_key(project, keys, installed):

@@ -42,7 +42,7 @@ name: {name}
 organization: {{name: Test Org, jurisdictions: [EU]}}
 teacher: {{model: ./teacher, access: weights, config: ./teacher, weights: ./teacher}}
 student: {{name: Tiny-Student, config: ./student.json, init: scratch{adapter}}}
-data: {{tokens: 4096, seq_len: {SEQ_LEN}, manifest: ./manifest.json}}
+data: {{tokens: 4096, seq_len: {SEQ_LEN}, manifest: ./shards/manifest.json}}
 method: {{kind: on_policy, student_generated_tokens: 2.0e4, prompt_tokens: 2.0e4, loss: jsd}}
 use: {{purpose: gate test, scope: narrow, distribution: internal}}
 schedule: {{start: 2026-12-01}}
