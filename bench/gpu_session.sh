@@ -10,9 +10,12 @@
 #   1. nvidia-smi and versions;
 #   2. the gated pipeline end to end: a Llama-shaped random-weight teacher (pair A's teacher,
 #      Llama-3.2-1B shape) and a smaller student config made on the spot, a 128,256-word
-#      tokenizer, synthetic text and its manifest, `flopgate keygen`, `flopgate check`,
-#      `flopgate distill` on CUDA for PIPELINE_STEPS steps, `flopgate verify` of the run record;
-#      then tokens/s and peak GPU memory; then the trainer on cached teacher logits (API, no gate);
+#      tokenizer, synthetic text and its shards (flopgate data prepare), `flopgate keygen`,
+#      `flopgate check`, `flopgate distill` on CUDA for PIPELINE_STEPS steps, `flopgate verify` of
+#      the run record; then tokens/s and peak GPU memory; then the trainer on cached teacher
+#      logits (API, no gate); 2c. the same teacher generating through transformers' generate and
+#      vLLM (when installed): tokens/s and their ratio; 2d. with 2+ GPUs, an 8B-shaped student
+#      sharded by FSDP2 (activation checkpointing on) for 3 steps under torchrun;
 #   3. bench/distill_step.py --pair A (all sections, all variants);
 #   4. bench/distill_step.py --pair B, step section, without the compiled plain baseline;
 #   5. only if time is left: pair B's compiled plain baseline (it compiles for minutes).
@@ -75,7 +78,7 @@ phase "2. gated pipeline: keygen, check, distill on CUDA"
 WORK=/tmp/flopgate-e2e
 rm -rf "$WORK"
 timeout "$(budget 200)" python3 - "$WORK" "$TINY" <<'PY' 2>&1 | tee "$OUT/pipeline.log"
-"""Make the project on the spot: tokenizer, teacher folder, student config, data, manifest, plan."""
+"""Make the project on the spot: tokenizer, teacher folder, student config, data, shards, plan."""
 import datetime as dt, json, sys
 from pathlib import Path
 
@@ -84,7 +87,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from distill.data import build_manifest, write_manifest
+from distill.prepare import prepare
 
 work, tiny = Path(sys.argv[1]), sys.argv[2] == "1"
 work.mkdir(parents=True)
@@ -119,15 +122,14 @@ while at < len(ranks):
     text.append(" ".join(f"w{r}" for r in ranks[at:at + size]))
     at += size
 (work / "data.txt").write_text("\n\n".join(text) + "\n", encoding="utf-8")
-manifest = build_manifest([work / "data.txt"], tokenizer, base=work)
-write_manifest(work / "manifest.json", manifest)
+manifest = prepare([work / "data.txt"], tokenizer_dir=work / "teacher", out=work / "shards", workers=1).manifest
 seq_len = 64 if tiny else 1024
 plan = f"""plan_version: 1
 name: gpu-session-e2e
 organization: {{name: flopgate GPU session, jurisdictions: [EU]}}
 teacher: {{model: ./teacher, access: weights, config: ./teacher, license: apache-2.0}}
 student: {{name: e2e-student, config: ./student.json, init: scratch, license: apache-2.0}}
-data: {{tokens: {manifest['total_tokens']}, epochs: 4, seq_len: {seq_len}, manifest: ./manifest.json}}
+data: {{tokens: {manifest['total_tokens']}, epochs: 4, seq_len: {seq_len}, manifest: ./shards/manifest.json}}
 method: {{kind: logits, loss: forward_kl, temperature: 1.0}}
 use: {{purpose: throughput check of the gated trainer, scope: narrow, distribution: internal}}
 schedule: {{start: {dt.date.today().isoformat()}}}
@@ -189,6 +191,77 @@ if torch.cuda.is_available():
     print(f"cached run: peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 PY
 cd - > /dev/null || exit 1
+
+phase "2c. local-teacher generation: transformers generate vs vLLM (same teacher, same prompts)"
+timeout "$(budget 150)" python3 - "$WORK" "$TINY" <<'PY' 2>&1 | tee -a "$OUT/generation.log"
+import importlib.util, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+import torch
+from distill.generation.backend import Sampling
+from distill.generation.local import TransformersBackend, VLLMBackend
+from distill.models import load_teacher, load_tokenizer
+
+work, tiny = Path(sys.argv[1]), sys.argv[2] == "1"
+teacher = work / "teacher"
+tokenizer = load_tokenizer(teacher)
+if not tokenizer.chat_template:
+    tokenizer.chat_template = "{% for m in messages %}{{ m.content }} {% endfor %}"
+    tokenizer.save_pretrained(teacher)
+prompts = [[{"role": "user", "content": " ".join(f"w{(7 * i + j) % 500 + 2}" for j in range(32))}] for i in range(16 if tiny else 256)]
+sampling = Sampling(model="t", max_tokens=16 if tiny else 256, temperature=1.0, seed=0)
+batch = 8 if tiny else 64
+
+def measure(backend) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(batch) as pool:
+        done = list(pool.map(lambda m: backend.complete(m, sampling), prompts))
+    seconds = time.perf_counter() - start
+    tokens = sum(c.completion_tokens for c in done)
+    print(f"  {backend.engine}: {len(done)} prompts, {tokens:,} generated tokens in {seconds:.1f} s = {tokens / seconds:,.0f} tokens/s")
+    return tokens / seconds
+
+device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
+hf = TransformersBackend(load_teacher(teacher, device, torch.bfloat16 if device == "cuda" else torch.float32),
+                         tokenizer, model_id="t", batch_size=batch, seed=0)
+hf_rate = measure(hf)
+hf.close()
+del hf
+torch.cuda.empty_cache() if torch.cuda.is_available() else None
+if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
+    print("  vllm: not measured (needs the vllm package and a CUDA device)")
+else:
+    vllm = VLLMBackend(teacher, model_id="t", batch_size=batch, seed=0)
+    print(f"  vllm / transformers generate: {measure(vllm) / hf_rate:.2f}x (one run, side by side)")
+    vllm.close()
+PY
+
+phase "2d. sharded student (FSDP2) steps under torchrun over every GPU"
+NGPU=$([ "$TINY" = 1 ] && echo 2 || (nvidia-smi -L 2>/dev/null | wc -l))
+if [ "$NGPU" -lt 2 ]; then
+  echo "one device: FSDP2 has nothing to shard over; skipped (run on a machine with 2+ GPUs)"
+else
+  python3 - "$WORK" "$TINY" <<'PY'
+import json, sys
+from pathlib import Path
+work, tiny = Path(sys.argv[1]), sys.argv[2] == "1"
+shape = (dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128)
+         if tiny else dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                           intermediate_size=14336))   # Llama-3.1-8B's shape
+config = json.loads((work / "student.json").read_text())
+(work / "student-8b.json").write_text(json.dumps({**config, **shape}))
+(work / "fsdp.json").write_text(json.dumps(dict(
+    teacher_dir=str(work / "teacher"), student_config=str(work / "student-8b.json"),
+    data_files=[str(p) for p in sorted((work / "shards").glob("*.bin"))], manifest=str(work / "shards" / "manifest.json"),
+    seq_len=64 if tiny else 1024, micro_batch=1, max_steps=3, out_dir=str(work / "fsdp-run"), progress=False,
+    student_sharding="fsdp", activation_checkpointing=True, checkpoint_every=100000, tensorboard=False,
+    device="cpu" if tiny else "auto")))
+PY
+  timeout "$(budget 200)" python3 -m torch.distributed.run --standalone --nproc_per_node "$NGPU" \
+    tests/distill/run_train.py "$WORK/fsdp.json" --result "$WORK/fsdp-result.json" 2>&1 | tail -20 | tee -a "$OUT/fsdp.log"
+  python3 -c "import json; r=[json.loads(l) for l in open('$WORK/fsdp-run/metrics.jsonl')]; print('fsdp student steps:', [(x['step'], round(x['tokens_per_s'])) for x in r])" \
+    2>&1 | tee -a "$OUT/fsdp.log"
+fi
 
 DEVICE_ARGS=$([ "$TINY" = 1 ] && echo "--tiny --device cpu --steps 2" || echo)
 phase "3. bench/distill_step.py --pair A"
