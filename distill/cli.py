@@ -186,6 +186,7 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
     from audit.errors import InputError
     from audit.weights import teacher_folder
     from distill.data import check_manifest, read_manifest
+    from distill.preflight import refuse_document_counting_without_masking
     from distill.shards import is_shard_manifest
     from distill.trainer import TrainConfig
 
@@ -207,6 +208,7 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
     if not plan.data.manifest:
         raise InputError("the trainer reads its data through an audited manifest; none is set",
                          source=source, field="data.manifest")
+    refuse_document_counting_without_masking(plan, source)
     manifest, manifest_files = read_manifest(plan.data.manifest, expected_sha256=manifest_sha256)
     if not is_shard_manifest(manifest):
         raise InputError("is a manifest of raw text files; the trainer reads prepared shards only: run flopgate data "

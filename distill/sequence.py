@@ -51,7 +51,7 @@ from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from audit.errors import InputError
 from audit.numbers import short_sci
@@ -307,6 +307,8 @@ class SequenceConfig(LoopConfig):
     student_init: Literal["scratch", "base"] = "scratch"
     student_config: Optional[Path] = None
     student_base_dir: Optional[Path] = None
+    mean_document_tokens: Optional[int] = Field(default=None, gt=0, description="the plan's data.mean_document_"
+                                                "tokens: the packed samples' attention must fit what it counted")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -352,16 +354,24 @@ class SequenceConfig(LoopConfig):
         fields = dict(generated_dir=Path(generated_dir), tokenizer_dir=Path(tokenizer_dir),
                       student_init=plan.student.init, student_config=student_config, student_base_dir=base_dir,
                       seq_len=plan.data.seq_len, max_tokens=int(plan.data.tokens * plan.data.epochs),
+                      mean_document_tokens=plan.data.mean_document_tokens,
                       budget_flops=budget_flops, flops_per_token=flops_per_token, out_dir=Path(out_dir))
         fields.update(overrides)
         return validate_model(cls, fields, source)
 
 
-def tokenize_and_pack(generated: GeneratedData, tokenizer, seq_len: int, seed: int) -> PackedSamples:
+def tokenize_and_pack(generated: GeneratedData, tokenizer, cfg: SequenceConfig) -> PackedSamples:
+    """The kept samples tokenized and packed; refused (before any model loads) when their
+    attention blocks pass what the audit counted (:mod:`distill.preflight`)."""
+    from distill.preflight import check_packed_attention
+
     encoded = [encode_sample(tokenizer, messages, answer, where=f"{generated.kept_path}: sample {i + 1}")
                for i, (messages, answer) in enumerate(read_samples(generated))]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    return pack(encoded, seq_len, seed=seed, pad_id=pad)
+    data = pack(encoded, cfg.seq_len, seed=cfg.seed, pad_id=pad)
+    check_packed_attention((torch.bincount(row).tolist() for row in data.segments), cfg.seq_len,
+                           cfg.mean_document_tokens, source=str(generated.kept_path))
+    return data
 
 
 def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: bool = False,
@@ -384,7 +394,7 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: boo
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
-        data = tokenize_and_pack(generated, tokenizer, cfg.seq_len, cfg.seed)
+        data = tokenize_and_pack(generated, tokenizer, cfg)
         student = build_student(cfg.student_init, config=cfg.student_config, base_dir=cfg.student_base_dir,
                                 seed=cfg.seed).to(device)
         if after_load is not None:
@@ -479,7 +489,7 @@ def run(args, opened) -> int:
     if args.dry_run:
         from distill.models import load_tokenizer
 
-        tokenize_and_pack(generated, load_tokenizer(cfg.tokenizer_dir), cfg.seq_len, cfg.seed)
+        tokenize_and_pack(generated, load_tokenizer(cfg.tokenizer_dir), cfg)
         return cli.dry_run_done(args)
 
     booked = opened.step_charges()
