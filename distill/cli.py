@@ -29,12 +29,7 @@ from pathlib import Path
 from audit.cli.args import add_ledger_option, help_text, positive
 from audit.compute.run_budget import positive_number
 from audit.numbers import short_sci
-
-SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
-                "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size")
-"""Config fields that fix a model's FLOP per token: the teacher used must match the audited one."""
-
+from distill import preflight
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("distill", help="run the planned distillation behind a verified audit",
@@ -141,7 +136,7 @@ def run(args) -> int:
     cfg = train_config(loaded, args, out_dir=opened.out_dir, flops_per_token=flops_per_token, budget=budget,
                        teacher_flops_per_token=teacher_fpt,
                        manifest_sha256=next((e.sha256 for e in gate.audit.inputs_of("dataset_manifest")), None))
-    device_name = _device(args)
+    device_name = preflight.device_name(args)
     print(f"compute: {short_sci(flops_per_token, 4)} FLOP per token, budget {short_sci(budget, 4)} FLOP "
           f"(stop before {short_sci(budget * (1 + cfg.tolerance), 4)}); device {device_name}")
     if args.dry_run:
@@ -152,11 +147,11 @@ def run(args) -> int:
     # Under torchrun every process runs the checks; only the first signs (and may create a key)
     # and books the gate opening and each step's charge in the ledger.
     booked = opened.step_charges()
-    result = train(cfg, resume=args.resume, after_load=audited_model_checks(loaded, gate),
+    result = train(cfg, resume=args.resume, after_load=preflight.audited_model_checks(loaded, gate),
                    on_step=booked.on_step if booked else None, after_resume=booked.after_resume if booked else None)
     if result.rank != 0:
         return 0
-    return _finish(args, loaded, gate, cfg, result, opened.signing_key(), device_name)
+    return finish_run(args, loaded, gate, cfg, result, opened.signing_key(), device_name)
 
 
 def dry_run_done(args) -> int:
@@ -168,54 +163,19 @@ def dry_run_done(args) -> int:
     return 0
 
 
-def run_files() -> tuple[str, ...]:
-    """What a finished or started run leaves in --out besides checkpoints: a new run there must
-    say --resume, so that a signed run record or a metrics log is never overwritten silently."""
-    from distill.model_card import README_NAME
-    from distill.record import RECORD_ENVELOPE, RECORD_JSON
-    from distill.run_report import REPORT_NAME
-
-    return RECORD_ENVELOPE, RECORD_JSON, "metrics.jsonl", README_NAME, REPORT_NAME
-
-
 def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget: float,
                  teacher_flops_per_token: float | None = None, manifest_sha256: str | None = None):
     """The trainer's config from the plan, the audit's figures and the flags; checks the
     teacher folder and the data files first (no model is loaded). ``manifest_sha256`` is the
     audited manifest's digest: the manifest read here and by the trainer must have it."""
-    from audit.errors import InputError
-    from audit.weights import teacher_folder
-    from distill.data import check_manifest, read_manifest
-    from distill.preflight import refuse_document_counting_without_masking
-    from distill.shards import is_shard_manifest
+    from distill import preflight
     from distill.trainer import TrainConfig
 
-    from distill.checkpoint import list_checkpoints
-
     plan, source = loaded.plan, str(loaded.path)
-    used = [name for name in run_files() if (out_dir / name).exists()]
-    if list_checkpoints(out_dir):
-        used.insert(0, "checkpoints")
-    if used and not args.resume:
-        raise InputError(f"already holds checkpoints or a run ({', '.join(used)}); resume the run (--resume) "
-                         "or choose another output folder (--out)", source=str(out_dir))
-    teacher_dir = teacher_folder(plan)
-    if teacher_dir is None:
-        raise InputError(f"training needs the teacher's weights in a local folder, signed by the audit; "
-                         f"{plan.teacher.model!r} is not one: set teacher.weights and re-run flopgate check",
-                         source=source, field="teacher.weights")
-    check_teacher_matches_audit(loaded, teacher_dir)
-    if not plan.data.manifest:
-        raise InputError("the trainer reads its data through an audited manifest; none is set",
-                         source=source, field="data.manifest")
-    refuse_document_counting_without_masking(plan, source)
-    manifest, manifest_files = read_manifest(plan.data.manifest, expected_sha256=manifest_sha256)
-    if not is_shard_manifest(manifest):
-        raise InputError("is a manifest of raw text files; the trainer reads prepared shards only: run flopgate data "
-                         "prepare on the files, set data.manifest to its manifest.json and re-run flopgate check",
-                         source=str(plan.data.manifest), field="format")
-    data_files = [Path(f) for f in args.data] if args.data else manifest_files
-    check_manifest(manifest, data_files, source=plan.data.manifest)
+    preflight.check_out_dir(out_dir, args.resume)
+    teacher_dir = preflight.teacher_dir(loaded)
+    preflight.refuse_document_counting_without_masking(plan, source)
+    data_files = preflight.training_data_files(loaded, args.data, manifest_sha256)
 
     with_teacher = loaded.model_copy(update={"plan": plan.model_copy(update={
         "teacher": plan.teacher.model_copy(update={"model": str(teacher_dir)})})})
@@ -248,66 +208,7 @@ def loop_overrides(args) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def check_teacher_matches_audit(loaded, teacher_dir: Path) -> None:
-    """A cheap check before any model loads: the teacher folder's config.json agrees with the
-    audited teacher config (as the gate verified it) on every shape field both give. The model
-    as loaded is checked in full afterwards (:func:`audited_model_checks`)."""
-    from audit.errors import InputError
-    from audit.fsutil import read_json
-
-    if loaded.teacher_config is None:
-        raise InputError("the plan has no teacher.config, so the teacher's weights cannot be matched "
-                         "to the audit: add it and re-run flopgate check", source=str(loaded.path),
-                         field="teacher.config")
-    audited = loaded.teacher_config.data
-    actual = read_json(teacher_dir / "config.json", "the teacher's config.json")
-    if not isinstance(actual, dict):
-        raise InputError("config.json is not a JSON object", source=str(teacher_dir))
-    differing = [f"{k} {actual[k]!r} (audited {audited[k]!r})" for k in SHAPE_FIELDS
-                 if k in actual and k in audited and actual[k] != audited[k]]
-    if differing or not all(k in actual and k in audited for k in ("hidden_size", "num_hidden_layers")):
-        detail = ", ".join(differing) or "hidden_size/num_hidden_layers missing"
-        raise InputError(f"the teacher folder is not the audited teacher: {detail}",
-                         source=str(teacher_dir / "config.json"))
-
-
-def audited_model_checks(loaded, gate):
-    """The trainer's ``after_load`` hook: the models as loaded have exactly the parameter shapes
-    of the audited configs (so the audited FLOP per token is theirs), and the teacher folder did
-    not change between the gate's hash and the load."""
-    from audit.weights import teacher_folder, verify_unchanged
-    from distill.model_check import check_loaded_model
-
-    def check(teacher, student) -> None:
-        if teacher is not None and loaded.teacher_config is not None:
-            check_loaded_model(teacher, loaded.teacher_config.data, role="teacher",
-                               source=str(teacher_folder(loaded.plan)))
-        if student is not None and loaded.plan.student.init != "pruned_teacher":
-            check_loaded_model(student, loaded.student_config.data, role="student",
-                               source=str(loaded.student_config.path))
-        for digest in gate.model_folders.values():
-            verify_unchanged(digest)
-
-    return check
-
-
-def _device(args) -> str:
-    """The accelerator's name; refuses CPU training without --allow-cpu."""
-    import platform
-
-    import torch
-
-    from audit.errors import InputError
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    if not args.allow_cpu:
-        raise InputError("no CUDA device found; distillation runs on GPUs. Pass --allow-cpu to train "
-                         "on the CPU (tests and tiny demos only)", field="--allow-cpu")
-    return f"CPU ({platform.machine() or 'unknown'})"
-
-
-def _finish(args, loaded, gate, cfg, result, signing_key, device_name: str, extra_files=()) -> int:
+def finish_run(args, loaded, gate, cfg, result, signing_key, device_name: str, extra_files=()) -> int:
     from audit.attest.keys import key_id, short_fingerprint
     from distill.export import export_model
     from distill.model_card import installed_clause_types, write_model_card

@@ -298,7 +298,7 @@ def _open_backend(args, loaded, gate, endpoint: str | None, teacher: dict):
         api_key, key_source = api_key_for(loaded.plan, os.environ)
         return OpenAIBackend(endpoint, api_key, key_source=key_source, timeout_s=args.timeout)
     from audit.weights import teacher_folder, verify_unchanged
-    from distill.cli import audited_model_checks, check_teacher_matches_audit
+    from distill.preflight import audited_model_checks, check_teacher_matches_audit
 
     folder = teacher_folder(loaded.plan)
     describe = {"weights_sha256": teacher["weights_sha256"]}

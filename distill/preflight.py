@@ -1,5 +1,9 @@
-"""Checks ``flopgate distill`` runs after the gate and before any model loads, that compare what
-the run will do with what the audit counted.
+"""The checks ``flopgate distill`` (and ``generate``'s local teacher) run after the gate and
+before any model loads, in one place: the output folder, the teacher folder against the audited
+config, the training data against the audited manifest (prepared shards only), the device, the
+packed attention against what the audit counted; and the models as loaded against the audited
+configs (:func:`audited_model_checks`, the trainer's ``after_load`` hook). The meter's per-token
+figures and budget come from ``audit.compute.run_budget.meter_figures`` through the gate.
 
 Attention under packing. The audit counts attention over the (query, key) pairs a mask keeps
 (``audit.flops.registry.kept_pairs``). A packed row of ``seq_len`` positions is counted as one
@@ -18,9 +22,15 @@ so a mean can under-count. Hence:
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
 
 from audit.errors import InputError
+
+SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
+                "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size")
+"""Config fields that fix a model's FLOP per token: the teacher used must match the audited one."""
 
 
 def block_pairs(lengths: Iterable[int]) -> int:
@@ -71,3 +81,123 @@ def _smallest_covering_mean(pairs_per_row: float, seq_len: int) -> int:
         else:
             low = mid + 1
     return low
+
+
+# -- the output folder, the teacher, the data -----------------------------------------------------
+
+def run_files() -> tuple[str, ...]:
+    """What a finished or started run leaves in --out besides checkpoints: a new run there must
+    say --resume, so that a signed run record or a metrics log is never overwritten silently."""
+    from distill.model_card import README_NAME
+    from distill.record import RECORD_ENVELOPE, RECORD_JSON
+    from distill.run_report import REPORT_NAME
+
+    return RECORD_ENVELOPE, RECORD_JSON, "metrics.jsonl", README_NAME, REPORT_NAME
+
+
+def check_out_dir(out_dir: Path, resume: bool, more: Sequence[str] = ()) -> None:
+    """A folder that holds a run (checkpoints, a record, a log, a report, or ``more``) is only
+    continued, with --resume: a signed record or a log is never overwritten silently."""
+    from distill.checkpoint import list_checkpoints
+
+    used = [name for name in (*run_files(), *more) if (out_dir / name).exists()]
+    if list_checkpoints(out_dir):
+        used.insert(0, "checkpoints")
+    if used and not resume:
+        raise InputError(f"already holds checkpoints or a run ({', '.join(used)}); resume the run (--resume) "
+                         "or choose another output folder (--out)", source=str(out_dir))
+
+
+def teacher_dir(loaded) -> Path:
+    """The teacher's local folder, signed by the audit, whose config.json is the audited one."""
+    from audit.weights import teacher_folder
+
+    folder = teacher_folder(loaded.plan)
+    if folder is None:
+        raise InputError(f"training needs the teacher's weights in a local folder, signed by the audit; "
+                         f"{loaded.plan.teacher.model!r} is not one: set teacher.weights and re-run flopgate check",
+                         source=str(loaded.path), field="teacher.weights")
+    check_teacher_matches_audit(loaded, folder)
+    return folder
+
+
+def check_teacher_matches_audit(loaded, teacher_dir: Path) -> None:
+    """A cheap check before any model loads: the teacher folder's config.json agrees with the
+    audited teacher config (as the gate verified it) on every shape field both give. The model
+    as loaded is checked in full afterwards (:func:`audited_model_checks`)."""
+    from audit.errors import InputError
+    from audit.fsutil import read_json
+
+    if loaded.teacher_config is None:
+        raise InputError("the plan has no teacher.config, so the teacher's weights cannot be matched "
+                         "to the audit: add it and re-run flopgate check", source=str(loaded.path),
+                         field="teacher.config")
+    audited = loaded.teacher_config.data
+    actual = read_json(teacher_dir / "config.json", "the teacher's config.json")
+    if not isinstance(actual, dict):
+        raise InputError("config.json is not a JSON object", source=str(teacher_dir))
+    differing = [f"{k} {actual[k]!r} (audited {audited[k]!r})" for k in SHAPE_FIELDS
+                 if k in actual and k in audited and actual[k] != audited[k]]
+    if differing or not all(k in actual and k in audited for k in ("hidden_size", "num_hidden_layers")):
+        detail = ", ".join(differing) or "hidden_size/num_hidden_layers missing"
+        raise InputError(f"the teacher folder is not the audited teacher: {detail}",
+                         source=str(teacher_dir / "config.json"))
+
+
+def training_data_files(loaded, override: Optional[Sequence[str]], manifest_sha256: Optional[str]) -> list[Path]:
+    """The shard files the run maps: the audited manifest's (or ``override``, --data), each
+    checked against it; a raw-text manifest is refused (prepare it first)."""
+    from distill.data import check_manifest, read_manifest
+    from distill.shards import is_shard_manifest
+
+    plan, source = loaded.plan, str(loaded.path)
+    if not plan.data.manifest:
+        raise InputError("the trainer reads its data through an audited manifest; none is set",
+                         source=source, field="data.manifest")
+    manifest, manifest_files = read_manifest(plan.data.manifest, expected_sha256=manifest_sha256)
+    if not is_shard_manifest(manifest):
+        raise InputError("is a manifest of raw text files; the trainer reads prepared shards only: run flopgate data "
+                         "prepare on the files, set data.manifest to its manifest.json and re-run flopgate check",
+                         source=str(plan.data.manifest), field="format")
+    data_files = [Path(f) for f in override] if override else manifest_files
+    check_manifest(manifest, data_files, source=plan.data.manifest)
+    return data_files
+
+
+def device_name(args) -> str:
+    """The accelerator's name; refuses CPU training without --allow-cpu."""
+    import platform
+
+    import torch
+
+    from audit.errors import InputError
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    if not args.allow_cpu:
+        raise InputError("no CUDA device found; distillation runs on GPUs. Pass --allow-cpu to train "
+                         "on the CPU (tests and tiny demos only)", field="--allow-cpu")
+    return f"CPU ({platform.machine() or 'unknown'})"
+
+
+
+# -- after the models load --------------------------------------------------------------------------
+
+def audited_model_checks(loaded, gate):
+    """The trainer's ``after_load`` hook: the models as loaded have exactly the parameter shapes
+    of the audited configs (so the audited FLOP per token is theirs), and the teacher folder did
+    not change between the gate's hash and the load."""
+    from audit.weights import teacher_folder, verify_unchanged
+    from distill.model_check import check_loaded_model
+
+    def check(teacher, student) -> None:
+        if teacher is not None and loaded.teacher_config is not None:
+            check_loaded_model(teacher, loaded.teacher_config.data, role="teacher",
+                               source=str(teacher_folder(loaded.plan)))
+        if student is not None and loaded.plan.student.init != "pruned_teacher":
+            check_loaded_model(student, loaded.student_config.data, role="student",
+                               source=str(loaded.student_config.path))
+        for digest in gate.model_folders.values():
+            verify_unchanged(digest)
+
+    return check

@@ -452,7 +452,7 @@ def run(args, opened) -> int:
     """``flopgate distill`` for a sequence plan (or any plan given --generated), after the gate
     opened: provenance, config, device, dry run, training, then the record as for logit KD."""
     from audit.attest.keys import load_trusted_keys
-    from distill import cli
+    from distill import cli, preflight
 
     gate = opened.gate
     loaded = gate.loaded_plan
@@ -469,19 +469,12 @@ def run(args, opened) -> int:
     except ProvenanceRefused as refused:
         return cli.refuse("distill", refused.reasons)
     out_dir = opened.out_dir
-    used = [name for name in (*cli.run_files(), DATA_RECORD) if (out_dir / name).exists()]
-    from distill.checkpoint import list_checkpoints
-
-    if list_checkpoints(out_dir):
-        used.insert(0, "checkpoints")
-    if used and not args.resume:
-        raise InputError(f"already holds checkpoints or a run ({', '.join(used)}); resume it (--resume) or "
-                         "choose another output folder (--out)", source=str(out_dir))
+    preflight.check_out_dir(out_dir, args.resume, more=(DATA_RECORD,))
     overrides = cli.loop_overrides(args)
     cfg = SequenceConfig.from_plan(loaded, generated_dir=args.generated, out_dir=out_dir,
                                    tokenizer_dir=args.tokenizer, flops_per_token=opened.flops_per_token,
                                    budget_flops=opened.budget_flops, **overrides)
-    device_name = cli._device(args)
+    device_name = preflight.device_name(args)
     print(f"generated data: {generated.kept_path} (sha256 {generated.kept_sha256[:12]}..., signed by the "
           f"generation record for this audit); tokenizer {cfg.tokenizer_dir}")
     print(f"compute: {short_sci(cfg.flops_per_token, 4)} FLOP per token (student training), budget "
@@ -493,11 +486,11 @@ def run(args, opened) -> int:
         return cli.dry_run_done(args)
 
     booked = opened.step_charges()
-    check = cli.audited_model_checks(loaded, gate)
+    check = preflight.audited_model_checks(loaded, gate)
     result = train_sequence(cfg, generated, resume=args.resume, on_step=booked.on_step if booked else None,
                             after_load=lambda student: check(None, student),
                             after_resume=booked.after_resume if booked else None)
     if result.rank != 0:
         return 0
     extra = [("generation_record", generated.record_path), ("sequence_data", cfg.out_dir / DATA_RECORD)]
-    return cli._finish(args, loaded, gate, cfg, result, opened.signing_key(), device_name, extra_files=extra)
+    return cli.finish_run(args, loaded, gate, cfg, result, opened.signing_key(), device_name, extra_files=extra)

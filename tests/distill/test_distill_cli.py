@@ -196,10 +196,10 @@ def test_a_loaded_teacher_of_another_shape_is_refused_before_training(project, s
     """Weights bound, but the audited config says one shape and the loaded model has another
     (e.g. a sparse config.json that transformers fills with defaults): refused after loading,
     before the first step, by the parameter shapes."""
-    import distill.cli as cli
+    import distill.preflight as preflight
 
     envelope = make_audit(project, signer)
-    real = cli.audited_model_checks
+    real = preflight.audited_model_checks
 
     def with_other_audited_teacher(loaded, gate):
         config = dict(loaded.teacher_config.data, num_hidden_layers=loaded.teacher_config.data["num_hidden_layers"] + 1)
@@ -207,7 +207,7 @@ def test_a_loaded_teacher_of_another_shape_is_refused_before_training(project, s
             loaded.teacher_config.ref, loaded.teacher_config.path, False, config, loaded.teacher_config.sha256)})
         return real(other, gate)
 
-    monkeypatch.setattr(cli, "audited_model_checks", with_other_audited_teacher)
+    monkeypatch.setattr(preflight, "audited_model_checks", with_other_audited_teacher)
     code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 2)
     assert code == 2 and "the loaded teacher is not the audited model" in err
     assert not (project.root / "out" / "checkpoints").exists()
