@@ -139,9 +139,19 @@ def parse_shards(manifest: dict, source: str) -> tuple[str, bool, list[Shard]]:
     return dtype, loss_mask, shards
 
 
+HASH_CHUNK = 64 << 20
+"""Bytes hashed per step while a shard is verified (rounded down to whole pages, at least one);
+each step's pages then leave the process's resident set (``MADV_DONTNEED``), so verifying a
+corpus costs constant memory whatever its size."""
+
+
 def _map_verified(path: Path, expected: ShardFile, dtype: np.dtype, source: str, field: str) -> np.ndarray:
     """``path`` mapped read-only as ``dtype``, after its size and the sha256 of the mapped bytes
-    matched ``expected``. ``InputError`` naming the file otherwise."""
+    matched ``expected``. ``InputError`` naming the file otherwise. The bytes hashed are the
+    mapping's own, chunk by chunk; the pages are released from the process as they are hashed
+    (the page cache may keep them; a batch maps back in only the rows it reads)."""
+    import mmap
+
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -149,8 +159,19 @@ def _map_verified(path: Path, expected: ShardFile, dtype: np.dtype, source: str,
     if size != expected.bytes:
         raise InputError(f"{path} has {size} bytes, the manifest says {expected.bytes}", source=source,
                          field=f"{field}.bytes")
-    mapped = np.memmap(path, dtype=np.uint8, mode="r")
-    actual = hashlib.sha256(memoryview(mapped)).hexdigest()
+    if size == 0:
+        actual, mapped = hashlib.sha256(b"").hexdigest(), np.zeros(0, dtype=np.uint8)
+    else:
+        with open(path, "rb") as handle:
+            mapped_file = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        digest, view = hashlib.sha256(), memoryview(mapped_file)
+        chunk = max(1, HASH_CHUNK // mmap.PAGESIZE) * mmap.PAGESIZE  # madvise takes page-aligned ranges
+        for start in range(0, size, chunk):
+            digest.update(view[start:start + chunk])
+            if hasattr(mapped_file, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                mapped_file.madvise(mmap.MADV_DONTNEED, start, min(chunk, size - start))
+        view.release()
+        actual, mapped = digest.hexdigest(), np.frombuffer(mapped_file, dtype=np.uint8)
     if actual != expected.sha256:
         raise InputError(f"{path} has sha256 {actual[:12]}..., the manifest says {expected.sha256[:12]}...",
                          source=source, field=f"{field}.sha256")

@@ -95,6 +95,28 @@ def test_an_edited_shard_is_refused(text_shards, tokenizer, tmp_path):
         open_data(folder, tokenizer)
 
 
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_shard_hashed_chunk_by_chunk_still_catches_one_flipped_bit(text_shards, tokenizer, tmp_path, monkeypatch,
+                                                                    where):
+    """Verification hashes the mapping in chunks and releases each (constant memory); every
+    chunk counts: a bit flipped in the first or the last one is refused, and the data read is
+    the data hashed."""
+    import distill.shards as shards
+
+    import mmap
+
+    monkeypatch.setattr(shards, "HASH_CHUNK", 1)   # one page per chunk
+    folder = copy_of(text_shards, tmp_path)
+    assert len(open_data(folder, tokenizer)) > 0
+    victim = folder / "shard-00000.bin"
+    assert victim.stat().st_size > 2 * mmap.PAGESIZE      # several chunks
+    raw = bytearray(victim.read_bytes())
+    raw[0 if where == "first" else -1] ^= 1
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"shards\[0\]\.bin\.sha256"):
+        open_data(folder, tokenizer)
+
+
 def test_an_edited_index_or_mask_is_refused(chat_shards, tmp_path):
     chat_tokenizer = load_tokenizer(CHAT_TOKENIZER)
     folder = copy_of(chat_shards, tmp_path)
@@ -251,10 +273,9 @@ def test_flopgate_distill_trains_from_audited_shards(template, tmp_path, capsys,
 
     monkeypatch.setattr("distill.gated._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION}, raising=False)
     project = copy_project(template, tmp_path / "project")
-    prepared = project.root / "prepared"
-    prepare([project.data], tokenizer_dir=project.root / "teacher", out=prepared, workers=1, shard_tokens=2000)
-    for file in prepared.iterdir():  # the plan names ./manifest.json: the shards go next to it
-        file.replace(project.root / file.name)
+    # the plan names ./shards/manifest.json: prepared again in several shards
+    prepare([project.data], tokenizer_dir=project.root / "teacher", out=project.manifest.parent, workers=1,
+            shard_tokens=2000, replace=True)
     assert is_shard_manifest(json.loads(project.manifest.read_text()))
     signer = write_keypair(tmp_path / "keys", "auditor")
     envelope = make_audit(project, signer)
@@ -269,7 +290,7 @@ def test_flopgate_distill_trains_from_audited_shards(template, tmp_path, capsys,
     code, out, err = distill("run", "--steps", "2", "--micro-batch", "2")
     assert code == 0, err
     assert len((project.root / "run" / "metrics.jsonl").read_text().splitlines()) == 2
-    victim = project.root / "shard-00001.bin"
+    victim = project.manifest.parent / "shard-00001.bin"
     victim.write_bytes(victim.read_bytes()[::-1])  # same size, other bytes
     code, out, err = distill("again", "--dry-run")
     assert code == 2 and r"shards[1].bin.sha256" in err and err.count("\n") == 1
