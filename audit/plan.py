@@ -260,11 +260,16 @@ class Method(StrictModel):
     synthetic_data_public: bool = False
     loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     temperature: Number = Field(default=1.0, gt=0)
+    also_logits: bool = Field(default=False, description="sequence: the teacher (local weights) also runs over the "
+                              "training samples and its logits join the loss; its forward passes are counted")
 
     @model_validator(mode="after")
     def _sequence_needs_tokens(self):
         if self.kind == "sequence" and self.teacher_generated_tokens <= 0:
             raise ValueError("kind is 'sequence' but teacher_generated_tokens is not > 0")
+        if self.also_logits and self.kind != "sequence":
+            raise ValueError(f"also_logits is set but kind is {self.kind!r}; it adds the teacher's logits to "
+                             "sequence-level training (logit methods have them already)")
         if self.kind == "on_policy" and self.student_generated_tokens <= 0:
             raise ValueError("kind is 'on_policy' but student_generated_tokens is not > 0")
         return self

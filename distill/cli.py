@@ -52,6 +52,8 @@ def register(subparsers) -> None:
                    "trained on only when its signed generation record names this audit and its kept samples")
     p.add_argument("--tokenizer", metavar="DIR", help="a sequence plan: the tokenizer folder (default: the "
                    "teacher's local folder)")
+    p.add_argument("--also-logits", action="store_true", help="a sequence plan with method.also_logits: the local "
+                   "teacher also runs over the answers and its logits join the loss")
     p.add_argument("--no-compile", action="store_true", help="no torch.compile on CUDA")
     p.add_argument("--shard-teacher", action="store_true", help="under torchrun: shard the teacher's layers "
                    "over the processes (FSDP2) instead of a whole copy on each; for teachers too large for one GPU")

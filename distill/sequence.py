@@ -2,7 +2,11 @@
 
 ``flopgate distill PLAN --attestation A --pubkey K --generated DIR`` for a plan with
 ``method.kind: sequence``. ``DIR`` is the folder ``flopgate generate`` wrote (docs/generate.md).
-No teacher model is loaded: the teacher's work is in the answers, and ``generate`` metered it.
+No teacher model is loaded: the teacher's work is in the answers, and ``generate`` metered it;
+except with ``--also-logits`` (the plan's ``method.also_logits``, audited: the teacher's forward
+over the training samples is counted and metered), where the local teacher runs over the same
+packed samples (same block masks) and the loss mixes the answer cross-entropy
+(``hard_label_weight``, 0.5) with the plan's divergence to the teacher's logits.
 
 1. **Provenance** (fail closed, exit 6 with every reason): ``DIR/generation-record.intoto.json``
    must verify with the keys trusted for the audit (signature, statement, predicate type
@@ -309,6 +313,13 @@ class SequenceConfig(LoopConfig):
     student_base_dir: Optional[Path] = None
     mean_document_tokens: Optional[int] = Field(default=None, gt=0, description="the plan's data.mean_document_"
                                                 "tokens: the packed samples' attention must fit what it counted")
+    teacher_dir: Optional[Path] = Field(default=None, description="also_logits: the teacher's local folder")
+    also_logits: bool = Field(default=False, description="the teacher runs over the packed samples too and the loss "
+                              "mixes its logits in (method.also_logits, audited)")
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    temperature: float = Field(default=1.0, gt=0)
+    hard_label_weight: float = Field(default=0.5, ge=0, le=1, description="also_logits: the answer cross-entropy's "
+                                     "share of the loss, the divergence to the teacher the rest")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -316,6 +327,8 @@ class SequenceConfig(LoopConfig):
             raise ValueError("student_init 'scratch' needs student_config")
         if self.student_init == "base" and self.student_base_dir is None:
             raise ValueError("student_init 'base' needs student_base_dir")
+        if self.also_logits and self.teacher_dir is None:
+            raise ValueError("also_logits needs teacher_dir")
         return self
 
     @classmethod
@@ -351,7 +364,15 @@ class SequenceConfig(LoopConfig):
                 raise InputError("the teacher is not a local model folder, so there is no tokenizer to take "
                                  "from it: pass the student's tokenizer folder with --tokenizer DIR",
                                  source=source, field="--tokenizer")
-        fields = dict(generated_dir=Path(generated_dir), tokenizer_dir=Path(tokenizer_dir),
+        logits = {}
+        if plan.method.also_logits:
+            teacher_dir = teacher_folder(plan)
+            if teacher_dir is None:
+                raise InputError("method.also_logits runs the teacher beside the student: set teacher.weights (its "
+                                 "local folder) and re-run flopgate check", source=source, field="teacher.weights")
+            logits = dict(also_logits=True, teacher_dir=teacher_dir, loss=plan.method.loss,
+                          temperature=plan.method.temperature)
+        fields = dict(**logits, generated_dir=Path(generated_dir), tokenizer_dir=Path(tokenizer_dir),
                       student_init=plan.student.init, student_config=student_config, student_base_dir=base_dir,
                       seq_len=plan.data.seq_len, max_tokens=int(plan.data.tokens * plan.data.epochs),
                       mean_document_tokens=plan.data.mean_document_tokens,
@@ -376,14 +397,15 @@ def tokenize_and_pack(generated: GeneratedData, tokenizer, cfg: SequenceConfig) 
 
 def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: bool = False,
                    on_step: Optional[Callable[[dict], None]] = None,
-                   after_load: Optional[Callable[[torch.nn.Module], None]] = None,
+                   after_load: Optional[Callable[[Optional[torch.nn.Module], torch.nn.Module], None]] = None,
                    after_resume: Optional[Callable[[float], None]] = None):
     """Train per the module docstring; returns a :class:`distill.loop.TrainResult`."""
     from distill import distributed
     from distill.loop import run_loop
     from distill.meter import ComputeMeter
+    from distill.losses import LossSpec, fused_distill_loss
     from distill.models import (build_student, check_vocab, decoder_layers, head_weight, library_progress_bars,
-                                load_tokenizer)
+                                load_teacher, load_tokenizer)
 
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
@@ -395,20 +417,33 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: boo
         torch.manual_seed(cfg.seed)
         tokenizer = load_tokenizer(cfg.tokenizer_dir)
         data = tokenize_and_pack(generated, tokenizer, cfg)
+        teacher = (load_teacher(cfg.teacher_dir, device, torch.bfloat16 if amp_dtype else torch.float32)
+                   if cfg.also_logits else None)
         student = build_student(cfg.student_init, config=cfg.student_config, base_dir=cfg.student_base_dir,
                                 seed=cfg.seed).to(device)
         if after_load is not None:
-            after_load(student)
-        vocab = check_vocab(tokenizer, None, student)
+            after_load(teacher, student)
+        vocab = check_vocab(tokenizer, teacher, student)
         body = cfg.prepare_student(PackedHiddenStates(student), decoder_layers(student), ctx)
+        teacher_body = PackedHiddenStates(teacher) if teacher is not None else None
+        teacher_head = head_weight(teacher) if teacher is not None else None
+        spec = LossSpec(cfg.loss, temperature=cfg.temperature, hard_label_weight=cfg.hard_label_weight)
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+
+        def teacher_hidden(ids, positions, segments):
+            with torch.inference_mode(), autocast():
+                return teacher_body(ids, positions, segments)
 
         def micro_loss(batch, start: int, num_valid) -> torch.Tensor:
             ids, labels, positions, segments = (t.to(device) for t in batch)
             with autocast():
                 hidden = body(ids, positions, segments)
             # the head after the forward: a sharded student's is whole only until its backward
-            return answer_loss_sum(hidden, head_weight(student), labels, vocab) / num_valid
+            if teacher is None:
+                return answer_loss_sum(hidden, head_weight(student), labels, vocab) / num_valid
+            return fused_distill_loss(hidden, head_weight(student), teacher_hidden(ids, positions, segments),
+                                      teacher_head, labels, spec, num_valid, vocab,
+                                      matmul_dtype=amp_dtype if device.type == "cuda" else None)
 
         def eval_sums(batch) -> dict:
             """Held-out answers: the student's cross-entropy and top-1 agreement with the tokens
@@ -418,7 +453,10 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: boo
             ids, labels, positions, segments = (t.to(device) for t in batch)
             with autocast():
                 hidden = body(ids, positions, segments)
-            return token_metric_sums(hidden, head_weight(student), labels, vocab)
+            if teacher is None:
+                return token_metric_sums(hidden, head_weight(student), labels, vocab)
+            return token_metric_sums(hidden, head_weight(student), labels, vocab,
+                                     teacher_hidden=teacher_hidden(ids, positions, segments), teacher_head=teacher_head)
 
         result = run_loop(cfg, ctx, student=student, body=body, data=data, micro_loss=micro_loss,
                           meter=ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx),
@@ -470,6 +508,14 @@ def run(args, opened) -> int:
         return cli.refuse("distill", refused.reasons)
     out_dir = opened.out_dir
     preflight.check_out_dir(out_dir, args.resume, more=(DATA_RECORD,))
+    also = bool(getattr(args, "also_logits", False))
+    if also and not loaded.plan.method.also_logits:
+        return cli.refuse("distill", ["method: --also-logits runs the teacher over the training samples, but the "
+                                      "audited plan does not count it (method.also_logits): set it and re-run "
+                                      "flopgate check"])
+    if loaded.plan.method.also_logits and not also:
+        raise InputError("the audit counts the teacher's logits over the training samples (method.also_logits): "
+                         "pass --also-logits", source=str(loaded.path), field="--also-logits")
     overrides = cli.loop_overrides(args)
     cfg = SequenceConfig.from_plan(loaded, generated_dir=args.generated, out_dir=out_dir,
                                    tokenizer_dir=args.tokenizer, flops_per_token=opened.flops_per_token,
@@ -488,7 +534,7 @@ def run(args, opened) -> int:
     booked = opened.step_charges()
     check = preflight.audited_model_checks(loaded, gate)
     result = train_sequence(cfg, generated, resume=args.resume, on_step=booked.on_step if booked else None,
-                            after_load=lambda student: check(None, student),
+                            after_load=check,
                             after_resume=booked.after_resume if booked else None)
     if result.rank != 0:
         return 0

@@ -79,6 +79,8 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
         components += _on_policy(plan, student, teacher_forward, teacher, adapter)
     else:
         components.append(_teacher_generation(plan, teacher_forward, teacher))
+        if plan.method.also_logits:  # the teacher also runs over every training sample
+            components.append(_teacher_logits(plan, tokens, teacher_forward, teacher))
 
     original_id, original = _original_model(plan, tables)
     if plan.student.init != "scratch":
@@ -172,7 +174,9 @@ def _teacher_logits(plan: Plan, tokens: float, per_token: float | None, teacher)
         id="teacher_forward", label="teacher forward passes producing the targets",
         flops=per_token * passes if per_token is not None else None,
         method=_teacher_method(teacher, per_token), counts_toward=["cumulative"],
-        assumptions=[("logits computed once and cached" if cached else "teacher runs online, every epoch"),
+        assumptions=[("logits computed once and cached" if cached else
+                      "teacher runs online over the training samples, every epoch (also_logits)"
+                      if plan.method.also_logits else "teacher runs online, every epoch"),
                      "non-public targets count toward cumulative compute (EU guidelines ¶119)",
                      "left out of the parameter-update total: whether teacher forward passes "
                      "directly contribute to parameter updates is not settled"]

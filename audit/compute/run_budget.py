@@ -27,7 +27,8 @@ METERED_COMPONENTS = {
 }
 """Per method, the audit's compute components a training run spends (and the meter charges).
 A sequence-level run trains on answers the teacher already wrote: its generation is spent and
-metered by ``generate``, not by the trainer. An on-policy run spends all three of its own: the
+metered by ``generate``, not by the trainer (with ``method.also_logits`` the teacher's forward
+over the training samples is the run's too). An on-policy run spends all three of its own: the
 student samples, the teacher scores what it sampled, the student trains on it."""
 
 
@@ -46,6 +47,8 @@ def meter_figures(plan, predicate: dict) -> MeterFigures:
     exactly, so the run never spends more than the audit compared with the thresholds. Unknown
     figures, or a method without a metered training run, refuse (fail closed)."""
     metered_ids = METERED_COMPONENTS.get(plan.method.kind)
+    if metered_ids is not None and plan.method.also_logits:  # sequence KD with the teacher's logits too
+        metered_ids = metered_ids + ("teacher_forward",)
     if metered_ids is None:
         return MeterFigures(f"method: {plan.method.kind!r} runs have no compute meter yet", None, None, None, None)
     compute = predicate.get("compute") or {}

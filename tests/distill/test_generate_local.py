@@ -223,3 +223,46 @@ def test_endpoint_is_refused_for_a_local_teacher(project, signer, capsys):
     envelope = audit(project, signer, capsys)
     code, out, err = generate(project, envelope, signer, capsys, "--endpoint", "http://127.0.0.1:9/v1")
     assert code == 2 and "--endpoint" in err and err.count("\n") == 1
+
+
+# --- then the student: sequence KD with the teacher's logits too (method.also_logits) -------------
+
+def distill(root: Path, envelope: Path, signer, capsys, *extra) -> tuple[int, str, str]:
+    code = main(["distill", str(root / "plan.yaml"), "--attestation", str(envelope), "--pubkey",
+                 str(signer.public_path), "--key", str(signer.private_path), "--out", str(root / "run"),
+                 "--generated", str(root / "gen"), "--allow-cpu", "--steps", "3", "--micro-batch", "2",
+                 "--eval-sequences", "1", *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_also_logits_trains_on_the_answers_with_the_teachers_logits_and_meters_its_forward(project, signer, capsys):
+    plan = PLAN.replace("teacher_generated_tokens: {generated}}}", "teacher_generated_tokens: {generated}, also_logits: true}}")
+    assert "also_logits" in plan
+    (project / "plan.yaml").write_text(plan.format(prompt_tokens=1000, generated=1000), encoding="utf-8")
+    assert main(["check", str(project / "plan.yaml"), "--out", str(project / "audit"), "--key",
+                 str(signer.private_path)]) == 0
+    capsys.readouterr()
+    envelope = project / "audit" / "audit.intoto.json"
+    compute = json.loads((project / "audit" / "audit.json").read_text())["predicate"]["compute"]
+    forward = next(c for c in compute["components"] if c["id"] == "teacher_forward")
+    assert forward["flops"] == pytest.approx(compute["teacher"]["forward_flops_per_token"] * compute["tokens"])
+    code, out, err = generate(project, envelope, signer, capsys)
+    assert code == 0, err
+
+    code, out, err = distill(project, envelope, signer, capsys)              # the audit counts the logits
+    assert code == 2 and "--also-logits" in err and not (project / "run" / "checkpoints").exists()
+    code, out, err = distill(project, envelope, signer, capsys, "--also-logits")
+    assert code == 0, err
+    record = json.loads((project / "run" / "run-record.json").read_text())["predicate"]
+    per_token = compute["student"]["train_flops_per_token"] + compute["teacher"]["forward_flops_per_token"]
+    assert record["compute"]["flops_per_token"] == pytest.approx(per_token)
+    assert record["compute"]["flops"] == pytest.approx(per_token * record["tokens"])
+    assert "kl" in record["eval"]                                             # the teacher scores the held-out answers
+
+
+def test_also_logits_without_the_audit_counting_it_is_refused(project, signer, capsys):
+    envelope = audit(project, signer, capsys)
+    assert generate(project, envelope, signer, capsys)[0] == 0
+    code, out, err = distill(project, envelope, signer, capsys, "--also-logits")
+    assert code == GATE_REFUSED_EXIT and "method.also_logits" in err
