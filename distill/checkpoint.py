@@ -136,14 +136,8 @@ def save_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, optimiz
         write_atomic(temp / STATE_FILE, json.dumps({**state, "step": step}, indent=2, sort_keys=True) + "\n")
     barrier(ctx)
     if ctx.is_main:
-        _fsync_tree(temp)
-        if final.exists():  # a re-save of the same step (e.g. resumed at the budget): replace it
-            shutil.rmtree(final)
-        os.rename(temp, final)
-        _fsync_tree(final)
-        if keep_last:
-            for old in list_checkpoints(out_dir)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+        _commit_folder(temp, final)  # a re-save of the same step (e.g. resumed at the budget) replaces it
+        _keep_newest(out_dir, keep_last)
     barrier(ctx)
     return final
 
@@ -221,6 +215,13 @@ def _commit_folder(temp: Path, final: Path) -> None:
     _fsync_tree(final)
 
 
+def _keep_newest(out_dir: str | Path, keep_last: Optional[int]) -> None:
+    """Remove all but the ``keep_last`` newest checkpoints (None: keep every one)."""
+    if keep_last:
+        for old in list_checkpoints(out_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def save_sharded_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, optimizer, scheduler,
                             state: dict, ctx: DistContext, keep_last: Optional[int] = None,
                             full_weights: bool = False, tokenizer=None,
@@ -259,9 +260,7 @@ def save_sharded_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module,
     barrier(ctx)
     if ctx.is_main:
         _commit_folder(temp, final)
-        if keep_last:
-            for old in list_checkpoints(out_dir)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+        _keep_newest(out_dir, keep_last)
     barrier(ctx)
     return final
 
