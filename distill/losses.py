@@ -189,6 +189,24 @@ def _chunk_loss_and_grad(z_s: torch.Tensor, z_t: Optional[torch.Tensor], labels:
     return loss, grad
 
 
+def forward_kl_in_place(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float, scale: float,
+                        need_grad: bool) -> torch.Tensor:
+    """The forward-KL terms of :func:`_chunk_loss_and_grad` (no hard labels) with fewer passes:
+    returns scale * KL(q || p) per row and leaves ``scale / T * (p - q)`` in ``z_s``; both blocks
+    are scratch (``z_t`` is overwritten too). The same operations on the same values as there,
+    so the same bits."""
+    if temperature != 1:
+        z_s.div_(temperature)
+        z_t.div_(temperature)
+    log_p = F.log_softmax(z_s, dim=-1)
+    log_q = F.log_softmax(z_t, dim=-1)
+    q = log_q.exp()
+    divergence = log_q.sub_(log_p).mul_(q).sum(-1)
+    if need_grad:
+        torch.exp(log_p, out=z_s).sub_(q).mul_(scale / temperature)
+    return scale * divergence
+
+
 def masked_sum_and_grad(loss: torch.Tensor, grad: Optional[torch.Tensor], valid: Optional[torch.Tensor],
                         grad_dtype: torch.dtype):
     """Sum of the per-token losses over valid rows, and the gradient with ignored rows zeroed and
@@ -252,14 +270,18 @@ def _out_dtype_works(device: torch.device) -> bool:
     return _OUT_DTYPE_WORKS[device]
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+def matmul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype,
+           out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """a @ b with the products summed and returned in ``out_dtype`` (fp32 or fp64).
 
     bf16 operands on CUDA use cuBLAS's fp32-output GEMM (bf16 tensor cores, nothing rounded to
     bf16 after the product); elsewhere the operands are cast up first, which gives the same
-    values (a bf16 number is exact in fp32)."""
+    values (a bf16 number is exact in fp32). ``out``: a contiguous ``out_dtype`` buffer of the
+    result's shape to write into (reused across chunks: no fresh allocation, no page faults)."""
     if a.dtype != out_dtype and a.is_cuda and _out_dtype_works(a.device):
         return torch.mm(a, b, out_dtype=out_dtype)
+    if out is not None:
+        return torch.mm(a.to(out_dtype), b.to(out_dtype), out=out)
     return torch.mm(a.to(out_dtype), b.to(out_dtype))
 
 
@@ -296,8 +318,15 @@ def run_fused_chunks(h_s: torch.Tensor, w_s: torch.Tensor, labels: torch.Tensor,
 
     ``chunk_terms(rows, z_s, labels_rows, valid_rows, grad_dtype)`` returns the chunk's summed
     loss and its gradient wrt the student logits z_s [rows x vocab] (valid_rows is None when
-    only valid rows are passed). Returns (summed loss, d/d h_s, d/d w_s[:vocab]) in the compute
-    dtype; the gradients are those of the SUM, not yet divided by the token count.
+    only valid rows are passed). ``z_s`` is scratch owned by this loop: ``chunk_terms`` may
+    overwrite it with the gradient and return it (the CPU path does, see :func:`blockwise_terms`).
+    Returns (summed loss, d/d h_s, d/d w_s[:vocab]) in the compute dtype; the gradients are those
+    of the SUM, not yet divided by the token count.
+
+    Each chunk costs three GEMMs (logits, d/d h_s, and d/d w_s accumulated into one [V x H]
+    buffer). The student logits of every chunk are written into one reused [chunk x V] buffer
+    when the GEMM runs in the compute dtype (no fresh allocation, whose page faults cost as much
+    as the arithmetic on a CPU), and the first chunk writes d/d w_s instead of adding to zeros.
     """
     out_dtype = _compute_dtype(h_s, w_s)
     op_dtype = options.matmul_dtype or out_dtype
@@ -308,15 +337,18 @@ def run_fused_chunks(h_s: torch.Tensor, w_s: torch.Tensor, labels: torch.Tensor,
         tokens = hidden.shape[0]
         total = torch.zeros((), dtype=out_dtype, device=h_s.device)
         grad_h = torch.zeros(hidden.shape, dtype=out_dtype, device=h_s.device) if need_grad else None
-        grad_w = torch.zeros(head.shape, dtype=out_dtype, device=h_s.device) if need_grad else None
+        grad_w = torch.empty(head.shape, dtype=out_dtype, device=h_s.device) if need_grad else None
         if skip:
             index = (labels != IGNORE_INDEX).nonzero().squeeze(1)
             blocks = [index[start:start + chunk_size] for start in range(0, index.numel(), chunk_size)]
         else:
             blocks = [slice(start, min(start + chunk_size, tokens)) for start in range(0, tokens, chunk_size)]
-        for rows in blocks:
+        logits = RowBuffer(vocab, out_dtype, h_s.device) if op_dtype == out_dtype else None
+        if need_grad and not blocks:
+            grad_w.zero_()
+        for number, rows in enumerate(blocks):
             hs = hidden[rows].to(op_dtype)
-            z_s = matmul(hs, head.T, out_dtype)
+            z_s = matmul(hs, head.T, out_dtype, out=logits.rows(hs.shape[0]) if logits is not None else None)
             rows_labels = labels[rows]
             valid = None if skip else rows_labels != IGNORE_INDEX
             loss_sum, d_z = chunk_terms(rows, z_s, rows_labels, valid, op_dtype)
@@ -327,8 +359,54 @@ def run_fused_chunks(h_s: torch.Tensor, w_s: torch.Tensor, labels: torch.Tensor,
                     grad_h.index_copy_(0, rows, matmul(d_z, head, out_dtype))
                 else:
                     grad_h[rows] = matmul(d_z, head, out_dtype)
-                accumulate_matmul(grad_w, d_z.T, hs)
+                if number == 0 and d_z.dtype == out_dtype:
+                    matmul(d_z.T, hs, out_dtype, out=grad_w)
+                else:
+                    if number == 0:
+                        grad_w.zero_()
+                    accumulate_matmul(grad_w, d_z.T, hs)
+            del d_z
     return total, grad_h, grad_w
+
+
+class RowBuffer:
+    """One [rows x V] buffer reused by every chunk of a call: ``rows(n)`` is a contiguous view of
+    its first n rows (allocated at the first chunk's size, which is the largest)."""
+
+    def __init__(self, vocab: int, dtype: torch.dtype, device: torch.device):
+        self.vocab, self.dtype, self.device, self.buffer = vocab, dtype, device, None
+
+    def rows(self, n: int) -> torch.Tensor:
+        if self.buffer is None or self.buffer.shape[0] < n:
+            self.buffer = torch.empty(n, self.vocab, dtype=self.dtype, device=self.device)
+        return self.buffer[:n]
+
+
+def blockwise_terms(z_s: torch.Tensor, labels: torch.Tensor, valid: Optional[torch.Tensor], need_grad: bool,
+                    rows_per_block: int, terms):
+    """A chunk's per-token work in blocks of ``rows_per_block`` rows, small enough to stay in a
+    core's cache (:func:`elementwise_rows`): the CPU path. ``terms(block, z_s_block, labels_block)``
+    gives the block's per-token loss [b] and d(loss)/d z_s [b x V] (or None), computed from
+    ``z_s_block`` before it is overwritten with that gradient (or ``z_s_block`` itself, already
+    holding it). Returns (sum of the valid rows' losses, z_s now holding the gradient, ignored
+    rows zeroed). The per-token losses are summed once per chunk, so the value does not depend
+    on ``rows_per_block``."""
+    n = z_s.shape[0]
+    per_token = torch.empty(n, dtype=z_s.dtype, device=z_s.device)
+    if valid is not None:
+        labels = labels.clamp_min(0)  # ignored rows: any index, their terms are zeroed
+    for start in range(0, n, rows_per_block):
+        block = slice(start, min(start + rows_per_block, n))
+        loss, grad = terms(block, z_s[block], labels[block])
+        per_token[block] = loss
+        if need_grad and grad.data_ptr() != z_s[block].data_ptr():
+            z_s[block].copy_(grad)
+        del grad
+    if valid is not None:
+        per_token = torch.where(valid, per_token, torch.zeros_like(per_token))
+        if need_grad:
+            z_s.masked_fill_(~valid[:, None], 0)
+    return per_token.sum(), (z_s if need_grad else None)
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -358,16 +436,96 @@ class _FusedHeadLoss(torch.autograd.Function):
 
 
 def default_chunk_size(vocab: int, matmul_dtype: Optional[torch.dtype] = None) -> int:
-    """Tokens per chunk. fp32/fp64 operands (the CPU path): a [chunk x V] fp32 block of about
-    64 MiB (2^24 elements; V = 128k: 128 tokens), since a chunk holds about ten such blocks.
-    bf16 operands (the GPU path, compiled): 2^25 elements (V = 128k: 256 tokens). The compiled
-    chunk holds about 10 bytes per element (fp32 student and teacher logits, the bf16 logit
-    gradient) beside the fp32 head gradient [V x H_s]; at V = 128k, H_s = 1024 that is an
-    estimated 0.33 + 0.49 GiB, inside the 1 GiB goal, where 2^26 would need about 1.1 GiB.
-    Larger chunks re-read and re-write that head gradient fewer times; bench/distill_step.py
-    measures 128 to 1024 tokens side by side. Rounded down to a multiple of 8, clamped to 16..4096."""
+    """Tokens per chunk on CUDA (and for :func:`distill.teacher_cache.teacher_topk`). fp32/fp64
+    operands: a [chunk x V] fp32 block of about 64 MiB (2^24 elements; V = 128k: 128 tokens),
+    since a chunk holds about ten such blocks. bf16 operands (the GPU path, compiled): 2^25
+    elements (V = 128k: 256 tokens). The compiled chunk holds about 10 bytes per element (fp32
+    student and teacher logits, the bf16 logit gradient) beside the fp32 head gradient [V x H_s];
+    at V = 128k, H_s = 1024 that is an estimated 0.33 + 0.49 GiB, inside the 1 GiB goal, where
+    2^26 would need about 1.1 GiB. Larger chunks re-read and re-write that head gradient fewer
+    times; bench/distill_step.py measures 128 to 1024 tokens side by side. Rounded down to a
+    multiple of 8, clamped to 16..4096. The CPU path uses :func:`cpu_chunk_size` instead."""
     budget = 1 << (25 if matmul_dtype in (torch.bfloat16, torch.float16) else 24)
     return max(16, min(4096, budget // max(vocab, 1) // 8 * 8))
+
+
+CPU_CHUNK_ELEMENTS = (1 << 24, 1 << 27)
+"""CPU: bounds of one [chunk x V] logit buffer's elements (64 MiB .. 512 MiB in fp32)."""
+
+
+def cpu_chunk_size(vocab: int, hidden: int) -> int:
+    """Tokens per chunk on the CPU path, for a student head [V x H].
+
+    On the CPU path a chunk holds two [chunk x V] buffers (student logits, overwritten by their
+    gradient, and the online teacher's logits) and the per-token work runs in cache-sized
+    blocks of rows (:func:`elementwise_rows`), so the chunk size only sets the GEMMs' width:
+    wider GEMMs run nearer the speed of the reference's [tokens x V] ones, and the [V x H] head
+    gradient is read and written once per chunk. Each buffer takes half the head gradient's
+    elements, V x H / 2, within :data:`CPU_CHUNK_ELEMENTS`: the two together cost no more memory
+    than that gradient, which every method must hold. V = 128,256, H = 2,048: 1,024 tokens
+    (2 x 0.5 GiB beside the 1 GiB gradient, where the reference at 2,048 tokens takes about
+    10 GiB); H = 512: 256 tokens; V = 32,000, H = 256: 512 tokens. Rounded down to a multiple of
+    64 (of 8 below 64), clamped to 16..4096. It depends on nothing but V and H (not on measured
+    free memory), since it fixes the order in which the head gradient is summed.
+    """
+    low, high = CPU_CHUNK_ELEMENTS
+    rows = min(high, max(low, vocab * hidden // 2)) // max(vocab, 1)
+    return max(16, min(4096, rows // 64 * 64 if rows >= 64 else rows // 8 * 8))
+
+
+def _cache_bytes(level: int) -> Optional[int]:
+    """The size of CPU 0's level-``level`` data or unified cache, from Linux sysfs (None if unknown)."""
+    import glob
+
+    for path in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/")):
+        try:
+            with open(path + "level") as lvl, open(path + "type") as kind, open(path + "size") as size:
+                if lvl.read().strip() == str(level) and kind.read().strip() != "Instruction":
+                    text = size.read().strip().upper()
+                    return int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _block_bytes() -> int:
+    """Bytes of one [rows x V] block of the CPU path's per-token work: a sixth of the last-level
+    cache (the work keeps about six blocks live), at most 16 MiB, at least half the L2 cache."""
+    l2, l3 = _cache_bytes(2) or (1 << 20), _cache_bytes(3)
+    return max(l2 // 2, min(16 << 20, (l3 or 8 << 20) // 6))
+
+
+ELEMENTWISE_BLOCK_BYTES = _block_bytes()
+"""See :func:`_block_bytes`; 16 MiB on the development machine (105 MiB L3)."""
+
+
+def elementwise_rows(vocab: int, dtype: torch.dtype = torch.float32) -> int:
+    """Rows per block of the CPU path's per-token work: [rows x V] blocks of
+    :data:`ELEMENTWISE_BLOCK_BYTES` (at least one row). The work makes several temporaries of a
+    block's size: blocks that stay in the cache run it faster than [chunk x V] ones streamed from
+    memory, and blocks not much smaller keep the number of (thread-synchronised) ops low, which
+    matters when other processes share the cores. V = 128,256 in fp32: 32 rows. The block size
+    does not change the result (see :func:`blockwise_terms`)."""
+    itemsize = torch.finfo(dtype).bits // 8
+    return max(1, ELEMENTWISE_BLOCK_BYTES // (max(vocab, 1) * itemsize))
+
+
+def _blockwise(options: FusedOptions, device: torch.device) -> bool:
+    """Whether a call runs the CPU path: per-token work in cache-sized row blocks, eager, GEMM
+    operands in the compute dtype (bf16 operands keep the chunked path of the GPU)."""
+    return (device.type != "cuda" and not options.compile
+            and options.matmul_dtype in (None, torch.float32, torch.float64))
+
+
+def resolve_chunk_size(chunk_size: Optional[int], vocab: int, hidden: int, options: FusedOptions,
+                       device: torch.device) -> int:
+    """``chunk_size``, or the default for this path: :func:`cpu_chunk_size` on the CPU path,
+    :func:`default_chunk_size` otherwise."""
+    if chunk_size:
+        return chunk_size
+    if _blockwise(options, device):
+        return cpu_chunk_size(vocab, hidden)
+    return default_chunk_size(vocab, options.matmul_dtype)
 
 
 def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
@@ -385,6 +543,11 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
     their lm_head weights (no bias). Gradients flow to ``student_hidden`` and ``student_head``
     only. Peak extra memory is a few [chunk_size x V] blocks plus one [V x H_s] gradient, never
     [tokens x V]. ``matmul_dtype``, ``skip_ignored`` and ``compile``: see :class:`FusedOptions`.
+
+    ``chunk_size`` None: :func:`resolve_chunk_size`. On the CPU path (not CUDA, not compiled) a
+    chunk is two reused [chunk x V] logit buffers (student, overwritten by its gradient, and
+    teacher: 2 x 0.5 GiB at V = 128k, H = 2k) and the per-token work runs in cache-sized row blocks
+    (:func:`blockwise_terms`); bench/loss_speed.py measures it against the reference.
     """
     vocab = vocab_size or min(student_head.shape[0], teacher_head.shape[0])
     if vocab > min(student_head.shape[0], teacher_head.shape[0]):
@@ -402,14 +565,33 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
     op_dtype = matmul_dtype or out_dtype
     head_t = teacher_head.detach()[:vocab].to(op_dtype) if spec.hard_label_weight < 1 else None
     chunk_fn = compiled(_online_chunk) if compile else _online_chunk
+    blockwise = _blockwise(options, h_s.device)
+    rows_per_block = elementwise_rows(vocab, out_dtype)
+    teacher_logits = RowBuffer(vocab, out_dtype, h_s.device) if op_dtype == out_dtype else None
+    # Pure forward KL writes into the logit buffers it owns (the teacher's block is scratch too).
+    in_place = spec.kind == "forward_kl" and spec.hard_label_weight == 0 and teacher_logits is not None
 
     def chunk_terms(rows, z_s, rows_labels, valid, grad_dtype):
         z_t = None
         if head_t is not None:
             with torch.autocast(device_type=h_s.device.type, enabled=False):
-                z_t = matmul(h_t.detach()[rows].to(op_dtype), head_t.T, out_dtype)
+                hidden_t = h_t.detach()[rows].to(op_dtype)
+                z_t = matmul(hidden_t, head_t.T, out_dtype,
+                             out=teacher_logits.rows(hidden_t.shape[0]) if teacher_logits is not None else None)
+        if blockwise and grad_dtype == z_s.dtype:
+            if in_place:
+                def terms(block, z_s_block, labels_block):
+                    loss = forward_kl_in_place(z_s_block, z_t[block], spec.temperature, spec.temperature ** 2,
+                                               need_grad)
+                    return loss, z_s_block  # the gradient is already in place
+            else:
+                def terms(block, z_s_block, labels_block):
+                    return _chunk_loss_and_grad(z_s_block, None if z_t is None else z_t[block], labels_block,
+                                                spec, need_grad)
+            return blockwise_terms(z_s, rows_labels, valid, need_grad, rows_per_block, terms)
         return chunk_fn(z_s, z_t, rows_labels, valid, spec, need_grad, grad_dtype)
 
     return _FusedHeadLoss.apply(h_s, student_head, flat_labels, num_valid_tokens_global, vocab,
-                                chunk_size or default_chunk_size(vocab, matmul_dtype), need_grad, options,
+                                resolve_chunk_size(chunk_size, vocab, h_s.shape[1], options, h_s.device), need_grad,
+                                options,
                                 chunk_terms)

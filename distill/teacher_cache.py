@@ -3,7 +3,8 @@
 A second teacher source beside the online teacher. For every position of every packed
 sequence the cache keeps
 
-* ``topk_ids`` int32 [k]: the k most probable next tokens under the teacher at temperature T;
+* ``topk_ids`` int32 [k]: the k most probable next tokens under the teacher at temperature T
+  (4 bytes, the size uint32 would take; :func:`cache_size` gives a cache's bytes);
 * ``topk_logprobs`` [k] (fp16 by default): their log-probabilities log q_i = log_softmax(z_t / T);
 * ``tail_logmass`` fp32 []: log of the probability of every other token, log(1 - sum_i q_i),
   computed as a log-sum-exp over the other tokens (no cancellation when the tail is tiny).
@@ -29,6 +30,11 @@ that can only rise as k grows (each larger top-k refines the buckets). Temperatu
 hard-label mix follow :mod:`distill.losses`: loss_i = (1 - w) T^2 D_i + w CE_i. Only
 ``forward_kl`` is defined on cached targets.
 
+Size and scope: :func:`cache_size` gives the bytes per token and in all (k = 64 in fp16 or
+bf16: 388 bytes per token), :func:`check_cache_disk` refuses a folder whose disk cannot hold
+them, and ``max_sequences`` / ``max_tokens`` build the cache over the first packed rows only
+(the audited tokens), not the whole data set.
+
 Compute: building the cache runs the teacher forward once over every packed token; the
 trainer charges that FLOP to its meter once per run (see :func:`distill.trainer.train`), and
 training steps then cost the student's forward and backward only.
@@ -39,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -46,10 +53,11 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from audit.errors import InputError
+from audit.errors import FlopgateError, InputError
 from audit.fsutil import read_json, sha256_file, write_atomic
-from distill.losses import (IGNORE_INDEX, Count, FusedOptions, LossSpec, _compute_dtype, _divide, _FusedHeadLoss,
-                            compiled, default_chunk_size, hard_label_terms, masked_sum_and_grad, matmul)
+from distill.losses import (IGNORE_INDEX, Count, FusedOptions, LossSpec, _blockwise, _compute_dtype, _divide,
+                            _FusedHeadLoss, blockwise_terms, compiled, default_chunk_size, elementwise_rows,
+                            hard_label_terms, masked_sum_and_grad, matmul, resolve_chunk_size)
 
 CACHE_FORMAT = "flopgate-teacher-cache"
 CACHE_VERSION = 1
@@ -138,11 +146,8 @@ def cached_divergence_and_grad(u: torch.Tensor, ids: torch.Tensor, logprobs: tor
     return divergence, total_q[:, None] * log_p.exp() - target
 
 
-def _cached_chunk(z_s, ids, logprobs, tail, labels, valid, spec: LossSpec, need_grad: bool,
-                  grad_dtype: torch.dtype):
-    """One chunk of the cached-target loss: (sum of valid losses, gradient wrt z_s)."""
-    if valid is not None:
-        labels = labels.clamp_min(0)
+def cached_terms(z_s, ids, logprobs, tail, labels, spec: LossSpec, need_grad: bool):
+    """Per-token cached-target loss [n] and d(sum of losses)/d z_s [n, V] (or None)."""
     temperature, w = spec.temperature, spec.hard_label_weight
     loss = torch.zeros(z_s.shape[0], dtype=z_s.dtype, device=z_s.device)
     grad = None
@@ -157,6 +162,15 @@ def _cached_chunk(z_s, ids, logprobs, tail, labels, valid, spec: LossSpec, need_
         loss = loss + w * ce
         if need_grad:
             grad = w * d_ce if grad is None else grad + w * d_ce
+    return loss, grad
+
+
+def _cached_chunk(z_s, ids, logprobs, tail, labels, valid, spec: LossSpec, need_grad: bool,
+                  grad_dtype: torch.dtype):
+    """One chunk of the cached-target loss: (sum of valid losses, gradient wrt z_s)."""
+    if valid is not None:
+        labels = labels.clamp_min(0)
+    loss, grad = cached_terms(z_s, ids, logprobs, tail, labels, spec, need_grad)
     return masked_sum_and_grad(loss, grad, valid, grad_dtype)
 
 
@@ -211,19 +225,117 @@ def fused_cached_loss(student_hidden: torch.Tensor, student_head: torch.Tensor, 
                          f"labels {flat_labels.shape[0]}")
     need_grad = torch.is_grad_enabled() and (h_s.requires_grad or student_head.requires_grad)
     chunk_fn = compiled(_cached_chunk) if compile else _cached_chunk
+    options = FusedOptions(matmul_dtype, skip_ignored, compile)
+    blockwise = _blockwise(options, h_s.device)
+    rows_per_block = elementwise_rows(vocab, _compute_dtype(h_s, student_head))
 
     def chunk_terms(rows, z_s, rows_labels, valid, grad_dtype):
-        return chunk_fn(z_s, flat.ids[rows], flat.logprobs[rows], flat.tail[rows], rows_labels, valid, spec,
-                        need_grad, grad_dtype)
+        ids, logprobs, tail = flat.ids[rows], flat.logprobs[rows], flat.tail[rows]
+        if blockwise and grad_dtype == z_s.dtype:
+            return blockwise_terms(z_s, rows_labels, valid, need_grad, rows_per_block,
+                                   lambda block, z_s_block, labels_block: cached_terms(
+                                       z_s_block, ids[block], logprobs[block], tail[block], labels_block, spec,
+                                       need_grad))
+        return chunk_fn(z_s, ids, logprobs, tail, rows_labels, valid, spec, need_grad, grad_dtype)
 
     return _FusedHeadLoss.apply(h_s, student_head, flat_labels, num_valid_tokens_global, vocab,
-                                chunk_size or default_chunk_size(vocab, matmul_dtype), need_grad,
-                                FusedOptions(matmul_dtype, skip_ignored, compile), chunk_terms)
+                                resolve_chunk_size(chunk_size, vocab, h_s.shape[1], options, h_s.device), need_grad,
+                                options, chunk_terms)
 
 
 # ----------------------------------------------------------------------------------------------
 # Storage
 # ----------------------------------------------------------------------------------------------
+
+ID_DTYPE = torch.int32
+"""Stored top-k ids: 4 bytes, like uint32 (ids < 2^31 cover every vocabulary; int32 is what
+torch's indexing ops take after one ``.long()``, uint32 has few torch ops)."""
+TAIL_BYTES = 4
+"""The stored tail log-mass: fp32 (fp64 only for fp64 teacher logits, the tests' case)."""
+SHARD_HEADER_BYTES = 1024
+"""Upper bound of one shard's safetensors header (three tensors: about 300 bytes)."""
+INDEX_BYTES_PER_SHARD = 256
+"""Upper bound of one shard's entry in ``index.json`` (plus 4 KiB for the rest of the index)."""
+
+
+class CacheSize(NamedTuple):
+    """Bytes of a cache: ``bytes_per_token`` of targets, ``payload_bytes`` = tokens x that, and
+    ``total_bytes`` = payload + shard headers + index (an upper bound of the folder's size)."""
+
+    tokens: int
+    k: int
+    logprob_dtype: str
+    bytes_per_token: int
+    payload_bytes: int
+    total_bytes: int
+    shards: int
+
+
+def cache_size(tokens: int, k: int, logprob_dtype: str = "float16", *, seq_len: Optional[int] = None,
+               shard_sequences: Optional[int] = None) -> CacheSize:
+    """Bytes per token and in all of a cache of ``tokens`` positions with top-``k`` targets.
+
+    Per token: k ids (4 bytes each, :data:`ID_DTYPE`), k log-probabilities (2 bytes in float16
+    or bfloat16, 4 in float32, 8 in float64) and one fp32 tail log-mass: k = 64 in fp16 is
+    64 x 6 + 4 = 388 bytes. Pure arithmetic, no file is touched. With ``seq_len`` (tokens must be
+    whole sequences) the shard count is :func:`shard_rows`'s and ``total_bytes`` adds a header
+    bound per shard and the index; without it one shard is assumed."""
+    if logprob_dtype not in LOGPROB_DTYPES:
+        raise ValueError(f"logprob_dtype: expected one of {', '.join(LOGPROB_DTYPES)}, got {logprob_dtype!r}")
+    if tokens < 0 or k < 1:
+        raise ValueError(f"expected tokens >= 0 and k >= 1, got {tokens} and {k}")
+    lp_bytes = torch.finfo(LOGPROB_DTYPES[logprob_dtype]).bits // 8
+    per_token = k * (torch.iinfo(ID_DTYPE).bits // 8 + lp_bytes) + TAIL_BYTES
+    shards = 1
+    if seq_len:
+        sequences = -(-tokens // seq_len)
+        shards = max(1, -(-sequences // shard_rows(seq_len, k, logprob_dtype, shard_sequences)))
+    payload = tokens * per_token
+    total = payload + shards * (SHARD_HEADER_BYTES + INDEX_BYTES_PER_SHARD) + 4096
+    return CacheSize(tokens, k, logprob_dtype, per_token, payload, total, shards)
+
+
+class CacheDiskError(FlopgateError):
+    """The disk holding a cache folder has less free space than the cache needs."""
+
+    exit_code = 2
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB"
+
+
+def check_cache_disk(folder: str | Path, needed_bytes: int) -> int:
+    """Refuse up front (:class:`CacheDiskError`, one line naming the folder, the bytes needed and
+    the bytes free) when the disk that will hold ``folder`` has fewer than ``needed_bytes`` free
+    (``shutil.disk_usage`` of the folder, or of its nearest existing parent when it does not exist
+    yet). Returns the free bytes."""
+    path = Path(folder).absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed_bytes > free:
+        raise CacheDiskError(f"{path}: the teacher cache needs {needed_bytes:,} bytes ({_gib(needed_bytes)}), "
+                             f"its disk has {free:,} bytes free ({_gib(free)})")
+    return free
+
+
+def cache_sequences(sequences: int, seq_len: int, *, max_sequences: Optional[int] = None,
+                    max_tokens: Optional[int] = None) -> int:
+    """Packed sequences a cache covers: the first ``max_sequences`` rows, or the fewest whole rows
+    holding ``max_tokens`` tokens, never more than the data has; all of them when both are None."""
+    count = sequences
+    if max_sequences is not None:
+        if max_sequences < 1:
+            raise ValueError(f"max_sequences: expected >= 1, got {max_sequences}")
+        count = min(count, max_sequences)
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens: expected >= 1, got {max_tokens}")
+        count = min(count, -(-max_tokens // seq_len))
+    return count
+
 
 def data_digest(sequences: torch.Tensor) -> str:
     """sha256 of packed sequences [n, seq_len + 1] (int64 token ids, row-major), with the shape:
@@ -236,8 +348,7 @@ def data_digest(sequences: torch.Tensor) -> str:
 def batch_sequence_ids(data, start: int, count: int) -> torch.Tensor:
     """Packed-sequence rows read at global cursor positions [start, start + count): the rows
     ``data.batch(start, count)`` returns (same epoch order)."""
-    n = len(data)
-    return torch.stack([data.order(position // n)[position % n] for position in range(start, start + count)])
+    return data.row_ids(start, count)
 
 
 @dataclass(frozen=True)
@@ -298,11 +409,18 @@ def build_cache_shards(folder: str | Path, *, teacher, sequences: torch.Tensor, 
                        temperature: float = 1.0, logprob_dtype: str = "float16", batch_size: int = 8,
                        device: torch.device | str = "cpu", amp_dtype: Optional[torch.dtype] = None,
                        shard_sequences: Optional[int] = None, rank: int = 0, world_size: int = 1,
-                       lockstep: bool = False) -> list[dict]:
+                       lockstep: bool = False, max_sequences: Optional[int] = None,
+                       max_tokens: Optional[int] = None, check_disk: bool = True) -> list[dict]:
     """Run the teacher over the shards :func:`shard_plan` gives ``rank`` and write them to
     ``folder`` (inputs = the first seq_len ids of each packed row [seq_len + 1]). Returns their
     index entries ({file, first, count, sha256}); :func:`write_cache_index` finishes the cache.
-    ``lockstep`` (a sharded teacher): pad with :func:`lockstep_padding` forwards."""
+    ``lockstep`` (a sharded teacher): pad with :func:`lockstep_padding` forwards.
+
+    ``max_sequences`` / ``max_tokens``: build only the first rows of ``sequences`` that hold
+    them (:func:`cache_sequences`; e.g. the audited token count), not every packed row; pass the
+    same limit to :func:`write_cache_index` and :meth:`TeacherCache.open`. ``check_disk``: first
+    refuse (:class:`CacheDiskError`), before the folder is made or the teacher runs, when the
+    folder's disk has less free space than the whole cache (:func:`cache_size`) needs."""
     from distill.models import final_hidden_states, head_weight
 
     if logprob_dtype not in LOGPROB_DTYPES:
@@ -310,20 +428,26 @@ def build_cache_shards(folder: str | Path, *, teacher, sequences: torch.Tensor, 
                          field="teacher_cache_dtype")
     store_dtype = LOGPROB_DTYPES[logprob_dtype]
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save
 
     device = torch.device(device)
-    head = head_weight(teacher)
     seq_len = sequences.shape[1] - 1
+    sequences = sequences[:cache_sequences(sequences.shape[0], seq_len, max_sequences=max_sequences,
+                                           max_tokens=max_tokens)]
     per_shard = shard_rows(seq_len, k, logprob_dtype, shard_sequences)
+    plan = shard_plan(sequences.shape[0], per_shard, world_size)
+    if check_disk:  # the whole cache: every rank writes its shards into this one folder
+        check_cache_disk(folder, cache_size(sequences.shape[0] * seq_len, k, logprob_dtype, seq_len=seq_len,
+                                            shard_sequences=per_shard).total_bytes)
+    folder.mkdir(parents=True, exist_ok=True)
+    head = head_weight(teacher)
     matmul_dtype = amp_dtype if device.type == "cuda" else None
     written = []
     padding = lockstep_padding(sequences.shape[0], per_shard, world_size, batch_size)[rank] if lockstep else 0
     for _ in range(padding):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             final_hidden_states(teacher, sequences[:1, :-1].to(device))
-    for number, (first, count, owner) in enumerate(shard_plan(sequences.shape[0], per_shard, world_size)):
+    for number, (first, count, owner) in enumerate(plan):
         if owner != rank:
             continue
         rows = sequences[first:first + count, :-1]
@@ -347,11 +471,15 @@ def build_cache_shards(folder: str | Path, *, teacher, sequences: torch.Tensor, 
 
 def write_cache_index(folder: str | Path, shards: list[dict], *, sequences: torch.Tensor, vocab: int, k: int,
                       temperature: float, logprob_dtype: str, teacher_digest: str,
-                      teacher_flops_per_token: Optional[float] = None, padding_sequences: int = 0) -> CacheIndex:
+                      teacher_flops_per_token: Optional[float] = None, padding_sequences: int = 0,
+                      max_sequences: Optional[int] = None, max_tokens: Optional[int] = None) -> CacheIndex:
     """Write ``index.json`` over every shard (from all ranks), last: it marks the cache finished.
     ``teacher_flops_per_token`` (forward) makes the index record the compute spent, lockstep
-    padding forwards (``padding_sequences`` in all) included."""
+    padding forwards (``padding_sequences`` in all) included. ``max_sequences`` / ``max_tokens``:
+    the limit :func:`build_cache_shards` was given (the index then covers those rows only)."""
     seq_len = sequences.shape[1] - 1
+    sequences = sequences[:cache_sequences(sequences.shape[0], seq_len, max_sequences=max_sequences,
+                                           max_tokens=max_tokens)]
     tokens = int(sequences.shape[0] * seq_len)
     spent_tokens = tokens + padding_sequences * seq_len
     index = CacheIndex(k=k, logprob_dtype=logprob_dtype, temperature=float(temperature), vocab_size=vocab,
@@ -376,11 +504,16 @@ class TeacherCache:
 
     @classmethod
     def open(cls, folder: str | Path, *, sequences: torch.Tensor, vocab: int, temperature: float,
-             teacher_digest: str) -> "TeacherCache":
+             teacher_digest: str, max_sequences: Optional[int] = None,
+             max_tokens: Optional[int] = None) -> "TeacherCache":
         """Open the cache in ``folder`` for this data, vocabulary, temperature and teacher;
-        ``InputError`` naming the index field that does not match, or a shard whose sha256 differs."""
+        ``InputError`` naming the index field that does not match, or a shard whose sha256 differs.
+        ``max_sequences`` / ``max_tokens``: the limit the cache was built with (it covers the
+        first rows of ``sequences`` only; :meth:`targets` refuses any other row)."""
         folder = Path(folder)
         source = str(folder / INDEX_FILE)
+        sequences = sequences[:cache_sequences(sequences.shape[0], sequences.shape[1] - 1,
+                                               max_sequences=max_sequences, max_tokens=max_tokens)]
         index = read_index(folder)
         expected = {"seq_len": sequences.shape[1] - 1, "sequences": sequences.shape[0], "vocab_size": vocab,
                     "data_sha256": data_digest(sequences), "teacher_sha256": teacher_digest}
@@ -408,6 +541,9 @@ class TeacherCache:
 
         parts = []
         for row in sequence_ids.tolist():
+            if not 0 <= row < self.index.sequences:
+                raise InputError(f"packed sequence {row} is not in the cache (it holds rows 0..{self.index.sequences - 1}"
+                                 "): train on the rows it was built for", source=str(self.folder / INDEX_FILE))
             shard = bisect.bisect_right(self._firsts, row) - 1
             offset = row - self._firsts[shard]
             handle = self._handles[shard]

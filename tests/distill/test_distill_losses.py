@@ -209,3 +209,96 @@ def test_matches_cross_entropy_when_hard_labels_only():
                               vocab_size=V)
     want = F.cross_entropy((h_s @ w_s.T)[:, :V][valid], labels[valid])
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CPU path: GEMMs over whole chunks, per-token work in cache-sized blocks of rows
+# ----------------------------------------------------------------------------------------------
+
+def small_row_blocks(monkeypatch, rows: int, vocab: int = V, itemsize: int = 8):
+    """Make :func:`distill.losses.elementwise_rows` give ``rows`` rows per block."""
+    import distill.losses as losses
+
+    monkeypatch.setattr(losses, "ELEMENTWISE_BLOCK_BYTES", rows * vocab * itemsize)
+    assert losses.elementwise_rows(vocab, torch.float64) == rows
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}-b{s.beta}-T{s.temperature}-w{s.hard_label_weight}")
+@pytest.mark.parametrize("skip_ignored", [True, False], ids=["gather", "mask"])
+def test_row_blocks_inside_chunks_equal_the_reference(monkeypatch, spec, skip_ignored):
+    """Blocks of 3 rows inside chunks of 8 (37 rows: the last chunk and the last block shorter):
+    value and gradients equal the full-logit reference, ignored rows and padded vocabulary rows
+    get exactly zero gradient, and the loss does not depend on the block size."""
+    h_s, w_s, h_t, w_t, labels = make_inputs(37, seed=21)
+    count = int((labels != -100).sum())
+    want = (reference(h_s, w_s, h_t, w_t, labels, spec, count),)
+    want += torch.autograd.grad(want[0], [h_s, w_s])
+    results = {}
+    for rows in (3, 1, 64):
+        small_row_blocks(monkeypatch, rows)
+        loss = fused_distill_loss(h_s, w_s, h_t, w_t, labels, spec, count, vocab_size=V, chunk_size=8,
+                                  skip_ignored=skip_ignored)
+        results[rows] = (loss.detach(), *torch.autograd.grad(loss, [h_s, w_s]))
+    for got, ref in zip(results[3], want):
+        torch.testing.assert_close(got, ref.detach(), rtol=1e-11, atol=1e-13)
+    assert torch.count_nonzero(results[3][1][labels == -100]) == 0
+    assert torch.count_nonzero(results[3][2][V:]) == 0
+    for rows in (1, 64):  # per-token terms are summed once per chunk: the block size changes no bit
+        assert all(torch.equal(a, b) for a, b in zip(results[rows], results[3]))
+
+
+def test_cpu_default_chunk_and_block_sizes():
+    import distill.losses as losses
+
+    # Each of the two [chunk x V] buffers: V x H / 2 elements, within 2^24 .. 2^27.
+    assert losses.cpu_chunk_size(128256, 2048) == 1024 and losses.cpu_chunk_size(128256, 512) == 256
+    assert losses.cpu_chunk_size(32000, 256) == 512 and losses.cpu_chunk_size(32000, 8192) == 4096
+    assert losses.cpu_chunk_size(10, 16) == 4096 and losses.cpu_chunk_size(10 ** 8, 4096) == 16
+    assert losses.cpu_chunk_size(2 ** 24 // 40, 16) == 40       # below 64 rows: a multiple of 8
+    rows = losses.elementwise_rows(128256)
+    assert rows >= 1 and rows * 128256 * 4 <= max(losses.ELEMENTWISE_BLOCK_BYTES, 128256 * 4)
+    assert losses.ELEMENTWISE_BLOCK_BYTES <= 16 << 20
+    assert losses.elementwise_rows(10 ** 9) == 1
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    eager, compiled = losses.FusedOptions(), losses.FusedOptions(compile=True)
+    assert losses.resolve_chunk_size(None, 128256, 2048, eager, cpu) == 1024
+    assert losses.resolve_chunk_size(None, 128256, 2048, compiled, cpu) == losses.default_chunk_size(128256)
+    assert losses.resolve_chunk_size(None, 128256, 2048, eager, cuda) == losses.default_chunk_size(128256)
+    assert losses.resolve_chunk_size(100, 128256, 2048, eager, cpu) == 100
+    bf16 = losses.FusedOptions(matmul_dtype=torch.bfloat16)  # bf16 operands: the chunked GPU path
+    assert losses.resolve_chunk_size(None, 128256, 2048, bf16, cpu) == losses.default_chunk_size(128256, torch.bfloat16)
+
+
+class LargeAllocations(TorchDispatchMode):
+    """Counts op outputs of shape [at least ``rows`` x ``width``] whose storage is new (not an
+    input's, as with ``out=`` or in-place ops): the logit-sized allocations a computation makes."""
+
+    def __init__(self, rows: int, width: int):
+        super().__init__()
+        self.rows, self.width, self.count = rows, width, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs or {}))
+                  if isinstance(t, torch.Tensor)}
+        out = func(*args, **(kwargs or {}))
+        for item in out if isinstance(out, (tuple, list)) else [out]:
+            if (isinstance(item, torch.Tensor) and item.dim() == 2 and item.shape[1] == self.width
+                    and item.shape[0] >= self.rows and item.untyped_storage().data_ptr() not in inputs):
+                self.count += 1
+        return out
+
+
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[3], SPECS[9]], ids=lambda s: s.kind)
+def test_cpu_path_allocates_its_chunk_sized_logit_buffers_once(monkeypatch, spec):
+    """Six chunks of 16 rows, blocks of 2 rows: the student's and the teacher's [chunk x V] logits
+    are each allocated once and reused (a fresh allocation per chunk costs page faults on a CPU);
+    the per-token work allocates nothing of a chunk's size."""
+    small_row_blocks(monkeypatch, 2)
+    h_s, w_s, h_t, w_t, labels = make_inputs(96, seed=22)
+    with LargeAllocations(16, V) as watch:
+        fused_distill_loss(h_s, w_s, h_t, w_t, labels, spec, 70, vocab_size=V, chunk_size=16,
+                           skip_ignored=False).backward()
+    assert watch.count == 2
+    with LargeAllocations(16, V) as watch_ref:  # the detector counts a full-logit computation's
+        reference(h_s, w_s, h_t, w_t, labels, spec, 70).backward()
+    assert watch_ref.count >= 6

@@ -323,3 +323,102 @@ def test_lockstep_padding_gives_every_rank_the_same_number_of_forwards(sequences
     forwards = [sum(math.ceil(count / batch) for _, count, owner in plan if owner == rank) for rank in range(world)]
     padding = lockstep_padding(sequences, per_shard, world, batch)
     assert min(padding) == 0 and len({f + p for f, p in zip(forwards, padding)}) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The CPU path's row blocks, the cache's size, the disk check, the token limit
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("skip_ignored", [True, False], ids=["gather", "mask"])
+def test_cached_loss_in_row_blocks_equals_its_reference(monkeypatch, skip_ignored):
+    """Blocks of 3 rows inside chunks of 8 (the CPU path): value and gradient equal the reference,
+    and a block of 1 row or of the whole chunk gives the same bits."""
+    import distill.losses as losses
+
+    h_s, w_s, z_t, labels = inputs(45, seed=31)
+    count = int((labels != -100).sum())
+    spec = LossSpec("forward_kl", temperature=1.6, hard_label_weight=0.2)
+    targets = topk_targets(z_t, 7, spec.temperature, torch.float64)
+    want = value_and_grads(reference_cached_loss(h_s @ w_s.T, targets, labels, spec, count, vocab_size=V), [h_s, w_s])
+    results = {}
+    for rows in (3, 1, 8):
+        monkeypatch.setattr(losses, "ELEMENTWISE_BLOCK_BYTES", rows * V * 8)
+        results[rows] = value_and_grads(fused_cached_loss(h_s, w_s, targets, labels, spec, count, vocab_size=V,
+                                                          chunk_size=8, skip_ignored=skip_ignored), [h_s, w_s])
+    for got, ref in zip(results[3], want):
+        torch.testing.assert_close(got, ref, rtol=1e-11, atol=1e-13)
+    assert torch.count_nonzero(results[3][1][labels == -100]) == 0
+    for rows in (1, 8):
+        assert all(torch.equal(a, b) for a, b in zip(results[rows], results[3]))
+
+
+def test_cache_size_counts_the_bytes_the_shards_hold(built):
+    from distill.teacher_cache import SHARD_HEADER_BYTES, cache_size
+
+    # top-5 fp16: 5 int32 ids + 5 fp16 log-probs + one fp32 tail = 34 bytes per token.
+    size = cache_size(160, 5, "float16", seq_len=16, shard_sequences=4)
+    assert (size.bytes_per_token, size.payload_bytes, size.shards) == (34, 160 * 34, 3)
+    folder = built["root"] / "cache"
+    shard_files = [folder / s["file"] for s in read_index(folder).shards]
+    on_disk = sum(path.stat().st_size for path in shard_files)
+    assert size.payload_bytes < on_disk <= size.payload_bytes + len(shard_files) * SHARD_HEADER_BYTES
+    assert on_disk + (folder / INDEX_FILE).stat().st_size <= size.total_bytes
+    # bf16 is as large as fp16; fp32 log-probs take 4 bytes; ids stay 4 bytes (int32, as uint32 would).
+    assert cache_size(160, 5, "bfloat16").bytes_per_token == 34 and cache_size(160, 5, "float32").bytes_per_token == 44
+    assert cache_size(2048 * 10 ** 6, 64, "bfloat16").payload_bytes == 2048 * 10 ** 6 * (64 * 6 + 4)
+    with pytest.raises(ValueError, match="logprob_dtype"):
+        cache_size(10, 5, "int8")
+
+
+def test_a_cache_too_large_for_the_disk_is_refused_before_anything_is_built(built, tmp_path, monkeypatch):
+    import shutil
+
+    import distill.teacher_cache as teacher_cache
+    from audit.errors import FlopgateError
+    from distill.teacher_cache import CacheDiskError, cache_size, check_cache_disk
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(teacher_cache.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    folder = tmp_path / "new" / "cache"
+    with pytest.raises(CacheDiskError) as err:
+        build_cache_shards(folder, teacher=built["teacher"], sequences=built["sequences"], vocab=built["vocab"], k=5,
+                           shard_sequences=4)
+    needed = cache_size(160, 5, "float16", seq_len=16, shard_sequences=4).total_bytes
+    message = str(err.value)
+    assert isinstance(err.value, FlopgateError) and "\n" not in message
+    assert str(folder) in message and f"{needed:,} bytes" in message and "1,000 bytes free" in message
+    assert not (tmp_path / "new").exists()                  # nothing made, the teacher never ran
+    assert check_cache_disk(folder, 1000) == 1000           # exactly enough is enough
+    monkeypatch.undo()
+    assert check_cache_disk(folder, needed) > needed        # the real disk holds this tiny cache
+
+
+def test_a_token_limit_builds_only_the_first_rows_and_the_cache_covers_them_only(built, tmp_path):
+    from distill.checkpoint import checkpoint_digest
+    from distill.teacher_cache import cache_sequences
+
+    assert cache_sequences(10, 16, max_tokens=50) == 4 and cache_sequences(10, 16, max_tokens=64) == 4
+    assert cache_sequences(10, 16, max_sequences=3, max_tokens=64) == 3 and cache_sequences(10, 16) == 10
+    assert cache_sequences(10, 16, max_sequences=99) == 10
+    sequences, digest = built["sequences"], checkpoint_digest(built["teacher_dir"])
+    common = dict(teacher=built["teacher"], sequences=sequences, vocab=built["vocab"], k=5, temperature=1.5,
+                  batch_size=3, shard_sequences=3)
+    by_tokens = build_cache_shards(tmp_path / "a", max_tokens=50, **common)
+    by_rows = build_cache_shards(tmp_path / "b", max_sequences=4, **common)
+    assert [(s["first"], s["count"]) for s in by_tokens] == [(0, 3), (3, 1)]
+    assert [s["sha256"] for s in by_tokens] == [s["sha256"] for s in by_rows]
+    index = write_cache_index(tmp_path / "a", by_tokens, sequences=sequences, vocab=built["vocab"], k=5,
+                              temperature=1.5, logprob_dtype="float16", teacher_digest=digest,
+                              teacher_flops_per_token=1000.0, max_tokens=50)
+    assert (index.sequences, index.tokens, index.teacher_forward_flops) == (4, 64, 64 * 1000.0)
+    assert index.data_sha256 == data_digest(sequences[:4])
+    cache = TeacherCache.open(tmp_path / "a", sequences=sequences, vocab=built["vocab"], temperature=1.5,
+                              teacher_digest=digest, max_tokens=50)
+    full = open_cache(built)
+    rows = torch.tensor([3, 0, 2])
+    assert all(torch.equal(a, b) for a, b in zip(cache.targets(rows), full.targets(rows)))
+    with pytest.raises(InputError, match="packed sequence 4 is not in the cache"):
+        cache.targets(torch.tensor([1, 4]))
+    with pytest.raises(InputError, match="sequences"):  # opened without the limit: other data
+        TeacherCache.open(tmp_path / "a", sequences=sequences, vocab=built["vocab"], temperature=1.5,
+                          teacher_digest=digest)
