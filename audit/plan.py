@@ -262,6 +262,10 @@ class Method(StrictModel):
     temperature: Number = Field(default=1.0, gt=0)
     also_logits: bool = Field(default=False, description="sequence: the teacher (local weights) also runs over the "
                               "training samples and its logits join the loss; its forward passes are counted")
+    cache_top_k: Count = Field(default=64, gt=0, le=MAX_COUNT, description="cached_logits: teacher log-probabilities "
+                               "kept per position")
+    cache_dtype: Literal["float16", "bfloat16", "float32"] = Field(default="float16", description="cached_logits: "
+                                                                   "how the log-probabilities are stored")
 
     @model_validator(mode="after")
     def _sequence_needs_tokens(self):

@@ -216,14 +216,21 @@ class EpochOrder:
         """The rows at global cursor positions [start, start + count)."""
         return self.rows(self.row_ids(start, count))
 
+    def limit(self, count: int) -> None:
+        """Train on the first ``count`` rows only (e.g. those a teacher cache covers). Before any
+        batch is read, and before :meth:`hold_out`."""
+        if not 0 < count <= self.total_rows():
+            raise InputError(f"cannot train on {count} of {self.total_rows()} packed sequences", field="data")
+        self._trained, self._order_cache = torch.arange(count), None
+
     def hold_out(self, count: int) -> torch.Tensor:
-        """Set ``count`` rows aside (chosen by a permutation seeded apart from the epochs'); they
-        are never trained on. Returns their ids, sorted. Before any batch is read."""
-        total = self.total_rows()
-        if not 0 < count < total:
-            raise InputError(f"cannot hold out {count} of {total} packed sequences for evaluation: keep at least one "
-                             "to train on", field="eval_sequences")
-        chosen = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1))
+        """Set ``count`` of the rows trained on aside (chosen by a permutation seeded apart from
+        the epochs'); they are never trained on. Returns their ids, sorted. Before any batch is read."""
+        rows = self._trained if self._trained is not None else torch.arange(self.total_rows())
+        if not 0 < count < len(rows):
+            raise InputError(f"cannot hold out {count} of {len(rows)} packed sequences for evaluation: keep at least "
+                             "one to train on", field="eval_sequences")
+        chosen = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1))]
         held = chosen[:count].sort().values
         self._trained, self._order_cache = chosen[count:].sort().values, None
         return held
@@ -249,6 +256,10 @@ class PackedData(EpochOrder):
         """Inputs and labels [len(ids), seq_len] of packed rows ``ids``."""
         block = self.sequences[ids]
         return block[:, :-1].contiguous(), block[:, 1:].contiguous()
+
+    def first_sequences(self, count: int) -> torch.Tensor:
+        """Packed rows [0, count) [count, seq_len + 1] (int64): what a teacher cache covers."""
+        return self.sequences[:count]
 
 
 @dataclass(frozen=True)
@@ -314,15 +325,19 @@ class ShardData(EpochOrder):
             labels = labels.masked_fill(~keep, IGNORE_INDEX)
         return inputs, labels
 
-    @property
-    def sequences(self):
-        """All packed sequences [n, seq_len + 1] (torch int64) in memory, built on first use (the
-        teacher cache reads them)."""
+    def first_sequences(self, count: int):
+        """Packed rows [0, count) [count, seq_len + 1] (torch int64), read from the shards: what a
+        teacher cache covers, without the rest of the corpus in memory."""
         import torch
 
+        ids, _ = self.shards.read(0, count * self._seq_len + 1)
+        return torch.from_numpy(ids).unfold(0, self._seq_len + 1, self._seq_len).contiguous()
+
+    @property
+    def sequences(self):
+        """All packed sequences [n, seq_len + 1] (torch int64) in memory, built on first use."""
         if self._sequences is None:
-            ids, _ = self.shards.read(0, self.count * self._seq_len + 1)
-            self._sequences = torch.from_numpy(ids).unfold(0, self._seq_len + 1, self._seq_len).contiguous()
+            self._sequences = self.first_sequences(self.count)
         return self._sequences
 
 

@@ -53,6 +53,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from audit.compute.types import logit_cache_bytes_per_token
+
 from audit.errors import FlopgateError, InputError
 from audit.fsutil import read_json, sha256_file, write_atomic
 from distill.losses import (IGNORE_INDEX, Count, FusedOptions, LossSpec, _blockwise, _compute_dtype, _divide,
@@ -250,8 +252,6 @@ def fused_cached_loss(student_hidden: torch.Tensor, student_head: torch.Tensor, 
 ID_DTYPE = torch.int32
 """Stored top-k ids: 4 bytes, like uint32 (ids < 2^31 cover every vocabulary; int32 is what
 torch's indexing ops take after one ``.long()``, uint32 has few torch ops)."""
-TAIL_BYTES = 4
-"""The stored tail log-mass: fp32 (fp64 only for fp64 teacher logits, the tests' case)."""
 SHARD_HEADER_BYTES = 1024
 """Upper bound of one shard's safetensors header (three tensors: about 300 bytes)."""
 INDEX_BYTES_PER_SHARD = 256
@@ -284,8 +284,7 @@ def cache_size(tokens: int, k: int, logprob_dtype: str = "float16", *, seq_len: 
         raise ValueError(f"logprob_dtype: expected one of {', '.join(LOGPROB_DTYPES)}, got {logprob_dtype!r}")
     if tokens < 0 or k < 1:
         raise ValueError(f"expected tokens >= 0 and k >= 1, got {tokens} and {k}")
-    lp_bytes = torch.finfo(LOGPROB_DTYPES[logprob_dtype]).bits // 8
-    per_token = k * (torch.iinfo(ID_DTYPE).bits // 8 + lp_bytes) + TAIL_BYTES
+    per_token = logit_cache_bytes_per_token(k, logprob_dtype)  # the audit's figure: one home for the format
     shards = 1
     if seq_len:
         sequences = -(-tokens // seq_len)

@@ -100,6 +100,9 @@ class TrainConfig(LoopConfig):
     teacher_cache_dir: Optional[Path] = Field(default=None, description="cached teacher logits (built if absent)")
     teacher_cache_k: int = Field(default=64, gt=0, description="top-k kept per position when building the cache")
     teacher_cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    teacher_cache_tokens: Optional[int] = Field(default=None, gt=0, description="cached: the audited teacher "
+                                                "tokens; the cache (and the training) cover the whole packed rows "
+                                                "within them, never more")
     teacher_flops_per_token: Optional[float] = Field(default=None, gt=0, description="audited teacher "
                                                      "forward FLOP per token (charged once for a cache)")
     shard_teacher: bool = Field(default=False, description="several processes: shard the teacher's "
@@ -183,7 +186,9 @@ class TrainConfig(LoopConfig):
                       loss=plan.method.loss, temperature=plan.method.temperature, budget_flops=budget,
                       flops_per_token=flops_per_token, out_dir=Path(out_dir))
         if cached:
-            fields.update(teacher_source="cached", teacher_cache_dir=Path(out_dir) / "teacher-cache")
+            fields.update(teacher_source="cached", teacher_cache_dir=Path(out_dir) / "teacher-cache",
+                          teacher_cache_tokens=int(plan.data.tokens), teacher_cache_k=plan.method.cache_top_k,
+                          teacher_cache_dtype=plan.method.cache_dtype)
         fields.update(overrides)
         return cls.parse(fields, source)
 
@@ -200,36 +205,38 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _open_cache(cfg: TrainConfig, *, build: bool, teacher, data, vocab: int, device, amp_dtype, ctx,
-                lockstep: bool = False, padding: int = 0):
+                rows: int, lockstep: bool = False, padding: int = 0):
     """The verified teacher cache of this run. ``build`` (the folder has no index yet): every
     rank first builds its share of the shards (:func:`distill.teacher_cache.shard_plan`) and
-    rank 0 writes the index. ``lockstep``: the teacher is sharded, so every rank runs as many
-    forwards (``padding`` extra in all, recorded in the index's compute)."""
+    rank 0 writes the index. ``rows``: the first packed rows the cache covers. ``lockstep``: the
+    teacher is sharded, so every rank runs as many forwards (``padding`` extra in all, recorded in
+    the index's compute)."""
     from distill.checkpoint import checkpoint_digest
     from distill.teacher_cache import INDEX_FILE, TeacherCache, build_cache_shards, read_index, write_cache_index
 
     folder = cfg.teacher_cache_dir
     digest = checkpoint_digest(cfg.teacher_dir)
+    sequences = data.first_sequences(rows)
     if build:
-        shards = build_cache_shards(folder, teacher=teacher, sequences=data.sequences, vocab=vocab,
+        shards = build_cache_shards(folder, teacher=teacher, sequences=sequences, vocab=vocab,
                                     k=cfg.teacher_cache_k, temperature=cfg.temperature,
                                     logprob_dtype=cfg.teacher_cache_dtype, batch_size=cfg.micro_batch,
                                     device=device, amp_dtype=amp_dtype, rank=ctx.rank, world_size=ctx.world_size,
-                                    lockstep=lockstep)
+                                    lockstep=lockstep, max_sequences=rows, check_disk=False)
         shards = [shard for part in distributed.gather_objects(shards, ctx) for shard in part]
         if ctx.is_main:
-            write_cache_index(folder, shards, sequences=data.sequences, vocab=vocab, k=cfg.teacher_cache_k,
+            write_cache_index(folder, shards, sequences=sequences, vocab=vocab, k=cfg.teacher_cache_k,
                               temperature=cfg.temperature, logprob_dtype=cfg.teacher_cache_dtype,
                               teacher_digest=digest, teacher_flops_per_token=cfg.teacher_flops_per_token,
-                              padding_sequences=padding)
+                              padding_sequences=padding, max_sequences=rows)
         distributed.barrier(ctx)
     index = read_index(folder)
     if index.k != cfg.teacher_cache_k or index.logprob_dtype != cfg.teacher_cache_dtype:
         raise InputError(f"holds top-{index.k} {index.logprob_dtype} targets, the run asks for top-"
                          f"{cfg.teacher_cache_k} {cfg.teacher_cache_dtype}", source=str(folder / INDEX_FILE),
                          field="k")
-    return TeacherCache.open(folder, sequences=data.sequences, vocab=vocab, temperature=cfg.temperature,
-                             teacher_digest=digest)
+    return TeacherCache.open(folder, sequences=sequences, vocab=vocab, temperature=cfg.temperature,
+                             teacher_digest=digest, max_sequences=rows)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False,
@@ -289,20 +296,30 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         # --- Teacher source -------------------------------------------------------------------
         cache = None
         if cached:
-            from distill.teacher_cache import lockstep_padding, shard_rows
+            from distill.teacher_cache import cache_size, check_cache_disk, lockstep_padding, shard_rows
 
+            rows = len(data)  # the cache covers, and the run trains on, the audited tokens' whole rows
+            if cfg.teacher_cache_tokens is not None:
+                rows = min(rows, cfg.teacher_cache_tokens // cfg.seq_len)
+                if rows < 1:
+                    raise InputError(f"the audited {cfg.teacher_cache_tokens} tokens hold no whole sequence of "
+                                     f"{cfg.seq_len}", field="data.tokens")
+                data.limit(rows)
             padding = 0  # forwards a sharded teacher runs to keep the ranks in step (a build only)
             if shard and build_cache:
                 per_shard = shard_rows(cfg.seq_len, cfg.teacher_cache_k, cfg.teacher_cache_dtype)
-                padding = sum(lockstep_padding(len(data), per_shard, ctx.world_size, cfg.micro_batch))
+                padding = sum(lockstep_padding(rows, per_shard, ctx.world_size, cfg.micro_batch))
+            if build_cache:  # refused before the teacher runs when the disk cannot hold the cache
+                check_cache_disk(cfg.teacher_cache_dir, cache_size(rows * cfg.seq_len, cfg.teacher_cache_k,
+                                                                   cfg.teacher_cache_dtype, seq_len=cfg.seq_len).total_bytes)
             if cfg.flops_per_token is not None:
-                charge = cfg.teacher_flops_per_token * (len(data) + padding) * cfg.seq_len
+                charge = cfg.teacher_flops_per_token * (rows + padding) * cfg.seq_len
                 if meter.limit_flops is not None and charge > meter.limit_flops:
                     raise InputError(f"the teacher cache's forward pass takes {short_sci(charge, 4)} FLOP, past the budget's "
                                      f"limit {short_sci(meter.limit_flops, 4)}", field="budget_flops")
                 meter.charge(charge)  # a resumed run restores the meter, charge included
             cache = _open_cache(cfg, build=build_cache, teacher=teacher, data=data, vocab=vocab, device=device,
-                                amp_dtype=amp_dtype, ctx=ctx, lockstep=shard, padding=padding)
+                                amp_dtype=amp_dtype, ctx=ctx, rows=rows, lockstep=shard, padding=padding)
             teacher = None  # not needed any more: free its memory
         elif compile_models and not shard:  # a sharded layer's all-gather hooks stay eager
             compile_layers(teacher, backend=losses.COMPILE_BACKEND)

@@ -95,6 +95,10 @@ def _print_verdict(out, result) -> None:
                       if compute.get(m)})
     out.print(f"per-token counts: {' and '.join(sources) or 'none'} "
               "(cache entries are used only when their MAC verifies)")
+    store = compute.get("logit_cache")
+    if store:
+        out.print(f"teacher logit cache: top-{store['top_k']} {store['dtype']}, {store['bytes_per_token']} bytes per "
+                  f"token, {sci(store['total_bytes'], 3)} bytes for {sci(store['tokens'], 3)} tokens")
     if predicate.get("historical"):
         out.print(f"historical audit: rules as of {predicate['as_of']}, before the plan's start and today; "
                   "the training gate refuses it", style="yellow")

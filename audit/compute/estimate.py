@@ -23,7 +23,8 @@ Components and which totals they join (EU GPAI guidelines, Annex A.1, ¶118-122)
 from __future__ import annotations
 
 
-from audit.compute.types import AdapterSummary, Component, ComputeEstimate, HardwareCheck
+from audit.compute.types import (AdapterSummary, Component, ComputeEstimate, HardwareCheck, LogitCache,
+                                 logit_cache_bytes_per_token)
 from audit.flops.summary import ModelSummary
 from audit.compute.tables import ReferenceTables
 from audit.numbers import sci, short_sci
@@ -107,6 +108,7 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
         six_nd_flops=6.0 * student.params_active * tokens,
         params_total=student.params_total, params_active=student.params_active,
         student=student, adapter=adapter if plan.student.adapter is not None else None, teacher=teacher,
+        logit_cache=_logit_cache(plan),
         teacher_params_estimate=teacher_params,
         teacher_training_flops=teacher_published.training_flops if teacher_published else None,
         teacher_training_source=teacher_published.source.url if teacher_published else None,
@@ -119,6 +121,15 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
                      + ([adapter.coverage] if adapter is not None and adapter.coverage is not None else [])),
         missing_facts=missing,
     )
+
+
+def _logit_cache(plan: Plan) -> LogitCache | None:
+    """The cached targets' size for a ``cached_logits`` plan (one teacher pass over data.tokens)."""
+    if plan.method.kind != "cached_logits":
+        return None
+    per_token = logit_cache_bytes_per_token(plan.method.cache_top_k, plan.method.cache_dtype)
+    return LogitCache(top_k=plan.method.cache_top_k, dtype=plan.method.cache_dtype, bytes_per_token=per_token,
+                      tokens=plan.data.tokens, total_bytes=per_token * plan.data.tokens)
 
 
 def two_significant_figures(flops: float | None) -> str | None:

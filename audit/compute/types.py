@@ -74,6 +74,27 @@ class AdapterSummary(StrictModel):
     failure: Optional[str] = None
 
 
+LOGPROB_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+"""Bytes of one cached teacher log-probability, by the plan's ``method.cache_dtype`` (float64:
+the trainer's tests only)."""
+
+
+def logit_cache_bytes_per_token(top_k: int, dtype: str) -> int:
+    """Bytes one position takes in a cached-logit store: ``top_k`` token ids (int32, 4 bytes),
+    ``top_k`` log-probabilities in ``dtype`` and one fp32 tail log-mass. Top-64 fp16: 388."""
+    return top_k * (4 + LOGPROB_BYTES[dtype]) + 4
+
+
+class LogitCache(StrictModel):
+    """What a ``cached_logits`` run stores: the audited teacher tokens' top-k targets."""
+
+    top_k: int
+    dtype: Literal["float16", "bfloat16", "float32"]
+    bytes_per_token: int
+    tokens: float = Field(description="positions cached: data.tokens (one pass of the teacher)")
+    total_bytes: float = Field(description="tokens x bytes_per_token (shard headers and index not included)")
+
+
 class ComputeEstimate(StrictModel):
     convention: str = CONVENTION
     seq_len: int
@@ -92,6 +113,8 @@ class ComputeEstimate(StrictModel):
     adapter: Optional[AdapterSummary] = Field(default=None, description="student.adapter: the student's "
                                               "training counted with its weights frozen and adapters trained")
     teacher: Optional[ModelSummary] = None
+    logit_cache: Optional[LogitCache] = Field(default=None, description="cached_logits: the size of the teacher's "
+                                              "cached targets")
     teacher_params_estimate: Optional[float] = None
     teacher_training_flops: Optional[float] = Field(default=None, description="the teacher's own published training compute")
     teacher_training_source: Optional[str] = None

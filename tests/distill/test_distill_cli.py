@@ -467,3 +467,36 @@ def main_distill_into(capsys, project, envelope, signer, name):
                  "--steps", "2", "--micro-batch", str(MICRO_BATCH)])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_the_cache_covers_only_the_audited_tokens_and_the_run_trains_on_them(project, signer, capsys):
+    """data.tokens 640 of a larger corpus: the cache (and the charge) cover the 20 whole rows of 32
+    within them, and every training batch comes from those rows."""
+    import json as json_
+
+    project.plan.write_text(project.plan.read_text().replace("kind: logits", "kind: cached_logits")
+                            .replace(f"tokens: {PLAN_TOKENS},", "tokens: 640,"))
+    envelope = make_audit(project, signer)
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 2,
+                             "--micro-batch", MICRO_BATCH, "--teacher-cache", project.root / "cache")
+    assert code == 0, err
+    index = json_.loads((project.root / "cache" / "index.json").read_text())
+    assert index["sequences"] == 640 // SEQ_LEN
+    assert (json_.loads(project.manifest.read_text())["total_tokens"] - 1) // SEQ_LEN > 640 // SEQ_LEN
+    record = json_.loads((project.root / "out" / "run-record.json").read_text())["predicate"]
+    expected = 2 * TOKENS_PER_STEP * STUDENT_TRAIN_FPT + 640 * TEACHER_FORWARD_FPT
+    assert record["compute"]["flops"] == pytest.approx(expected)
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_the_teacher_runs(project, signer, capsys, monkeypatch):
+    import shutil as shutil_
+    from collections import namedtuple
+
+    project.plan.write_text(project.plan.read_text().replace("kind: logits", "kind: cached_logits"))
+    envelope = make_audit(project, signer)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_, "disk_usage", lambda path: usage(10_000, 9_000, 1_000))
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 2,
+                             "--micro-batch", MICRO_BATCH, "--teacher-cache", project.root / "cache")
+    assert code == 2 and "teacher cache needs" in err and "1,000 bytes free" in err and err.count("\n") == 1
+    assert not (project.root / "cache").exists()

@@ -56,6 +56,20 @@ def test_cached_logits_run_the_teacher_once():
     assert by_id(e)["teacher_forward"].flops == 1e10 * 1e9
 
 
+@pytest.mark.parametrize("k, dtype, per_token", [(64, "float16", 388), (64, "bfloat16", 388), (32, "float32", 260)])
+def test_cached_logits_state_the_size_of_their_store(k, dtype, per_token):
+    """k ids (4 bytes) + k log-probabilities + a 4-byte tail per audited token; the trainer's
+    cache_size takes the same figure (tests/distill/test_teacher_cache.py checks it on disk)."""
+    from distill.teacher_cache import cache_size
+
+    p = plan(data__tokens=1e9, data__epochs=3, method={"kind": "cached_logits", "cache_top_k": k, "cache_dtype": dtype})
+    store = build_estimate(p, summary(), summary(forward=1e10), TABLES).logit_cache
+    assert (store.top_k, store.dtype, store.bytes_per_token) == (k, dtype, per_token)
+    assert store.tokens == 1e9 and store.total_bytes == per_token * 1e9     # one pass, not per epoch
+    assert cache_size(1000, k, dtype).bytes_per_token == per_token
+    assert build_estimate(plan(), summary(), summary(), TABLES).logit_cache is None
+
+
 def test_sequence_kd_counts_discarded_and_prompt_tokens():
     p = plan(method={"kind": "sequence", "teacher_generated_tokens": 5e9, "prompt_tokens": 1e9})
     e = build_estimate(p, summary(), summary(forward=1e10), TABLES)
