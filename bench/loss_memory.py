@@ -33,7 +33,7 @@ class Case(NamedTuple):
     seconds: float
 
 
-def _vm(field: str) -> float:
+def proc_status_mib(field: str) -> float:
     """A /proc/self/status memory field of this process, in MiB."""
     with open("/proc/self/status") as status:
         for line in status:
@@ -55,13 +55,13 @@ def child(kind: str, tokens: int) -> None:
     h_t, w_t = torch.randn(tokens, HIDDEN), torch.randn(VOCAB, HIDDEN) * 0.02
     labels = torch.randint(0, VOCAB, (tokens,))
     spec = LossSpec(kind="jsd")
-    before, start = _vm("VmRSS"), time.perf_counter()
+    before, start = proc_status_mib("VmRSS"), time.perf_counter()
     if kind == "fused":
         loss = fused_distill_loss(h_s, w_s, h_t, w_t, labels, spec, tokens)
     else:
         loss = reference_distill_loss(h_s @ w_s.T, h_t @ w_t.T, labels, spec, tokens)
     loss.backward()
-    print(json.dumps({"seconds": time.perf_counter() - start, "mib": _vm("VmHWM") - before}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "mib": proc_status_mib("VmHWM") - before}))
 
 
 def run_case(kind: str, tokens: int) -> Case:

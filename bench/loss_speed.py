@@ -30,6 +30,8 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loss_memory import proc_status_mib  # noqa: E402 - the sibling bench's /proc reader
 
 # (vocab, tokens, hidden, loss)
 SHAPES = {"full": [(128256, 2048, 2048, "forward_kl"), (128256, 2048, 2048, "jsd"),
@@ -43,15 +45,6 @@ class Shape(NamedTuple):
     tokens: int
     hidden: int
     loss: str
-
-
-def _vm(field: str) -> float:
-    """A /proc/self/status memory field of this process, in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(field)
 
 
 def _load(path: str):
@@ -78,14 +71,14 @@ def child(kind: str, shape: Shape, threads: int, before: str | None) -> None:
     h_t, w_t = torch.randn(tokens, hidden), torch.randn(vocab, hidden) * hidden ** -0.5
     labels = torch.randint(0, vocab, (tokens,))
     spec = module.LossSpec(kind=shape.loss)
-    before_mib, start = _vm("VmRSS"), time.perf_counter()
+    before_mib, start = proc_status_mib("VmRSS"), time.perf_counter()
     if kind == "reference":
         loss = losses.reference_distill_loss(h_s @ w_s.T, h_t @ w_t.T, labels, spec, tokens)
     else:
         loss = module.fused_distill_loss(h_s, w_s, h_t, w_t, labels, spec, tokens)
     loss.backward()
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "mib": _vm("VmHWM") - before_mib, "loss": loss.item(),
+    print(json.dumps({"seconds": seconds, "mib": proc_status_mib("VmHWM") - before_mib, "loss": loss.item(),
                       "grad_w_norm": w_s.grad.norm().item()}))
 
 

@@ -117,15 +117,7 @@ def save_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, optimiz
 
     Rank 0 writes the model, optimizer, scheduler and state (identical on every rank under
     DDP); each rank writes its own RNG state. ``keep_last`` prunes older checkpoints."""
-    root = checkpoints_dir(out_dir)
-    final = root / f"step-{step:08d}"
-    temp = root / f".tmp-step-{step:08d}"
-    if ctx.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-step-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        temp.mkdir()
-    barrier(ctx)
+    temp, final = _begin_checkpoint(out_dir, step, ctx)
     _torch_save_synced(_rng_state(), temp / f"rng-rank{ctx.rank}.pt")
     if ctx.is_main:
         model.save_pretrained(str(temp))
