@@ -288,3 +288,31 @@ def test_a_sequence_run_evaluates_held_out_answers(api_project, signer, capsys):
     record = json.loads((api_project.root / "out" / "run-record.json").read_text())["predicate"]
     assert record["eval"] == pytest.approx(evals[-1]) and record["stopped_early"] is False
     assert "Held-out evaluation (step 4" in (api_project.root / "out" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_the_answers_like_one(tmp_path, fake, signer, capsys):
+    """flopgate distill under torchrun (2 CPU processes, DDP): the same loss curve as one process
+    with the same global batch, one ledger charge per step."""
+    import os
+    import subprocess
+    import sys
+
+    project = generated_project(tmp_path / "two", fake, signer, capsys)
+    common = ["--steps", "4", "--lr", "1e-2", "--allow-cpu", "--tokenizer", str(TOKENIZER), "--generated",
+              str(project.root / "gen"), "--attestation", str(project.envelope), "--pubkey", str(signer.public_path),
+              "--key", str(signer.private_path)]
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "audit.cli.main",
+         "distill", str(project.plan), "--out", str(project.root / "out-two"), "--micro-batch", "1", *common],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    code = main(["distill", str(project.plan), "--out", str(project.root / "out-one"), "--micro-batch", "2", *common])
+    assert code == 0, capsys.readouterr().err
+    two, one = metrics(project.root / "out-two"), metrics(project.root / "out-one")
+    assert [r["step"] for r in two] == [1, 2, 3, 4] and [r["valid_tokens"] for r in two] == [r["valid_tokens"] for r in one]
+    for a, b in zip(two, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+    with Ledger() as ledger:
+        charges = [r for r in ledger.rows() if r["kind"] == "charge" and "out-two" in json.dumps(r["body"])]
+    assert len(charges) == 4
