@@ -194,6 +194,19 @@ def test_compute_figures(review_case):
     assert table["Coverage of the FLOP count"].startswith("98%")
 
 
+def test_an_adapter_and_a_logit_cache_are_shown_when_the_audit_has_them(review_case):
+    assert "Trained adapter (the student's weights frozen)" not in rows(render(review_case))   # older audits: no key
+    review_case["compute"]["adapter"] = {"kind": "lora", "rank": 16, "target_modules": ["q_proj", "v_proj"],
+                                         "trainable_params": 6.8e6, "frozen_params": 8.0e9,
+                                         "train_flops_per_token": 3.3e10, "failure": None}
+    review_case["compute"]["logit_cache"] = {"top_k": 64, "dtype": "float16", "bytes_per_token": 388,
+                                             "tokens": 2e10, "total_bytes": 7.76e12}
+    table = rows(render(review_case))
+    assert table["Trained adapter (the student's weights frozen)"].startswith("LORA rank 16 on q_proj, v_proj: 6.8e6 "
+                                                                              "trainable")
+    assert table["Cached teacher logits"] == "top-64 float16: 388 bytes per token, 7.8e12 bytes for 2.0e10 tokens"
+
+
 def test_regime_rows(review_case, many_regimes_case):
     def regime_row(html, regime_id):
         for body in re.findall(r'<tbody class="regime">(.*?)</tbody>', html, re.S):
