@@ -45,6 +45,7 @@ import torch
 from audit.errors import InputError
 from audit.fsutil import decode_utf8, parse_json, read_input, sha256_file, write_atomic
 from distill.checkpoint import checkpoint_digest
+from distill.losses import IGNORE_INDEX
 
 MANIFEST_VERSION = 1
 
@@ -101,26 +102,32 @@ def read_input_source(path: str | Path) -> Source:
     return Source(path, "text", documents, digest, len(raw))
 
 
-def _jsonl_documents(text: str, path: Path) -> list:
-    documents = []
+def jsonl_records(text: str, source: str):
+    """``(line number, parsed value)`` of each non-blank line of JSONL ``text``; a line that is
+    not JSON is an ``InputError`` naming ``source`` and the line."""
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON ({exc.msg})", source=str(path), field=f"line {number}") from None
+            raise InputError(f"invalid JSON ({exc.msg})", source=source, field=f"line {number}") from None
+
+
+def _jsonl_documents(text: str, path: Path) -> list:
+    documents = []
+    for number, record in jsonl_records(text, str(path)):
         if isinstance(record, dict) and isinstance(record.get("text"), str):
             documents.append(record["text"])
         elif isinstance(record, dict) and "messages" in record:
-            documents.append(_chat(record["messages"], str(path), f"line {number}: messages"))
+            documents.append(chat_messages(record["messages"], str(path), f"line {number}: messages"))
         else:
             raise InputError("expected an object with a string field 'text' or a list field 'messages'",
                              source=str(path), field=f"line {number}")
     return documents
 
 
-def _chat(messages, source: str, field: str) -> list[dict]:
+def chat_messages(messages, source: str, field: str) -> list[dict]:
     """A chat document: a non-empty list of ``{role, content}`` strings (other keys dropped)."""
     if not isinstance(messages, list) or not messages:
         raise InputError("expected a non-empty list of {role, content} messages", source=source, field=field)
@@ -151,7 +158,7 @@ def _dataset_documents(path: Path) -> list:
     if "text" in loaded.column_names:
         return [str(text) for text in loaded["text"]]
     if "messages" in loaded.column_names:
-        return [_chat(messages, str(path), f"messages[{row}]") for row, messages in enumerate(loaded["messages"])]
+        return [chat_messages(messages, str(path), f"messages[{row}]") for row, messages in enumerate(loaded["messages"])]
     raise InputError(f"expected a 'text' or 'messages' column, found {loaded.column_names}", source=str(path),
                      field="text")
 
@@ -313,10 +320,6 @@ class ShardData(EpochOrder):
     def rows(self, ids):
         """Inputs and labels [len(ids), seq_len] (torch int64) of packed rows ``ids``; labels whose
         mask is 0 are ``IGNORE_INDEX``. Reads only those rows from the mapped shards."""
-        import torch
-
-        from distill.losses import IGNORE_INDEX
-
         read = [self.sequence(int(row)) for row in ids]
         block = torch.from_numpy(np.stack([s.tokens for s in read]))
         inputs, labels = block[:, :-1].contiguous(), block[:, 1:].contiguous()
@@ -328,8 +331,6 @@ class ShardData(EpochOrder):
     def first_sequences(self, count: int):
         """Packed rows [0, count) [count, seq_len + 1] (torch int64), read from the shards: what a
         teacher cache covers, without the rest of the corpus in memory."""
-        import torch
-
         ids, _ = self.shards.read(0, count * self._seq_len + 1)
         return torch.from_numpy(ids).unfold(0, self._seq_len + 1, self._seq_len).contiguous()
 

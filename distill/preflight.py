@@ -125,7 +125,6 @@ def check_teacher_matches_audit(loaded, teacher_dir: Path) -> None:
     """A cheap check before any model loads: the teacher folder's config.json agrees with the
     audited teacher config (as the gate verified it) on every shape field both give. The model
     as loaded is checked in full afterwards (:func:`audited_model_checks`)."""
-    from audit.errors import InputError
     from audit.fsutil import read_json
 
     if loaded.teacher_config is None:
@@ -169,8 +168,6 @@ def device_name(args) -> str:
     import platform
 
     import torch
-
-    from audit.errors import InputError
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)

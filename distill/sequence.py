@@ -61,7 +61,7 @@ from pydantic import Field, model_validator
 from audit.errors import InputError
 from audit.numbers import short_sci
 from audit.validation import validate_model
-from distill.data import EpochOrder
+from distill.data import EpochOrder, chat_messages, jsonl_records
 from distill.loop import LoopConfig
 
 IGNORE_INDEX = -100
@@ -142,26 +142,15 @@ def read_samples(generated: GeneratedData) -> list[tuple[list[dict], dict]]:
     except UnicodeDecodeError:
         raise InputError("expected UTF-8 text", source=source) from None
     samples = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON ({exc.msg})", source=source, field=f"line {number}") from None
+    for number, row in jsonl_records(text, source):
         where = f"line {number}"
         if not isinstance(row, dict) or row.get("status", "kept") != "kept":
             raise InputError("expected a kept sample (an object with status 'kept')", source=source, field=where)
-        messages, completion = row.get("messages"), row.get("completion")
-        if not (isinstance(messages, list) and messages and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages)):
-            raise InputError("expected 'messages': a non-empty list of {role, content} strings",
-                             source=source, field=f"{where}: messages")
+        messages = chat_messages(row.get("messages"), source, f"{where}: messages")
+        completion = row.get("completion")
         if not (isinstance(completion, dict) and isinstance(completion.get("content"), str)):
             raise InputError("expected 'completion': {role, content}", source=source, field=f"{where}: completion")
-        samples.append(([{"role": m["role"], "content": m["content"]} for m in messages],
-                        {"role": "assistant", "content": completion["content"]}))
+        samples.append((messages, {"role": "assistant", "content": completion["content"]}))
     if not samples:
         raise InputError("holds no kept sample to train on", source=source)
     return samples
