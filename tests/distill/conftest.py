@@ -31,3 +31,21 @@ def test_pack_installed(monkeypatch):
     from gate_fixtures import PACK_ID, PACK_VERSION
 
     monkeypatch.setattr("distill.gated._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})
+
+
+@pytest.fixture
+def fake():
+    """A fake OpenAI-compatible server on 127.0.0.1 that wants generate_kit.API_KEY."""
+    from generate_kit import API_KEY
+    from openai_server import FakeOpenAI
+
+    with FakeOpenAI(key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def api_key_env(monkeypatch):
+    """The key in the environment variable the generate_kit plans name."""
+    from generate_kit import API_KEY, KEY_ENV
+
+    monkeypatch.setenv(KEY_ENV, API_KEY)

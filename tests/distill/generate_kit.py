@@ -19,6 +19,8 @@ from gate_fixtures import compute_block, iso
 from keypairs import KeyFiles
 
 KEY_ENV = "FAKE_TEACHER_KEY"
+API_KEY = "sk-test-do-not-print-0123456789"
+"""The fake endpoint's key: the tests check it is never printed or written."""
 STUDENT = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32,
            "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
            "vocab_size": 68, "max_position_embeddings": 256, "tie_word_embeddings": False}

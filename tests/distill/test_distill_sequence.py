@@ -23,11 +23,10 @@ from distill.gate import GATE_REFUSED_EXIT
 from distill.sequence import IGNORE_INDEX, PackedHiddenStates, answer_loss_sum, encode_sample, pack
 from gate_fixtures import STUDENT_TRAIN_FPT, make_audit
 from distill_testkit import CHAT_TOKENIZER
-from generate_kit import KEY_ENV, STUDENT, make_project, sign_audit
+from generate_kit import STUDENT, make_project, sign_audit
 from keypairs import write_keypair
-from openai_server import FakeOpenAI
 
-KEY = "sk-test-sequence-0123456789"
+pytestmark = pytest.mark.usefixtures("api_key_env")
 TOKENIZER = CHAT_TOKENIZER                # word level, 68 tokens = the student's vocab_size
 SEQ_LEN, MICRO_BATCH = 32, 2              # the kit's plan: seq_len 32
 SENTENCES = ["the dog sees a cat .", "two birds like the fox .", "a farmer feeds the horses .",
@@ -36,15 +35,6 @@ SENTENCES = ["the dog sees a cat .", "two birds like the fox .", "a farmer feeds
              "the small dog chases some foxes .", "two bakers help the old farmer .", "a happy child feeds one bird ."]
 
 
-@pytest.fixture
-def fake():
-    with FakeOpenAI(key=KEY) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def key_env(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
 
 
 def generated_project(root: Path, fake, signer, capsys, sentences=SENTENCES):

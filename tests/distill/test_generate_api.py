@@ -21,23 +21,15 @@ from audit.cli.main import main
 from audit.ledger.store import Ledger
 from distill.gate import GATE_REFUSED_EXIT
 from audit.attest import PREDICATE_GENERATION_RECORD
-from generate_kit import KEY_ENV, make_project, read_lines, sign_audit
+from generate_kit import API_KEY, KEY_ENV, make_project, read_lines, sign_audit
 from openai_server import FakeOpenAI
 
-KEY = "sk-test-do-not-print-0123456789"
+KEY = API_KEY
+pytestmark = pytest.mark.usefixtures("api_key_env")
 FAST = ["--backoff", "0.001", "--backoff-max", "2", "--timeout", "5"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def fake():
-    with FakeOpenAI(key=KEY) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def key_env(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
 
 
 @pytest.fixture
