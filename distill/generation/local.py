@@ -204,11 +204,17 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 def choose_engine(requested: str) -> str:
     """``transformers`` or ``vllm`` for ``--backend`` (``auto``: vLLM when it is installed and a
-    CUDA device is present)."""
-    if requested != "auto":
-        return requested
+    CUDA device is present; ``vllm`` without them is an ``InputError``)."""
     import importlib.util
 
     import torch
 
-    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
+    vllm_runs = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    if requested == "vllm" and not vllm_runs:
+        from audit.errors import InputError
+
+        raise InputError("the vllm engine needs the vllm package and a CUDA device; use --backend transformers "
+                         "(or auto)", field="--backend")
+    if requested != "auto":
+        return requested
+    return "vllm" if vllm_runs else "transformers"

@@ -20,6 +20,7 @@ import pytest
 
 from audit.attest import PREDICATE_GENERATION_RECORD
 from audit.attest.verify import verify_envelope_file
+from audit.errors import InputError
 from audit.cli.main import main
 from audit.ledger.store import Ledger, default_ledger_path
 from distill.gate import GATE_REFUSED_EXIT
@@ -124,8 +125,10 @@ def test_a_failing_model_fails_every_request_of_its_batch_with_one_line(loaded):
 
 
 def test_auto_engine_is_transformers_without_vllm_or_cuda():
-    assert choose_engine("transformers") == "transformers" and choose_engine("vllm") == "vllm"
+    assert choose_engine("transformers") == "transformers"
     assert choose_engine("auto") == "transformers"   # this machine: no CUDA (and no vllm)
+    with pytest.raises(InputError, match="vllm package and a CUDA device"):
+        choose_engine("vllm")
 
 
 # --- the command ------------------------------------------------------------------------------
