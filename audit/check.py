@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from audit.attest import PREDICATE_AUDIT
 from audit.attest.dsse import write_envelope
 from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
+from audit.clock import utc_now as utc_now_datetime, utc_today
 from audit.compute.estimate import estimate_plan
 from audit.compute.tables import ReferenceTables, load_reference_tables
 from audit.compute.types import ComputeEstimate
@@ -70,10 +71,6 @@ def rules_date(plan_start: dt.date, today: dt.date) -> dt.date:
     """The date an audit applies the rules as of: the later of the plan's start and the signing
     day. A start in the past cannot make a rule that is in force today "not yet in force"."""
     return max(plan_start, today)
-
-
-def utc_today() -> dt.date:
-    return dt.datetime.now(dt.timezone.utc).date()
 
 
 def assess(loaded: LoadedPlan, policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None, *,
@@ -192,7 +189,7 @@ def keep_previous_audit(out: Path, *, replace: bool, now: dt.datetime | None = N
         raise InputError("already holds a signed audit; flopgate never replaces one silently: pass "
                          "--replace (the old audit is kept under a dated name) or choose another --out",
                          source=str(out), field="--out")
-    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    stamp = (now or utc_now_datetime()).strftime("%Y%m%dT%H%M%SZ")
     kept = []
     for name in (ENVELOPE_NAME, PAYLOAD_NAME, HTML_NAME):
         old = out / name

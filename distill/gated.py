@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from audit.clock import utc_now
 from audit.compute.run_budget import meter_figures
 from audit.errors import FlopgateError
 from audit.numbers import short_sci
@@ -281,7 +282,7 @@ def verify_audit(plan: str | os.PathLike, attestation: str | os.PathLike, *, pub
     trusted = load_trusted_keys(pubkey, trust)
     approvers = load_trusted_keys(approver_pubkey, approver_trust) if approver_pubkey or approver_trust else None
     gate = verify_gate(attestation, plan, trusted_keys=trusted, approval_path=approval, trusted_approvers=approvers,
-                       max_age_days=max_age_days, now=now or dt.datetime.now(dt.timezone.utc),
+                       max_age_days=max_age_days, now=now or utc_now(),
                        installed_pack_versions=_installed_pack_versions())
     if not gate.ok:
         raise GateRefused(gate.reasons)

@@ -1,4 +1,32 @@
+from pathlib import Path
+
 import pytest
+
+# Printed before the closing line of every run (and so in every CI log): the versions the suite ran with.
+# CI installs the newest releases the ranges in pyproject.toml admit, so these change by themselves.
+KEY_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "trl", "openai", "pydantic",
+                "cryptography", "sqlalchemy", "psycopg", "tensorboard", "fvcore", "hypothesis")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The versions and the processor, before the closing line (shown under ``-q`` too)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def one(name):
+        try:
+            return f"{name}=={version(name)}"
+        except PackageNotFoundError:
+            return f"{name} (not installed)"
+
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    terminalreporter.write_sep("-", "versions")
+    terminalreporter.write_line(f"python {platform.python_version()} on {cpu}")
+    terminalreporter.write_line(" ".join(one(name) for name in KEY_PACKAGES))
 
 
 @pytest.fixture(autouse=True)
@@ -15,6 +43,24 @@ def _private_cache(tmp_path_factory, monkeypatch):
         from audit.attest.keys import ensure_default_key
 
         ensure_default_key()
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch):
+    """Fixes flopgate's one clock (:mod:`audit.clock`) in this process:
+    ``fixed_clock("2026-11-20")`` (noon UTC) or ``fixed_clock("2026-11-20T08:30:00")`` (UTC).
+    Commands run in a subprocess keep the wall clock: give those an explicit ``--as-of``."""
+    import datetime as dt
+
+    from audit import clock
+
+    def pin(moment: str) -> dt.datetime:
+        when = dt.datetime.fromisoformat(moment if "T" in moment else f"{moment}T12:00:00")
+        when = when.replace(tzinfo=dt.timezone.utc)
+        monkeypatch.setattr(clock, "_wall_clock", lambda: when)
+        return when
+
+    return pin
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ signing time, used when no base folder is given at verification.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import audit
 import policies
+from audit import clock
 from audit.attest import KNOWN_PREDICATE_TYPES, STATEMENT_TYPE, VerificationFailed
 from audit.attest.canonical import StrictJSONError, canonical_json, strict_json_loads
 from audit.attest.dsse import Envelope, sign
@@ -54,8 +54,9 @@ class InputFile(NamedTuple):
 
 
 def utc_now() -> str:
-    """The current time as RFC 3339 in UTC with a ``Z`` suffix, to the second."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The current time (:func:`audit.clock.utc_now`) as RFC 3339 in UTC with a ``Z`` suffix, to
+    the second."""
+    return clock.utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _is_within(path: Path, folder: Path) -> bool:

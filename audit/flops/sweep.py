@@ -46,6 +46,8 @@ KNOWN_LIMITS: dict[str, str] = {
     **dict.fromkeys(["dots3_note", "dots3_note_text"],
                     "per-layer attention settings the config will not read globally"),
     "blt": "byte patches are cut where the entropy model's output says: data-dependent shapes",
+    # refused before transformers 5.25; from 5.25 its MoE sends identity picks through a real expert
+    # with weight 0, so every top-k pick is computed and the count is what the model runs
     "longcat_flash": ("zero-computation (identity) experts among the top-k: the FLOP per token depend on how "
                       "many picks the trained router sends to them"),
     **dict.fromkeys(["gemma4_assistant", "gemma4_unified_assistant"],

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audit import clock
 from audit.attest.canonical import canonical_json
 from audit.attest.keys import TrustedKey, key_id
 
@@ -70,7 +71,7 @@ def format_time(moment: datetime | str | None = None) -> str:
     """``moment`` as the ledger's RFC 3339 UTC form; now when None. A naive datetime is refused
     (its zone is unknown); a string must already be in the ledger's form."""
     if moment is None:
-        moment = datetime.now(timezone.utc)
+        moment = clock.utc_now()
     if isinstance(moment, str):
         if not _TIME_RE.match(moment):
             raise RowError(f"time {moment!r}: expected RFC 3339 UTC like "

@@ -4,7 +4,7 @@ and then marked historical (the gate refuses such audits; tests/distill/test_dis
 import datetime as dt
 from pathlib import Path
 
-from audit.check import assess, build_predicate, rules_date, utc_today
+from audit.check import assess, build_predicate, rules_date
 from audit.plan import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,12 +32,13 @@ def test_a_start_in_the_past_does_not_move_the_rules_back(tmp_path):
     assert eu.in_force
 
 
-def test_an_explicit_past_date_is_historical_and_says_so(tmp_path):
+def test_an_explicit_past_date_is_historical_and_says_so(tmp_path, fixed_clock):
     loaded = _plan_starting(tmp_path, "2026-12-01")
     found = assess(loaded, as_of=dt.date(2024, 6, 1), today=TODAY)
     assert found.as_of == dt.date(2024, 6, 1) and found.historical is True
     predicate, _, _ = build_predicate(loaded, as_of=dt.date(2024, 6, 1))
     assert predicate["historical"] is True and predicate["as_of"] == "2024-06-01"
+    fixed_clock("2027-02-05")
     current, _, _ = build_predicate(loaded)
     assert current["historical"] is False
-    assert current["as_of"] == rules_date(dt.date(2026, 12, 1), utc_today()).isoformat()
+    assert current["as_of"] == "2027-02-05" and current["created"].startswith("2027-02-05T")

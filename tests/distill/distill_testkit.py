@@ -25,6 +25,20 @@ STUDENT_SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, 
                      num_key_value_heads=1, vocab_size=68)   # 4 padded rows: a different padding
 
 
+# Float64 results that take the same sums in the same order but run their elementwise kernels
+# (exp, log) over other slice shapes: the vectorised body and the scalar tail of a kernel may
+# round the last bit differently, and which elements fall in the tail depends on the CPU's vector
+# width. Equal to within a few units in the last place, not bitwise (measured: bitwise on one
+# Intel CPU, last-bit differences on an AMD EPYC).
+SIMD_TAIL_RTOL = 1e-14   # about 45 ulp of a float64
+SIMD_TAIL_ATOL = 1e-300  # so exact zeros (ignored rows' gradients) compare equal
+
+
+def assert_same_up_to_simd_tails(got: torch.Tensor, want: torch.Tensor) -> None:
+    """``got`` equals ``want`` to :data:`SIMD_TAIL_RTOL` (relative, element by element)."""
+    torch.testing.assert_close(got, want, rtol=SIMD_TAIL_RTOL, atol=SIMD_TAIL_ATOL)
+
+
 def llama_config(shape: dict, **extra):
     from transformers import LlamaConfig
 

@@ -202,9 +202,8 @@ def test_packed_loss_equals_one_by_one(attention):
 
     config = {k: v for k, v in STUDENT.items() if k != "model_type"}
     model_config = AutoConfig.for_model("llama", **config)
-    model_config._attn_implementation = attention
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(model_config).eval()
+    model = AutoModelForCausalLM.from_config(model_config, attn_implementation=attention).eval()
     generator = torch.Generator().manual_seed(1)
     samples = []
     for length in (5, 9, 3, 12, 7, 6, 10):

@@ -25,10 +25,44 @@ def test_representative_types_are_counted_exactly(model_type):
     assert row.reason == ""
 
 
-def test_a_refused_type_says_why():
-    row = check_type("longcat_flash")
+PROBE_TYPE = "flopgate_probe_nonzero"
+
+
+@pytest.fixture
+def data_dependent_type(monkeypatch):
+    """A causal-LM type registered with transformers for this test only: Llama whose forward
+    first asks ``nonzero`` of its input (a data-dependent shape, which the meta device cannot
+    give), and a known limit saying so. No transformers release builds or drops it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from audit.flops import sweep
+
+    class ProbeConfig(LlamaConfig):
+        model_type = PROBE_TYPE
+
+    class ProbeForCausalLM(LlamaForCausalLM):
+        config_class = ProbeConfig
+
+        def forward(self, input_ids=None, **kwargs):
+            torch.nonzero(input_ids)
+            return super().forward(input_ids=input_ids, **kwargs)
+
+    AutoConfig.register(PROBE_TYPE, ProbeConfig, exist_ok=True)
+    AutoModelForCausalLM.register(ProbeConfig, ProbeForCausalLM, exist_ok=True)
+    monkeypatch.setitem(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, PROBE_TYPE, "ProbeForCausalLM")
+    monkeypatch.setitem(sweep.FIXES, PROBE_TYPE, dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=300))
+    monkeypatch.setitem(sweep.KNOWN_LIMITS, PROBE_TYPE, "routes by nonzero (data-dependent)")
+    return PROBE_TYPE
+
+
+def test_a_refused_type_says_why(data_dependent_type):
+    row = check_type(data_dependent_type)
     assert row.status == "refused"
-    assert "zero-computation" in row.reason and "meta run failed" in row.reason
+    assert row.reason.startswith("routes by nonzero (data-dependent); meta run failed: ")
+    assert row.train_flops_per_token == 0 and row.params_total == 0
 
 
 def test_sweep_covers_both_mappings():

@@ -44,7 +44,8 @@ def _run(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def test_policy_json_has_the_contract_keys_and_exit_0(tmp_path, capsys):
+def test_policy_json_has_the_contract_keys_and_exit_0(tmp_path, capsys, fixed_clock):
+    fixed_clock("2026-11-20")  # before the plan's start: the rules apply as of the start
     code, out, err = _run(capsys, "policy", str(_write_plan(tmp_path)), "--json")
     data = json.loads(out)
     assert code == 0, err
@@ -54,6 +55,14 @@ def test_policy_json_has_the_contract_keys_and_exit_0(tmp_path, capsys):
     assert data["as_of"] == "2026-12-01"
     assert data["gate_would_open"] is True
     assert {r["id"] for r in data["regimes"]} == {"eu-ai-act.gpai", "eu-ai-act.systemic-risk"}
+
+
+@pytest.mark.parametrize("today", ["2026-12-02", "2027-02-05"])
+def test_policy_applies_the_rules_as_of_today_once_the_start_has_passed(tmp_path, capsys, fixed_clock, today):
+    fixed_clock(today)
+    code, out, err = _run(capsys, "policy", str(_write_plan(tmp_path)), "--json")
+    assert code == 0, err
+    assert json.loads(out)["as_of"] == today
 
 
 def test_policy_exit_3_for_review_and_readable_table(tmp_path, capsys):
