@@ -138,6 +138,34 @@ def license_metadata(declared: Optional[str]) -> dict:
     return {"license": "other", "license_name": declared or "undeclared"}
 
 
+ADAPTER_NAMES = {"lora": "LoRA"}
+
+
+def method_phrase(plan) -> str:
+    """How the student learnt, in words, from the audited plan's ``method`` and ``student.adapter``
+    (the card must name the method the run used: it is read as a compliance statement)."""
+    method = plan.method
+    soft = f"{method.loss}, temperature {method.temperature:g}"
+    if method.kind == "logits":
+        text = f"by online logit distillation ({soft}; the teacher runs beside the student)"
+    elif method.kind == "cached_logits":
+        text = (f"by logit distillation from cached teacher log-probabilities (top {method.cache_top_k} per "
+                f"position, stored as {method.cache_dtype}; {soft})")
+    elif method.kind == "sequence":
+        text = "by sequence-level distillation (trained on answers the teacher generated"
+        text += f", and on the teacher's logits over them: {soft})" if method.also_logits else ")"
+    elif method.kind == "on_policy":
+        text = (f"by on-policy distillation (the student samples its own answers and learns the teacher's "
+                f"token distributions over them; {soft})")
+    else:  # a plan kind this card does not know must not be described as another one
+        raise ValueError(f"method.kind {method.kind!r}: no model card wording for it")
+    adapter = plan.student.adapter
+    if adapter is not None:
+        text += (f", training {ADAPTER_NAMES.get(adapter.kind, adapter.kind)} adapters (rank {adapter.rank} on "
+                 f"{', '.join(adapter.target_modules)}) on the frozen student")
+    return text
+
+
 def render_readme(plan, audit: AuditPredicate, record: dict, items: list[CardItem],
                   phrases: list[str], notices: list[str]) -> str:
     """The model card's Markdown (``plan`` is an ``audit.plan.Plan``)."""
@@ -150,9 +178,8 @@ def render_readme(plan, audit: AuditPredicate, record: dict, items: list[CardIte
     lines = ["---", yaml.safe_dump(front, sort_keys=True).rstrip(), "---", "", f"# {_md(plan.student.name)}", ""]
     lines += [f"**{_md(p)}**" for p in phrases] + ([""] if phrases else [])
     lines += [
-        f"A student model distilled from `{_md(shown_path(plan.teacher.model))}` by online logit distillation "
-        f"({_md(plan.method.loss)}, temperature {plan.method.temperature:g}), trained with flopgate "
-        f"behind a signed audit (outcome {_md(audit.outcome)}).", "",
+        f"A student model distilled from `{_md(shown_path(plan.teacher.model))}` {_md(method_phrase(plan))}, "
+        f"trained with flopgate behind a signed audit (outcome {_md(audit.outcome)}).", "",
         f"Intended use: {_md(plan.use.purpose)} ({_md(plan.use.scope)} scope, "
         f"{_md(plan.use.distribution)} distribution).", "",
         "## Training", "",

@@ -176,6 +176,34 @@ def test_card_carries_the_required_notices(run):
     assert "- [x] Begin the student's name with Tiny" in readme
 
 
+@pytest.mark.parametrize("method, adapter, says, never", [
+    (dict(kind="logits"), None, r"by online logit distillation (forward\_kl, temperature 1;", "sequence"),
+    (dict(kind="cached_logits", cache_top_k=16), None, "from cached teacher log-probabilities (top 16 per position",
+     "online"),
+    (dict(kind="sequence", teacher_generated_tokens=1000), None,
+     "by sequence-level distillation (trained on answers the teacher generated)", "logit"),
+    (dict(kind="sequence", teacher_generated_tokens=1000, also_logits=True, loss="jsd"), None,
+     "answers the teacher generated, and on the teacher's logits over them: jsd, temperature 1)", "online"),
+    (dict(kind="on_policy", student_generated_tokens=1000, temperature=2.0), None,
+     "by on-policy distillation (the student samples its own answers", "online"),
+    (dict(kind="logits"), dict(kind="lora", rank=8, target_modules=["q_proj", "v_proj"]),
+     r"training LoRA adapters (rank 8 on q\_proj, v\_proj) on the frozen student", "sequence"),
+])
+def test_card_names_the_method_the_plan_audited(run, method, adapter, says, never):
+    """The card is a compliance statement: a sequence-level run must not read 'online logit
+    distillation' (it did, for every plan). Markdown escapes the underscores."""
+    from audit.plan import Adapter, Method
+
+    project = run[0]
+    plan = load_plan(project.plan).plan
+    student = plan.student.model_copy(update={"adapter": Adapter(**adapter) if adapter else None})
+    plan = plan.model_copy(update={"method": Method(**method), "student": student})
+    sentence = next(line for line in card(run, plan=plan)[0].readme.read_text().splitlines()
+                    if line.startswith("A student model distilled from"))
+    assert says in sentence
+    assert never not in sentence
+
+
 def front_matter(readme: str) -> dict:
     return yaml.safe_load(readme.split("---\n", 2)[1])
 
