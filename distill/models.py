@@ -169,6 +169,40 @@ def check_vocab(tokenizer, teacher: Optional[nn.Module], student: nn.Module,
     return vocab
 
 
+ANSWER_MARKER = "flopgate answer text"
+"""Plain text a chat template copies into an assistant turn and writes nowhere else."""
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The ids that end an answer: the special token the tokenizer's chat template writes right
+    after an assistant message's text (found by rendering one: ``<|eot_id|>``, ``<|im_end|>``,
+    ``<end_of_turn>``...), then the tokenizer's eos. Without a chat template, the eos alone."""
+    ids: list[int] = []
+    if getattr(tokenizer, "chat_template", None):
+        chat = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": ANSWER_MARKER}]
+        text = tokenizer.apply_chat_template(chat, tokenize=False)
+        tail = text.split(ANSWER_MARKER, 1)[1] if ANSWER_MARKER in text else ""
+        special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()}
+        found = sorted((tail.index(token), -len(token), token) for token in special if token and token in tail)
+        if found:
+            ids.append(tokenizer.convert_tokens_to_ids(found[0][2]))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def stop_at_end_of_turn(model: nn.Module, tokenizer) -> None:
+    """Make ``model``'s generation config (saved with it) stop where the tokenizer's chat template
+    ends a turn, and pad with the tokenizer's pad token (else the first stop id): a student
+    trained on chat turns must end its own answers, not run to ``max_new_tokens``."""
+    stops = end_of_turn_ids(tokenizer)
+    if not stops:
+        return
+    config = model.generation_config
+    config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+
+
 def check_head(model: nn.Module, where: str) -> None:
     """Refuse output heads the fused loss cannot reproduce (a bias, soft-capping, logit scaling)."""
     head = model.get_output_embeddings()

@@ -395,7 +395,7 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: boo
     from distill.meter import ComputeMeter
     from distill.losses import LossSpec, fused_distill_loss
     from distill.models import (build_student, check_vocab, decoder_layers, head_weight, library_progress_bars,
-                                load_teacher, load_tokenizer)
+                                load_teacher, load_tokenizer, stop_at_end_of_turn)
 
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
@@ -414,6 +414,7 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: boo
         if after_load is not None:
             after_load(teacher, student)
         vocab = check_vocab(tokenizer, teacher, student)
+        stop_at_end_of_turn(student, tokenizer)
         body = cfg.prepare_student(PackedHiddenStates(student), decoder_layers(student), ctx)
         teacher_body = PackedHiddenStates(teacher) if teacher is not None else None
         teacher_head = head_weight(teacher) if teacher is not None else None

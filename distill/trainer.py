@@ -69,7 +69,7 @@ from distill.losses import LossKind, LossSpec, fused_distill_loss
 from distill.meter import ComputeMeter
 from distill.models import (HiddenStates, build_student, check_vocab, compile_layers, decoder_layers,
                             final_hidden_states, head_weight, library_progress_bars, load_teacher,
-                            load_tokenizer)
+                            load_tokenizer, stop_at_end_of_turn)
 
 
 
@@ -282,6 +282,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 (cfg.student_base_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
             student_tokenizer = load_tokenizer(cfg.student_base_dir)
         vocab = check_vocab(tokenizer, teacher, student, student_tokenizer)
+        stop_at_end_of_turn(student, tokenizer)
         # Prepared shards (a shard manifest) or raw files; either way checked against the manifest.
         data = load_training_data(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed, manifest=cfg.manifest,
                                   manifest_sha256=cfg.manifest_sha256)

@@ -193,10 +193,13 @@ class VLLMBackend(BatchedBackend):
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
-    """The ids that end an answer: the generation config's eos ids, then the tokenizer's."""
+    """The ids that end an answer: the generation config's eos ids, then the chat template's end
+    of turn and the tokenizer's eos (:func:`distill.models.end_of_turn_ids`)."""
+    from distill.models import end_of_turn_ids
+
     ids: list[int] = []
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in ([configured] if isinstance(configured, int) else list(configured or [])) + [tokenizer.eos_token_id]:
+    for value in ([configured] if isinstance(configured, int) else list(configured or [])) + end_of_turn_ids(tokenizer):
         if isinstance(value, int) and value not in ids:
             ids.append(value)
     return ids

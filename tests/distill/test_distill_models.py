@@ -149,3 +149,28 @@ def test_bad_student_config_is_an_input_error(tmp_path, content, match):
         load_config(tmp_path)
     with pytest.raises(InputError, match="not found"):
         load_config(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("template, special, ends_with", [
+    ("{% for m in messages %}<|{{ m.role }}|> {{ m.content }} <|end|> {% endfor %}", ["<|end|>"], "<|end|>"),
+    ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+     ["<|im_start|>", "<|im_end|>"], "<|im_end|>"),
+    ("{% for m in messages %}<start_of_turn>{{ m.role }}\n{{ m.content }}<end_of_turn>\n{% endfor %}",
+     ["<start_of_turn>", "<end_of_turn>"], "<end_of_turn>"),
+    (None, [], None),
+])
+def test_end_of_turn_is_the_special_token_after_an_answer(tmp_path, template, special, ends_with):
+    """The first special token the template writes after an assistant's text ends the turn, then
+    the eos; without a template, the eos alone."""
+    from transformers import AutoTokenizer
+
+    from distill.models import end_of_turn_ids, stop_at_end_of_turn
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR, local_files_only=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": special})
+    tokenizer.chat_template = template
+    want = ([tokenizer.convert_tokens_to_ids(ends_with)] if ends_with else []) + [tokenizer.eos_token_id]
+    assert end_of_turn_ids(tokenizer) == want
+    model = build_student("scratch", config=write_config(tmp_path / "config.json"))
+    stop_at_end_of_turn(model, tokenizer)
+    assert model.generation_config.eos_token_id == (want if len(want) > 1 else want[0])

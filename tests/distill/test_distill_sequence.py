@@ -267,6 +267,21 @@ def test_an_interrupted_sequence_run_resumes_bitwise_exactly(tmp_path, fake, sig
         (broken.root / "out" / final).read_bytes()
 
 
+def test_the_student_folder_stops_where_the_chat_template_ends_a_turn(api_project, signer, capsys):
+    """The exported student's generation config carries the template's end-of-turn token (it had
+    the student config's eos id 1, so chat generation ran to max_new_tokens)."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    code, out, err = distill(capsys, api_project, signer, "--steps", 1, "--micro-batch", MICRO_BATCH)
+    assert code == 0, err
+    folder = api_project.root / "out" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    config = GenerationConfig.from_pretrained(folder, local_files_only=True)
+    stops = [config.eos_token_id] if isinstance(config.eos_token_id, int) else config.eos_token_id
+    assert stops == [tokenizer.convert_tokens_to_ids("<|end|>"), tokenizer.eos_token_id]
+    assert config.pad_token_id is not None
+
+
 def test_a_sequence_run_evaluates_held_out_answers(api_project, signer, capsys):
     code, out, err = distill(capsys, api_project, signer, "--steps", 4, "--micro-batch", MICRO_BATCH,
                              "--eval-sequences", 1, "--eval-every", 2, "--lr", 1e-2)

@@ -94,7 +94,8 @@ def test_completion_counts_run_to_the_first_stop_token_inclusive(loaded):
         assert (running.completion_tokens, running.finish_reason) == (5, "length")
     finally:
         backend.close()
-    assert stop_token_ids(model, tokenizer) == [1]   # the config's eos ([EOS]); the tokenizer's is the same
+    # the config's eos ([EOS]), then the chat template's end of turn (the tokenizer's eos is the same [EOS])
+    assert stop_token_ids(model, tokenizer) == [1, tokenizer.convert_tokens_to_ids("<|end|>")]
 
 
 def test_a_failing_model_fails_every_request_of_its_batch_with_one_line(loaded):
