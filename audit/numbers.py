@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from typing import NamedTuple
 
 UNKNOWN = "unknown"
 
@@ -106,3 +107,64 @@ def quantity(value: float, unit: str = "") -> str:
         mantissa, exp = text.split("e")
         text = f"{mantissa}e{int(exp)}"
     return f"{text} {unit}".strip()
+
+
+NEAR = 0.10
+"""Within this share of a threshold a figure is "near" it: shown with at least three significant
+figures, and its margin as a signed percentage instead of a ratio."""
+
+
+def near(value, threshold, digits: int = 2) -> str:
+    """``value`` as :func:`sci`, with as many significant figures as it takes to show which side
+    of ``threshold`` it lies on (at least three within :data:`NEAR` of it): 1.03e23 against
+    1e23, never "1.0e23" beside "exceeds"."""
+    if not (_usable(value) and _usable(threshold)) or threshold == 0:
+        return sci(value, digits)
+    if value != threshold and abs(value / threshold - 1) < NEAR:
+        digits = max(digits, 3)
+    side = (value > threshold) - (value < threshold)
+    while digits < 15:
+        rounded = float(sci(value, digits))
+        if (rounded > threshold) - (rounded < threshold) == side:
+            break
+        digits += 1
+    return sci(value, digits)
+
+
+def margin(value, threshold) -> str:
+    """How ``value`` stands against ``threshold``: within :data:`NEAR` of it a signed percentage
+    (+3.0%, -0.040%), equal "0%", farther the ratio (3.8e-3×, 0.5×, 25×)."""
+    if not (_usable(value) and _usable(threshold)) or threshold == 0:
+        return UNKNOWN
+    share = value / threshold - 1
+    if share == 0:
+        return "0%"
+    if abs(share) >= NEAR:
+        return ratio(value / threshold)
+    return f"{share * 100:+#.2g}".rstrip(".") + "%"  # two significant figures: never 0 for a nonzero share
+
+
+COMPARATORS = {">": ">", ">=": "≥", "<": "<", "<=": "≤", "==": "=", "!=": "≠"}
+"""A rule's comparator as the outputs write it."""
+
+
+class ThresholdFigures(NamedTuple):
+    observed: str
+    threshold: str
+    margin: str
+
+
+def against_threshold(observed, threshold, unit: str = "FLOP", comparator: str = "") -> ThresholdFigures:
+    """A legal test's three figures, as every output shows them (terminal, JSON, HTML): the
+    observed figure (:func:`near` the threshold; dollars in full), the threshold as the law
+    writes it (``> 1e23 FLOP``, ``≥ 1e25 FLOP``, ``> $100,000,000``) and the :func:`margin`. A missing figure is
+    "unknown"; a test without a threshold shows "-" for it."""
+    def amount(value, text: str) -> str:
+        if not _usable(value):
+            return UNKNOWN
+        return usd(value) if unit == "USD" else f"{text} {unit}".strip()
+
+    shown = amount(observed, near(observed, threshold) if _usable(observed) else "")
+    sign = COMPARATORS.get(comparator, comparator)
+    limit = "-" if threshold is None else f"{sign} {amount(threshold, short_sci(threshold))}".strip()
+    return ThresholdFigures(shown, limit, margin(observed, threshold) if threshold is not None else "-")

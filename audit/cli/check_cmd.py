@@ -13,7 +13,8 @@ from pathlib import Path
 
 from audit.cli.args import add_ledger_option, help_text, iso_date
 from audit.cli.terminal import console, hardware_line
-from audit.numbers import percent, ratio, sci
+from audit.numbers import percent, sci
+from audit.policy.decision import regime_figures
 
 DEFAULT_OUT = "flopgate-audit"
 
@@ -110,13 +111,9 @@ def _print_verdict(out, result) -> None:
     for column in ("regime", "status", "observed", "threshold", "margin"):
         table.add_column(column)
     for regime in decision.regimes:
-        unit = " $" if regime.unit == "USD" else ""
-        threshold = (f"{regime.comparator or ''} {sci(regime.threshold_value, 3)}{unit}"
-                     if regime.threshold_value is not None else "-")
-        observed = sci(regime.observed_value, 3) + unit if regime.in_force else "-"
-        margin = ratio(regime.margin_ratio) if regime.margin_ratio is not None else "-"
+        figures = regime_figures(regime)
         status = regime.status + (f" ({regime.status_note})" if regime.status_note and not regime.in_force else "")
-        table.add_row(escape(regime.name), escape(status), observed, threshold, margin)
+        table.add_row(escape(regime.name), escape(status), figures.observed, figures.threshold, figures.margin)
     out.print(table)
     for finding in decision.findings:
         if finding.effect in ("deny", "review"):

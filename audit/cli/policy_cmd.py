@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from audit.cli.args import iso_date
-from audit.numbers import counted, ratio
+from audit.numbers import counted
+from audit.policy.decision import regime_figures
 
 _CHANNELS = ("weights", "api", "consumer_app")
 _SINGULAR = {"regimes": "regime", "terms": "terms", "teachers": "teacher", "rules": "rule"}  # "1 terms": documents
@@ -83,6 +84,8 @@ def decision_json(decision) -> dict:
 
     data = decision.model_dump(mode="json")
     data["gate_would_open"] = gate_would_open(decision)
+    for shown, regime in zip(data["regimes"], decision.regimes):
+        shown["shown"] = regime_figures(regime)._asdict()  # the figures as the table and the report write them
     return data
 
 
@@ -109,11 +112,9 @@ def print_decision(decision, plan_name: str) -> None:
     for column in ("regime", "status", "observed", "threshold", "margin", "note"):
         regimes.add_column(column)
     for r in decision.regimes:
-        observed = _value(r.observed_value, r.unit)
-        threshold = f"{r.comparator} {_value(r.threshold_value, r.unit)}" if r.threshold_value is not None else "-"
-        margin = ratio(r.margin_ratio) if r.margin_ratio is not None else "-"
+        figures = regime_figures(r)
         note = r.status_note.split(". ")[0] if r.status in ("not_in_force", "unknown") else ""
-        regimes.add_row(escape(r.name), r.status, observed, threshold, margin, escape(note))
+        regimes.add_row(escape(r.name), r.status, figures.observed, figures.threshold, figures.margin, escape(note))
     out.print(regimes)
 
     # A list rather than a table: rule ids and explanations are long and never cut short.
@@ -134,12 +135,6 @@ def print_decision(decision, plan_name: str) -> None:
             obligations.add_row(status, escape(o.id), escape(o.text), escape(o.deadline or ""))
         out.print(obligations)
     out.print(escape("packs: " + ", ".join(f"{p['id']}@{p['version']}" for p in decision.packs)))
-
-
-def _value(value, unit: str) -> str:
-    from audit.numbers import quantity
-
-    return "unknown" if value is None else quantity(value, unit)
 
 
 # -- flopgate policies list / show ----------------------------------------------------------------

@@ -7,8 +7,9 @@ report and the gate. Add fields freely; never rename or remove one.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal, Optional
+from typing import Literal, Mapping, Optional
 
+from audit.numbers import ThresholdFigures, against_threshold
 from audit.validation import StrictModel
 
 Outcome = Literal["ALLOW", "ALLOW_WITH_OBLIGATIONS", "REVIEW", "DENY"]
@@ -66,6 +67,18 @@ class RegimeResult(StrictModel):
     observed_value: Optional[float] = None   # same as observed_flops for FLOP tests; dollars for cost tests
     threshold_value: Optional[float] = None
     status_note: str = ""                # why it is not in force, or what was missing
+
+
+def regime_figures(regime) -> ThresholdFigures:
+    """A regime's observed figure, threshold and margin as every output shows them (terminal,
+    ``policy --json``, HTML): one call for a :class:`RegimeResult` or its JSON form. A regime not
+    in force compares nothing, so its observed figure and margin show as "-"."""
+    read = regime.get if isinstance(regime, Mapping) else (lambda key: getattr(regime, key, None))
+    figures = against_threshold(read("observed_value"), read("threshold_value"), read("unit") or "FLOP",
+                                read("comparator") or "")
+    if not read("in_force"):
+        return figures._replace(observed="-", margin="-")
+    return figures
 
 
 class TeacherResolution(StrictModel):

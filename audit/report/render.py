@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from audit.errors import InputError
 from audit import numbers
+from audit.policy.decision import regime_figures
 from audit.report.chart import compute_chart
 
 SOURCE = "audit predicate"
@@ -47,7 +48,7 @@ REGIME_STATUS = {
     "unknown": "unknown",
 }
 OBLIGATION_STATUS = {"met": ("☑", "met"), "unmet": ("☒", "unmet"), "todo": ("☐", "to do")}
-COMPARATORS = {">": ">", ">=": "≥", "<": "<", "<=": "≤", "==": "=", "!=": "≠"}
+COMPARATORS = numbers.COMPARATORS
 
 ALLOWING = ("ALLOW", "ALLOW_WITH_OBLIGATIONS")
 _REQUIRED = {"plan": dict, "compute": dict, "decision": dict, "outcome": str, "inputs": list}
@@ -161,7 +162,7 @@ def _environment() -> jinja2.Environment:
         sci=numbers.sci, short_sci=numbers.short_sci, exact=numbers.exact, ratio=numbers.ratio,
         usd=numbers.usd, percent=numbers.percent, http_url=http_url,
         known=lambda value: numbers.UNKNOWN if value is None else value,
-        exact_breakable=_exact_breakable, flop=_flop,
+        exact_breakable=_exact_breakable, flop=_flop, regime_figures=regime_figures,
     )
     return env
 

@@ -74,3 +74,32 @@ def test_plain_never_writes_python_exponents(value, digits, expected):
 ])
 def test_quantity_states_a_figure_with_its_unit(value, unit, expected):
     assert numbers.quantity(value, unit) == expected
+
+
+# --- figures against a threshold: one formatter for the terminal, JSON and HTML ------------------
+
+@pytest.mark.parametrize("value, threshold, shown, margin_text", [
+    (1.03e23, 1e23, "1.03e23", "+3.0%"),         # was "1.0e23" and "1x" beside "exceeds"
+    (1.0004e23, 1e23, "1.0004e23", "+0.040%"),   # as many figures as the side needs
+    (9.999e22, 1e23, "9.999e22", "-0.010%"),
+    (9.5e24, 1e25, "9.50e24", "-5.0%"),          # within 10%: three figures at least
+    (1e23, 1e23, "1.0e23", "0%"),
+    (3.8e20, 1e23, "3.8e20", "3.8e-3×"),         # far from it: two figures and the ratio
+    (2.5e26, 1e25, "2.5e26", "25×"),
+    (None, 1e25, "unknown", "unknown"),
+])
+def test_near_shows_the_side_of_the_threshold(value, threshold, shown, margin_text):
+    from audit.numbers import margin, near
+
+    assert near(value, threshold) == shown
+    assert margin(value, threshold) == margin_text
+    if value is not None and value != threshold:
+        assert (float(shown) > threshold) == (value > threshold)
+
+
+def test_against_threshold_writes_dollars_in_full_and_the_comparator_as_a_sign():
+    from audit.numbers import against_threshold
+
+    assert tuple(against_threshold(3.8e5, 1e8, "USD", ">")) == ("$380,000", "> $100,000,000", "3.8e-3×")
+    assert tuple(against_threshold(1.03e25, 1e25, "FLOP", ">=")) == ("1.03e25 FLOP", "≥ 1e25 FLOP", "+3.0%")
+    assert tuple(against_threshold(None, 1e26, "FLOP", ">")) == ("unknown", "> 1e26 FLOP", "unknown")

@@ -55,6 +55,10 @@ def test_policy_json_has_the_contract_keys_and_exit_0(tmp_path, capsys, fixed_cl
     assert data["as_of"] == "2026-12-01"
     assert data["gate_would_open"] is True
     assert {r["id"] for r in data["regimes"]} == {"eu-ai-act.gpai", "eu-ai-act.systemic-risk"}
+    # the figures as the table and the HTML report write them, from the one formatter
+    gpai = next(r for r in data["regimes"] if r["id"] == "eu-ai-act.gpai")
+    assert gpai["shown"]["threshold"] == "> 1e23 FLOP" and gpai["shown"]["observed"].endswith(" FLOP")
+    assert gpai["shown"]["margin"].endswith("×")
 
 
 @pytest.mark.parametrize("today", ["2026-12-02", "2027-02-05"])

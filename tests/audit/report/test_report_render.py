@@ -207,6 +207,24 @@ def test_an_adapter_and_a_logit_cache_are_shown_when_the_audit_has_them(review_c
     assert table["Cached teacher logits"] == "top-64 float16: 388 bytes per token, 7.8e12 bytes for 2.0e10 tokens"
 
 
+def test_a_near_miss_shows_its_side_and_a_dollar_test_its_dollars(review_case):
+    """1.03e23 against > 1e23 read "1.0e23" and "1×" beside "exceeds"; New York's dollar test
+    read "no threshold" and "unknown" beside a ratio and "below the threshold"."""
+    regimes = review_case["decision"]["regimes"]
+    gpai = next(r for r in regimes if r["id"] == "eu-ai-act.gpai")
+    gpai.update(observed_value=1.03e23, observed_flops=1.03e23, margin_ratio=1.03, status="exceeds")
+    raise_row = next(r for r in regimes if r["id"] == "us-ny.raise.frontier")
+    raise_row.update(in_force=True, status="below", unit="USD", fact="cost_usd", threshold_flops=None,
+                     observed_flops=None, threshold_value=1e8, observed_value=3.8e5, margin_ratio=3.8e-3)
+    html = render(review_case)
+    rows = {r["id"]: Page(body).text for body in re.findall(r'<tbody class="regime">(.*?)</tbody>', html, re.S)
+            for r in regimes if r["id"] in body}
+    assert "1.03e23 FLOP" in rows["eu-ai-act.gpai"] and "+3.0%" in rows["eu-ai-act.gpai"]
+    ny = rows["us-ny.raise.frontier"]
+    assert "> $100,000,000" in ny and "$380,000" in ny and "3.8e-3×" in ny
+    assert "no threshold" not in ny and "unknown" not in ny
+
+
 def test_regime_rows(review_case, many_regimes_case):
     def regime_row(html, regime_id):
         for body in re.findall(r'<tbody class="regime">(.*?)</tbody>', html, re.S):
