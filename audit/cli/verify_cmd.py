@@ -57,6 +57,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from audit.attest.verify import verify_envelope_file
     from audit.policy.packs import installed_versions
 
+    refuse_a_folder(args.envelope)
     trusted = load_trusted_keys(args.pubkey, args.trust)
     try:
         result = verify_envelope_file(args.envelope, trusted, plan_path=args.plan,
@@ -69,6 +70,9 @@ def run_verify(args: argparse.Namespace) -> int:
                 print(f"    {line}")
         else:
             print(f"  {exc}")
+        if exc.reason == "signature":
+            for line in signer_hints(args.envelope, trusted):
+                print(f"  hint: {line}")
         return VERIFY_FAILED_EXIT
     outcome = f" (outcome {result.outcome})" if result.outcome else ""
     print(f"VERIFIED  {args.envelope}")
@@ -84,6 +88,44 @@ def run_verify(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}")
     return 0
+
+
+def refuse_a_folder(path: str) -> None:
+    """``verify a/`` (the folder ``check`` or ``distill`` wrote) names the signed files in it."""
+    from pathlib import Path
+
+    from audit.errors import InputError
+
+    folder = Path(path)
+    if folder.is_dir():
+        signed = sorted(str(p) for p in folder.glob("*.intoto.json")) + sorted(
+            str(p) for p in folder.glob("*.approval.json"))
+        hint = f"; the signed files in it: {', '.join(signed)}" if signed else "; it holds no *.intoto.json file"
+        raise InputError(f"expected an envelope file, found a folder{hint}", source=path)
+
+
+def signer_hints(envelope_path: str, trusted) -> list[str]:
+    """When no trusted key signed: which keys the envelope says signed it (its ``keyid`` fields,
+    unverified: a hint for the person, never a decision), and when one is this machine's local
+    key (runs and jobs sign with it when no ``--key`` is given), the file to verify with."""
+    from audit.attest.dsse import parse_envelope
+    from audit.attest.keys import default_key_path, load_trusted_keys, public_key_path, short_fingerprint
+    from audit.attest.verify import read_envelope_file
+
+    try:
+        named = [s.keyid for s in parse_envelope(read_envelope_file(envelope_path)).signatures]
+    except Exception:  # noqa: BLE001 - a hint only: an envelope that cannot be read has none
+        return []
+    tried = ", ".join(f"{short_fingerprint(k.keyid)} ({k.source})" for k in trusted)
+    hints = [f"the envelope names its signer(s) as {', '.join(short_fingerprint(k) for k in named)}; "
+             f"you trusted {tried}"]
+    local = public_key_path(default_key_path())
+    if local.is_file():
+        mine = load_trusted_keys(str(local), None)[0]
+        if mine.keyid in named:
+            hints.append(f"{short_fingerprint(mine.keyid)} is this machine's local key (used when no --key "
+                         f"is given): flopgate verify {envelope_path} --pubkey {local}")
+    return hints
 
 
 def run_approve(args: argparse.Namespace) -> int:

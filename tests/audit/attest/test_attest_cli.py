@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization as ser
 
 from audit.cli.main import main
+from keypairs import KeyFiles
 
 
 def test_keygen_writes_a_0600_key_and_never_prints_it(tmp_path, capsys):
@@ -72,6 +73,31 @@ def test_verify_failures_exit_5_with_the_reason(signer, stranger, make_audit, pl
     path.write_text(json.dumps(envelope))
     assert main(["verify", str(path), "--pubkey", str(signer.public_path)]) == 5
     assert "payload_type:" in capsys.readouterr().out
+
+
+def test_a_wrong_key_hints_at_the_signer_and_the_local_key(signer, stranger, make_audit, capsys):
+    """A run record signed by this machine's local key (no --key given) verified with the
+    auditor's key, the natural guess: the failure names the signer and the file to use."""
+    from audit.attest.keys import ensure_default_key, public_key_path, short_fingerprint
+
+    local, local_path, _ = ensure_default_key()
+    path = make_audit(signer)
+    assert main(["verify", str(path), "--pubkey", str(stranger.public_path)]) == 5
+    out = capsys.readouterr().out
+    assert f"hint: the envelope names its signer(s) as {short_fingerprint(signer.keyid)}" in out
+    assert "local key" not in out
+    by_local = make_audit(KeyFiles(local, local_path, public_key_path(local_path)), name="run.intoto.json")
+    assert main(["verify", str(by_local), "--pubkey", str(stranger.public_path)]) == 5
+    out = capsys.readouterr().out
+    assert f"is this machine's local key (used when no --key is given): flopgate verify {by_local} " \
+           f"--pubkey {public_key_path(local_path)}" in out
+
+
+def test_verify_on_a_folder_names_the_signed_files_in_it(signer, make_audit, capsys):
+    path = make_audit(signer)
+    assert main(["verify", str(path.parent), "--pubkey", str(signer.public_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the signed files in it: {path}" in err
 
 
 def test_verify_input_errors_exit_2(signer, make_audit, tmp_path, capsys):
