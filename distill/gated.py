@@ -106,6 +106,12 @@ class GatedRun:
         return self.gate.audit
 
     @property
+    def inputs(self):
+        """The attested-input layer (:class:`distill.attested.AttestedInputs`): every file the
+        run reads besides the plan, checked against this audit."""
+        return self.gate.inputs
+
+    @property
     def envelope_sha256(self) -> str:
         return self.gate.envelope_sha256
 
