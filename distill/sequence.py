@@ -304,6 +304,9 @@ class SequenceConfig(LoopConfig):
     tokenizer_dir: Path
     student_init: Literal["scratch", "base"] = "scratch"
     student_config: Optional[Path] = None
+    student_config_data: Optional[dict] = Field(default=None, description="the audited student config as the gate "
+                                                "read it (scratch, pruned): the student is built from it, never "
+                                                "from the file again")
     student_base_dir: Optional[Path] = None
     mean_document_tokens: Optional[int] = Field(default=None, gt=0, description="the plan's data.mean_document_"
                                                 "tokens: the packed samples' attention must fit what it counted")
@@ -331,7 +334,6 @@ class SequenceConfig(LoopConfig):
                   budget_flops: Optional[float] = None, **overrides) -> "SequenceConfig":
         """Student source, seq_len and tokens (data.tokens x epochs) from the plan;
         ``tokenizer_dir``: where the attested tokenizer was read; ``overrides`` win."""
-        from audit.flops.configs import resolve_config
         from audit.weights import teacher_folder
 
         plan, source = loaded.plan, str(loaded.path)
@@ -346,7 +348,7 @@ class SequenceConfig(LoopConfig):
             base_dir = Path(plan.student.base_model).expanduser()
             if not base_dir.is_absolute():
                 base_dir = loaded.path.parent / base_dir
-        student_config = (resolve_config(plan.student.config, source=source, field="student.config").path
+        student_config = (loaded.student_config.path
                           if plan.student.init == "scratch" else None)
         logits = {}
         if plan.method.also_logits:
@@ -358,6 +360,7 @@ class SequenceConfig(LoopConfig):
                           temperature=plan.method.temperature)
         fields = dict(**logits, generated_dir=Path(generated_dir), tokenizer_dir=Path(tokenizer_dir),
                       student_init=plan.student.init, student_config=student_config, student_base_dir=base_dir,
+                      student_config_data=dict(loaded.student_config.data) if student_config is not None else None,
                       seq_len=plan.data.seq_len, max_tokens=int(plan.data.tokens * plan.data.epochs),
                       mean_document_tokens=plan.data.mean_document_tokens,
                       budget_flops=budget_flops, flops_per_token=flops_per_token, out_dir=Path(out_dir))
@@ -404,7 +407,8 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, attested_token
         data = tokenize_and_pack(generated, tokenizer, cfg)
         teacher = (load_teacher(cfg.teacher_dir, device, torch.bfloat16 if amp_dtype else torch.float32)
                    if cfg.also_logits else None)
-        student = build_student(cfg.student_init, config=cfg.student_config, base_dir=cfg.student_base_dir,
+        student = build_student(cfg.student_init, config=cfg.student_config_data or cfg.student_config,
+                                base_dir=cfg.student_base_dir,
                                 seed=cfg.seed).to(device)
         if after_load is not None:
             after_load(teacher, student)

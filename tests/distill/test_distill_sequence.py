@@ -258,6 +258,26 @@ def test_the_trained_tokens_are_rendered_by_the_audited_template(api_project, si
     assert set(names) == {p.name for p in TOKENIZER.iterdir()}
 
 
+def test_a_student_config_swapped_after_the_gate_is_not_what_trains(api_project, signer, capsys, monkeypatch):
+    """The student is built from the audited config as the gate read it, never from the file
+    again: a config swapped once the gate opened (same shapes, so the check after loading
+    passes) does not reach the model."""
+    from distill import preflight
+
+    real = preflight.device_name
+    config = api_project.root / "student.json"
+
+    def swap_then_name(args):
+        config.write_text(json.dumps({**STUDENT, "hidden_act": "gelu", "rms_norm_eps": 0.5}), encoding="utf-8")
+        return real(args)
+
+    monkeypatch.setattr(preflight, "device_name", swap_then_name)
+    code, out, err = distill(capsys, api_project, signer, "--steps", 1, "--micro-batch", MICRO_BATCH)
+    assert code == 0, err
+    trained = json.loads((api_project.root / "out" / "model" / "config.json").read_text())
+    assert trained["hidden_act"] == "silu" and trained["rms_norm_eps"] != 0.5   # the audited config's
+
+
 def test_labels_are_the_answer_tokens_only():
     from distill.models import load_tokenizer
 
