@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional
 
 from audit.errors import InputError
 from audit.fsutil import read_input, sha256_bytes
+from distill.gated import GateRefused
 
 CHAT_TEMPLATE_DIR = "additional_chat_templates/"
 """transformers reads every template in this subfolder of a tokenizer folder too."""
@@ -60,12 +61,8 @@ def is_tokenizer_file(rel: str) -> bool:
     return rel in TOKENIZER_FILES or (rel.startswith(CHAT_TEMPLATE_DIR) and rel.endswith(".jinja"))
 
 
-class InputsRefused(Exception):
-    """An input is not the audited one (one line per reason; the commands exit 6 with them)."""
-
-    def __init__(self, reasons: list[str]):
-        self.reasons = list(reasons)
-        super().__init__("; ".join(self.reasons))
+class InputsRefused(GateRefused):
+    """An input is not the audited one: a gate refusal (exit 6), one line per reason."""
 
 
 @dataclass(frozen=True)
@@ -158,19 +155,20 @@ class AttestedInputs:
                 return role
         return None
 
-    def tokenizer(self, given: str | Path | None = None) -> AttestedTokenizer:
+    def tokenizer(self, given: str | Path | None = None, *, role: Optional[str] = None) -> AttestedTokenizer:
         """The audited tokenizer, read from ``given`` (``--tokenizer``) or from its audited
-        folder; :class:`InputsRefused` names every file that differs."""
-        key = ("tokenizer", str(given))
+        folder (``role``: that audited folder's, e.g. ``teacher_weights`` for the teacher's
+        own; default per the module docstring); :class:`InputsRefused` names every file that
+        differs."""
+        key = ("tokenizer", str(given), role)
         if key not in self._cache:
-            self._cache[key] = self._read_tokenizer(given)
+            self._cache[key] = self._read_tokenizer(given, role or self.tokenizer_role())
         return self._cache[key]
 
-    def _read_tokenizer(self, given) -> AttestedTokenizer:
+    def _read_tokenizer(self, given, role: Optional[str]) -> AttestedTokenizer:
         from audit.weights import model_folder_files
 
-        role = self.tokenizer_role()
-        if role is None:
+        if role is None or role not in self.folders:
             raise InputsRefused(["tokenizer: the audit covers no tokenizer (the plan names no data.tokenizer, and "
                                  "no local teacher or base student folder holding one): set data.tokenizer to the "
                                  "tokenizer's local folder and re-run flopgate check"])
