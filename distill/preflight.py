@@ -143,9 +143,12 @@ def check_teacher_matches_audit(loaded, teacher_dir: Path) -> None:
                          source=str(teacher_dir / "config.json"))
 
 
-def training_data_files(loaded, override: Optional[Sequence[str]], manifest_sha256: Optional[str]) -> list[Path]:
+def training_data_files(loaded, override: Optional[Sequence[str]], manifest_sha256: Optional[str],
+                        read: Optional[tuple] = None) -> list[Path]:
     """The shard files the run maps: the audited manifest's (or ``override``, --data), each
-    checked against it; a raw-text manifest is refused (prepare it first)."""
+    checked against it; a raw-text manifest is refused (prepare it first). ``read``: the
+    manifest and its files as the attested layer read them (:meth:`distill.attested.
+    AttestedInputs.manifest`); else it is read here against ``manifest_sha256``."""
     from distill.data import check_manifest, read_manifest
     from distill.shards import is_shard_manifest
 
@@ -153,7 +156,8 @@ def training_data_files(loaded, override: Optional[Sequence[str]], manifest_sha2
     if not plan.data.manifest:
         raise InputError("the trainer reads its data through an audited manifest; none is set",
                          source=source, field="data.manifest")
-    manifest, manifest_files = read_manifest(plan.data.manifest, expected_sha256=manifest_sha256)
+    manifest, manifest_files = read if read is not None else read_manifest(plan.data.manifest,
+                                                                           expected_sha256=manifest_sha256)
     if not is_shard_manifest(manifest):
         raise InputError("is a manifest of raw text files; the trainer reads prepared shards only: run flopgate data "
                          "prepare on the files, set data.manifest to its manifest.json and re-run flopgate check",

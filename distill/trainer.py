@@ -166,7 +166,8 @@ class TrainConfig(LoopConfig):
         if not plan.data.manifest:
             raise InputError("the trainer reads its data files from the manifest; none is set",
                              source=source, field="data.manifest")
-        _, files = read_manifest(plan.data.manifest)
+        # the files the caller checked against the audited manifest (flopgate distill), else the manifest's
+        files = overrides["data_files"] if overrides.get("data_files") else read_manifest(plan.data.manifest)[1]
         student_config = (loaded.student_config.path
                           if plan.student.init != "base" else None)
         base_dir = None
