@@ -132,15 +132,28 @@ class AttestedInputs:
                                                     expected_sha256=self.audited_sha256("dataset_manifest"))
         return self._cache["manifest"]
 
-    def generated(self, folder: str | Path, trusted_keys):
-        """What ``flopgate generate`` wrote in ``folder``, verified for this audit
-        (:func:`distill.sequence.verify_generated`); :class:`InputsRefused` with every reason."""
+    def generated(self, folder: str | Path):
+        """What ``flopgate generate`` wrote in ``folder``, verified for this audit with the keys
+        the audit was verified with (:func:`distill.sequence.verify_generated`);
+        :class:`InputsRefused` with every reason."""
         from distill.sequence import ProvenanceRefused, verify_generated
 
         try:
-            return verify_generated(folder, trusted_keys, self.gate.envelope_sha256)
+            return verify_generated(folder, self.gate.trusted_keys, self.gate.envelope_sha256)
         except ProvenanceRefused as refused:
             raise InputsRefused(refused.reasons) from None
+
+    def folder_file(self, role: str, rel: str) -> bytes:
+        """The bytes of ``rel`` in the audited folder of ``role``, read once and checked against
+        the digest the gate re-hashed (:class:`InputsRefused` when they differ or it is not there)."""
+        digest = self.folders.get(role)
+        entry = next((f for f in digest.files if f.path == rel), None) if digest is not None else None
+        if entry is None:
+            raise InputsRefused([f"{role}: the audited folder has no {rel}"])
+        raw = read_input(digest.folder / rel, f"the {role.replace('_', ' ')}' {rel}")
+        if sha256_bytes(raw) != entry.sha256:
+            raise InputsRefused([f"{role}: {digest.folder / rel} changed since the gate hashed it"])
+        return raw
 
     # -- the tokenizer --------------------------------------------------------------------------
 
@@ -159,7 +172,7 @@ class AttestedInputs:
         """The audited tokenizer, read from ``given`` (``--tokenizer``) or from its audited
         folder (``role``: that audited folder's, e.g. ``teacher_weights`` for the teacher's
         own; default per the module docstring); :class:`InputsRefused` names every file that
-        differs."""
+        differs. Read once per folder: a later call gets the same tokenizer, not a new read."""
         key = ("tokenizer", str(given), role)
         if key not in self._cache:
             self._cache[key] = self._read_tokenizer(given, role or self.tokenizer_role())

@@ -71,6 +71,7 @@ class GateResult:
     loaded_plan: Optional[object] = None   # audit.plan.LoadedPlan parsed from the verified plan bytes
     model_folders: dict = field(default_factory=dict)  # role -> audit.weights.FolderDigest, verified
     audit: Optional[AuditPredicate] = None   # the verified predicate, typed (None when unreadable)
+    trusted_keys: tuple = ()   # the auditor keys the envelope was verified with (they verify generated data too)
 
     @cached_property
     def inputs(self):
@@ -128,7 +129,8 @@ def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     reasons += _age_reasons(audit, now, max_age_days)
     reasons += _rules_date_reasons(audit, now, max_age_days)
     return GateResult(not reasons, reasons, predicate, verified.envelope_sha256, audit.outcome, notes,
-                      approval_sha, loaded if not reasons else None, weights if not reasons else {}, audit)
+                      approval_sha, loaded if not reasons else None, weights if not reasons else {}, audit,
+                      tuple(trusted_keys))
 
 
 def _plan_reasons(audit: AuditPredicate, plan_path: Path, plan_raw: bytes) -> list[str]:

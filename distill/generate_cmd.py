@@ -301,7 +301,7 @@ def _open_backend(args, loaded, gate, endpoint: str | None, teacher: dict):
 
     folder = teacher_folder(loaded.plan)
     describe = {"weights_sha256": teacher["weights_sha256"]}
-    check_teacher_matches_audit(loaded, folder)
+    check_teacher_matches_audit(loaded, folder, config_raw=gate.inputs.folder_file("teacher_weights", "config.json"))
     if teacher["engine"] == "vllm":
         from distill.generation.local import VLLMBackend
 

@@ -478,7 +478,6 @@ def _write_data_record(cfg: SequenceConfig, generated: GeneratedData, data: Pack
 def run(args, opened) -> int:
     """``flopgate distill`` for a sequence plan (or any plan given --generated), after the gate
     opened: provenance, config, device, dry run, training, then the record as for logit KD."""
-    from audit.attest.keys import load_trusted_keys
     from distill import cli, preflight
 
     gate = opened.gate
@@ -494,7 +493,7 @@ def run(args, opened) -> int:
 
     reasons, generated, tokenizer = [], None, None
     try:  # every input from the attested layer; a refusal names every reason
-        generated = gate.inputs.generated(args.generated, load_trusted_keys(args.pubkey, args.trust))
+        generated = gate.inputs.generated(args.generated)  # verified with the keys that verified the audit
     except InputsRefused as refused:
         reasons += refused.reasons
     try:
