@@ -151,7 +151,8 @@ def run(args) -> int:
     # and books the gate opening and each step's charge in the ledger.
     booked = opened.step_charges()
     result = train(cfg, resume=args.resume, after_load=preflight.audited_model_checks(loaded, gate),
-                   on_step=booked.on_step if booked else None, after_resume=booked.after_resume if booked else None)
+                   on_step=booked.on_step if booked else None, after_resume=booked.after_resume if booked else None,
+                   tokenizer=gate.inputs.tokenizer(role="teacher_weights").tokenizer)
     if result.rank != 0:
         return 0
     return finish_run(args, loaded, gate, cfg, result, opened.signing_key(), device_name)

@@ -245,11 +245,13 @@ def _open_cache(cfg: TrainConfig, *, build: bool, teacher, data, vocab: int, dev
 def train(cfg: TrainConfig, *, resume: bool = False,
           on_step: Optional[Callable[[dict], None]] = None,
           after_load: Optional[Callable[[Optional[torch.nn.Module], torch.nn.Module], None]] = None,
-          after_resume: Optional[Callable[[float], None]] = None) -> TrainResult:
+          after_resume: Optional[Callable[[float], None]] = None, tokenizer=None) -> TrainResult:
     """Run the distillation ``cfg`` describes; see the module docstring. All ranks call it.
     ``after_load(teacher, student)`` runs once the models are built, before anything trains (the
     gated path checks them against the audit there; it raises to refuse); ``after_resume(flops)``
-    gets the meter's total as restored from a checkpoint (lost steps included), before any step."""
+    gets the meter's total as restored from a checkpoint (lost steps included), before any step.
+    ``tokenizer``: the teacher's, as the attested layer built it from the audited folder's bytes
+    (``flopgate distill``); None loads it from ``cfg.teacher_dir``."""
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
     ctx = distributed.setup(cfg.device)
@@ -265,7 +267,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         torch.manual_seed(cfg.seed)
 
         # --- Models, vocabulary, data --------------------------------------------------------
-        tokenizer = load_tokenizer(cfg.teacher_dir)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.teacher_dir)
         from distill.teacher_cache import INDEX_FILE
 
         # Checked once: no rank writes an index before every rank has passed this point.
