@@ -152,7 +152,8 @@ def run(args) -> int:
     booked = opened.step_charges()
     result = train(cfg, resume=args.resume, after_load=preflight.audited_model_checks(loaded, gate),
                    on_step=booked.on_step if booked else None, after_resume=booked.after_resume if booked else None,
-                   tokenizer=gate.inputs.tokenizer(role="teacher_weights").tokenizer)
+                   tokenizer=gate.inputs.tokenizer(role="teacher_weights").tokenizer,
+                   manifest=gate.inputs.manifest()[0] if loaded.plan.data.manifest else None)
     if result.rank != 0:
         return 0
     return finish_run(args, loaded, gate, cfg, result, opened.signing_key(), device_name)

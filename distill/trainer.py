@@ -245,13 +245,16 @@ def _open_cache(cfg: TrainConfig, *, build: bool, teacher, data, vocab: int, dev
 def train(cfg: TrainConfig, *, resume: bool = False,
           on_step: Optional[Callable[[dict], None]] = None,
           after_load: Optional[Callable[[Optional[torch.nn.Module], torch.nn.Module], None]] = None,
-          after_resume: Optional[Callable[[float], None]] = None, tokenizer=None) -> TrainResult:
+          after_resume: Optional[Callable[[float], None]] = None, tokenizer=None,
+          manifest: Optional[dict] = None) -> TrainResult:
     """Run the distillation ``cfg`` describes; see the module docstring. All ranks call it.
     ``after_load(teacher, student)`` runs once the models are built, before anything trains (the
     gated path checks them against the audit there; it raises to refuse); ``after_resume(flops)``
     gets the meter's total as restored from a checkpoint (lost steps included), before any step.
     ``tokenizer``: the teacher's, as the attested layer built it from the audited folder's bytes
-    (``flopgate distill``); None loads it from ``cfg.teacher_dir``."""
+    (``flopgate distill``); None loads it from ``cfg.teacher_dir``. ``manifest``: the audited
+    manifest as the attested layer read it; None reads ``cfg.manifest`` against
+    ``cfg.manifest_sha256``."""
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
     ctx = distributed.setup(cfg.device)
@@ -289,7 +292,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         vocab = check_vocab(tokenizer, teacher, student, student_tokenizer)
         # Prepared shards (a shard manifest) or raw files; either way checked against the manifest.
         data = load_training_data(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed, manifest=cfg.manifest,
-                                  manifest_sha256=cfg.manifest_sha256)
+                                  manifest_sha256=cfg.manifest_sha256,
+                                  manifest_data=manifest)
         total_steps(cfg, ctx.world_size)  # refuse a run shorter than one step before any cache is built
 
         if compile_models:
