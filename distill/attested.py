@@ -15,6 +15,8 @@ plan, model configs        ``plan``, ``student_config``,            the gate (``
                            ``teacher_config`` sha256                the verified bytes)
 local model folders        ``teacher_weights``,                     the gate (re-hashed);
                            ``student_base_weights`` root digests    :attr:`folders`
+a file of such a folder    its entry in the gate's folder digest    :meth:`folder_file`
+(the teacher's config.json)
 dataset manifest           ``dataset_manifest`` sha256              :meth:`manifest`
 prompts file               ``prompts`` sha256                       :meth:`prompts`
 tokenizer + chat template  the tokenizer files of the audited       :meth:`tokenizer`
