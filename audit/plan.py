@@ -241,6 +241,9 @@ class Data(StrictModel):
     manifest: Optional[str] = None
     prompts: Optional[str] = Field(default=None, description="JSONL file of the prompts an API teacher answers "
                                    "(one object a line: id, and messages or prompt); hashed and signed by check")
+    tokenizer: Optional[str] = Field(default=None, description="local folder of the tokenizer (and chat template) "
+                                     "the training samples are rendered with, when it is not the teacher's local "
+                                     "folder; hashed and signed by check, re-hashed by the gate")
     seq_len: Count = Field(default=4096, gt=0, le=MAX_COUNT)
     epochs: Number = Field(default=1, gt=0)
     source_len: Optional[Count] = Field(default=None, gt=0, le=MAX_COUNT, description="encoder-decoder student or "
@@ -374,7 +377,8 @@ def load_plan(path: str | Path, raw: bytes | None = None) -> LoadedPlan:
         "student": plan.student.model_copy(update={"config": _resolve(plan.student.config, base, always=False),
                                                    "base_model": _resolve(plan.student.base_model, base, always=False)}),
         "data": plan.data.model_copy(update={"manifest": _resolve(plan.data.manifest, base, always=True),
-                                             "prompts": _resolve(plan.data.prompts, base, always=True)}),
+                                             "prompts": _resolve(plan.data.prompts, base, always=True),
+                                             "tokenizer": _resolve(plan.data.tokenizer, base, always=True)}),
     })
     student_config, teacher_config = _read_configs(plan, str(path))
     return LoadedPlan(plan=plan, path=path.resolve(), sha256=sha256_bytes(raw),

@@ -394,9 +394,10 @@ def teacher_folder(plan) -> Optional[Path]:
 
 
 def model_folders(plan) -> list[tuple[str, Path]]:
-    """``(role, folder)`` of every local model folder whose files become weights in the run: the
-    teacher's (``teacher_weights``) and, for ``student.init: base``, a base model given as a
-    local folder (``student_base_weights``). Each is signed by check and re-hashed by the gate."""
+    """``(role, folder)`` of every local folder whose files a run loads: the teacher's
+    (``teacher_weights``), for ``student.init: base`` a base model given as a local folder
+    (``student_base_weights``), and a tokenizer folder the plan names (``data.tokenizer``,
+    role ``tokenizer``). Each is signed by check and re-hashed by the gate."""
     folders = []
     teacher = teacher_folder(plan)
     if teacher is not None:
@@ -404,6 +405,8 @@ def model_folders(plan) -> list[tuple[str, Path]]:
     base = Path(plan.student.base_model) if plan.student.init == "base" and plan.student.base_model else None
     if base is not None and base.is_absolute() and base.is_dir():
         folders.append(("student_base_weights", base))
+    if plan.data.tokenizer:
+        folders.append(("tokenizer", Path(plan.data.tokenizer)))
     return folders
 
 

@@ -137,7 +137,8 @@ def run(args) -> int:
         flops_per_token -= teacher_fpt
     cfg = train_config(loaded, args, out_dir=opened.out_dir, flops_per_token=flops_per_token, budget=budget,
                        teacher_flops_per_token=teacher_fpt,
-                       manifest_sha256=next((e.sha256 for e in gate.audit.inputs_of("dataset_manifest")), None))
+                       manifest_sha256=next((e.sha256 for e in gate.audit.inputs_of("dataset_manifest")), None),
+                       inputs=gate.inputs)
     device_name = preflight.device_name(args)
     print(f"compute: {short_sci(flops_per_token, 4)} FLOP per token, budget {short_sci(budget, 4)} FLOP "
           f"(stop before {short_sci(budget * (1 + cfg.tolerance), 4)}); device {device_name}")
@@ -150,7 +151,9 @@ def run(args) -> int:
     # and books the gate opening and each step's charge in the ledger.
     booked = opened.step_charges()
     result = train(cfg, resume=args.resume, after_load=preflight.audited_model_checks(loaded, gate),
-                   on_step=booked.on_step if booked else None, after_resume=booked.after_resume if booked else None)
+                   on_step=booked.on_step if booked else None, after_resume=booked.after_resume if booked else None,
+                   tokenizer=gate.inputs.tokenizer(role="teacher_weights").tokenizer,
+                   manifest=gate.inputs.manifest()[0] if loaded.plan.data.manifest else None)
     if result.rank != 0:
         return 0
     return finish_run(args, loaded, gate, cfg, result, opened.signing_key(), device_name)
@@ -166,18 +169,22 @@ def dry_run_done(args) -> int:
 
 
 def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget: float,
-                 teacher_flops_per_token: float | None = None, manifest_sha256: str | None = None):
+                 teacher_flops_per_token: float | None = None, manifest_sha256: str | None = None,
+                 inputs=None):
     """The trainer's config from the plan, the audit's figures and the flags; checks the
     teacher folder and the data files first (no model is loaded). ``manifest_sha256`` is the
-    audited manifest's digest: the manifest read here and by the trainer must have it."""
+    audited manifest's digest: the manifest read here and by the trainer must have it;
+    ``inputs``: the open gate's attested layer (:mod:`distill.attested`), which reads the
+    manifest and the teacher's config.json."""
     from distill import preflight
     from distill.trainer import TrainConfig
 
     plan, source = loaded.plan, str(loaded.path)
     preflight.check_out_dir(out_dir, args.resume)
-    teacher_dir = preflight.teacher_dir(loaded)
+    teacher_dir = preflight.teacher_dir(loaded, inputs)
     preflight.refuse_document_counting_without_masking(plan, source)
-    data_files = preflight.training_data_files(loaded, args.data, manifest_sha256)
+    manifest = inputs.manifest() if inputs is not None and plan.data.manifest else None
+    data_files = preflight.training_data_files(loaded, args.data, manifest_sha256, read=manifest)
 
     with_teacher = loaded.model_copy(update={"plan": plan.model_copy(update={
         "teacher": plan.teacher.model_copy(update={"model": str(teacher_dir)})})})

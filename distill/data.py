@@ -491,15 +491,17 @@ def check_manifest(manifest: dict, files: Sequence[str | Path], *, tokenizer=Non
 
 
 def load_training_data(files: Sequence[str | Path], tokenizer, seq_len: int, seed: int, *,
-                       manifest: str | Path | None = None, manifest_sha256: Optional[str] = None):
+                       manifest: str | Path | None = None, manifest_sha256: Optional[str] = None,
+                       manifest_data: Optional[dict] = None):
     """The run's packed training data. With a shard manifest (its ``format`` field): the
     prepared shards, ``files`` being their ``.bin`` files, each verified against the manifest as
     it is mapped (:func:`distill.shards.open_packed_shards`). Otherwise the raw ``files``
     tokenized here and, with a manifest, checked against it byte for byte. ``manifest_sha256``:
-    the manifest read must be the audited one."""
+    the manifest read must be the audited one. ``manifest_data``: the manifest as the attested
+    layer already read it (not read again)."""
     if manifest is None:
         return load_packed(files, tokenizer, seq_len, seed)
-    loaded, _ = read_manifest(manifest, expected_sha256=manifest_sha256)
+    loaded = manifest_data if manifest_data is not None else read_manifest(manifest, expected_sha256=manifest_sha256)[0]
     from distill.shards import is_shard_manifest
 
     if is_shard_manifest(loaded):

@@ -14,6 +14,8 @@ a stable code:
                 with the same sha256 (the one list check signs, :func:`audit.check.plan_inputs`);
 ``weights``     every local model folder the plan names (the teacher's, a base student's) has the
                 audited root digest, re-hashed now;
+``tokenizer``   a tokenizer folder the plan names (``data.tokenizer``) has the audited root
+                digest, re-hashed now (which tokenizer a run may use: :mod:`distill.attested`);
 ``outcome``     ALLOW; ALLOW_WITH_OBLIGATIONS with every checkable obligation met; or REVIEW
                 with an approval (below). DENY, or no readable outcome, never opens;
 ``approval``    for REVIEW: an approval of this very envelope signed by a trusted approver key;
@@ -26,6 +28,8 @@ An installed policy pack whose version differs from the audited one in either di
 refuses: a newer pack means the audit is out of date, an older one cannot vouch for it.
 No argument skips a check. The plan is read once: its bytes are compared with the audit, then
 parsed, and the parsed plan (with its configs as read) is handed to the trainer in the result.
+Every other input a run reads (manifest, prompts, tokenizer, generated samples) comes from the
+open result's :attr:`GateResult.inputs`, the attested-input layer (:mod:`distill.attested`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -66,6 +71,15 @@ class GateResult:
     loaded_plan: Optional[object] = None   # audit.plan.LoadedPlan parsed from the verified plan bytes
     model_folders: dict = field(default_factory=dict)  # role -> audit.weights.FolderDigest, verified
     audit: Optional[AuditPredicate] = None   # the verified predicate, typed (None when unreadable)
+    trusted_keys: tuple = ()   # the auditor keys the envelope was verified with (they verify generated data too)
+
+    @cached_property
+    def inputs(self):
+        """Everything else the run reads, through the attested-input layer
+        (:class:`distill.attested.AttestedInputs`); an open gate only."""
+        from distill.attested import AttestedInputs
+
+        return AttestedInputs(self)
 
 
 def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
@@ -115,7 +129,8 @@ def open_gate(envelope_path: str | os.PathLike, plan_path: str | os.PathLike, *,
     reasons += _age_reasons(audit, now, max_age_days)
     reasons += _rules_date_reasons(audit, now, max_age_days)
     return GateResult(not reasons, reasons, predicate, verified.envelope_sha256, audit.outcome, notes,
-                      approval_sha, loaded if not reasons else None, weights if not reasons else {}, audit)
+                      approval_sha, loaded if not reasons else None, weights if not reasons else {}, audit,
+                      tuple(trusted_keys))
 
 
 def _plan_reasons(audit: AuditPredicate, plan_path: Path, plan_raw: bytes) -> list[str]:
@@ -148,12 +163,12 @@ def _read_inputs(audit: AuditPredicate, plan_path: Path, plan_raw: bytes):
         if item.role == "plan":
             continue  # checked byte for byte above
         audited = {e.sha256 for e in audit.inputs_of(item.role)}
-        code = "weights" if item.role in folders else "inputs"
+        code = "tokenizer" if item.role == "tokenizer" else "weights" if item.role in folders else "inputs"
         if not audited:
             reasons.append(f"{code}: the audit covers no {item.role}, but the plan names {item.path}; "
                            "re-run flopgate check")
         elif item.sha256 not in audited:
-            what = "root sha256" if code == "weights" else "sha256"
+            what = "root sha256" if item.role in folders else "sha256"
             reasons.append(f"{code}: {item.role} {item.path} has {what} {item.sha256[:12]}..., not the audited one")
     # the authorisation's digest here is the plan's declaration, not a read: check_subjects reads it
     digests = {Path(item.path).resolve(): item.sha256 for item in files if item.role != "authorization"}

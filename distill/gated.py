@@ -11,6 +11,11 @@ handle. FLOP throughout, 1 multiply-add = 2 FLOP.
         run.meter.step(tokens)          # one ledger charge per optimizer step (rank 0)
     run.finish(checkpoint_dir="out/final", final_loss=loss)
 
+Read the run's inputs through ``run.inputs`` (:mod:`distill.attested`), never by path: the
+audited tokenizer (``run.inputs.tokenizer()``, a ``--tokenizer`` copy must have its bytes), the
+dataset manifest (``run.inputs.manifest()``), the prompts (``run.inputs.prompts()``) and what
+``flopgate generate`` wrote (``run.inputs.generated(DIR)``), each checked against the audit.
+
 Two kinds of plan need the caller to say it meters them right, else the gate refuses them:
 a ``student.adapter`` plan (``trains_adapter=True``: the run trains only the declared adapters
 on the frozen student, charged at the adapter's rate) and an ``on_policy`` plan
@@ -105,6 +110,12 @@ class GatedRun:
     @property
     def audit(self):
         return self.gate.audit
+
+    @property
+    def inputs(self):
+        """The attested-input layer (:class:`distill.attested.AttestedInputs`): every file the
+        run reads besides the plan, checked against this audit."""
+        return self.gate.inputs
 
     @property
     def envelope_sha256(self) -> str:

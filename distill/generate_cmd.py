@@ -177,22 +177,21 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     from distill.generation.journal import (ATTEMPTS_FILE, JOB_FILE, SAMPLES_FILE, Journal, load_state,
                                             read_job_file, write_job_file)
     from distill.generation.meter import TokenMeter
-    from distill.generation.prompts import read_prompts
+    from distill.attested import filter_function
     from distill.generation.record import RECORD_ENVELOPE, RECORD_JSON
     from distill.generation.retry import RetryPolicy
     from distill.generation.runner import run_prompts
 
     plan = loaded.plan
     out_dir = Path(args.out) if args.out else Path(GENERATE_DEFAULT_OUT) / _safe_name(plan.name)
-    audited_prompts = next(e.sha256 for e in gate.audit.inputs_of("prompts"))  # the gate checked there is one
-    prompts, prompts_sha256 = read_prompts(plan.data.prompts, expected_sha256=audited_prompts)
+    prompts, prompts_sha256 = gate.inputs.prompts()  # the audited bytes, read once (distill/attested.py)
     sampling = Sampling(model=plan.teacher.model, max_tokens=args.max_tokens, temperature=args.temperature,
                         top_p=args.top_p, seed=args.seed)
-    keep = _load_filter(args.filter) if args.filter else None
+    keep, filter_sha256 = filter_function(args.filter) if args.filter else (None, None)
     job = {"audit_sha256": gate.envelope_sha256, "plan_sha256": gate.audit.plan.sha256,
            "prompts_sha256": prompts_sha256,
            "teacher": _teacher_identity(loaded, gate, endpoint, args.backend),
-           "sampling": sampling.as_dict(), "filter": args.filter}
+           "sampling": sampling.as_dict(), "filter": args.filter, "filter_sha256": filter_sha256}
 
     used = [n for n in (JOB_FILE, SAMPLES_FILE, ATTEMPTS_FILE) if (out_dir / n).exists()]
     if (out_dir / RECORD_ENVELOPE).exists() or (out_dir / RECORD_JSON).exists():
@@ -302,7 +301,7 @@ def _open_backend(args, loaded, gate, endpoint: str | None, teacher: dict):
 
     folder = teacher_folder(loaded.plan)
     describe = {"weights_sha256": teacher["weights_sha256"]}
-    check_teacher_matches_audit(loaded, folder)
+    check_teacher_matches_audit(loaded, folder, config_raw=gate.inputs.folder_file("teacher_weights", "config.json"))
     if teacher["engine"] == "vllm":
         from distill.generation.local import VLLMBackend
 
@@ -314,7 +313,7 @@ def _open_backend(args, loaded, gate, endpoint: str | None, teacher: dict):
     import torch
 
     from distill.generation.local import TransformersBackend
-    from distill.models import library_progress_bars, load_teacher, load_tokenizer
+    from distill.models import library_progress_bars, load_teacher
 
     library_progress_bars(sys.stderr.isatty())
 
@@ -322,7 +321,8 @@ def _open_backend(args, loaded, gate, endpoint: str | None, teacher: dict):
     model = load_teacher(folder, device, torch.bfloat16 if device == "cuda" else torch.float32)
     audited_model_checks(loaded, gate)(model, None)
     print(f"teacher loaded from {folder} on {device} (transformers generate, batches of up to {args.concurrency})")
-    return TransformersBackend(model, load_tokenizer(folder), model_id=loaded.plan.teacher.model,
+    tokenizer = gate.inputs.tokenizer(role="teacher_weights").tokenizer  # the audited teacher folder's bytes
+    return TransformersBackend(model, tokenizer, model_id=loaded.plan.teacher.model,
                                batch_size=args.concurrency, seed=args.seed, describe=describe)
 
 
@@ -335,28 +335,6 @@ def _generation_flops(gate, plan, tokens: int) -> dict:
         return {"per_token": None, "used": None, "audited": None}
     per_token = component.flops / audited_tokens
     return {"per_token": per_token, "used": per_token * tokens, "audited": component.flops}
-
-
-def _load_filter(spec: str):
-    """``module:function`` from the current folder or the installed packages."""
-    import importlib
-
-    from audit.errors import InputError
-
-    module_name, _, function = spec.partition(":")
-    if not module_name or not function:
-        raise InputError(f"expected MODULE:FUNCTION, got {spec!r}", field="--filter")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - the user's module: one line
-        raise InputError(f"cannot import {module_name} ({type(exc).__name__}: {exc})"[:300], field="--filter") from None
-    keep = getattr(module, function, None)
-    if not callable(keep):
-        raise InputError(f"{module_name} has no function {function}", field="--filter")
-    return keep
 
 
 def _signing_key(path: str | None):
@@ -438,7 +416,8 @@ def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job
     body = {"job": {"id": job_id, "sessions": state.sessions, "attempts": state.attempts},
             "teacher": {**job["teacher"],
                         "models_reported": sorted({str(r.get("teacher_model")) for r in answered.values()})},
-            "sampling": job["sampling"], "filter": job["filter"], "prompts_count": len(prompts),
+            "sampling": job["sampling"], "filter": job["filter"], "filter_sha256": job["filter_sha256"],
+            "prompts_count": len(prompts),
             "outputs": {"answered": len(answered), "kept": kept, "discarded": len(answered) - kept,
                         "unanswered": len(prompts) - len(answered)},
             "tokens": {"prompt": state.prompt_tokens, "completion": state.completion_tokens,

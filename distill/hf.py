@@ -15,6 +15,13 @@ What it does, per event:
   ``trains_adapter=True``) the model must be a PEFT LoRA model of the declared rank and target
   modules whose trainable and frozen parameter counts are the audit's: the run is charged at the
   adapter's rate, so a model that trains more is refused.
+- every training forward (the student in train mode) of rows longer than the audited
+  ``data.seq_len`` is refused with an ``InputError`` before it runs, so before that step is
+  charged. Why refuse rather than charge more: the audit's FLOP per token is counted for rows of
+  ``seq_len`` positions (attention per token grows with the context), and it is the only
+  per-token figure the audit signs; a longer row would cost more than it is charged, and a
+  figure for it would be one the audit never made. Evaluation forwards are not metered and not
+  limited. Padding counts: a collator that pads rows past ``seq_len`` is refused too.
 - ``on_step_end``: the step's tokens are the growth of ``state.num_input_tokens_seen``, which
   the Trainer sums over processes; ``include_num_input_tokens_seen="all"`` is required, because
   padding positions cost compute too (``non_padding`` would under-count). The step is booked
@@ -91,7 +98,22 @@ class FlopgateCallback(TrainerCallback):
                              field="include_num_input_tokens_seen")
         if model is not None:
             check_student(model, self.run)
+            self._limit_rows(model)
         return control
+
+    def _limit_rows(self, model) -> None:
+        """A pre-forward hook on ``model`` refusing training rows past the audited seq_len
+        (module docstring); set once."""
+        if getattr(model, "_flopgate_row_limit", None) is not None:
+            return
+        seq_len = self.run.plan.data.seq_len
+
+        def refuse_long_rows(module, args, kwargs):
+            if module.training:
+                check_row_length(kwargs.get("input_ids", args[0] if args else None),
+                                 kwargs.get("inputs_embeds"), seq_len)
+
+        model._flopgate_row_limit = model.register_forward_pre_hook(refuse_long_rows, with_kwargs=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._seen = int(state.num_input_tokens_seen or 0)  # a resumed Trainer starts from its count
@@ -135,6 +157,21 @@ class FlopgateCallback(TrainerCallback):
             processing_class.save_pretrained(self.final_dir)
         self.record = self.run.finish(self.final_dir, final_loss=self._last_loss)
         return control
+
+
+def check_row_length(input_ids, inputs_embeds, seq_len: int) -> None:
+    """``InputError`` when a training row (``input_ids`` [.., T], or ``inputs_embeds``
+    [.., T, H]) has more positions than the audited ``seq_len``: the audit's FLOP per token
+    holds only up to it."""
+    length = None
+    if input_ids is not None and hasattr(input_ids, "shape"):
+        length = int(input_ids.shape[-1])
+    elif inputs_embeds is not None and hasattr(inputs_embeds, "shape"):
+        length = int(inputs_embeds.shape[-2])
+    if length is not None and length > seq_len:
+        raise InputError(f"a training row of {length} positions is longer than the audited data.seq_len {seq_len}: "
+                         "the audit's FLOP per token counts attention up to seq_len only; cut or pack the rows to "
+                         "it (padding included), or audit a longer seq_len", field="data.seq_len")
 
 
 def check_student(model, run: GatedRun) -> None:
@@ -239,11 +276,7 @@ def metered_on_policy(trainer_class):
         def compute_loss(self, model, inputs, *args, **kwargs):
             if model.training:
                 ids = inputs["input_ids"]
-                seq_len = self._flopgate_run.plan.data.seq_len
-                if ids.shape[-1] > seq_len:  # attention would cost more per token than the audit counted
-                    raise InputError(f"a training sequence of {ids.shape[-1]} positions is longer than the "
-                                     f"audited data.seq_len {seq_len}: keep prompt + sampled tokens within it",
-                                     field="data.seq_len")
+                check_row_length(ids, None, self._flopgate_run.plan.data.seq_len)  # keep prompt + sampled within it
                 self._flopgate_counts[0] += int(ids.numel())
             return super().compute_loss(model, inputs, *args, **kwargs)
 

@@ -52,7 +52,7 @@ def load_teacher(model_dir: str | Path, device: torch.device | str = "cpu",
     return model
 
 
-def build_student(init: str, *, teacher: Optional[nn.Module] = None, config: str | Path | None = None,
+def build_student(init: str, *, teacher: Optional[nn.Module] = None, config: str | Path | dict | None = None,
                   base_dir: str | Path | None = None, layers: Optional[Sequence[int]] = None,
                   seed: int = 0) -> nn.Module:
     """The student in fp32 on CPU, train mode. See the module docstring for the three sources."""
@@ -242,13 +242,17 @@ class HiddenStates(nn.Module):
         return final_hidden_states(self.lm, input_ids)
 
 
-def load_config(path: str | Path):
-    """A transformers config from a ``config.json`` file or a folder holding one."""
+def load_config(path: str | Path | dict):
+    """A transformers config from a ``config.json`` file or a folder holding one, or from a
+    config's JSON object already read (the audited one, as the gate read it)."""
     from transformers import AutoConfig
 
-    path = Path(path)
-    file = path / "config.json" if path.is_dir() else path
-    data = read_json(file, "the config", missing="config file not found")
+    if isinstance(path, dict):
+        file, data = "the audited config", dict(path)
+    else:
+        path = Path(path)
+        file = path / "config.json" if path.is_dir() else path
+        data = read_json(file, "the config", missing="config file not found")
     if not isinstance(data, dict) or "model_type" not in data:
         raise InputError("expected a JSON object with a model_type", source=str(file), field="model_type")
     model_type = data.pop("model_type")

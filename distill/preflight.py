@@ -108,8 +108,9 @@ def check_out_dir(out_dir: Path, resume: bool, more: Sequence[str] = ()) -> None
                          "or choose another output folder (--out)", source=str(out_dir))
 
 
-def teacher_dir(loaded) -> Path:
-    """The teacher's local folder, signed by the audit, whose config.json is the audited one."""
+def teacher_dir(loaded, inputs=None) -> Path:
+    """The teacher's local folder, signed by the audit, whose config.json is the audited one;
+    ``inputs``: the attested layer, which reads config.json against the gate's folder digest."""
     from audit.weights import teacher_folder
 
     folder = teacher_folder(loaded.plan)
@@ -117,22 +118,26 @@ def teacher_dir(loaded) -> Path:
         raise InputError(f"training needs the teacher's weights in a local folder, signed by the audit; "
                          f"{loaded.plan.teacher.model!r} is not one: set teacher.weights and re-run flopgate check",
                          source=str(loaded.path), field="teacher.weights")
-    check_teacher_matches_audit(loaded, folder)
+    raw = inputs.folder_file("teacher_weights", "config.json") if inputs is not None else None
+    check_teacher_matches_audit(loaded, folder, config_raw=raw)
     return folder
 
 
-def check_teacher_matches_audit(loaded, teacher_dir: Path) -> None:
+def check_teacher_matches_audit(loaded, teacher_dir: Path, config_raw: Optional[bytes] = None) -> None:
     """A cheap check before any model loads: the teacher folder's config.json agrees with the
     audited teacher config (as the gate verified it) on every shape field both give. The model
-    as loaded is checked in full afterwards (:func:`audited_model_checks`)."""
-    from audit.fsutil import read_json
+    as loaded is checked in full afterwards (:func:`audited_model_checks`). ``config_raw``: the
+    file's bytes as the attested layer read them (:meth:`distill.attested.AttestedInputs.
+    folder_file`); else it is read here."""
+    from audit.fsutil import parse_json, read_json
 
     if loaded.teacher_config is None:
         raise InputError("the plan has no teacher.config, so the teacher's weights cannot be matched "
                          "to the audit: add it and re-run flopgate check", source=str(loaded.path),
                          field="teacher.config")
     audited = loaded.teacher_config.data
-    actual = read_json(teacher_dir / "config.json", "the teacher's config.json")
+    actual = (parse_json(config_raw, teacher_dir / "config.json", "the teacher's config.json") if config_raw is not None
+              else read_json(teacher_dir / "config.json", "the teacher's config.json"))
     if not isinstance(actual, dict):
         raise InputError("config.json is not a JSON object", source=str(teacher_dir))
     differing = [f"{k} {actual[k]!r} (audited {audited[k]!r})" for k in SHAPE_FIELDS
@@ -143,9 +148,12 @@ def check_teacher_matches_audit(loaded, teacher_dir: Path) -> None:
                          source=str(teacher_dir / "config.json"))
 
 
-def training_data_files(loaded, override: Optional[Sequence[str]], manifest_sha256: Optional[str]) -> list[Path]:
+def training_data_files(loaded, override: Optional[Sequence[str]], manifest_sha256: Optional[str],
+                        read: Optional[tuple] = None) -> list[Path]:
     """The shard files the run maps: the audited manifest's (or ``override``, --data), each
-    checked against it; a raw-text manifest is refused (prepare it first)."""
+    checked against it; a raw-text manifest is refused (prepare it first). ``read``: the
+    manifest and its files as the attested layer read them (:meth:`distill.attested.
+    AttestedInputs.manifest`); else it is read here against ``manifest_sha256``."""
     from distill.data import check_manifest, read_manifest
     from distill.shards import is_shard_manifest
 
@@ -153,7 +161,8 @@ def training_data_files(loaded, override: Optional[Sequence[str]], manifest_sha2
     if not plan.data.manifest:
         raise InputError("the trainer reads its data through an audited manifest; none is set",
                          source=source, field="data.manifest")
-    manifest, manifest_files = read_manifest(plan.data.manifest, expected_sha256=manifest_sha256)
+    manifest, manifest_files = read if read is not None else read_manifest(plan.data.manifest,
+                                                                           expected_sha256=manifest_sha256)
     if not is_shard_manifest(manifest):
         raise InputError("is a manifest of raw text files; the trainer reads prepared shards only: run flopgate data "
                          "prepare on the files, set data.manifest to its manifest.json and re-run flopgate check",

@@ -33,9 +33,13 @@ packed samples (same block masks) and the loss mixes the answer cross-entropy
    computed), charged at the audited student training FLOP per token; the run stops before
    the meter would pass the budget; ``on_step`` gets each step's record (the ledger charge).
 
-The tokenizer: ``--tokenizer DIR``, else the teacher's local folder (what the logit trainer
-uses), else a ``student.init: base`` folder holding a tokenizer. Its digest is recorded in
-``sequence-data.json``, which the run record signs with the generation record and the samples.
+The tokenizer (and its chat template, which decides which tokens are trained on) is the audited
+one (:meth:`distill.attested.AttestedInputs.tokenizer`): the plan's ``data.tokenizer`` folder,
+else the teacher's local folder, else a ``student.init: base`` folder holding a tokenizer, each
+hashed by check and re-hashed by the gate. ``--tokenizer DIR`` may name a copy whose tokenizer
+files are the audited ones byte for byte; any other is refused (exit 6, one line per file). Its
+digest is recorded in ``sequence-data.json``, which the run record signs with the generation
+record and the samples.
 
 The loop itself (steps, resume, meter, checkpoints, metrics) is :func:`distill.loop.run_loop`,
 shared with the logit recipe; ``--resume`` continues a run bitwise exactly, as for logit KD.
@@ -300,6 +304,9 @@ class SequenceConfig(LoopConfig):
     tokenizer_dir: Path
     student_init: Literal["scratch", "base"] = "scratch"
     student_config: Optional[Path] = None
+    student_config_data: Optional[dict] = Field(default=None, description="the audited student config as the gate "
+                                                "read it (scratch, pruned): the student is built from it, never "
+                                                "from the file again")
     student_base_dir: Optional[Path] = None
     mean_document_tokens: Optional[int] = Field(default=None, gt=0, description="the plan's data.mean_document_"
                                                 "tokens: the packed samples' attention must fit what it counted")
@@ -323,11 +330,10 @@ class SequenceConfig(LoopConfig):
 
     @classmethod
     def from_plan(cls, loaded, *, generated_dir: str | Path, out_dir: str | Path,
-                  tokenizer_dir: str | Path | None = None, flops_per_token: Optional[float] = None,
+                  tokenizer_dir: str | Path, flops_per_token: Optional[float] = None,
                   budget_flops: Optional[float] = None, **overrides) -> "SequenceConfig":
-        """Student source, seq_len and tokens (data.tokens x epochs) from the plan; the tokenizer
-        per the module docstring; ``overrides`` win."""
-        from audit.flops.configs import resolve_config
+        """Student source, seq_len and tokens (data.tokens x epochs) from the plan;
+        ``tokenizer_dir``: where the attested tokenizer was read; ``overrides`` win."""
         from audit.weights import teacher_folder
 
         plan, source = loaded.plan, str(loaded.path)
@@ -342,18 +348,8 @@ class SequenceConfig(LoopConfig):
             base_dir = Path(plan.student.base_model).expanduser()
             if not base_dir.is_absolute():
                 base_dir = loaded.path.parent / base_dir
-        student_config = (resolve_config(plan.student.config, source=source, field="student.config").path
+        student_config = (loaded.student_config.path
                           if plan.student.init == "scratch" else None)
-        if tokenizer_dir is None:
-            teacher_dir = teacher_folder(plan)
-            if teacher_dir is not None and teacher_dir.is_dir():
-                tokenizer_dir = teacher_dir
-            elif base_dir is not None and (base_dir / "tokenizer_config.json").is_file():
-                tokenizer_dir = base_dir
-            else:
-                raise InputError("the teacher is not a local model folder, so there is no tokenizer to take "
-                                 "from it: pass the student's tokenizer folder with --tokenizer DIR",
-                                 source=source, field="--tokenizer")
         logits = {}
         if plan.method.also_logits:
             teacher_dir = teacher_folder(plan)
@@ -364,6 +360,7 @@ class SequenceConfig(LoopConfig):
                           temperature=plan.method.temperature)
         fields = dict(**logits, generated_dir=Path(generated_dir), tokenizer_dir=Path(tokenizer_dir),
                       student_init=plan.student.init, student_config=student_config, student_base_dir=base_dir,
+                      student_config_data=dict(loaded.student_config.data) if student_config is not None else None,
                       seq_len=plan.data.seq_len, max_tokens=int(plan.data.tokens * plan.data.epochs),
                       mean_document_tokens=plan.data.mean_document_tokens,
                       budget_flops=budget_flops, flops_per_token=flops_per_token, out_dir=Path(out_dir))
@@ -385,17 +382,18 @@ def tokenize_and_pack(generated: GeneratedData, tokenizer, cfg: SequenceConfig) 
     return data
 
 
-def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: bool = False,
+def train_sequence(cfg: SequenceConfig, generated: GeneratedData, attested_tokenizer, *, resume: bool = False,
                    on_step: Optional[Callable[[dict], None]] = None,
                    after_load: Optional[Callable[[Optional[torch.nn.Module], torch.nn.Module], None]] = None,
                    after_resume: Optional[Callable[[float], None]] = None):
-    """Train per the module docstring; returns a :class:`distill.loop.TrainResult`."""
+    """Train per the module docstring; ``attested_tokenizer``: a
+    :class:`distill.attested.AttestedTokenizer`. Returns a :class:`distill.loop.TrainResult`."""
     from distill import distributed
     from distill.loop import run_loop
     from distill.meter import ComputeMeter
     from distill.losses import LossSpec, fused_distill_loss
     from distill.models import (build_student, check_vocab, decoder_layers, head_weight, library_progress_bars,
-                                load_teacher, load_tokenizer, stop_at_end_of_turn)
+                                load_teacher, stop_at_end_of_turn)
 
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
@@ -405,11 +403,12 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: boo
         amp_dtype = cfg.amp_dtype(device)
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        tokenizer = load_tokenizer(cfg.tokenizer_dir)
+        tokenizer = attested_tokenizer.tokenizer
         data = tokenize_and_pack(generated, tokenizer, cfg)
         teacher = (load_teacher(cfg.teacher_dir, device, torch.bfloat16 if amp_dtype else torch.float32)
                    if cfg.also_logits else None)
-        student = build_student(cfg.student_init, config=cfg.student_config, base_dir=cfg.student_base_dir,
+        student = build_student(cfg.student_init, config=cfg.student_config_data or cfg.student_config,
+                                base_dir=cfg.student_base_dir,
                                 seed=cfg.seed).to(device)
         if after_load is not None:
             after_load(teacher, student)
@@ -454,21 +453,21 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, *, resume: boo
                           tokenizer=tokenizer, resume=resume, session_start=session_start, on_step=on_step,
                           after_resume=after_resume, eval_sums=eval_sums)
         if ctx.is_main:
-            _write_data_record(cfg, generated, data)
+            _write_data_record(cfg, generated, data, attested_tokenizer.digest())
         return result
     finally:
         distributed.teardown(ctx)
 
 
-def _write_data_record(cfg: SequenceConfig, generated: GeneratedData, data: PackedSamples) -> Path:
+def _write_data_record(cfg: SequenceConfig, generated: GeneratedData, data: PackedSamples,
+                       tokenizer_digest: dict) -> Path:
     from audit.fsutil import write_atomic
-    from distill.prepare import tokenizer_digest
 
     body = {"generated": {"folder": str(generated.folder), "record_sha256": generated.record_sha256,
                           "kept_sha256": generated.kept_sha256,
                           "audit_sha256": (generated.predicate.get("audit") or {}).get("sha256"),
                           "job_id": (generated.predicate.get("job") or {}).get("id")},
-            "tokenizer": {"folder": str(cfg.tokenizer_dir), **tokenizer_digest(cfg.tokenizer_dir)},
+            "tokenizer": {"folder": str(cfg.tokenizer_dir), **tokenizer_digest},
             "packing": {"seq_len": cfg.seq_len, "samples": data.samples, "truncated": data.truncated,
                         "skipped": data.skipped, "rows": len(data),
                         "answer_tokens": int((data.labels != IGNORE_INDEX).sum())}}
@@ -480,7 +479,6 @@ def _write_data_record(cfg: SequenceConfig, generated: GeneratedData, data: Pack
 def run(args, opened) -> int:
     """``flopgate distill`` for a sequence plan (or any plan given --generated), after the gate
     opened: provenance, config, device, dry run, training, then the record as for logit KD."""
-    from audit.attest.keys import load_trusted_keys
     from distill import cli, preflight
 
     gate = opened.gate
@@ -492,11 +490,19 @@ def run(args, opened) -> int:
     if not args.generated:
         raise InputError("a sequence plan trains on the teacher's answers: pass the folder flopgate generate "
                          "wrote with --generated DIR", source=str(loaded.path), field="--generated")
+    from distill.attested import InputsRefused
+
+    reasons, generated, tokenizer = [], None, None
+    try:  # every input from the attested layer; a refusal names every reason
+        generated = gate.inputs.generated(args.generated)  # verified with the keys that verified the audit
+    except InputsRefused as refused:
+        reasons += refused.reasons
     try:
-        generated = verify_generated(args.generated, load_trusted_keys(args.pubkey, args.trust),
-                                     gate.envelope_sha256)
-    except ProvenanceRefused as refused:
-        return cli.refuse("distill", refused.reasons)
+        tokenizer = gate.inputs.tokenizer(args.tokenizer)
+    except InputsRefused as refused:
+        reasons += refused.reasons
+    if reasons:
+        return cli.refuse("distill", reasons)
     out_dir = opened.out_dir
     preflight.check_out_dir(out_dir, args.resume, more=(DATA_RECORD,))
     also = bool(getattr(args, "also_logits", False))
@@ -509,22 +515,21 @@ def run(args, opened) -> int:
                          "pass --also-logits", source=str(loaded.path), field="--also-logits")
     overrides = cli.loop_overrides(args)
     cfg = SequenceConfig.from_plan(loaded, generated_dir=args.generated, out_dir=out_dir,
-                                   tokenizer_dir=args.tokenizer, flops_per_token=opened.flops_per_token,
+                                   tokenizer_dir=tokenizer.folder, flops_per_token=opened.flops_per_token,
                                    budget_flops=opened.budget_flops, **overrides)
     device_name = preflight.device_name(args)
     print(f"generated data: {generated.kept_path} (sha256 {generated.kept_sha256[:12]}..., signed by the "
-          f"generation record for this audit); tokenizer {cfg.tokenizer_dir}")
+          f"generation record for this audit); tokenizer {cfg.tokenizer_dir} (sha256 {tokenizer.sha256[:12]}..., "
+          f"the audited {tokenizer.role.replace('_', ' ')}'s)")
     print(f"compute: {short_sci(cfg.flops_per_token, 4)} FLOP per token (student training), budget "
           f"{short_sci(cfg.budget_flops, 4)} FLOP; device {device_name}")
     if args.dry_run:
-        from distill.models import load_tokenizer
-
-        tokenize_and_pack(generated, load_tokenizer(cfg.tokenizer_dir), cfg)
+        tokenize_and_pack(generated, tokenizer.tokenizer, cfg)
         return cli.dry_run_done(args)
 
     booked = opened.step_charges()
     check = preflight.audited_model_checks(loaded, gate)
-    result = train_sequence(cfg, generated, resume=args.resume, on_step=booked.on_step if booked else None,
+    result = train_sequence(cfg, generated, tokenizer, resume=args.resume, on_step=booked.on_step if booked else None,
                             after_load=check,
                             after_resume=booked.after_resume if booked else None)
     if result.rank != 0:

@@ -83,6 +83,9 @@ class TrainConfig(LoopConfig):
     teacher_dir: Path = Field(description="local Hugging Face model folder (weights + tokenizer)")
     student_init: Literal["scratch", "base", "pruned_teacher"] = "scratch"
     student_config: Optional[Path] = Field(default=None, description="config.json or folder (scratch, pruned)")
+    student_config_data: Optional[dict] = Field(default=None, description="the audited student config as the gate "
+                                                "read it (scratch, pruned): the student is built from it, never "
+                                                "from the file again")
     student_base_dir: Optional[Path] = Field(default=None, description="model folder (base)")
     student_layers: Optional[list[int]] = Field(default=None, description="teacher layers kept (pruned)")
     data_files: list[Path] = Field(min_length=1)
@@ -149,8 +152,6 @@ class TrainConfig(LoopConfig):
         ``flops_per_token`` must be the student's training FLOP per token alone. ``overrides``
         set any other field (micro_batch, lr, ...) and win over the mapping.
         """
-        from audit.flops.configs import resolve_config
-
         plan, source = loaded.plan, str(loaded.path)
         if plan.teacher.access != "weights" or not Path(plan.teacher.model).is_dir():
             raise InputError(f"training needs the teacher's weights in a local model folder, got "
@@ -165,8 +166,9 @@ class TrainConfig(LoopConfig):
         if not plan.data.manifest:
             raise InputError("the trainer reads its data files from the manifest; none is set",
                              source=source, field="data.manifest")
-        _, files = read_manifest(plan.data.manifest)
-        student_config = (resolve_config(plan.student.config, source=source, field="student.config").path
+        # the files the caller checked against the audited manifest (flopgate distill), else the manifest's
+        files = overrides["data_files"] if overrides.get("data_files") else read_manifest(plan.data.manifest)[1]
+        student_config = (loaded.student_config.path
                           if plan.student.init != "base" else None)
         base_dir = None
         if plan.student.init == "base":
@@ -182,6 +184,7 @@ class TrainConfig(LoopConfig):
                 budget = budget + teacher_fpt * plan.data.tokens if teacher_fpt is not None else None
         fields = dict(teacher_dir=Path(plan.teacher.model), student_init=plan.student.init,
                       student_config=student_config, student_base_dir=base_dir, data_files=files,
+                      student_config_data=dict(loaded.student_config.data) if student_config is not None else None,
                       manifest=Path(plan.data.manifest), seq_len=plan.data.seq_len, max_tokens=tokens,
                       loss=plan.method.loss, temperature=plan.method.temperature, budget_flops=budget,
                       flops_per_token=flops_per_token, out_dir=Path(out_dir))
@@ -242,11 +245,16 @@ def _open_cache(cfg: TrainConfig, *, build: bool, teacher, data, vocab: int, dev
 def train(cfg: TrainConfig, *, resume: bool = False,
           on_step: Optional[Callable[[dict], None]] = None,
           after_load: Optional[Callable[[Optional[torch.nn.Module], torch.nn.Module], None]] = None,
-          after_resume: Optional[Callable[[float], None]] = None) -> TrainResult:
+          after_resume: Optional[Callable[[float], None]] = None, tokenizer=None,
+          manifest: Optional[dict] = None) -> TrainResult:
     """Run the distillation ``cfg`` describes; see the module docstring. All ranks call it.
     ``after_load(teacher, student)`` runs once the models are built, before anything trains (the
     gated path checks them against the audit there; it raises to refuse); ``after_resume(flops)``
-    gets the meter's total as restored from a checkpoint (lost steps included), before any step."""
+    gets the meter's total as restored from a checkpoint (lost steps included), before any step.
+    ``tokenizer``: the teacher's, as the attested layer built it from the audited folder's bytes
+    (``flopgate distill``); None loads it from ``cfg.teacher_dir``. ``manifest``: the audited
+    manifest as the attested layer read it; None reads ``cfg.manifest`` against
+    ``cfg.manifest_sha256``."""
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
     ctx = distributed.setup(cfg.device)
@@ -262,7 +270,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         torch.manual_seed(cfg.seed)
 
         # --- Models, vocabulary, data --------------------------------------------------------
-        tokenizer = load_tokenizer(cfg.teacher_dir)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.teacher_dir)
         from distill.teacher_cache import INDEX_FILE
 
         # Checked once: no rank writes an index before every rank has passed this point.
@@ -271,7 +279,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         shard = cfg.shard_teacher and ctx.enabled and need_teacher  # one process has nothing to shard over
         teacher = (load_teacher(cfg.teacher_dir, "cpu" if shard else device,
                                 torch.bfloat16 if amp_dtype else torch.float32) if need_teacher else None)
-        student = build_student(cfg.student_init, teacher=teacher, config=cfg.student_config,
+        student = build_student(cfg.student_init, teacher=teacher, config=cfg.student_config_data or cfg.student_config,
                                 base_dir=cfg.student_base_dir, layers=cfg.student_layers, seed=cfg.seed).to(device)
         if after_load is not None:
             after_load(teacher, student)
@@ -285,7 +293,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         stop_at_end_of_turn(student, tokenizer)
         # Prepared shards (a shard manifest) or raw files; either way checked against the manifest.
         data = load_training_data(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed, manifest=cfg.manifest,
-                                  manifest_sha256=cfg.manifest_sha256)
+                                  manifest_sha256=cfg.manifest_sha256,
+                                  manifest_data=manifest)
         total_steps(cfg, ctx.world_size)  # refuse a run shorter than one step before any cache is built
 
         if compile_models:

@@ -7,7 +7,7 @@ opens first: a DENY, edited or expired audit, or an audit of another plan, stops
 and charged in the ledger; the run record is signed at the end.
 
     python examples/hf_trainer_sft.py PLAN --attestation audit.intoto.json --pubkey auditor.pub \\
-        --samples generate-out/kept-samples.jsonl --tokenizer TOKENIZER_DIR --out sft-out
+        --samples generate-out/kept-samples.jsonl --out sft-out
 
 ``--lora R`` trains LoRA adapters of rank R (PEFT) on a frozen student for a plan that declares
 no adapter: the audit counted full training, and that is what each step is charged (an
@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attestation", required=True)
     p.add_argument("--pubkey", required=True, help="the auditor's public key")
     p.add_argument("--samples", required=True, help="kept-samples.jsonl written by flopgate generate")
-    p.add_argument("--tokenizer", required=True, help="the student's tokenizer folder")
+    p.add_argument("--tokenizer", help="a copy of the audited tokenizer (default: the audited folder itself: the "
+                   "plan's data.tokenizer, else the teacher's)")
     p.add_argument("--out", required=True)
     p.add_argument("--key", help="the key that signs the run record (default: the local key)")
     p.add_argument("--ledger", help="the ledger (default: as for every flopgate command)")
@@ -86,13 +87,23 @@ def audited_student(run):
 
 
 def load_rows(run, args):
-    """The tokenizer and the training rows from the kept samples."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    """The audited tokenizer (built from the bytes the audit covers: ``run.inputs``, flopgate's
+    attested-input layer) and the training rows from the kept samples."""
+    tokenizer = run.inputs.tokenizer(args.tokenizer).tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, tokenize_samples(Path(args.samples), tokenizer, run.plan.data.seq_len)
+
+
+def load_rows_or_refuse(run, args):
+    """:func:`load_rows`, or the exit code (6) after printing why an input was refused."""
+    from distill.gated import GateRefused
+
+    try:
+        return load_rows(run, args)
+    except GateRefused as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return refused.exit_code
 
 
 def train_behind_gate(run, model, rows, tokenizer, args) -> int:
@@ -119,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     run = open_run(args)  # a plan with student.adapter is refused here: see examples/lora_student.py
     if isinstance(run, int):
         return run
-    tokenizer, rows = load_rows(run, args)
+    loaded = load_rows_or_refuse(run, args)
+    if isinstance(loaded, int):
+        return loaded
+    tokenizer, rows = loaded
     model = audited_student(run)
     if args.lora:  # charged as full training: the plan declares no adapter (an over-count)
         from peft import LoraConfig, get_peft_model

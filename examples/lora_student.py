@@ -13,7 +13,7 @@ adapter's rate. A DENY, edited or expired audit, or an audit of another plan, st
 (exit 6) before any model is built.
 
     python examples/lora_student.py PLAN --attestation audit.intoto.json --pubkey auditor.pub \\
-        --samples generate-out/kept-samples.jsonl --tokenizer TOKENIZER_DIR --out lora-out
+        --samples generate-out/kept-samples.jsonl --out lora-out
 
 Runs on a CPU for tiny models (tests); use a GPU for real ones. ``OUT/final`` holds the adapter
 (PEFT's ``save_pretrained``), and the run record is signed over it.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hf_trainer_sft import audited_student, load_rows, open_run, parse_args, train_behind_gate  # noqa: E402
+from hf_trainer_sft import audited_student, load_rows_or_refuse, open_run, parse_args, train_behind_gate  # noqa: E402
 
 BAD_PLAN_EXIT = 2
 
@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         print("student.adapter: the plan declares no adapter; train the whole student with "
               "examples/hf_trainer_sft.py", file=sys.stderr)
         return BAD_PLAN_EXIT
-    tokenizer, rows = load_rows(run, args)
+    loaded = load_rows_or_refuse(run, args)
+    if isinstance(loaded, int):
+        return loaded
+    tokenizer, rows = loaded
     model = lora_student(audited_student(run), adapter)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"LoRA rank {adapter.rank} on {', '.join(adapter.target_modules)}: {trainable} trainable, "

@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attestation", required=True)
     p.add_argument("--pubkey", required=True, help="the auditor's public key")
     p.add_argument("--data", required=True, help="chat JSONL: one {\"messages\": [...]} a line")
-    p.add_argument("--tokenizer", required=True, help="the student's tokenizer folder (with a chat template)")
+    p.add_argument("--tokenizer", help="a copy of the audited tokenizer, with a chat template (default: the "
+                   "audited folder itself: the plan's data.tokenizer, else the teacher's)")
     p.add_argument("--out", required=True)
     p.add_argument("--key", help="the key that signs the run record (default: the local key)")
     p.add_argument("--ledger", help="the ledger (default: as for every flopgate command)")
@@ -81,9 +82,12 @@ def load_teacher(run):
 
     from distill.model_check import check_loaded_model
 
+    from audit.weights import verify_unchanged
+
     loaded = run.gate.loaded_plan
     teacher = AutoModelForCausalLM.from_pretrained(loaded.plan.teacher.weights)
     check_loaded_model(teacher, loaded.teacher_config.data, role="teacher", source=str(loaded.teacher_config.path))
+    verify_unchanged(run.gate.model_folders["teacher_weights"])  # what loaded is what the gate hashed
     return teacher.eval()
 
 
@@ -109,12 +113,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from distill.hf import FlopgateCallback, metered_on_policy
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    from distill.gated import GateRefused
+
+    try:  # the audited tokenizer (the teacher folder's), built from the bytes the audit covers
+        tokenizer = run.inputs.tokenizer(args.tokenizer).tokenizer
+    except GateRefused as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return refused.exit_code
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # prompts are sampled from: pad on the left

@@ -115,3 +115,21 @@ def test_report_re_renders_after_verifying(tmp_path, key, capsys):
     assert "verification FAILED" in capsys.readouterr().err
     # the failed page carries a warning the verified one does not
     assert "no valid signature" in bad and "no valid signature" not in good
+
+
+def test_check_signs_the_tokenizer_folder_a_plan_names(tmp_path, key):
+    """data.tokenizer (an API teacher's plan: no teacher folder holds one) is signed by its root
+    digest over every file, the digest the gate re-hashes and the sequence trainer reads against."""
+    from audit.weights import folder_digest
+
+    tokenizer = shutil.copytree(ROOT / "tests" / "distill" / "data" / "chat_tokenizer", tmp_path / "tokenizer")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text((ROOT / "examples" / "api-teacher.yaml").read_text().replace(
+        "data: {tokens: 1.0e9,", "data: {tokenizer: ./tokenizer, tokens: 1.0e9,"))
+    out = tmp_path / "out"
+    assert main(["check", str(plan), "--out", str(out), "--key", str(key[0])]) == 3  # REVIEW, as the example
+    predicate = verify_envelope_file(out / "audit.intoto.json", load_trusted_keys(pubkey=key[1])).predicate
+    signed = [i for i in predicate["inputs"] if i["role"] == "tokenizer"]
+    assert len(signed) == 1 and signed[0]["path"] == str(tokenizer)
+    assert signed[0]["sha256"] == folder_digest(tokenizer).root_sha256 and signed[0]["files"] == 3
+    assert predicate["plan"]["content"]["data"]["tokenizer"] == str(tokenizer)

@@ -409,21 +409,24 @@ def test_progress_bar_draws_on_a_terminal(folder):
     assert stream.getvalue()
 
 
-def test_model_folders_names_the_teacher_and_a_local_base_student(tmp_path):
+def test_model_folders_names_the_teacher_a_local_base_student_and_the_tokenizer(tmp_path):
     from types import SimpleNamespace
 
     from audit.weights import model_folders
 
-    teacher, base = tmp_path / "teacher", tmp_path / "base"
+    teacher, base, tokenizer = tmp_path / "teacher", tmp_path / "base", tmp_path / "tokenizer"
     teacher.mkdir()
     base.mkdir()
 
-    def plan(model, access="weights", weights=None, init="base", base_model=None):
+    def plan(model, access="weights", weights=None, init="base", base_model=None, data_tokenizer=None):
         return SimpleNamespace(teacher=SimpleNamespace(model=model, access=access, weights=weights),
-                               student=SimpleNamespace(init=init, base_model=base_model))
+                               student=SimpleNamespace(init=init, base_model=base_model),
+                               data=SimpleNamespace(tokenizer=data_tokenizer))
 
     assert model_folders(plan(str(teacher), base_model=str(base))) == [
         ("teacher_weights", teacher), ("student_base_weights", base)]
     assert model_folders(plan("meta-llama/Llama-3.1-8B", weights=str(teacher), base_model="acme/base")) == [
         ("teacher_weights", teacher)]
     assert model_folders(plan("gpt-4o", access="api", init="scratch")) == []
+    assert model_folders(plan("gpt-4o", access="api", init="scratch", data_tokenizer=str(tokenizer))) == [
+        ("tokenizer", tokenizer)]

@@ -27,15 +27,16 @@ STUDENT = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden
 
 
 def plan_text(endpoint: str, *, prompt_tokens: float = 1e6, generated_tokens: float = 1e6,
-              key_env: str | None = KEY_ENV, kind: str = "sequence") -> str:
+              key_env: str | None = KEY_ENV, kind: str = "sequence", tokenizer: Path | None = None) -> str:
     key = f", api_key_env: {key_env}" if key_env else ""
+    data_tokenizer = f', tokenizer: "{tokenizer}"' if tokenizer else ""
     return f"""\
 plan_version: 1
 name: api-generate-test
 organization: {{name: Test Org, jurisdictions: [EU]}}
 teacher: {{model: teacher-model, access: api, parameters: 1.0e9, endpoint: "{endpoint}"{key}}}
 student: {{name: Tiny-Student, config: ./student.json, init: scratch}}
-data: {{tokens: 4096, seq_len: 32, prompts: ./prompts.jsonl}}
+data: {{tokens: 4096, seq_len: 32, prompts: ./prompts.jsonl{data_tokenizer}}}
 method: {{kind: {kind}, teacher_generated_tokens: {generated_tokens:g}, prompt_tokens: {prompt_tokens:g}}}
 use: {{purpose: generate test, scope: narrow, distribution: internal}}
 schedule: {{start: 2026-12-01}}
@@ -76,11 +77,19 @@ def make_project(root: Path, endpoint: str, *, prompts: int = 6, **plan_options)
 
 def sign_audit(project: ApiProject, signer: KeyFiles, *, outcome: str = "ALLOW",
                roles: Sequence[str] = ("plan", "student_config", "prompts")) -> Path:
-    """An audit of the project as it is now: its plan (with content), student config and prompts."""
+    """An audit of the project as it is now: its plan (with content), student config and prompts,
+    and the tokenizer folder the plan names (data.tokenizer), by its root digest."""
+    from audit.weights import folder_digest
+
     files = {"plan": project.plan, "student_config": project.root / "student.json", "prompts": project.prompts}
-    subjects, inputs = build_subjects([InputFile(r, files[r], project.root) for r in roles])
+    plan = load_plan(project.plan).plan
+    listed = [InputFile(r, files[r], project.root) for r in roles]
+    if plan.data.tokenizer:
+        listed.append(InputFile("tokenizer", plan.data.tokenizer, project.root, None,
+                                folder_digest(plan.data.tokenizer).root_sha256))
+    subjects, inputs = build_subjects(listed)
     created = iso(dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1))
-    content = load_plan(project.plan).plan.model_dump(mode="json")
+    content = plan.model_dump(mode="json")
     decision = {"outcome": outcome, "as_of": created[:10], "findings": [], "obligations": [], "regimes": [],
                 "rule_ids": [], "packs": [],
                 "teacher": {"model": "teacher-model", "access": "api", "terms": [], "upstream": [], "licenses": []}}

@@ -37,9 +37,10 @@ SENTENCES = ["the dog sees a cat .", "two birds like the fox .", "a farmer feeds
 
 
 
-def generated_project(root: Path, fake, signer, capsys, sentences=SENTENCES):
-    """A sequence plan whose prompts are the sentences, its audit, and what generate wrote."""
-    project = make_project(root, fake.url, prompts=0)
+def generated_project(root: Path, fake, signer, capsys, sentences=SENTENCES, tokenizer=TOKENIZER):
+    """A sequence plan whose prompts are the sentences (and whose data.tokenizer is ``tokenizer``),
+    its audit, and what generate wrote."""
+    project = make_project(root, fake.url, prompts=0, tokenizer=tokenizer)
     project.prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": s}) + "\n"
                                        for i, s in enumerate(sentences)), encoding="utf-8")
     sign_audit(project, signer)
@@ -56,10 +57,10 @@ def api_project(tmp_path, fake, signer, capsys):
     return generated_project(tmp_path / "api", fake, signer, capsys)
 
 
-def distill(capsys, project, signer, *extra, envelope=None, generated=None):
+def distill(capsys, project, signer, *extra, envelope=None, generated=None, tokenizer=TOKENIZER):
     code = main(["distill", str(project.plan), "--attestation", str(envelope or project.envelope),
                  "--pubkey", str(signer.public_path), "--key", str(signer.private_path),
-                 "--out", str(project.root / "out"), "--allow-cpu", "--tokenizer", str(TOKENIZER),
+                 "--out", str(project.root / "out"), "--allow-cpu", "--tokenizer", str(tokenizer),
                  "--generated", str(generated or project.root / "gen"), *map(str, extra)])
     out, err = capsys.readouterr()
     return code, out, err
@@ -181,6 +182,100 @@ def test_sequence_plan_without_generated_is_bad_input(api_project, signer, capsy
                  "--tokenizer", str(TOKENIZER)])
     err = capsys.readouterr().err
     assert code == 2 and "--generated" in err and "Traceback" not in err
+
+
+INJECTED = "the fox likes the farmer ."
+
+
+def injecting_tokenizer(dest: Path) -> Path:
+    """A copy of the audited tokenizer whose chat template appends fixed text after every
+    assistant turn: trained on, it teaches the student words no teacher wrote."""
+    import shutil
+
+    shutil.copytree(TOKENIZER, dest)
+    template = dest / "chat_template.jinja"
+    text = template.read_text(encoding="utf-8")
+    injected = text.replace("{{ m.content }} <|end|> ", "{{ m.content }} <|end|> {% if m.role == 'assistant' %}"
+                            + INJECTED + " {% endif %}")
+    assert injected != text
+    template.write_text(injected, encoding="utf-8")
+    return dest
+
+
+def test_a_tokenizer_the_audit_does_not_cover_is_refused(tmp_path, fake, signer, capsys):
+    """The attack: an API teacher's plan audits no tokenizer, and --tokenizer names a copy whose
+    chat template adds text to every answer. The old gate opened and trained on that text."""
+    project = generated_project(tmp_path / "bare", fake, signer, capsys, tokenizer=None)
+    code, out, err = distill(capsys, project, signer, "--steps", 1, tokenizer=injecting_tokenizer(tmp_path / "tok"))
+    assert code == GATE_REFUSED_EXIT, out + err
+    assert "tokenizer: the audit covers no tokenizer" in err and "data.tokenizer" in err
+    assert not (project.root / "out").exists()
+
+
+def test_a_copy_of_the_audited_tokenizer_must_have_its_bytes(api_project, signer, tmp_path, capsys):
+    """data.tokenizer is audited; --tokenizer may name a copy, byte for byte, and nothing else."""
+    import shutil
+
+    code, out, err = distill(capsys, api_project, signer, "--steps", 1, tokenizer=injecting_tokenizer(tmp_path / "tok"))
+    assert code == GATE_REFUSED_EXIT, out + err
+    assert "tokenizer:" in err and "chat_template.jinja has sha256" in err
+    assert not (api_project.root / "out").exists()
+
+    added = tmp_path / "added"
+    shutil.copytree(TOKENIZER, added)
+    (added / "additional_chat_templates").mkdir()
+    (added / "additional_chat_templates" / "tool_use.jinja").write_text("{{ messages }}", encoding="utf-8")
+    (added / "chat_template.jinja").unlink()
+    code, out, err = distill(capsys, api_project, signer, "--dry-run", tokenizer=added)
+    assert code == GATE_REFUSED_EXIT
+    lines = [line.strip() for line in err.splitlines() if line.strip().startswith("tokenizer:")]
+    assert len(lines) == 2 and "has no chat_template.jinja" in lines[0] and "tool_use.jinja is not part of" in lines[1]
+
+    copy = shutil.copytree(TOKENIZER, tmp_path / "copy")
+    code, out, err = distill(capsys, api_project, signer, "--dry-run", tokenizer=copy)
+    assert code == 0, err
+    assert f"tokenizer {copy} (sha256" in out and "the audited tokenizer's" in out
+
+
+def test_the_audited_tokenizer_folder_changed_after_check_is_refused(tmp_path, fake, signer, capsys):
+    import shutil
+
+    folder = shutil.copytree(TOKENIZER, tmp_path / "audited-tokenizer")
+    project = generated_project(tmp_path / "p", fake, signer, capsys, tokenizer=folder)
+    injecting_tokenizer(tmp_path / "evil")
+    shutil.copy(tmp_path / "evil" / "chat_template.jinja", folder / "chat_template.jinja")
+    code, out, err = distill(capsys, project, signer, "--dry-run", tokenizer=folder)
+    assert code == GATE_REFUSED_EXIT
+    assert "tokenizer: tokenizer" in err and "root sha256" in err
+
+
+def test_the_trained_tokens_are_rendered_by_the_audited_template(api_project, signer, capsys):
+    code, out, err = distill(capsys, api_project, signer, "--steps", 1, "--micro-batch", MICRO_BATCH)
+    assert code == 0, err
+    data = json.loads((api_project.root / "out" / "sequence-data.json").read_text())
+    names = {f["name"]: f["sha256"] for f in data["tokenizer"]["files"]}
+    assert names["chat_template.jinja"] == hashlib.sha256((TOKENIZER / "chat_template.jinja").read_bytes()).hexdigest()
+    assert set(names) == {p.name for p in TOKENIZER.iterdir()}
+
+
+def test_a_student_config_swapped_after_the_gate_is_not_what_trains(api_project, signer, capsys, monkeypatch):
+    """The student is built from the audited config as the gate read it, never from the file
+    again: a config swapped once the gate opened (same shapes, so the check after loading
+    passes) does not reach the model."""
+    from distill import preflight
+
+    real = preflight.device_name
+    config = api_project.root / "student.json"
+
+    def swap_then_name(args):
+        config.write_text(json.dumps({**STUDENT, "hidden_act": "gelu", "rms_norm_eps": 0.5}), encoding="utf-8")
+        return real(args)
+
+    monkeypatch.setattr(preflight, "device_name", swap_then_name)
+    code, out, err = distill(capsys, api_project, signer, "--steps", 1, "--micro-batch", MICRO_BATCH)
+    assert code == 0, err
+    trained = json.loads((api_project.root / "out" / "model" / "config.json").read_text())
+    assert trained["hidden_act"] == "silu" and trained["rms_norm_eps"] != 0.5   # the audited config's
 
 
 def test_labels_are_the_answer_tokens_only():

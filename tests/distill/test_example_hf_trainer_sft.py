@@ -31,7 +31,7 @@ def generated(tmp_path, signer, monkeypatch):
     """A sequence plan, its audit, and the teacher's answers written by flopgate generate."""
     monkeypatch.setenv(KEY_ENV, "test-key")
     with FakeOpenAI() as server:
-        project = make_project(tmp_path / "project", server.url, prompts=8)
+        project = make_project(tmp_path / "project", server.url, prompts=8, tokenizer=TOKENIZER)
         envelope = sign_audit(project, signer)
         assert flopgate(["generate", str(project.plan), "--attestation", str(envelope), "--pubkey",
                          str(signer.public_path), "--key", str(signer.private_path),
@@ -44,6 +44,18 @@ def run_example(tmp_path, project, envelope, signer, *extra) -> int:
                            "--key", str(signer.private_path), "--samples", str(tmp_path / "gen" / "kept-samples.jsonl"),
                            "--tokenizer", str(TOKENIZER), "--out", str(tmp_path / "sft"), "--steps", "3",
                            "--batch", "2", "--cpu", *extra])
+
+
+def test_a_tokenizer_that_is_not_the_audited_one_is_refused(tmp_path, signer, generated, capsys):
+    import shutil
+
+    project, envelope = generated
+    other = shutil.copytree(TOKENIZER, tmp_path / "other-tokenizer")
+    (other / "tokenizer_config.json").write_text((other / "tokenizer_config.json").read_text().replace(
+        '"[EOS]"', '"[UNK]"'))
+    assert run_example(tmp_path, project, envelope, signer, "--tokenizer", str(other)) == 6
+    assert "tokenizer_config.json has sha256" in capsys.readouterr().err
+    assert not (tmp_path / "sft" / "run-record.intoto.json").exists()
 
 
 @pytest.mark.parametrize("extra", [(), ("--lora", "4")], ids=["full", "lora"])

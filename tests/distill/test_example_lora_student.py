@@ -45,7 +45,7 @@ def audited_compute(plan: Path) -> dict:
 def lora_project(root: Path, *, tokens: int = 4096, adapter: str | None = ADAPTER, name: str = "api-generate-test"):
     """generate_kit's sequence plan (API teacher), with the student's adapter and ``tokens``
     training tokens; teacher answers written as ``flopgate generate`` keeps them."""
-    project = make_project(root, "https://api.example.com/v1")
+    project = make_project(root, "https://api.example.com/v1", tokenizer=TOKENIZER)
     text = project.plan.read_text().replace("tokens: 4096", f"tokens: {tokens}")
     text = text.replace("name: api-generate-test", f"name: {name}")
     if adapter:

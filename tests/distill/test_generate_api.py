@@ -95,7 +95,8 @@ def test_every_prompt_answered_filtered_recorded_and_signed(project, signer, fak
     assert {k: record["outputs"][k] for k in ("answered", "kept", "discarded", "unanswered")} == {
         "answered": 6, "kept": 3, "discarded": 3, "unanswered": 0}
     assert record["outputs"]["kept_sha256"] == hashlib.sha256((folder / "kept-samples.jsonl").read_bytes()).hexdigest()
-    assert record["filter"] == "keep_odd:keep"
+    assert record["filter"] == "keep_odd:keep"   # and the code that judged the samples, by its source's digest
+    assert record["filter_sha256"] == hashlib.sha256((tmp_path / "keep_odd.py").read_bytes()).hexdigest()
     assert record["teacher"]["endpoint_host"] == "127.0.0.1"
     assert record["audit"]["sha256"] == hashlib.sha256(project.envelope.read_bytes()).hexdigest()
     assert record["prompts"]["sha256"] == hashlib.sha256(project.prompts.read_bytes()).hexdigest()

@@ -37,14 +37,14 @@ def student(project, **change):
     return AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
 
 
-def trainer_for(project, model, run, tmp_path, steps=6):
+def trainer_for(project, model, run, tmp_path, steps=6, row_len=SEQ_LEN):
     from transformers import Trainer, TrainingArguments
 
     from distill.hf import FlopgateCallback
 
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(1)
-    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, vocab, (64, SEQ_LEN), generator=g)]
+    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, vocab, (64, row_len), generator=g)]
     args = TrainingArguments(str(tmp_path / "hf"), per_device_train_batch_size=BATCH, max_steps=steps,
                              include_num_input_tokens_seen="all", logging_steps=1, save_strategy="no",
                              report_to=[], use_cpu=True, learning_rate=1e-3, disable_tqdm=True)
@@ -70,6 +70,23 @@ def test_a_trainer_behind_the_gate_is_metered_stopped_and_recorded(project, sign
                                   predicate_types=(PREDICATE_RUN_RECORD,)).predicate
     assert record["steps"] == 3 and record["stopped_by_budget"] is True
     assert (project.root / "out" / "final" / "config.json").is_file()
+
+
+def test_rows_longer_than_the_audited_seq_len_are_refused_before_any_charge(project, signer, tmp_path):
+    """The attack: rows of 4 x seq_len were charged the audited per-token rate, which counts
+    attention over seq_len positions only (a longer row costs more per token)."""
+    envelope = make_audit(project, signer)
+    run = open_gate(project.plan, envelope, pubkey=str(signer.public_path), out_dir=project.root / "out",
+                    key=str(signer.private_path))
+    trainer = trainer_for(project, student(project), run, tmp_path, row_len=4 * SEQ_LEN)
+    with pytest.raises(InputError, match=f"{4 * SEQ_LEN} positions is longer than the audited data.seq_len {SEQ_LEN}"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and run.meter.tokens == 0
+    with Ledger() as ledger:
+        assert [r["kind"] for r in ledger.rows(audit=hashlib.sha256(envelope.read_bytes()).hexdigest())] == ["gate_open"]
+    model = trainer.model.eval()   # evaluation is not metered, so not limited
+    with torch.no_grad():
+        model(input_ids=torch.zeros(1, 4 * SEQ_LEN, dtype=torch.long))
 
 
 def test_a_model_that_is_not_the_audited_student_is_refused_before_any_step(project, signer, tmp_path):
