@@ -174,8 +174,8 @@ def _safe_name(name: str) -> str:
 def _generate(args, loaded, gate, endpoint: str) -> int:
     from audit.errors import InputError
     from distill.generation.backend import Sampling
-    from distill.generation.journal import (ATTEMPTS_FILE, JOB_FILE, SAMPLES_FILE, Journal, load_state,
-                                            read_job_file, write_job_file)
+    from distill.generation.journal import (ATTEMPTS_FILE, JOB_FILE, SAMPLES_FILE, JobSeal, Journal, journal_key,
+                                            load_state, read_job_file, write_job_file)
     from distill.generation.meter import TokenMeter
     from distill.generation.prompts import read_prompts
     from distill.generation.record import RECORD_ENVELOPE, RECORD_JSON
@@ -201,10 +201,11 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     if used and not args.resume:
         raise InputError(f"already holds a generation job ({', '.join(used)}); continue it (--resume) or choose "
                          "another output folder (--out)", source=str(out_dir))
+    mac_key = journal_key()
     if args.resume:
         if JOB_FILE not in used:
             raise InputError(f"holds no generation job ({JOB_FILE}) to resume", source=str(out_dir))
-        started = read_job_file(out_dir)
+        started = read_job_file(out_dir, mac_key)
         for key_name, value in job.items():
             if started.get(key_name) != value:
                 raise InputError(f"the job was started with another {key_name} ({started.get(key_name)!r}); resume "
@@ -213,13 +214,11 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         job_id = str(started.get("job_id"))
     else:
         job_id = str(uuid.uuid4())
-    state = load_state(out_dir) if args.resume else None
+    seal = JobSeal(mac_key, job_id, gate.envelope_sha256)
+    state = load_state(out_dir, seal) if args.resume else None
     done = state.done if state else {}
     pending = [p for p in prompts if p.id not in done]
-    stray = sorted(set(done) - {p.id for p in prompts})
-    if stray:
-        raise InputError(f"holds samples for prompt ids not in the audited prompts ({stray[0]!r}...)",
-                         source=str(out_dir / SAMPLES_FILE))
+    _check_done_prompts(done, prompts, out_dir / SAMPLES_FILE)
 
     # the allowance: the audited figures less what other jobs under this audit spent
     others = _other_jobs(gate.envelope_sha256, job_id, args.ledger)
@@ -239,8 +238,9 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     backend = _open_backend(args, loaded, gate, endpoint, teacher) if pending else None
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
-        write_job_file(out_dir, {"job_id": job_id, **job})
-    journal = Journal(out_dir, session=(state.sessions if state else 0) + 1)
+        write_job_file(out_dir, {"job_id": job_id, **job}, mac_key)
+    journal = Journal(out_dir, session=(state.sessions if state else 0) + 1, seal=seal,
+                      lines=state.lines if state else None)
     print(f"job {job_id}: {len(pending)} of {len(prompts)} prompt(s) to answer with {plan.teacher.model} at "
           f"{where} ({args.concurrency} at once)")
     summary, status = None, "failed"
@@ -271,9 +271,24 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         journal.close()
         if backend is not None:
             backend.close()
-        _book(args, gate, job_id, out_dir, status, teacher, private_key, failing=summary is None)
-    return _finish(args, loaded, gate, out_dir, prompts, prompts_sha256, job, job_id, summary, private_key, key_path,
+        _book(args, gate, seal, out_dir, status, teacher, private_key, failing=summary is None)
+    return _finish(args, loaded, gate, out_dir, prompts, prompts_sha256, job, seal, summary, private_key, key_path,
                    allowed=(allowed_prompt, allowed_completion))
+
+
+def _check_done_prompts(done: dict, prompts, samples_path: Path) -> None:
+    """Every sample answers an audited prompt, with that prompt's messages exactly."""
+    from audit.errors import InputError
+
+    audited = {p.id: p for p in prompts}
+    for prompt_id, row in done.items():
+        prompt = audited.get(prompt_id)
+        if prompt is None:
+            raise InputError(f"holds a sample for prompt id {prompt_id!r}, not in the audited prompts",
+                             source=str(samples_path))
+        if row.get("messages") != prompt.as_messages():
+            raise InputError(f"the sample for prompt {prompt_id!r} is not the audited prompt with that id "
+                             "(its messages differ); nothing was resumed", source=str(samples_path))
 
 
 def _teacher_identity(loaded, gate, endpoint: str | None, backend: str) -> dict:
@@ -387,16 +402,16 @@ def _other_jobs(audit_sha256: str, job_id: str, ledger_path) -> tuple[int, int]:
             sum(int(b.get("completion_tokens", 0)) for b in latest.values()))
 
 
-def _book(args, gate, job_id: str, out_dir: Path, status: str, teacher: dict, private_key, *,
+def _book(args, gate, seal, out_dir: Path, status: str, teacher: dict, private_key, *,
           failing: bool) -> None:
     """The job's running totals as a ``generation`` row in the ledger. When the job is already
     failing, a ledger that cannot be written is a warning, so the first error is the one shown."""
     from distill.generation.journal import load_state
 
     try:
-        state = load_state(out_dir)
+        state = load_state(out_dir, seal)
         kept = sum(1 for r in state.done.values() if r.get("status") == "kept")
-        _append_row(args, gate, job_id, out_dir, status, teacher, private_key, prompt_tokens=state.prompt_tokens,
+        _append_row(args, gate, seal.job_id, out_dir, status, teacher, private_key, prompt_tokens=state.prompt_tokens,
                     completion_tokens=state.completion_tokens, answered=len(state.done), kept=kept)
     except Exception as exc:  # noqa: BLE001
         if not failing:
@@ -421,21 +436,21 @@ def _append_row(args, gate, job_id: str, out_dir: Path, status: str, teacher: di
         ledger.append("generation", gate.envelope_sha256, body, private_key)
 
 
-def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job: dict, job_id: str, summary,
+def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job: dict, seal, summary,
             private_key, key_path, *, allowed: tuple[float, float]) -> int:
     from audit.attest.keys import key_id, short_fingerprint
     from distill.generation.journal import load_state
     from distill.generation.record import write_generation_record, write_kept
 
     plan = loaded.plan
-    state = load_state(out_dir)
+    state = load_state(out_dir, seal)
     answered = state.done
     kept = sum(1 for r in answered.values() if r.get("status") == "kept")
     used_prompt = sum(int(r["usage"]["prompt_tokens"]) for r in answered.values())
     used_completion = sum(int(r["usage"]["completion_tokens"]) for r in answered.values())
     write_kept(out_dir, [p.id for p in prompts], answered, teacher=job["teacher"], audit_sha256=gate.envelope_sha256,
                prompts_sha256=prompts_sha256)
-    body = {"job": {"id": job_id, "sessions": state.sessions, "attempts": state.attempts},
+    body = {"job": {"id": seal.job_id, "sessions": state.sessions, "attempts": state.attempts},
             "teacher": {**job["teacher"],
                         "models_reported": sorted({str(r.get("teacher_model")) for r in answered.values()})},
             "sampling": job["sampling"], "filter": job["filter"], "prompts_count": len(prompts),
