@@ -4,7 +4,7 @@ prompts, behind the same gate as ``flopgate distill``.
 Order: (1) the gate (distill/gate.py): signature by a trusted key, file digests (the prompts
 file included), plan, outcome (and approval for REVIEW), age, policy-pack versions; a refusal
 exits 6. (2) The plan must name a teacher that can answer: an API endpoint (teacher.endpoint;
---endpoint may only change the port or path, never the audited host, exit 6) or a local weights
+--endpoint may change the path only, never the audited scheme, host or port, exit 6) or a local weights
 folder (teacher.weights, hashed by check and re-hashed by the gate); a prompts file
 (data.prompts) and method.kind sequence. (3) The allowance: the audited method.prompt_tokens and
 method.teacher_generated_tokens, less what other jobs under this audit spent (the ledger's
@@ -62,8 +62,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: ./generate-out/PLAN-NAME)")
     p.add_argument("--key", metavar="FILE", help="Ed25519 key that signs the record and the ledger row "
                                                  "(default: the local key, created on first use)")
-    p.add_argument("--endpoint", metavar="URL", help="another base URL for the audited endpoint host (a port or "
-                   "path change); a different host is refused")
+    p.add_argument("--endpoint", metavar="URL", help="another path on the audited endpoint's origin (the same "
+                   "scheme, host and port); any other origin is refused")
     p.add_argument("--resume", action="store_true", help="continue the job in --out")
     p.add_argument("--filter", metavar="MODULE:FUNCTION", help="called on each sample (a dict); True keeps it, "
                    "False marks it discarded (its tokens still count)")
@@ -138,32 +138,33 @@ def _check_generation_plan(loaded) -> None:
 
 
 def _endpoint(loaded, gate, override: str | None) -> tuple[str, str | None]:
-    """(the base URL to use, a refusal or None) for an API teacher: its host is the audited one
-    (the signed plan's content says so too) and an --endpoint may change the port or path only."""
+    """(the base URL to use, a refusal or None) for an API teacher: its origin (scheme, host and
+    port) is the audited one (the signed plan's content says so too) and an --endpoint may change
+    the path only: on a loopback host another port is another server."""
     from audit.errors import InputError
-    from audit.plan import endpoint_host
+    from audit.plan import endpoint_origin
 
     plan = loaded.plan
     audited_teacher = (gate.audit.plan.content or {}).get("teacher") or {}
     audited = audited_teacher.get("endpoint")
-    host = endpoint_host(plan.teacher.endpoint)
+    origin = endpoint_origin(plan.teacher.endpoint)
     if not isinstance(audited, str):
         return "", "endpoint: the audit's plan names no teacher endpoint; re-run flopgate check"
     try:
-        audited_host = endpoint_host(audited)
+        audited_origin = endpoint_origin(audited)
     except ValueError:
         return "", "endpoint: the audit's plan has an unusable teacher endpoint; re-run flopgate check"
-    if host != audited_host:
-        return "", f"endpoint: the plan's endpoint host {host} is not the audited host {audited_host}"
+    if origin != audited_origin:
+        return "", f"endpoint: the plan's endpoint {origin} is not the audited origin {audited_origin}"
     if override is None:
         return plan.teacher.endpoint, None
     try:
-        wanted = endpoint_host(override)
+        wanted = endpoint_origin(override)
     except ValueError as exc:
         raise InputError(str(exc).removeprefix("endpoint: "), field="--endpoint") from None
-    if wanted != audited_host:
-        return "", f"endpoint: --endpoint names host {wanted}, not the audited host {audited_host}; the teacher " \
-                   "may only be asked where the audit says"
+    if wanted != audited_origin:
+        return "", f"endpoint: --endpoint names {wanted}, which is not the audited origin {audited_origin} " \
+                   "(scheme, host and port); --endpoint may change the path only"
     return override, None
 
 
