@@ -200,6 +200,20 @@ def test_the_meter_stops_at_the_audited_tokens_and_the_audit_is_spent_once(tmp_p
     assert not (tmp_path / "second").exists()
 
 
+@pytest.mark.parametrize("allowance", [{"generated_tokens": 7}, {"prompt_tokens": 10}])
+def test_a_job_whose_first_request_cannot_fit_is_refused_and_writes_nothing(allowance, tmp_path, signer, fake,
+                                                                             capsys):
+    project = make_project(tmp_path / "tiny", fake.url, **allowance)
+    sign_audit(project, signer)
+    code, _, err = generate(capsys, project, signer, "--max-tokens", "8")
+    assert code == GATE_REFUSED_EXIT, err
+    digest = hashlib.sha256(project.envelope.read_bytes()).hexdigest()
+    assert f"budget: audit {digest[:12]}... allows" in err and "the first prompt could need" in err
+    assert fake.requests == [] and not (project.root / "out").exists()
+    with Ledger() as ledger:
+        assert [r for r in ledger.rows() if r["kind"] == "generation"] == []
+
+
 def test_a_prompt_allowance_stops_the_job_too(tmp_path, signer, fake, capsys):
     project = make_project(tmp_path / "pbudget", fake.url, prompts=12, prompt_tokens=150)
     sign_audit(project, signer)
