@@ -220,6 +220,8 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     done = state.done if state else {}
     pending = [p for p in prompts if p.id not in done]
     _check_done_prompts(done, prompts, out_dir / SAMPLES_FILE)
+    if state:
+        _check_journal_against_ledger(state, gate.envelope_sha256, job_id, args.ledger, out_dir)
 
     # the allowance: the audited figures less what other jobs under this audit spent
     others = _other_jobs(gate.envelope_sha256, job_id, args.ledger)
@@ -275,6 +277,31 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         _book(args, gate, seal, out_dir, status, teacher, private_key, failing=summary is None)
     return _finish(args, loaded, gate, out_dir, prompts, prompts_sha256, job, seal, summary, private_key, key_path,
                    allowed=(allowed_prompt, allowed_completion))
+
+
+def _check_journal_against_ledger(state, audit_sha256: str, job_id: str, ledger_path, out_dir: Path) -> None:
+    """The journal only grows: it must hold at least the samples and tokens the ledger booked
+    for this job from it (rows with ``answered``, written from the journal itself; a running
+    row's in-flight reservations are not compared). A journal with its last lines cut (spending
+    hidden) is refused."""
+    from audit.errors import InputError
+    from audit.ledger.store import Ledger, ledger_exists
+
+    if not ledger_exists(ledger_path):
+        return
+    with Ledger(ledger_path, create=False) as ledger:
+        booked = [r.get("body") or {} for r in ledger.rows(audit=audit_sha256)
+                  if r.get("kind") == "generation" and (r.get("body") or {}).get("job_id") == job_id]
+    have = {"answered": len(state.done), "prompt_tokens": state.prompt_tokens,
+            "completion_tokens": state.completion_tokens}
+    for body in booked:
+        if body.get("answered") is None:
+            continue
+        short = [f"{name} {int(body.get(name, 0)):,} (the journal has {have[name]:,})" for name in have
+                 if int(body.get(name, 0)) > have[name]]
+        if short:
+            raise InputError(f"the ledger booked more for job {job_id} than its journal holds: {', '.join(short)}; "
+                             "the journal was cut, nothing was resumed", source=str(out_dir))
 
 
 def _check_done_prompts(done: dict, prompts, samples_path: Path) -> None:

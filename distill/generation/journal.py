@@ -21,7 +21,8 @@ bound to the job (its id and audit digest), the file and the line's index. A res
 line that does not verify (edited, reordered, moved from another job or written by hand) before
 it writes or asks anything; it also refuses a sample with no ``ok`` attempt that reported its
 tokens (an emptied or cut ``attempts.jsonl``). A cut tail (the last lines of both files removed)
-is not detectable from the folder alone.
+is not detectable from the folder alone; ``flopgate generate`` compares the journal with the
+job's ledger rows.
 """
 
 from __future__ import annotations

@@ -194,3 +194,19 @@ def test_a_torn_line_is_not_cut_from_a_journal_that_does_not_verify(tmp_path):
     with pytest.raises(InputError, match="line 1 does not verify"):
         read_jsonl(path, "samples", JobSeal(b"\x01" * 32, "job", "b" * 64))
     assert path.read_bytes().endswith(b'"sta')    # left exactly as it was
+
+
+def test_a_journal_cut_below_what_the_ledger_booked_is_refused(project, signer, fake, capsys):
+    # the last sample and every attempt line after the first answer removed, each remaining line
+    # genuine and in place: the per-line MACs cannot see it, the ledger's 'failed' row can
+    out = stopped_after_two(capsys, project, signer, fake)
+    samples = (out / "samples.jsonl").read_bytes().splitlines(keepends=True)
+    attempts = (out / "attempts.jsonl").read_bytes().splitlines(keepends=True)
+    first_end = next(i for i, line in enumerate(attempts) if json.loads(line).get("event") == "end")
+    (out / "samples.jsonl").write_bytes(samples[0])
+    (out / "attempts.jsonl").write_bytes(b"".join(attempts[:first_end + 1]))
+    before, booked, asked = snapshot(out), len(generation_rows()), len(fake.requests)
+    code, _, err = generate(capsys, project, signer, "--resume", "--concurrency", "1")
+    assert code == 2, err
+    assert "the ledger booked more" in err and "answered 2 (the journal has 1)" in err
+    assert snapshot(out) == before and len(generation_rows()) == booked and len(fake.requests) == asked
