@@ -238,7 +238,9 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     private_key, key_path = _signing_key(args.key)
     teacher = job["teacher"]
     where = teacher.get("endpoint_host") or f"{teacher['engine']} on this machine"
-    backend = _open_backend(args, loaded, gate, endpoint, teacher) if pending else None
+    # a resumed job with no room for its next request signs what it has without opening (loading) the teacher
+    first_fits = bool(pending) and meter.fits_ever(pending[0].max_prompt_tokens(), sampling.max_tokens)
+    backend = _open_backend(args, loaded, gate, endpoint, teacher) if first_fits else None
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         write_job_file(out_dir, {"job_id": job_id, **job}, mac_key)

@@ -210,3 +210,27 @@ def test_a_journal_cut_below_what_the_ledger_booked_is_refused(project, signer, 
     assert code == 2, err
     assert "the ledger booked more" in err and "answered 2 (the journal has 1)" in err
     assert snapshot(out) == before and len(generation_rows()) == booked and len(fake.requests) == asked
+
+
+def test_a_resumed_job_with_no_request_left_loads_no_teacher(tmp_path, signer, fake, capsys, monkeypatch):
+    """Job A dies after two answers; job B then spends the rest of the audit's generated tokens;
+    resuming A can ask nothing more: it signs what it has (stopped at the allowance) without
+    opening the teacher (for a local teacher: loading it)."""
+    import distill.generate_cmd as generate_cmd
+
+    project = make_project(tmp_path / "p", fake.url, prompts=12, generated_tokens=40)
+    sign_audit(project, signer)
+    first = stopped_after_two(capsys, project, signer, fake, "--max-tokens", "8")
+    code, _, err = generate(capsys, project, signer, "--max-tokens", "8", out=tmp_path / "b")
+    assert code == 0, err
+    opened = []
+    real = generate_cmd._open_backend
+    monkeypatch.setattr(generate_cmd, "_open_backend", lambda *a, **kw: opened.append(1) or real(*a, **kw))
+    asked = len(fake.requests)
+    code, out, err = generate(capsys, project, signer, "--resume", "--concurrency", "1", "--max-tokens", "8",
+                              out=first)
+    assert code == 0, err
+    assert "stopped before the audited token allowance" in out
+    assert opened == [] and len(fake.requests) == asked
+    record = json.loads((first / "generation-record.json").read_text())["predicate"]
+    assert record["stopped_by_budget"] and record["outputs"]["answered"] == 2
