@@ -10,7 +10,8 @@
                      a ``session`` line when a session begins.
 
 Every line is written with one ``write``, then flush and fsync, so a killed job loses at most
-the line being written; a torn last line is cut off when the job resumes. An attempt that
+the line being written; a torn last line is ignored on reading and cut off when the resumed
+job appends again. An attempt that
 started and never ended (the job died with the request in flight) is charged its whole bound:
 the teacher may have answered and billed it.
 
@@ -88,6 +89,7 @@ class JsonlAppender:
     def __init__(self, path: Path, seal: JobSeal, lines: int = 0):
         self.path, self.seal, self.lines = path, seal, lines
         self._lock = threading.Lock()
+        _cut_torn_line(path)
         self._handle = open(path, "ab")
 
     def append(self, obj: dict) -> None:
@@ -105,15 +107,15 @@ class JsonlAppender:
 
 
 def read_jsonl(path: Path, what: str, seal: JobSeal) -> list[dict]:
-    """The lines of a job file, each verified under ``seal`` and returned without its ``mac``;
-    then a torn last line (a killed write) is cut off. A broken line or one that does not
-    verify is an ``InputError`` and the file is left as it was."""
+    """The lines of a job file, each verified under ``seal`` and returned without its ``mac``; a
+    torn last line (a killed write) is ignored here and cut off when the job appends again
+    (:class:`JsonlAppender`). A broken line or one that does not verify is an ``InputError``;
+    the file is never changed here."""
     if not path.exists():
         return []
     raw = read_input(path, what)
-    cut = raw.rfind(b"\n") + 1
     rows = []
-    for index, line in enumerate(raw[:cut].split(b"\n")[:-1]):
+    for index, line in enumerate(raw[:raw.rfind(b"\n") + 1].split(b"\n")[:-1]):
         try:
             row = json.loads(line)
         except ValueError:
@@ -125,12 +127,33 @@ def read_jsonl(path: Path, what: str, seal: JobSeal) -> list[dict]:
                              f"{seal.job_id} (edited, reordered, from another job or another home's key); "
                              "nothing was resumed", source=str(path))
         rows.append({k: v for k, v in row.items() if k != MAC_FIELD})
-    if cut != len(raw):  # the last line was being written when the job died
-        with open(path, "r+b") as handle:
-            handle.truncate(cut)
-            handle.flush()
-            os.fsync(handle.fileno())
     return rows
+
+
+def _cut_torn_line(path: Path) -> None:
+    """Cut a last line that has no newline (the job died writing it), so appends start clean."""
+    if not path.exists():
+        return
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        position = size
+        while position > 0:  # back to the last newline, a block at a time
+            start = max(0, position - 65536)
+            handle.seek(start)
+            block = handle.read(position - start)
+            found = block.rfind(b"\n")
+            if found >= 0:
+                position = start + found + 1
+                break
+            position = start
+        handle.truncate(position)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 @dataclass

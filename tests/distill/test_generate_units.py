@@ -119,9 +119,12 @@ def test_a_torn_last_line_is_cut_and_in_flight_attempts_are_charged(tmp_path):
     assert list(state.done) == ["a"]
     assert (state.prompt_tokens, state.completion_tokens) == (30 + 50, 5 + 8)
     assert state.sessions == 1 and state.attempts == 2
-    assert (tmp_path / SAMPLES_FILE).read_bytes().endswith(b"\n")
-    assert len(read_jsonl(tmp_path / SAMPLES_FILE, "samples", SEAL)) == 1
     assert state.lines == {SAMPLES_FILE: 1, ATTEMPTS_FILE: 4}
+    assert (tmp_path / SAMPLES_FILE).read_bytes().endswith(b'"stat')   # reading changes nothing
+    resumed = Journal(tmp_path, session=2, seal=SEAL, lines=state.lines)  # appending cuts the torn line
+    resumed.sample({"id": "b", "status": "kept", "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    resumed.close()
+    assert [r["id"] for r in read_jsonl(tmp_path / SAMPLES_FILE, "samples", SEAL)] == ["a", "b"]
 
 
 def test_a_damaged_journal_or_a_repeated_sample_is_refused(tmp_path):
