@@ -175,7 +175,7 @@ def _safe_name(name: str) -> str:
 def _generate(args, loaded, gate, endpoint: str) -> int:
     from audit.errors import InputError
     from distill.generation.backend import Sampling
-    from distill.generation.journal import (ATTEMPTS_FILE, JOB_FILE, SAMPLES_FILE, JobSeal, Journal, journal_key,
+    from distill.generation.journal import (ATTEMPTS_FILE, JOB_FILE, SAMPLES_FILE, Journal, job_seal, journal_key,
                                             load_state, read_job_file, write_job_file)
     from distill.generation.meter import TokenMeter
     from distill.generation.prompts import read_prompts
@@ -215,7 +215,7 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         job_id = str(started.get("job_id"))
     else:
         job_id = str(uuid.uuid4())
-    seal = JobSeal(mac_key, job_id, gate.envelope_sha256)
+    seal = job_seal(mac_key, job_id, gate.envelope_sha256, out_dir)
     state = load_state(out_dir, seal) if args.resume else None
     done = state.done if state else {}
     pending = [p for p in prompts if p.id not in done]

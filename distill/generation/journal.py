@@ -18,7 +18,7 @@ the teacher may have answered and billed it.
 The journal is flopgate's, not the user's: every line (and ``job.json``) carries ``"mac"``, an
 HMAC-SHA256 under the flopgate home's MAC key (the one the count cache and the weights' digest
 record use, :func:`audit.attest.keys.ensure_cache_mac_key`), over the line's canonical JSON and
-bound to the job (its id and audit digest), the file and the line's index. A resume refuses a
+bound to the job (its id, audit digest and folder), the file and the line's index. A resume refuses a
 line that does not verify (edited, reordered, moved from another job or written by hand) before
 it writes or asks anything; it also refuses a sample with no ``ok`` attempt that reported its
 tokens (an emptied or cut ``attempts.jsonl``). A cut tail (the last lines of both files removed)
@@ -64,15 +64,18 @@ def _canonical(row: dict) -> bytes:
 
 @dataclass(frozen=True)
 class JobSeal:
-    """What a job's journal lines are bound to: the MAC key, the job id and its audit's digest."""
+    """What a job's journal lines are bound to: the MAC key, the job id, its audit's digest and
+    its folder (the resolved path: a copy of the folder is not the job, since two copies sharing
+    one id would hide each other's spending in the ledger)."""
 
     key: bytes
     job_id: str
     audit_sha256: str
+    folder: str = ""
 
     def mac(self, file_name: str, index: int, row: dict) -> str:
         """HMAC-SHA256 (hex) of ``row`` (without its ``mac``) as line ``index`` (from 0) of ``file_name``."""
-        head = "\0".join((self.job_id, self.audit_sha256, file_name, str(index))).encode("utf-8")
+        head = "\0".join((self.job_id, self.audit_sha256, self.folder, file_name, str(index))).encode("utf-8")
         body = {k: v for k, v in row.items() if k != MAC_FIELD}
         return hmac.new(self.key, _MAC_DOMAIN + head + b"\0" + _canonical(body), hashlib.sha256).hexdigest()
 
@@ -124,7 +127,8 @@ def read_jsonl(path: Path, what: str, seal: JobSeal) -> list[dict]:
             raise InputError(f"line {index + 1} is not a JSON object", source=str(path))
         if not seal.verifies(path.name, index, row):
             raise InputError(f"line {index + 1} does not verify: flopgate did not write it there for job "
-                             f"{seal.job_id} (edited, reordered, from another job or another home's key); "
+                             f"{seal.job_id} in this folder (edited, reordered, from another job or folder, or "
+                             "another home's key); "
                              "nothing was resumed", source=str(path))
         rows.append({k: v for k, v in row.items() if k != MAC_FIELD})
     return rows
@@ -271,13 +275,18 @@ class Journal:
         self.attempts.close()
 
 
-def _job_seal(key: bytes, job: dict) -> JobSeal:
-    return JobSeal(key, str(job.get("job_id")), str(job.get("audit_sha256")))
+def job_seal(key: bytes, job_id: str, audit_sha256: str, folder: Path) -> JobSeal:
+    """The seal of the job ``job_id`` under ``audit_sha256`` in ``folder``."""
+    return JobSeal(key, str(job_id), str(audit_sha256), str(Path(folder).resolve()))
+
+
+def _job_seal(key: bytes, job: dict, folder: Path) -> JobSeal:
+    return job_seal(key, str(job.get("job_id")), str(job.get("audit_sha256")), folder)
 
 
 def write_job_file(folder: Path, job: dict, key: bytes) -> None:
     """``job.json`` (with ``job_id`` and ``audit_sha256``), sealed like a journal line."""
-    sealed = {**job, MAC_FIELD: _job_seal(key, job).mac(JOB_FILE, 0, job)}
+    sealed = {**job, MAC_FIELD: _job_seal(key, job, folder).mac(JOB_FILE, 0, job)}
     write_atomic(folder / JOB_FILE, json.dumps(sealed, indent=2, sort_keys=True) + "\n", overwrite=False)
 
 
@@ -286,7 +295,8 @@ def read_job_file(folder: Path, key: bytes) -> dict:
     job = parse_json(read_input(folder / JOB_FILE, "the job file"), folder / JOB_FILE, "the job file")
     if not isinstance(job, dict):
         raise InputError("expected a JSON object", source=str(folder / JOB_FILE))
-    if not _job_seal(key, job).verifies(JOB_FILE, 0, job):
-        raise InputError("does not verify: flopgate did not write this job file (edited, or from another home's "
-                         "key or an older flopgate); nothing was resumed", source=str(folder / JOB_FILE))
+    if not _job_seal(key, job, folder).verifies(JOB_FILE, 0, job):
+        raise InputError("does not verify: flopgate did not write this job file in this folder (edited, copied or "
+                         "moved here, or from another home's key or an older flopgate); nothing was resumed",
+                         source=str(folder / JOB_FILE))
     return {k: v for k, v in job.items() if k != MAC_FIELD}

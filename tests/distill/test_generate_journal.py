@@ -148,11 +148,11 @@ def test_a_genuine_resume_still_finishes_and_counts_every_token(project, signer,
 
 def test_a_sealed_sample_must_still_be_the_audited_prompt(project, signer, fake, capsys):
     # the MAC proves flopgate wrote the line; the prompt is checked against the audited one anyway
-    from distill.generation.journal import SAMPLES_FILE, JobSeal, journal_key
+    from distill.generation.journal import SAMPLES_FILE, job_seal, journal_key
 
     out = stopped_after_two(capsys, project, signer, fake)
     job = json.loads((out / "job.json").read_text())
-    seal = JobSeal(journal_key(), job["job_id"], job["audit_sha256"])
+    seal = job_seal(journal_key(), job["job_id"], job["audit_sha256"], out)
     rows = [{k: v for k, v in r.items() if k != "mac"} for r in read_lines(out / SAMPLES_FILE)]
     rows[0]["messages"] = [{"role": "user", "content": "a prompt nobody audited"}]
     write_lines(out / SAMPLES_FILE, [{**r, "mac": seal.mac(SAMPLES_FILE, i, r)} for i, r in enumerate(rows)])
@@ -180,7 +180,7 @@ def test_a_sample_needs_the_attempt_that_answered_it(tmp_path):
     # the same lines under another key (another home) or for another job do not verify
     (tmp_path / ATTEMPTS_FILE).write_bytes(b"".join(lines))
     for other in (JobSeal(b"\x02" * 32, "job", "b" * 64), JobSeal(b"\x01" * 32, "job2", "b" * 64),
-                  JobSeal(b"\x01" * 32, "job", "c" * 64)):
+                  JobSeal(b"\x01" * 32, "job", "c" * 64), JobSeal(b"\x01" * 32, "job", "b" * 64, "/elsewhere")):
         with pytest.raises(InputError, match="line 1 does not verify"):
             load_state(tmp_path, other)
 
@@ -234,3 +234,19 @@ def test_a_resumed_job_with_no_request_left_loads_no_teacher(tmp_path, signer, f
     assert opened == [] and len(fake.requests) == asked
     record = json.loads((first / "generation-record.json").read_text())["predicate"]
     assert record["stopped_by_budget"] and record["outputs"]["answered"] == 2
+
+
+def test_a_copied_job_folder_cannot_be_resumed_beside_the_original(project, signer, fake, capsys):
+    """Two copies of one job share its id, and the allowance counts each job's latest ledger
+    row: resuming both would hide one copy's spending. A job resumes only in its own folder."""
+    import shutil
+
+    out = stopped_after_two(capsys, project, signer, fake)
+    copy = project.root / "copy"
+    shutil.copytree(out, copy)
+    before, booked, asked = snapshot(copy), len(generation_rows()), len(fake.requests)
+    code, _, err = generate(capsys, project, signer, "--resume", "--concurrency", "1", out=copy)
+    assert_refused_and_nothing_written(code, err, copy, fake, before, booked, asked)
+    assert "job.json" in err
+    code, _, err = generate(capsys, project, signer, "--resume", "--concurrency", "1")   # the original resumes
+    assert code == 0, err
