@@ -132,13 +132,31 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def endpoint_host(url: str) -> str:
     """The host of a teacher endpoint (lower case), after checking the URL: https, or http on
-    :data:`LOCAL_HOSTS`; no user:password part, query or fragment. ``ValueError`` otherwise (the
-    message never repeats the URL, which could hold a secret)."""
+    :data:`LOCAL_HOSTS`; no control character or space, no user:password part, query or
+    fragment. ``ValueError`` otherwise (the message never repeats the URL, which could hold a
+    secret)."""
+    return _endpoint_parts(url)[1]
+
+
+def endpoint_origin(url: str) -> str:
+    """The origin of a teacher endpoint, ``scheme://host:port`` (host in lower case, the port
+    spelled out: 443 for https, 80 for http), after :func:`endpoint_host`'s checks. Two
+    endpoints reach the same server only when their origins are equal; another port on the same
+    host is another server."""
+    scheme, host, port = _endpoint_parts(url)
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _endpoint_parts(url: str) -> tuple[str, str, int]:
     from urllib.parse import urlsplit
 
+    # urlsplit silently drops tabs and newlines, and the HTTP client then refuses the URL: refuse it here
+    bad = next((i for i, ch in enumerate(url) if ord(ch) < 0x21 or ord(ch) == 0x7F), None)
+    if bad is not None:
+        raise ValueError(f"endpoint: expected a URL without a control character or space (one at position {bad})")
     try:
         parts = urlsplit(url)
-        host, _ = parts.hostname, parts.port
+        host, port = parts.hostname, parts.port
     except ValueError as exc:
         raise ValueError(f"endpoint: expected a URL like https://api.example.com/v1 ({exc})") from None
     if parts.scheme not in ("https", "http") or not host:
@@ -151,7 +169,7 @@ def endpoint_host(url: str) -> str:
     host = host.lower()
     if parts.scheme == "http" and host not in LOCAL_HOSTS:
         raise ValueError(f"endpoint: http:// is allowed only for {', '.join(LOCAL_HOSTS)}; use https:// for {host}")
-    return host
+    return parts.scheme, host, port if port is not None else {"https": 443, "http": 80}[parts.scheme]
 
 
 class Teacher(StrictModel):

@@ -8,7 +8,9 @@ compute meter gets a per-token figure and a budget from the audit; (3) a CUDA de
 record, the model card (README.md, NOTICE) and run-report.html in --out.
 
 Budget: the smaller of the plan's budget.max_flops and the audited compute of what the run
-spends (student training and teacher forward); the run stops before it would pass the budget. FLOP per token: the audited student training FLOP per token
+spends (student training and teacher forward); the run stops before it would pass the budget,
+and a run whose first step cannot fit in what is left is refused (exit 6) before any model
+loads. FLOP per token: the audited student training FLOP per token
 plus the teacher's forward FLOP per token (1 multiply-add = 2 FLOP).
 
 A sequence plan (method.kind: sequence) trains on the answers flopgate generate wrote:
@@ -139,6 +141,14 @@ def run(args) -> int:
                        teacher_flops_per_token=teacher_fpt,
                        manifest_sha256=next((e.sha256 for e in gate.audit.inputs_of("dataset_manifest")), None),
                        inputs=gate.inputs)
+    tokens = preflight.step_tokens(cfg)
+    # a fresh cache costs at least the teacher's forward over one step's rows before the first step
+    one_off = teacher_fpt * tokens if teacher_fpt is not None and not args.resume else 0.0
+    try:
+        preflight.check_first_step_fits(opened, step_tokens=tokens, flops_per_token=flops_per_token,
+                                        tolerance=cfg.tolerance, one_off_flops=one_off)
+    except GateRefused as refused:
+        return refuse("distill", refused.reasons)
     device_name = preflight.device_name(args)
     print(f"compute: {short_sci(flops_per_token, 4)} FLOP per token, budget {short_sci(budget, 4)} FLOP "
           f"(stop before {short_sci(budget * (1 + cfg.tolerance), 4)}); device {device_name}")

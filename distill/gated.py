@@ -172,6 +172,10 @@ class GatedRun:
         from distill.run_report import write_run_report
 
         meter = self.meter
+        if meter.steps == 0 and meter.stopped_by_budget:  # an untrained model gets no card and no signed record
+            raise GateRefused([f"budget: audit {self.envelope_sha256[:12]}... has {short_sci(max(meter.left_flops, 0.0), 4)} "
+                               "FLOP left for this run and its first step did not fit: nothing was trained, so no run "
+                               "record is signed (check distill.preflight.check_first_step_fits before loading a model)"])
         result = meter.result(Path(checkpoint_dir), final_loss=final_loss, message=message,
                               wall_time_s=time.monotonic() - self.started)
         written = write_run_record(

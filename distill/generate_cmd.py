@@ -4,7 +4,7 @@ prompts, behind the same gate as ``flopgate distill``.
 Order: (1) the gate (distill/gate.py): signature by a trusted key, file digests (the prompts
 file included), plan, outcome (and approval for REVIEW), age, policy-pack versions; a refusal
 exits 6. (2) The plan must name a teacher that can answer: an API endpoint (teacher.endpoint;
---endpoint may only change the port or path, never the audited host, exit 6) or a local weights
+--endpoint may change the path only, never the audited scheme, host or port, exit 6) or a local weights
 folder (teacher.weights, hashed by check and re-hashed by the gate); a prompts file
 (data.prompts) and method.kind sequence. (3) The allowance: the audited method.prompt_tokens and
 method.teacher_generated_tokens, less what other jobs under this audit spent (the ledger's
@@ -62,8 +62,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: ./generate-out/PLAN-NAME)")
     p.add_argument("--key", metavar="FILE", help="Ed25519 key that signs the record and the ledger row "
                                                  "(default: the local key, created on first use)")
-    p.add_argument("--endpoint", metavar="URL", help="another base URL for the audited endpoint host (a port or "
-                   "path change); a different host is refused")
+    p.add_argument("--endpoint", metavar="URL", help="another path on the audited endpoint's origin (the same "
+                   "scheme, host and port); any other origin is refused")
     p.add_argument("--resume", action="store_true", help="continue the job in --out")
     p.add_argument("--filter", metavar="MODULE:FUNCTION", help="called on each sample (a dict); True keeps it, "
                    "False marks it discarded (its tokens still count)")
@@ -138,32 +138,33 @@ def _check_generation_plan(loaded) -> None:
 
 
 def _endpoint(loaded, gate, override: str | None) -> tuple[str, str | None]:
-    """(the base URL to use, a refusal or None) for an API teacher: its host is the audited one
-    (the signed plan's content says so too) and an --endpoint may change the port or path only."""
+    """(the base URL to use, a refusal or None) for an API teacher: its origin (scheme, host and
+    port) is the audited one (the signed plan's content says so too) and an --endpoint may change
+    the path only: on a loopback host another port is another server."""
     from audit.errors import InputError
-    from audit.plan import endpoint_host
+    from audit.plan import endpoint_origin
 
     plan = loaded.plan
     audited_teacher = (gate.audit.plan.content or {}).get("teacher") or {}
     audited = audited_teacher.get("endpoint")
-    host = endpoint_host(plan.teacher.endpoint)
+    origin = endpoint_origin(plan.teacher.endpoint)
     if not isinstance(audited, str):
         return "", "endpoint: the audit's plan names no teacher endpoint; re-run flopgate check"
     try:
-        audited_host = endpoint_host(audited)
+        audited_origin = endpoint_origin(audited)
     except ValueError:
         return "", "endpoint: the audit's plan has an unusable teacher endpoint; re-run flopgate check"
-    if host != audited_host:
-        return "", f"endpoint: the plan's endpoint host {host} is not the audited host {audited_host}"
+    if origin != audited_origin:
+        return "", f"endpoint: the plan's endpoint {origin} is not the audited origin {audited_origin}"
     if override is None:
         return plan.teacher.endpoint, None
     try:
-        wanted = endpoint_host(override)
+        wanted = endpoint_origin(override)
     except ValueError as exc:
         raise InputError(str(exc).removeprefix("endpoint: "), field="--endpoint") from None
-    if wanted != audited_host:
-        return "", f"endpoint: --endpoint names host {wanted}, not the audited host {audited_host}; the teacher " \
-                   "may only be asked where the audit says"
+    if wanted != audited_origin:
+        return "", f"endpoint: --endpoint names {wanted}, which is not the audited origin {audited_origin} " \
+                   "(scheme, host and port); --endpoint may change the path only"
     return override, None
 
 
@@ -174,8 +175,8 @@ def _safe_name(name: str) -> str:
 def _generate(args, loaded, gate, endpoint: str) -> int:
     from audit.errors import InputError
     from distill.generation.backend import Sampling
-    from distill.generation.journal import (ATTEMPTS_FILE, JOB_FILE, SAMPLES_FILE, Journal, load_state,
-                                            read_job_file, write_job_file)
+    from distill.generation.journal import (ATTEMPTS_FILE, JOB_FILE, SAMPLES_FILE, Journal, job_seal, journal_key,
+                                            load_state, read_job_file, write_job_file)
     from distill.generation.meter import TokenMeter
     from distill.attested import filter_function
     from distill.generation.record import RECORD_ENVELOPE, RECORD_JSON
@@ -200,10 +201,11 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     if used and not args.resume:
         raise InputError(f"already holds a generation job ({', '.join(used)}); continue it (--resume) or choose "
                          "another output folder (--out)", source=str(out_dir))
+    mac_key = journal_key()
     if args.resume:
         if JOB_FILE not in used:
             raise InputError(f"holds no generation job ({JOB_FILE}) to resume", source=str(out_dir))
-        started = read_job_file(out_dir)
+        started = read_job_file(out_dir, mac_key)
         for key_name, value in job.items():
             if started.get(key_name) != value:
                 raise InputError(f"the job was started with another {key_name} ({started.get(key_name)!r}); resume "
@@ -212,13 +214,13 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         job_id = str(started.get("job_id"))
     else:
         job_id = str(uuid.uuid4())
-    state = load_state(out_dir) if args.resume else None
+    seal = job_seal(mac_key, job_id, gate.envelope_sha256, out_dir)
+    state = load_state(out_dir, seal) if args.resume else None
     done = state.done if state else {}
     pending = [p for p in prompts if p.id not in done]
-    stray = sorted(set(done) - {p.id for p in prompts})
-    if stray:
-        raise InputError(f"holds samples for prompt ids not in the audited prompts ({stray[0]!r}...)",
-                         source=str(out_dir / SAMPLES_FILE))
+    _check_done_prompts(done, prompts, out_dir / SAMPLES_FILE)
+    if state:
+        _check_journal_against_ledger(state, gate.envelope_sha256, job_id, args.ledger, out_dir)
 
     # the allowance: the audited figures less what other jobs under this audit spent
     others = _other_jobs(gate.envelope_sha256, job_id, args.ledger)
@@ -235,11 +237,14 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     private_key, key_path = _signing_key(args.key)
     teacher = job["teacher"]
     where = teacher.get("endpoint_host") or f"{teacher['engine']} on this machine"
-    backend = _open_backend(args, loaded, gate, endpoint, teacher) if pending else None
+    # a resumed job with no room for its next request signs what it has without opening (loading) the teacher
+    first_fits = bool(pending) and meter.fits_ever(pending[0].max_prompt_tokens(), sampling.max_tokens)
+    backend = _open_backend(args, loaded, gate, endpoint, teacher) if first_fits else None
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
-        write_job_file(out_dir, {"job_id": job_id, **job})
-    journal = Journal(out_dir, session=(state.sessions if state else 0) + 1)
+        write_job_file(out_dir, {"job_id": job_id, **job}, mac_key)
+    journal = Journal(out_dir, session=(state.sessions if state else 0) + 1, seal=seal,
+                      lines=state.lines if state else None)
     print(f"job {job_id}: {len(pending)} of {len(prompts)} prompt(s) to answer with {plan.teacher.model} at "
           f"{where} ({args.concurrency} at once)")
     summary, status = None, "failed"
@@ -270,9 +275,49 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         journal.close()
         if backend is not None:
             backend.close()
-        _book(args, gate, job_id, out_dir, status, teacher, private_key, failing=summary is None)
-    return _finish(args, loaded, gate, out_dir, prompts, prompts_sha256, job, job_id, summary, private_key, key_path,
+        _book(args, gate, seal, out_dir, status, teacher, private_key, failing=summary is None)
+    return _finish(args, loaded, gate, out_dir, prompts, prompts_sha256, job, seal, summary, private_key, key_path,
                    allowed=(allowed_prompt, allowed_completion))
+
+
+def _check_journal_against_ledger(state, audit_sha256: str, job_id: str, ledger_path, out_dir: Path) -> None:
+    """The journal only grows: it must hold at least the samples and tokens the ledger booked
+    for this job from it (rows with ``answered``, written from the journal itself; a running
+    row's in-flight reservations are not compared). A journal with its last lines cut (spending
+    hidden) is refused."""
+    from audit.errors import InputError
+    from audit.ledger.store import Ledger, ledger_exists
+
+    if not ledger_exists(ledger_path):
+        return
+    with Ledger(ledger_path, create=False) as ledger:
+        booked = [r.get("body") or {} for r in ledger.rows(audit=audit_sha256)
+                  if r.get("kind") == "generation" and (r.get("body") or {}).get("job_id") == job_id]
+    have = {"answered": len(state.done), "prompt_tokens": state.prompt_tokens,
+            "completion_tokens": state.completion_tokens}
+    for body in booked:
+        if body.get("answered") is None:
+            continue
+        short = [f"{name} {int(body.get(name, 0)):,} (the journal has {have[name]:,})" for name in have
+                 if int(body.get(name, 0)) > have[name]]
+        if short:
+            raise InputError(f"the ledger booked more for job {job_id} than its journal holds: {', '.join(short)}; "
+                             "the journal was cut, nothing was resumed", source=str(out_dir))
+
+
+def _check_done_prompts(done: dict, prompts, samples_path: Path) -> None:
+    """Every sample answers an audited prompt, with that prompt's messages exactly."""
+    from audit.errors import InputError
+
+    audited = {p.id: p for p in prompts}
+    for prompt_id, row in done.items():
+        prompt = audited.get(prompt_id)
+        if prompt is None:
+            raise InputError(f"holds a sample for prompt id {prompt_id!r}, not in the audited prompts",
+                             source=str(samples_path))
+        if row.get("messages") != prompt.as_messages():
+            raise InputError(f"the sample for prompt {prompt_id!r} is not the audited prompt with that id "
+                             "(its messages differ); nothing was resumed", source=str(samples_path))
 
 
 def _teacher_identity(loaded, gate, endpoint: str | None, backend: str) -> dict:
@@ -365,16 +410,16 @@ def _other_jobs(audit_sha256: str, job_id: str, ledger_path) -> tuple[int, int]:
             sum(int(b.get("completion_tokens", 0)) for b in latest.values()))
 
 
-def _book(args, gate, job_id: str, out_dir: Path, status: str, teacher: dict, private_key, *,
+def _book(args, gate, seal, out_dir: Path, status: str, teacher: dict, private_key, *,
           failing: bool) -> None:
     """The job's running totals as a ``generation`` row in the ledger. When the job is already
     failing, a ledger that cannot be written is a warning, so the first error is the one shown."""
     from distill.generation.journal import load_state
 
     try:
-        state = load_state(out_dir)
+        state = load_state(out_dir, seal)
         kept = sum(1 for r in state.done.values() if r.get("status") == "kept")
-        _append_row(args, gate, job_id, out_dir, status, teacher, private_key, prompt_tokens=state.prompt_tokens,
+        _append_row(args, gate, seal.job_id, out_dir, status, teacher, private_key, prompt_tokens=state.prompt_tokens,
                     completion_tokens=state.completion_tokens, answered=len(state.done), kept=kept)
     except Exception as exc:  # noqa: BLE001
         if not failing:
@@ -399,21 +444,21 @@ def _append_row(args, gate, job_id: str, out_dir: Path, status: str, teacher: di
         ledger.append("generation", gate.envelope_sha256, body, private_key)
 
 
-def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job: dict, job_id: str, summary,
+def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job: dict, seal, summary,
             private_key, key_path, *, allowed: tuple[float, float]) -> int:
     from audit.attest.keys import key_id, short_fingerprint
     from distill.generation.journal import load_state
     from distill.generation.record import write_generation_record, write_kept
 
     plan = loaded.plan
-    state = load_state(out_dir)
+    state = load_state(out_dir, seal)
     answered = state.done
     kept = sum(1 for r in answered.values() if r.get("status") == "kept")
     used_prompt = sum(int(r["usage"]["prompt_tokens"]) for r in answered.values())
     used_completion = sum(int(r["usage"]["completion_tokens"]) for r in answered.values())
     write_kept(out_dir, [p.id for p in prompts], answered, teacher=job["teacher"], audit_sha256=gate.envelope_sha256,
                prompts_sha256=prompts_sha256)
-    body = {"job": {"id": job_id, "sessions": state.sessions, "attempts": state.attempts},
+    body = {"job": {"id": seal.job_id, "sessions": state.sessions, "attempts": state.attempts},
             "teacher": {**job["teacher"],
                         "models_reported": sorted({str(r.get("teacher_model")) for r in answered.values()})},
             "sampling": job["sampling"], "filter": job["filter"], "filter_sha256": job["filter_sha256"],

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from audit.errors import InputError
+from audit.numbers import short_sci
 
 SHAPE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
@@ -207,3 +208,35 @@ def audited_model_checks(loaded, gate):
             verify_unchanged(digest)
 
     return check
+
+
+# -- the budget: one step must fit ------------------------------------------------------------------
+
+def check_first_step_fits(opened, *, step_tokens: int, flops_per_token: float, tolerance: float = 0.0,
+                          one_off_flops: float = 0.0, what: str = "one step") -> None:
+    """Refuse (:class:`distill.gated.GateRefused`, exit 6) a run whose first optimizer step
+    cannot fit in what the audit has left for it, before any model loads: a run that could take
+    no step would still write an untrained student with a card and a signed record.
+
+    Left: the run's budget (the audit's, less other runs' ledger charges) x (1 + ``tolerance``),
+    less what the ledger already charged this run. Needed: ``step_tokens`` (all processes') x
+    ``flops_per_token``, plus ``one_off_flops`` (a charge the run makes before its first step,
+    e.g. a lower bound of a logit cache's teacher forward). FLOP, 1 multiply-add = 2 FLOP."""
+    from distill.gated import GateRefused
+
+    left = opened.budget_flops * (1 + tolerance) - opened.charges.this_run
+    needed = step_tokens * flops_per_token + one_off_flops
+    if needed > left:
+        extra = f" + {short_sci(one_off_flops, 4)} FLOP before it" if one_off_flops else ""
+        raise GateRefused([f"budget: audit {opened.envelope_sha256[:12]}... has {short_sci(max(left, 0.0), 4)} FLOP left "
+                           f"for this run; {what} needs {short_sci(needed, 4)} FLOP ({step_tokens:,} tokens x "
+                           f"{short_sci(flops_per_token, 4)} FLOP per token{extra}): nothing was run or written"])
+
+
+def step_tokens(cfg) -> int:
+    """Training positions in one optimizer step, all processes: WORLD_SIZE (torchrun's, 1
+    without it) x grad_accum x micro_batch x seq_len."""
+    import os
+
+    world_size = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    return world_size * cfg.grad_accum * cfg.micro_batch * cfg.seq_len

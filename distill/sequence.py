@@ -517,6 +517,13 @@ def run(args, opened) -> int:
     cfg = SequenceConfig.from_plan(loaded, generated_dir=args.generated, out_dir=out_dir,
                                    tokenizer_dir=tokenizer.folder, flops_per_token=opened.flops_per_token,
                                    budget_flops=opened.budget_flops, **overrides)
+    from distill.gated import GateRefused
+
+    try:
+        preflight.check_first_step_fits(opened, step_tokens=preflight.step_tokens(cfg),
+                                        flops_per_token=cfg.flops_per_token, tolerance=cfg.tolerance)
+    except GateRefused as refused:
+        return cli.refuse("distill", refused.reasons)
     device_name = preflight.device_name(args)
     print(f"generated data: {generated.kept_path} (sha256 {generated.kept_sha256[:12]}..., signed by the "
           f"generation record for this audit); tokenizer {cfg.tokenizer_dir} (sha256 {tokenizer.sha256[:12]}..., "

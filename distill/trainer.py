@@ -324,9 +324,13 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                                                                    cfg.teacher_cache_dtype, seq_len=cfg.seq_len).total_bytes)
             if cfg.flops_per_token is not None:
                 charge = cfg.teacher_flops_per_token * (rows + padding) * cfg.seq_len
-                if meter.limit_flops is not None and charge > meter.limit_flops:
-                    raise InputError(f"the teacher cache's forward pass takes {short_sci(charge, 4)} FLOP, past the budget's "
-                                     f"limit {short_sci(meter.limit_flops, 4)}", field="budget_flops")
+                step = 0.0 if resume else cfg.flops_per_token * ctx.world_size * cfg.grad_accum * cfg.micro_batch * cfg.seq_len
+                if meter.limit_flops is not None and charge + step > meter.limit_flops:
+                    from distill.gated import GateRefused  # before the cache is built: no step could follow it
+
+                    raise GateRefused([f"budget: the teacher cache's forward pass takes {short_sci(charge, 4)} FLOP and "
+                                       f"one step {short_sci(step, 4)} FLOP, past the budget's limit "
+                                       f"{short_sci(meter.limit_flops, 4)}"])
                 meter.charge(charge)  # a resumed run restores the meter, charge included
             cache = _open_cache(cfg, build=build_cache, teacher=teacher, data=data, vocab=vocab, device=device,
                                 amp_dtype=amp_dtype, ctx=ctx, rows=rows, lockstep=shard, padding=padding)

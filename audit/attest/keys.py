@@ -228,8 +228,9 @@ def ensure_default_key() -> tuple[Ed25519PrivateKey, Path, bool]:
 
 
 def cache_mac_key_path() -> Path:
-    """``$FLOPGATE_HOME/keys/flopgate-cache-mac``: the count cache's MAC key, beside the default
-    signing key."""
+    """``$FLOPGATE_HOME/keys/flopgate-cache-mac``: the home's MAC key, beside the default signing
+    key: it seals the count cache, the weights' digest record and the generation journal, each
+    under its own domain prefix."""
     return flopgate_home() / "keys" / CACHE_MAC_KEY_NAME
 
 

@@ -115,4 +115,7 @@ def api_key_for(plan, environ) -> tuple[str, str]:
     if not key:
         raise InputError(f"the environment variable {name} (teacher.api_key_env) is not set or empty; export the "
                          "endpoint's API key in it", field="teacher.api_key_env")
+    if not all("!" <= ch <= "~" for ch in key):  # it goes in an HTTP header; never repeated in the message
+        raise InputError(f"the API key in the environment variable {name} (teacher.api_key_env) must be printable "
+                         "ASCII on one line, without spaces or control characters", field="teacher.api_key_env")
     return key, f"${name}"

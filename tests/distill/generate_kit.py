@@ -76,9 +76,10 @@ def make_project(root: Path, endpoint: str, *, prompts: int = 6, **plan_options)
 
 
 def sign_audit(project: ApiProject, signer: KeyFiles, *, outcome: str = "ALLOW",
-               roles: Sequence[str] = ("plan", "student_config", "prompts")) -> Path:
+               roles: Sequence[str] = ("plan", "student_config", "prompts"), compute: dict | None = None) -> Path:
     """An audit of the project as it is now: its plan (with content), student config and prompts,
-    and the tokenizer folder the plan names (data.tokenizer), by its root digest."""
+    and the tokenizer folder the plan names (data.tokenizer), by its root digest; ``compute``
+    replaces the default compute block (gate_fixtures.compute_block())."""
     from audit.weights import folder_digest
 
     files = {"plan": project.plan, "student_config": project.root / "student.json", "prompts": project.prompts}
@@ -99,7 +100,7 @@ def sign_audit(project: ApiProject, signer: KeyFiles, *, outcome: str = "ALLOW",
         "as_of": created[:10], "historical": False, "created": created,
         "plan": {"name": "api-generate-test", "path": str(project.plan),
                  "sha256": hashlib.sha256(project.plan.read_bytes()).hexdigest(), "content": content},
-        "compute": compute_block(), "decision": decision, "outcome": outcome,
+        "compute": compute or compute_block(), "decision": decision, "outcome": outcome,
         "gate_open": outcome == "ALLOW", "inputs": inputs,
     }
     statement = make_statement(subjects, PREDICATE_AUDIT, predicate)

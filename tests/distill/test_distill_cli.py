@@ -447,6 +447,11 @@ def test_an_edited_meter_in_a_checkpoint_is_refused_on_resume(project, signer, c
     state = json.loads(state_path.read_text())
     state["meter"]["tokens"] = 0
     state_path.write_text(json.dumps(state))
+    # the preflight refuses already: the ledger says half a step is left, and one step does not fit
+    code, _, err = distill(capsys, project, envelope, signer, *args, "--resume")
+    assert code == GATE_REFUSED_EXIT and "one step needs" in err
+    # with that check out of the way, the trainer's own check of the meter against the ledger refuses
+    monkeypatch.setattr("distill.preflight.check_first_step_fits", lambda *a, **kw: None)
     steps = []
     real = trainer_module.train
 
@@ -500,3 +505,53 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_the_teacher_runs(project
                              "--micro-batch", MICRO_BATCH, "--teacher-cache", project.root / "cache")
     assert code == 2 and "teacher cache needs" in err and "1,000 bytes free" in err and err.count("\n") == 1
     assert not (project.root / "cache").exists()
+
+
+def _audit_rows(envelope) -> list[dict]:
+    from audit.ledger.store import Ledger, ledger_exists
+
+    if not ledger_exists(None):
+        return []
+    with Ledger() as ledger:
+        return ledger.rows(audit=hashlib.sha256(envelope.read_bytes()).hexdigest())
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_budget_below_one_step_is_refused_before_any_model_loads(project, signer, model_loads, capsys, dry_run):
+    """The attack: an audit with less compute left than one optimizer step. The run used to
+    exit 0 with an untrained student, a model card and a signed record."""
+    envelope = make_audit(project, signer, compute=compute_block(tokens=0.5 * TOKENS_PER_STEP))
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 3,
+                             "--micro-batch", MICRO_BATCH, *(["--dry-run"] if dry_run else []))
+    assert code == GATE_REFUSED_EXIT, err
+    digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
+    reason = next(line for line in err.splitlines() if "budget:" in line)
+    assert f"audit {digest[:12]}" in reason and "3.2e7 FLOP left" in reason
+    assert f"one step needs 6.4e7 FLOP ({TOKENS_PER_STEP} tokens" in reason
+    assert model_loads == [] and not (project.root / "out").exists() and _audit_rows(envelope) == []
+
+
+def test_what_other_runs_left_must_hold_one_step(project, signer, capsys):
+    envelope = make_audit(project, signer, compute=compute_block(tokens=2.5 * TOKENS_PER_STEP))
+    code, _, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 2, "--micro-batch",
+                           MICRO_BATCH)
+    assert code == 0, err
+    rows = len(_audit_rows(envelope))
+    code, _, err = main_distill_into(capsys, project, envelope, signer, "again")
+    assert code == GATE_REFUSED_EXIT and "budget: audit" in err and "one step needs" in err
+    assert not (project.root / "again").exists() and len(_audit_rows(envelope)) == rows
+
+
+def test_a_cache_that_leaves_no_room_for_one_step_is_refused_before_it_is_built(project, signer, capsys):
+    """cached_logits, data.tokens 640: the cache's teacher forward (640 x TEACHER_FORWARD_FPT =
+    2.56e8 FLOP) fits the audited 2.75e8, but then not one step (3.84e7) does."""
+    project.plan.write_text(project.plan.read_text().replace("kind: logits", "kind: cached_logits")
+                            .replace(f"tokens: {PLAN_TOKENS},", "tokens: 640,"))
+    envelope = make_audit(project, signer, compute=compute_block(tokens=275))
+    code, out, err = distill(capsys, project, envelope, signer, "--allow-cpu", "--steps", 2,
+                             "--micro-batch", MICRO_BATCH, "--teacher-cache", project.root / "cache")
+    assert code == GATE_REFUSED_EXIT, err
+    assert "budget: the teacher cache's forward pass takes 2.56e8 FLOP and one step 3.84e7 FLOP" in err
+    assert not (project.root / "cache").exists() or not any((project.root / "cache").iterdir())
+    assert not (project.root / "out" / "run-record.intoto.json").exists()
+    assert not [r for r in _audit_rows(envelope) if r["kind"] == "charge"]

@@ -37,13 +37,13 @@ SENTENCES = ["the dog sees a cat .", "two birds like the fox .", "a farmer feeds
 
 
 
-def generated_project(root: Path, fake, signer, capsys, sentences=SENTENCES, tokenizer=TOKENIZER):
+def generated_project(root: Path, fake, signer, capsys, sentences=SENTENCES, tokenizer=TOKENIZER, compute=None):
     """A sequence plan whose prompts are the sentences (and whose data.tokenizer is ``tokenizer``),
-    its audit, and what generate wrote."""
+    its audit (``compute``: its compute block), and what generate wrote."""
     project = make_project(root, fake.url, prompts=0, tokenizer=tokenizer)
     project.prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": s}) + "\n"
                                        for i, s in enumerate(sentences)), encoding="utf-8")
-    sign_audit(project, signer)
+    sign_audit(project, signer, compute=compute)
     code = main(["generate", str(project.plan), "--attestation", str(project.envelope), "--pubkey",
                  str(signer.public_path), "--key", str(signer.private_path), "--out", str(root / "gen"),
                  "--max-tokens", "32", "--backoff", "0.001", "--timeout", "5"])
@@ -124,6 +124,26 @@ def test_budget_stop_is_clean_and_recorded(api_project, signer, capsys):
     record = json.loads((api_project.root / "out" / "run-record.json").read_text())["predicate"]
     assert record["stopped_by_budget"] is True and record["steps"] == 16
     assert record["compute"]["flops"] <= record["compute"]["limit_flops"]
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_budget_below_one_step_is_refused_before_any_model_loads(tmp_path, fake, signer, capsys, monkeypatch,
+                                                                   dry_run):
+    """The audited student training is 32 tokens' worth; one step of 2 rows x 32 needs 64."""
+    from gate_fixtures import compute_block, forbid_model_loads
+
+    project = generated_project(tmp_path / "small", fake, signer, capsys, compute=compute_block(tokens=32))
+    loads = forbid_model_loads(monkeypatch)
+    monkeypatch.setattr("distill.sequence.train_sequence", lambda *a, **kw: loads.append("train_sequence"))
+    code, out, err = distill(capsys, project, signer, "--steps", 3, "--micro-batch", MICRO_BATCH,
+                             *(["--dry-run"] if dry_run else []))
+    assert code == GATE_REFUSED_EXIT, err
+    audit_sha = hashlib.sha256(project.envelope.read_bytes()).hexdigest()
+    assert f"budget: audit {audit_sha[:12]}... has 1.92e7 FLOP left" in err
+    assert f"one step needs 3.84e7 FLOP ({MICRO_BATCH * SEQ_LEN} tokens" in err
+    assert loads == [] and not (project.root / "out").exists()
+    with Ledger() as ledger:
+        assert [r["kind"] for r in ledger.rows(audit=audit_sha)] == ["generation"]   # generate's, nothing more
 
 
 def test_dry_run_checks_the_data_and_trains_nothing(api_project, signer, capsys):

@@ -205,3 +205,18 @@ def test_two_ranks_sum_their_sampled_positions_and_charge_once_per_step(project,
         charges = [r["body"] for r in ledger.rows(audit=digest) if r["kind"] == "charge"]
     assert len(charges) == 4 and all(c["tokens"] == 30 for c in charges)
     assert all(c["flops"] == pytest.approx(step_flops) for c in charges)
+
+
+def test_a_loop_that_took_no_step_for_the_budget_signs_nothing(project, signer):
+    envelope = make_audit(project, signer, compute=compute_block(tokens=0.5 * TOKENS))
+    run = gate(project, envelope, signer)
+    assert loop(run, 3) == 0 and run.meter.stopped_by_budget
+    checkpoint = project.root / "out" / "final"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "weights.bin").write_bytes(b"w" * 10)
+    with pytest.raises(GateRefused) as refused:
+        run.finish(checkpoint, final_loss=None)
+    assert refused.value.exit_code == 6
+    assert "first step did not fit" in refused.value.reasons[0] and "FLOP left" in refused.value.reasons[0]
+    assert not (project.root / "out" / "run-record.intoto.json").exists()
+    assert not (project.root / "out" / "README.md").exists()

@@ -201,6 +201,20 @@ def test_the_meter_stops_at_the_audited_tokens_and_the_audit_is_spent_once(tmp_p
     assert not (tmp_path / "second").exists()
 
 
+@pytest.mark.parametrize("allowance", [{"generated_tokens": 7}, {"prompt_tokens": 10}])
+def test_a_job_whose_first_request_cannot_fit_is_refused_and_writes_nothing(allowance, tmp_path, signer, fake,
+                                                                             capsys):
+    project = make_project(tmp_path / "tiny", fake.url, **allowance)
+    sign_audit(project, signer)
+    code, _, err = generate(capsys, project, signer, "--max-tokens", "8")
+    assert code == GATE_REFUSED_EXIT, err
+    digest = hashlib.sha256(project.envelope.read_bytes()).hexdigest()
+    assert f"budget: audit {digest[:12]}... allows" in err and "the first prompt could need" in err
+    assert fake.requests == [] and not (project.root / "out").exists()
+    with Ledger() as ledger:
+        assert [r for r in ledger.rows() if r["kind"] == "generation"] == []
+
+
 def test_a_prompt_allowance_stops_the_job_too(tmp_path, signer, fake, capsys):
     project = make_project(tmp_path / "pbudget", fake.url, prompts=12, prompt_tokens=150)
     sign_audit(project, signer)
@@ -228,18 +242,56 @@ def test_the_gate_refuses_before_any_request(case, project, signer, fake, capsys
     code, _, err = generate(capsys, project, signer, *extra)
     assert code == GATE_REFUSED_EXIT, err
     expected = {"deny": "outcome: the audit's outcome is DENY", "edited_plan": "plan: ",
-                "edited_prompts": "prompts", "other_host": "endpoint: --endpoint names host localhost, not the "
-                "audited host 127.0.0.1", "no_prompts_in_audit": "inputs: the audit covers no prompts"}[case]
+                "edited_prompts": "prompts", "other_host": "endpoint: --endpoint names http://localhost:", "no_prompts_in_audit": "inputs: the audit covers no prompts"}[case]
     assert expected in err
     assert fake.requests == []
     assert not (project.root / "out").exists()
 
 
-def test_an_endpoint_on_the_audited_host_may_change_port(project, signer, capsys):
-    with FakeOpenAI(key=KEY) as other:
-        code, _, err = generate(capsys, project, signer, "--endpoint", other.url)
-        assert code == 0, err
-        assert len(other.requests) == 6
+def test_an_endpoint_on_another_port_of_the_audited_host_is_refused(project, signer, fake, capsys):
+    # on a loopback host another port is another server: a decoy must get nothing
+    with FakeOpenAI(key=KEY) as decoy:
+        code, _, err = generate(capsys, project, signer, "--endpoint", decoy.url)
+        assert code == GATE_REFUSED_EXIT, err
+        assert "is not the audited origin" in err and f":{decoy.server.server_address[1]}" in err
+        assert decoy.requests == [] and fake.requests == []
+    assert not (project.root / "out").exists()
+
+
+@pytest.mark.parametrize("change", ["scheme", "no_port"])
+def test_the_audited_origin_is_scheme_host_and_port(change, project, signer, fake, capsys):
+    port = fake.server.server_address[1]
+    wanted = {"scheme": f"https://127.0.0.1:{port}/v1", "no_port": "http://127.0.0.1/v1"}[change]
+    code, _, err = generate(capsys, project, signer, "--endpoint", wanted)
+    assert code == GATE_REFUSED_EXIT and "is not the audited origin" in err
+    assert fake.requests == []
+
+
+def test_an_endpoint_may_change_the_path_only(tmp_path, signer, fake, capsys):
+    project = make_project(tmp_path / "path", fake.url.replace("/v1", "/v0"))   # audited: .../v0
+    sign_audit(project, signer)
+    code, _, err = generate(capsys, project, signer, "--endpoint", fake.url)
+    assert code == 0, err
+    assert len(fake.requests) == 6 and all(r["path"] == "/v1/chat/completions" for r in fake.requests)
+
+
+@pytest.mark.parametrize("bad", ["\t", "\n", "\x00", "\x7f", " "])
+def test_a_control_character_in_endpoint_is_one_line(bad, project, signer, fake, capsys):
+    code, out, err = generate(capsys, project, signer, "--endpoint", fake.url.replace("/v1", f"/v{bad}1"))
+    assert code == 2, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err and "--endpoint" in err
+    assert "control character or space" in err
+    assert fake.requests == [] and not (project.root / "out").exists()
+
+
+@pytest.mark.parametrize("key", ["sk-caf\u00e9-key", "sk-key\nX-Evil: 1", "sk-\u2028-key", "sk-key\t"])
+def test_an_api_key_must_be_printable_ascii(key, project, signer, fake, capsys, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, key)
+    code, out, err = generate(capsys, project, signer)
+    assert code == 2, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert f"{KEY_ENV}" in err and "printable ASCII" in err and key not in out + err
+    assert fake.requests == [] and not (project.root / "out").exists()
 
 
 def test_a_second_run_needs_resume_and_the_same_flags(project, signer, fake, capsys):

@@ -12,7 +12,7 @@ from audit.compute.estimate import build_estimate
 from audit.compute.tables import load_reference_tables
 from audit.errors import InputError
 from audit.flops.summary import ModelSummary
-from audit.plan import Plan, endpoint_host, load_plan
+from audit.plan import Plan, endpoint_host, endpoint_origin, load_plan
 from generate_kit import make_project, plan_text
 
 
@@ -32,7 +32,29 @@ def test_endpoint_hosts(url, host):
     assert endpoint_host(url) == host
 
 
+@pytest.mark.parametrize("url, origin", [
+    ("https://api.example.com/v1", "https://api.example.com:443"),
+    ("https://API.Example.com:443/openai/v1", "https://api.example.com:443"),
+    ("https://api.example.com:8443/v1", "https://api.example.com:8443"),
+    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000"),
+    ("http://localhost/v1", "http://localhost:80"),
+    ("http://[::1]:9000/v1", "http://[::1]:9000"),
+])
+def test_endpoint_origins_spell_out_scheme_host_and_port(url, origin):
+    assert endpoint_origin(url) == origin
+
+
+def test_another_port_or_scheme_is_another_origin():
+    audited = endpoint_origin("http://127.0.0.1:8000/v1")
+    assert endpoint_origin("http://127.0.0.1:8000/other/path") == audited
+    assert endpoint_origin("http://127.0.0.1:8001/v1") != audited
+    assert endpoint_origin("https://127.0.0.1:8000/v1") != audited
+
+
 @pytest.mark.parametrize("url, words", [
+    ("https://api.example.com/v\t1", "without a control character or space (one at position 25)"),
+    ("https://api.example.com/v1\n", "without a control character or space"),
+    ("https://api.exa mple.com/v1", "without a control character or space"),
     ("http://api.example.com/v1", "http:// is allowed only for"),
     ("https://user:sk-secret@api.example.com/v1", "must not hold credentials"),
     ("ftp://api.example.com", "expected an https:// URL"),

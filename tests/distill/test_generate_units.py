@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from audit.errors import InputError
-from distill.generation.journal import ATTEMPTS_FILE, SAMPLES_FILE, Journal, load_state, read_jsonl
+from distill.generation.journal import ATTEMPTS_FILE, SAMPLES_FILE, JobSeal, Journal, load_state, read_jsonl
 from distill.generation.meter import TokenMeter
 from distill.generation.prompts import parse_prompts, read_prompts
 from distill.generation.retry import RetryPolicy, parse_retry_after
@@ -103,8 +103,11 @@ def test_a_reported_overrun_is_charged_in_full():
     assert meter.used_completion == 12 and meter.over
 
 
+SEAL = JobSeal(b"k" * 32, "job-1", "a" * 64)
+
+
 def test_a_torn_last_line_is_cut_and_in_flight_attempts_are_charged(tmp_path):
-    journal = Journal(tmp_path, session=1)
+    journal = Journal(tmp_path, session=1, seal=SEAL)
     done = journal.start("a", 40, 8)
     journal.end(done, "ok", 30, 5)
     journal.sample({"id": "a", "status": "kept", "usage": {"prompt_tokens": 30, "completion_tokens": 5}})
@@ -112,20 +115,27 @@ def test_a_torn_last_line_is_cut_and_in_flight_attempts_are_charged(tmp_path):
     journal.close()
     with open(tmp_path / SAMPLES_FILE, "ab") as handle:
         handle.write(b'{"id": "b", "stat')   # killed mid-write
-    state = load_state(tmp_path)
+    state = load_state(tmp_path, SEAL)
     assert list(state.done) == ["a"]
     assert (state.prompt_tokens, state.completion_tokens) == (30 + 50, 5 + 8)
     assert state.sessions == 1 and state.attempts == 2
-    assert (tmp_path / SAMPLES_FILE).read_bytes().endswith(b"\n")
-    assert len(read_jsonl(tmp_path / SAMPLES_FILE, "samples")) == 1
+    assert state.lines == {SAMPLES_FILE: 1, ATTEMPTS_FILE: 4}
+    assert (tmp_path / SAMPLES_FILE).read_bytes().endswith(b'"stat')   # reading changes nothing
+    resumed = Journal(tmp_path, session=2, seal=SEAL, lines=state.lines)  # appending cuts the torn line
+    resumed.sample({"id": "b", "status": "kept", "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    resumed.close()
+    assert [r["id"] for r in read_jsonl(tmp_path / SAMPLES_FILE, "samples", SEAL)] == ["a", "b"]
 
 
 def test_a_damaged_journal_or_a_repeated_sample_is_refused(tmp_path):
-    (tmp_path / ATTEMPTS_FILE).write_text('{"event": "start"}\nnot json\n{"event": "session", "time": 1}\n')
+    first = {"event": "session", "session": 1, "time": 1.0}
+    first["mac"] = SEAL.mac(ATTEMPTS_FILE, 0, first)
+    (tmp_path / ATTEMPTS_FILE).write_text(f'{json.dumps(first)}\nnot json\n{{"event": "session", "time": 1}}\n')
     with pytest.raises(InputError, match="line 2 is not JSON"):
-        load_state(tmp_path)
+        load_state(tmp_path, SEAL)
     (tmp_path / ATTEMPTS_FILE).write_text("")
-    row = json.dumps({"id": "a", "status": "kept"})
-    (tmp_path / SAMPLES_FILE).write_text(f"{row}\n{row}\n")
+    rows = [{"id": "a", "status": "kept"}, {"id": "a", "status": "kept"}]
+    (tmp_path / SAMPLES_FILE).write_text("".join(json.dumps({**r, "mac": SEAL.mac(SAMPLES_FILE, i, r)}) + "\n"
+                                                 for i, r in enumerate(rows)))
     with pytest.raises(InputError, match="repeated"):
-        load_state(tmp_path)
+        load_state(tmp_path, SEAL)

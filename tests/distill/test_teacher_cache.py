@@ -259,8 +259,10 @@ def test_trainer_on_cached_logits_builds_the_cache_once_and_charges_its_forward_
     second = train(TrainConfig.parse({**fields, "out_dir": str(tmp_path / "out2")}))
     assert (cache_dir / INDEX_FILE).read_bytes() == before
     assert second.flops_used == first.flops_used and second.final_loss == pytest.approx(first.final_loss, rel=1e-6)
-    # A budget smaller than the cache's forward pass refuses before building anything.
-    with pytest.raises(InputError, match="teacher cache"):
+    # A budget smaller than the cache's forward pass (and one step) refuses before building anything (exit 6).
+    from distill.gated import GateRefused
+
+    with pytest.raises(GateRefused, match="budget: the teacher cache"):
         train(TrainConfig.parse({**fields, "out_dir": str(tmp_path / "out3"), "teacher_cache_dir": str(tmp_path / "c2"),
                                  "budget_flops": charged / 2}))
     assert not (tmp_path / "c2").exists()
