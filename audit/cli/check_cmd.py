@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from audit.cli.args import add_ledger_option, help_text, iso_date
-from audit.cli.terminal import console, hardware_line
+from audit.cli.terminal import console, first_sentence, hardware_line
 from audit.numbers import percent, sci
 from audit.policy.decision import regime_figures
 
@@ -112,7 +112,8 @@ def _print_verdict(out, result) -> None:
         table.add_column(column)
     for regime in decision.regimes:
         figures = regime_figures(regime)
-        status = regime.status + (f" ({regime.status_note})" if regime.status_note and not regime.in_force else "")
+        status = regime.status + (f" ({first_sentence(regime.status_note)})"
+                                  if regime.status_note and not regime.in_force else "")
         table.add_row(escape(regime.name), escape(status), figures.observed, figures.threshold, figures.margin)
     out.print(table)
     for finding in decision.findings:

@@ -93,7 +93,7 @@ def print_decision(decision, plan_name: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from audit.cli.terminal import console
+    from audit.cli.terminal import console, first_sentence
     from audit.policy.engine import gate_would_open
 
     out = console()
@@ -113,7 +113,7 @@ def print_decision(decision, plan_name: str) -> None:
         regimes.add_column(column)
     for r in decision.regimes:
         figures = regime_figures(r)
-        note = r.status_note.split(". ")[0] if r.status in ("not_in_force", "unknown") else ""
+        note = first_sentence(r.status_note) if r.status in ("not_in_force", "unknown") else ""
         regimes.add_row(escape(r.name), r.status, figures.observed, figures.threshold, figures.margin, escape(note))
     out.print(regimes)
 

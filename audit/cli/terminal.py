@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -14,8 +15,20 @@ def hardware_line(hardware: dict | None) -> str | None:
     it is outside the EU guidelines' +/-30%; None when there is nothing to compare."""
     if not hardware or hardware.get("ratio") is None:
         return None
-    flag = "  OUTSIDE ±30% of the count" if hardware.get("outside_tolerance") else ""
+    flag = ("  OUTSIDE ±30% of the count: the count decides the outcome; check the plan's hardware.hours "
+            "and hardware.utilization" if hardware.get("outside_tolerance") else "")
     return f"{sci(hardware.get('estimate_flops'), 3)} FLOP ({ratio(hardware['ratio'])} the count){flag}"
+
+
+def first_sentence(text: str) -> str:
+    """A note's first sentence, for a table cell (the whole note is in the report and the JSON),
+    with the note's weaker evidence markers ([secondary], [unverified]) kept in sight."""
+    head = text.split(". ", 1)[0].strip()
+    if head == text.strip():
+        return head
+    head = head if head.endswith(".") else head + "."
+    markers = dict.fromkeys(m.group(0) for m in re.finditer(r"\[(?:secondary|unverified)\]", text))
+    return " ".join([head, *markers])
 
 
 def print_json(data: Any) -> None:
