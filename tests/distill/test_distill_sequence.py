@@ -129,11 +129,16 @@ def test_budget_stop_is_clean_and_recorded(api_project, signer, capsys):
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_a_budget_below_one_step_is_refused_before_any_model_loads(tmp_path, fake, signer, capsys, monkeypatch,
                                                                    dry_run):
-    """The audited student training is 32 tokens' worth; one step of 2 rows x 32 needs 64."""
+    """The audited student training is 32 tokens' worth; one step of 2 rows x 32 needs 64. The
+    attested tokenizer is built from its verified bytes first (every input is checked before the
+    budget is); no model loads."""
+    from distill import models
     from gate_fixtures import compute_block, forbid_model_loads
 
     project = generated_project(tmp_path / "small", fake, signer, capsys, compute=compute_block(tokens=32))
+    load_tokenizer = models.load_tokenizer
     loads = forbid_model_loads(monkeypatch)
+    monkeypatch.setattr(models, "load_tokenizer", load_tokenizer)
     monkeypatch.setattr("distill.sequence.train_sequence", lambda *a, **kw: loads.append("train_sequence"))
     code, out, err = distill(capsys, project, signer, "--steps", 3, "--micro-batch", MICRO_BATCH,
                              *(["--dry-run"] if dry_run else []))
