@@ -27,6 +27,7 @@ from typing import Optional
 
 from audit.errors import InputError
 from audit.fsutil import parse_json, read_input, write_atomic
+from audit.limits import MAX_DATA_BYTES
 
 JOB_FILE, SAMPLES_FILE, ATTEMPTS_FILE = "job.json", "samples.jsonl", "attempts.jsonl"
 
@@ -56,7 +57,7 @@ def read_jsonl(path: Path, what: str) -> list[dict]:
     line before the last is an ``InputError``: the file was edited or damaged."""
     if not path.exists():
         return []
-    raw = read_input(path, what)
+    raw = read_input(path, what, max_bytes=MAX_DATA_BYTES)
     cut = raw.rfind(b"\n") + 1
     if cut != len(raw):  # the last line was being written when the job died
         with open(path, "r+b") as handle:
@@ -68,7 +69,7 @@ def read_jsonl(path: Path, what: str) -> list[dict]:
     for number, line in enumerate(raw.split(b"\n")[:-1], start=1):
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InputError(f"line {number} is not JSON: the file was edited or damaged", source=str(path)) from None
         if not isinstance(row, dict):
             raise InputError(f"line {number} is not a JSON object", source=str(path))

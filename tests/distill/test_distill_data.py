@@ -31,7 +31,8 @@ def test_text_files_split_at_blank_lines_and_jsonl_reads_text(tmp_path):
 
 @pytest.mark.parametrize("line, problem", [('{"text": 5}', "string field 'text'"),
                                            ('{"txt": "a"}', "string field 'text'"),
-                                           ('{"text": "a"', "invalid JSON")])
+                                           ('{"text": "a"', "invalid JSON"),
+                                           ("[" * 100_000 + "]" * 100_000, "nested deeper")])
 def test_bad_jsonl_line_is_an_input_error_naming_file_and_line(tmp_path, line, problem):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "fine"}\n' + line + "\n", encoding="utf-8")
