@@ -109,6 +109,36 @@ def read_input(path: str | os.PathLike, what: str = "file", *, source: str | Non
         raise error(f"cannot read {what} ({exc.strerror or exc.__class__.__name__})") from None
 
 
+def files_under(folder: str | os.PathLike, what: str = "folder") -> list[Path]:
+    """Every file under ``folder`` (as ``Path.rglob("*")`` then ``is_file()`` give them: folders
+    are entered without following symlinks, a symlink to a file counts), without recursion:
+    sub-folders nested deeper than ``MAX_FOLDER_DEPTH`` levels are an ``InputError`` naming the
+    folder, never a ``RecursionError``. Unsorted."""
+    from audit.errors import InputError
+    from audit.limits import MAX_FOLDER_DEPTH
+
+    root = Path(folder)
+    found: list[Path] = []
+    stack = [(root, 0)]
+    while stack:
+        current, depth = stack.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = list(listing)
+        except PermissionError:
+            continue  # as rglob does
+        for entry in entries:
+            path = current / entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if depth + 1 > MAX_FOLDER_DEPTH:
+                    raise InputError(f"expected a {what} with at most {MAX_FOLDER_DEPTH} levels of "
+                                     f"sub-folders, found more: {path.relative_to(root)}", source=str(root))
+                stack.append((path, depth + 1))
+            elif path.is_file():
+                found.append(path)
+    return found
+
+
 def file_kind(mode: int) -> str:
     """What a non-regular file is, in words, for an error: "a directory", "a FIFO", ..."""
     kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from audit.errors import InputError
-from audit.fsutil import decode_utf8, parse_json, read_input, sha256_file, write_atomic
+from audit.fsutil import decode_utf8, files_under, parse_json, read_input, sha256_file, write_atomic
 from audit.limits import MAX_DATA_BYTES, MAX_MANIFEST_BYTES
 from distill.checkpoint import checkpoint_digest
 from distill.losses import IGNORE_INDEX
@@ -402,7 +402,7 @@ def source_digest(path: str | Path) -> str:
 
 def _size(path: Path) -> int:
     if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return sum(f.stat().st_size for f in files_under(path, "dataset folder"))
     return path.stat().st_size
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from audit.errors import InputError
-from audit.fsutil import read_input, read_json
+from audit.fsutil import files_under, read_input, read_json
 
 
 def test_reads_a_json_file(tmp_path):
@@ -119,3 +119,33 @@ def test_json_nested_100000_deep_is_one_line(tmp_path):
     while isinstance(value, list):
         value, depth = (value[0] if value else None), depth + 1
     assert depth == 64
+
+
+def test_files_under_lists_what_rglob_lists(tmp_path):
+    root = tmp_path / "data"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    for rel in ("x.txt", "a/y.txt", "a/b/z.txt", ".hidden/h.txt"):
+        (root / rel).write_text(rel)
+    (root / "link.txt").symlink_to(root / "x.txt")     # a symlink to a file counts
+    (root / "linkdir").symlink_to(root / "a")          # a symlink to a folder is not entered
+    assert sorted(files_under(root)) == sorted(p for p in root.rglob("*") if p.is_file())
+    assert len(files_under(root)) == 5
+
+
+def test_files_under_refuses_a_folder_1500_levels_deep_without_recursion(tmp_path):
+    root = tmp_path / "data"
+    levels = [tmp_path.joinpath("data", *["d"] * n) for n in range(1501)]
+    for level in levels:  # one by one: mkdir(parents=True) and rmtree recurse
+        level.mkdir()
+    (levels[-1] / "f.txt").write_text("x")
+    try:
+        with pytest.raises(InputError) as raised:
+            files_under(root, "dataset folder")
+    finally:
+        (levels[-1] / "f.txt").unlink()
+        for level in reversed(levels):
+            level.rmdir()
+    message = str(raised.value)
+    assert message.startswith(f"{root}: expected a dataset folder with at most 64 levels of sub-folders")
+    assert "\n" not in message

@@ -210,3 +210,19 @@ def test_jsonl_chat_records_are_read_for_prepare_and_refused_by_the_raw_loader(t
                                               {"role": "assistant", "content": "the fox ."}]]
     with pytest.raises(InputError, match="messages: .*flopgate data prepare"):
         read_documents(path)
+
+
+def test_a_dataset_folder_1500_levels_deep_is_one_line(tmp_path):
+    # hashing the folder (rglob) used to end in RecursionError
+    levels = [tmp_path.joinpath("ds", *["d"] * n) for n in range(1501)]
+    for level in levels:  # one by one: mkdir(parents=True) and rmtree recurse
+        level.mkdir()
+    (levels[-1] / "data.arrow").write_bytes(b"x")
+    try:
+        with pytest.raises(InputError) as err:
+            read_documents(tmp_path / "ds")
+    finally:
+        (levels[-1] / "data.arrow").unlink()
+        for level in reversed(levels):
+            level.rmdir()
+    assert "at most 64 levels of sub-folders" in str(err.value) and "\n" not in str(err.value)
