@@ -123,6 +123,8 @@ def _check_size(value: Any, name: str, limit: tuple[int, int, str], source: str,
             continue
         if isinstance(item, int) and not isinstance(item, bool) and least <= item <= ceiling:
             continue
+        if kind == "positions" and isinstance(item, float) and item.is_integer() and least <= item <= ceiling:
+            continue  # a length, not a count of modules: some default configs write 1200.0
         shown = repr(item) if len(repr(item)) <= 40 else repr(item)[:40] + "..."
         prefix = f"{where}: " if where else ""
         raise InputError(f"{prefix}{name}: expected a whole number from {least} to {ceiling:,} (the limit "
