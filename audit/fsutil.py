@@ -92,10 +92,10 @@ def read_input(path: str | os.PathLike, what: str = "file", *, source: str | Non
 
     try:
         with open(path, "rb", opener=open_no_block) as handle:
-            mode = os.fstat(handle.fileno()).st_mode
+            info = os.fstat(handle.fileno())
+            mode, size = info.st_mode, info.st_size
             if not stat.S_ISREG(mode):
                 raise error(f"expected {what} to be a regular file, found {file_kind(mode)}")
-            size = os.fstat(handle.fileno()).st_size
             data = handle.read(max_bytes + 1) if size <= max_bytes else b""
             if size > max_bytes or len(data) > max_bytes:
                 found = byte_size(max(size, len(data))) + ("" if size > max_bytes else " or more")
@@ -119,7 +119,7 @@ def files_under(folder: str | os.PathLike, what: str = "folder") -> list[Path]:
 
     root = Path(folder)
     found: list[Path] = []
-    stack = [(root, 0)]
+    stack = [(root, 0)] if root.is_dir() else []  # rglob of a missing folder is empty too
     while stack:
         current, depth = stack.pop()
         try:
