@@ -27,6 +27,7 @@ from audit.compute.tables import ReferenceTables, load_reference_tables
 from audit.compute.types import ComputeEstimate
 from audit.errors import InputError
 from audit.fsutil import read_input, sha256_bytes, write_atomic
+from audit.limits import MAX_DATA_BYTES, MAX_MANIFEST_BYTES
 from audit.plan import LoadedPlan, Plan, load_plan
 from audit.predicate import AuditPredicate
 from audit.policy.engine import decide, gate_would_open
@@ -102,12 +103,14 @@ def plan_inputs(loaded: LoadedPlan, *, manifest_sha256: str | None = None) -> tu
         files.append(InputFile("teacher_config", loaded.teacher_config.path, base, None,
                                loaded.teacher_config.sha256))
     if plan.data.manifest:
-        digest = manifest_sha256 or sha256_bytes(read_input(plan.data.manifest, "the dataset manifest"))
+        digest = manifest_sha256 or sha256_bytes(read_input(plan.data.manifest, "the dataset manifest",
+                                                            max_bytes=MAX_MANIFEST_BYTES))
         files.append(InputFile("dataset_manifest", plan.data.manifest, base, None, digest))
     if plan.data.prompts:  # what an API teacher is asked (flopgate generate reads them against this digest)
         files.append(InputFile("prompts", plan.data.prompts, base, None,
                                sha256_bytes(read_input(plan.data.prompts, "the prompts file",
-                                                       source=str(loaded.path), field="data.prompts"))))
+                                                       source=str(loaded.path), field="data.prompts",
+                                                       max_bytes=MAX_DATA_BYTES))))
     if plan.teacher.authorization:  # check_authorization read it and found this digest
         files.append(InputFile("authorization", plan.teacher.authorization.document, base, None,
                                plan.teacher.authorization.sha256))

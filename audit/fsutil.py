@@ -10,6 +10,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from audit.limits import MAX_JSON_DEPTH, MAX_SMALL_FILE_BYTES
+
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
@@ -69,14 +71,17 @@ def fsync_dir(folder: Path) -> None:
 
 
 def read_input(path: str | os.PathLike, what: str = "file", *, source: str | None = None,
-               field: str | None = None) -> bytes:
+               field: str | None = None, max_bytes: int = MAX_SMALL_FILE_BYTES) -> bytes:
     """The bytes of the input file ``path``: the one reader for every file a user gives us.
 
     Only a regular file is read (a FIFO, device or socket could give other bytes to a second
-    reader). Every failure is an ``InputError`` naming the file (or ``source`` and ``field``,
-    when the path came from a field of another file) and what was expected.
+    reader), and only when it holds at most ``max_bytes`` (checked by ``fstat`` before reading,
+    and again on the bytes read; the limits are in ``audit.limits``). Every failure is an
+    ``InputError`` naming the file (or ``source`` and ``field``, when the path came from a field
+    of another file) and what was expected.
     """
     from audit.errors import InputError
+    from audit.numbers import byte_size
 
     path = Path(path)
 
@@ -87,16 +92,51 @@ def read_input(path: str | os.PathLike, what: str = "file", *, source: str | Non
 
     try:
         with open(path, "rb", opener=open_no_block) as handle:
-            mode = os.fstat(handle.fileno()).st_mode
+            info = os.fstat(handle.fileno())
+            mode, size = info.st_mode, info.st_size
             if not stat.S_ISREG(mode):
                 raise error(f"expected {what} to be a regular file, found {file_kind(mode)}")
-            return handle.read()
+            data = handle.read(max_bytes + 1) if size <= max_bytes else b""
+            if size > max_bytes or len(data) > max_bytes:
+                found = byte_size(max(size, len(data))) + ("" if size > max_bytes else " or more")
+                raise error(f"expected {what} of at most {byte_size(max_bytes)}, found {found}")
+            return data
     except FileNotFoundError:
         raise error(f"{what} not found") from None
     except IsADirectoryError:
         raise error(f"expected {what} to be a regular file, found a directory") from None
     except OSError as exc:
         raise error(f"cannot read {what} ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def files_under(folder: str | os.PathLike, what: str = "folder") -> list[Path]:
+    """Every file under ``folder`` (as ``Path.rglob("*")`` then ``is_file()`` give them: folders
+    are entered without following symlinks, a symlink to a file counts), without recursion:
+    sub-folders nested deeper than ``MAX_FOLDER_DEPTH`` levels are an ``InputError`` naming the
+    folder, never a ``RecursionError``. Unsorted."""
+    from audit.errors import InputError
+    from audit.limits import MAX_FOLDER_DEPTH
+
+    root = Path(folder)
+    found: list[Path] = []
+    stack = [(root, 0)] if root.is_dir() else []  # rglob of a missing folder is empty too
+    while stack:
+        current, depth = stack.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = list(listing)
+        except PermissionError:
+            continue  # as rglob does
+        for entry in entries:
+            path = current / entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if depth + 1 > MAX_FOLDER_DEPTH:
+                    raise InputError(f"expected a {what} with at most {MAX_FOLDER_DEPTH} levels of "
+                                     f"sub-folders, found more: {path.relative_to(root)}", source=str(root))
+                stack.append((path, depth + 1))
+            elif path.is_file():
+                found.append(path)
+    return found
 
 
 def file_kind(mode: int) -> str:
@@ -122,25 +162,36 @@ def decode_utf8(data: bytes, path: str | os.PathLike, what: str = "file") -> str
                          source=str(path)) from None
 
 
-def read_json(path: str | os.PathLike, what: str, *, missing: str | None = None):
-    """The parsed JSON file ``path``. ``InputError`` naming the file when it is missing
-    (``missing``, default "<what> not found") or unreadable: "cannot read <what> as JSON", with
-    the parser's line and column for malformed JSON, else the kind of error."""
+def read_json(path: str | os.PathLike, what: str, *, missing: str | None = None,
+              max_bytes: int = MAX_SMALL_FILE_BYTES):
+    """The parsed JSON file ``path`` (at most ``max_bytes``). ``InputError`` naming the file
+    when it is missing (``missing``, default "<what> not found") or unreadable: "cannot read
+    <what> as JSON", with the parser's line and column for malformed JSON, else the kind of
+    error."""
     from audit.errors import InputError
 
     if missing is not None and not Path(path).exists():
         raise InputError(missing, source=str(path))
-    return parse_json(read_input(path, what), path, what)
+    return parse_json(read_input(path, what, max_bytes=max_bytes), path, what)
 
 
 def parse_json(raw: bytes, path: str | os.PathLike, what: str):
     """``raw`` (bytes already read from ``path``, e.g. after checking their digest) as JSON;
     ``InputError`` "cannot read <what> as JSON" naming the file, with the parser's line and
-    column for malformed JSON, else the kind of error."""
+    column for malformed JSON, nesting deeper than ``MAX_JSON_DEPTH`` (checked before parsing),
+    else the kind of error."""
+    from audit.attest.canonical import json_depth
     from audit.errors import InputError
 
     try:
-        return json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        if json_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+            raise InputError(f"cannot read {what} as JSON (nested deeper than {MAX_JSON_DEPTH} levels)",
+                             source=str(path))
+        return json.loads(text)
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         detail = str(exc) if isinstance(exc, json.JSONDecodeError) else exc.__class__.__name__
         raise InputError(f"cannot read {what} as JSON ({detail})", source=str(path)) from None
+    except RecursionError:  # unreachable after the depth scan; kept as a last guard
+        raise InputError(f"cannot read {what} as JSON (nested deeper than {MAX_JSON_DEPTH} levels)",
+                         source=str(path)) from None

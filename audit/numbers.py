@@ -109,6 +109,14 @@ def quantity(value: float, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def byte_size(count: int) -> str:
+    """A size in bytes, in the largest binary unit it fills: ``4 MiB``, ``5.5 GiB``, ``812 bytes``."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f}".removesuffix(".0") + f" {unit}"
+    return counted(count, "byte")
+
+
 NEAR = 0.10
 """Within this share of a threshold a figure is "near" it: shown with at least three significant
 figures, and its margin as a signed percentage instead of a ratio."""

@@ -372,10 +372,11 @@ def load_plan(path: str | Path, raw: bytes | None = None) -> LoadedPlan:
     """Read (once), validate and resolve a plan file; ``raw``: its bytes, already read by the
     caller (the gate, which checked their digest). Raises ``InputError`` with a one-line message."""
     from audit.fsutil import decode_utf8, read_input, sha256_bytes
+    from audit.limits import MAX_SMALL_FILE_BYTES
     from audit.yamlio import load_yaml_text
 
     path = Path(path)
-    raw = read_input(path, "plan") if raw is None else raw
+    raw = read_input(path, "plan", max_bytes=MAX_SMALL_FILE_BYTES) if raw is None else raw
     data = load_yaml_text(decode_utf8(raw, path, "plan"), str(path))
     if not isinstance(data, dict):
         raise InputError("expected a YAML mapping at the top level", source=str(path))

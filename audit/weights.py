@@ -9,8 +9,9 @@ out by guessing names. Files are sorted by relative POSIX path (Python string or
 with a one-line :class:`~audit.errors.InputError` naming the path: a symlink whose target lies
 outside the folder (a Hugging Face cache snapshot links to ``../../blobs``: download with
 ``--local-dir`` or copy the files), a symlink to a folder, a dangling symlink, anything that is
-not a regular file (a FIFO, socket or device), and a name that is not UTF-8 or holds a line
-break (it could not be written in the digest's line format).
+not a regular file (a FIFO, socket or device), a name that is not UTF-8 or holds a line
+break (it could not be written in the digest's line format), and sub-folders nested deeper than
+``audit.limits.MAX_FOLDER_DEPTH`` (64) levels.
 
 Root digest (:func:`folder_digest`): sha256 over the lines ``"<sha256>  <relative path>\\n"``
 (the ``sha256sum`` format) of every file, sorted by path; the same scheme as
@@ -60,6 +61,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 
 from audit.errors import InputError
 from audit.fsutil import file_kind, open_no_block
+from audit.limits import MAX_FOLDER_DEPTH
 
 BLOCK_BYTES = 4 << 20                   # bytes per read (4 MiB)
 RACY_MARGIN_NS = 2_000_000_000          # a recorded file's ctime must be this much older than the hash (ns)
@@ -121,20 +123,23 @@ def model_folder_files(folder: str | os.PathLike) -> list[Path]:
     except OSError as exc:
         raise InputError(f"cannot read the model folder ({exc.strerror})", source=str(root)) from None
     found: list[str] = []
-    _walk(root, "", os.path.realpath(root), found)
+    _walk(root, os.path.realpath(root), found)
     if not found:
         raise InputError("the model folder holds no files", source=str(root))
     return [root / rel for rel in sorted(found)]
 
 
-def _walk(root: Path, prefix: str, real_root: str, found: list[str]) -> None:
-    """Append the relative paths of the files under ``root / prefix`` to ``found``."""
-    try:
-        with os.scandir(root / prefix if prefix else root) as entries:
-            listing = sorted(entries, key=lambda e: e.name)
-    except OSError as exc:
-        raise InputError(f"{prefix or '.'}: cannot list ({exc.strerror})", source=str(root)) from None
-    for entry in listing:
+def _walk(root: Path, real_root: str, found: list[str]) -> None:
+    """Append the relative paths of the files under ``root`` to ``found``, depth first in name
+    order. Iterative (a stack of open listings, not recursion): a folder nested thousands of
+    levels deep is refused at ``MAX_FOLDER_DEPTH`` levels, one line naming it."""
+    stack = [("", iter(_listing(root, "")))]
+    while stack:
+        prefix, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
         if entry.name.startswith("."):
             continue
         rel = prefix + entry.name
@@ -148,11 +153,24 @@ def _walk(root: Path, prefix: str, real_root: str, found: list[str]) -> None:
         except OSError as exc:
             raise InputError(f"{rel}: cannot stat ({exc.strerror})", source=str(root)) from None
         if stat.S_ISDIR(mode):
-            _walk(root, rel + "/", real_root, found)
+            if len(stack) > MAX_FOLDER_DEPTH:  # the top folder is not a sub-folder
+                raise InputError(f"{rel}: folders nested deeper than {MAX_FOLDER_DEPTH} levels; expected "
+                                 f"a model folder with at most {MAX_FOLDER_DEPTH} levels of sub-folders",
+                                 source=str(root))
+            stack.append((rel + "/", iter(_listing(root, rel + "/"))))
         elif stat.S_ISREG(mode):
             found.append(rel)
         else:
             raise InputError(f"{rel}: expected a regular file, found {file_kind(mode)}", source=str(root))
+
+
+def _listing(root: Path, prefix: str) -> list[os.DirEntry]:
+    """The entries of the folder ``root / prefix``, sorted by name."""
+    try:
+        with os.scandir(root / prefix if prefix else root) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as exc:
+        raise InputError(f"{prefix or '.'}: cannot list ({exc.strerror})", source=str(root)) from None
 
 
 def _check_name(root: Path, rel: str) -> None:

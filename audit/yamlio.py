@@ -7,7 +7,10 @@ A plain scalar shaped like a timestamp that is no real date (``2026-13-01``, ``2
 stays a string, so the schema that reads it names the field and what it expected. Flow
 collections (``[ ]``, ``{ }``) nested deeper than 64 levels are refused as the scanner meets
 them, with the line and column; block nesting deep enough to exhaust the recursion of PyYAML's
-composer (a few hundred levels) is an ``InputError`` too ("nesting too deep").
+composer (a few hundred levels) is an ``InputError`` too ("nesting too deep"). Aliases
+(``*name``) share one value, so a "billion laughs" file costs nothing to read, but code that
+walks the value would walk every copy: a document of more than ``MAX_YAML_NODES`` values once
+aliases are expanded, or with an alias inside the value it names, is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import yaml
 
 from audit.errors import InputError
+from audit.limits import MAX_YAML_NODES
 
 
 MAX_FLOW_DEPTH = 64
@@ -28,7 +32,16 @@ MAX_FLOW_DEPTH = 64
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads ``1e10``, ``2.0e10`` and ``-3E+5`` as floats, an impossible date
     such as ``2026-13-01`` as the string it is (PyYAML raises a bare ``ValueError``), and
-    refuses flow collections nested deeper than ``MAX_FLOW_DEPTH``."""
+    refuses flow collections nested deeper than ``MAX_FLOW_DEPTH``, documents larger than
+    ``MAX_YAML_NODES`` once aliases are expanded (a "billion laughs" bomb) and an alias inside
+    the collection it names (a recursive value)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        problem = _expansion_problem(node, MAX_YAML_NODES)
+        if problem:
+            raise yaml.composer.ComposerError(None, None, problem, node.start_mark)
+        return node
 
     def fetch_flow_collection_start(self, TokenClass):
         if self.flow_level >= MAX_FLOW_DEPTH:
@@ -45,6 +58,43 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _expansion_problem(root, limit: int) -> str | None:
+    """Why the node graph under ``root`` is refused, or None: more than ``limit`` nodes once
+    every alias is expanded, or an alias inside the collection it names. Iterative, and each
+    node is sized once (aliases share nodes), so a bomb costs its size in the file, not more."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > limit:
+                return (f"too large: more than {limit:,} values once aliases (*name) are expanded; "
+                        "write the values out or use fewer aliases")
+            continue
+        if key in sizes:
+            continue
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in open_nodes:
+                return "an alias (*name) inside the value it names: a recursive value"
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return None
 
 
 _Loader.add_implicit_resolver(

@@ -47,6 +47,7 @@ from typing import Any, Callable, Optional
 
 from audit.errors import InputError
 from audit.fsutil import read_input, sha256_bytes
+from audit.limits import MAX_DOCUMENT_BYTES
 from distill.gated import GateRefused
 
 CHAT_TEMPLATE_DIR = "additional_chat_templates/"
@@ -205,7 +206,7 @@ class AttestedInputs:
         for rel in present:
             if rel not in audited:
                 continue
-            raw = read_input(source / rel, "tokenizer file")
+            raw = read_input(source / rel, "tokenizer file", max_bytes=MAX_DOCUMENT_BYTES)
             digest = sha256_bytes(raw)
             if digest != audited[rel]:
                 reasons.append(f"tokenizer: {source / rel} has sha256 {digest[:12]}..., the audited {rel} "

@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from audit.errors import InputError
-from audit.fsutil import fsync_dir, read_json, sha256_file, write_atomic
+from audit.fsutil import files_under, fsync_dir, read_json, sha256_file, write_atomic
 from distill.distributed import DistContext, barrier
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -46,7 +46,7 @@ WEIGHTS_FILE = "model.safetensors"
 def checkpoint_digest(folder: str | Path) -> str:
     """Root sha256 over the sorted per-file sha256 of a folder (see the module docstring)."""
     folder = Path(folder)
-    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
+    files = sorted(files_under(folder), key=lambda p: p.relative_to(folder).as_posix())
     lines = "".join(f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}\n" for p in files)
     return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from audit.errors import InputError
-from audit.fsutil import decode_utf8, parse_json, read_input, sha256_file, write_atomic
+from audit.fsutil import decode_utf8, files_under, parse_json, read_input, sha256_file, write_atomic
+from audit.limits import MAX_DATA_BYTES, MAX_MANIFEST_BYTES
 from distill.checkpoint import checkpoint_digest
 from distill.losses import IGNORE_INDEX
 
@@ -93,7 +94,7 @@ def read_input_source(path: str | Path) -> Source:
     if path.is_dir():
         digest = checkpoint_digest(path)
         return Source(path, "dataset", _dataset_documents(path), digest, _size(path))
-    raw = read_input(path, "data file")
+    raw = read_input(path, "data file", max_bytes=MAX_DATA_BYTES)
     text = decode_utf8(raw, path, "data file")
     digest = hashlib.sha256(raw).hexdigest()
     if path.suffix == ".jsonl":
@@ -109,9 +110,13 @@ def jsonl_records(text: str, source: str):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"invalid JSON ({exc.msg})", source=source, field=f"line {number}") from None
+        except RecursionError:
+            raise InputError("invalid JSON (nested deeper than the parser can follow)", source=source,
+                             field=f"line {number}") from None
+        yield number, record
 
 
 def _jsonl_documents(text: str, path: Path) -> list:
@@ -397,7 +402,7 @@ def source_digest(path: str | Path) -> str:
 
 def _size(path: Path) -> int:
     if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return sum(f.stat().st_size for f in files_under(path, "dataset folder"))
     return path.stat().st_size
 
 
@@ -427,7 +432,7 @@ def read_manifest(path: str | Path, *, expected_sha256: Optional[str] = None) ->
     path = Path(path)
     if not path.exists():
         raise InputError("manifest not found", source=str(path))
-    raw = read_input(path, "the manifest")
+    raw = read_input(path, "the manifest", max_bytes=MAX_MANIFEST_BYTES)
     if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
         raise InputError(f"is not the audited manifest (sha256 {hashlib.sha256(raw).hexdigest()[:12]}... read, "
                          f"{expected_sha256[:12]}... audited)", source=str(path))

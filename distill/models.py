@@ -247,19 +247,34 @@ def load_config(path: str | Path | dict):
     config's JSON object already read (the audited one, as the gate read it)."""
     from transformers import AutoConfig
 
+    from audit.flops.configs import check_config_sizes
+
     if isinstance(path, dict):
         file, data = "the audited config", dict(path)
+        if "model_type" not in data:
+            raise InputError("expected a JSON object with a model_type", source=file, field="model_type")
+        check_config_sizes(data, source=file)
     else:
         path = Path(path)
         file = path / "config.json" if path.is_dir() else path
-        data = read_json(file, "the config", missing="config file not found")
-    if not isinstance(data, dict) or "model_type" not in data:
-        raise InputError("expected a JSON object with a model_type", source=str(file), field="model_type")
+        data = read_config_dict(file)
     model_type = data.pop("model_type")
     try:
         return AutoConfig.for_model(model_type, **data)
     except (ValueError, TypeError) as exc:
         raise InputError(f"unusable config ({_first_line(exc)})", source=str(file)) from None
+
+
+def read_config_dict(file: Path) -> dict:
+    """The ``config.json`` dict in ``file``, its sizes checked (``check_config_sizes``: no model
+    is built from a billion layers or a negative width)."""
+    from audit.flops.configs import check_config_sizes
+
+    data = read_json(file, "the config", missing="config file not found")
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise InputError("expected a JSON object with a model_type", source=str(file), field="model_type")
+    check_config_sizes(data, source=str(file))
+    return data
 
 
 def library_progress_bars(enabled: bool) -> None:
@@ -277,6 +292,8 @@ def _load_pretrained(model_dir: str | Path, dtype: torch.dtype, role: str) -> nn
     from transformers import AutoModelForCausalLM
 
     _require_dir(model_dir, role)
+    if (Path(model_dir) / "config.json").is_file():  # sizes checked before transformers builds it
+        read_config_dict(Path(model_dir) / "config.json")
     try:
         return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as exc:

@@ -83,12 +83,13 @@ def tokenizer_digest(folder: Path) -> dict:
     """{sha256, files}: ``files`` lists each tokenizer file of ``folder`` (:data:`TOKENIZER_FILES`)
     as {name, sha256, bytes}; ``sha256`` is over the lines ``"<sha256>  <name>\\n"`` in name order."""
     from audit.fsutil import read_input
+    from audit.limits import MAX_DOCUMENT_BYTES
 
     files = []
     for name in sorted(TOKENIZER_FILES):
         path = folder / name
         if path.is_file():
-            raw = read_input(path, "tokenizer file")
+            raw = read_input(path, "tokenizer file", max_bytes=MAX_DOCUMENT_BYTES)
             files.append({"name": name, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)})
     if not files:
         raise InputError(f"expected a tokenizer folder with one of {', '.join(TOKENIZER_FILES[:2])}",
@@ -110,8 +111,9 @@ def read_chat_template(path: Optional[str | Path]) -> Optional[str]:
     if path is None:
         return None
     from audit.fsutil import decode_utf8, read_input
+    from audit.limits import MAX_DOCUMENT_BYTES
 
-    text = decode_utf8(read_input(path, "chat template"), path, "chat template")
+    text = decode_utf8(read_input(path, "chat template", max_bytes=MAX_DOCUMENT_BYTES), path, "chat template")
     if not text.strip():
         raise InputError("expected a Jinja chat template, found an empty file", source=str(path))
     return text

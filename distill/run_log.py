@@ -22,6 +22,15 @@ TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
 
 
+def read_metrics_text(path: Path) -> str:
+    """The text of the metrics log ``path`` (read by ``audit.fsutil.read_input``, at most
+    ``MAX_DATA_BYTES``); ``InputError`` naming it when it cannot be read or is not UTF-8."""
+    from audit.fsutil import decode_utf8, read_input
+    from audit.limits import MAX_DATA_BYTES
+
+    return decode_utf8(read_input(path, "the metrics log", max_bytes=MAX_DATA_BYTES), path, "the metrics log")
+
+
 class MetricsLog:
     """JSONL, one object per optimizer step, written by rank 0 and flushed per line."""
 
@@ -32,10 +41,10 @@ class MetricsLog:
         if not self.path.is_file():
             return []
         records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in read_metrics_text(self.path).splitlines():
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 break  # a line cut short by a crash ends the log
         return records
 

@@ -72,10 +72,12 @@ def _loss_points(metrics_path: Path) -> list[tuple[int, float]]:
     points = []
     if not metrics_path.is_file():
         return points
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+    from distill.run_log import read_metrics_text
+
+    for line in read_metrics_text(metrics_path).splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             break
         loss = record.get("loss")
         if isinstance(loss, (int, float)) and loss == loss and abs(loss) != float("inf"):

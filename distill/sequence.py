@@ -104,6 +104,7 @@ def verify_generated(folder: str | Path, trusted_keys, audit_sha256: str) -> Gen
     from audit.attest import PREDICATE_GENERATION_RECORD, VerificationFailed
     from audit.attest.verify import read_envelope_file, verify_envelope_bytes
     from audit.fsutil import read_input, sha256_bytes
+    from audit.limits import MAX_DATA_BYTES
     from distill.generation.record import KEPT_FILE, RECORD_ENVELOPE
 
     folder = Path(folder)
@@ -126,7 +127,7 @@ def verify_generated(folder: str | Path, trusted_keys, audit_sha256: str) -> Gen
     expected = (predicate.get("outputs") or {}).get("kept_sha256")
     kept, kept_sha256 = b"", ""
     try:
-        kept = read_input(kept_path, "kept samples")
+        kept = read_input(kept_path, "kept samples", max_bytes=MAX_DATA_BYTES)
         kept_sha256 = sha256_bytes(kept)
         if kept_sha256 != expected:
             reasons.append(f"generated data: {kept_path} has sha256 {kept_sha256[:12]}..., the signed "

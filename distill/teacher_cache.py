@@ -57,6 +57,7 @@ from audit.compute.types import logit_cache_bytes_per_token
 
 from audit.errors import FlopgateError, InputError
 from audit.fsutil import read_json, sha256_file, write_atomic
+from audit.limits import MAX_MANIFEST_BYTES
 from distill.losses import (IGNORE_INDEX, Count, FusedOptions, LossSpec, _blockwise, _compute_dtype, _divide,
                             _FusedHeadLoss, blockwise_terms, compiled, default_chunk_size, elementwise_rows,
                             hard_label_terms, masked_sum_and_grad, matmul, resolve_chunk_size)
@@ -554,7 +555,8 @@ class TeacherCache:
 def read_index(folder: str | Path) -> CacheIndex:
     """The index of a cache folder; ``InputError`` when missing or malformed."""
     path = Path(folder) / INDEX_FILE
-    data = read_json(path, "the cache index", missing="no teacher cache index (an unfinished or missing cache)")
+    data = read_json(path, "the cache index", missing="no teacher cache index (an unfinished or missing cache)",
+                     max_bytes=MAX_MANIFEST_BYTES)
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or data.get("version") != CACHE_VERSION:
         raise InputError(f"expected format {CACHE_FORMAT!r} version {CACHE_VERSION}", source=str(path), field="format")
     fields = [name for name in CacheIndex.__dataclass_fields__]

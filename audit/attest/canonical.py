@@ -18,9 +18,8 @@ from typing import Any
 
 import rfc8785
 
-MAX_JSON_DEPTH = 64
-"""Deepest nesting of arrays and objects accepted in an envelope or a signed statement (ours
-are under 10 deep); checked before parsing, so no input reaches a ``RecursionError``."""
+from audit.limits import MAX_JSON_DEPTH  # deepest nesting of arrays and objects accepted (64;
+# ours are under 10 deep): checked before parsing, so no input reaches a ``RecursionError``
 
 _STRUCTURAL = re.compile(r'[\[\]{}"\\]')
 

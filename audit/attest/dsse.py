@@ -9,7 +9,9 @@ Parsing is strict, so that no other parser can read another envelope out of the 
 repeated JSON keys, NaN/Infinity and nesting deeper than 64 levels are refused (see
 ``canonical.strict_json_loads``), and ``payload`` and ``sig`` must be canonical standard base64
 (RFC 4648 section 4 alphabet, with padding, no whitespace, unused trailing bits zero). DSSE also
-lets writers use URL-safe base64; we write standard base64 and read only that.
+lets writers use URL-safe base64; we write standard base64 and read only that. An envelope with
+more than ``audit.limits.MAX_SIGNATURES`` (16) signatures is refused before any is decoded or
+verified (each is tried on every trusted key: 100,000 took over a minute).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from audit.attest import PAYLOAD_TYPE, VerificationFailed
 from audit.attest.canonical import StrictJSONError, strict_json_loads
 from audit.attest.keys import TrustedKey, key_id
 from audit.fsutil import write_atomic
+from audit.limits import MAX_SIGNATURES
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -126,6 +129,9 @@ def parse_envelope(data: bytes | str | dict) -> Envelope:
     raw_signatures = data["signatures"]
     if not isinstance(raw_signatures, list) or not raw_signatures:
         raise VerificationFailed("envelope", "signatures: expected a non-empty list")
+    if len(raw_signatures) > MAX_SIGNATURES:  # each is tried on every trusted key: refused unread
+        raise VerificationFailed("envelope", f"signatures: expected at most {MAX_SIGNATURES} signatures, "
+                                             f"found {len(raw_signatures)}")
     signatures = []
     for i, entry in enumerate(raw_signatures):
         if not isinstance(entry, dict) or "sig" not in entry:

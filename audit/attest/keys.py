@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from audit.errors import InputError
 from audit.fsutil import read_input, write_atomic
+from audit.limits import MAX_KEY_BYTES
 
 PASSPHRASE_ENV = "FLOPGATE_KEY_PASSPHRASE"
 HOME_ENV = "FLOPGATE_HOME"
@@ -126,7 +127,7 @@ def load_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
     An encrypted key is decrypted with ``FLOPGATE_KEY_PASSPHRASE``.
     """
     path = Path(path).expanduser()
-    data = read_input(path, "private key")
+    data = read_input(path, "private key", max_bytes=MAX_KEY_BYTES)
     check_private_key_mode(path)
     if b"BEGIN OPENSSH PRIVATE KEY" in data:
         key = _load_openssh_private(data, path)
@@ -166,7 +167,7 @@ def _load_openssh_private(data: bytes, path: Path):
 def load_public_key(path: str | os.PathLike) -> Ed25519PublicKey:
     """Load an Ed25519 public key: PEM (``BEGIN PUBLIC KEY``) or OpenSSH (``ssh-ed25519 ...``)."""
     path = Path(path).expanduser()
-    data = read_input(path, "public key")
+    data = read_input(path, "public key", max_bytes=MAX_KEY_BYTES)
     try:
         if data.lstrip().startswith(b"ssh-"):
             key = ser.load_ssh_public_key(data.strip())
@@ -253,7 +254,7 @@ def load_cache_mac_key(path: str | os.PathLike) -> bytes:
     mode. ``InputError`` naming the file (never its contents) when it cannot be used."""
     path = Path(path).expanduser()
     what = "cache MAC key"
-    data = read_input(path, what)
+    data = read_input(path, what, max_bytes=MAX_KEY_BYTES)
     check_secret_file_mode(path, what)
     try:
         key = bytes.fromhex(data.decode("ascii").strip())

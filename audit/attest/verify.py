@@ -28,6 +28,7 @@ from audit.attest.keys import TrustedKey
 from audit.attest.statement import (audited_outcome, check_subjects, pack_version_changes,
                                     parse_statement)
 from audit.fsutil import read_input, sha256_bytes
+from audit.limits import MAX_ENVELOPE_BYTES
 
 InstalledPackVersions = Callable[[], Mapping[str, str]]
 
@@ -58,7 +59,7 @@ class Verified:
 
 def read_envelope_file(path: str | os.PathLike) -> bytes:
     """The bytes of an envelope file; a missing or unreadable file is an ``InputError``."""
-    return read_input(path, "envelope file")
+    return read_input(path, "envelope file", max_bytes=MAX_ENVELOPE_BYTES)
 
 
 def verify_envelope_bytes(data: bytes, trusted_keys: Sequence[TrustedKey], *,

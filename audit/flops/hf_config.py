@@ -25,13 +25,17 @@ def has_shape_fields(data: dict[str, Any]) -> bool:
 
 
 def build_config(data: dict[str, Any], *, source: str):
-    """A transformers config from a config.json dict; checks it is a causal LM (or an
-    encoder-decoder LM) and that it says what size the model is."""
+    """A transformers config from a config.json dict; checks its sizes are sane
+    (``configs.check_config_sizes``), that it is a causal LM (or an encoder-decoder LM) and that
+    it says what size the model is."""
     import transformers
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                         MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
 
+    from audit.flops.configs import check_config_sizes
+
+    check_config_sizes(data, source=source)  # before transformers builds anything from it
     model_type = data["model_type"]
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
         known = "known" if model_type in transformers.CONFIG_MAPPING else "unknown"

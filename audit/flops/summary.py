@@ -140,7 +140,7 @@ def _read_entry(path: Path, name: str, key: bytes) -> ModelSummary | None:
     try:
         if not path.is_file() or path.stat().st_size > ENTRY_MAX_BYTES:
             return None
-        raw = read_input(path, "count cache entry")
+        raw = read_input(path, "count cache entry", max_bytes=ENTRY_MAX_BYTES)
     except (OSError, InputError):
         return None
     try:

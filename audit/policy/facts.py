@@ -19,6 +19,7 @@ from pathlib import Path
 
 from audit.errors import InputError
 from audit.fsutil import parse_json, read_input, sha256_bytes
+from audit.limits import MAX_DOCUMENT_BYTES, MAX_MANIFEST_BYTES
 from audit.plan import LoadedPlan, Plan
 from audit.policy.conditions import PlanFacts
 from audit.policy.packs import PolicySet
@@ -80,7 +81,7 @@ def read_manifest_facts(manifest: str, *, source: str) -> PlanFacts:
     path = Path(manifest)
     if not path.exists():
         raise InputError(f"the dataset manifest not found: {path}", source=source, field="data.manifest")
-    raw = read_input(path, "the dataset manifest")
+    raw = read_input(path, "the dataset manifest", max_bytes=MAX_MANIFEST_BYTES)
     where = str(path)
     data = parse_json(raw, path, "the dataset manifest")
     if not isinstance(data, dict):
@@ -140,7 +141,8 @@ def check_authorization(loaded: LoadedPlan) -> None:
         return
     source = str(loaded.path)
     path = Path(auth.document)
-    actual = sha256_bytes(read_input(path, "document", source=source, field="teacher.authorization.document"))
+    actual = sha256_bytes(read_input(path, "document", source=source, field="teacher.authorization.document",
+                                   max_bytes=MAX_DOCUMENT_BYTES))
     if actual != auth.sha256:
         raise InputError(f"does not match the document {path.name} (its sha256 is {actual})",
                          source=source, field="teacher.authorization.sha256")
@@ -177,7 +179,7 @@ def _front_matter_licenses(readme: Path) -> list[str]:
 
 def _text(path: Path) -> str:
     """A model card or licence file's text; undecodable bytes do not stop a licence search."""
-    return read_input(path, "licence file").decode("utf-8", errors="replace")
+    return read_input(path, "licence file", max_bytes=MAX_DOCUMENT_BYTES).decode("utf-8", errors="replace")
 
 
 def license_ids_in_text(text: str, packs: PolicySet) -> list[str]:

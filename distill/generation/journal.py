@@ -40,6 +40,7 @@ from typing import Optional
 
 from audit.errors import InputError
 from audit.fsutil import parse_json, read_input, write_atomic
+from audit.limits import MAX_DATA_BYTES
 
 JOB_FILE, SAMPLES_FILE, ATTEMPTS_FILE = "job.json", "samples.jsonl", "attempts.jsonl"
 MAC_FIELD = "mac"
@@ -116,12 +117,12 @@ def read_jsonl(path: Path, what: str, seal: JobSeal) -> list[dict]:
     the file is never changed here."""
     if not path.exists():
         return []
-    raw = read_input(path, what)
+    raw = read_input(path, what, max_bytes=MAX_DATA_BYTES)
     rows = []
     for index, line in enumerate(raw[:raw.rfind(b"\n") + 1].split(b"\n")[:-1]):
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InputError(f"line {index + 1} is not JSON: the file was edited or damaged", source=str(path)) from None
         if not isinstance(row, dict):
             raise InputError(f"line {index + 1} is not a JSON object", source=str(path))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from audit.errors import InputError
 from audit.fsutil import read_input, sha256_bytes
+from audit.limits import MAX_DATA_BYTES
 
 ROLES = ("system", "developer", "user", "assistant")
 MESSAGE_OVERHEAD_TOKENS = 8
@@ -47,7 +48,8 @@ def read_prompts(path: str | Path, *, expected_sha256: str | None, source: str |
     """(the prompts, the sha256 of the bytes read). ``expected_sha256`` is the audited digest:
     other bytes are refused before they are parsed."""
     path = Path(path)
-    raw = read_input(path, "the prompts file", source=source, field="data.prompts" if source else None)
+    raw = read_input(path, "the prompts file", source=source, field="data.prompts" if source else None,
+                     max_bytes=MAX_DATA_BYTES)
     digest = sha256_bytes(raw)
     if expected_sha256 is not None and digest != expected_sha256:
         raise InputError(f"is not the audited prompts file (sha256 {digest[:12]}... read, {expected_sha256[:12]}... "
@@ -70,6 +72,9 @@ def parse_prompts(raw: bytes, path: str | Path) -> list[Prompt]:
             item = json.loads(line)
         except ValueError as exc:
             raise InputError(f"expected one JSON object a line ({exc})", source=where) from None
+        except RecursionError:
+            raise InputError("expected one JSON object a line (nested deeper than the parser can follow)",
+                             source=where) from None
         if not isinstance(item, dict):
             raise InputError("expected a JSON object with id and messages (or prompt)", source=where)
         unknown = sorted(set(item) - {"id", "messages", "prompt", "metadata"})

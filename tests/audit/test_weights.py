@@ -430,3 +430,36 @@ def test_model_folders_names_the_teacher_a_local_base_student_and_the_tokenizer(
     assert model_folders(plan("gpt-4o", access="api", init="scratch")) == []
     assert model_folders(plan("gpt-4o", access="api", init="scratch", data_tokenizer=str(tokenizer))) == [
         ("tokenizer", tokenizer)]
+
+
+def test_a_folder_1500_levels_deep_is_one_line_not_a_recursion_error(tmp_path):
+    root = tmp_path / "model"
+    levels = [Path(root, *["d"] * n) for n in range(1501)]  # about 3,000 characters: under PATH_MAX
+    for level in levels:  # one by one: mkdir(parents=True) and rmtree recurse too
+        level.mkdir()
+    (levels[-1] / "w.bin").write_bytes(b"x")
+    try:
+        with pytest.raises(InputError) as raised:
+            model_folder_files(root)
+    finally:
+        (levels[-1] / "w.bin").unlink()
+        for level in reversed(levels):
+            level.rmdir()
+    message = str(raised.value)
+    assert "\n" not in message and str(root) in message
+    assert "nested deeper than 64 levels" in message and message.count("d/") == 64
+
+
+def test_a_folder_64_levels_deep_is_listed_in_the_same_order_as_before(tmp_path):
+    root = make_folder(tmp_path / "model")
+    deep = Path(root, *["d"] * 64)  # 64 levels of sub-folders: the most listed
+    deep.mkdir(parents=True)
+    (deep / "w.bin").write_bytes(b"x")
+    (root / "a").mkdir()
+    (root / "a" / "z.bin").write_bytes(b"z")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "hidden.bin").write_bytes(b"h")
+    rels = [p.relative_to(root).as_posix() for p in model_folder_files(root)]
+    expected = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    assert rels == expected and "/".join(["d"] * 64) + "/w.bin" in rels

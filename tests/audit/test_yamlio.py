@@ -60,3 +60,30 @@ def test_deep_block_nesting_is_one_line_not_a_recursion_error(text):
 def test_brackets_inside_quoted_text_are_not_nesting():
     text = "a: '" + "[" * 500 + "'\nb: \"" + "{" * 500 + "\"\n"
     assert load_yaml_text(text, "x.yaml") == {"a": "[" * 500, "b": "{" * 500}
+
+
+def _laughs(levels: int) -> str:
+    """A "billion laughs" document: each anchor a list of nine aliases of the one before."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_billion_laughs_is_refused_before_anything_walks_it():
+    started = time.monotonic()
+    with pytest.raises(InputError) as raised:
+        load_yaml_text(_laughs(9), "bomb.yaml")  # 9**10 strings once expanded
+    assert str(raised.value).startswith("bomb.yaml: line 1, column 1: invalid YAML (too large: more than "
+                                        "1,000,000 values once aliases (*name) are expanded")
+    assert time.monotonic() - started < 5
+
+
+def test_an_alias_inside_the_value_it_names_is_refused():
+    with pytest.raises(InputError, match="an alias .* inside the value it names"):
+        load_yaml_text("a: &x [1, {b: *x}]\n", "loop.yaml")
+
+
+def test_ordinary_aliases_and_merge_keys_still_read():
+    assert load_yaml_text(_laughs(4), "ok.yaml")["a4"][8][8][8][8] == ["lol"] * 9  # 9**5 values: fine
+    data = load_yaml_text("base: &b {k: 1}\nother:\n  <<: *b\n  j: 2\nlist: [*b, *b]\n", "ok.yaml")
+    assert data == {"base": {"k": 1}, "other": {"k": 1, "j": 2}, "list": [{"k": 1}, {"k": 1}]}

@@ -31,7 +31,8 @@ def test_text_files_split_at_blank_lines_and_jsonl_reads_text(tmp_path):
 
 @pytest.mark.parametrize("line, problem", [('{"text": 5}', "string field 'text'"),
                                            ('{"txt": "a"}', "string field 'text'"),
-                                           ('{"text": "a"', "invalid JSON")])
+                                           ('{"text": "a"', "invalid JSON"),
+                                           ("[" * 100_000 + "]" * 100_000, "nested deeper")])
 def test_bad_jsonl_line_is_an_input_error_naming_file_and_line(tmp_path, line, problem):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "fine"}\n' + line + "\n", encoding="utf-8")
@@ -209,3 +210,19 @@ def test_jsonl_chat_records_are_read_for_prepare_and_refused_by_the_raw_loader(t
                                               {"role": "assistant", "content": "the fox ."}]]
     with pytest.raises(InputError, match="messages: .*flopgate data prepare"):
         read_documents(path)
+
+
+def test_a_dataset_folder_1500_levels_deep_is_one_line(tmp_path):
+    # hashing the folder (rglob) used to end in RecursionError
+    levels = [tmp_path.joinpath("ds", *["d"] * n) for n in range(1501)]
+    for level in levels:  # one by one: mkdir(parents=True) and rmtree recurse
+        level.mkdir()
+    (levels[-1] / "data.arrow").write_bytes(b"x")
+    try:
+        with pytest.raises(InputError) as err:
+            read_documents(tmp_path / "ds")
+    finally:
+        (levels[-1] / "data.arrow").unlink()
+        for level in reversed(levels):
+            level.rmdir()
+    assert "at most 64 levels of sub-folders" in str(err.value) and "\n" not in str(err.value)

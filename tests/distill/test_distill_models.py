@@ -174,3 +174,50 @@ def test_end_of_turn_is_the_special_token_after_an_answer(tmp_path, template, sp
     model = build_student("scratch", config=write_config(tmp_path / "config.json"))
     stop_at_end_of_turn(model, tokenizer)
     assert model.generation_config.eos_token_id == (want if len(want) > 1 else want[0])
+
+
+@pytest.mark.parametrize("field, value", [("num_hidden_layers", -1), ("num_hidden_layers", 0),
+                                          ("hidden_size", -32), ("vocab_size", 0)])
+def test_a_student_config_of_impossible_size_is_refused_before_building(tmp_path, field, value):
+    # -1 layers used to build a model with no layers at all
+    config = write_config(tmp_path / "student.json")
+    data = json.loads(config.read_text())
+    config.write_text(json.dumps({**data, field: value}))
+    with pytest.raises(InputError, match=f"{field}: expected a whole number from 1 to "):
+        build_student("scratch", config=config)
+
+
+def test_a_billion_layer_student_is_refused_at_once(tmp_path):
+    # it used to hang building the layers, then take gigabytes: run where it can do neither
+    import os
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = write_config(tmp_path / "student.json")
+    config.write_text(json.dumps({**json.loads(config.read_text()), "num_hidden_layers": 10**9}))
+    code = ("from distill.models import build_student\n"
+            "from audit.errors import InputError\n"
+            "try:\n"
+            f"    build_student('scratch', config={str(config)!r})\n"
+            "except InputError as exc:\n"
+            "    print(exc)\n")
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    limit = 8 << 30
+    try:
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    except subprocess.TimeoutExpired:
+        pytest.fail("building a billion-layer student did not stop in 120 s")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "num_hidden_layers: expected a whole number from 1 to 10,000" in result.stdout
+
+
+def test_a_teacher_folder_config_of_impossible_size_is_refused_before_loading(tmp_path):
+    folder = make_model_dir(tmp_path / "teacher", STUDENT_SHAPE)
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, "num_attention_heads": -2}))
+    with pytest.raises(InputError, match="num_attention_heads: expected a whole number"):
+        load_teacher(folder)

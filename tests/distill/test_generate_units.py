@@ -35,6 +35,7 @@ def test_prompts_accept_messages_or_prompt():
     ('{"id": "a", "prompt": "x", "temperature": 2}', "temperature", "unknown key"),
     ('[1, 2]', None, "JSON object"),
     ('{"id": "a", "prompt": "x"', None, "one JSON object a line"),
+    ("[" * 100_000 + "]" * 100_000, None, "nested deeper than the parser can follow"),
 ])
 def test_a_bad_prompt_line_names_file_line_and_field(line, field, words):
     with pytest.raises(InputError) as caught:

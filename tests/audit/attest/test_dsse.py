@@ -174,3 +174,14 @@ def test_signed_payloads_that_are_not_our_statements_fail_with_their_reason(sign
     with pytest.raises(VerificationFailed) as info:
         verify_envelope_bytes(envelope, [signer.trusted], check_files=False)
     assert info.value.reason == reason
+
+
+def test_more_than_16_signatures_are_refused_before_any_is_decoded(signer, payload):
+    data = _envelope_dict(sign(payload, signer.private_key).to_bytes())
+    data["signatures"] = data["signatures"] * 16
+    assert len(parse_envelope(data).signatures) == 16
+    data["signatures"] = data["signatures"] + [{"keyid": "", "sig": "not base64!"}]
+    with pytest.raises(VerificationFailed) as raised:
+        parse_envelope(data)
+    assert raised.value.reason == "envelope"
+    assert "signatures: expected at most 16 signatures, found 17" in str(raised.value)

@@ -257,3 +257,14 @@ def test_missing_manifest_names_the_plan_field(tmp_path, builtin_packs):
         read_plan_facts(load_plan(path))
     assert str(info.value) == (f"{path}: data.manifest: the dataset manifest not found: "
                                f"{tmp_path / 'data' / 'manifest.json'}")
+
+
+def test_a_yaml_bomb_in_the_teachers_front_matter_is_one_line(tmp_path, builtin_packs):
+    # str() of the licence value walked every copy: 9**9 strings, a hang then MemoryError
+    laughs = ['a0: &a0 ["l", "l", "l", "l", "l", "l", "l", "l", "l"]']
+    laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    _teacher_dir(tmp_path, readme="---\n" + "\n".join(laughs) + "\nlicense: *a8\n---\n")
+    with pytest.raises(InputError) as raised:
+        read_local_licenses(tmp_path / "teacher", builtin_packs)
+    message = str(raised.value)
+    assert "README.md (front matter)" in message and "values once aliases (*name) are expanded" in message
