@@ -118,6 +118,7 @@ class ChartLayout:
     thresholds: tuple[PlacedThreshold, ...]
     legend: tuple[tuple[str, str, str], ...]   # (colour, label, figure)
     legend_y: float
+    rules_date: str = "the rules date"         # the date regimes were judged in force (the audit's as_of)
 
 
 def _number(value) -> bool:
@@ -306,8 +307,8 @@ def _whisker(low: float, high: float, y: float) -> str:
 
 
 DASHED = {"stroke_width": "1.5", "stroke_dasharray": "5 3"}
-THRESHOLD_KEY = ((THRESHOLD_COLOUR, "legal threshold in force on the start date"),
-                 (INACTIVE_COLOUR, "threshold not in force on the start date"),
+THRESHOLD_KEY = ((THRESHOLD_COLOUR, "legal threshold in force on {date}"),
+                 (INACTIVE_COLOUR, "threshold not in force on {date}"),
                  (None, "Each threshold line crosses the bar of the figure its rule compares."))
 SMALL, NORMAL = {"font_size": "10", "fill": "#444"}, {"font_size": "11", "fill": "#222"}
 
@@ -355,7 +356,7 @@ def _legend_svg(layout: ChartLayout) -> list[str]:
         for colour, label in THRESHOLD_KEY:
             if colour:
                 parts.append(_line(x, y - 4, x + 12, y - 4, stroke=colour, **DASHED))
-            parts.append(_text(x + 18 if colour else x, y, label, **NORMAL))
+            parts.append(_text(x + 18 if colour else x, y, label.format(date=layout.rules_date), **NORMAL))
             y += 16
     if any(bar.band_x for bar in layout.bars):
         parts.append(_whisker(x, x + 12, y - 4))
@@ -454,7 +455,10 @@ def thresholds_from_regimes(regimes: list[dict]) -> list[Threshold]:
             for r in regimes if _positive(r.get("threshold_flops")) and regime_notion(r)]
 
 
-def compute_chart(compute: dict, regimes: list[dict]) -> Markup:
+def compute_chart(compute: dict, regimes: list[dict], rules_date: str | None = None) -> Markup:
+    """The chart of an audit's ``compute`` against its ``regimes``, in force as of ``rules_date``
+    (the audit's ``as_of``, the date the page's "Rules applied as of" names)."""
     thresholds = thresholds_from_regimes(regimes)
     bars = bars_from_compute(compute, {t.notion for t in thresholds})
-    return render_svg(layout_chart(bars, thresholds))
+    layout = layout_chart(bars, thresholds)
+    return render_svg(replace(layout, rules_date=rules_date) if rules_date else layout)

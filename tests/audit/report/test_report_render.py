@@ -366,3 +366,12 @@ def test_a_missing_nested_field_is_an_input_error(review_case):
     assert "\n" not in str(caught.value)
     with pytest.raises(InputError, match="expected a JSON object"):
         render_audit_html([], signer_fingerprint=None)
+
+
+def test_the_chart_legend_names_the_date_the_rules_apply_as_of(review_case):
+    """The legend said "in force on the start date" while the page said "Rules applied as of"
+    another date (the later of the start and the audit day)."""
+    review_case["as_of"] = "2027-02-05"
+    html = render(review_case)
+    assert "Rules applied as of <strong>2027-02-05</strong>" in html
+    assert "legal threshold in force on 2027-02-05" in html and "start date" not in html
