@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from audit.numbers import exact
 from audit.plan_schema import ID_FIELDS, ID_LIST_TITLES, id_lists, plan_schema
 
 HEADER = """# Plan reference
@@ -95,7 +96,7 @@ def _type(prop: dict, defs: dict) -> str:
     for keyword, sign in (("exclusiveMinimum", ">"), ("minimum", ">="), ("exclusiveMaximum", "<"),
                           ("maximum", "<=")):
         if keyword in prop:
-            bounds.append(f"{sign} {prop[keyword]:g}")
+            bounds.append(f"{sign} {exact(prop[keyword])}")
     if prop.get("minLength"):
         bounds.append("not empty")
     if prop.get("minItems"):
