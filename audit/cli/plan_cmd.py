@@ -1,7 +1,8 @@
 """``flopgate plan schema|doc|init``: the plan format, for people and editors.
 
-- ``plan schema [--out FILE]``: the plan's JSON Schema (``audit/plan.schema.json`` is this output);
-- ``plan doc [--out FILE]``: the plan reference (``docs/plan.md`` is this output);
+- ``plan schema [--out FILE] [--policies DIR]``: the plan's JSON Schema (``audit/plan.schema.json`` is
+  this output without ``--policies``; with it, the organisation packs' ids join the lists);
+- ``plan doc [--out FILE] [--policies DIR]``: the plan reference (``docs/plan.md``, likewise);
 - ``plan init PATH --teacher ... --access ... --student-config ... --jurisdictions ... --scope ...
   --distribution ... --organization ...``: write a commented starting plan. Flags only, never a
   prompt (it runs the same in a script and a terminal); a missing flag is a usage error naming it.
@@ -31,9 +32,11 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="plan_command", metavar="SUBCOMMAND", required=True)
     schema = sub.add_parser("schema", help="print (or write) the plan's JSON Schema")
     schema.add_argument("--out", metavar="FILE", help="write the schema to FILE instead of printing it")
+    _policies_option(schema)
     schema.set_defaults(func=run_schema)
     doc = sub.add_parser("doc", help="print (or write) the plan reference (docs/plan.md)")
     doc.add_argument("--out", metavar="FILE", help="write the reference to FILE instead of printing it")
+    _policies_option(doc)
     doc.set_defaults(func=run_doc)
 
     init = sub.add_parser("init", help="write a commented starting plan (never overwrites)",
@@ -66,6 +69,18 @@ def register(subparsers) -> None:
     init.set_defaults(func=run_init)
 
 
+def _policies_option(parser) -> None:
+    parser.add_argument("--policies", action="append", default=[], metavar="DIR",
+                        help="a folder of organisation policy packs whose hosts, licences and jurisdictions "
+                        "join the id lists (repeatable)")
+
+
+def _packs(args):
+    from audit.policy.packs import load_packs
+
+    return load_packs([Path(d) for d in args.policies])
+
+
 def _write_or_print(text: str, out: str | None) -> int:
     if out is None:
         print(text, end="")
@@ -80,13 +95,13 @@ def _write_or_print(text: str, out: str | None) -> int:
 def run_schema(args) -> int:
     from audit.plan_schema import plan_schema, schema_text
 
-    return _write_or_print(schema_text(plan_schema()), args.out)
+    return _write_or_print(schema_text(plan_schema(_packs(args))), args.out)
 
 
 def run_doc(args) -> int:
     from audit.plan_doc import plan_doc
 
-    return _write_or_print(plan_doc(), args.out)
+    return _write_or_print(plan_doc(_packs(args)), args.out)
 
 
 def _q(value) -> str:

@@ -114,3 +114,14 @@ def test_plan_schema_command_prints_and_writes(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == plan_schema()
     assert main(["plan", "doc", "--out", str(tmp_path / "plan.md")]) == 0
     assert (tmp_path / "plan.md").read_text() == plan_doc()
+
+
+def test_organisation_packs_join_the_id_lists(capsys):
+    org = ROOT / "tests" / "audit" / "policy" / "org_packs" / "japan-regime"
+    builtin = plan_schema()["$defs"]["Organization"]["properties"]["jurisdictions"]["items"]["examples"]
+    assert main(["plan", "schema", "--policies", str(org)]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    codes = schema["$defs"]["Organization"]["properties"]["jurisdictions"]["items"]["examples"]
+    assert "JP" not in builtin and set(codes) == set(builtin) | {"JP"}
+    assert main(["plan", "doc", "--policies", str(org)]) == 0
+    assert "`JP`" in capsys.readouterr().out
