@@ -83,13 +83,17 @@ Count = Annotated[int, BeforeValidator(_count), Field(le=MAX_COUNT)]
 
 
 class Organization(StrictModel):
-    name: str = Field(min_length=1)
+    """Who trains the student, and where its model is placed on the market."""
+
+    name: str = Field(min_length=1, description="the organisation's name, as in its legal documents")
     jurisdictions: list[str] = Field(min_length=1, description="markets served (where the model is placed "
                                      "on the market or used), ISO 3166 codes: EU, US-CA, US-NY, KR")
     domicile: Optional[str] = Field(default=None, description="one code: where the organisation is domiciled "
                                     "or has its principal place of business (licence region clauses read this); "
                                     "unknown means REVIEW wherever a region clause applies")
-    annual_revenue_usd: Optional[Number] = Field(default=None, ge=0)
+    annual_revenue_usd: Optional[Number] = Field(default=None, ge=0, description="annual revenue in US dollars "
+                                                  "(licence revenue caps and rules read it); unknown means "
+                                                  "REVIEW wherever such a cap applies")
     monthly_active_users: Optional[Number] = Field(
         default=None, ge=0, description="monthly active users of all products or services made available by or "
         "for the organisation and its affiliates (what licence user caps such as Llama's count); unknown means "
@@ -114,8 +118,9 @@ class Organization(StrictModel):
 class Authorization(StrictModel):
     """A provider's written permission: a document on disk and its sha256."""
 
-    document: str = Field(min_length=1)
-    sha256: str
+    document: str = Field(min_length=1, description="path of the signed permission document, relative to the "
+                          "plan file's folder")
+    sha256: str = Field(description="sha256 of the document's bytes: 64 lowercase hex digits")
 
     @field_validator("sha256")
     @classmethod
@@ -173,12 +178,14 @@ def _endpoint_parts(url: str) -> tuple[str, str, int]:
 
 
 class Teacher(StrictModel):
+    """The model whose outputs the student learns from, and how it is reached."""
+
     model: str = Field(min_length=1, description="registry id, HF repo id, API model name or local dir")
-    access: Literal["weights", "api", "consumer_app"]
+    access: Literal["weights", "api", "consumer_app"] = Field(description="how the teacher is reached: weights (its weights run on your hardware), api (a provider's or host's API), consumer_app (a chat app); the channel decides which terms apply")
     config: Optional[str] = Field(default=None, description="bundled name, config.json path or model dir")
-    parameters: Optional[Number] = Field(default=None, gt=0, description="estimate when there is no config")
-    license: Optional[str] = Field(default=None, description="licence id when the registry does not know the model")
-    authorization: Optional[Authorization] = None
+    parameters: Optional[Number] = Field(default=None, gt=0, description="number of parameters (a count, not billions): the declared estimate when there is no config")
+    license: Optional[str] = Field(default=None, description="licence id of the teacher, needed when no policy pack names the model (unknown ids mean REVIEW); several joined with AND")
+    authorization: Optional[Authorization] = Field(default=None, description="the provider's written permission to train on its outputs; lifts clauses that a permission lifts")
     weights: Optional[str] = Field(default=None, description="local Hugging Face folder of the teacher "
                                    "(config, tokenizer, weights): hashed and signed by check, re-hashed by the "
                                    "gate; training needs it")
@@ -218,7 +225,7 @@ class Adapter(StrictModel):
     no gradients, so a training step costs the frozen model's forward and its input-gradient
     backward, plus the adapters' forward and full backward (``audit.flops.adapter``)."""
 
-    kind: Literal["lora"]
+    kind: Literal["lora"] = Field(description="the adapter type (LoRA, as PEFT builds it)")
     rank: Count = Field(gt=0, le=MAX_COUNT, description="r: the adapters' inner dimension")
     alpha: Optional[Number] = Field(default=None, gt=0, description="lora_alpha (scaling; no FLOP)")
     target_modules: list[str] = Field(min_length=1, description="the linear modules that get adapters, matched as "
@@ -237,10 +244,12 @@ class Adapter(StrictModel):
 
 
 class Student(StrictModel):
-    name: str = Field(min_length=1)
-    config: str = Field(min_length=1)
-    init: Literal["scratch", "base", "pruned_teacher"] = "scratch"
-    base_model: Optional[str] = None
+    """The model being trained."""
+
+    name: str = Field(min_length=1, description="the student's release name (licence naming clauses read it)")
+    config: str = Field(min_length=1, description="its architecture: a bundled config name, a config.json path or a model folder (relative paths are read from the plan file's folder)")
+    init: Literal["scratch", "base", "pruned_teacher"] = Field(default="scratch", description="where its weights start: scratch (random), base (a pre-trained model, base_model), pruned_teacher (cut down from the teacher)")
+    base_model: Optional[str] = Field(default=None, description="init base: the pre-trained model's id or folder (its licence binds the student)")
     license: Optional[str] = Field(default=None, description="licence the student is released under")
     adapter: Optional[Adapter] = Field(default=None, description="train adapters on the frozen student instead "
                                        "of the whole model (LoRA); unset, every weight trains")
@@ -255,15 +264,17 @@ class Student(StrictModel):
 
 
 class Data(StrictModel):
+    """The training data."""
+
     tokens: Number = Field(gt=0, description="training tokens seen by the student per epoch")
-    manifest: Optional[str] = None
+    manifest: Optional[str] = Field(default=None, description="dataset manifest written by flopgate data prepare (path); hashed and signed by check, and its token count bounds tokens")
     prompts: Optional[str] = Field(default=None, description="JSONL file of the prompts an API teacher answers "
                                    "(one object a line: id, and messages or prompt); hashed and signed by check")
     tokenizer: Optional[str] = Field(default=None, description="local folder of the tokenizer (and chat template) "
                                      "the training samples are rendered with, when it is not the teacher's local "
                                      "folder; hashed and signed by check, re-hashed by the gate")
-    seq_len: Count = Field(default=4096, gt=0, le=MAX_COUNT)
-    epochs: Number = Field(default=1, gt=0)
+    seq_len: Count = Field(default=4096, gt=0, le=MAX_COUNT, description="tokens per training sequence")
+    epochs: Number = Field(default=1, gt=0, description="passes over the data (may be fractional)")
     source_len: Optional[Count] = Field(default=None, gt=0, le=MAX_COUNT, description="encoder-decoder student or "
                                         "teacher: encoder input tokens per sequence (seq_len counts the decoder's "
                                         "target tokens); unset, seq_len is assumed and the count says so")
@@ -273,14 +284,16 @@ class Data(StrictModel):
 
 
 class Method(StrictModel):
-    kind: Literal["logits", "cached_logits", "sequence", "on_policy"] = "logits"
+    """How the student learns from the teacher."""
+
+    kind: Literal["logits", "cached_logits", "sequence", "on_policy"] = Field(default="logits", description="logits (teacher runs beside the student), cached_logits (teacher log-probabilities stored once, then read), sequence (the student trains on teacher-generated text), on_policy (the teacher scores the student's own samples)")
     teacher_generated_tokens: Number = Field(default=0, ge=0, description="all generated tokens, discarded ones included")
     prompt_tokens: Number = Field(default=0, ge=0, description="prompt tokens prefilled for generation")
     student_generated_tokens: Number = Field(default=0, ge=0, description="on_policy: tokens the student samples "
                                              "(discarded ones included); the teacher scores each")
-    synthetic_data_public: bool = False
-    loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
-    temperature: Number = Field(default=1.0, gt=0)
+    synthetic_data_public: bool = Field(default=False, description="whether the teacher-generated data will be published (some terms forbid it)")
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field(default="forward_kl", description="the distillation loss (no effect on the FLOP count)")
+    temperature: Number = Field(default=1.0, gt=0, description="softmax temperature of the distillation loss")
     also_logits: bool = Field(default=False, description="sequence: the teacher (local weights) also runs over the "
                               "training samples and its logits join the loss; its forward passes are counted")
     cache_top_k: Count = Field(default=64, gt=0, le=MAX_COUNT, description="cached_logits: teacher log-probabilities "
@@ -301,44 +314,55 @@ class Method(StrictModel):
 
 
 class Use(StrictModel):
-    purpose: str = Field(min_length=1)
+    """What the student is for and who gets it: licence clauses read these."""
+
+    purpose: str = Field(min_length=1, description="what the student is for, in words")
     # No defaults: scope and distribution decide which licence clauses apply, and a default would
     # be the permissive answer (narrow, internal). A plan must state them.
-    scope: Literal["narrow", "general"]
-    distribution: Literal["internal", "api", "open_weights"]
-    commercial: bool = True  # the strict answer: non-commercial licences deny a commercial plan
+    scope: Literal["narrow", "general"] = Field(description="narrow (one task or domain) or general (a general-purpose model, which competitor bans deny); no default")
+    distribution: Literal["internal", "api", "open_weights"] = Field(description="who gets the student: internal (your organisation only), api (served to others), open_weights (weights published); no default")
+    # the strict answer: non-commercial licences deny a commercial plan
+    commercial: bool = Field(default=True, description="whether the student is used commercially (default true, the strict answer)")
     monthly_active_users: Optional[Number] = Field(default=None, ge=0, description="users of the student's "
                                                    "product; licence user caps read organization.monthly_active_users")
 
 
 class Hardware(StrictModel):
-    accelerator: str = Field(min_length=1)
-    count: Count = Field(gt=0, le=MAX_COUNT)
+    """The planned run's hardware: a cross-check of the FLOP count and its cost."""
+
+    accelerator: str = Field(min_length=1, description="accelerator name from policies/hardware.yaml (H100, A100...)")
+    count: Count = Field(gt=0, le=MAX_COUNT, description="number of accelerators")
     hours: Number = Field(gt=0, description="wall-clock hours of the run")
     utilization: Number = Field(default=0.4, gt=0, le=1, description="model FLOP utilisation, 0-1")
-    price_per_hour_usd: Optional[Number] = Field(default=None, ge=0, description="per accelerator-hour")
+    price_per_hour_usd: Optional[Number] = Field(default=None, ge=0, description="US dollars per accelerator-hour (gives the cost that cost thresholds compare)")
 
 
 class Schedule(StrictModel):
-    start: Annotated[dt.date, BeforeValidator(_date_only)]
+    """When the run starts: the rules in force on that day apply."""
+
+    start: Annotated[dt.date, BeforeValidator(_date_only)] = Field(description="first day of training, a date like 2026-12-01")
 
 
 class Budget(StrictModel):
-    max_flops: Optional[Number] = Field(default=None, gt=0)
+    """A cap the organisation sets itself."""
+
+    max_flops: Optional[Number] = Field(default=None, gt=0, description="the most FLOP (1 multiply-add = 2 FLOP) the run may spend; the gate stops training there")
 
 
 class Plan(StrictModel):
-    plan_version: Annotated[Literal[1], BeforeValidator(_not_bool)]
-    name: str = Field(min_length=1)
-    organization: Organization
-    teacher: Teacher
-    student: Student
-    data: Data
-    method: Method = Method()
-    use: Use
-    hardware: Optional[Hardware] = None
-    schedule: Schedule
-    budget: Budget = Budget()
+    """A flopgate distillation plan (YAML): what a run will do. Units: tokens are token counts, FLOP counts use 1 multiply-add = 2 FLOP, money is US dollars, hours are wall-clock hours."""
+
+    plan_version: Annotated[Literal[1], BeforeValidator(_not_bool)] = Field(description="the plan format's version: 1")
+    name: str = Field(min_length=1, description="the plan's name (shown in audits and the ledger)")
+    organization: Organization = Field(description="who trains, and where the model is placed on the market")
+    teacher: Teacher = Field(description="the model the student learns from")
+    student: Student = Field(description="the model being trained")
+    data: Data = Field(description="the training data")
+    method: Method = Field(default=Method(), description="how the student learns from the teacher")
+    use: Use = Field(description="what the student is for and who gets it")
+    hardware: Optional[Hardware] = Field(default=None, description="the planned hardware (optional cross-check and cost)")
+    schedule: Schedule = Field(description="when the run starts")
+    budget: Budget = Field(default=Budget(), description="a compute cap of your own")
 
 
 class LoadedPlan(BaseModel):

@@ -120,6 +120,8 @@ def _print_verdict(out, result) -> None:
         if finding.effect in ("deny", "review"):
             out.print(f"  [{colour}]{finding.effect.upper()}[/{colour}] {escape(finding.rule_id)}: "
                       f"{escape(finding.explanation)}")
+        elif finding.kind == "engine" and finding.effect == "info":
+            out.print(f"  NOTE {escape(finding.rule_id)}: {escape(finding.explanation)}")
     for ob in decision.obligations:
         mark = {"met": "[green]met[/green]", "unmet": "[red]UNMET[/red]", "todo": "to do"}[ob.status]
         deadline = f" (deadline: {ob.deadline})" if ob.deadline else ""

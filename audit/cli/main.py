@@ -37,6 +37,7 @@ BUILTIN_COMMANDS = [
     "audit.cli.verify_cmd",
     "audit.cli.report_cmd",
     "audit.cli.ledger_cmd",
+    "audit.cli.plan_cmd",
 ]
 
 

@@ -126,6 +126,13 @@ def print_decision(decision, plan_name: str) -> None:
                 out.print(escape(f"    observed: {f.observed}"))
             out.print(escape(f"    {f.explanation}"))
 
+    notes = [f for f in decision.findings if f.kind == "engine" and f.effect == "info"]
+    if notes:  # what the check left out (sub-national laws not listed...): never silent
+        out.print("notes")
+        for f in notes:
+            out.print(f"  NOTE       {escape(f.rule_id)}", style="bold")
+            out.print(escape(f"    {f.explanation}"))
+
     if decision.obligations:
         obligations = Table(title="obligations", title_justify="left")
         for column in ("status", "obligation", "text", "deadline"):

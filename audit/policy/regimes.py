@@ -18,7 +18,9 @@ audit date the deadline stays in words.
 
 A plan jurisdiction that no regime names in its ``applies_to`` is not covered by any pack: what
 its law says about training compute is unknown, so it gives an ``engine.unknown-jurisdiction``
-REVIEW finding naming the code (fail closed), never a silent empty table.
+REVIEW finding naming the code (fail closed), never a silent empty table. A broad code (``US``)
+does not bring in the sub-national regimes (``US-CA``, ``US-NY``); an ``engine.sub-national-scope``
+info finding names those the plan leaves out, so the narrower scope is never silent.
 """
 
 from __future__ import annotations
@@ -71,7 +73,46 @@ def evaluate_regimes(ctx: Context, packs: PolicySet
         findings += f
         obligations += o
         results += r
-    return jurisdiction_findings(ctx.plan.organization.jurisdictions, packs) + findings, obligations, results
+    codes = ctx.plan.organization.jurisdictions
+    return (jurisdiction_findings(codes, packs) + sub_national_findings(codes, packs, ctx.as_of) + findings,
+            obligations, results)
+
+
+SUB_NATIONAL_RULE = "engine.sub-national-scope"
+
+
+def sub_national_findings(plan_codes: list[str], packs: PolicySet, as_of: dt.date) -> list[Finding]:
+    """One ``engine.sub-national-scope`` info finding per broad plan code (``US``) for which
+    regime packs hold sub-national regimes (``applies_to: [US-CA]``) the plan does not list: a
+    plan that says ``US`` is not checked against California's or New York's law, and says so.
+    Regimes that ended before ``as_of`` are left out. Laws are named by their pack's ``title``
+    (the part before " - ")."""
+    out = []
+    for code in dict.fromkeys(c for c in plan_codes if "-" not in c):
+        laws: dict[str, list[str]] = {}
+        for loaded, regime in packs.regimes():
+            if regime.in_force_until is not None and regime.in_force_until <= as_of:
+                continue
+            for sub in regime.applies_to:
+                if sub.startswith(code + "-") and sub not in plan_codes:
+                    names = laws.setdefault(sub, [])
+                    law = loaded.pack.title.split(" - ")[0].strip()
+                    if law not in names:
+                        names.append(law)
+        if not laws:
+            continue
+        subs = sorted(laws)
+        named = list(dict.fromkeys(law for sub in subs for law in laws[sub]))
+        text = (f"{code}: sub-national laws apply only when listed: add {', '.join(subs)} to "
+                f"organization.jurisdictions to check {_and(named)}. As written, the plan is not checked "
+                f"against them.")
+        out.append(engine_finding(SUB_NATIONAL_RULE, text, effect="info",
+                                  observed=f"organization.jurisdictions: [{', '.join(plan_codes)}]"))
+    return out
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def jurisdiction_findings(plan_codes: list[str], packs: PolicySet) -> list[Finding]:

@@ -155,15 +155,21 @@ def malformed_plans(draw):
 
 
 def check_one_clean_line(tmp_path, capsys, text):
+    """One clean line per error: a single error is one line naming the file; several are a line
+    ``FILE: N problems:`` and then one indented ``field: what was expected`` line each."""
     path = tmp_path / "generated.yaml"
     path.write_text(text)
     with pytest.raises(InputError) as err:
         load_plan(path)
-    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    message = str(err.value).splitlines()
+    assert str(path) in message[0]
+    if len(message) > 1:
+        assert message[0] == f"{path}: {len(message) - 1} problems:"
+        assert all(line.startswith("  ") and ": " in line for line in message[1:])
     assert main(["flops", str(path), "--json"]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("flopgate: error: ")
+    assert len(lines) == len(message) and lines[0].startswith("flopgate: error: ")
     assert "Traceback" not in captured.err and captured.out == ""
 
 

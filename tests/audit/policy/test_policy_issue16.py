@@ -30,16 +30,20 @@ def _write(tmp_path, text: str):
     return path
 
 
-@pytest.mark.parametrize("use,field", [("", "use.distribution"), (", scope: general", "use.distribution"),
-                                       (", distribution: open_weights", "use.scope")])
-def test_a_gemini_plan_that_omits_scope_or_distribution_is_rejected(tmp_path, use, field):
-    """Was ALLOW: scope defaulted to narrow and distribution to internal, the permissive answers."""
+@pytest.mark.parametrize("use,fields", [("", ["use.distribution", "use.scope"]), (", scope: general", ["use.distribution"]),
+                                        (", distribution: open_weights", ["use.scope"])])
+def test_a_gemini_plan_that_omits_scope_or_distribution_is_rejected(tmp_path, use, fields):
+    """Was ALLOW: scope defaulted to narrow and distribution to internal, the permissive answers.
+    Each missing field is named on its own line (one error: one line)."""
     path = _write(tmp_path, GEMINI_PLAN % ("", use))
     with pytest.raises(InputError) as err:
         load_plan(path)
     message = str(err.value)
-    assert str(path) in message and field in message and "required" in message
-    assert "\n" not in message
+    assert str(path) in message
+    lines = message.splitlines()
+    assert len(lines) == (1 if len(fields) == 1 else len(fields) + 1)
+    for line, field in zip(lines[-len(fields):], fields):
+        assert field in line and "required" in line
 
 
 def test_a_gemini_plan_that_states_both_facts_is_judged(tmp_path, builtin_packs):

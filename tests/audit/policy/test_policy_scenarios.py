@@ -86,6 +86,10 @@ def test_scenario(index):
         named = [f.observed.removeprefix("organization.jurisdictions includes ") for f in decision.findings
                  if f.rule_id == "engine.unknown-jurisdiction"]
         assert named == expect["uncovered_jurisdictions"]
+    if "sub_national_scope" in expect:  # the note a broad code (US) gets for state laws it leaves out
+        notes = [f for f in decision.findings if f.rule_id == "engine.sub-national-scope"]
+        assert all(f.effect == "info" for f in notes)
+        assert [f.explanation for f in notes] == expect["sub_national_scope"]
     if "data_tokens_finding" in expect:
         found = [f for f in decision.findings if f.rule_id == "engine.data-tokens-exceed-manifest"]
         assert bool(found) == expect["data_tokens_finding"]
