@@ -8,7 +8,6 @@ the reference cannot drift from what ``load_plan`` accepts; a test compares the 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from audit.numbers import exact
 from audit.plan_schema import ID_FIELDS, ID_LIST_TITLES, id_lists, plan_schema

@@ -48,7 +48,7 @@ from typing import Any, Callable, Optional
 from audit.errors import InputError
 from audit.fsutil import read_input, sha256_bytes
 from audit.limits import MAX_DOCUMENT_BYTES
-from distill.gated import GateRefused
+from distill.refusal import GateRefused
 
 CHAT_TEMPLATE_DIR = "additional_chat_templates/"
 """transformers reads every template in this subfolder of a tokenizer folder too."""

@@ -99,7 +99,7 @@ def add_gate_options(p) -> None:
 
 def refuse(command: str, reasons: list[str]) -> int:
     """Print every reason the gate gave (stderr) and return its exit code (6)."""
-    from distill.gate import GATE_REFUSED_EXIT
+    from distill.refusal import GATE_REFUSED_EXIT
 
     print(f"flopgate: {command} refused ({len(reasons)} reason(s)):", file=sys.stderr)
     for reason in reasons:

@@ -50,9 +50,6 @@ from audit.errors import InputError
 from audit.fsutil import read_input, sha256_bytes
 from audit.predicate import AuditPredicate, parse_audit_predicate
 
-GATE_REFUSED_EXIT = 6
-"""Exit code of ``flopgate distill`` when the gate refuses."""
-
 FUTURE_SKEW = dt.timedelta(minutes=5)
 """Clock difference tolerated for an audit whose creation time lies ahead of ``now``."""
 

@@ -42,19 +42,8 @@ from typing import Any, Optional
 
 from audit.clock import utc_now
 from audit.compute.run_budget import meter_figures
-from audit.errors import FlopgateError
 from audit.numbers import short_sci
-from distill.gate import GATE_REFUSED_EXIT
-
-
-class GateRefused(FlopgateError):
-    """The gate did not open; ``reasons`` has one line per failed check."""
-
-    exit_code = GATE_REFUSED_EXIT
-
-    def __init__(self, reasons: list[str]):
-        self.reasons = list(reasons)
-        super().__init__(f"gate refused ({len(self.reasons)} reason(s)): " + "; ".join(self.reasons))
+from distill.refusal import GateRefused  # noqa: F401 - public here: what open_gate raises
 
 
 def _installed_pack_versions() -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest
 
 from audit.errors import InputError
 from distill.attested import InputsRefused, filter_function
-from distill.gate import GATE_REFUSED_EXIT
+from distill.refusal import GATE_REFUSED_EXIT
 from distill.gated import verify_audit
 from distill_testkit import TOKENIZER_DIR
 from gate_fixtures import PACK_ID, PACK_VERSION, make_audit

@@ -19,7 +19,7 @@ from audit.plan import load_plan
 from audit.compute.run_budget import meter_figures
 from distill.cli import train_config
 from distill.meter import ComputeMeter
-from distill.gate import GATE_REFUSED_EXIT
+from distill.refusal import GATE_REFUSED_EXIT
 from gate_fixtures import (FPT, PACK_ID, PACK_VERSION, PLAN_TOKENS, SEQ_LEN, STUDENT_TRAIN_FPT, TEACHER_FORWARD_FPT,
                            compute_block, forbid_model_loads, make_audit, obligation)
 from keypairs import write_keypair

@@ -12,7 +12,8 @@ import pytest
 
 from audit.attest.approval import approve
 from audit.cli.main import main
-from distill.gate import GATE_REFUSED_EXIT, open_gate
+from distill.gate import open_gate
+from distill.refusal import GATE_REFUSED_EXIT
 from gate_fixtures import PACK_ID, PACK_VERSION, forbid_model_loads, hand_approval, iso, make_audit, obligation
 from keypairs import write_keypair
 

@@ -19,7 +19,7 @@ from audit.attest.statement import sign_statement
 from audit.attest.verify import verify_envelope_file
 from audit.cli.main import main
 from audit.ledger.store import Ledger
-from distill.gate import GATE_REFUSED_EXIT
+from distill.refusal import GATE_REFUSED_EXIT
 from distill.sequence import IGNORE_INDEX, PackedHiddenStates, answer_loss_sum, encode_sample, pack
 from gate_fixtures import STUDENT_TRAIN_FPT, make_audit
 from distill_testkit import CHAT_TOKENIZER

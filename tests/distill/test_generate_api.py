@@ -19,7 +19,7 @@ import pytest
 from audit.attest.verify import verify_envelope_file
 from audit.cli.main import main
 from audit.ledger.store import Ledger
-from distill.gate import GATE_REFUSED_EXIT
+from distill.refusal import GATE_REFUSED_EXIT
 from audit.attest import PREDICATE_GENERATION_RECORD
 from generate_kit import API_KEY, KEY_ENV, make_project, read_lines, sign_audit
 from openai_server import FakeOpenAI

@@ -23,7 +23,7 @@ from audit.attest.verify import verify_envelope_file
 from audit.errors import InputError
 from audit.cli.main import main
 from audit.ledger.store import Ledger, default_ledger_path
-from distill.gate import GATE_REFUSED_EXIT
+from distill.refusal import GATE_REFUSED_EXIT
 from distill.generation.backend import Fatal, Sampling
 from distill.generation.local import TransformersBackend, choose_engine, stop_token_ids
 from distill_testkit import CHAT_TOKENIZER, TEACHER_SHAPE, make_model_dir
