@@ -221,19 +221,22 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         raise InputError(f"holds samples for prompt ids not in the audited prompts ({stray[0]!r}...)",
                          source=str(out_dir / SAMPLES_FILE))
 
-    # the allowance: the audited figures less what other jobs under this audit spent
-    others = _other_jobs(gate.envelope_sha256, job_id, args.ledger)
-    allowed_prompt = plan.method.prompt_tokens - others[0]
-    allowed_completion = plan.method.teacher_generated_tokens - others[1]
-    meter = TokenMeter(allowed_prompt, allowed_completion, used_prompt=state.prompt_tokens if state else 0,
-                       used_completion=state.completion_tokens if state else 0)
+    # the allowance: held in the ledger, each reservation under its lock (never read once)
+    private_key, key_path = _signing_key(args.key)
+    allowance = _allowance(args, gate, plan, job_id, job["teacher"], out_dir, private_key)
+    meter = TokenMeter(0, 0, used_prompt=max(state.prompt_tokens if state else 0, allowance.used[0]),
+                       used_completion=max(state.completion_tokens if state else 0, allowance.used[1]),
+                       allowance=allowance)
+    allowed_prompt, allowed_completion = allowance.ceiling
+    others = allowance.others
     if pending and not meter.fits_ever(pending[0].max_prompt_tokens(), sampling.max_tokens) and not (state and state.attempts):
+        allowance.close()
         return refuse("generate", [f"budget: audit {gate.envelope_sha256[:12]}... allows {allowed_prompt:,.0f} more prompt and "
                         f"{allowed_completion:,.0f} more generated tokens (audited {plan.method.prompt_tokens:,.0f} and "
-                        f"{plan.method.teacher_generated_tokens:,.0f}, other jobs spent {others[0]:,} and {others[1]:,}); "
-                        f"the first prompt could need {pending[0].max_prompt_tokens():,} + {sampling.max_tokens:,}"])
+                        f"{plan.method.teacher_generated_tokens:,.0f}, other jobs spent or hold {others[0]:,} and "
+                        f"{others[1]:,}); the first prompt could need {pending[0].max_prompt_tokens():,} + "
+                        f"{sampling.max_tokens:,}"])
 
-    private_key, key_path = _signing_key(args.key)
     teacher = job["teacher"]
     where = teacher.get("endpoint_host") or f"{teacher['engine']} on this machine"
     backend = _open_backend(args, loaded, gate, endpoint, teacher) if pending else None
@@ -246,19 +249,15 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     summary, status = None, "failed"
     booked_at = [time.monotonic()]
 
-    def book_running() -> None:  # spent + in flight, from memory: the journal is being written
+    def book_running() -> None:  # spent so far, from memory (the journal is being written); held as it is
         if time.monotonic() - booked_at[0] >= LEDGER_EVERY_S:
             booked_at[0] = time.monotonic()
-            _append_row(args, gate, job_id, out_dir, "running", teacher,
-                        private_key, prompt_tokens=meter.used_prompt + meter.reserved_prompt,
-                        completion_tokens=meter.used_completion + meter.reserved_completion,
-                        answered=None, kept=None)
+            allowance.book(None, (meter.used_prompt, meter.used_completion), status="running", force=True)
 
     try:
         if state and state.attempts:  # a died session's spending reaches the ledger before any request
-            _append_row(args, gate, job_id, out_dir, "running", teacher,
-                        private_key, prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens,
-                        answered=len(state.done), kept=None)
+            allowance.book(None, (state.prompt_tokens, state.completion_tokens), status="running", force=True,
+                           extra={"answered": len(state.done)})
         summary = run_prompts(pending, backend, sampling, meter, journal, concurrency=args.concurrency,
                               retry=RetryPolicy(args.max_attempts, args.backoff, args.backoff_max), keep=keep,
                               filter_name=args.filter, log=lambda line: print(line, flush=True),
@@ -271,9 +270,10 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         journal.close()
         if backend is not None:
             backend.close()
-        _book(args, gate, job_id, out_dir, status, teacher, private_key, failing=summary is None)
+        _book(allowance, out_dir, status, failing=summary is None)
+        allowance.close()
     return _finish(args, loaded, gate, out_dir, prompts, prompts_sha256, job, job_id, summary, private_key, key_path,
-                   allowed=(allowed_prompt, allowed_completion))
+                   allowed=(allowed_prompt, allowed_completion), ledger_head=allowance.last_row)
 
 
 def _teacher_identity(loaded, gate, endpoint: str | None, backend: str) -> dict:
@@ -370,59 +370,45 @@ def _signing_key(path: str | None):
     return key, where
 
 
-def _other_jobs(audit_sha256: str, job_id: str, ledger_path) -> tuple[int, int]:
-    """(prompt, completion) tokens other generation jobs under this audit spent: each job's
-    latest ledger row (rows carry the job's running totals)."""
-    from audit.ledger.store import Ledger, ledger_exists
+def _allowance(args, gate, plan, job_id: str, teacher: dict, out_dir: Path, private_key):
+    """The job's share of the audit's token allowance, held in the ledger (verified: rows of
+    this audit signed by trusted keys, by role, with running totals that add up)."""
+    from distill.generation.allowance import LedgerAllowance
+    from distill.ledger_charges import ledger_trust
 
-    if not ledger_exists(ledger_path):
-        return 0, 0
-    latest: dict[str, dict] = {}
-    with Ledger(ledger_path, create=False) as ledger:
-        for row in ledger.rows(audit=audit_sha256):
-            body = row.get("body") or {}
-            if row.get("kind") == "generation" and row.get("audit_sha256") == audit_sha256 and body.get("job_id") != job_id:
-                latest[str(body.get("job_id"))] = body
-    return (sum(int(b.get("prompt_tokens", 0)) for b in latest.values()),
-            sum(int(b.get("completion_tokens", 0)) for b in latest.values()))
+    fields = {"out": str(out_dir.resolve()), "teacher_model": teacher["model"],
+              **{k: v for k, v in teacher.items() if k != "model"}}
+    return LedgerAllowance(args.ledger, gate.envelope_sha256, job_id,
+                           (plan.method.prompt_tokens, plan.method.teacher_generated_tokens), private_key,
+                           ledger_trust(args), fields)
 
 
-def _book(args, gate, job_id: str, out_dir: Path, status: str, teacher: dict, private_key, *,
-          failing: bool) -> None:
-    """The job's running totals as a ``generation`` row in the ledger. When the job is already
-    failing, a ledger that cannot be written is a warning, so the first error is the one shown."""
+def _book(allowance, out_dir: Path, status: str, *, failing: bool) -> None:
+    """The job's tokens used (from its journal) as a ``generation`` row, releasing what it held
+    beyond them. When the job is already failing, a ledger that cannot be written is a warning,
+    so the first error is the one shown."""
     from distill.generation.journal import load_state
 
     try:
         state = load_state(out_dir)
         kept = sum(1 for r in state.done.values() if r.get("status") == "kept")
-        _append_row(args, gate, job_id, out_dir, status, teacher, private_key, prompt_tokens=state.prompt_tokens,
-                    completion_tokens=state.completion_tokens, answered=len(state.done), kept=kept)
+        used = (state.prompt_tokens, state.completion_tokens)
+        allowance.book(used, used, status=status, force=True,
+                       extra={"answered": len(state.done), "kept": kept, "discarded": len(state.done) - kept})
     except Exception as exc:  # noqa: BLE001
         if not failing:
             raise
         print(f"flopgate: warning: the job's tokens were not recorded in the ledger ({exc})", file=sys.stderr)
 
 
-def _append_row(args, gate, job_id: str, out_dir: Path, status: str, teacher: dict, private_key, *,
-                prompt_tokens: int, completion_tokens: int, answered: int, kept) -> None:
-    """One ``generation`` row: the job's running totals (each row replaces the job's previous
-    one when jobs are summed: :func:`_other_jobs`)."""
-    from audit.ledger.store import Ledger
-
-    body = {"job_id": job_id, "out": str(out_dir.resolve()), "status": status,
-            "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
-            "teacher_model": teacher["model"], **{k: v for k, v in teacher.items() if k != "model"}}
-    if answered is not None:
-        body["answered"] = answered
-    if kept is not None:
-        body.update(kept=kept, discarded=answered - kept)
-    with Ledger(args.ledger) as ledger:
-        ledger.append("generation", gate.envelope_sha256, body, private_key)
+def _ledger_anchor(row: dict | None) -> dict | None:
+    """The ledger head the job charged against (its last row): ``flopgate ledger verify --record``
+    proves the ledger still reaches it."""
+    return None if row is None else {"seq": row["seq"], "row_hash": row["row_hash"]}
 
 
 def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job: dict, job_id: str, summary,
-            private_key, key_path, *, allowed: tuple[float, float]) -> int:
+            private_key, key_path, *, allowed: tuple[float, float], ledger_head: dict | None = None) -> int:
     from audit.attest.keys import key_id, short_fingerprint
     from distill.generation.journal import load_state
     from distill.generation.record import write_generation_record, write_kept
@@ -449,7 +435,7 @@ def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job
                        "audited_completion": float(plan.method.teacher_generated_tokens)},
             "flops": _generation_flops(gate, plan, state.prompt_tokens + state.completion_tokens),
             "stopped_by_budget": summary.stopped_by_budget, "message": summary.message,
-            "wall_time_s": state.wall_time_s}
+            "wall_time_s": state.wall_time_s, "ledger": _ledger_anchor(ledger_head)}
     written = write_generation_record(
         out_dir, audit=gate.audit, audit_envelope=args.attestation, envelope_sha256=gate.envelope_sha256,
         plan_path=loaded.path, prompts_path=plan.data.prompts, prompts_sha256=prompts_sha256,

@@ -179,8 +179,10 @@ def test_an_edited_running_total_stops_the_next_charge(where, ledger, key):
     text = raw_sql(where, "SELECT row_json FROM rows WHERE seq = 3")[0][0]
     raw_sql(where, "UPDATE rows SET row_json = :t WHERE seq = 3",
             t=text.replace('"spent_flops":90', '"spent_flops":0'))
-    with pytest.raises(LedgerCorrupt, match="latest charge"):
+    with pytest.raises(LedgerCorrupt, match="seq 3"):
         ledger.charge(AUDIT, 100.0, "run-1", 3, 4, 10, 30.0, key)
+    with Ledger(where) as fresh, pytest.raises(LedgerCorrupt, match="seq 3"):  # a new reader too
+        fresh.charge(AUDIT, 100.0, "run-1", 3, 4, 10, 30.0, key)
     with pytest.raises(LedgerCorrupt):
         ledger.spent(AUDIT)
     assert len(ledger.raw_rows()) == 3
