@@ -6,8 +6,6 @@ swapped unnoticed (no record anchored its head)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import subprocess
 import sys
@@ -16,12 +14,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit.attest.canonical import canonical_json
 from audit.attest.keys import key_id
 from audit.cli.main import main
-from audit.ledger.chain import compute_row_hash, format_time
 from audit.ledger.store import Ledger
 from generate_kit import API_KEY, KEY_ENV, make_project, read_lines, sign_audit
+from ledger_forge import forge_row
 from openai_server import FakeOpenAI
 from pg_server import raw_sql
 
@@ -46,16 +43,7 @@ def ledger_where() -> str:
 
 
 def forge(kind: str, audit_sha256: str, body: dict, key: Ed25519PrivateKey) -> None:
-    """Append a row the way an attacker with the ledger file can: chained and signed by ``key``,
-    without any check of its body (straight into the table)."""
-    where = ledger_where()
-    last = json.loads(raw_sql(where, "SELECT row_json FROM rows ORDER BY seq DESC LIMIT 1")[0][0])
-    row = {"seq": last["seq"] + 1, "kind": kind, "time": format_time(), "audit_sha256": audit_sha256,
-           "body": body, "prev_hash": last["row_hash"], "keyid": key_id(key.public_key())}
-    row["row_hash"] = compute_row_hash(row)
-    row["sig"] = base64.b64encode(key.sign(bytes.fromhex(row["row_hash"]))).decode("ascii")
-    raw_sql(where, "INSERT INTO rows (seq, row_json) VALUES (:s, :t)", s=row["seq"],
-            t=canonical_json(row).decode("utf-8"))
+    forge_row(ledger_where(), kind, audit_sha256, body, key)
 
 
 # -- 1: the generation allowance is held under the ledger's lock, not read once -------------
@@ -103,10 +91,10 @@ def spent_project(tmp_path, signer, fake, capsys):
     return project
 
 
-def audit_of(project) -> str:
+def audit_of(project, envelope: Path | None = None) -> str:
     import hashlib
 
-    return hashlib.sha256(project.envelope.read_bytes()).hexdigest()
+    return hashlib.sha256((envelope or project.envelope).read_bytes()).hexdigest()
 
 
 def test_a_forged_row_with_negative_counts_is_refused(spent_project, signer, fake, capsys):
@@ -184,3 +172,66 @@ def test_a_swapped_ledger_is_caught_by_a_record(spent_project, signer, tmp_path,
     stranger = write_keypair(tmp_path / "stranger", "stranger")
     assert main(["ledger", "verify", "--pubkey", str(signer.public_path), "--runner-pubkey",
                  str(stranger.public_path), "--record", str(record)]) == 5
+
+
+# -- the training gate: the same checks on FLOP charges --------------------------------------
+
+TOKENS = 64
+
+
+def train_steps(run, steps: int) -> int:
+    done = 0
+    for _ in range(steps):
+        if run.meter.would_exceed(TOKENS):
+            break
+        run.meter.step(TOKENS)
+        done += 1
+    return done
+
+
+def open_training_gate(project, envelope, signer, out: str):
+    from distill.gated import open_gate
+
+    return open_gate(project.plan, envelope, pubkey=str(signer.public_path), out_dir=project.root / out,
+                     key=str(signer.private_path))
+
+
+@pytest.mark.usefixtures("test_pack_installed")
+def test_the_gate_refuses_a_forged_charge_that_would_give_budget_back(project, signer):
+    """Before: the gate summed every charge row of the audit as found, so a charge of negative
+    FLOP signed by a throwaway key raised the budget of the next run."""
+    from audit.ledger.store import LedgerCorrupt
+    from gate_fixtures import compute_block, make_audit
+
+    envelope = make_audit(project, signer, compute=compute_block(tokens=3 * TOKENS))
+    assert train_steps(open_training_gate(project, envelope, signer, "a"), 10) == 3
+    forge("charge", audit_of(project, envelope), {"run_id": "forged", "step_from": 0, "step_to": 0, "tokens": 0,
+                                        "flops": -1e30, "spent_flops": 0.0}, Ed25519PrivateKey.generate())
+    with pytest.raises(LedgerCorrupt, match="row seq 5: .*flops"):
+        open_training_gate(project, envelope, signer, "b")
+
+
+@pytest.mark.usefixtures("test_pack_installed")
+def test_a_run_record_signs_the_ledger_head_it_charged_against(project, signer, capsys):
+    """Before: deleting every row after gate_open gave the whole budget back and `ledger verify`
+    still passed. The run record now names its last row, so the cut is found."""
+    from gate_fixtures import compute_block, make_audit
+
+    envelope = make_audit(project, signer, compute=compute_block(tokens=3 * TOKENS))
+    run = open_training_gate(project, envelope, signer, "a")
+    assert train_steps(run, 10) == 3
+    checkpoint = project.root / "a" / "final"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "weights.bin").write_bytes(b"w")
+    written = run.finish(checkpoint, final_loss=0.5)
+    rows = Ledger().rows(audit=audit_of(project, envelope))
+    assert [r["kind"] for r in rows] == ["gate_open", "charge", "charge", "charge"]
+    assert written.statement["predicate"]["ledger"] == {"seq": rows[-1]["seq"], "row_hash": rows[-1]["row_hash"]}
+    keys = ["--pubkey", str(signer.public_path), "--runner-pubkey", str(signer.public_path)]
+    assert main(["ledger", "verify", *keys, "--record", str(written.envelope_path)]) == 0
+    raw_sql(ledger_where(), "DELETE FROM rows WHERE seq > :s", s=rows[0]["seq"])
+    assert train_steps(open_training_gate(project, envelope, signer, "b"), 10) == 3  # the budget came back...
+    capsys.readouterr()
+    assert main(["ledger", "verify", *keys]) == 0  # ...the chain left holds...
+    assert main(["ledger", "verify", *keys, "--record", str(written.envelope_path)]) == 5  # ...not the record
+    assert "is not the one the record signed" in capsys.readouterr().out
