@@ -7,8 +7,9 @@ exits 6. (2) The plan must name a teacher that can answer: an API endpoint (teac
 --endpoint may only change the port or path, never the audited host, exit 6) or a local weights
 folder (teacher.weights, hashed by check and re-hashed by the gate); a prompts file
 (data.prompts) and method.kind sequence. (3) The allowance: the audited method.prompt_tokens and
-method.teacher_generated_tokens, less what other jobs under this audit spent (the ledger's
-generation rows). (4) Generation: an API teacher through the official openai client,
+method.teacher_generated_tokens for all jobs under this audit, held in the ledger: each time the
+job needs more it reserves it under the ledger's lock (refused when all jobs would pass the audit),
+from verified rows (--runner-pubkey/--runner-trust: other machines' jobs whose rows count). (4) Generation: an API teacher through the official openai client,
 CONCURRENCY requests at once, retries with exponential backoff and jitter on 429, 408, 5xx,
 timeouts and dropped connections (Retry-After honoured), a one-line error on 401/403/404 (exit
 2); a local teacher loaded from its audited folder (its shapes checked against the audited
@@ -19,12 +20,13 @@ without asking a prompt twice. --filter module:function is called on each sample
 True (keep) or False (discard); discarded samples stay in samples.jsonl, marked, and their
 tokens count. The job stops before a request could pass the allowance (its prompt counted
 conservatively, its answer bounded by --max-tokens). (5) kept-samples.jsonl, data-manifest.json
-and the signed generation record in OUT; a generation row in the ledger.
+and the signed generation record in OUT (it signs the job's last ledger row); a generation row in
+the ledger releasing what the job held beyond what it used.
 
 The API key is read from the environment variable named by teacher.api_key_env, and never
 written or printed. Exit codes: 0 done (also after a clean stop at the allowance), 6 refused by
-the gate or no allowance left, 2 invalid input or a refused key, 1 a prompt that kept failing
-(resume later) or an unexpected error.
+the gate or no allowance left, 5 a ledger row that does not verify, 2 invalid input or a refused
+key, 1 a prompt that kept failing (resume later) or an unexpected error.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from distill.cli import add_gate_options, refuse
 
 GENERATE_DEFAULT_OUT = "generate-out"
 LEDGER_EVERY_S = 10.0
-"""While a job runs, its running totals (spent + reserved in flight) go to the ledger this often."""
+"""While a job runs, its tokens used so far go to the ledger this often (what it holds is booked as it reserves)."""
 
 
 def _non_negative(text: str) -> float:

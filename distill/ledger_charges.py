@@ -11,9 +11,9 @@ own charges. FLOP use 1 multiply-add = 2 FLOP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from audit.errors import InputError
 from audit.numbers import quantity
@@ -42,12 +42,14 @@ def ledger_trust(args=None, *, pubkey: str | None = None, trust: str | None = No
 
 @dataclass(frozen=True)
 class RunCharges:
-    """What the ledger holds for this audit: this run's charges and everyone else's (FLOP)."""
+    """What the ledger holds for this audit: this run's charges and everyone else's (FLOP);
+    ``verifier``: the chain as far as it was verified to read them (the charges go on from it)."""
 
     audit_sha256: str
     run_id: str
     this_run: float
     other_runs: float
+    verifier: Any = field(default=None, compare=False, repr=False)
 
 
 def own_runner_key(key_path: str | None):
@@ -89,9 +91,10 @@ def read_charges(audit_sha256: str, out_dir: Path, ledger_path: str | None = Non
         return RunCharges(audit_sha256, run_id, 0.0, 0.0)
     trust = trust if trust is not None else with_runner(LedgerTrust(), own_runner_key(None))
     with Ledger(ledger_path, create=False) as ledger:
-        tally = ledger.verified(audit_sha256, trust).tally(audit_sha256)
+        verifier = ledger.verified(audit_sha256, trust)
+    tally = verifier.tally(audit_sha256)
     this_run = tally.runs.get(run_id, 0.0)
-    return RunCharges(audit_sha256, run_id, this_run, tally.spent_flops - this_run)
+    return RunCharges(audit_sha256, run_id, this_run, tally.spent_flops - this_run, verifier)
 
 
 class StepCharges:
@@ -110,6 +113,8 @@ class StepCharges:
         self.last_row: dict | None = None  # the ledger head this run charged against
         self.update_flops_per_token = float(update_flops_per_token)
         self.ledger = Ledger(ledger_path)
+        if charges.verifier is not None and trust is not None:
+            self.ledger.adopt(charges.verifier)  # the gate verified the chain: go on from there
         self.charged = charges.this_run
 
     def opened(self, *, outcome: str, resume: bool) -> None:

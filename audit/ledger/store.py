@@ -208,9 +208,18 @@ class Ledger:
         self._catch_up(verifier, self._read(lambda: self._store.rows_after(verifier.seq)))
         return verifier
 
-    def _verifier(self, audit_sha256: str, trust: chain.LedgerTrust) -> chain.ChainVerifier:
-        name = (audit_sha256,) + tuple(tuple(sorted(k.keyid for k in getattr(trust, role + "s")))
+    def adopt(self, verifier: chain.ChainVerifier) -> None:
+        """Go on from ``verifier`` (one another ``Ledger`` on the same ledger built): the rows it
+        checked are not read and verified again."""
+        self._verifiers[self._name(verifier.audit, verifier.trust)] = verifier
+
+    @staticmethod
+    def _name(audit_sha256: str, trust: chain.LedgerTrust) -> tuple:
+        return (audit_sha256,) + tuple(tuple(sorted(k.keyid for k in getattr(trust, role + "s")))
                                        for role in chain.ROLES)
+
+    def _verifier(self, audit_sha256: str, trust: chain.LedgerTrust) -> chain.ChainVerifier:
+        name = self._name(audit_sha256, trust)
         if name not in self._verifiers:
             self._verifiers[name] = chain.ChainVerifier(trust, audit=audit_sha256)
         return self._verifiers[name]

@@ -36,7 +36,8 @@ The predicate::
 Tokens are as the teacher reported them (``usage``), summed over every attempt of the job,
 discarded samples included; ``lost_*`` is the part with no sample to show for it (timeouts,
 requests in flight when a session died, each charged at its reserved bound); ``allowed_*`` is
-what this job could spend (the audited figure less other jobs' spending in the ledger).
+what this job could spend when it started (the audited figure less what other jobs held in the
+ledger then; the ledger decides each reservation under its lock).
 ``wall_time_s`` sums the job's sessions.
 """
 

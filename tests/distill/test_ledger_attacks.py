@@ -218,7 +218,10 @@ def test_a_run_record_signs_the_ledger_head_it_charged_against(project, signer, 
     from gate_fixtures import compute_block, make_audit
 
     envelope = make_audit(project, signer, compute=compute_block(tokens=3 * TOKENS))
+    Ledger().close()  # the ledger exists (empty): the gate verifies it
     run = open_training_gate(project, envelope, signer, "a")
+    # the charges go on from the chain the gate verified (not read and verified again)
+    assert run.charges.verifier in run.step_charges().ledger._verifiers.values()
     assert train_steps(run, 10) == 3
     checkpoint = project.root / "a" / "final"
     checkpoint.mkdir(parents=True)
