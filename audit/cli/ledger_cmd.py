@@ -188,6 +188,11 @@ def _summary(row: dict[str, Any]) -> str:
     if kind == "audit":
         return (f"{body.get('plan_name')} {body.get('outcome')} budget "
                 f"{_flops(body.get('budget_flops'))} FLOP")
+    if kind == "generation":
+        return (f"job {str(body.get('job_id'))[:8]} {body.get('status')}: used {body.get('prompt_tokens')} + "
+                f"{body.get('completion_tokens')}, holds {body.get('held_prompt_tokens')} + "
+                f"{body.get('held_completion_tokens')}; all jobs hold {body.get('spent_prompt_tokens')} + "
+                f"{body.get('spent_completion_tokens')} tokens")
     return " ".join(f"{k}={body[k]}" for k in sorted(body))[:80]
 
 

@@ -323,15 +323,17 @@ class ChainVerifier:
 
     ``audit=None`` checks every row in full (``flopgate ledger verify``). ``audit=DIGEST`` is
     for a reader deciding about that audit (the gate, a charge, a generation job): every row's
-    shape, seq, link and hash are checked (the chain must hold), and that audit's rows also
-    their signer (trusted for the row's kind) and running totals; other audits' rows are not
-    its business. ``start_seq``/``start_prev`` start from a row already trusted (the totals
-    are then unknown and not checked)."""
+    shape, seq, link and hash are checked (the chain must hold), and the audit's rows of the
+    kinds it ``uses`` (default: charges and generation rows) also their signer (trusted for the
+    row's kind) and running totals; other rows are not its business (on a shared ledger they
+    are signed by keys it does not know). ``start_seq``/``start_prev`` start from a row already
+    trusted (the totals are then unknown and not checked)."""
 
     def __init__(self, trust: "LedgerTrust | Iterable[TrustedKey]", *, audit: str | None = None,
-                 start_seq: int = 1, start_prev: str = GENESIS_PREV):
+                 start_seq: int = 1, start_prev: str = GENESIS_PREV,
+                 uses: tuple[str, ...] = METERED_KINDS):
         self.trust = trust if isinstance(trust, LedgerTrust) else LedgerTrust.any_role(trust)
-        self.audit = audit
+        self.audit, self.uses = audit, tuple(uses)
         self.seq, self.head_hash = start_seq - 1, start_prev
         self.tallies: dict[str, AuditTally] | None = {} if start_seq == 1 else None
         self._position = 0
@@ -372,13 +374,10 @@ class ChainVerifier:
             return f"{label}: malformed row: {exc}"
         if actual != row["row_hash"]:
             return f"{label}: row_hash does not match the row's content (the row was edited)"
-        if self.audit is None or row["audit_sha256"] == self.audit:
-            # a reader deciding about one audit uses its metered rows; rows of a role it names
-            # no key for (an approval, when no reviewer key is named) it does not use
-            if self.audit is None or row["kind"] in METERED_KINDS or self.trust.keys_for(row["kind"]):
-                problem = self._signer_problem(row)
-                if problem:
-                    return f"{label}: {problem}"
+        if self.audit is None or (row["audit_sha256"] == self.audit and row["kind"] in self.uses):
+            problem = self._signer_problem(row)
+            if problem:
+                return f"{label}: {problem}"
             if self.tallies is not None and row["kind"] in METERED_KINDS:
                 problem = _check_totals(self.tally(row["audit_sha256"]), row["kind"], row["body"])
                 if problem:
@@ -407,7 +406,7 @@ class ChainVerifier:
 def verify_chain(rows: Iterable[Mapping[str, Any]],
                  trusted_keys: "LedgerTrust | Iterable[TrustedKey]", *,
                  start_seq: int = 1, start_prev: str = GENESIS_PREV,
-                 audit: str | None = None) -> list[str]:
+                 audit: str | None = None, uses: tuple[str, ...] = METERED_KINDS) -> list[str]:
     """Check ``rows`` in order; return ``[]`` when the whole chain holds, else a one-element
     list naming the FIRST row that does not match and why (one line). Checking stops there:
     nothing after a broken link can be trusted.
@@ -421,12 +420,12 @@ def verify_chain(rows: Iterable[Mapping[str, Any]],
     totals: each charge's ``spent_flops`` is its audit's previous ``spent_flops`` (0 before the
     first charge) plus its ``flops``, computed as the writer does (one float addition); each
     generation row's ``spent_*_tokens`` move by its job's change in ``held_*_tokens``, and a
-    job's tokens used never go down. ``audit``: see :class:`ChainVerifier`.
+    job's tokens used never go down. ``audit``, ``uses``: see :class:`ChainVerifier`.
 
     ``start_seq``/``start_prev`` let a caller verify a tail of the ledger from a row it already
     trusts (default: the whole ledger from seq 1); the running totals are not checked then.
     """
-    verifier = ChainVerifier(trusted_keys, audit=audit, start_seq=start_seq, start_prev=start_prev)
+    verifier = ChainVerifier(trusted_keys, audit=audit, start_seq=start_seq, start_prev=start_prev, uses=uses)
     for row in rows:
         problem = verifier.feed(row)
         if problem:

@@ -199,29 +199,30 @@ class Ledger:
 
     # -- the allowance: one locked read-check-append for every metered quantity -----------
 
-    def verified(self, audit_sha256: str, trust: chain.LedgerTrust) -> chain.ChainVerifier:
+    def verified(self, audit_sha256: str, trust: chain.LedgerTrust, uses: str = "charge") -> chain.ChainVerifier:
         """A verifier that has checked every row so far (:class:`chain.ChainVerifier` for
-        ``audit_sha256``: the chain, and that audit's signers and running totals), kept on this
-        ``Ledger`` and moved on over rows written since; ``LedgerCorrupt`` (exit 5) naming the
-        first row that fails. Its ``tally(audit_sha256)`` is what the audit has spent."""
-        verifier = self._verifier(audit_sha256, trust)
+        ``audit_sha256``: the chain, and that audit's rows of kind ``uses``, their signers and
+        running totals), kept on this ``Ledger`` and moved on over rows written since;
+        ``LedgerCorrupt`` (exit 5) naming the first row that fails. Its
+        ``tally(audit_sha256)`` is what the audit has spent of that kind."""
+        verifier = self._verifier(audit_sha256, trust, uses)
         self._catch_up(verifier, self._read(lambda: self._store.rows_after(verifier.seq)))
         return verifier
 
     def adopt(self, verifier: chain.ChainVerifier) -> None:
         """Go on from ``verifier`` (one another ``Ledger`` on the same ledger built): the rows it
         checked are not read and verified again."""
-        self._verifiers[self._name(verifier.audit, verifier.trust)] = verifier
+        self._verifiers[self._name(verifier.audit, verifier.trust, verifier.uses)] = verifier
 
     @staticmethod
-    def _name(audit_sha256: str, trust: chain.LedgerTrust) -> tuple:
-        return (audit_sha256,) + tuple(tuple(sorted(k.keyid for k in getattr(trust, role + "s")))
-                                       for role in chain.ROLES)
+    def _name(audit_sha256: str, trust: chain.LedgerTrust, uses) -> tuple:
+        return (audit_sha256, tuple(uses)) + tuple(tuple(sorted(k.keyid for k in getattr(trust, role + "s")))
+                                                   for role in chain.ROLES)
 
-    def _verifier(self, audit_sha256: str, trust: chain.LedgerTrust) -> chain.ChainVerifier:
-        name = self._name(audit_sha256, trust)
+    def _verifier(self, audit_sha256: str, trust: chain.LedgerTrust, uses: str) -> chain.ChainVerifier:
+        name = self._name(audit_sha256, trust, (uses,))
         if name not in self._verifiers:
-            self._verifiers[name] = chain.ChainVerifier(trust, audit=audit_sha256)
+            self._verifiers[name] = chain.ChainVerifier(trust, audit=audit_sha256, uses=(uses,))
         return self._verifiers[name]
 
     def _forget(self, verifier: chain.ChainVerifier) -> None:
@@ -255,7 +256,7 @@ class Ledger:
         trust = trust or chain.LedgerTrust()
         if own.keyid not in {k.keyid for k in trust.runners}:
             trust = chain.LedgerTrust(trust.auditors, trust.approvers, trust.runners + (own,))
-        verifier = self._verifier(audit_sha256, trust)
+        verifier = self._verifier(audit_sha256, trust, kind)
         try:
             with self._write() as txn:
                 self._catch_up(verifier, txn.rows_after(verifier.seq))

@@ -40,7 +40,7 @@ class LedgerAllowance:
 
     def _refresh(self) -> None:
         """What the verified ledger says now: this job's tokens held and used, other jobs' held."""
-        tally = self.ledger.verified(self.audit_sha256, self.trust).tally(self.audit_sha256)
+        tally = self.ledger.verified(self.audit_sha256, self.trust, "generation").tally(self.audit_sha256)
         job = tally.jobs.get(self.job_id, JobTally())
         self.held = (job.held_prompt, job.held_completion)
         self.used = (job.used_prompt, job.used_completion)
