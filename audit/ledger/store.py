@@ -318,19 +318,26 @@ class Ledger:
     def hold_tokens(self, audit_sha256: str, job_id: str, *, held: tuple[int, int],
                     used: tuple[int, int], limits: tuple[float, float], body: Mapping[str, Any],
                     private_key: Ed25519PrivateKey, trust: chain.LedgerTrust | None = None,
-                    force: bool = False, time: datetime | str | None = None) -> dict:
+                    force: bool = False, expect_held: tuple[int, int] | None = None,
+                    time: datetime | str | None = None) -> dict:
         """A generation job's tokens, through :meth:`metered`: the job now holds ``held``
         (prompt, completion) of the audit's allowance (reserved: used or in flight) and has
         used ``used`` of it. A row that raises what the job holds is refused with
         :class:`BudgetExceeded` (exit 6, nothing written) when all jobs together would then
         hold more than ``limits`` (the audited prompt and generated tokens), unless ``force``
         (tokens already spent: they are booked whatever the allowance). ``body``: the job's
-        other fields (status, teacher...). Returns the row written."""
+        other fields (status, teacher...). ``expect_held``: what the caller last saw the job
+        hold; anything else means another process books the same job (``InputError``, nothing
+        written), which could release tokens this one has in flight. Returns the row written."""
         held = (int(held[0]), int(held[1]))
         used = (int(used[0]), int(used[1]))
 
         def decide(tally: chain.AuditTally) -> dict:
             job = tally.jobs.get(job_id, chain.JobTally())
+            if expect_held is not None and (job.held_prompt, job.held_completion) != tuple(expect_held):
+                raise InputError(f"generation job {job_id}: the ledger says it holds {job.held_prompt:,} + "
+                                 f"{job.held_completion:,} tokens, not {expect_held[0]:,} + {expect_held[1]:,}: "
+                                 f"another process is running the same job; stop one of them")
             spent = (tally.spent_prompt_tokens + held[0] - job.held_prompt,
                      tally.spent_completion_tokens + held[1] - job.held_completion)
             grows = held[0] > job.held_prompt or held[1] > job.held_completion

@@ -66,7 +66,8 @@ class LedgerAllowance:
             try:
                 row = self.ledger.hold_tokens(self.audit_sha256, self.job_id, held=held, used=used, limits=self.limits,
                                               body={**self.fields, "status": status, **(extra or {})},
-                                              private_key=self.private_key, trust=self.trust, force=force)
+                                              private_key=self.private_key, trust=self.trust, force=force,
+                                              expect_held=self.held)
             except BudgetExceeded:
                 self._refresh()
                 return False

@@ -238,3 +238,27 @@ def test_a_run_record_signs_the_ledger_head_it_charged_against(project, signer, 
     assert main(["ledger", "verify", *keys]) == 0  # ...the chain left holds...
     assert main(["ledger", "verify", *keys, "--record", str(written.envelope_path)]) == 5  # ...not the record
     assert "is not the one the record signed" in capsys.readouterr().out
+
+
+def test_two_processes_on_one_job_cannot_release_each_others_tokens(tmp_path, signer):
+    """Two sessions of the same job at once (the same --out resumed twice): the second's
+    booking would set the job's holding to its own view and release the first's in-flight
+    tokens. Each booking names what it last saw the job hold; a mismatch stops it."""
+    from audit.errors import InputError
+    from audit.ledger.chain import LedgerTrust
+    from distill.generation.allowance import LedgerAllowance
+
+    where = str(tmp_path / "ledger.sqlite")
+    audit = "ab" * 32
+
+    def session() -> LedgerAllowance:
+        return LedgerAllowance(where, audit, "job-1", (1000, 1000), signer.private_key, LedgerTrust(), {"out": "o"})
+
+    first, second = session(), session()
+    assert first.book((600, 600), (0, 0), status="running")
+    with pytest.raises(InputError, match="another process is running the same job"):
+        second.book((100, 100), (0, 0), status="running")
+    rows = Ledger(where).rows()
+    assert len(rows) == 1 and rows[0]["body"]["held_prompt_tokens"] == 600
+    first.close()
+    second.close()
