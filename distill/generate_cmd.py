@@ -9,8 +9,9 @@ folder (teacher.weights, hashed by check and re-hashed by the gate); a prompts f
 (data.prompts) and method.kind sequence. (3) The allowance: the audited method.prompt_tokens and
 method.teacher_generated_tokens for all jobs under this audit, held in the ledger: each time the
 job needs more it reserves it under the ledger's lock (refused when all jobs would pass the audit),
-from verified rows (--runner-pubkey/--runner-trust: other machines' jobs whose rows count). (4) Generation: an API teacher through the official openai client,
-CONCURRENCY requests at once, retries with exponential backoff and jitter on 429, 408, 5xx,
+from verified rows (--runner-pubkey/--runner-trust: other machines' jobs whose rows count).
+(4) Generation: an API teacher through the official openai client, CONCURRENCY requests at once,
+retries with exponential backoff and jitter on 429, 408, 5xx,
 timeouts and dropped connections (Retry-After honoured), a one-line error on 401/403/404 (exit
 2); a local teacher loaded from its audited folder (its shapes checked against the audited
 config) answering in batches of up to CONCURRENCY prompts, through vLLM when it is installed and
@@ -44,7 +45,8 @@ from distill.cli import add_gate_options, refuse
 
 GENERATE_DEFAULT_OUT = "generate-out"
 LEDGER_EVERY_S = 10.0
-"""While a job runs, its tokens used so far go to the ledger this often (what it holds is booked as it reserves)."""
+"""While a job runs, its tokens used so far go to the ledger this often (what it holds is booked
+as it reserves)."""
 
 
 def _non_negative(text: str) -> float:
