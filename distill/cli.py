@@ -93,6 +93,11 @@ def add_gate_options(p) -> None:
     p.add_argument("--approval", metavar="FILE", help="a reviewer's approval (needed for a REVIEW audit)")
     p.add_argument("--approver-pubkey", metavar="FILE", help="trust this reviewer public key")
     p.add_argument("--approver-trust", metavar="DIR", help="trust every *.pub reviewer key in this folder")
+    runners = p.add_mutually_exclusive_group()
+    runners.add_argument("--runner-pubkey", metavar="FILE", help="trust this key's charges and generation rows in "
+                         "the ledger besides your own (another machine's runs under the same audit)")
+    runners.add_argument("--runner-trust", metavar="DIR", help="trust the ledger rows of every *.pub runner key in "
+                         "this folder besides your own")
     p.add_argument("--max-age-days", type=positive(float, maximum=36500), default=30.0, metavar="N",
                    help="refuse an audit older than N days (default 30)")
 
@@ -116,7 +121,8 @@ def run(args) -> int:
         opened = open_gate(args.plan, args.attestation, pubkey=args.pubkey, trust=args.trust,
                            approval=args.approval, approver_pubkey=args.approver_pubkey,
                            approver_trust=args.approver_trust, max_age_days=args.max_age_days,
-                           out_dir=args.out, key=args.key, ledger=args.ledger, resume=args.resume)
+                           out_dir=args.out, key=args.key, ledger=args.ledger, resume=args.resume,
+                           runner_pubkey=args.runner_pubkey, runner_trust=args.runner_trust)
     except GateRefused as refused:
         return refuse("distill", refused.reasons)
     gate = opened.gate
@@ -166,7 +172,8 @@ def run(args) -> int:
                    manifest=gate.inputs.manifest()[0] if loaded.plan.data.manifest else None)
     if result.rank != 0:
         return 0
-    return finish_run(args, loaded, gate, cfg, result, opened.signing_key(), device_name)
+    return finish_run(args, loaded, gate, cfg, result, opened.signing_key(), device_name,
+                      ledger_head=opened.ledger_anchor())
 
 
 def dry_run_done(args) -> int:
@@ -227,7 +234,8 @@ def loop_overrides(args) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def finish_run(args, loaded, gate, cfg, result, signing_key, device_name: str, extra_files=()) -> int:
+def finish_run(args, loaded, gate, cfg, result, signing_key, device_name: str, extra_files=(),
+               ledger_head: dict | None = None) -> int:
     from audit.attest.keys import key_id, short_fingerprint
     from distill.export import export_model
     from distill.model_card import installed_clause_types, write_model_card
@@ -241,7 +249,7 @@ def finish_run(args, loaded, gate, cfg, result, signing_key, device_name: str, e
         envelope_sha256=gate.envelope_sha256, plan_path=loaded.path, private_key=private_key,
         device_name=device_name, flops_per_token=cfg.flops_per_token, tolerance=cfg.tolerance,
         approval_path=args.approval if gate.approval_sha256 else None, approval_sha256=gate.approval_sha256,
-        extra_files=extra_files)
+        extra_files=extra_files, ledger_head=ledger_head)
     record = written.statement["predicate"]
     card = write_model_card(cfg.out_dir, plan=loaded.plan, audit=gate.audit, record=record,
                             clause_types=installed_clause_types())

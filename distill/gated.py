@@ -87,6 +87,7 @@ class GatedRun:
     key_path: Optional[str] = None
     resume: bool = False
     generation_flops_per_token: float = 0.0
+    ledger_trust: Any = None       # audit.ledger.chain.LedgerTrust: whose ledger rows count
     _meter: Any = field(default=None, repr=False)
     _signing: Any = field(default=None, repr=False)
     _hook: Any = field(default=None, repr=False)
@@ -138,9 +139,13 @@ class GatedRun:
             from distill.ledger_charges import StepCharges
 
             self._hook = StepCharges(self.charges, self.audit_budget_flops, self.signing_key()[0], self.ledger,
-                                     update_flops_per_token=self.student_flops_per_token)
+                                     update_flops_per_token=self.student_flops_per_token, trust=self.ledger_trust)
             self._hook.opened(outcome=self.gate.outcome, resume=self.resume)
         return self._hook
+
+    def ledger_anchor(self) -> dict | None:
+        """The ledger head this run charged against, for its record (None on other ranks)."""
+        return self._hook.anchor() if self._hook is not None else None
 
     @property
     def meter(self) -> "LoopMeter":
@@ -172,7 +177,7 @@ class GatedRun:
             envelope_sha256=self.envelope_sha256, plan_path=self.gate.loaded_plan.path,
             private_key=self.signing_key()[0], device_name=device_name,
             flops_per_token=self.flops_per_token, tolerance=0.0,
-            approval_sha256=self.gate.approval_sha256)
+            approval_sha256=self.gate.approval_sha256, ledger_head=self.ledger_anchor())
         record = written.statement["predicate"]
         card = write_model_card(self.out_dir, plan=self.plan, audit=self.audit, record=record,
                                 clause_types=installed_clause_types())
@@ -299,7 +304,8 @@ def open_gate(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey
               out_dir: str | os.PathLike | None = None,
               key: str | None = None, ledger: str | None = None, resume: bool = False,
               now: dt.datetime | None = None, trains_adapter: bool = False,
-              meters_sampling: bool = False) -> GatedRun:
+              meters_sampling: bool = False, runner_pubkey: str | None = None,
+              runner_trust: str | None = None) -> GatedRun:
     """Verify the audit for ``plan`` (same checks and meanings as ``flopgate distill``'s flags)
     and return the open gate, or raise :class:`GateRefused` with every reason. Loads no model.
     ``trains_adapter``: the caller trains only the plan's ``student.adapter`` (a plan with one
@@ -308,8 +314,10 @@ def open_gate(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey
     ``on_policy`` plan is refused without it: its sampling would go uncharged).
     ``out_dir`` names the run in the ledger: a later call with the same folder continues its
     charges (``resume``), another folder shares what is left of the audit's budget; None means
-    :func:`default_out_dir`."""
-    from distill.ledger_charges import read_charges
+    :func:`default_out_dir`. ``runner_pubkey``/``runner_trust``: other runners' keys whose
+    charges in the ledger count (the run's own key always does); every charge of the audit
+    is verified before its budget is read."""
+    from distill.ledger_charges import ledger_trust, own_runner_key, read_charges, with_runner
 
     gate = verify_audit(plan, attestation, pubkey=pubkey, trust=trust, approval=approval,
                         approver_pubkey=approver_pubkey, approver_trust=approver_trust,
@@ -330,7 +338,10 @@ def open_gate(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey
     if figures.refusal:
         raise GateRefused([figures.refusal])
     out_dir = Path(out_dir) if out_dir else default_out_dir(gate.loaded_plan.plan.name)
-    charges = read_charges(gate.envelope_sha256, out_dir, ledger)
+    trust = with_runner(ledger_trust(pubkey=pubkey, trust=trust, approver_pubkey=approver_pubkey,
+                                     approver_trust=approver_trust, runner_pubkey=runner_pubkey,
+                                     runner_trust=runner_trust), own_runner_key(key))
+    charges = read_charges(gate.envelope_sha256, out_dir, ledger, trust)
     budget = figures.budget - charges.other_runs  # the audit's budget is spent once, across runs
     if budget <= 0:
         raise GateRefused([f"budget: audit {gate.envelope_sha256[:12]}... is spent: other runs were charged "
@@ -338,7 +349,7 @@ def open_gate(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey
                            "(flopgate ledger list --audit ...)"])
     return GatedRun(gate, Path(attestation), out_dir, figures.budget, budget, figures.flops_per_token,
                     figures.student_flops_per_token, charges, ledger=ledger, key_path=key, resume=resume,
-                    generation_flops_per_token=figures.generation_flops_per_token)
+                    generation_flops_per_token=figures.generation_flops_per_token, ledger_trust=trust)
 
 
 def default_out_dir(plan_name: str) -> Path:

@@ -7,9 +7,11 @@ exits 6. (2) The plan must name a teacher that can answer: an API endpoint (teac
 --endpoint may change the path only, never the audited scheme, host or port, exit 6) or a local weights
 folder (teacher.weights, hashed by check and re-hashed by the gate); a prompts file
 (data.prompts) and method.kind sequence. (3) The allowance: the audited method.prompt_tokens and
-method.teacher_generated_tokens, less what other jobs under this audit spent (the ledger's
-generation rows). (4) Generation: an API teacher through the official openai client,
-CONCURRENCY requests at once, retries with exponential backoff and jitter on 429, 408, 5xx,
+method.teacher_generated_tokens for all jobs under this audit, held in the ledger: each time the
+job needs more it reserves it under the ledger's lock (refused when all jobs would pass the audit),
+from verified rows (--runner-pubkey/--runner-trust: other machines' jobs whose rows count).
+(4) Generation: an API teacher through the official openai client, CONCURRENCY requests at once,
+retries with exponential backoff and jitter on 429, 408, 5xx,
 timeouts and dropped connections (Retry-After honoured), a one-line error on 401/403/404 (exit
 2); a local teacher loaded from its audited folder (its shapes checked against the audited
 config) answering in batches of up to CONCURRENCY prompts, through vLLM when it is installed and
@@ -19,12 +21,13 @@ without asking a prompt twice. --filter module:function is called on each sample
 True (keep) or False (discard); discarded samples stay in samples.jsonl, marked, and their
 tokens count. The job stops before a request could pass the allowance (its prompt counted
 conservatively, its answer bounded by --max-tokens). (5) kept-samples.jsonl, data-manifest.json
-and the signed generation record in OUT; a generation row in the ledger.
+and the signed generation record in OUT (it signs the job's last ledger row); a generation row in
+the ledger releasing what the job held beyond what it used.
 
 The API key is read from the environment variable named by teacher.api_key_env, and never
 written or printed. Exit codes: 0 done (also after a clean stop at the allowance), 6 refused by
-the gate or no allowance left, 2 invalid input or a refused key, 1 a prompt that kept failing
-(resume later) or an unexpected error.
+the gate or no allowance left, 5 a ledger row that does not verify, 2 invalid input or a refused
+key, 1 a prompt that kept failing (resume later) or an unexpected error.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from distill.cli import add_gate_options, refuse
 
 GENERATE_DEFAULT_OUT = "generate-out"
 LEDGER_EVERY_S = 10.0
-"""While a job runs, its running totals (spent + reserved in flight) go to the ledger this often."""
+"""While a job runs, its tokens used so far go to the ledger this often (what it holds is booked
+as it reserves)."""
 
 
 def _non_negative(text: str) -> float:
@@ -222,19 +226,22 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     if state:
         _check_journal_against_ledger(state, gate.envelope_sha256, job_id, args.ledger, out_dir)
 
-    # the allowance: the audited figures less what other jobs under this audit spent
-    others = _other_jobs(gate.envelope_sha256, job_id, args.ledger)
-    allowed_prompt = plan.method.prompt_tokens - others[0]
-    allowed_completion = plan.method.teacher_generated_tokens - others[1]
-    meter = TokenMeter(allowed_prompt, allowed_completion, used_prompt=state.prompt_tokens if state else 0,
-                       used_completion=state.completion_tokens if state else 0)
+    # the allowance: held in the ledger, each reservation under its lock (never read once)
+    private_key, key_path = _signing_key(args.key)
+    allowance = _allowance(args, gate, plan, job_id, job["teacher"], out_dir, private_key)
+    meter = TokenMeter(0, 0, used_prompt=max(state.prompt_tokens if state else 0, allowance.used[0]),
+                       used_completion=max(state.completion_tokens if state else 0, allowance.used[1]),
+                       allowance=allowance)
+    allowed_prompt, allowed_completion = allowance.ceiling
+    others = allowance.others
     if pending and not meter.fits_ever(pending[0].max_prompt_tokens(), sampling.max_tokens) and not (state and state.attempts):
+        allowance.close()
         return refuse("generate", [f"budget: audit {gate.envelope_sha256[:12]}... allows {allowed_prompt:,.0f} more prompt and "
                         f"{allowed_completion:,.0f} more generated tokens (audited {plan.method.prompt_tokens:,.0f} and "
-                        f"{plan.method.teacher_generated_tokens:,.0f}, other jobs spent {others[0]:,} and {others[1]:,}); "
-                        f"the first prompt could need {pending[0].max_prompt_tokens():,} + {sampling.max_tokens:,}"])
+                        f"{plan.method.teacher_generated_tokens:,.0f}, other jobs spent or hold {others[0]:,} and "
+                        f"{others[1]:,}); the first prompt could need {pending[0].max_prompt_tokens():,} + "
+                        f"{sampling.max_tokens:,}"])
 
-    private_key, key_path = _signing_key(args.key)
     teacher = job["teacher"]
     where = teacher.get("endpoint_host") or f"{teacher['engine']} on this machine"
     # a resumed job with no room for its next request signs what it has without opening (loading) the teacher
@@ -250,19 +257,15 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
     summary, status = None, "failed"
     booked_at = [time.monotonic()]
 
-    def book_running() -> None:  # spent + in flight, from memory: the journal is being written
+    def book_running() -> None:  # spent so far, from memory (the journal is being written); held as it is
         if time.monotonic() - booked_at[0] >= LEDGER_EVERY_S:
             booked_at[0] = time.monotonic()
-            _append_row(args, gate, job_id, out_dir, "running", teacher,
-                        private_key, prompt_tokens=meter.used_prompt + meter.reserved_prompt,
-                        completion_tokens=meter.used_completion + meter.reserved_completion,
-                        answered=None, kept=None)
+            allowance.book(None, (meter.used_prompt, meter.used_completion), status="running", force=True)
 
     try:
         if state and state.attempts:  # a died session's spending reaches the ledger before any request
-            _append_row(args, gate, job_id, out_dir, "running", teacher,
-                        private_key, prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens,
-                        answered=len(state.done), kept=None)
+            allowance.book(None, (state.prompt_tokens, state.completion_tokens), status="running", force=True,
+                           extra={"answered": len(state.done)})
         summary = run_prompts(pending, backend, sampling, meter, journal, concurrency=args.concurrency,
                               retry=RetryPolicy(args.max_attempts, args.backoff, args.backoff_max), keep=keep,
                               filter_name=args.filter, log=lambda line: print(line, flush=True),
@@ -275,9 +278,10 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         journal.close()
         if backend is not None:
             backend.close()
-        _book(args, gate, seal, out_dir, status, teacher, private_key, failing=summary is None)
+        _book(allowance, seal, out_dir, status, failing=summary is None)
+        allowance.close()
     return _finish(args, loaded, gate, out_dir, prompts, prompts_sha256, job, seal, summary, private_key, key_path,
-                   allowed=(allowed_prompt, allowed_completion))
+                   allowed=(allowed_prompt, allowed_completion), ledger_head=allowance.last_row)
 
 
 def _check_journal_against_ledger(state, audit_sha256: str, job_id: str, ledger_path, out_dir: Path) -> None:
@@ -393,59 +397,45 @@ def _signing_key(path: str | None):
     return key, where
 
 
-def _other_jobs(audit_sha256: str, job_id: str, ledger_path) -> tuple[int, int]:
-    """(prompt, completion) tokens other generation jobs under this audit spent: each job's
-    latest ledger row (rows carry the job's running totals)."""
-    from audit.ledger.store import Ledger, ledger_exists
+def _allowance(args, gate, plan, job_id: str, teacher: dict, out_dir: Path, private_key):
+    """The job's share of the audit's token allowance, held in the ledger (verified: rows of
+    this audit signed by trusted keys, by role, with running totals that add up)."""
+    from distill.generation.allowance import LedgerAllowance
+    from distill.ledger_charges import ledger_trust
 
-    if not ledger_exists(ledger_path):
-        return 0, 0
-    latest: dict[str, dict] = {}
-    with Ledger(ledger_path, create=False) as ledger:
-        for row in ledger.rows(audit=audit_sha256):
-            body = row.get("body") or {}
-            if row.get("kind") == "generation" and row.get("audit_sha256") == audit_sha256 and body.get("job_id") != job_id:
-                latest[str(body.get("job_id"))] = body
-    return (sum(int(b.get("prompt_tokens", 0)) for b in latest.values()),
-            sum(int(b.get("completion_tokens", 0)) for b in latest.values()))
+    fields = {"out": str(out_dir.resolve()), "teacher_model": teacher["model"],
+              **{k: v for k, v in teacher.items() if k != "model"}}
+    return LedgerAllowance(args.ledger, gate.envelope_sha256, job_id,
+                           (plan.method.prompt_tokens, plan.method.teacher_generated_tokens), private_key,
+                           ledger_trust(args), fields)
 
 
-def _book(args, gate, seal, out_dir: Path, status: str, teacher: dict, private_key, *,
-          failing: bool) -> None:
-    """The job's running totals as a ``generation`` row in the ledger. When the job is already
-    failing, a ledger that cannot be written is a warning, so the first error is the one shown."""
+def _book(allowance, seal, out_dir: Path, status: str, *, failing: bool) -> None:
+    """The job's tokens used (from its sealed journal) as a ``generation`` row, releasing what it
+    held beyond them. When the job is already failing, a ledger that cannot be written is a
+    warning, so the first error is the one shown."""
     from distill.generation.journal import load_state
 
     try:
         state = load_state(out_dir, seal)
         kept = sum(1 for r in state.done.values() if r.get("status") == "kept")
-        _append_row(args, gate, seal.job_id, out_dir, status, teacher, private_key, prompt_tokens=state.prompt_tokens,
-                    completion_tokens=state.completion_tokens, answered=len(state.done), kept=kept)
+        used = (state.prompt_tokens, state.completion_tokens)
+        allowance.book(used, used, status=status, force=True,
+                       extra={"answered": len(state.done), "kept": kept, "discarded": len(state.done) - kept})
     except Exception as exc:  # noqa: BLE001
         if not failing:
             raise
         print(f"flopgate: warning: the job's tokens were not recorded in the ledger ({exc})", file=sys.stderr)
 
 
-def _append_row(args, gate, job_id: str, out_dir: Path, status: str, teacher: dict, private_key, *,
-                prompt_tokens: int, completion_tokens: int, answered: int, kept) -> None:
-    """One ``generation`` row: the job's running totals (each row replaces the job's previous
-    one when jobs are summed: :func:`_other_jobs`)."""
-    from audit.ledger.store import Ledger
-
-    body = {"job_id": job_id, "out": str(out_dir.resolve()), "status": status,
-            "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
-            "teacher_model": teacher["model"], **{k: v for k, v in teacher.items() if k != "model"}}
-    if answered is not None:
-        body["answered"] = answered
-    if kept is not None:
-        body.update(kept=kept, discarded=answered - kept)
-    with Ledger(args.ledger) as ledger:
-        ledger.append("generation", gate.envelope_sha256, body, private_key)
+def _ledger_anchor(row: dict | None) -> dict | None:
+    """The ledger head the job charged against (its last row): ``flopgate ledger verify --record``
+    proves the ledger still reaches it."""
+    return None if row is None else {"seq": row["seq"], "row_hash": row["row_hash"]}
 
 
 def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job: dict, seal, summary,
-            private_key, key_path, *, allowed: tuple[float, float]) -> int:
+            private_key, key_path, *, allowed: tuple[float, float], ledger_head: dict | None = None) -> int:
     from audit.attest.keys import key_id, short_fingerprint
     from distill.generation.journal import load_state
     from distill.generation.record import write_generation_record, write_kept
@@ -473,7 +463,7 @@ def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job
                        "audited_completion": float(plan.method.teacher_generated_tokens)},
             "flops": _generation_flops(gate, plan, state.prompt_tokens + state.completion_tokens),
             "stopped_by_budget": summary.stopped_by_budget, "message": summary.message,
-            "wall_time_s": state.wall_time_s}
+            "wall_time_s": state.wall_time_s, "ledger": _ledger_anchor(ledger_head)}
     written = write_generation_record(
         out_dir, audit=gate.audit, audit_envelope=args.attestation, envelope_sha256=gate.envelope_sha256,
         plan_path=loaded.path, prompts_path=plan.data.prompts, prompts_sha256=prompts_sha256,

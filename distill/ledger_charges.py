@@ -11,35 +11,90 @@ own charges. FLOP use 1 multiply-add = 2 FLOP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from audit.errors import InputError
 from audit.numbers import quantity
 
 
+def ledger_trust(args=None, *, pubkey: str | None = None, trust: str | None = None,
+                 approver_pubkey: str | None = None, approver_trust: str | None = None,
+                 runner_pubkey: str | None = None, runner_trust: str | None = None):
+    """Whose ledger rows count, by role (:class:`audit.ledger.chain.LedgerTrust`), from the gate's
+    flags (``args``) or the same names: the auditor keys (``--pubkey``/``--trust``), reviewer
+    keys (``--approver-*``) and runner keys (``--runner-*``; the run's own signing key is added
+    by whoever signs)."""
+    from audit.attest.keys import load_trusted_keys
+    from audit.ledger.chain import LedgerTrust
+
+    if args is not None:
+        pubkey, trust = getattr(args, "pubkey", None), getattr(args, "trust", None)
+        approver_pubkey, approver_trust = getattr(args, "approver_pubkey", None), getattr(args, "approver_trust", None)
+        runner_pubkey, runner_trust = getattr(args, "runner_pubkey", None), getattr(args, "runner_trust", None)
+
+    def keys(file, folder) -> tuple:
+        return tuple(load_trusted_keys(file, folder)) if file or folder else ()
+
+    return LedgerTrust(keys(pubkey, trust), keys(approver_pubkey, approver_trust), keys(runner_pubkey, runner_trust))
+
+
 @dataclass(frozen=True)
 class RunCharges:
-    """What the ledger holds for this audit: this run's charges and everyone else's (FLOP)."""
+    """What the ledger holds for this audit: this run's charges and everyone else's (FLOP);
+    ``verifier``: the chain as far as it was verified to read them (the charges go on from it)."""
 
     audit_sha256: str
     run_id: str
     this_run: float
     other_runs: float
+    verifier: Any = field(default=None, compare=False, repr=False)
 
 
-def read_charges(audit_sha256: str, out_dir: Path, ledger_path: str | None = None) -> RunCharges:
-    """The audit's charges in the ledger, split by run (read only: a missing ledger is empty)."""
+def own_runner_key(key_path: str | None):
+    """The public half of the key a run signs with (``key_path``, else the local default key),
+    as a trusted runner key; None when that key does not exist yet (nothing was signed with it).
+    Reads the ``.pub`` beside it when there is one, so that no passphrase is needed to read."""
+    from audit.attest.keys import (TrustedKey, default_key_path, key_id, load_private_key, load_public_key,
+                                   public_key_path)
+
+    path = Path(key_path).expanduser() if key_path else default_key_path()
+    if public_key_path(path).exists():
+        public = load_public_key(public_key_path(path))
+    elif path.exists():
+        public = load_private_key(path).public_key()
+    else:
+        return None
+    return TrustedKey(key_id(public), public, str(path))
+
+
+def with_runner(trust, key):
+    """``trust`` with ``key`` (a TrustedKey or None) added to its runner keys."""
+    from audit.ledger.chain import LedgerTrust
+
+    if key is None or key.keyid in {k.keyid for k in trust.runners}:
+        return trust
+    return LedgerTrust(trust.auditors, trust.approvers, trust.runners + (key,))
+
+
+def read_charges(audit_sha256: str, out_dir: Path, ledger_path: str | None = None, trust=None) -> RunCharges:
+    """The audit's charges in the ledger, split by run (read only: a missing ledger is empty),
+    from verified rows: the chain holds, and the audit's charges are signed by trusted runner
+    keys (``trust``, a :class:`audit.ledger.chain.LedgerTrust`; default: the local key) with
+    running totals that add up (``LedgerCorrupt``, exit 5, otherwise)."""
+    from audit.ledger.chain import LedgerTrust
     from audit.ledger.store import Ledger, ledger_exists
 
     run_id = str(Path(out_dir).resolve())
     if not ledger_exists(ledger_path):
         return RunCharges(audit_sha256, run_id, 0.0, 0.0)
+    trust = trust if trust is not None else with_runner(LedgerTrust(), own_runner_key(None))
     with Ledger(ledger_path, create=False) as ledger:
-        charges = [r["body"] for r in ledger.rows(audit=audit_sha256) if r["kind"] == "charge"]
-    this_run = sum(float(c["flops"]) for c in charges if c["run_id"] == run_id)
-    return RunCharges(audit_sha256, run_id, this_run, sum(float(c["flops"]) for c in charges) - this_run)
+        verifier = ledger.verified(audit_sha256, trust)
+    tally = verifier.tally(audit_sha256)
+    this_run = tally.runs.get(run_id, 0.0)
+    return RunCharges(audit_sha256, run_id, this_run, tally.spent_flops - this_run, verifier)
 
 
 class StepCharges:
@@ -50,19 +105,23 @@ class StepCharges:
     step's tokens x ``update_flops_per_token``, the student's training FLOP per token)."""
 
     def __init__(self, charges: RunCharges, audit_budget: float, private_key, ledger_path: str | None = None,
-                 *, update_flops_per_token: float):
+                 *, update_flops_per_token: float, trust=None):
         from audit.ledger.store import Ledger
 
         self.charges, self.audit_budget, self.private_key = charges, audit_budget, private_key
+        self.trust = trust  # whose rows count when charging (the signing key is always added)
+        self.last_row: dict | None = None  # the ledger head this run charged against
         self.update_flops_per_token = float(update_flops_per_token)
         self.ledger = Ledger(ledger_path)
+        if charges.verifier is not None and trust is not None:
+            self.ledger.adopt(charges.verifier)  # the gate verified the chain: go on from there
         self.charged = charges.this_run
 
     def opened(self, *, outcome: str, resume: bool) -> None:
         """Record that the gate opened for this run (``resume`` for a continued one)."""
-        self.ledger.append("resume" if resume else "gate_open", self.charges.audit_sha256,
-                           {"run_id": self.charges.run_id, "outcome": outcome,
-                            "charged_before_flops": self.charges.this_run}, self.private_key)
+        self.last_row = self.ledger.append("resume" if resume else "gate_open", self.charges.audit_sha256,
+                                           {"run_id": self.charges.run_id, "outcome": outcome,
+                                            "charged_before_flops": self.charges.this_run}, self.private_key)
 
     def after_resume(self, meter_flops: float) -> None:
         if meter_flops < self.charged:
@@ -75,7 +134,14 @@ class StepCharges:
         if flops is None:
             return
         self.after_resume(flops)
-        self.ledger.charge(self.charges.audit_sha256, self.audit_budget, self.charges.run_id, record["step"],
-                           record["step"], record["step_tokens"], flops - self.charged, self.private_key,
-                           update_flops=record["step_tokens"] * self.update_flops_per_token)
+        self.last_row = self.ledger.charge(
+            self.charges.audit_sha256, self.audit_budget, self.charges.run_id, record["step"], record["step"],
+            record["step_tokens"], flops - self.charged, self.private_key,
+            update_flops=record["step_tokens"] * self.update_flops_per_token, trust=self.trust)
         self.charged = flops
+
+    def anchor(self) -> dict | None:
+        """The ledger head this run charged against (its last row's seq and row_hash), for the
+        run record: ``flopgate ledger verify --record`` proves the ledger still reaches it."""
+        return None if self.last_row is None else {"seq": self.last_row["seq"],
+                                                   "row_hash": self.last_row["row_hash"]}

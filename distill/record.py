@@ -23,6 +23,8 @@ The predicate::
      "stopped_by_budget", "stopped_early", "message",
      "eval": null or {"step", "tokens", "ce", "kl", "top1_agreement"} (the last held-out evaluation),
      "checkpoint": {"name", "step", "root_sha256", "files"},
+     "ledger": {"seq", "row_hash"} or null (the run's last ledger row: the head it charged
+               against; ``flopgate ledger verify --record`` proves the ledger still reaches it),
      "obligations": [the audit decision's obligations, carried to the student],
      "inputs": [{"role", "name", "sha256", "path"}]}
 
@@ -129,7 +131,8 @@ def write_run_record(out_dir: str | os.PathLike, result, *, audit_envelope: str 
                      flops_per_token: Optional[float], tolerance: float,
                      approval_path: str | os.PathLike | None = None,
                      approval_sha256: Optional[str] = None,
-                     extra_files: Sequence[tuple[str, str | os.PathLike]] = ()) -> WrittenRecord:
+                     extra_files: Sequence[tuple[str, str | os.PathLike]] = (),
+                     ledger_head: Optional[dict] = None) -> WrittenRecord:
     """Hash the outputs, sign the run record and write both files atomically.
 
     ``extra_files`` are more ``(role, path)`` subjects, e.g. ``("model_card", README.md)``."""
@@ -155,6 +158,7 @@ def write_run_record(out_dir: str | os.PathLike, result, *, audit_envelope: str 
         checkpoint_root=checkpoint_digest(checkpoint),
         checkpoint_files=sum(1 for f in files if f.role == "checkpoint"),
         approval_sha256=approval_sha256, inputs=inputs)
+    predicate["ledger"] = ledger_head
     statement = make_statement(subjects, PREDICATE_RUN_RECORD, predicate)
     envelope = sign_statement(statement, private_key)
     envelope_path = write_envelope(out_dir / RECORD_ENVELOPE, envelope)

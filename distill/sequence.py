@@ -543,4 +543,5 @@ def run(args, opened) -> int:
     if result.rank != 0:
         return 0
     extra = [("generation_record", generated.record_path), ("sequence_data", cfg.out_dir / DATA_RECORD)]
-    return cli.finish_run(args, loaded, gate, cfg, result, opened.signing_key(), device_name, extra_files=extra)
+    return cli.finish_run(args, loaded, gate, cfg, result, opened.signing_key(), device_name, extra_files=extra,
+                          ledger_head=opened.ledger_anchor())

@@ -32,10 +32,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "verify", help="check every row's hash, link and signature",
         description="Check the whole chain: seq numbers without gaps, each prev_hash the row "
                     "before's row_hash, each row_hash its content, each signature by a key you "
-                    "trust. Exit 0 when all hold, 5 naming the first row that does not, 2 when "
-                    "the ledger or a key cannot be read.")
+                    "trust for that kind of row (auditor keys: --pubkey/--trust, for audit rows; "
+                    "reviewer keys for approval rows; runner keys for gate openings, runs, "
+                    "charges and generation rows), every number finite and >= 0, and the running "
+                    "totals. With --record, also that the ledger still reaches the head each "
+                    "record signed. Exit 0 when all hold, 5 naming the first row (or record) that "
+                    "does not, 2 when the ledger, a key or a record cannot be read.")
     add_ledger_option(verify)
     add_trust_options(verify, required=True)
+    approvers = verify.add_mutually_exclusive_group()
+    approvers.add_argument("--approver-pubkey", metavar="FILE", help="trust this reviewer key for approval rows")
+    approvers.add_argument("--approver-trust", metavar="DIR", help="trust every *.pub in this folder for approval rows")
+    runners = verify.add_mutually_exclusive_group()
+    runners.add_argument("--runner-pubkey", metavar="FILE",
+                         help="trust this key for the rows runs and generation jobs write")
+    runners.add_argument("--runner-trust", metavar="DIR",
+                         help="trust every *.pub in this folder for the rows runs and generation jobs write")
+    verify.add_argument("--record", metavar="FILE", action="append", default=[],
+                        help="a run or generation record (run-record.intoto.json, generation-record.intoto.json, "
+                             "signed by a runner key): the ledger must still hold the row it signed (its seq and "
+                             "row_hash), so a ledger cut back or swapped since is found; repeatable")
     verify.set_defaults(func=run_verify)
 
     listing = sub.add_parser("list", help="list rows",
@@ -85,14 +101,64 @@ def _open(args: argparse.Namespace):
     return Ledger(args.ledger, create=False)
 
 
+def verify_trust(args: argparse.Namespace):
+    """The keys ``ledger verify`` trusts, by role (:class:`audit.ledger.chain.LedgerTrust`)."""
+    from audit.attest.keys import load_trusted_keys
+    from audit.ledger.chain import LedgerTrust
+
+    def keys(file, folder) -> tuple:
+        return tuple(load_trusted_keys(file, folder)) if file or folder else ()
+
+    return LedgerTrust(keys(args.pubkey, args.trust), keys(args.approver_pubkey, args.approver_trust),
+                       keys(args.runner_pubkey, args.runner_trust))
+
+
+def record_anchor(path: str, trust) -> dict:
+    """The ledger head a signed run or generation record names (``{"seq", "row_hash"}``),
+    after verifying the record's signature with a runner key; ``InputError`` otherwise."""
+    from audit.attest import PREDICATE_GENERATION_RECORD, PREDICATE_RUN_RECORD
+    from audit.attest.verify import verify_envelope_file
+    from audit.errors import InputError
+
+    if not trust.runners:
+        raise InputError("a record is signed by the run's key: name it with --runner-pubkey or --runner-trust",
+                         field="--record")
+    # the signature and the statement only: the record's files need not be at hand
+    verified = verify_envelope_file(path, list(trust.runners), check_files=False,
+                                    predicate_types=(PREDICATE_RUN_RECORD, PREDICATE_GENERATION_RECORD))
+    anchor = verified.predicate.get("ledger")
+    if not (isinstance(anchor, dict) and isinstance(anchor.get("seq"), int) and not isinstance(anchor["seq"], bool)
+            and anchor["seq"] >= 1 and isinstance(anchor.get("row_hash"), str)):
+        raise InputError("the record names no ledger head (ledger.seq and ledger.row_hash); it was made "
+                         "before records carried one, or by a run that wrote no ledger row", source=path)
+    return anchor
+
+
+def anchor_problem(raw: list[tuple[int, str]], anchor: dict, path: str) -> str | None:
+    """Why the ledger ``raw`` (verified rows) does not reach the head a record signed, or None."""
+    by_seq = dict(raw)
+    if anchor["seq"] not in by_seq:
+        last = raw[-1][0] if raw else 0
+        return (f"record {path}: signed ledger head seq {anchor['seq']}, but the ledger ends at seq {last} "
+                f"(rows were cut from its end, or this is another ledger)")
+    found = json.loads(by_seq[anchor["seq"]]).get("row_hash")
+    if found != anchor["row_hash"]:
+        return (f"record {path}: the ledger's row seq {anchor['seq']} is not the one the record signed "
+                f"(row_hash {str(found)[:16]}..., signed {anchor['row_hash'][:16]}...): the ledger was replaced "
+                f"or rewritten")
+    return None
+
+
 def run_verify(args: argparse.Namespace) -> int:
     from audit.attest import VERIFY_FAILED_EXIT
-    from audit.attest.keys import load_trusted_keys
 
-    trusted = load_trusted_keys(args.pubkey, args.trust)
+    trusted = verify_trust(args)
+    anchors = [(path, record_anchor(path, trusted)) for path in args.record]
     with _open(args) as ledger:
         raw = ledger.raw_rows()  # read once: the head printed is the head verified
         problems = ledger.verify(trusted, raw)
+        if not problems:
+            problems = [line for path, anchor in anchors if (line := anchor_problem(raw, anchor, path))]
         if problems:
             print(f"FAILED    {ledger.path}")
             for line in problems:
@@ -103,7 +169,11 @@ def run_verify(args: argparse.Namespace) -> int:
             head = json.loads(raw[-1][1])
             print(f"  rows      {len(raw)} (seq 1..{head['seq']})")
             print(f"  head      seq {head['seq']} row_hash {head['row_hash']}")
-            print("  (record the head elsewhere: a chain cannot show rows cut from its end)")
+            for path, anchor in anchors:
+                print(f"  record    {path}: reaches seq {anchor['seq']} row_hash {anchor['row_hash'][:16]}...")
+            if not anchors:
+                print("  (record the head elsewhere: a chain cannot show rows cut from its end; run and "
+                      "generation records sign theirs: --record)")
         else:
             print("  rows      0 (empty ledger)")
     return 0
@@ -118,6 +188,11 @@ def _summary(row: dict[str, Any]) -> str:
     if kind == "audit":
         return (f"{body.get('plan_name')} {body.get('outcome')} budget "
                 f"{_flops(body.get('budget_flops'))} FLOP")
+    if kind == "generation":
+        return (f"job {str(body.get('job_id'))[:8]} {body.get('status')}: used {body.get('prompt_tokens')} + "
+                f"{body.get('completion_tokens')}, holds {body.get('held_prompt_tokens')} + "
+                f"{body.get('held_completion_tokens')}; all jobs hold {body.get('spent_prompt_tokens')} + "
+                f"{body.get('spent_completion_tokens')} tokens")
     return " ".join(f"{k}={body[k]}" for k in sorted(body))[:80]
 
 

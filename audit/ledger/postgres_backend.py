@@ -64,6 +64,11 @@ class PostgresTxn:
         found = self._conn.execute(self._text(_LAST_CHARGE), {"audit": audit_sha256}).first()
         return None if found is None else (int(found[0]), found[1])
 
+    def rows_after(self, seq: int) -> list[tuple[int, str]]:
+        """Every row after ``seq``, in seq order (what a verifier has not seen yet)."""
+        return [(int(s), t) for s, t in self._conn.execute(self._text(
+            "SELECT seq, row_json FROM rows WHERE seq > :seq ORDER BY seq"), {"seq": seq}).all()]
+
 
 class PostgresBackend:
     """The ledger in the PostgreSQL database at ``url``. The password, if the URL has one, is
@@ -134,6 +139,10 @@ class PostgresBackend:
     def last_charge(self, audit_sha256: str) -> Optional[tuple[int, str]]:
         found = self._read(_LAST_CHARGE, {"audit": audit_sha256})
         return (int(found[0][0]), found[0][1]) if found else None
+
+    def rows_after(self, seq: int) -> list[tuple[int, str]]:
+        return [(int(s), t) for s, t in self._read(
+            "SELECT seq, row_json FROM rows WHERE seq > :seq ORDER BY seq", {"seq": seq})]
 
     def all_rows(self) -> list[tuple[int, str]]:
         return [(int(s), t) for s, t in self._read("SELECT seq, row_json FROM rows ORDER BY seq")]

@@ -54,6 +54,11 @@ class SqliteTxn:
         """The audit's latest charge row ``(seq, row_json)``, or None (an index lookup)."""
         return self._conn.execute(_LAST_CHARGE, (audit_sha256,)).fetchone()
 
+    def rows_after(self, seq: int) -> list[tuple[int, str]]:
+        """Every row after ``seq``, in seq order (what a verifier has not seen yet)."""
+        return self._conn.execute("SELECT seq, row_json FROM rows WHERE seq > ? ORDER BY seq",
+                                  (seq,)).fetchall()
+
 
 class SqliteBackend:
     """The ledger file at ``path``; ``create=False`` refuses a missing file (``InputError``)."""
@@ -68,7 +73,10 @@ class SqliteBackend:
                 raise InputError("ledger not found", source=self.location)
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            # one thread at a time, but maybe not the one that opened it (a generation job's
+            # workers reserve tokens under the meter's lock)
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                         check_same_thread=False)
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -97,6 +105,9 @@ class SqliteBackend:
 
     def last_charge(self, audit_sha256: str) -> Optional[tuple[int, str]]:
         return SqliteTxn(self._conn).last_charge(audit_sha256)
+
+    def rows_after(self, seq: int) -> list[tuple[int, str]]:
+        return SqliteTxn(self._conn).rows_after(seq)
 
     def all_rows(self) -> list[tuple[int, str]]:
         return self._conn.execute("SELECT seq, row_json FROM rows ORDER BY seq").fetchall()

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.attest.canonical import StrictJSONError, canonical_json, strict_json_loads
-from audit.attest.keys import TrustedKey, flopgate_home
+from audit.attest.keys import TrustedKey, flopgate_home, key_id
 from audit.errors import FlopgateError, InputError
 from audit.numbers import quantity
 from audit.ledger import chain
@@ -126,6 +126,7 @@ class Ledger:
             self._errors = ERRORS
         self.engine = self._store.engine
         self.path = self._store.location  # a file path, or the URL without its password
+        self._verifiers: dict[tuple, chain.ChainVerifier] = {}  # by audit and trusted keys
 
     def close(self) -> None:
         self._store.close()
@@ -188,24 +189,108 @@ class Ledger:
 
     def append(self, kind: str, audit_sha256: str, body: Mapping[str, Any],
                private_key: Ed25519PrivateKey, *, time: datetime | str | None = None) -> dict:
-        """Append one signed row (in one write transaction); return it. Charges go through
-        :meth:`charge`, which checks the budget and keeps the running total."""
-        if kind == "charge":
-            raise InputError("ledger row: a charge is written by Ledger.charge, not append")
+        """Append one signed row (in one write transaction); return it. Metered rows go through
+        :meth:`charge` and :meth:`hold_tokens`, which check the allowance and keep the totals."""
+        if kind in chain.METERED_KINDS:
+            raise InputError(f"ledger row: a {kind} row is written by Ledger."
+                             f"{'charge' if kind == 'charge' else 'hold_tokens'}, not append")
         with self._write() as txn:
             return self._insert_next(txn, kind, audit_sha256, body, private_key, time)
 
+    # -- the allowance: one locked read-check-append for every metered quantity -----------
+
+    def verified(self, audit_sha256: str, trust: chain.LedgerTrust, uses: str = "charge") -> chain.ChainVerifier:
+        """A verifier that has checked every row so far (:class:`chain.ChainVerifier` for
+        ``audit_sha256``: the chain, and that audit's rows of kind ``uses``, their signers and
+        running totals), kept on this ``Ledger`` and moved on over rows written since;
+        ``LedgerCorrupt`` (exit 5) naming the first row that fails. Its
+        ``tally(audit_sha256)`` is what the audit has spent of that kind."""
+        verifier = self._verifier(audit_sha256, trust, uses)
+        self._catch_up(verifier, self._read(lambda: self._store.rows_after(verifier.seq)))
+        return verifier
+
+    def adopt(self, verifier: chain.ChainVerifier) -> None:
+        """Go on from ``verifier`` (one another ``Ledger`` on the same ledger built): the rows it
+        checked are not read and verified again."""
+        self._verifiers[self._name(verifier.audit, verifier.trust, verifier.uses)] = verifier
+
+    @staticmethod
+    def _name(audit_sha256: str, trust: chain.LedgerTrust, uses) -> tuple:
+        return (audit_sha256, tuple(uses)) + tuple(tuple(sorted(k.keyid for k in getattr(trust, role + "s")))
+                                                   for role in chain.ROLES)
+
+    def _verifier(self, audit_sha256: str, trust: chain.LedgerTrust, uses: str) -> chain.ChainVerifier:
+        name = self._name(audit_sha256, trust, (uses,))
+        if name not in self._verifiers:
+            self._verifiers[name] = chain.ChainVerifier(trust, audit=audit_sha256, uses=(uses,))
+        return self._verifiers[name]
+
+    def _forget(self, verifier: chain.ChainVerifier) -> None:
+        for name in [n for n, v in self._verifiers.items() if v is verifier]:
+            del self._verifiers[name]
+
+    def _catch_up(self, verifier: chain.ChainVerifier, stored: list[tuple[int, str]]) -> None:
+        for seq, text in stored:
+            row = self._parse(seq, text)
+            problem = (f"row seq {seq}: the stored row says seq {row.get('seq')!r} (rows moved or "
+                       f"reordered)" if isinstance(row, dict) and row.get("seq") != seq
+                       else verifier.feed(row))
+            if problem:
+                self._forget(verifier)
+                raise LedgerCorrupt(f"{self.path}: {problem}; run flopgate ledger verify")
+
+    def metered(self, kind: str, audit_sha256: str, decide, private_key: Ed25519PrivateKey, *,
+                trust: chain.LedgerTrust | None = None,
+                time: datetime | str | None = None) -> dict:
+        """Append a metered row (``charge`` or ``generation``) in ONE write transaction holding
+        the ledger's write lock (SQLite ``BEGIN IMMEDIATE``, PostgreSQL ``ledger_head FOR
+        UPDATE``): verify every row written since this ``Ledger`` last looked (chain links and
+        hashes; the audit's signers, by role, and running totals), call ``decide(tally)`` with
+        the audit's verified :class:`chain.AuditTally` for the row's body (it raises
+        :class:`BudgetExceeded` to refuse: nothing written), append the row and check it as
+        any reader will. Two writers never both spend the last of an allowance.
+
+        ``trust``: the keys whose rows count (default: only ``private_key``'s, as a runner);
+        ``private_key`` is always trusted as a runner."""
+        own = chain.TrustedKey(key_id(private_key.public_key()), private_key.public_key(), "signing key")
+        trust = trust or chain.LedgerTrust()
+        if own.keyid not in {k.keyid for k in trust.runners}:
+            trust = chain.LedgerTrust(trust.auditors, trust.approvers, trust.runners + (own,))
+        verifier = self._verifier(audit_sha256, trust, kind)
+        try:
+            with self._write() as txn:
+                self._catch_up(verifier, txn.rows_after(verifier.seq))
+                last = self._last_row(txn)  # the head as stored now: intact, and the one verified
+                if (last or {}).get("row_hash", chain.GENESIS_PREV) != verifier.head_hash:
+                    raise LedgerCorrupt(f"{self.path}: the last row (seq {verifier.seq}) changed "
+                                        f"after it was verified; run flopgate ledger verify")
+                body = decide(verifier.tally(audit_sha256))
+                try:
+                    row = chain.make_row(verifier.head, kind, audit_sha256, body, private_key, time)
+                except ValueError as exc:  # RowError, or a body canonical JSON cannot hold
+                    raise InputError(f"ledger row: {exc}") from None
+                problem = verifier.feed(row)
+                if problem:
+                    raise InputError(f"ledger row: {problem.split(': ', 1)[-1]}")
+                txn.insert(row["seq"], canonical_json(row).decode("utf-8"))
+        except BudgetExceeded:
+            raise
+        except BaseException:
+            self._forget(verifier)  # it may have moved past a row that was not written
+            raise
+        return row
+
     def charge(self, audit_sha256: str, budget_flops: float, run_id: str, step_from: int,
                step_to: int, tokens: float, flops: float, private_key: Ed25519PrivateKey, *,
-               update_flops: float | None = None, time: datetime | str | None = None) -> dict:
+               update_flops: float | None = None, time: datetime | str | None = None,
+               trust: chain.LedgerTrust | None = None) -> dict:
         """Charge ``flops`` of training (steps ``step_from``..``step_to``) to the audit;
         ``update_flops`` is the part of it spent on the student's parameter updates (its forward
         and backward passes; the rest is teacher compute), when the caller knows it.
 
-        In one write transaction: read what is already charged to the audit (the running
-        total ``spent_flops`` of its latest charge row, whose hash is checked) and append the
-        charge row carrying the new total, or raise :class:`BudgetExceeded` (exit 6, nothing
-        written) when that total would pass ``budget_flops``. Returns the row written.
+        Through :meth:`metered`: the audit's verified running total plus ``flops`` is written
+        as the new ``spent_flops``, or :class:`BudgetExceeded` (exit 6, nothing written) when it
+        would pass ``budget_flops``. Returns the row written.
         """
         flops = float(flops)
         budget = float(budget_flops)
@@ -213,11 +298,11 @@ class Ledger:
             raise InputError(f"charge: flops must be a finite number >= 0, got {flops}")
         if not math.isfinite(budget) or budget < 0:
             raise InputError(f"charge: budget_flops must be a finite number >= 0, got {budget}")
-        with self._write() as txn:
-            spent = self._spent(txn.last_charge(audit_sha256))
+
+        def decide(tally: chain.AuditTally) -> dict:
+            spent = tally.spent_flops
             body = {"run_id": run_id, "step_from": step_from, "step_to": step_to,
-                    "tokens": tokens, "flops": flops,
-                    "spent_flops": chain.next_spent(spent, flops)}
+                    "tokens": tokens, "flops": flops, "spent_flops": chain.next_spent(spent, flops)}
             if update_flops is not None:
                 body["update_flops"] = float(update_flops)
             if body["spent_flops"] > budget:
@@ -226,7 +311,46 @@ class Ledger:
                     f"audit {audit_sha256[:12]}: charge of {quantity(flops)} FLOP for "
                     f"{run_id} steps {step_from}-{step_to} refused: {quantity(spent)} of "
                     f"{quantity(budget)} FLOP spent, {quantity(left)} left")
-            return self._insert_next(txn, "charge", audit_sha256, body, private_key, time)
+            return body
+
+        return self.metered("charge", audit_sha256, decide, private_key, trust=trust, time=time)
+
+    def hold_tokens(self, audit_sha256: str, job_id: str, *, held: tuple[int, int],
+                    used: tuple[int, int], limits: tuple[float, float], body: Mapping[str, Any],
+                    private_key: Ed25519PrivateKey, trust: chain.LedgerTrust | None = None,
+                    force: bool = False, expect_held: tuple[int, int] | None = None,
+                    time: datetime | str | None = None) -> dict:
+        """A generation job's tokens, through :meth:`metered`: the job now holds ``held``
+        (prompt, completion) of the audit's allowance (reserved: used or in flight) and has
+        used ``used`` of it. A row that raises what the job holds is refused with
+        :class:`BudgetExceeded` (exit 6, nothing written) when all jobs together would then
+        hold more than ``limits`` (the audited prompt and generated tokens), unless ``force``
+        (tokens already spent: they are booked whatever the allowance). ``body``: the job's
+        other fields (status, teacher...). ``expect_held``: what the caller last saw the job
+        hold; anything else means another process books the same job (``InputError``, nothing
+        written), which could release tokens this one has in flight. Returns the row written."""
+        held = (int(held[0]), int(held[1]))
+        used = (int(used[0]), int(used[1]))
+
+        def decide(tally: chain.AuditTally) -> dict:
+            job = tally.jobs.get(job_id, chain.JobTally())
+            if expect_held is not None and (job.held_prompt, job.held_completion) != tuple(expect_held):
+                raise InputError(f"generation job {job_id}: the ledger says it holds {job.held_prompt:,} + "
+                                 f"{job.held_completion:,} tokens, not {expect_held[0]:,} + {expect_held[1]:,}: "
+                                 f"another process is running the same job; stop one of them")
+            spent = (tally.spent_prompt_tokens + held[0] - job.held_prompt,
+                     tally.spent_completion_tokens + held[1] - job.held_completion)
+            grows = held[0] > job.held_prompt or held[1] > job.held_completion
+            if grows and not force and (spent[0] > limits[0] or spent[1] > limits[1]):
+                raise BudgetExceeded(
+                    f"audit {audit_sha256[:12]}: generation job {job_id} cannot hold {held[0]:,} prompt + "
+                    f"{held[1]:,} generated tokens: all jobs would hold {spent[0]:,} + {spent[1]:,} of the "
+                    f"audited {limits[0]:,.0f} + {limits[1]:,.0f}")
+            return {**body, "job_id": job_id, "prompt_tokens": used[0], "completion_tokens": used[1],
+                    "held_prompt_tokens": held[0], "held_completion_tokens": held[1],
+                    "spent_prompt_tokens": spent[0], "spent_completion_tokens": spent[1]}
+
+        return self.metered("generation", audit_sha256, decide, private_key, trust=trust, time=time)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -272,11 +396,13 @@ class Ledger:
             raise LedgerCorrupt(f"{self.path}: row seq {seq} is not JSON ({exc}); "
                                 f"run flopgate ledger verify") from None
 
-    def verify(self, trusted_keys: list[TrustedKey], stored: list[tuple[int, str]] | None = None) -> list[str]:
+    def verify(self, trusted_keys: "list[TrustedKey] | chain.LedgerTrust", stored: list[tuple[int, str]] | None = None) -> list[str]:
         """:func:`audit.ledger.chain.verify_chain` over the whole ledger (``stored``: the rows
         already read with :meth:`raw_rows`, so that what is verified is what the caller uses),
         after checking that each stored ``seq`` column matches the row's own ``seq`` and that
-        each row is JSON. ``[]`` when it holds, else one line naming the first bad row."""
+        each row is JSON. ``[]`` when it holds, else one line naming the first bad row.
+        ``trusted_keys``: a :class:`chain.LedgerTrust` (keys by role), or a list of keys
+        trusted for every kind of row."""
         rows = []
         for seq, text in (self.raw_rows() if stored is None else stored):
             try:

@@ -29,13 +29,15 @@ The predicate::
                 "allowed_prompt", "allowed_completion", "audited_prompt", "audited_completion"},
      "flops": {"per_token", "used", "audited"} (the teacher's, at the audit's FLOP per token),
      "stopped_by_budget", "message", "wall_time_s",
+     "ledger": {"seq", "row_hash"} (the job's last ledger row: the head it charged against),
      "obligations": [the audit decision's obligations, carried to the data],
      "inputs": [{"role", "name", "sha256", "path"}]}
 
 Tokens are as the teacher reported them (``usage``), summed over every attempt of the job,
 discarded samples included; ``lost_*`` is the part with no sample to show for it (timeouts,
 requests in flight when a session died, each charged at its reserved bound); ``allowed_*`` is
-what this job could spend (the audited figure less other jobs' spending in the ledger).
+what this job could spend when it started (the audited figure less what other jobs held in the
+ledger then; the ledger decides each reservation under its lock).
 ``wall_time_s`` sums the job's sessions.
 """
 
@@ -118,6 +120,7 @@ def write_generation_record(out_dir: str | os.PathLike, *, audit: AuditPredicate
         "stopped_by_budget": bool(body["stopped_by_budget"]),
         "message": body["message"],
         "wall_time_s": finite_or_none(body["wall_time_s"]),
+        "ledger": body.get("ledger"),
         "obligations": carried_obligations(audit),
         "inputs": inputs,
     }

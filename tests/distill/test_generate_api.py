@@ -103,9 +103,16 @@ def test_every_prompt_answered_filtered_recorded_and_signed(project, signer, fak
     assert not record["stopped_by_budget"] and record["wall_time_s"] >= 0
     with Ledger() as ledger:
         rows = [r for r in ledger.rows() if r["kind"] == "generation"]
-    assert len(rows) == 1 and rows[0]["audit_sha256"] == record["audit"]["sha256"]
-    assert rows[0]["body"]["job_id"] == record["job"]["id"]
-    assert (rows[0]["body"]["prompt_tokens"], rows[0]["body"]["completion_tokens"]) == (prompt_used, completion_used)
+    # reservations as the job needed them, then the final row: what it used, the rest released
+    assert all(r["audit_sha256"] == record["audit"]["sha256"] for r in rows)
+    assert {r["body"]["job_id"] for r in rows} == {record["job"]["id"]}
+    assert [r["body"]["status"] for r in rows][-1] == "done"
+    final = rows[-1]["body"]
+    assert (final["prompt_tokens"], final["completion_tokens"]) == (prompt_used, completion_used)
+    assert (final["held_prompt_tokens"], final["held_completion_tokens"]) == (prompt_used, completion_used)
+    assert (final["spent_prompt_tokens"], final["spent_completion_tokens"]) == (prompt_used, completion_used)
+    assert max(r["body"]["held_completion_tokens"] for r in rows) > completion_used  # bounds were reserved
+    assert record["ledger"] == {"seq": rows[-1]["seq"], "row_hash": rows[-1]["row_hash"]}
     no_key_written(project.root)
     no_key_written(Path(os.environ["FLOPGATE_LEDGER"]).parent)
 
@@ -311,9 +318,13 @@ def test_a_second_run_needs_resume_and_the_same_flags(project, signer, fake, cap
     with Ledger() as ledger:
         rows = [r["body"] for r in ledger.rows() if r["kind"] == "generation"]
     # the failed session's spending is booked again before the resumed session asks anything
-    assert [r["status"] for r in rows] == ["failed", "running", "done"]
+    statuses = [r["status"] for r in rows]
+    assert statuses.count("failed") == 1 and statuses[-1] == "done"
+    assert set(statuses) == {"running", "failed", "done"}  # running: the reservations and the re-booking
+    failed = statuses.index("failed")
+    assert statuses[failed + 1] == "running"
+    assert rows[failed + 1]["completion_tokens"] == rows[failed]["completion_tokens"]
     assert len({r["job_id"] for r in rows}) == 1
-    assert rows[1]["completion_tokens"] == rows[0]["completion_tokens"]
 
 
 def test_a_running_job_books_spent_and_in_flight_tokens(project, signer, fake, capsys, monkeypatch):
@@ -324,9 +335,10 @@ def test_a_running_job_books_spent_and_in_flight_tokens(project, signer, fake, c
         rows = [r["body"] for r in ledger.rows() if r["kind"] == "generation"]
     running, final = [r for r in rows if r["status"] == "running"], rows[-1]
     assert final["status"] == "done" and len(running) >= 3
-    # a running row never says less than was spent by then: in-flight bounds are included
-    assert all(r["completion_tokens"] <= final["completion_tokens"] + 2 * 50 for r in running)
-    assert max(r["completion_tokens"] for r in running) >= final["completion_tokens"]
+    # a running row holds what was spent by then and the bounds in flight
+    assert all(r["held_completion_tokens"] <= final["completion_tokens"] + 2 * 50 for r in running)
+    assert all(r["held_completion_tokens"] >= r["completion_tokens"] for r in rows)
+    assert max(r["held_completion_tokens"] for r in running) >= final["completion_tokens"]
 
 
 def test_a_bad_filter_is_one_line(project, signer, fake, capsys, tmp_path, monkeypatch):

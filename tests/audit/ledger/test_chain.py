@@ -188,6 +188,17 @@ def test_verify_a_tail_from_a_trusted_row(key):
     ("charge", {**charge_body(1), "step_to": 1}, AUDIT, "step_to is before"),
     ("audit", {"plan_name": "x"}, AUDIT, "missing outcome"),
     ("run", {}, "AB" * 32, "audit_sha256"),
+    ("gate_open", {"run_id": "r", "charged_before_flops": -1.0}, AUDIT, "body.charged_before_flops"),
+    ("approval", {"nested": {"figures": [1, -2]}}, AUDIT, "body.nested.figures.1"),
+    ("generation", {"job_id": "j"}, AUDIT, "missing prompt_tokens"),
+    ("generation", {**dict.fromkeys(("prompt_tokens", "completion_tokens", "held_prompt_tokens",
+                                     "held_completion_tokens", "spent_prompt_tokens",
+                                     "spent_completion_tokens"), 0), "job_id": "j",
+                    "prompt_tokens": -1_000_000}, AUDIT, "prompt_tokens: expected an integer >= 0"),
+    ("generation", {**dict.fromkeys(("prompt_tokens", "completion_tokens", "held_prompt_tokens",
+                                     "held_completion_tokens", "spent_prompt_tokens",
+                                     "spent_completion_tokens"), 0), "job_id": "j",
+                    "prompt_tokens": 5}, AUDIT, "prompt_tokens is more than held_prompt_tokens"),
 ])
 def test_make_row_refuses_bad_rows(key, kind, body, audit, message):
     with pytest.raises(RowError, match=message):
@@ -197,3 +208,44 @@ def test_make_row_refuses_bad_rows(key, kind, body, audit, message):
 def test_make_row_refuses_a_naive_time(key):
     with pytest.raises(RowError, match="time zone"):
         make_row(None, "run", AUDIT, {}, key, datetime(2025, 1, 1))
+
+
+def generation_body(job: str, used: tuple, held: tuple, spent: tuple) -> dict:
+    return {"job_id": job, "prompt_tokens": used[0], "completion_tokens": used[1],
+            "held_prompt_tokens": held[0], "held_completion_tokens": held[1],
+            "spent_prompt_tokens": spent[0], "spent_completion_tokens": spent[1]}
+
+
+def test_generation_totals_follow_the_jobs_holdings(key):
+    """Each generation row moves the audit's total held by its job's change in holding, and a
+    job's tokens used never go down: a row that gives tokens back is named."""
+    rows = [make_row(None, "generation", AUDIT, generation_body("a", (0, 0), (100, 50), (100, 50)), key, T0)]
+    rows.append(make_row(rows[-1], "generation", AUDIT, generation_body("b", (0, 0), (30, 10), (130, 60)), key, T0))
+    rows.append(make_row(rows[-1], "generation", AUDIT, generation_body("a", (40, 20), (40, 20), (70, 30)), key, T0))
+    assert verify_chain(rows, [trusted(key)]) == []
+    lowered = rows + [make_row(rows[-1], "generation", AUDIT,
+                               generation_body("a", (0, 0), (0, 0), (30, 10)), key, T0)]
+    assert verify_chain(lowered, [trusted(key)]) == [
+        "row seq 4: job a's tokens used went down (from 40 + 20 to 0 + 0): a row before it was removed or altered"]
+    wrong = rows + [make_row(rows[-1], "generation", AUDIT,
+                             generation_body("c", (0, 0), (10, 10), (10, 10)), key, T0)]
+    assert verify_chain(wrong, [trusted(key)])[0].startswith(
+        "row seq 4: spent tokens 10 + 10 are not the audit's jobs' holdings so far (80 + 40)")
+
+
+def test_each_kind_has_its_signers(key):
+    from audit.ledger.chain import LedgerTrust
+
+    auditor, runner = key, Ed25519PrivateKey.generate()
+    rows = [make_row(None, "audit", AUDIT, audit_body(), auditor, T0)]
+    rows.append(make_row(rows[-1], "charge", AUDIT, charge_body(1), runner, T0))
+    roles = LedgerTrust(auditors=(trusted(auditor),), runners=(trusted(runner),))
+    assert verify_chain(rows, roles) == []
+    swapped = LedgerTrust(auditors=(trusted(runner),), runners=(trusted(auditor),))
+    assert verify_chain(rows, swapped)[0].startswith("row seq 1: a audit row signed by SHA256:")
+    # a reader deciding about one audit checks its rows' signers; another audit's rows only chain
+    other = [make_row(None, "charge", "ef" * 32, charge_body(1), Ed25519PrivateKey.generate(), T0)]
+    other.append(make_row(other[-1], "charge", AUDIT, charge_body(1), runner, T0))
+    assert verify_chain(other, roles, audit=AUDIT) == []
+    assert "untrusted key" in verify_chain(other, roles)[0]
+    assert "untrusted key" in verify_chain(other, roles, audit="ef" * 32)[0]

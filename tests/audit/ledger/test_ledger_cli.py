@@ -59,7 +59,8 @@ def filled(where, signer):
 
 
 def test_verify_ok_and_failed(filled, signer, tmp_path, capsys):
-    assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path)]) == 0
+    assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path),
+                "--runner-pubkey", str(signer.public_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("VERIFIED") and "rows      4 (seq 1..4)" in out and "head      seq 4" in out
     stranger = write_keypair(tmp_path / "other", "stranger")
@@ -67,9 +68,38 @@ def test_verify_ok_and_failed(filled, signer, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("FAILED") and "row seq 1: signed by untrusted key" in out
     raw_sql(filled, "DELETE FROM rows WHERE seq = 2")
-    assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path)]) == 5
+    assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path),
+                "--runner-pubkey", str(signer.public_path)]) == 5
     assert "row seq 3: expected seq 2" in capsys.readouterr().out
     assert stranger  # its .pub made the trust folder
+
+
+def test_each_kind_of_row_needs_a_key_trusted_for_it(filled, signer, tmp_path, capsys):
+    """Attack: any trusted key could write any row. Now an auditor key is trusted for audit
+    rows only, a runner key for what runs book, a reviewer key for approvals."""
+    runner = write_keypair(tmp_path / "runner", "runner")
+    assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path)]) == 5
+    out = capsys.readouterr().out
+    assert "row seq 2: a charge row signed by SHA256:" in out and "trusted only as auditor" in out
+    with Ledger(filled) as ledger:  # a runner's key writes an audit row and an approval
+        ledger.append("audit", AUDIT, {"plan_name": "tiny", "outcome": "ALLOW", "total_flops": 1.0,
+                                       "update_flops": 1.0, "budget_flops": 1e30, "signer": "SHA256:ab"},
+                      runner.private_key)
+        ledger.append("approval", AUDIT, {"outcome": "REVIEW"}, runner.private_key)
+    assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path),
+                "--runner-trust", str(tmp_path / "runner"), "--approver-pubkey", str(signer.public_path)]) == 5
+    out = capsys.readouterr().out
+    assert "row seq 2: a charge row signed by" in out  # the auditor's key is no runner's
+    assert "trusted only as auditor, approver: charge rows are written by a trusted runner key" in out
+    both = tmp_path / "both"
+    both.mkdir()
+    for pub in (signer.public_path, runner.public_path):
+        (both / pub.name).write_bytes(pub.read_bytes())
+    assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path),
+                "--runner-trust", str(both), "--approver-pubkey", str(signer.public_path)]) == 5
+    out = capsys.readouterr().out
+    assert "row seq 5: a audit row signed by SHA256:" in out and "trusted only as runner" in out
+    assert "audit rows are written by a trusted auditor key" in out
 
 
 def test_verify_needs_a_trusted_key(filled):

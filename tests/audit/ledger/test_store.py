@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from audit.attest.keys import TrustedKey, key_id
 from audit.ledger.store import (BUDGET_EXCEEDED_EXIT, BudgetExceeded, Ledger, LedgerCorrupt,
                                 default_ledger, default_ledger_path)
+from audit.errors import InputError
+from ledger_forge import forge_row
 from pg_server import raw_sql
 
 AUDIT = "cd" * 32
@@ -179,8 +181,10 @@ def test_an_edited_running_total_stops_the_next_charge(where, ledger, key):
     text = raw_sql(where, "SELECT row_json FROM rows WHERE seq = 3")[0][0]
     raw_sql(where, "UPDATE rows SET row_json = :t WHERE seq = 3",
             t=text.replace('"spent_flops":90', '"spent_flops":0'))
-    with pytest.raises(LedgerCorrupt, match="latest charge"):
+    with pytest.raises(LedgerCorrupt, match="seq 3"):
         ledger.charge(AUDIT, 100.0, "run-1", 3, 4, 10, 30.0, key)
+    with Ledger(where) as fresh, pytest.raises(LedgerCorrupt, match="seq 3"):  # a new reader too
+        fresh.charge(AUDIT, 100.0, "run-1", 3, 4, 10, 30.0, key)
     with pytest.raises(LedgerCorrupt):
         ledger.spent(AUDIT)
     assert len(ledger.raw_rows()) == 3
@@ -321,3 +325,95 @@ def test_float_figures_that_canonical_json_writes_as_integers_round_trip(ledger,
     ledger.append("approval", "ab" * 32, {"note": "ok"}, key)
     assert ledger.verify(trusted(key)) == []
     assert ledger.rows()[0]["body"]["total_flops"] == 7.041666666666667e20
+
+
+# -- generation tokens: the same locked allowance as FLOP ------------------------------------
+
+TOKEN_LIMIT = (1000, 400)   # prompt, completion
+STEP = (30, 10)             # held more per reservation: 33 fit on prompt, 40 on completion
+
+
+def _hold_worker(where: str, raw_key: bytes, worker: int, ready, start, results, release) -> None:
+    key = Ed25519PrivateKey.from_private_bytes(raw_key)
+    held = (0, 0)
+    ok = refused = 0
+    with Ledger(where) as ledger:
+        ready.put(worker)
+        start.wait(30)
+        for _ in range(ATTEMPTS):
+            want = (held[0] + STEP[0], held[1] + STEP[1])
+            try:
+                ledger.hold_tokens(AUDIT, f"job-{worker}", held=want, used=(0, 0), limits=TOKEN_LIMIT,
+                                   body={"status": "running"}, private_key=key)
+                held, ok = want, ok + 1
+            except BudgetExceeded:
+                refused += 1
+        results.put((worker, ok, refused))
+        release.wait(60)
+        # the job used half of what it held and releases the rest: the next jobs may use it
+        ledger.hold_tokens(AUDIT, f"job-{worker}", held=(held[0] // 2, held[1] // 2),
+                           used=(held[0] // 2, held[1] // 2), limits=TOKEN_LIMIT, body={"status": "done"},
+                           private_key=key)
+
+
+@pytest.mark.slow
+def test_concurrent_token_holds_never_pass_the_allowance(where, key):
+    """Issue 23: generation tokens go through the same locked read-check-append as FLOP, so
+    jobs reserving at once under one audit never hold more than it allows together."""
+    Ledger(where).close()
+    ctx = multiprocessing.get_context("spawn")
+    ready, start, results, release = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_hold_worker, args=(where, key_bytes(key), w, ready, start, results, release))
+             for w in range(WORKERS)]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        ready.get(timeout=60)
+    start.set()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    release.set()
+    for proc in procs:
+        proc.join(30)
+        assert proc.exitcode == 0
+    succeeded = sum(ok for _, ok, _ in outcomes)
+    assert succeeded == min(TOKEN_LIMIT[0] // STEP[0], TOKEN_LIMIT[1] // STEP[1]) == 33
+    assert sum(refused for _, _, refused in outcomes) == WORKERS * ATTEMPTS - succeeded
+    with Ledger(where) as ledger:
+        rows = [r["body"] for r in ledger.rows() if r["kind"] == "generation"]
+        assert max(r["spent_prompt_tokens"] for r in rows) <= TOKEN_LIMIT[0]
+        assert max(r["spent_completion_tokens"] for r in rows) <= TOKEN_LIMIT[1]
+        final = {}
+        for r in rows:
+            final[r["job_id"]] = r
+        assert rows[-1]["spent_prompt_tokens"] == sum(r["held_prompt_tokens"] for r in final.values())
+        assert ledger.verify(trusted(key)) == []
+
+
+def test_a_token_hold_past_the_allowance_is_refused_and_not_written(ledger, key):
+    ledger.hold_tokens(AUDIT, "a", held=(600, 100), used=(0, 0), limits=(1000, 400), body={}, private_key=key)
+    with pytest.raises(BudgetExceeded, match="cannot hold 500 prompt \\+ 100 generated tokens: all jobs would hold 1,100 \\+ 200 of the audited 1,000 \\+ 400"):
+        ledger.hold_tokens(AUDIT, "b", held=(500, 100), used=(0, 0), limits=(1000, 400), body={}, private_key=key)
+    assert len(ledger.raw_rows()) == 1
+    # a release is always allowed, and what it frees another job may hold
+    ledger.hold_tokens(AUDIT, "a", held=(200, 50), used=(200, 50), limits=(1000, 400), body={}, private_key=key)
+    row = ledger.hold_tokens(AUDIT, "b", held=(800, 100), used=(0, 0), limits=(1000, 400), body={}, private_key=key)
+    assert (row["body"]["spent_prompt_tokens"], row["body"]["spent_completion_tokens"]) == (1000, 150)
+    # tokens already spent are booked past the allowance (force), never dropped
+    ledger.hold_tokens(AUDIT, "b", held=(900, 100), used=(900, 100), limits=(1000, 400), body={},
+                       private_key=key, force=True)
+    with pytest.raises(InputError, match="tokens used went down"):  # and never lowered
+        ledger.hold_tokens(AUDIT, "b", held=(900, 100), used=(10, 10), limits=(1000, 400), body={}, private_key=key)
+    assert ledger.verify(trusted(key)) == []
+
+
+def test_a_forged_charge_stops_the_next_charge(where, ledger, key):
+    """Rows a charge uses are verified first: a charge by a key that is not a trusted runner's
+    (one that would put the audit's total back to 0) stops the next charge (exit 5)."""
+    ledger.charge(AUDIT, 100.0, "run-1", 0, 1, 10, 90.0, key)
+    throwaway = Ed25519PrivateKey.generate()
+    forge_row(where, "charge", AUDIT, {"run_id": "run-1", "step_from": 1, "step_to": 2, "tokens": 1,
+                                        "flops": 0.0, "spent_flops": 0.0}, throwaway)
+    with Ledger(where) as fresh, pytest.raises(LedgerCorrupt, match="untrusted key"):
+        fresh.charge(AUDIT, 100.0, "run-1", 2, 3, 10, 90.0, key)
+    with pytest.raises(LedgerCorrupt, match="untrusted key"):  # and the writer that saw seq 1 too
+        ledger.charge(AUDIT, 100.0, "run-1", 2, 3, 10, 90.0, key)
