@@ -47,6 +47,7 @@ def test_exaone4_global_layers_attend_over_every_causal_key():
 
 @pytest.mark.parametrize("model_type,extra", [
     ("exaone_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=FF, first_k_dense_replace=4)),
+    ("kolibri1", {}),
     ("gemma2", {}),
     ("gemma3_text", {}),
     ("qwen2", dict(use_sliding_window=True, max_window_layers=4)),
