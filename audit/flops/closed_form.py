@@ -165,4 +165,3 @@ def _windowed_layers(layer_types: Any, layers: int) -> int:
     if isinstance(layer_types, list) and len(layer_types) == layers:
         return sum(1 for kind in layer_types if kind == "sliding_attention")
     return layers
-

@@ -171,8 +171,8 @@ def plan_depths(kinds: list, limit: int | None = None) -> tuple[list[int], list]
     (L - 1) f(2); DeepSeek-V3 (3 dense layers, then MoE): 1, 2, 4.
 
     ``limit``: the deepest shallow count worth making; ``([], [])`` when more would be needed.
-    Every kind must be counted at least once, so a kind first met below ``limit`` ends the search
-    before any arithmetic (a stack of all-different layers would otherwise cost seconds of
+    Every kind must be counted at least once, so a kind first met deeper than ``limit`` ends the
+    search before any arithmetic (a stack of all-different layers would otherwise cost seconds of
     rational elimination to find out)."""
     limit = len(kinds) if limit is None else min(limit, len(kinds))
     first_seen = {}
