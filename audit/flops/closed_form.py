@@ -146,11 +146,22 @@ def estimate(data: dict[str, Any], seq_len: int) -> ClosedForm:
 
     matmul = 2.0 * (layers_active + vocab * d)  # lm_head always multiplies, tied or not
     attn_per_pair = 2.0 * 2 * head_dim * heads * layers
-    window = _get(data, "sliding_window", default=None)
-    pairs_causal = kept_pairs(seq_len, seq_len, True, window if data.get("use_sliding_window", True) else None)
+    window = _get(data, "sliding_window", default=None) if data.get("use_sliding_window", True) else None
+    windowed = _windowed_layers(data.get("layer_types"), layers) if window else 0
+    pairs_causal = (windowed * kept_pairs(seq_len, seq_len, True, window)
+                    + (layers - windowed) * kept_pairs(seq_len, seq_len, True)) / layers
     attention = attn_per_pair * pairs_causal / seq_len
     return ClosedForm(
         params_total=float(total), params_active=float(active), params_embedding=float(embedding + positions),
         forward_per_token=matmul + attention, forward_per_token_full=matmul + attn_per_pair * seq_len,
         attention_per_token=attention, notes=tuple(notes),
     )
+
+
+def _windowed_layers(layer_types: Any, layers: int) -> int:
+    """Layers that attend within the sliding window: those ``layer_types`` names
+    ``sliding_attention`` (the others - global, or anything else - attend over every causal key),
+    or every layer when the config has no per-layer list (Mistral)."""
+    if isinstance(layer_types, list) and len(layer_types) == layers:
+        return sum(1 for kind in layer_types if kind == "sliding_attention")
+    return layers

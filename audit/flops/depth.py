@@ -97,6 +97,19 @@ def decoder_layers(model, depth: int):
     return best
 
 
+_INDEX_LIST_SUFFIXES = ("_layers", "_idxs", "_indices", "_ids")
+
+
+def _entry(key: str, values, index: int) -> str:
+    """Layer ``index``'s entry in the per-layer list ``key`` of a signature. A list of layer
+    numbers that names every layer (Llama 4's ``moe_layers`` with an MoE in every layer:
+    ``[0, 1, ..., L - 1]``, as long as the stack) says the same of each layer - "in the list" -
+    not a different value per layer, which would make every layer a kind of its own."""
+    if key.endswith(_INDEX_LIST_SUFFIXES) and list(values) == list(range(len(values))):
+        return "every layer"
+    return str(values[index])
+
+
 def layer_signature(layer, config=None, index: int | None = None, keys: list | None = None) -> tuple:
     """What makes two decoder layers cost the same: module classes, parameter shapes, the
     attributes that change attention (window, causal flag, layer type) and the layer's entry in
@@ -114,7 +127,7 @@ def layer_signature(layer, config=None, index: int | None = None, keys: list | N
     if config is not None and index is not None:
         text = decoder_config(config)
         keys = per_layer_lists(text, text.num_hidden_layers) if keys is None else keys
-        declared = tuple((key, str(getattr(text, key)[index])) for key in keys
+        declared = tuple((key, _entry(key, getattr(text, key), index)) for key in keys
                          if isinstance(getattr(text, key, None), (list, tuple)) and index < len(getattr(text, key)))
         for key in ("layer_types", "layers_block_type"):
             try:
@@ -148,17 +161,28 @@ def kind_rows(kinds: list, depths) -> list:
     return rows
 
 
-def plan_depths(kinds: list) -> tuple[list[int], list]:
+def plan_depths(kinds: list, limit: int | None = None) -> tuple[list[int], list]:
     """Depths to count so the full depth is a linear combination of them, and the weights.
 
     The count at depth k is base + sum over layer kinds of (layers of that kind among the first
     k) x (that kind's cost). Depths are taken in order while they add an independent equation,
     until the full depth's equation is a combination of them; the weights give the full depth's
     count exactly (rational arithmetic). Identical layers: depths 1 and 2, f(L) = (2 - L) f(1) +
-    (L - 1) f(2); DeepSeek-V3 (3 dense layers, then MoE): 1, 2, 4."""
+    (L - 1) f(2); DeepSeek-V3 (3 dense layers, then MoE): 1, 2, 4.
+
+    ``limit``: the deepest shallow count worth making; ``([], [])`` when more would be needed.
+    Every kind must be counted at least once, so a kind first met deeper than ``limit`` ends the
+    search before any arithmetic (a stack of all-different layers would otherwise cost seconds of
+    rational elimination to find out)."""
+    limit = len(kinds) if limit is None else min(limit, len(kinds))
+    first_seen = {}
+    for k, kind in enumerate(kinds, start=1):
+        first_seen.setdefault(kind, k)
+    if max(first_seen.values(), default=0) > limit:
+        return [], []
     target = kind_rows(kinds, [len(kinds)])[0]
     depths, rows = [], []
-    for k in range(1, len(kinds) + 1):
+    for k in range(1, limit + 1):
         candidate = rows + kind_rows(kinds, [k])
         if _rank(candidate) > len(rows):
             depths.append(k)

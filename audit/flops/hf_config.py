@@ -25,7 +25,8 @@ def has_shape_fields(data: dict[str, Any]) -> bool:
 
 
 def build_config(data: dict[str, Any], *, source: str):
-    """A transformers config from a config.json dict; checks its sizes are sane
+    """A transformers config from a config.json dict (the floats transformers writes as
+    ``{"__float__": ...}`` decoded as its loader decodes them); checks its sizes are sane
     (``configs.check_config_sizes``), that it is a causal LM (or an encoder-decoder LM) and that
     it says what size the model is."""
     import transformers
@@ -46,12 +47,32 @@ def build_config(data: dict[str, Any], *, source: str):
         raise InputError(f"the config has no shape fields (none of {', '.join(SHAPE_KEYS[:6])}, ...); "
                          "it would be counted at transformers' default size for "
                          f"{model_type!r}, which is not a model", source=source, field="model_type")
-    fields = {k: v for k, v in data.items() if k not in ("model_type", "architectures", "auto_map")}
+    fields = {k: decode_special_floats(v) for k, v in data.items()
+              if k not in ("model_type", "architectures", "auto_map")}
     try:
         return AutoConfig.for_model(model_type, **fields)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds on bad configs
         raise InputError(f"transformers rejected the config: {str(exc).splitlines()[0]}",
                          source=source, field="model_type") from None
+
+
+# How transformers writes the floats JSON has no literal for (``PreTrainedConfig.save_pretrained``:
+# Bamba's and Falcon-H1's ``time_step_limit`` upper end is ``{"__float__": "Infinity"}``).
+FLOAT_TAG = "__float__"
+FLOAT_TAG_VALUES = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def decode_special_floats(value: Any) -> Any:
+    """``value`` with every ``{"__float__": "Infinity" | "-Infinity" | "NaN"}`` (an object with
+    that one key) replaced by the float, at any depth - what transformers' own config loader
+    (``PreTrainedConfig._decode_special_floats``) does; any other object or tag is left as it is."""
+    if isinstance(value, dict):
+        if set(value) == {FLOAT_TAG} and isinstance(value[FLOAT_TAG], str):
+            return FLOAT_TAG_VALUES.get(value[FLOAT_TAG], value)
+        return {k: decode_special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_special_floats(v) for v in value]
+    return value
 
 
 def is_moe(config) -> bool:

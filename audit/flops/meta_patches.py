@@ -28,15 +28,29 @@ def _document_for(causal: bool, query, key) -> int:
     return tokens if tokens and causal and query.shape[-2] == key.shape[-2] else 0
 
 
+_NOT_PASSED = object()
+
+
+def layer_window(module, sliding_window=_NOT_PASSED) -> int:
+    """The sliding window (keys per query, 0 for none) of one attention call: what the call
+    passes as ``sliding_window`` when it passes one - ``None`` included, which EXAONE 4 and its
+    siblings pass to a global layer whose module still holds the config's window - else the
+    module's ``sliding_window`` attribute (Qwen2-MoE sets it on sliding layers only and passes
+    nothing; its mask carries the window)."""
+    if sliding_window is _NOT_PASSED:
+        sliding_window = getattr(module, "sliding_window", None)
+    return int(sliding_window or 0)
+
+
 def _counting_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                        sliding_window=None, **kwargs):
+                        sliding_window=_NOT_PASSED, **kwargs):
     """HF attention function: (batch, heads, seq, dim) in, (batch, seq, heads, dim) out."""
     from audit.flops import attention_op
 
-    window = sliding_window or getattr(module, "sliding_window", None) or 0
+    window = layer_window(module, sliding_window)
     causal = bool(getattr(module, "is_causal", True))
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    out = attention_op.attention(query, key, value, causal, int(window), scale, _chunk_of(module),
+    out = attention_op.attention(query, key, value, causal, window, scale, _chunk_of(module),
                                  _document_for(causal, query, key))
     return out.transpose(1, 2).contiguous(), None
 

@@ -299,8 +299,8 @@ def count_step(config, seq_len: int, batch: int = 1, source_len: int | None = No
         if kinds is None:
             reason = "decoder layers not found"
     if reason is None:
-        depths, weights = plan_depths(kinds)
-        if not depths or depths[-1] * 2 > depth:
+        depths, weights = plan_depths(kinds, limit=depth // 2)
+        if not depths:
             reason = f"{len(set(kinds))} layer kinds; extension would not save time"
     if reason is None:
         try:
