@@ -23,3 +23,9 @@ class InputError(FlopgateError):
         self.field = field
         parts = [p for p in (source, field) if p]
         super().__init__(": ".join(parts + [message]) if parts else message)
+
+
+def error_line(exc: BaseException) -> str:
+    """An engine error as one line (SQLAlchemy wraps the driver's message in several)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__

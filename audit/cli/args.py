@@ -9,7 +9,7 @@ import datetime as dt
 def ledger_path(text: str) -> str:
     """An argparse type: a ledger file path or a ``postgresql://`` URL; any other URL is
     refused."""
-    from audit.ledger.postgres_backend import is_url
+    from audit.ledger.engines import is_url
 
     if "://" in text and not is_url(text):
         raise argparse.ArgumentTypeError(f"expected a ledger file path or a postgresql:// URL, "

@@ -15,8 +15,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from audit.errors import InputError
-from audit.ledger.store import error_line
+from audit.errors import InputError, error_line
 
 LOCK_TIMEOUT = "30s"
 _SCHEMA_LOCK = 0x666C6F70  # "flop": serialises concurrent CREATE TABLE IF NOT EXISTS
@@ -30,12 +29,6 @@ _SCHEMA = (
 _LAST_CHARGE = ("SELECT seq, row_json FROM rows "
                 "WHERE (row_json::jsonb) ->> 'audit_sha256' = :audit "
                 "AND (row_json::jsonb) ->> 'kind' = 'charge' ORDER BY seq DESC LIMIT 1")
-
-
-def is_url(text: str) -> bool:
-    """``postgresql://...`` (or ``postgres://``, ``postgresql+DRIVER://``)."""
-    return text.split("://", 1)[0].split("+", 1)[0].lower() in ("postgresql", "postgres") \
-        and "://" in text
 
 
 def _errors() -> tuple[type[BaseException], ...]:

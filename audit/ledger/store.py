@@ -1,6 +1,6 @@
 """The ledger: appends and budget charges over one storage engine, SQLite (a file, the default)
-or PostgreSQL (a URL, for a ledger shared by machines); see :mod:`audit.ledger.sqlite_backend`
-and :mod:`audit.ledger.postgres_backend`. Both serialise every write over the whole chain, so
+or PostgreSQL (a URL, for a ledger shared by machines); :mod:`audit.ledger.engines` picks
+one (:mod:`audit.ledger.sqlite_backend`, :mod:`audit.ledger.postgres_backend`). Both serialise every write over the whole chain, so
 reading the last row (and, for a charge, the audit's spent total) and inserting the next row is
 one step: two writers never chain onto the same row and never both spend the last of a budget.
 The row logic (hashing, signing, the budget check) is here, once, for both.
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.attest.canonical import StrictJSONError, canonical_json, strict_json_loads
 from audit.attest.keys import TrustedKey, flopgate_home, key_id
-from audit.errors import FlopgateError, InputError
+from audit.errors import FlopgateError, InputError, error_line
 from audit.numbers import quantity
 from audit.ledger import chain
 
@@ -81,7 +81,7 @@ def default_ledger() -> str:
 
 def ledger_exists(where: str | os.PathLike | None) -> bool:
     """False only for a ledger file that does not exist yet (a URL is assumed to exist)."""
-    from audit.ledger.postgres_backend import is_url
+    from audit.ledger.engines import is_url
 
     where = str(where) if where is not None else default_ledger()
     return is_url(where) or Path(where).expanduser().exists()
@@ -114,16 +114,10 @@ class Ledger:
     """
 
     def __init__(self, where: str | os.PathLike | None = None, *, create: bool = True):
-        from audit.ledger.postgres_backend import PostgresBackend, is_url
-        from audit.ledger.sqlite_backend import ERRORS, SqliteBackend
+        from audit.ledger.engines import open_backend
 
         where = str(where) if where is not None else default_ledger()
-        if is_url(where):
-            self._store = PostgresBackend(where, create=create)
-            self._errors = self._store.errors
-        else:
-            self._store = SqliteBackend(where, create=create)
-            self._errors = ERRORS
+        self._store, self._errors = open_backend(where, create=create)
         self.engine = self._store.engine
         self.path = self._store.location  # a file path, or the URL without its password
         self._verifiers: dict[tuple, chain.ChainVerifier] = {}  # by audit and trusted keys
@@ -414,9 +408,3 @@ class Ledger:
                         f"(rows moved or reordered)"]
             rows.append(row)
         return chain.verify_chain(rows, trusted_keys)
-
-
-def error_line(exc: BaseException) -> str:
-    """An engine error as one line (SQLAlchemy wraps the driver's message in several)."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
