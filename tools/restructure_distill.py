@@ -51,6 +51,7 @@ MODULES = {  # old module -> new module
     "distill.meter": "distill.gate.meter",
     "distill.ledger_charges": "distill.gate.ledger_charges",
     "distill.hf": "distill.gate.hf",
+    "distill.attested": "distill.gate.attested",
     # training data
     "distill.data": "distill.data.training_data",
     "distill.prepare": "distill.data.prepare",
@@ -81,6 +82,11 @@ SYMBOLS = {  # old module.name -> new module.name (code moves; a new name rename
     "distill.loop.TrainResult": "distill.outputs.run_record.TrainResult",
     # the label of a position that is not trained: the data's packing sets it
     "distill.losses.IGNORE_INDEX": "distill.data.training_data.IGNORE_INDEX",
+    # the provenance of generated data (a signed generation record over the kept samples) is
+    # checked by the attested-input layer in the gate, so it lives with the generation record
+    "distill.sequence.verify_generated": "distill.outputs.generation_record.verify_generated",
+    "distill.sequence.ProvenanceRefused": "distill.outputs.generation_record.ProvenanceRefused",
+    "distill.sequence.GeneratedData": "distill.outputs.generation_record.GeneratedData",
     # one open_gate: the file-level checks get a name that says what they do
     "distill.gate.open_gate": "distill.gate.checks.run_gate_checks",
 }
@@ -139,9 +145,10 @@ TESTS = {  # tests/distill/<file> -> its wing folder
     "test_distill_gate.py": "gate", "test_gated.py": "gate", "test_distill_meter.py": "gate",
     "test_model_check.py": "gate", "test_preflight.py": "gate", "test_hf.py": "gate",
     "test_example_hf_trainer_sft.py": "gate", "test_example_lora_student.py": "gate",
-    "test_example_trl_gkd.py": "gate",
+    "test_example_trl_gkd.py": "gate", "test_attested.py": "gate",
     "test_generate_api.py": "generation", "test_generate_local.py": "generation",
     "test_generate_plan.py": "generation", "test_generate_units.py": "generation",
+    "test_generate_journal.py": "generation",
     "test_distill_record.py": "outputs",
     "test_distill_checkpoint.py": "runtime", "test_distill_distributed.py": "runtime",
     "test_distill_models.py": "runtime", "test_fsdp.py": "runtime",
