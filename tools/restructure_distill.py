@@ -52,9 +52,12 @@ MODULES = {  # old module -> new module
     "distill.ledger_charges": "distill.gate.ledger_charges",
     "distill.hf": "distill.gate.hf",
     "distill.attested": "distill.gate.attested",
+    "distill.refusal": "distill.gate.refusal",
     # training data
     "distill.data": "distill.data.training_data",
     "distill.prepare": "distill.data.prepare",
+    # audited prompts are input data: the attested-input layer (gate) reads them for generate
+    "distill.generation.prompts": "distill.data.prompts",
     "distill.shards": "distill.data.shards",
     # what a run or a generation job leaves behind
     "distill.record": "distill.outputs.run_record",
@@ -150,6 +153,7 @@ TESTS = {  # tests/distill/<file> -> its wing folder
     "test_generate_plan.py": "generation", "test_generate_units.py": "generation",
     "test_generate_journal.py": "generation",
     "test_distill_record.py": "outputs",
+    "test_ledger_attacks.py": "gate",
     "test_distill_checkpoint.py": "runtime", "test_distill_distributed.py": "runtime",
     "test_distill_models.py": "runtime", "test_fsdp.py": "runtime",
     "test_distill_learning.py": "train", "test_distill_losses.py": "train", "test_distill_resume.py": "train",
