@@ -15,7 +15,7 @@ break (it could not be written in the digest's line format), and sub-folders nes
 
 Root digest (:func:`folder_digest`): sha256 over the lines ``"<sha256>  <relative path>\\n"``
 (the ``sha256sum`` format) of every file, sorted by path; the same scheme as
-:func:`distill.checkpoint.checkpoint_digest`, so both agree on a folder with no hidden files.
+:func:`distill.runtime.checkpoint.checkpoint_digest`, so both agree on a folder with no hidden files.
 Files are streamed in ``BLOCK_BYTES`` blocks; no file is held in memory.
 
 Each file is re-stat'ed after it is read: a file that changed while it was hashed is refused.
@@ -246,7 +246,7 @@ def folder_digest(folder: str | os.PathLike, *, progress: Optional[Progress] = N
 
 def root_digest(files) -> str:
     """Hex sha256 over ``"<sha256>  <path>\\n"`` of ``files`` ((path, size, sha256) tuples),
-    in path order: the scheme of :func:`distill.checkpoint.checkpoint_digest`."""
+    in path order: the scheme of :func:`distill.runtime.checkpoint.checkpoint_digest`."""
     lines = "".join(f"{sha}  {rel}\n" for rel, _, sha in sorted(files, key=lambda f: f[0]))
     return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 

@@ -1,4 +1,4 @@
-"""Throughput of ``flopgate data prepare`` (:func:`distill.prepare.prepare`) for 1 and 2 workers.
+"""Throughput of ``flopgate data prepare`` (:func:`distill.data.prepare.prepare`) for 1 and 2 workers.
 
 Generates ``--mib`` MiB of plain text (seeded pseudo-words with a Zipf-like frequency,
 paragraphs separated by blank lines), trains a byte-level BPE tokenizer (``--vocab`` entries)
@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
 
-    from distill.prepare import prepare
+    from distill.data.prepare import prepare
 
     load_before = tuple(round(x, 2) for x in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,10 +49,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill import losses  # noqa: E402
-from distill.losses import LossSpec, fused_distill_loss  # noqa: E402
-from distill.models import compile_layers, final_hidden_states  # noqa: E402
-from distill.teacher_cache import fused_cached_loss, teacher_topk  # noqa: E402
+from distill.train import losses  # noqa: E402
+from distill.data import training_data
+from distill.train.losses import LossSpec, fused_distill_loss  # noqa: E402
+from distill.runtime.models import compile_layers, final_hidden_states  # noqa: E402
+from distill.train.teacher_cache import fused_cached_loss, teacher_topk  # noqa: E402
 
 PEAK_FLOPS = 989e12  # dense bf16, H100/H200 SXM
 ALL_VARIANTS = ["plain-eager", "plain-compiled", "liger", "fused-eager", "fused-compiled", "cached-compiled"]
@@ -162,7 +163,7 @@ def plain_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     log_p = F.log_softmax(student_logits.float(), dim=-1)
     log_q = F.log_softmax(teacher_logits.float(), dim=-1)
     per_token = (log_q.exp() * (log_q - log_p)).sum(-1)
-    valid = (labels != losses.IGNORE_INDEX).to(per_token.dtype)
+    valid = (labels != training_data.IGNORE_INDEX).to(per_token.dtype)
     return (per_token * valid).sum() / valid.sum().clamp_min(1)
 
 
@@ -176,7 +177,7 @@ def trl_style_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
     kl_q = F.kl_div(mixture, log_q, reduction="none", log_target=True)
     kl_p = F.kl_div(mixture, log_p, reduction="none", log_target=True)
     per_token = (beta * kl_q + (1 - beta) * kl_p).sum(-1)
-    valid = labels != losses.IGNORE_INDEX
+    valid = labels != training_data.IGNORE_INDEX
     return per_token[valid].sum() / valid.sum().clamp_min(1)
 
 
@@ -398,7 +399,7 @@ def fresh_student(pristine, device):
 def reference_grads(pristine, teacher, device, amp, batch, targets=None) -> tuple[float, dict]:
     """Loss and gradients of the eager plain step on ``batch`` (no optimizer step). With cached
     ``targets``: the full-logit reference of the cached-target loss on the same targets."""
-    from distill.teacher_cache import reference_cached_loss
+    from distill.train.teacher_cache import reference_cached_loss
 
     student = fresh_student(pristine, device)
     variant = StepVariant("plain-eager", student, teacher, device, amp, "inductor")

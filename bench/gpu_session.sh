@@ -49,7 +49,7 @@ else
   # flopgate from the checkout; its `distill` command is found through an entry point.
   mkdir -p /tmp/site/flopgate-0.1.0.dist-info
   printf 'Metadata-Version: 2.1\nName: flopgate\nVersion: 0.1.0\n' > /tmp/site/flopgate-0.1.0.dist-info/METADATA
-  printf '[flopgate.commands]\ndistill = distill.cli\n\n[console_scripts]\nflopgate = audit.cli.main:main\n' \
+  printf '[flopgate.commands]\ndistill = distill.cli.distill_cmd\n\n[console_scripts]\nflopgate = audit.cli.main:main\n' \
     > /tmp/site/flopgate-0.1.0.dist-info/entry_points.txt
   export PYTHONPATH="$PWD:/tmp/site"
 fi
@@ -70,7 +70,7 @@ for name in ("transformers", "triton", "pydantic", "cryptography", "rfc8785", "s
         print(f"  {name}: not importable ({exc.__class__.__name__}: {exc})")
 print("  aten::mm out_dtype:", "dtype" in torch.ops.aten.mm.overloads())
 if torch.cuda.is_available():
-    from distill.losses import _out_dtype_works
+    from distill.train.losses import _out_dtype_works
     print("  fp32-output bf16 GEMM runs:", _out_dtype_works(torch.device("cuda", 0)))
 PY
 
@@ -87,7 +87,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from distill.prepare import prepare
+from distill.data.prepare import prepare
 
 work, tiny = Path(sys.argv[1]), sys.argv[2] == "1"
 work.mkdir(parents=True)
@@ -174,7 +174,7 @@ timeout "$(budget 90)" python3 - "$WORK" "$TINY" <<'PY' 2>&1 | tee -a "$OUT/pipe
 import sys, time
 from pathlib import Path
 import torch
-from distill.trainer import TrainConfig, train
+from distill.train.trainer import TrainConfig, train
 
 work, tiny = Path(sys.argv[1]), sys.argv[2] == "1"
 cfg = TrainConfig.parse(dict(teacher_dir=str(work / "teacher"), student_config=str(work / "student.json"),
@@ -200,7 +200,7 @@ from pathlib import Path
 import torch
 from distill.generation.backend import Sampling
 from distill.generation.local import TransformersBackend, VLLMBackend
-from distill.models import load_teacher, load_tokenizer
+from distill.runtime.models import load_teacher, load_tokenizer
 
 work, tiny = Path(sys.argv[1]), sys.argv[2] == "1"
 teacher = work / "teacher"

@@ -64,17 +64,17 @@ def main() -> None:
     import torch
     import transformers
 
-    from distill.gated import open_gate
-    from distill.hf import FlopgateCallback
+    from distill.gate import open_gate
+    from distill.gate.hf import FlopgateCallback
     from generate_kit import sign_audit
     from keypairs import write_keypair
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ.setdefault("FLOPGATE_HOME", str(tmp / "home"))
-        import distill.gated
+        import distill.gate.gated_run
 
-        distill.gated._installed_pack_versions = lambda: {}
+        distill.gate.gated_run._installed_pack_versions = lambda: {}
         signer = write_keypair(tmp / "keys", "bench")
         project = _project(tmp / "project", a.hidden, a.seq_len)
         envelope = sign_audit(project, signer)

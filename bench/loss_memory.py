@@ -47,7 +47,7 @@ def child(kind: str, tokens: int) -> None:
     prints its wall seconds and peak RSS growth (MiB) as JSON."""
     import torch
 
-    from distill.losses import LossSpec, fused_distill_loss, reference_distill_loss
+    from distill.train.losses import LossSpec, fused_distill_loss, reference_distill_loss
 
     torch.manual_seed(0)
     h_s = torch.randn(tokens, HIDDEN, requires_grad=True)

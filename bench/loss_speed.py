@@ -61,7 +61,7 @@ def child(kind: str, shape: Shape, threads: int, before: str | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from distill import losses
+    from distill.train import losses
 
     module = _load(before) if kind == "before" else losses
     torch.manual_seed(0)
@@ -125,8 +125,8 @@ def cache_dtypes(tokens: int, vocab: int, k: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from distill.losses import LossSpec
-    from distill.teacher_cache import reference_cached_loss, topk_targets
+    from distill.train.losses import LossSpec
+    from distill.train.teacher_cache import reference_cached_loss, topk_targets
 
     z_t = zipf_logits(tokens, vocab)
     log_q = F.log_softmax(z_t, dim=-1)

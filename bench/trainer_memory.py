@@ -5,7 +5,7 @@
 A tiny Llama teacher and student (the quickstart's tokenizer), a synthetic corpus of
 ``--tokens`` word tokens prepared into shards with ``flopgate data prepare``, and the same
 shards repeated 8 times (copied files, one manifest) for the 8x corpus. Each run is
-``distill.trainer.train`` in its own process for ``--steps`` steps; the process reports its peak
+``distill.train.trainer.train`` in its own process for ``--steps`` steps; the process reports its peak
 resident set (``VmHWM``). The trainer verifies every shard (sha256 over the mapping, chunk by
 chunk, pages released) and reads only the rows of each batch, so the peak should not grow with
 the corpus. Prints a table; the issue's bar: the 8x peak at most 10% above the 1x peak.
@@ -27,7 +27,7 @@ TOKENIZER = REPO / "examples" / "quickstart" / "data" / "tokenizer"
 
 CHILD = r"""
 import json, sys
-from distill.trainer import TrainConfig, train
+from distill.train.trainer import TrainConfig, train
 train(TrainConfig.parse(json.loads(open(sys.argv[1]).read())))
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"peak_kib": peak}))
@@ -49,7 +49,7 @@ def make_corpus(path: Path, tokens: int, seed: int = 0) -> None:
 
 def repeat_shards(source: Path, dest: Path, times: int) -> None:
     """``dest``: the shards of ``source`` copied ``times`` times, under one manifest."""
-    from distill.shards import MANIFEST_NAME, manifest_json, shard_names
+    from distill.data.shards import MANIFEST_NAME, manifest_json, shard_names
 
     manifest = json.loads((source / MANIFEST_NAME).read_text())
     dest.mkdir(parents=True)
@@ -69,7 +69,7 @@ def repeat_shards(source: Path, dest: Path, times: int) -> None:
 
 
 def run(work: Path, shards: Path, steps: int, name: str) -> int:
-    from distill.shards import MANIFEST_NAME
+    from distill.data.shards import MANIFEST_NAME
 
     manifest = json.loads((shards / MANIFEST_NAME).read_text())
     cfg = dict(teacher_dir=str(work / "teacher"), student_config=str(work / "student.json"),
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "tests" / "distill"))
-    from distill.prepare import prepare
+    from distill.data.prepare import prepare
     from distill_testkit import make_model_dir, write_config
 
     with tempfile.TemporaryDirectory() as tmp:

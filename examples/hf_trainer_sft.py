@@ -67,7 +67,7 @@ def tokenize_samples(path: Path, tokenizer, seq_len: int) -> list[dict]:
 def open_run(args, **gate_options):
     """The gate first: nothing is loaded or built for a refused audit. The open run, or the
     exit code (6) after printing why it refused."""
-    from distill.gated import GateRefused, open_gate
+    from distill.gate import GateRefused, open_gate
 
     try:
         return open_gate(args.plan, args.attestation, pubkey=args.pubkey, out_dir=args.out, key=args.key,
@@ -97,7 +97,7 @@ def load_rows(run, args):
 
 def load_rows_or_refuse(run, args):
     """:func:`load_rows`, or the exit code (6) after printing why an input was refused."""
-    from distill.gated import GateRefused
+    from distill.gate import GateRefused
 
     try:
         return load_rows(run, args)
@@ -110,7 +110,7 @@ def train_behind_gate(run, model, rows, tokenizer, args) -> int:
     """Train ``model`` with transformers' Trainer and the gate's callback; prints what was charged."""
     from transformers import Trainer, TrainingArguments
 
-    from distill.hf import FlopgateCallback
+    from distill.gate.hf import FlopgateCallback
 
     training = TrainingArguments(str(Path(args.out) / "hf"), per_device_train_batch_size=args.batch,
                                  max_steps=args.steps, learning_rate=args.lr, logging_steps=1,

@@ -11,7 +11,7 @@ The plan says ``method: {kind: on_policy, student_generated_tokens: ..., prompt_
 the audit counts the student's sampling, the teacher's scoring and the student's training.
 The gate opens first, with ``meters_sampling=True``: a DENY, edited or expired audit, or an
 audit of another plan, stops the script (exit 6) before any model is loaded. The trainer class
-is wrapped by ``distill.hf.metered_on_policy``, which counts per step the positions the student
+is wrapped by ``distill.gate.hf.metered_on_policy``, which counts per step the positions the student
 ran while sampling (prompt prefill and sampled tokens, padding included) and the positions it
 trained on; ``FlopgateCallback`` charges each optimizer step in the ledger (rank 0): sampled
 positions x the student's forward FLOP per token, trained positions x (the student's training +
@@ -80,7 +80,7 @@ def load_teacher(run):
     """The audited teacher folder (the gate re-hashed it), checked against the audited config."""
     from transformers import AutoModelForCausalLM
 
-    from distill.model_check import check_loaded_model
+    from distill.gate.model_check import check_loaded_model
 
     from audit.weights import verify_unchanged
 
@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from distill.hf import FlopgateCallback, metered_on_policy
+    from distill.gate.hf import FlopgateCallback, metered_on_policy
 
-    from distill.gated import GateRefused
+    from distill.gate import GateRefused
 
     try:  # the audited tokenizer (the teacher folder's), built from the bytes the audit covers
         tokenizer = run.inputs.tokenizer(args.tokenizer).tokenizer

@@ -6,7 +6,7 @@ Reading a config never imports torch or transformers, so cached checks stay fast
 :func:`check_config_sizes` is the one sanity check of a config's sizes (layers, heads, hidden
 and intermediate sizes, vocabulary, experts, positions: whole numbers below the ceilings in
 ``audit.limits``), run before any model is built or counted: by :func:`resolve_config`, by
-``audit.flops.hf_config.build_config`` and by ``distill.models`` before a model is built.
+``audit.flops.hf_config.build_config`` and by ``distill.runtime.models`` before a model is built.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
   (recognised by phrases the packs list). Every licence found is kept (``A AND B``), together
   with any ``teacher.license`` the plan declares, so a conflict is reviewed rather than hidden.
 - A declared ``teacher.authorization``: the document must exist and match its sha256.
-- A ``data.manifest`` (the JSON that ``distill.data.build_manifest`` writes; read here as plain
+- A ``data.manifest`` (the JSON that ``distill.data.training_data.build_manifest`` writes; read here as plain
   JSON, audit never imports distill): how many tokens its files hold, from ``total_tokens`` or
   else the sum of ``files[].tokens``. A malformed count is an ``InputError`` naming the manifest
   and the field; a manifest that gives no count leaves it unknown. The result goes to
@@ -27,7 +27,7 @@ from audit.yamlio import load_yaml_text
 
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENSE-MODEL")
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)
-MANIFEST_VERSION = 1  # the format distill.data.build_manifest writes
+MANIFEST_VERSION = 1  # the format distill.data.training_data.build_manifest writes
 
 
 def resolve_plan_facts(loaded: LoadedPlan, packs: PolicySet) -> Plan:

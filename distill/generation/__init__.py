@@ -13,7 +13,8 @@ The pieces, each replaceable on its own:
 * :mod:`.journal`  the job folder: ``samples.jsonl`` and ``attempts.jsonl``, appended with
   flush + fsync, read back on ``--resume``;
 * :mod:`.runner`   bounded concurrency, the filter, and the stop at the allowance;
-* :mod:`.record`   the kept-sample manifest and the signed generation record.
+* the kept-sample manifest and the signed generation record: :mod:`distill.outputs.generation_record`.
 
-The command itself is :mod:`distill.generate_cmd`.
-"""
+The command itself is :mod:`distill.cli.generate_cmd`.
+
+Imports: gate, data, outputs, runtime; and audit."""

@@ -194,8 +194,8 @@ class VLLMBackend(BatchedBackend):
 
 def stop_token_ids(model, tokenizer) -> list[int]:
     """The ids that end an answer: the generation config's eos ids, then the chat template's end
-    of turn and the tokenizer's eos (:func:`distill.models.end_of_turn_ids`)."""
-    from distill.models import end_of_turn_ids
+    of turn and the tokenizer's eos (:func:`distill.runtime.models.end_of_turn_ids`)."""
+    from distill.runtime.models import end_of_turn_ids
 
     ids: list[int] = []
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

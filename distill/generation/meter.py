@@ -6,7 +6,7 @@ included). A job may spend what the audit allows less what other jobs under the 
 already spent (the ledger's ``generation`` rows).
 
 Before a request the runner *reserves* its bound: the prompt's conservative token count
-(:meth:`distill.generation.prompts.Prompt.max_prompt_tokens`) and ``max_tokens`` for the
+(:meth:`distill.data.prompts.Prompt.max_prompt_tokens`) and ``max_tokens`` for the
 completion. A reservation that would take used + reserved past either limit is refused, so
 requests in flight together can never pass the allowance. When the answer comes back the
 reservation is *settled* with the usage the teacher reported (or with the whole bound, when

@@ -24,7 +24,7 @@ from audit.errors import FlopgateError, InputError
 from distill.generation.backend import Backend, Completion, Fatal, Sampling, Transient
 from distill.generation.journal import Journal
 from distill.generation.meter import TokenMeter
-from distill.generation.prompts import Prompt
+from distill.data.prompts import Prompt
 from distill.generation.retry import RetryPolicy
 
 

@@ -31,7 +31,7 @@ def make_server(teacher_dir: Path, *, port: int = 0, model_id: str = "quickstart
     sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
     from distill.generation.backend import Sampling
     from distill.generation.local import TransformersBackend
-    from distill.models import load_teacher, load_tokenizer
+    from distill.runtime.models import load_teacher, load_tokenizer
 
     backend = TransformersBackend(load_teacher(teacher_dir), load_tokenizer(teacher_dir), model_id=model_id,
                                   batch_size=batch_size)

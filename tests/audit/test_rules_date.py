@@ -1,5 +1,5 @@
 """The date an audit applies the rules as of: never before the signing day unless asked for,
-and then marked historical (the gate refuses such audits; tests/distill/test_distill_gate.py)."""
+and then marked historical (the gate refuses such audits; tests/distill/gate/test_distill_gate.py)."""
 
 import datetime as dt
 from pathlib import Path

@@ -84,7 +84,7 @@ def rewrite_keeping_mtime(path: Path, data: bytes, *, by_rename: bool = False) -
 
 
 def test_digest_equals_checkpoint_digest(folder):
-    from distill.checkpoint import checkpoint_digest
+    from distill.runtime.checkpoint import checkpoint_digest
 
     digest = folder_digest(folder)
     assert digest.root_sha256 == checkpoint_digest(folder)
@@ -100,7 +100,7 @@ def test_digest_equals_checkpoint_digest(folder):
 def test_digest_equals_checkpoint_digest_of_a_saved_model(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from distill.checkpoint import checkpoint_digest
+    from distill.runtime.checkpoint import checkpoint_digest
 
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                          num_key_value_heads=1, vocab_size=64)

@@ -30,7 +30,7 @@ def test_pack_installed(monkeypatch):
     """The template's audit names the test pack: make it the installed version."""
     from gate_fixtures import PACK_ID, PACK_VERSION
 
-    monkeypatch.setattr("distill.gated._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})
+    monkeypatch.setattr("distill.gate.gated_run._installed_pack_versions", lambda: {PACK_ID: PACK_VERSION})
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ class Project:
 
     def prepare(self) -> Path:
         """(Re)make the shards from ``data`` with the teacher's tokenizer; returns the manifest."""
-        from distill.prepare import prepare
+        from distill.data.prepare import prepare
 
         return prepare([self.data], tokenizer_dir=self.root / "teacher", out=self.root / "shards", workers=1,
                        replace=True).manifest_path
@@ -206,8 +206,8 @@ def hand_approval(audit_envelope: Path, approver: KeyFiles, *, outcome: str, out
 
 def forbid_model_loads(monkeypatch) -> list[str]:
     """Make every entry that could load a model record the call and raise; returns the calls."""
-    import distill.models
-    import distill.trainer
+    import distill.runtime.models
+    import distill.train.trainer
 
     calls: list[str] = []
 
@@ -217,8 +217,8 @@ def forbid_model_loads(monkeypatch) -> list[str]:
             raise AssertionError(f"{name} was called")
         return load
 
-    for module in (distill.models, distill.trainer):
+    for module in (distill.runtime.models, distill.train.trainer):
         for name in ("load_teacher", "load_tokenizer", "build_student"):
             monkeypatch.setattr(module, name, forbidden(name))
-    monkeypatch.setattr(distill.trainer, "train", forbidden("train"))
+    monkeypatch.setattr(distill.train.trainer, "train", forbidden("train"))
     return calls

@@ -3,13 +3,13 @@
     python -m torch.distributed.run --standalone --nproc_per_node N run_fsdp.py SPEC.json
     python run_fsdp.py SPEC.json            # one process: the unsharded reference
 
-The loop is the trainer's (``distill.trainer`` / ``distill.loop``): global batch split as
-``world x grad_accum x micro_batch`` (:func:`distill.distributed.micro_batch_start`), the fused
-KD loss of :mod:`distill.losses` normalised by the step's global valid-token count,
+The loop is the trainer's (``distill.train.trainer`` / ``distill.train.loop``): global batch split as
+``world x grad_accum x micro_batch`` (:func:`distill.runtime.distributed.micro_batch_start`), the fused
+KD loss of :mod:`distill.train.losses` normalised by the step's global valid-token count,
 ``(loss x world_size).backward()``, ``optimizer_step`` (clip, AdamW, warm-up + cosine). The
-student body goes through :func:`distill.fsdp.shard_student`; checkpoints through
-:func:`distill.checkpoint.save_sharded_checkpoint` / ``restore_sharded_checkpoint``; the end
-result through :func:`distill.checkpoint.export_student`. Models are built from a
+student body goes through :func:`distill.runtime.fsdp.shard_student`; checkpoints through
+:func:`distill.runtime.checkpoint.save_sharded_checkpoint` / ``restore_sharded_checkpoint``; the end
+result through :func:`distill.runtime.checkpoint.export_student`. Models are built from a
 ``LlamaConfig`` with seeded weights, the data from a seeded generator: nothing is read.
 
 SPEC (JSON) fields: ``out`` (result JSON written by rank 0), ``steps``, ``global_batch``,
@@ -71,13 +71,13 @@ def probe_tokens(seq_len: int) -> torch.Tensor:
 
 
 def run(spec: dict) -> dict:
-    from distill import distributed
-    from distill.checkpoint import (export_student, load_latest, restore_sharded_checkpoint,
-                                    save_sharded_checkpoint)
-    from distill.fsdp import is_sharded, shard_student
-    from distill.losses import LossSpec, fused_distill_loss
-    from distill.models import HiddenStates, decoder_layers, final_hidden_states, head_weight
-    from distill.loop import optimizer_step, warmup_cosine
+    from distill.runtime import distributed
+    from distill.runtime.checkpoint import (export_student, load_latest, restore_sharded_checkpoint,
+                                            save_sharded_checkpoint)
+    from distill.runtime.fsdp import is_sharded, shard_student
+    from distill.train.losses import LossSpec, fused_distill_loss
+    from distill.runtime.models import HiddenStates, decoder_layers, final_hidden_states, head_weight
+    from distill.train.loop import optimizer_step, warmup_cosine
 
     ctx = distributed.setup("cpu")
     try:

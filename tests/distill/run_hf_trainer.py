@@ -17,14 +17,14 @@ from pathlib import Path
 
 def main() -> int:
     plan, envelope, pubkey, key, out, steps = sys.argv[1:7]
-    import distill.gated
+    import distill.gate.gated_run
 
-    distill.gated._installed_pack_versions = lambda: json.loads(sys.argv[7]) if len(sys.argv) > 7 else {}
+    distill.gate.gated_run._installed_pack_versions = lambda: json.loads(sys.argv[7]) if len(sys.argv) > 7 else {}
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from distill.gated import open_gate
-    from distill.hf import FlopgateCallback
+    from distill.gate import open_gate
+    from distill.gate.hf import FlopgateCallback
 
     run = open_gate(plan, envelope, pubkey=pubkey, key=key, out_dir=out)
     config = dict(run.gate.loaded_plan.student_config.data)

@@ -14,8 +14,8 @@ import sys
 
 import torch
 
-from distill import distributed
-from distill.models import decoder_layers, final_hidden_states, head_weight, load_teacher
+from distill.runtime import distributed
+from distill.runtime.models import decoder_layers, final_hidden_states, head_weight, load_teacher
 
 
 def local_numel(tensor: torch.Tensor) -> int:

@@ -1,4 +1,4 @@
-"""Run ``distill.trainer.train`` in its own process, for the resume and distributed tests.
+"""Run ``distill.train.trainer.train`` in its own process, for the resume and distributed tests.
 
     python run_train.py CONFIG.json [--resume] [--hang-after-step N] [--result FILE]
     python -m torch.distributed.run --standalone --nproc_per_node 2 run_train.py CONFIG.json
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from distill.trainer import TrainConfig, train
+from distill.train.trainer import TrainConfig, train
 
 
 def main() -> int:

@@ -59,7 +59,7 @@ def answer_loss(model, tokenizer, pairs) -> float:
     """Mean cross-entropy per answer token (nats) of ``model`` on ``(messages, answer)`` pairs."""
     import torch
 
-    from distill.sequence import encode_sample
+    from distill.train.sequence import encode_sample
 
     total, count = 0.0, 0
     with torch.no_grad():
@@ -130,7 +130,7 @@ def test_the_readme_quickstart_trains_three_students(tmp_path):
     # the sequence-KD student learned the teacher's answers, also to prompts it never saw
     from distill.generation.backend import Sampling
     from distill.generation.local import TransformersBackend
-    from distill.models import load_teacher, load_tokenizer
+    from distill.runtime.models import load_teacher, load_tokenizer
 
     seen = {json.loads(line)["prompt"] for line in (root / "data" / "prompts.jsonl").read_text().splitlines()}
     unseen = [p.strip().split(" .")[0] + " ." for p in HELDOUT.read_text().split("\n\n")[64:96]]

@@ -59,8 +59,8 @@ def test_cached_logits_run_the_teacher_once():
 @pytest.mark.parametrize("k, dtype, per_token", [(64, "float16", 388), (64, "bfloat16", 388), (32, "float32", 260)])
 def test_cached_logits_state_the_size_of_their_store(k, dtype, per_token):
     """k ids (4 bytes) + k log-probabilities + a 4-byte tail per audited token; the trainer's
-    cache_size takes the same figure (tests/distill/test_teacher_cache.py checks it on disk)."""
-    from distill.teacher_cache import cache_size
+    cache_size takes the same figure (tests/distill/train/test_teacher_cache.py checks it on disk)."""
+    from distill.train.teacher_cache import cache_size
 
     p = plan(data__tokens=1e9, data__epochs=3, method={"kind": "cached_logits", "cache_top_k": k, "cache_dtype": dtype})
     store = build_estimate(p, summary(), summary(forward=1e10), TABLES).logit_cache

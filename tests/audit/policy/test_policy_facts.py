@@ -149,7 +149,7 @@ schedule: {start: 2026-12-01}
 
 def _manifest(tmp_path, manifest, *, tokens="1000"):
     """A plan with ``data.tokens = tokens`` naming ``data/manifest.json`` (a dict is written as
-    JSON in the shape distill.data.build_manifest writes; a str as it is)."""
+    JSON in the shape distill.data.training_data.build_manifest writes; a str as it is)."""
     (tmp_path / "data").mkdir(exist_ok=True)
     text = manifest if isinstance(manifest, str) else json.dumps(manifest, indent=2, sort_keys=True)
     (tmp_path / "data" / "manifest.json").write_text(text)

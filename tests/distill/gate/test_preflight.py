@@ -1,0 +1,52 @@
+"""Attention under packing: what the sequence recipe's masks keep against what the audit
+counted (distill/gate/preflight.py), and the logit trainer's refusal of per-document counting."""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.errors import InputError
+from audit.flops.registry import kept_pairs
+from distill.gate.preflight import audited_pairs_per_row, block_pairs, check_packed_attention
+from distill.train.sequence import pack
+
+
+def samples(lengths):
+    """Encoded samples of these lengths, every position an answer label."""
+    return [(list(range(2, 2 + n)), list(range(3, 3 + n))) for n in lengths]
+
+
+@pytest.mark.parametrize("m", [8, 16, 32])
+def test_equal_documents_keep_exactly_the_pairs_the_counter_counts(m):
+    """Samples of m tokens packed into rows of 64: the recipe's block-diagonal masks keep the pairs
+    the counter's document masking counts (the same kept_pairs, blocks of m)."""
+    data = pack(samples([m] * (64 // m * 5)), 64)
+    rows = [row.bincount().tolist() for row in data.segments]
+    assert all(lengths == [m] * (64 // m) for lengths in rows)       # full rows, no padding
+    assert check_packed_attention(rows, 64, m, source="s") == 5 * kept_pairs(64, 64, True, document=m)
+    assert block_pairs([m] * (64 // m)) == audited_pairs_per_row(64, m)
+
+
+def test_the_same_mean_with_spread_lengths_is_refused_with_a_length_that_covers_it():
+    rows = [[4, 28]] * 3                                  # mean 16, but 10 + 406 pairs per row, not 2 x 136
+    with pytest.raises(InputError) as refused:
+        check_packed_attention(rows, 32, 16, source="kept.jsonl")
+    text = str(refused.value)
+    assert "data.mean_document_tokens" in text and "\n" not in text
+    fit = int(text.split("set it to ")[1].split(" ")[0])
+    assert audited_pairs_per_row(32, fit) >= block_pairs([4, 28]) > audited_pairs_per_row(32, fit - 1)
+    assert check_packed_attention(rows, 32, fit, source="s") == 3 * 416
+    assert check_packed_attention(rows, 32, None, source="s") == 3 * 416   # counted as whole rows: always fits
+
+
+def test_a_logit_plan_counted_per_document_is_refused_before_any_model_loads(project, signer, capsys, monkeypatch):
+    from audit.cli.main import main
+    from gate_fixtures import forbid_model_loads, make_audit
+
+    project.plan.write_text(project.plan.read_text().replace("seq_len: 32,", "seq_len: 32, mean_document_tokens: 8,"))
+    envelope = make_audit(project, signer)
+    calls = forbid_model_loads(monkeypatch)
+    code = main(["distill", str(project.plan), "--attestation", str(envelope), "--pubkey", str(signer.public_path),
+                 "--key", str(signer.private_path), "--out", str(project.root / "out"), "--allow-cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "mean_document_tokens" in err and "across documents" in err and calls == []
