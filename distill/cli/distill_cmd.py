@@ -25,7 +25,6 @@ on its own line), 2 invalid input (including: no CUDA and no --allow-cpu), 1 une
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from audit.cli.args import add_ledger_option, help_text, positive

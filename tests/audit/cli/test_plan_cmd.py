@@ -2,7 +2,6 @@
 overwriting; ``flopgate policy`` shows the sub-national scope note in every output."""
 
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
