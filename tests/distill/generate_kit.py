@@ -109,3 +109,20 @@ def sign_audit(project: ApiProject, signer: KeyFiles, *, outcome: str = "ALLOW",
 
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+FAST = ["--backoff", "0.001", "--backoff-max", "2", "--timeout", "5"]
+"""generate's retry flags for tests: retries without waiting."""
+
+
+def generate(capsys, project: ApiProject, signer: KeyFiles, *extra, out=None) -> tuple[int, str, str]:
+    """``flopgate generate`` on ``project`` in this process: (exit code, stdout, stderr); the API
+    key never appears in either."""
+    from audit.cli.main import main
+
+    code = main(["generate", str(project.plan), "--attestation", str(project.envelope),
+                 "--pubkey", str(signer.public_path), "--key", str(signer.private_path),
+                 "--out", str(out or project.root / "out"), *FAST, *map(str, extra)])
+    captured = capsys.readouterr()
+    assert API_KEY not in captured.out + captured.err
+    return code, captured.out, captured.err

@@ -17,35 +17,15 @@ from pathlib import Path
 import pytest
 
 from audit.attest.verify import verify_envelope_file
-from audit.cli.main import main
 from audit.ledger.store import Ledger
 from distill.gate.refusal import GATE_REFUSED_EXIT
 from audit.attest import PREDICATE_GENERATION_RECORD
-from generate_kit import API_KEY, KEY_ENV, make_project, read_lines, sign_audit
+from generate_kit import API_KEY, FAST, KEY_ENV, generate, make_project, read_lines, sign_audit
 from openai_server import FakeOpenAI
 
 KEY = API_KEY
 pytestmark = pytest.mark.usefixtures("api_key_env")
-FAST = ["--backoff", "0.001", "--backoff-max", "2", "--timeout", "5"]
 REPO = Path(__file__).resolve().parents[3]
-
-
-
-
-@pytest.fixture
-def project(tmp_path, fake, signer):
-    proj = make_project(tmp_path / "project", fake.url)
-    sign_audit(proj, signer)
-    return proj
-
-
-def generate(capsys, project, signer, *extra, out=None):
-    code = main(["generate", str(project.plan), "--attestation", str(project.envelope),
-                 "--pubkey", str(signer.public_path), "--key", str(signer.private_path),
-                 "--out", str(out or project.root / "out"), *FAST, *map(str, extra)])
-    captured = capsys.readouterr()
-    assert KEY not in captured.out + captured.err
-    return code, captured.out, captured.err
 
 
 def no_key_written(folder: Path) -> None:

@@ -11,28 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from audit.cli.main import main
 from audit.ledger.store import Ledger, ledger_exists
-from generate_kit import API_KEY, make_project, read_lines, sign_audit
+from generate_kit import generate, make_project, read_lines, sign_audit
 
 pytestmark = pytest.mark.usefixtures("api_key_env")
-FAST = ["--backoff", "0.001", "--backoff-max", "2", "--timeout", "5"]
-
-
-@pytest.fixture
-def project(tmp_path, fake, signer):
-    proj = make_project(tmp_path / "project", fake.url)
-    sign_audit(proj, signer)
-    return proj
-
-
-def generate(capsys, project, signer, *extra, out=None):
-    code = main(["generate", str(project.plan), "--attestation", str(project.envelope),
-                 "--pubkey", str(signer.public_path), "--key", str(signer.private_path),
-                 "--out", str(out or project.root / "out"), *FAST, *map(str, extra)])
-    captured = capsys.readouterr()
-    assert API_KEY not in captured.out + captured.err
-    return code, captured.out, captured.err
 
 
 def stopped_after_two(capsys, project, signer, fake, *extra, out=None):
