@@ -97,7 +97,7 @@ def train_on_prompts(student_config: Path, tokenizer, prompts: list[str], *, ste
 
 @pytest.mark.slow
 def test_the_readme_quickstart_trains_three_students(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     root = tmp_path / "quickstart"
     shutil.copytree(QUICKSTART, root, ignore=shutil.ignore_patterns(*MADE, "__pycache__"))
@@ -126,6 +126,13 @@ def test_the_readme_quickstart_trains_three_students(tmp_path):
         assert AutoTokenizer.from_pretrained(model_dir).chat_template
         losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert losses[-1] < 0.6 * losses[0], (method, losses[0], losses[-1])
+        # the student stops where its chat template ends a turn, and its card names its method
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        stops = GenerationConfig.from_pretrained(model_dir).eos_token_id
+        assert tokenizer.convert_tokens_to_ids("<|end|>") in ([stops] if isinstance(stops, int) else stops), method
+        card = (model_dir / "README.md").read_text()
+        wording = "by online logit distillation" if method == "logit" else "by sequence-level distillation"
+        assert wording in card, (method, card[:600])
 
     # the sequence-KD student learned the teacher's answers, also to prompts it never saw
     from distill.generation.backend import Sampling
@@ -160,3 +167,15 @@ def test_the_readme_quickstart_trains_three_students(tmp_path):
           f"nats/token ({len(pairs)} prompts, {record['steps']} steps)")
     assert distilled < 0.5 * start
     assert distilled < control - 0.5
+
+    # under its chat template, the sequence-KD student ends its answers itself (before, its
+    # generation config stopped at the student config's eos id, which it never writes)
+    student = AutoModelForCausalLM.from_pretrained(root / "runs" / "local" / "model").eval()
+    ended = 0
+    for messages, _ in pairs[:8]:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        out = student.generate(ids, max_new_tokens=64, do_sample=False)
+        ended += int(out.shape[1] - ids.shape[1] < 64)
+    print(f"answers the distilled student ended itself: {ended} of 8")
+    assert ended >= 6
