@@ -11,8 +11,9 @@ fp32, forward + backward through the student's hidden states and head, ``--threa
 threads (default 2). Every measurement runs in a fresh process, so its peak RSS growth (VmHWM
 after minus VmRSS before, inputs already made) is its own; the cases of one shape run
 interleaved, ``--repeats`` times each (default 3), and the table shows the median time and the
-largest peak. Speed ratio = reference seconds / fused seconds (above 1: the fused loss is
-faster); memory = fused peak / reference peak.
+largest peak. Speed ratio = reference seconds / fused seconds of each interleaved pair (above 1:
+the fused loss is faster), as the median of the pairs with their min-max; memory = fused peak /
+reference peak.
 """
 
 from __future__ import annotations
@@ -190,7 +191,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, forward + backward, median of "
           f"{args.repeats} (time) and largest (peak RSS growth), each run a fresh process\n")
-    header = "| V | tokens | H | loss | fused (s) | reference (s) | speed ratio | fused (MiB) | reference (MiB) | memory |"
+    header = ("| V | tokens | H | loss | fused (s) | reference (s) | speed ratio (pairs: median, min-max) | "
+              "fused (MiB) | reference (MiB) | memory |")
     extra = " before (s) | before speed ratio | before (MiB) |" if before else ""
     print(header + extra)
     print("|---" * (10 + (3 if before else 0)) + "|")
@@ -199,8 +201,10 @@ def main() -> None:
         got = measure(shape, kinds, args.repeats, args.threads, before)
         (fs, fm, fall, floss), (rs, rm, rall, rloss) = got["fused"], got["reference"]
         assert abs(floss - rloss) <= 1e-3 * abs(rloss) + 1e-6, (shape, floss, rloss)  # same loss
+        pairs = [r / f for f, r in zip(fall, rall)]  # each repeat ran fused then reference: one pair
+        spread = f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
         row = (f"| {shape.vocab} | {shape.tokens} | {shape.hidden} | {shape.loss} | {fs:.2f} | {rs:.2f} | "
-               f"{ratio(rs, fs)} | {fm:.0f} | {rm:.0f} | {ratio(fm, rm)} |")
+               f"{spread} | {fm:.0f} | {rm:.0f} | {ratio(fm, rm)} |")
         if before:
             bs, bm, _, _ = got["before"]
             row += f" {bs:.2f} | {ratio(rs, bs)} | {bm:.0f} |"
