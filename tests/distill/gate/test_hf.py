@@ -125,7 +125,7 @@ def test_two_processes_under_accelerate_charge_once_per_step(project, signer, tm
     from pathlib import Path
 
     envelope = make_audit(project, signer, compute=compute_block(tokens=1e6))
-    runner = Path(__file__).resolve().parents[2] / "run_hf_trainer.py"
+    runner = Path(__file__).resolve().parents[1] / "run_hf_trainer.py"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

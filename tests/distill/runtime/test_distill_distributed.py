@@ -18,7 +18,7 @@ from distill.runtime.models import build_student
 from distill.train.trainer import TrainConfig, train
 from distill_testkit import tiny_run
 
-RUNNER = Path(__file__).resolve().parents[2] / "run_train.py"
+RUNNER = Path(__file__).resolve().parents[1] / "run_train.py"
 
 
 def test_micro_batches_tile_the_global_batch():

@@ -21,7 +21,7 @@ import torch
 
 from distill.runtime.checkpoint import Checkpoint, is_sharded_checkpoint, list_checkpoints, load_latest
 
-HERE = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parents[1]  # tests/distill, where the run_*.py scripts are
 RUNNER = HERE / "run_fsdp.py"
 sys.path.insert(0, str(HERE))
 import run_fsdp  # noqa: E402

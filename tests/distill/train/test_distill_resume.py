@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from distill.runtime.checkpoint import list_checkpoints
 from distill_testkit import tiny_run
 
-RUNNER = Path(__file__).resolve().parents[2] / "run_train.py"
+RUNNER = Path(__file__).resolve().parents[1] / "run_train.py"
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # same arithmetic in every process
 
 
