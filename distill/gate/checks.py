@@ -69,6 +69,7 @@ class GateResult:
     model_folders: dict = field(default_factory=dict)  # role -> audit.weights.FolderDigest, verified
     audit: Optional[AuditPredicate] = None   # the verified predicate, typed (None when unreadable)
     trusted_keys: tuple = ()   # the auditor keys the envelope was verified with (they verify generated data too)
+    approval: Optional[dict] = None   # a verified approval: {"approver" (key id), "approved_at", "note"}
 
     @cached_property
     def inputs(self):
@@ -121,13 +122,14 @@ def run_gate_checks(envelope_path: str | os.PathLike, plan_path: str | os.PathLi
     reasons += checks
     if audit is None:
         return GateResult(False, reasons, predicate, verified.envelope_sha256)
-    outcome_reasons, notes, approval_sha = _outcome_reasons(audit, data, approval_path, trusted_approvers)
+    outcome_reasons, notes, approval = _outcome_reasons(audit, data, approval_path, trusted_approvers)
     reasons += outcome_reasons
     reasons += _age_reasons(audit, now, max_age_days)
     reasons += _rules_date_reasons(audit, now, max_age_days)
     return GateResult(not reasons, reasons, predicate, verified.envelope_sha256, audit.outcome, notes,
-                      approval_sha, loaded if not reasons else None, weights if not reasons else {}, audit,
-                      tuple(trusted_keys))
+                      approval and approval["sha256"], loaded if not reasons else None,
+                      weights if not reasons else {}, audit, tuple(trusted_keys),
+                      approval and {k: v for k, v in approval.items() if k != "sha256"})
 
 
 def _plan_reasons(audit: AuditPredicate, plan_path: Path, plan_raw: bytes) -> list[str]:
@@ -173,8 +175,8 @@ def _read_inputs(audit: AuditPredicate, plan_path: Path, plan_raw: bytes):
 
 
 def _outcome_reasons(audit: AuditPredicate, envelope_bytes: bytes, approval_path,
-                     trusted_approvers) -> tuple[list[str], list[str], Optional[str]]:
-    """(reasons, notes, approval sha256) for the audit's outcome. The verified decision (the
+                     trusted_approvers) -> tuple[list[str], list[str], Optional[dict]]:
+    """(reasons, notes, the verified approval: sha256, approver key id, time, note) for the audit's outcome. The verified decision (the
     engine's own :class:`Decision`) is judged by the engine's one rule,
     :func:`audit.policy.engine.gate_would_open`; the gate has no rule of its own."""
     from audit.policy.engine import gate_would_open
@@ -203,7 +205,9 @@ def _outcome_reasons(audit: AuditPredicate, envelope_bytes: bytes, approval_path
         if not check.ok:
             reason = check.reason if check.reason.startswith("approval") else f"approval: {check.reason}"
             return [reason], notes, None
-        return [], [check.reason] + notes, sha256_bytes(approval_bytes)
+        approval = {"sha256": sha256_bytes(approval_bytes), "approver": check.approver.keyid,
+                    "approved_at": check.predicate.get("approved_at"), "note": check.predicate.get("note")}
+        return [], [check.reason] + notes, approval
 
 
 def _gate_open_flag(audit: AuditPredicate) -> list[str]:

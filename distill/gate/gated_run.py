@@ -177,7 +177,7 @@ class GatedRun:
             envelope_sha256=self.envelope_sha256, plan_path=self.gate.loaded_plan.path,
             private_key=self.signing_key()[0], device_name=device_name,
             flops_per_token=self.flops_per_token, tolerance=0.0,
-            approval_sha256=self.gate.approval_sha256, ledger_head=self.ledger_anchor())
+            approval_sha256=self.gate.approval_sha256, approval=self.gate.approval, ledger_head=self.ledger_anchor())
         record = written.statement["predicate"]
         card = write_model_card(self.out_dir, plan=self.plan, audit=self.audit, record=record,
                                 clause_types=installed_clause_types())

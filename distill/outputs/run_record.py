@@ -80,7 +80,7 @@ def carried_obligations(audit: AuditPredicate) -> list[dict]:
 def build_predicate(result, *, audit: AuditPredicate, envelope_name: str, envelope_sha256: str,
                     flops_per_token: Optional[float], tolerance: float, device_name: str,
                     checkpoint_name: str, checkpoint_root: str, checkpoint_files: int,
-                    approval_sha256: Optional[str], inputs: list[dict]) -> dict:
+                    approval_sha256: Optional[str], inputs: list[dict], approval: Optional[dict] = None) -> dict:
     """The run-record predicate (see the module docstring). ``result`` is a
     :class:`distill.outputs.run_record.TrainResult`."""
     from audit.versions import tool_versions
@@ -92,7 +92,8 @@ def build_predicate(result, *, audit: AuditPredicate, envelope_name: str, envelo
         "plan": {"name": audit.plan.name, "sha256": audit.plan.sha256},
         "audit": {"envelope": envelope_name, "sha256": envelope_sha256,
                   "outcome": audit.outcome, "created": audit.created,
-                  "approval_sha256": approval_sha256},
+                  "approval_sha256": approval_sha256,
+                  "approval": approval},   # who approved a REVIEW, when, and their note (as verified)
         "compute": {"flops": finite_or_none(result.flops_used), "flops_per_token": finite_or_none(flops_per_token),
                     "budget_flops": budget, "tolerance": tolerance,
                     "limit_flops": None if budget is None else budget * (1 + tolerance),
@@ -131,6 +132,7 @@ def write_run_record(out_dir: str | os.PathLike, result, *, audit_envelope: str 
                      flops_per_token: Optional[float], tolerance: float,
                      approval_path: str | os.PathLike | None = None,
                      approval_sha256: Optional[str] = None,
+                     approval: Optional[dict] = None,
                      extra_files: Sequence[tuple[str, str | os.PathLike]] = (),
                      ledger_head: Optional[dict] = None) -> WrittenRecord:
     """Hash the outputs, sign the run record and write both files atomically.
@@ -157,7 +159,7 @@ def write_run_record(out_dir: str | os.PathLike, result, *, audit_envelope: str 
         device_name=device_name, checkpoint_name=checkpoint_name,
         checkpoint_root=checkpoint_digest(checkpoint),
         checkpoint_files=sum(1 for f in files if f.role == "checkpoint"),
-        approval_sha256=approval_sha256, inputs=inputs)
+        approval_sha256=approval_sha256, inputs=inputs, approval=approval)
     predicate["ledger"] = ledger_head
     statement = make_statement(subjects, PREDICATE_RUN_RECORD, predicate)
     envelope = sign_statement(statement, private_key)

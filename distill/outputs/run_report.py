@@ -139,7 +139,7 @@ def render_run_report(plan, audit: AuditPredicate, record: dict, card: CardFiles
          if compute.get("lost_tokens") else "none"),
         ("Final checkpoint", f"{checkpoint.get('name')}, root sha256 {checkpoint.get('root_sha256')}"),
         ("Audit envelope", f"{shown_path(audit_info.get('envelope'))}, sha256 {audit_info.get('sha256')}"),
-        ("Approval", audit_info.get("approval_sha256") or "none"),
+        ("Approval", approval_text(audit_info)),
     ]
     return _REPORT.render(
         name=plan.student.name, teacher=shown_path(plan.teacher.model), outcome=audit.outcome,
@@ -150,6 +150,20 @@ def render_run_report(plan, audit: AuditPredicate, record: dict, card: CardFiles
         loss_last=plain(points[-1][1], 4) if points else "", steps=record.get("steps"))
 
 
+
+
+def approval_text(audit_info: dict) -> str:
+    """The approval of a REVIEW as the record signs it: who (key fingerprint), when, the note."""
+    sha = audit_info.get("approval_sha256")
+    if not sha:
+        return "none"
+    approval = audit_info.get("approval") or {}
+    if not approval.get("approver"):
+        return f"sha256 {sha}"
+    from audit.attest.keys import short_fingerprint
+
+    return (f"approved by {short_fingerprint(approval['approver'])} at {approval.get('approved_at')}: "
+            f"\u201c{approval.get('note')}\u201d (approval sha256 {sha})")
 
 
 def write_run_report(out_dir: str | Path, *, plan, audit: AuditPredicate, record: dict, card: CardFiles,

@@ -45,7 +45,7 @@ def finish_run(args, loaded, gate, cfg, result, signing_key, device_name: str, e
         envelope_sha256=gate.envelope_sha256, plan_path=loaded.path, private_key=private_key,
         device_name=device_name, flops_per_token=cfg.flops_per_token, tolerance=cfg.tolerance,
         approval_path=args.approval if gate.approval_sha256 else None, approval_sha256=gate.approval_sha256,
-        extra_files=extra_files, ledger_head=ledger_head)
+        approval=gate.approval, extra_files=extra_files, ledger_head=ledger_head)
     record = written.statement["predicate"]
     card = write_model_card(cfg.out_dir, plan=loaded.plan, audit=gate.audit, record=record,
                             clause_types=installed_clause_types())

@@ -304,6 +304,7 @@ def test_second_run_into_the_same_folder_needs_resume(project, signer, capsys):
 
 def test_approved_review_trains_and_the_record_names_the_approval(project, signer, tmp_path, capsys):
     from audit.attest.approval import approve
+    from audit.attest.keys import short_fingerprint
 
     reviewer = write_keypair(tmp_path / "reviewer-keys", "reviewer")
     envelope = make_audit(project, signer, outcome="REVIEW")
@@ -316,6 +317,12 @@ def test_approved_review_trains_and_the_record_names_the_approval(project, signe
     verified = verify_envelope_file(project.root / "out" / "run-record.intoto.json", [signer.trusted])
     assert verified.predicate["audit"]["approval_sha256"] == hashlib.sha256(approval.read_bytes()).hexdigest()
     assert any(i["role"] == "approval" for i in verified.predicate["inputs"])
+    # who approved and their note are signed in the record and shown in the run report
+    approved = verified.predicate["audit"]["approval"]
+    assert approved["approver"] == reviewer.keyid and approved["note"] == "reviewed the teacher's terms"
+    report = (project.root / "out" / "run-report.html").read_text()
+    assert f"approved by {short_fingerprint(reviewer.keyid)}" in report
+    assert "reviewed the teacher&#39;s terms" in report or "reviewed the teacher's terms" in report
 
 
 def test_cached_logits_plan_builds_the_cache_once_and_meters_the_student_per_token(project, signer, capsys):
