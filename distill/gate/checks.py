@@ -97,8 +97,9 @@ def run_gate_checks(envelope_path: str | os.PathLike, plan_path: str | os.PathLi
     try:
         verified = verify_envelope_bytes(data, trusted_keys, predicate_types=(PREDICATE_AUDIT,),
                                          check_files=False)
-    except VerificationFailed as exc:
-        return GateResult(False, [f"signature: {exc}"], None, None)
+    except VerificationFailed as exc:  # its text starts with its own code; "signature: signature:" once
+        text = str(exc).removeprefix("signature: ")
+        return GateResult(False, [f"signature: {text}"], None, None)
     statement, predicate = verified.statement, verified.predicate
     plan_path = Path(plan_path)
     plan_raw = read_input(plan_path, "plan")  # read once: verified, then parsed, then handed on
