@@ -34,6 +34,7 @@ from distill.gate import preflight
 from distill.gate.gated_run import refuse
 from distill.train.session import dry_run_done, loop_overrides, finish_run
 
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("distill", help="run the planned distillation behind a verified audit",
                               description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -187,7 +187,6 @@ def device_name(args) -> str:
     return f"CPU ({platform.machine() or 'unknown'})"
 
 
-
 # -- after the models load --------------------------------------------------------------------------
 
 def audited_model_checks(loaded, gate):

@@ -150,8 +150,6 @@ def render_run_report(plan, audit: AuditPredicate, record: dict, card: CardFiles
         loss_last=plain(points[-1][1], 4) if points else "", steps=record.get("steps"))
 
 
-
-
 def approval_text(audit_info: dict) -> str:
     """The approval of a REVIEW as the record signs it: who (key fingerprint), when, the note."""
     sha = audit_info.get("approval_sha256")

@@ -74,7 +74,6 @@ from distill.runtime.models import (HiddenStates, build_student, check_vocab, co
                                     load_tokenizer, stop_at_end_of_turn)
 
 
-
 class TrainConfig(LoopConfig):
     """A logit-distillation run (the loop's fields are :class:`distill.train.loop.LoopConfig`'s). Paths
     are local; token counts are tokens of the teacher's tokenizer."""
@@ -199,7 +198,6 @@ class TrainConfig(LoopConfig):
 
     def loss_spec(self) -> LossSpec:
         return LossSpec(self.loss, self.beta, self.temperature, self.hard_label_weight)
-
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -18,7 +18,6 @@ from distill.data.shards import MANIFEST_NAME, ShardSet, is_shard_manifest
 from distill_testkit import CHAT, CHAT_TOKENIZER, TOKENIZER_DIR, TRAIN_TEXT, make_model_dir, tiny_run
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer(TOKENIZER_DIR)

@@ -35,8 +35,6 @@ SENTENCES = ["the dog sees a cat .", "two birds like the fox .", "a farmer feeds
              "the small dog chases some foxes .", "two bakers help the old farmer .", "a happy child feeds one bird ."]
 
 
-
-
 def generated_project(root: Path, fake, signer, capsys, sentences=SENTENCES, tokenizer=TOKENIZER, compute=None):
     """A sequence plan whose prompts are the sentences (and whose data.tokenizer is ``tokenizer``),
     its audit (``compute``: its compute block), and what generate wrote."""
