@@ -162,13 +162,16 @@ class FlopgateCallback(TrainerCallback):
 def check_row_length(input_ids, inputs_embeds, seq_len: int) -> None:
     """``InputError`` when a training row (``input_ids`` [.., T], or ``inputs_embeds``
     [.., T, H]) has more positions than the audited ``seq_len``: the audit's FLOP per token
-    holds only up to it."""
-    length = None
+    holds only up to it. A forward that gives neither cannot be measured and is refused too
+    (fail closed)."""
     if input_ids is not None and hasattr(input_ids, "shape"):
         length = int(input_ids.shape[-1])
     elif inputs_embeds is not None and hasattr(inputs_embeds, "shape"):
         length = int(inputs_embeds.shape[-2])
-    if length is not None and length > seq_len:
+    else:
+        raise InputError("a training forward without input_ids or inputs_embeds: the row length the audit's "
+                         "data.seq_len bounds cannot be checked", field="data.seq_len")
+    if length > seq_len:
         raise InputError(f"a training row of {length} positions is longer than the audited data.seq_len {seq_len}: "
                          "the audit's FLOP per token counts attention up to seq_len only; cut or pack the rows to "
                          "it (padding included), or audit a longer seq_len", field="data.seq_len")

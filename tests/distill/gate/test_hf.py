@@ -208,3 +208,19 @@ def test_a_plain_trainer_is_refused_an_on_policy_audit(project, signer, tmp_path
     run = on_policy_run(project, signer)
     with pytest.raises(InputError, match="metered_on_policy"):
         trainer_for(project, student(project), run, tmp_path)
+
+
+def test_a_row_length_is_checked_or_the_forward_refused():
+    """input_ids [B, T] or inputs_embeds [B, T, H]; a training forward with neither cannot be
+    measured against data.seq_len and is refused (fail closed)."""
+    import torch
+
+    from audit.errors import InputError
+    from distill.gate.hf import check_row_length
+
+    check_row_length(torch.zeros(2, 32, dtype=torch.long), None, 32)
+    check_row_length(None, torch.zeros(2, 32, 8), 32)
+    with pytest.raises(InputError, match="longer than the audited data.seq_len 32"):
+        check_row_length(None, torch.zeros(2, 33, 8), 32)
+    with pytest.raises(InputError, match="without input_ids or inputs_embeds"):
+        check_row_length(None, None, 32)
