@@ -201,8 +201,8 @@ def main() -> None:
         got = measure(shape, kinds, args.repeats, args.threads, before)
         (fs, fm, fall, floss), (rs, rm, rall, rloss) = got["fused"], got["reference"]
         assert abs(floss - rloss) <= 1e-3 * abs(rloss) + 1e-6, (shape, floss, rloss)  # same loss
-        pairs = [r / f for f, r in zip(fall, rall)]  # each repeat ran fused then reference: one pair
-        spread = f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
+        pairs = [r / f for f, r in zip(fall, rall) if f > 0]  # each repeat ran fused then reference: one pair
+        spread = f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})" if pairs else "n/a"
         row = (f"| {shape.vocab} | {shape.tokens} | {shape.hidden} | {shape.loss} | {fs:.2f} | {rs:.2f} | "
                f"{spread} | {fm:.0f} | {rm:.0f} | {ratio(fm, rm)} |")
         if before:

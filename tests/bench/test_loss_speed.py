@@ -20,8 +20,12 @@ def test_small_run_prints_both_losses_side_by_side_with_ratios_from_its_columns(
         ("3000", "64", "64", "forward_kl"), ("3000", "64", "64", "jsd")]
     for cells in rows:
         assert all(float(cells[i]) >= 0 for i in (SECONDS_FUSED, SECONDS_REF, MIB_FUSED, MIB_REF))
-        if cells[SPEED] != "n/a":  # reference seconds over fused seconds
-            assert ratio_follows(cells[SPEED], cells[SECONDS_REF], cells[SECONDS_FUSED]), cells
+        if cells[SPEED] != "n/a":  # per pair, reference seconds over fused seconds: "median (min-max)"
+            median, spread = cells[SPEED].split(" ", 1)
+            low, high = (float(x) for x in spread.strip("()").split("-"))
+            assert low <= float(median.rstrip("x")) <= high, cells
+            # one repeat: one pair, so the median is the ratio of the table's two columns
+            assert ratio_follows(median, cells[SECONDS_REF], cells[SECONDS_FUSED]), cells
         if cells[MEMORY] != "n/a":  # fused peak over reference peak
             assert ratio_follows(cells[MEMORY], cells[MIB_FUSED], cells[MIB_REF]), cells
     assert any(line.startswith("V=3000 tokens=64 H=64 jsd: fused runs ") for line in after)
