@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 from audit.attest import PREDICATE_AUDIT
 from audit.attest.dsse import write_envelope
-from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
-from audit.clock import utc_now as utc_now_datetime, utc_today
+from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_timestamp
+from audit.clock import utc_now, utc_today
 from audit.compute.estimate import estimate_plan
 from audit.compute.tables import ReferenceTables, load_reference_tables
 from audit.compute.types import ComputeEstimate
@@ -148,7 +148,7 @@ def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_
         "tool": tool_versions(),
         "as_of": as_of.isoformat(),
         "historical": found.historical,
-        "created": utc_now(),
+        "created": utc_timestamp(),
         "plan": {"name": plan.name, "path": str(loaded.path), "sha256": loaded.sha256,
                  "content": plan.model_dump(mode="json")},
         "conventions": {"flop": "1 multiply-add = 2 FLOP",
@@ -192,7 +192,7 @@ def keep_previous_audit(out: Path, *, replace: bool, now: dt.datetime | None = N
         raise InputError("already holds a signed audit; flopgate never replaces one silently: pass "
                          "--replace (the old audit is kept under a dated name) or choose another --out",
                          source=str(out), field="--out")
-    stamp = (now or utc_now_datetime()).strftime("%Y%m%dT%H%M%SZ")
+    stamp = (now or utc_now()).strftime("%Y%m%dT%H%M%SZ")
     kept = []
     for name in (ENVELOPE_NAME, PAYLOAD_NAME, HTML_NAME):
         old = out / name

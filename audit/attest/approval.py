@@ -26,7 +26,7 @@ from audit.attest import PREDICATE_APPROVAL, PREDICATE_AUDIT, VerificationFailed
 from audit.attest.dsse import check_payload_type, parse_envelope, verify_signatures
 from audit.attest.keys import TrustedKey, key_id, short_fingerprint
 from audit.attest.statement import (InputFile, audited_outcome, build_subjects, make_statement,
-                                    parse_statement, sign_statement, utc_now)
+                                    parse_statement, sign_statement, utc_timestamp)
 from audit.attest.verify import read_envelope_file, verify_envelope_bytes
 from audit.errors import FlopgateError, InputError
 from audit.fsutil import sha256_bytes, write_atomic
@@ -94,7 +94,7 @@ def approve(audit_envelope: str | os.PathLike, approver_key: Ed25519PrivateKey, 
     subjects, inputs = build_subjects([InputFile("audit_envelope", audit_envelope, out.resolve().parent)])
     predicate: dict[str, Any] = {
         "note": note,
-        "approved_at": approved_at or utc_now(),
+        "approved_at": approved_at or utc_timestamp(),
         "approver": {"keyid": approver_id},
         "audit": {"name": subjects[0]["name"], "sha256": sha256_bytes(data), "outcome": outcome,
                   "signature_checked": bool(trusted_keys), "signers": signers},

@@ -53,7 +53,7 @@ class InputFile(NamedTuple):
     sha256: str | None = None
 
 
-def utc_now() -> str:
+def utc_timestamp() -> str:
     """The current time (:func:`audit.clock.utc_now`) as RFC 3339 in UTC with a ``Z`` suffix, to
     the second."""
     return clock.utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")

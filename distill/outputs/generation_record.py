@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Optional
 
 from audit.attest import PREDICATE_GENERATION_RECORD
-from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
+from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_timestamp
 from audit.fsutil import sha256_bytes, write_atomic
 from audit.predicate import AuditPredicate
 from distill.outputs.run_record import WrittenRecord, carried_obligations, finite_or_none
@@ -105,7 +105,7 @@ def write_generation_record(out_dir: str | os.PathLike, *, audit: AuditPredicate
     tokens = {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in body["tokens"].items()}
     predicate = {
         "tool": tool_versions(),
-        "created": utc_now(),
+        "created": utc_timestamp(),
         "plan": {"name": audit.plan.name, "sha256": audit.plan.sha256},
         "audit": {"envelope": envelope_name, "sha256": envelope_sha256, "outcome": audit.outcome,
                   "created": audit.created, "approval_sha256": approval_sha256},

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from audit.attest import PREDICATE_RUN_RECORD
 from audit.predicate import AuditPredicate
 from audit.attest.dsse import write_envelope
-from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_now
+from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement, utc_timestamp
 from audit.compute.types import CONVENTION
 from audit.fsutil import write_atomic
 
@@ -88,7 +88,7 @@ def build_predicate(result, *, audit: AuditPredicate, envelope_name: str, envelo
     budget = finite_or_none(result.budget_flops)
     return {
         "tool": tool_versions(),
-        "created": utc_now(),
+        "created": utc_timestamp(),
         "plan": {"name": audit.plan.name, "sha256": audit.plan.sha256},
         "audit": {"envelope": envelope_name, "sha256": envelope_sha256,
                   "outcome": audit.outcome, "created": audit.created,
