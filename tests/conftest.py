@@ -29,20 +29,29 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(" ".join(one(name) for name in KEY_PACKAGES))
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """Each test session counts into its own cache and key folder, never the user's."""
+@pytest.fixture(autouse=True, scope="session")
+def _private_home(tmp_path_factory):
+    """The session counts into its own cache and key folder, never the user's; set for the
+    whole session, so that module- and session-scoped fixtures use them too."""
     root = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("FLOPGATE_CACHE_DIR", str(root / "flop-cache"))
-    monkeypatch.setenv("FLOPGATE_HOME", str(root / "flopgate-home"))
-    # each test its own ledger: two tests may sign byte-identical audits (same second)
-    monkeypatch.setenv("FLOPGATE_LEDGER", str(tmp_path_factory.mktemp("ledger") / "ledger.sqlite"))
-    if not (root / "flopgate-home" / "keys").exists():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLOPGATE_CACHE_DIR", str(root / "flop-cache"))
+        patch.setenv("FLOPGATE_HOME", str(root / "flopgate-home"))
         # the session's local key exists before any test runs a command, so that no test's
         # output depends on whether it happened to be the first to create it
         from audit.attest.keys import ensure_default_key
 
         ensure_default_key()
+        yield root
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(_private_home, tmp_path_factory, monkeypatch):
+    """Each test its own ledger, and the session's home again (a test may have moved it)."""
+    monkeypatch.setenv("FLOPGATE_CACHE_DIR", str(_private_home / "flop-cache"))
+    monkeypatch.setenv("FLOPGATE_HOME", str(_private_home / "flopgate-home"))
+    # each test its own ledger: two tests may sign byte-identical audits (same second)
+    monkeypatch.setenv("FLOPGATE_LEDGER", str(tmp_path_factory.mktemp("ledger") / "ledger.sqlite"))
 
 
 @pytest.fixture

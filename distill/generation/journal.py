@@ -28,8 +28,6 @@ job's ledger rows.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import threading
@@ -38,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from audit.attest.seal import hmac_hex, hmac_verifies
 from audit.errors import InputError
 from audit.fsutil import parse_json, read_input, write_atomic
 from audit.limits import MAX_DATA_BYTES
@@ -50,13 +49,9 @@ _MAC_DOMAIN = b"flopgate generation journal v1\0"
 def journal_key() -> bytes:
     """The home's MAC key (made on first use); ``InputError`` when it cannot be made or read:
     a job that cannot seal its journal does not start (fail closed)."""
-    from audit.attest.keys import cache_mac_key_path, ensure_cache_mac_key
+    from audit.attest.seal import home_key
 
-    try:
-        return ensure_cache_mac_key()
-    except OSError as exc:
-        raise InputError(f"cannot make the MAC key that seals the generation journal ({exc.strerror or exc})",
-                         source=str(cache_mac_key_path())) from None
+    return home_key("the generation journal")
 
 
 def _canonical(row: dict) -> bytes:
@@ -76,14 +71,18 @@ class JobSeal:
 
     def mac(self, file_name: str, index: int, row: dict) -> str:
         """HMAC-SHA256 (hex) of ``row`` (without its ``mac``) as line ``index`` (from 0) of ``file_name``."""
-        head = "\0".join((self.job_id, self.audit_sha256, self.folder, file_name, str(index))).encode("utf-8")
-        body = {k: v for k, v in row.items() if k != MAC_FIELD}
-        return hmac.new(self.key, _MAC_DOMAIN + head + b"\0" + _canonical(body), hashlib.sha256).hexdigest()
+        return hmac_hex(self.key, _MAC_DOMAIN, _canonical(_without_mac(row)), *self._context(file_name, index))
 
     def verifies(self, file_name: str, index: int, row: dict) -> bool:
-        mac = row.get(MAC_FIELD)
-        return isinstance(mac, str) and hmac.compare_digest(mac.encode("ascii", "replace"),
-                                                            self.mac(file_name, index, row).encode("ascii"))
+        return hmac_verifies(row.get(MAC_FIELD), self.key, _MAC_DOMAIN, _canonical(_without_mac(row)),
+                             *self._context(file_name, index))
+
+    def _context(self, file_name: str, index: int) -> tuple[str, ...]:
+        return self.job_id, self.audit_sha256, self.folder, file_name, str(index)
+
+
+def _without_mac(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != MAC_FIELD}
 
 
 class JsonlAppender:

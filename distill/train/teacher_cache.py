@@ -14,7 +14,10 @@ leading [sequences, seq_len] shape, for a contiguous range of packed-sequence ro
 ``index.json`` (format version, k, dtype, temperature, vocabulary size, seq_len, sequence and
 token counts, the sha256 of the packed data, of the teacher folder and of each shard, and the
 teacher forward FLOP spent building it). The index is written last: a folder without one is
-an unfinished cache. A cache is tied to its data (the packed token ids), teacher (every file of
+an unfinished cache. The index is sealed (``"mac"``: HMAC-SHA256 under the flopgate home's MAC
+key, :mod:`audit.attest.seal`): a cache folder made by hand or by another tool (log-probabilities
+of some other model, with an index that names the audited teacher's digest) does not open.
+A cache is tied to its data (the packed token ids), teacher (every file of
 its folder) and temperature; opening it with anything else is an ``InputError``.
 
 Loss (forward KL on k + 1 buckets): the teacher's distribution is coarse-grained to its top-k
@@ -55,6 +58,7 @@ import torch.nn.functional as F
 
 from audit.compute.types import logit_cache_bytes_per_token
 
+from audit.attest.seal import hmac_hex, hmac_verifies, home_key
 from audit.errors import FlopgateError, InputError
 from audit.fsutil import read_json, sha256_file, write_atomic
 from audit.limits import MAX_MANIFEST_BYTES
@@ -64,7 +68,8 @@ from distill.train.losses import (Count, FusedOptions, LossSpec, _blockwise, _co
                                   hard_label_terms, masked_sum_and_grad, matmul, resolve_chunk_size)
 
 CACHE_FORMAT = "flopgate-teacher-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: the index is sealed
+_MAC_DOMAIN = b"flopgate teacher cache index v1\0"
 INDEX_FILE = "index.json"
 LOGPROB_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                   "float64": torch.float64}
@@ -366,9 +371,14 @@ class CacheIndex:
     teacher_forward_flops: Optional[float]
     shards: tuple  # ({"file", "first", "count", "sha256"}, ...)
 
-    def to_json(self) -> str:
+    def to_json(self, key: bytes) -> str:
+        """The index file's text, sealed under ``key`` (the home's MAC key)."""
         body = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **self.__dict__, "shards": list(self.shards)}
-        return json.dumps(body, indent=2, sort_keys=True) + "\n"
+        return json.dumps({**body, "mac": hmac_hex(key, _MAC_DOMAIN, _canonical(body))}, indent=2, sort_keys=True) + "\n"
+
+
+def _canonical(body: dict) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
 def _shard_sequences(seq_len: int, k: int, logprob_dtype: torch.dtype, target_bytes: int = 256 << 20) -> int:
@@ -489,7 +499,7 @@ def write_cache_index(folder: str | Path, shards: list[dict], *, sequences: torc
                        teacher_forward_flops=(teacher_flops_per_token * spent_tokens
                                               if teacher_flops_per_token is not None else None),
                        shards=tuple(sorted(shards, key=lambda shard: shard["first"])))
-    write_atomic(Path(folder) / INDEX_FILE, index.to_json())
+    write_atomic(Path(folder) / INDEX_FILE, index.to_json(home_key("the teacher cache index")))
     return index
 
 
@@ -559,7 +569,17 @@ def read_index(folder: str | Path) -> CacheIndex:
     data = read_json(path, "the cache index", missing="no teacher cache index (an unfinished or missing cache)",
                      max_bytes=MAX_MANIFEST_BYTES)
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or data.get("version") != CACHE_VERSION:
-        raise InputError(f"expected format {CACHE_FORMAT!r} version {CACHE_VERSION}", source=str(path), field="format")
+        raise InputError(f"expected format {CACHE_FORMAT!r} version {CACHE_VERSION} (a cache from an older "
+                         "flopgate: rebuild it, delete the folder)", source=str(path), field="format")
+    body = {name: value for name, value in data.items() if name != "mac"}
+    try:
+        sealed = hmac_verifies(data.get("mac"), home_key("the teacher cache index"), _MAC_DOMAIN, _canonical(body))
+    except ValueError:   # NaN or infinity in the index: not a file flopgate wrote
+        sealed = False
+    if not sealed:
+        raise InputError("does not verify: flopgate did not write this index with this home's key (edited, "
+                         "written by hand or by another tool, or built under another FLOPGATE_HOME): rebuild "
+                         "the cache (delete the folder)", source=str(path), field="mac")
     fields = [name for name in CacheIndex.__dataclass_fields__]
     missing = [name for name in fields if name not in data]
     if missing:

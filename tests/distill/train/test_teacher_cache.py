@@ -213,6 +213,30 @@ def test_cache_refuses_other_data_temperature_vocabulary_teacher_and_tampered_sh
         open_cache(built, folder=copy)
 
 
+def test_a_cache_index_flopgate_did_not_write_is_refused(built, tmp_path, monkeypatch):
+    """Attack: targets from some other model, with an index written by hand that names the
+    audited teacher's digest and the shards' true sha256 (so every field check passes)."""
+    import shutil
+
+    copy = tmp_path / "forged"
+    shutil.copytree(built["root"] / "cache", copy)
+    index = json.loads((copy / INDEX_FILE).read_text(encoding="utf-8"))
+    index["teacher_forward_flops"] = 0.0            # any edit of the index...
+    (copy / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")
+    with pytest.raises(InputError, match="does not verify") as err:
+        open_cache(built, folder=copy)
+    assert "\n" not in str(err.value) and INDEX_FILE in str(err.value)
+    del index["mac"]                                 # ...or an index without a seal
+    (copy / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")
+    with pytest.raises(InputError, match="does not verify"):
+        open_cache(built, folder=copy)
+    # The untouched cache under another home's key (another machine, another FLOPGATE_HOME).
+    open_cache(built)
+    monkeypatch.setenv("FLOPGATE_HOME", str(tmp_path / "other-home"))
+    with pytest.raises(InputError, match="does not verify"):
+        open_cache(built)
+
+
 def test_batch_sequence_ids_are_the_rows_data_batch_reads(built):
     data = built["data"]
     for start in (0, 5, len(data) - 2):  # the last one crosses into the next epoch
