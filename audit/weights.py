@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
 import os
 import socket
@@ -59,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Optional
 
+from audit.attest.seal import hmac_hex, hmac_verifies
 from audit.errors import InputError
 from audit.fsutil import file_kind, open_no_block
 from audit.limits import MAX_FOLDER_DEPTH
@@ -329,8 +329,7 @@ def verify_unchanged(digest: FolderDigest) -> None:
 
 
 def _record_mac(key: bytes, host: str, entries_text: str) -> str:
-    message = _MAC_DOMAIN + host.encode("utf-8") + b"\0" + entries_text.encode("utf-8")
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hmac_hex(key, _MAC_DOMAIN, entries_text.encode("utf-8"), host)
 
 
 def _load_record(path: Path, key: bytes) -> dict[str, tuple[FileStat, str]]:
@@ -345,7 +344,7 @@ def _load_record(path: Path, key: bytes) -> dict[str, tuple[FileStat, str]]:
         text, host = data["entries"], data["host"]
         if (len(raw) > RECORD_MAX_BYTES or data.get("format") != RECORD_FORMAT
                 or host != socket.gethostname() or not isinstance(text, str)
-                or not hmac.compare_digest(str(data["mac"]), _record_mac(key, host, text))):
+                or not hmac_verifies(data["mac"], key, _MAC_DOMAIN, text.encode("utf-8"), host)):
             return {}
         return {name: (FileStat(*(int(v) for v in value[:5])), str(value[5]))
                 for name, value in json.loads(text).items()}

@@ -17,8 +17,6 @@ Convention: 1 multiply-add = 2 FLOP.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from audit.attest.seal import hmac_hex, hmac_verifies
 from audit.errors import InputError
 from audit.flops.configs import ResolvedConfig, resolve_config
 from audit.validation import StrictModel
@@ -125,8 +124,7 @@ def summarize_model(ref: str | ResolvedConfig, seq_len: int, *, source_len: int 
 def _entry_mac(key: bytes, name: str, summary_text: bytes) -> str:
     """HMAC-SHA256 over the summary's exact bytes, bound to the entry's cache key ``name`` (so a
     good entry moved to another model's or sequence length's file does not verify)."""
-    message = _MAC_DOMAIN + name.encode("utf-8") + b"\0" + summary_text
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hmac_hex(key, _MAC_DOMAIN, summary_text, name)
 
 
 def _read_entry(path: Path, name: str, key: bytes) -> ModelSummary | None:
@@ -149,8 +147,7 @@ def _read_entry(path: Path, name: str, key: bytes) -> ModelSummary | None:
         if not isinstance(mac, str) or not isinstance(text, str):
             return None
         summary_bytes = text.encode("utf-8")
-        expected = _entry_mac(key, name, summary_bytes)
-        if not hmac.compare_digest(mac.encode("utf-8"), expected.encode("ascii")):
+        if not hmac_verifies(mac, key, _MAC_DOMAIN, summary_bytes, name):
             return None
         summary = ModelSummary.model_validate_json(summary_bytes)
     except (ValueError, KeyError, TypeError, RecursionError):
