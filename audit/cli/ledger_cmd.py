@@ -16,7 +16,7 @@ from typing import Any
 
 from audit.cli.args import add_ledger_option
 from audit.numbers import quantity
-from audit.cli.verify_cmd import add_trust_options
+from audit.cli.verify_cmd import add_role_trust_options, add_trust_options, ledger_trust
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,14 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "does not, 2 when the ledger, a key or a record cannot be read.")
     add_ledger_option(verify)
     add_trust_options(verify, required=True)
-    approvers = verify.add_mutually_exclusive_group()
-    approvers.add_argument("--approver-pubkey", metavar="FILE", help="trust this reviewer key for approval rows")
-    approvers.add_argument("--approver-trust", metavar="DIR", help="trust every *.pub in this folder for approval rows")
-    runners = verify.add_mutually_exclusive_group()
-    runners.add_argument("--runner-pubkey", metavar="FILE",
-                         help="trust this key for the rows runs and generation jobs write")
-    runners.add_argument("--runner-trust", metavar="DIR",
-                         help="trust every *.pub in this folder for the rows runs and generation jobs write")
+    add_role_trust_options(verify)
     verify.add_argument("--record", metavar="FILE", action="append", default=[],
                         help="a run or generation record (run-record.intoto.json, generation-record.intoto.json, "
                              "signed by a runner key): the ledger must still hold the row it signed (its seq and "
@@ -101,18 +94,6 @@ def _open(args: argparse.Namespace):
     return Ledger(args.ledger, create=False)
 
 
-def verify_trust(args: argparse.Namespace):
-    """The keys ``ledger verify`` trusts, by role (:class:`audit.ledger.chain.LedgerTrust`)."""
-    from audit.attest.keys import load_trusted_keys
-    from audit.ledger.chain import LedgerTrust
-
-    def keys(file, folder) -> tuple:
-        return tuple(load_trusted_keys(file, folder)) if file or folder else ()
-
-    return LedgerTrust(keys(args.pubkey, args.trust), keys(args.approver_pubkey, args.approver_trust),
-                       keys(args.runner_pubkey, args.runner_trust))
-
-
 def record_anchor(path: str, trust) -> dict:
     """The ledger head a signed run or generation record names (``{"seq", "row_hash"}``),
     after verifying the record's signature with a runner key; ``InputError`` otherwise."""
@@ -152,7 +133,7 @@ def anchor_problem(raw: list[tuple[int, str]], anchor: dict, path: str) -> str |
 def run_verify(args: argparse.Namespace) -> int:
     from audit.attest import VERIFY_FAILED_EXIT
 
-    trusted = verify_trust(args)
+    trusted = ledger_trust(args)
     anchors = [(path, record_anchor(path, trusted)) for path in args.record]
     with _open(args) as ledger:
         raw = ledger.raw_rows()  # read once: the head printed is the head verified

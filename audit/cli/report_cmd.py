@@ -6,7 +6,10 @@ opens with a prominent warning and the command exits 5. Without ``-o`` the HTML 
 
 The page also shows the audit's history in the ledger (``--ledger``, default as for every
 command): the gate openings, approvals and resumes, the compute charged per run, and what is
-left of the budget, with whether the ledger's hash chain verified with the same trusted keys.
+left of the budget, with whether the ledger's hash chain verified. Each row is checked against
+the keys of its role (audits: --pubkey/--trust; approvals: --approver-*; runs, charges and
+generation jobs: --runner-*, as ``flopgate ledger verify``); when no role key is named, the
+--pubkey/--trust keys are trusted for every row, and the page says so.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import argparse
 import sys
 
 from audit.cli.args import add_ledger_option, help_text
-from audit.cli.verify_cmd import add_trust_options
+from audit.cli.verify_cmd import add_role_trust_options, add_trust_options, ledger_trust, role_trust_named
 
 
 def register(subparsers) -> None:
@@ -25,13 +28,15 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write the HTML here (default: stdout)")
     p.add_argument("--plan", metavar="PLAN", help="the plan file, to find the audited inputs beside it")
     add_trust_options(p)
+    add_role_trust_options(p)
     add_ledger_option(p)
     p.set_defaults(func=run)
 
 
-def ledger_history(where: str | None, audit_sha256: str, trusted) -> dict:
+def ledger_history(where: str | None, audit_sha256: str, trusted, *, one_key_list: bool = False) -> dict:
     """The report's ledger section: the audit's history, or ``missing`` when there is no ledger
-    file yet (a URL is always opened)."""
+    file yet (a URL is always opened). ``trusted``: a :class:`audit.ledger.chain.LedgerTrust`,
+    or a list of keys trusted for every kind of row (``one_key_list``: the page says so)."""
     from audit.ledger.history import audit_history
     from audit.ledger.store import Ledger, default_ledger, ledger_exists
 
@@ -41,8 +46,10 @@ def ledger_history(where: str | None, audit_sha256: str, trusted) -> dict:
         stored = ledger.raw_rows()  # read once: the history shown is the chain verified
         rows = ledger.rows(stored=stored)
         problems = ledger.verify(trusted, stored)
-        return audit_history(rows, audit_sha256, location=ledger.path,
-                             chain_problem=problems[0] if problems else None)
+        history = audit_history(rows, audit_sha256, location=ledger.path,
+                                chain_problem=problems[0] if problems else None)
+        history["one_key_list"] = one_key_list
+        return history
 
 
 def run(args) -> int:
@@ -77,7 +84,7 @@ def run(args) -> int:
         raise InputError("expected an audit attestation", source=args.envelope, field="predicateType")
     html = render_audit_html(statement["predicate"], signer_fingerprint=signer, verification=verification,
                              attestation_name=Path(args.envelope).name,
-                             ledger=ledger_history(args.ledger, envelope_sha256, trusted))
+                             ledger=_ledger_section(args, envelope_sha256, trusted))
     if args.output:
         written = write_atomic(args.output, html)
         state = "verified" if verification["ok"] else "verification FAILED"
@@ -89,3 +96,10 @@ def run(args) -> int:
               file=sys.stderr)
         return VERIFY_FAILED_EXIT
     return 0
+
+
+def _ledger_section(args, envelope_sha256: str, trusted) -> dict:
+    """The ledger section, each row checked against its role's keys when any role key is named."""
+    if role_trust_named(args):
+        return ledger_history(args.ledger, envelope_sha256, ledger_trust(args))
+    return ledger_history(args.ledger, envelope_sha256, trusted, one_key_list=True)

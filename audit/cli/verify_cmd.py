@@ -19,6 +19,38 @@ def add_trust_options(parser: argparse.ArgumentParser, *, required: bool = False
     group.add_argument("--trust", metavar="DIR", help="trust every *.pub file in this folder")
 
 
+def add_role_trust_options(parser: argparse.ArgumentParser) -> None:
+    """The keys trusted for the ledger rows other than audits: ``--approver-pubkey FILE`` or
+    ``--approver-trust DIR`` (approval rows), ``--runner-pubkey FILE`` or ``--runner-trust DIR``
+    (the rows runs and generation jobs write)."""
+    approvers = parser.add_mutually_exclusive_group()
+    approvers.add_argument("--approver-pubkey", metavar="FILE", help="trust this reviewer key for approval rows")
+    approvers.add_argument("--approver-trust", metavar="DIR", help="trust every *.pub in this folder for approval rows")
+    runners = parser.add_mutually_exclusive_group()
+    runners.add_argument("--runner-pubkey", metavar="FILE",
+                         help="trust this key for the rows runs and generation jobs write")
+    runners.add_argument("--runner-trust", metavar="DIR",
+                         help="trust every *.pub in this folder for the rows runs and generation jobs write")
+
+
+def role_trust_named(args: argparse.Namespace) -> bool:
+    """Whether any key was named with :func:`add_role_trust_options`."""
+    return any((args.approver_pubkey, args.approver_trust, args.runner_pubkey, args.runner_trust))
+
+
+def ledger_trust(args: argparse.Namespace):
+    """The keys trusted for ledger rows, by role (:class:`audit.ledger.chain.LedgerTrust`):
+    auditors from ``--pubkey``/``--trust``, the others from :func:`add_role_trust_options`."""
+    from audit.attest.keys import load_trusted_keys
+    from audit.ledger.chain import LedgerTrust
+
+    def keys(file, folder) -> tuple:
+        return tuple(load_trusted_keys(file, folder)) if file or folder else ()
+
+    return LedgerTrust(keys(args.pubkey, args.trust), keys(args.approver_pubkey, args.approver_trust),
+                       keys(args.runner_pubkey, args.runner_trust))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     verify = subparsers.add_parser(
         "verify", help="verify a signed audit, approval or run record",

@@ -71,3 +71,37 @@ def test_report_without_a_ledger_says_so(tmp_path, capsys):
     envelope, _ = _audited(tmp_path, signer)
     html = _report(tmp_path, envelope, signer, "--ledger", str(tmp_path / "none.sqlite"))
     assert "No ledger at" in html and not (tmp_path / "none.sqlite").exists()
+
+
+def _section(html: str) -> str:
+    return html[html.index('<section id="ledger">'):html.index('<section id="compute">')]
+
+
+def test_report_checks_each_ledger_row_against_its_roles_keys(tmp_path, capsys):
+    """With role keys named, a charge row signed by the auditor's key is not trusted (as in
+    ``flopgate ledger verify``); without them the page says one key list served every row."""
+    auditor = write_keypair(tmp_path / "keys", "auditor")
+    runner = write_keypair(tmp_path / "keys", "runner")
+    runner_key = ["--runner-pubkey", str(runner.public_path)]
+
+    def audited_ledger(name, charge_signer):
+        where = tmp_path / name
+        assert main(["check", str(EXAMPLES / "moe-teacher.yaml"), "--out", str(tmp_path / name / "audit"),
+                     "--key", str(auditor.private_path), "--ledger", str(where / "ledger.sqlite")]) == 0
+        envelope = where / "audit" / "audit.intoto.json"
+        with Ledger(where / "ledger.sqlite") as ledger:
+            ledger.charge(hashlib.sha256(envelope.read_bytes()).hexdigest(), 1e30, "run-a", 1, 1, 100, 5.0,
+                          charge_signer.private_key)
+        return envelope, ["--ledger", str(where / "ledger.sqlite")]
+
+    envelope, ledger = audited_ledger("honest", runner)
+    section = _section(_report(tmp_path, envelope, auditor, *ledger, *runner_key))
+    assert "the hash chain verified" in section and "the same keys for every kind of row" not in section
+    # one key list (the auditor's): the runner's row is not by a trusted key
+    assert "the hash chain did NOT verify" in _section(_report(tmp_path, envelope, auditor, *ledger))
+    # the auditor's key signing a charge: a one-key-list report accepts it and says how it checked...
+    envelope, ledger = audited_ledger("forged", auditor)
+    section = _section(_report(tmp_path, envelope, auditor, *ledger))
+    assert "the hash chain verified" in section and "the same keys for every kind of row" in section
+    # ...and a report by role does not
+    assert "the hash chain did NOT verify" in _section(_report(tmp_path, envelope, auditor, *ledger, *runner_key))
