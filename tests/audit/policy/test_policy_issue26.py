@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from audit.policy.engine import decide, gate_would_open
+from audit.policy.provider import provider_role
+from audit.policy.territory import territory_outcome
 from policy_factories import make_compute, make_plan
 
 DAY = dt.date(2026, 12, 1)
@@ -179,3 +184,47 @@ def test_an_unknown_market_stays_review():
     assert decision.outcome == "REVIEW"
     assert [f.observed for f in decision.findings if f.rule_id == "engine.unknown-jurisdiction"] == [
         "organization.jurisdictions includes ZA"]
+
+
+# -- properties -----------------------------------------------------------------------------------
+
+SEVERITY = {"info": 0, "review": 1, "deny": 2}
+MARKETS = ["US", "US-CA", "EU", "DE", "FR", "GB", "UK", "KR", "JP", "CN", "SG", "IN"]
+
+
+def _territory_clause(builtin_packs):
+    found = builtin_packs.find("tencent-hunyuan-community-license.territory")
+    assert found is not None
+    return found[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(markets=st.lists(st.sampled_from(MARKETS), min_size=1, max_size=4, unique=True),
+       extra=st.sampled_from(MARKETS), domicile=st.one_of(st.none(), st.sampled_from(MARKETS)))
+def test_serving_one_more_market_never_makes_a_territory_clause_more_permissive(builtin_packs, markets, extra,
+                                                                               domicile):
+    clause = _territory_clause(builtin_packs)
+    excluded = set(clause.jurisdictions)
+    before = make_plan({"organization": {"jurisdictions": markets, "domicile": domicile}})
+    after = make_plan({"organization": {"jurisdictions": list(dict.fromkeys(markets + [extra])),
+                                        "domicile": domicile}})
+    effect_before = territory_outcome(clause, before)[0]
+    effect_after = territory_outcome(clause, after)[0]
+    assert SEVERITY[effect_after] >= SEVERITY[effect_before]
+    # deny exactly when a market served or the domicile is in an excluded region
+    hit = any(m in excluded for m in markets) or (domicile in excluded)
+    assert (effect_before == "deny") == hit
+
+
+@settings(max_examples=60, deadline=None)
+@given(original=st.floats(min_value=1e22, max_value=1e26), low=st.floats(min_value=1e20, max_value=1e26),
+       factor=st.floats(min_value=1.0, max_value=100.0))
+def test_spending_more_on_a_modification_never_makes_the_modifier_less_of_a_provider(original, low, factor):
+    plan = make_plan({"student": {"init": "base", "base_model": "meta-llama/Llama-3.1-8B"}})
+
+    def role(modification):
+        return provider_role(plan, make_compute(modification_flops=modification, original_model_flops=original))
+
+    if role(low) == "modifier_provider":
+        assert role(low * factor) == "modifier_provider"
+    assert role(original / 3) == "modifier_not_provider"  # "greater than a third": at a third, not
