@@ -228,3 +228,16 @@ def test_spending_more_on_a_modification_never_makes_the_modifier_less_of_a_prov
     if role(low) == "modifier_provider":
         assert role(low * factor) == "modifier_provider"
     assert role(original / 3) == "modifier_not_provider"  # "greater than a third": at a third, not
+
+
+def test_a_market_rule_not_yet_in_force_still_covers_its_code_and_attaches_no_duty():
+    plan = make_plan({"teacher": {"model": "microsoft/phi-4"}, "organization": {"jurisdictions": ["CN"]},
+                      "use": {"distribution": "api"}})
+    before = decide(plan, make_compute(), _packs(), dt.date(2023, 8, 14))
+    assert not [f for f in before.findings if f.rule_id == "engine.unknown-jurisdiction"]
+    market = _finding(before, "cn-genai-measures.public-services")
+    assert market.effect == "info" and "not yet in force" in market.explanation
+    assert not [o for o in before.obligations if o.id.startswith("cn-genai-measures.")]
+    after = decide(plan, make_compute(), _packs(), dt.date(2023, 8, 15))
+    assert {o.id for o in after.obligations} >= {"cn-genai-measures.security-assessment-and-filing",
+                                                  "cn-genai-measures.labelling"}
