@@ -55,7 +55,8 @@ def id_lists(packs=None) -> dict[str, list[str]]:
     packs = packs if packs is not None else load_packs()
     accelerators = load_reference_tables().hardware.accelerators
     return {
-        "jurisdictions": sorted({code for _, regime in packs.regimes() for code in regime.applies_to}),
+        "jurisdictions": sorted({code for _, regime in packs.regimes() for code in regime.applies_to}
+                                | {code for _, market in packs.markets() for code in market.applies_to}),
         "hosts": sorted({name for _, host in packs.hosts() for name in host.hosts}),
         "licenses": sorted({lid for _, doc in packs.all_terms() for lid in doc.license_ids}),
         "configs": bundled_names(),

@@ -14,6 +14,7 @@ from typing import Optional
 
 from audit.compute.types import ComputeEstimate
 from audit.plan import Plan
+from audit.policy.provider import possible_roles, provider_role
 from audit.policy.schema import FactTest, When
 from audit.validation import StrictModel
 
@@ -156,6 +157,9 @@ def when_holds(when: Optional[When], ctx: Context) -> Optional[bool]:
         checks.append(None if domicile is None else domicile in when.domicile)
     if when.student_license is not None:
         checks.append(matches_any(plan.student.license, when.student_license))
+    if when.provider is not None:
+        roles = possible_roles(plan, ctx.compute)
+        checks.append(True if roles <= set(when.provider) else False if not roles & set(when.provider) else None)
     checks.extend(fact_test(t, ctx) for t in when.facts)
     return and3(checks)
 
@@ -171,4 +175,8 @@ def missing_facts(when: Optional[When], ctx: Context) -> list[str]:
         out.append("the teacher's terms (teacher not recognised)")
     if when.domicile is not None and ctx.plan.organization.domicile is None:
         out.append("organization.domicile")
+    if when.provider is not None and provider_role(ctx.plan, ctx.compute) is None and \
+            possible_roles(ctx.plan, ctx.compute) & set(when.provider):
+        out.append("the provider status (the modification's compute, or the original model's, "
+                   "against the one-third test)")
     return out

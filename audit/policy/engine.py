@@ -34,6 +34,7 @@ from audit.numbers import counted, exact
 from audit.plan import Plan
 from audit.policy.conditions import Context, PlanFacts
 from audit.policy.failclosed import engine_finding
+from audit.policy.markets import evaluate_markets
 from audit.policy.decision import Decision, Finding, Obligation, Outcome, TeacherResolution
 from audit.policy.org_rules import evaluate_rules
 from audit.policy.packs import PolicySet
@@ -56,6 +57,7 @@ def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.dat
                   facts=facts, audit_date=audit_date)
 
     findings, obligations, regimes = evaluate_regimes(ctx, packs)
+    market_findings, market_obligations = evaluate_markets(ctx, packs)
     teacher_findings, teacher_obligations = evaluate_teacher(ctx, packs, res)
     teacher_findings += _resolution_findings(res, teacher_findings)
     teacher_findings += _host_findings(res)
@@ -66,9 +68,9 @@ def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.dat
     base_findings += _base_findings(plan, base)
     org_findings, org_obligations = evaluate_rules(ctx, packs)
 
-    findings = (findings + teacher_findings + base_findings + org_findings + data_findings(ctx)
+    findings = (findings + market_findings + teacher_findings + base_findings + org_findings + data_findings(ctx)
                 + uncounted_findings(compute))
-    obligations = obligations + teacher_obligations + base_obligations + org_obligations
+    obligations = obligations + market_obligations + teacher_obligations + base_obligations + org_obligations
     outcome, rule_ids = outcome_of(findings, obligations)
     return Decision(outcome=outcome, as_of=as_of, findings=findings, obligations=obligations,
                     regimes=regimes, rule_ids=rule_ids,

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from audit.errors import InputError
 from audit.fsutil import decode_utf8, read_input, sha256_bytes
-from audit.policy.schema import CLAUSE_TYPES, HostEntry, OrgRule, Pack, Regime, TeacherEntry, TermsDoc
+from audit.policy.schema import CLAUSE_TYPES, HostEntry, Market, OrgRule, Pack, Regime, TeacherEntry, TermsDoc
 from audit.validation import describe_error, field_path
 from audit.yamlio import load_yaml_text
 
@@ -97,6 +97,9 @@ class PolicySet:
     def regimes(self) -> list[tuple[LoadedPack, Regime]]:
         return [(lp, r) for lp in self.packs for r in lp.pack.regimes]
 
+    def markets(self) -> list[tuple[LoadedPack, Market]]:
+        return [(lp, m) for lp in self.packs for m in lp.pack.markets]
+
     def teachers(self) -> list[tuple[LoadedPack, TeacherEntry]]:
         return [(lp, t) for lp in self.packs for t in lp.pack.teachers]
 
@@ -156,6 +159,9 @@ def _items_with_ids(pack: Pack) -> Iterator[Any]:
         yield from entry.upstream
     yield from pack.hosts
     yield from pack.rules
+    for market in pack.markets:
+        yield market
+        yield from market.obligations
 
 
 # -- loading ---------------------------------------------------------------------------------

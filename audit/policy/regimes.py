@@ -36,6 +36,7 @@ from audit.policy.conditions import (
 from audit.policy.failclosed import engine_finding, rule_error
 from audit.policy.decision import Finding, Obligation, RegimeResult
 from audit.policy.packs import LoadedPack, PolicySet
+from audit.policy.provider import FALLBACK_GPAI, FALLBACK_SYSTEMIC, provider_role
 from audit.policy.schema import Regime
 from audit.compute.types import OWN_TRAINING_COMPONENTS
 
@@ -74,8 +75,59 @@ def evaluate_regimes(ctx: Context, packs: PolicySet
         obligations += o
         results += r
     codes = ctx.plan.organization.jurisdictions
-    return (jurisdiction_findings(codes, packs) + sub_national_findings(codes, packs, ctx.as_of) + findings,
-            obligations, results)
+    return (jurisdiction_findings(codes, packs) + sub_national_findings(codes, packs, ctx.as_of)
+            + provider_findings(ctx, packs) + findings, obligations, results)
+
+
+PROVIDER_RULE = "engine.provider-status"
+GUIDELINES = "Commission GPAI guidelines C(2025) 5045"
+
+
+def _uses_provider(regime: Regime) -> bool:
+    whens = [regime.when] + [w for spec in regime.obligations for w in [spec.when, *spec.unless]]
+    return any(w is not None and w.provider is not None for w in whens)
+
+
+def provider_findings(ctx: Context, packs: PolicySet) -> list[Finding]:
+    """One ``engine.provider-status`` info finding for a student built on a pre-existing model
+    when an in-force regime covering the plan decides duties by provider status (the EU pack):
+    it says whether the organisation is the provider of the result, and why
+    (:mod:`audit.policy.provider`). Undecided status is said here; the regimes it leaves
+    undecided give their own REVIEW findings."""
+    if ctx.plan.student.init == "scratch":
+        return []
+    if not any(_uses_provider(r) and in_force(r, ctx.as_of)
+               and jurisdiction_covered(ctx.plan.organization.jurisdictions, r.applies_to)
+               for _, r in packs.regimes()):
+        return []
+    compute = ctx.compute
+    role = provider_role(ctx.plan, compute)
+    modification, original = compute.modification_flops, compute.original_model_flops
+    name = compute.original_model or "the original model"
+    shown_mod = "unknown" if modification is None else quantity(modification, "FLOP")
+    if original is not None:
+        test = f"one third of {name}'s training compute ({quantity(original, 'FLOP')} / 3 = " \
+               f"{quantity(original / 3, 'FLOP')})"
+    else:
+        test = (f"one third of {name}'s training compute, which is unknown: the guidelines then use "
+                f"{quantity(FALLBACK_GPAI, 'FLOP')}, or {quantity(FALLBACK_SYSTEMIC, 'FLOP')} for a systemic-risk "
+                "original")
+    observed = f"compute of the modification: {shown_mod}"
+    if role == "modifier_provider":
+        text = (f"Provider status: the student modifies {name} and this run's compute ({shown_mod}) is greater "
+                f"than {test}, so the organisation is the provider of the modified model and owes the provider "
+                f"duties for it ({GUIDELINES}, paras 60-64 and 68-70).")
+    elif role == "modifier_not_provider":
+        text = (f"Provider status: the student modifies {name} and this run's compute ({shown_mod}) is at most "
+                f"{test}, so the organisation is a downstream modifier, not the provider of the result "
+                f"({GUIDELINES}, paras 60-64): the provider duties (Art. 53-55, the Commission notification) stay "
+                "with the original model's provider, and only the duties that attach to a modifier, with the "
+                "teacher's and base model's terms, apply to this plan.")
+    else:
+        text = (f"Provider status undecided: whether this run's compute ({shown_mod}) is greater than {test} "
+                f"cannot be told, so who is the provider of the result is unknown ({GUIDELINES}, paras 60-64); the "
+                "regimes that depend on it are reviewed.")
+    return [engine_finding(PROVIDER_RULE, text, effect="info", observed=observed, threshold=test, comparator=">")]
 
 
 SUB_NATIONAL_RULE = "engine.sub-national-scope"
@@ -118,6 +170,7 @@ def _and(names: list[str]) -> str:
 def jurisdiction_findings(plan_codes: list[str], packs: PolicySet) -> list[Finding]:
     """One ``engine.unknown-jurisdiction`` REVIEW finding per plan code no regime covers."""
     covered = {code for _, regime in packs.regimes() for code in regime.applies_to}
+    covered |= {code for _, market in packs.markets() for code in market.applies_to}
     out = []
     for code in uncovered_jurisdictions(plan_codes, covered):
         parent = code.split("-")[0]
@@ -131,6 +184,14 @@ def jurisdiction_findings(plan_codes: list[str], packs: PolicySet) -> list[Findi
         out.append(engine_finding("engine.unknown-jurisdiction", text,
                                   observed=f"organization.jurisdictions includes {code}"))
     return out
+
+
+def evidence_note(citation) -> str:
+    """What a finding must say when its rule rests on less than the primary text."""
+    if citation.evidence == "primary":
+        return ""
+    return (f" Evidence: {citation.evidence}. The rule's text or figure was not verified against the primary "
+            "text, so this outcome is only as sure as its source.")
 
 
 def in_force(regime: Regime, as_of: dt.date) -> bool:
@@ -164,6 +225,7 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
 
     def finding(effect: str, explanation: str, observed: Optional[str] = None,
                 threshold: Optional[str] = None) -> Finding:
+        explanation += evidence_note(regime.citation)
         return Finding(rule_id=regime.id, pack_id=loaded.pack.id, pack_version=loaded.pack.version,
                        kind="regime", effect=effect, observed=observed, threshold=threshold,
                        comparator=regime.comparator if threshold else None, citation=regime.citation,
@@ -183,7 +245,8 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
     shown_threshold = quantity(threshold, unit) + how
     observed = regime_fact(ctx, regime.fact)
     flops = dict(threshold_flops=threshold if unit == "FLOP" else None, threshold_value=threshold)
-    if observed is None or applies is None:
+    # an undecided condition matters only when the threshold is met: below it, no duty either way
+    if observed is None or (applies is None and COMPARE[regime.comparator](observed, threshold)):
         missing = [_LABELS[regime.fact]] if observed is None else missing_facts(regime.when, ctx)
         why = f" (the estimate lacks: {'; '.join(ctx.compute.missing_facts)})" if ctx.compute.missing_facts else ""
         text = (f"{regime.name}: cannot be decided because {', '.join(missing)} is unknown{why}; "
@@ -210,7 +273,7 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
                 [RegimeResult(**base, **values, in_force=True, status="unknown",
                               status_note=f"missing: {', '.join(missing)}")])
 
-    obligations = [o for o in (_obligation(regime, spec, ctx) for spec in regime.obligations) if o is not None]
+    obligations = [o for o in (duty_of(regime, spec, ctx) for spec in regime.obligations) if o is not None]
     effect = regime.effect
     text = f"{regime.name}: threshold exceeded. {regime.explanation}"
     result = RegimeResult(**base, **values, in_force=True, status="exceeds",
@@ -218,8 +281,8 @@ def evaluate_regime(ctx: Context, loaded: LoadedPack, regime: Regime
     return [finding(effect, text, shown_observed, shown_threshold)], obligations, [result]
 
 
-def _obligation(regime: Regime, spec, ctx: Context) -> Optional[Obligation]:
-    """The duty, or None when its ``when`` is false or one of its ``unless`` exemptions holds.
+def duty_of(regime, spec, ctx: Context) -> Optional[Obligation]:
+    """The duty of ``spec`` under ``regime`` (a regime or a market: anything with an ``id``), or None when its ``when`` is false or one of its ``unless`` exemptions holds.
     An undecided condition keeps the duty and says so in its text (fail closed)."""
     applies = when_holds(spec.when, ctx)
     exempt = [when_holds(u, ctx) for u in spec.unless]

@@ -1,6 +1,6 @@
 """The policy-pack file format: what a YAML pack in ``policies/`` (or ``--policies DIR``) may say.
 
-A pack is data, never code. It holds any of five lists:
+A pack is data, never code. It holds any of six lists:
 
 - ``regimes``: legal compute thresholds, each with a jurisdiction, in-force dates and one test
   ``<fact> <comparator> <threshold>`` (plus optional extra ``requires`` tests);
@@ -8,7 +8,9 @@ A pack is data, never code. It holds any of five lists:
   clauses of a small fixed set of types;
 - ``teachers``: which models, reached through which channel, are governed by which terms;
 - ``hosts``: third parties serving other providers' models through an API (``teacher.host``);
-- ``rules``: an organisation's own rules (deny / review / obligation when conditions hold).
+- ``rules``: an organisation's own rules (deny / review / obligation when conditions hold);
+- ``markets``: a market's law where no compute threshold applies (a cited "no compute-based
+  duty" and the duties it attaches otherwise).
 
 Every rule, clause and teacher entry cites its source (:class:`Citation`). Unknown keys are
 rejected. Units: FLOP counts use 1 multiply-add = 2 FLOP; money is US dollars; users are
@@ -63,6 +65,10 @@ class When(StrictModel):
         default=None, description="codes: organization.domicile is one of them (unknown domicile: undecided)")
     student_license: Optional[list[str]] = Field(
         default=None, description="globs on student.license (no licence given: does not match)")
+    provider: Optional[list[Literal["developer", "modifier_provider", "modifier_not_provider"]]] = Field(
+        default=None, description="who provides the student (audit.policy.provider): developer (trained from "
+        "scratch), or a modifier of a pre-existing model above / at or below the one-third test (unknown "
+        "compute: undecided)")
     facts: list[FactTest] = []
 
 
@@ -186,6 +192,17 @@ class RegionExclusion(_Clause):
     text: str = Field(min_length=1)
 
 
+class TerritoryExclusion(_Clause):
+    """The licence does not apply in the listed regions: neither the model nor its outputs may be
+    used, distributed or displayed there. Read from the markets served
+    (``organization.jurisdictions``) and from ``organization.domicile`` (where the licensee itself
+    uses the works): either in a listed region -> deny; neither, with the domicile unknown -> review."""
+
+    type: Literal["territory_exclusion"]
+    jurisdictions: list[str] = Field(min_length=1)
+    text: str = Field(min_length=1)
+
+
 class Permission(_Clause):
     """The terms expressly allow training on outputs (or grant the rights needed)."""
 
@@ -202,12 +219,12 @@ class NeedsReview(_Clause):
 Clause = Annotated[
     Union[CompetitorBan, AnyTrainingBan, AuthorizationRequired, DerivativePassThrough, Naming,
           Attribution, NoticeFile, UsePolicy, NonCommercial, UsageCap, RegionExclusion, Permission,
-          NeedsReview],
+          NeedsReview, TerritoryExclusion],
     Field(discriminator="type"),
 ]
 CLAUSE_TYPES = ("competitor_ban", "any_training_ban", "authorization_required", "derivative_pass_through",
                 "naming", "attribution", "notice_file", "use_policy", "non_commercial", "usage_cap",
-                "region_exclusion", "permission", "needs_review")
+                "region_exclusion", "permission", "needs_review", "territory_exclusion")
 
 
 class TermsDoc(StrictModel):
@@ -337,6 +354,23 @@ class Regime(StrictModel):
         return self
 
 
+class Market(StrictModel):
+    """One market's law on training or releasing a model where no compute threshold applies: an
+    explicit, cited statement that the law sets no compute-based duty (so the market is known,
+    not REVIEW), plus the duties it attaches otherwise (each with ``when``, e.g. only for a
+    service offered to the public). In force on ``as_of`` like a regime."""
+
+    id: RuleId
+    name: str = Field(min_length=1)
+    jurisdiction: str = Field(min_length=1)
+    applies_to: list[str] = Field(min_length=1, description="plan jurisdiction codes it covers")
+    in_force_from: dt.date
+    compute_duty: Literal["none"] = Field(description="none: the law ties no duty to training compute")
+    obligations: list[ObligationSpec] = []
+    citation: Citation
+    explanation: str = Field(min_length=1)
+
+
 class OrgRule(StrictModel):
     """An organisation's rule: when ``when`` holds, apply ``effect``."""
 
@@ -367,9 +401,10 @@ class Pack(StrictModel):
     teachers: list[TeacherEntry] = []
     hosts: list[HostEntry] = []
     rules: list[OrgRule] = []
+    markets: list[Market] = []
 
     @model_validator(mode="after")
     def _not_empty(self):
-        if not (self.regimes or self.terms or self.teachers or self.hosts or self.rules):
-            raise ValueError("a pack needs at least one of regimes, terms, teachers, hosts or rules")
+        if not (self.regimes or self.terms or self.teachers or self.hosts or self.rules or self.markets):
+            raise ValueError("a pack needs at least one of regimes, terms, teachers, hosts, rules or markets")
         return self

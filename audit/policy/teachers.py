@@ -39,6 +39,7 @@ from audit.policy.failclosed import engine_finding, rule_error
 from audit.policy.decision import Finding, Obligation
 from audit.policy.packs import LoadedPack, PolicySet
 from audit.policy.schema import HostEntry, TeacherEntry, Upstream, When
+from audit.policy.territory import territory_outcome
 
 _SITUATION_TEXT = {"general": "general-purpose", "narrow_internal": "narrow, internal-only",
                    "narrow_api": "narrow, API-served", "narrow_open_weights": "narrow, open-weights"}
@@ -273,7 +274,7 @@ def evaluate_clause(clause, ctx: Context, when: Optional[When] = None, *, overri
 
 BASE_PREFIX = "base-model."
 BASE_CLAUSE_TYPES = frozenset({"naming", "derivative_pass_through", "attribution", "notice_file", "use_policy",
-                               "usage_cap", "region_exclusion", "non_commercial"})
+                               "usage_cap", "region_exclusion", "non_commercial", "territory_exclusion"})
 """Clause types that bind a model built on the licensed weights (a derivative), whoever taught it."""
 # Conditions about how the student relates to the teacher; a student built on the base model
 # contains its weights, the closest relation there is, so they hold for the base model's clauses.
@@ -456,6 +457,11 @@ def _region(clause, ctx: Context) -> _Out:
                 observed=observed, threshold=threshold)
 
 
+def _territory(clause, ctx: Context) -> _Out:
+    effect, why, observed, threshold = territory_outcome(clause, ctx.plan)
+    return _Out(effect, f"{why} {clause.explanation}", observed=observed, threshold=threshold)
+
+
 def _permission(clause, ctx: Context) -> _Out:
     return _Out("allow", clause.explanation)
 
@@ -475,4 +481,5 @@ _HANDLERS = {
     "derivative_pass_through": _pass_through, "naming": _naming, "attribution": _todo,
     "notice_file": _todo, "use_policy": _todo, "non_commercial": _non_commercial,
     "usage_cap": _usage_cap, "region_exclusion": _region, "permission": _permission,
+    "territory_exclusion": _territory,
 }

@@ -116,12 +116,12 @@ def test_policy_with_an_org_pack(tmp_path, capsys):
 
 
 def test_policy_names_a_jurisdiction_no_pack_covers(tmp_path, capsys):
-    code, out, err = _run(capsys, "policy", str(_write_plan(tmp_path, jurisdictions="[EU, JP]")), "--json")
+    code, out, err = _run(capsys, "policy", str(_write_plan(tmp_path, jurisdictions="[EU, ZA]")), "--json")
     assert code == 3, err
     data = json.loads(out)
     assert data["outcome"] == "REVIEW" and "engine.unknown-jurisdiction" in data["rule_ids"]
     named = [f["observed"] for f in data["findings"] if f["rule_id"] == "engine.unknown-jurisdiction"]
-    assert named == ["organization.jurisdictions includes JP"]
+    assert named == ["organization.jurisdictions includes ZA"]
 
 
 def _with_manifest(tmp_path, total_tokens: int):
@@ -165,7 +165,7 @@ def test_check_report_shows_the_engine_findings(tmp_path, capsys):
 
     generate_key(tmp_path / "keys" / "signer")
     plan = _with_manifest(tmp_path, 400_000_000)
-    plan.write_text(plan.read_text().replace("jurisdictions: [EU]", "jurisdictions: [EU, JP]"))
+    plan.write_text(plan.read_text().replace("jurisdictions: [EU]", "jurisdictions: [EU, ZA]"))
     code, _, err = _run(capsys, "check", str(plan), "--out", str(tmp_path / "out"),
                         "--key", str(tmp_path / "keys" / "signer"))
     assert code == 3, err
@@ -174,7 +174,7 @@ def test_check_report_shows_the_engine_findings(tmp_path, capsys):
     assert set(predicate["decision"]["rule_ids"]) == {"engine.unknown-jurisdiction", "engine.data-tokens-exceed-manifest"}
     assert "facts" not in predicate["plan"]["content"]
     html = (tmp_path / "out" / "audit.html").read_text()
-    assert "engine.unknown-jurisdiction" in html and "No regime pack covers JP" in html
+    assert "engine.unknown-jurisdiction" in html and "No regime pack covers ZA" in html
     assert "engine.data-tokens-exceed-manifest" in html and "400,000,000 tokens" in html
 
 

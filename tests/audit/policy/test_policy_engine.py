@@ -304,13 +304,13 @@ def test_unknown_compute_explains_what_the_estimate_lacks(builtin_packs):
 
 def test_each_uncovered_jurisdiction_is_named_in_its_own_finding(builtin_packs):
     plan = make_plan({"teacher": {"model": "openai/gpt-oss-20b"},
-                      "organization": {"jurisdictions": ["EU", "JP", "US-TX"]}})
+                      "organization": {"jurisdictions": ["EU", "ZA", "US-TX"]}})
     decision = decide(plan, make_compute(), builtin_packs, START)
     assert decision.outcome == "REVIEW" and decision.rule_ids == ["engine.unknown-jurisdiction"]
     japan, texas = [f for f in decision.findings if f.rule_id == "engine.unknown-jurisdiction"]
-    assert japan.observed == "organization.jurisdictions includes JP" and japan.effect == "review"
+    assert japan.observed == "organization.jurisdictions includes ZA" and japan.effect == "review"
     assert japan.kind == "engine" and japan.citation is None
-    assert "No regime pack covers JP" in japan.explanation
+    assert "No regime pack covers ZA" in japan.explanation
     assert texas.observed == "organization.jurisdictions includes US-TX"
     assert "the rules for US were applied" in texas.explanation and "US-TX's own law" in texas.explanation
     assert not gate_would_open(decision)

@@ -26,6 +26,11 @@ def _all_citations(pack):
             yield up.id, up.citation
     for rule in pack.rules:
         yield rule.id, rule.citation
+    for market in pack.markets:
+        yield market.id, market.citation
+        for spec in market.obligations:
+            if spec.citation is not None:
+                yield spec.id, spec.citation
 
 
 @pytest.mark.parametrize("path", builtin_pack_paths(), ids=lambda p: p.name)

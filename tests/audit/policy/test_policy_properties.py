@@ -41,7 +41,7 @@ HOSTS = [None, None, "aws-bedrock", "google-vertex", "azure-foundry", "alibaba-m
          "together-ai"]
 BASES = ["acme/base", "meta-llama/Llama-3.1-8B", "google/gemma-2-9b", "allenai/OLMo-2-1124-7B",
          "CohereForAI/aya-expanse-8b"]
-CODES = ["EU", "DE", "FR", "US", "US-CA", "US-NY", "KR", "JP"]
+CODES = ["EU", "DE", "FR", "US", "US-CA", "US-NY", "KR", "JP", "ZA"]
 
 
 @st.composite
