@@ -5,7 +5,8 @@ plan fields or records that would give it) or ``not-applicable`` (why).
 Numbers: parameters and training compute to two significant figures (:func:`audit.numbers.sci`);
 the parameter size range from the exact count (:func:`size_range`); training compute counted,
 not estimated from hardware: 1 multiply-add = 2 FLOP, forward + backward per training token,
-the teacher's forward passes and generation included; energy in MWh (1 MWh = 3.6e9 J).
+the teacher's forward passes and generation included; energy in MWh to two significant figures
+(:func:`audit.numbers.significant`; 1 MWh = 3.6e9 J).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 
 from audit.docs.evidence import Evidence, Source, as_number, teachers_of
-from audit.numbers import exact, plain, sci
+from audit.numbers import exact, plain, sci, significant
 
 AUDIENCE_ALL = ("AI Office", "national authorities", "downstream providers")
 AUDIENCE_AUTHORITIES = ("AI Office", "national authorities")
@@ -211,7 +212,8 @@ def _energy(ev: Evidence) -> dict:
     joules, status, _, why = _energy_runs(ev)
     if joules is None:
         return needs(*ENERGY_INPUTS, known=why)
-    return filled(f"{sci(joules / JOULES_PER_MWH)} MWh ({status}; {sci(joules)} J)", *(r.source for r in ev.runs))
+    return filled(f"{significant(joules / JOULES_PER_MWH)} MWh ({status}; {sci(joules)} J)",
+                  *(r.source for r in ev.runs))
 
 
 def _energy_method(ev: Evidence) -> dict:
