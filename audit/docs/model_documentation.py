@@ -62,6 +62,12 @@ def from_plan(value, field: str, ev: Evidence, shown=None) -> dict:
     return filled(text, ev.audit_source)
 
 
+def model_name(ev: Evidence) -> dict:
+    """student.name, and the versions of ``disclosure.model_versions`` when given."""
+    versions = ev.plan.disclosure.model_versions if ev.plan.disclosure else []
+    return filled(ev.plan.student.name + (f"; versions: {', '.join(versions)}" if versions else ""), ev.audit_source)
+
+
 def dependencies(ev: Evidence) -> dict:
     student = ev.plan.student
     if student.init == "base":
@@ -255,9 +261,7 @@ def _disclosed(name: str):
 FORM = (
     ("1.1", "General information", "Legal name of the model provider", AUDIENCE_ALL,
      lambda ev: from_plan(ev.plan.organization.name, "organization.name", ev)),
-    ("1.2", "General information", "Model name", AUDIENCE_ALL,
-     lambda ev: from_plan(ev.plan.student.name, "student.name", ev)),
-    ("1.2b", "General information", "Publicly available versions", AUDIENCE_ALL, _disclosed("model_versions")),
+    ("1.2", "General information", "Model name and publicly available versions", AUDIENCE_ALL, model_name),
     ("1.3", "General information", "Model authenticity", AUDIENCE_ALL, _authenticity),
     ("1.4", "General information", "Release date", AUDIENCE_ALL, _disclosed("release_date")),
     ("1.5", "General information", "Union market release date", AUDIENCE_ALL, _disclosed("eu_market_date")),

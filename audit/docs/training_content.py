@@ -12,6 +12,7 @@ from audit.docs.model_documentation import (
     filled,
     from_plan,
     manifest_files,
+    model_name,
     needs,
     not_applicable,
 )
@@ -39,20 +40,18 @@ def _size(ev: Evidence) -> dict:
 
 
 def _public(ev: Evidence) -> dict:
+    """Sources the plan declares with a URL are public; the manifest's files alone do not say."""
     listed = [s for s in data_sources_of(ev.plan) if getattr(s, "url", None)]
-    sources = [ev.audit_source]
-    lines = [f"{s.id} ({s.url}; licence {getattr(s, 'license', None) or 'not stated'})" for s in listed]
+    files = ""
     if ev.manifest is not None:
-        files = manifest_files(ev.manifest)
-        lines.append("the signed dataset manifest's files: " + ", ".join(
+        files = "the signed dataset manifest's files: " + ", ".join(
             f"{f.get('path')} (sha256 {str(f.get('sha256'))[:12]}..., {exact(int(f.get('tokens') or 0))} tokens)"
-            for f in files))
-        sources.append(ev.manifest_source)
-    if not lines:
-        return needs("data.sources", known="no dataset source is declared in the plan")
-    entry = filled("; ".join(lines), *sources)
-    entry["note"] = "whether each manifest file is public or private is stated by data.sources (url) only"
-    return entry
+            for f in manifest_files(ev.manifest))
+    if not listed:
+        return needs("data.sources", known=files or None)
+    text = "; ".join(f"{s.id} ({s.url}; licence {getattr(s, 'license', None) or 'not stated'})" for s in listed)
+    sources = [ev.audit_source] + ([ev.manifest_source] if files else [])
+    return filled(text + (f"; {files}" if files else ""), *sources)
 
 
 def _crawled(ev: Evidence) -> dict:
@@ -104,9 +103,7 @@ def _synthetic(ev: Evidence) -> dict:
 
 SECTIONS = (
     ("1.1", "General information", "Provider", lambda ev: from_plan(ev.plan.organization.name, "organization.name", ev)),
-    ("1.2", "General information", "Model name and versions",
-     lambda ev: filled(", ".join([ev.plan.student.name] + list(ev.plan.disclosure.model_versions
-                                                             if ev.plan.disclosure else [])), ev.audit_source)),
+    ("1.2", "General information", "Model name and versions", model_name),
     ("1.3", "General information", "Dependencies on other models", dependencies),
     ("1.4", "General information", "Date placed on the EU market", lambda ev: _disclosed(ev, "eu_market_date")),
     ("1.5", "General information", "Training data size per modality", _size),

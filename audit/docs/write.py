@@ -144,3 +144,29 @@ def write_documents(ev: Evidence, out_dir: str | os.PathLike, private_key: Ed255
     statement = make_statement(subjects, PREDICATE_EU_DOCUMENTS, predicate)
     path = write_envelope(out / STATEMENT_NAME, sign_statement(statement, private_key))
     return path, form, summary
+
+
+def documents_beside(folder: str | os.PathLike, audit_sha256: str) -> list[dict]:
+    """Links for a report written into ``folder``: the EU documents of the audit with
+    ``audit_sha256`` found there or in a folder directly under it, as ``{"href", "label"}`` with
+    relative hrefs. The statement is read without checking its signature: this only chooses
+    links (``flopgate verify`` checks the documents)."""
+    from audit.attest.verify import read_envelope_file, unverified_statement
+
+    base = Path(folder)
+    found = []
+    for statement_path in sorted([base / STATEMENT_NAME] + list(base.glob(f"*/{STATEMENT_NAME}"))):
+        try:
+            statement = unverified_statement(read_envelope_file(statement_path))
+        except Exception:  # noqa: BLE001 - an unreadable statement gives no link
+            continue
+        if ((statement.get("predicate") or {}).get("audit") or {}).get("sha256") != audit_sha256:
+            continue
+        where = statement_path.parent.relative_to(base).as_posix()
+        prefix = "" if where == "." else f"{where}/"
+        for name, label in ((f"{FORM_NAME}.md", "Model Documentation Form"),
+                            (f"{SUMMARY_NAME}.md", "Public summary of training content"),
+                            (STATEMENT_NAME, "Signed statement over the documents")):
+            if (statement_path.parent / name).is_file():
+                found.append({"href": prefix + name, "label": label})
+    return found

@@ -291,3 +291,22 @@ def test_a_folder_with_signed_documents_is_not_overwritten(tmp_path, keys, capsy
     assert docs(envelope, tmp_path / "docs", keys) == 2
     assert "never replaced silently" in capsys.readouterr().err
     assert (tmp_path / "docs" / STATEMENT_NAME).read_bytes() == before
+
+
+def test_the_audit_report_links_the_documents_of_its_audit_only(tmp_path, keys):
+    auditor = keys[0]
+    envelope = check(QUICKSTART_LIKE, tmp_path / "audit", auditor)
+    renamed = tmp_path / "renamed.yaml"
+    renamed.write_text(QUICKSTART_LIKE.read_text() + "disclosure: {contact: docs@example.com}\n")
+    other = check(renamed, tmp_path / "other", auditor)
+    assert docs(envelope, tmp_path / "audit" / "eu", keys) == 0
+    assert docs(other, tmp_path / "audit" / "eu-other", keys) == 0
+    report = tmp_path / "audit" / "report.html"
+    assert main(["report", str(envelope), "--pubkey", str(auditor.public_path), "-o", str(report)]) == 0
+    html = report.read_text()
+    assert 'href="eu/model-documentation.md"' in html and 'href="eu/training-content-summary.md"' in html
+    assert "eu-other/" not in html
+    bare = tmp_path / "elsewhere" / "report.html"
+    bare.parent.mkdir()
+    assert main(["report", str(envelope), "--pubkey", str(auditor.public_path), "-o", str(bare)]) == 0
+    assert 'id="eu-documents"' not in bare.read_text()
