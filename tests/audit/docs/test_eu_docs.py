@@ -310,3 +310,20 @@ def test_the_audit_report_links_the_documents_of_its_audit_only(tmp_path, keys):
     bare.parent.mkdir()
     assert main(["report", str(envelope), "--pubkey", str(auditor.public_path), "-o", str(bare)]) == 0
     assert 'id="eu-documents"' not in bare.read_text()
+
+
+def test_the_ledger_is_verified_and_its_head_named_as_a_source(tmp_path, keys):
+    import os
+
+    auditor, runner = keys
+    envelope = check(QUICKSTART_LIKE, tmp_path / "audit", auditor)   # check writes the audit row
+    ledger = os.environ["FLOPGATE_LEDGER"]
+    record = run_record(envelope, tmp_path / "run", runner)
+    args = ("--run-record", str(record), "--runner-pubkey", str(runner.public_path), "--ledger", ledger)
+    assert docs(envelope, tmp_path / "docs", keys, *args) == 0
+    compute = by_id(load(tmp_path / "docs", "model-documentation.json"), "items")["7.2"]
+    ledger_source = [s for s in compute["sources"] if s["kind"] == "ledger"]
+    assert len(ledger_source) == 1 and len(ledger_source[0]["sha256"]) == 64
+    assert "the ledger holds 0 FLOP charged" in compute["value"]   # no run charged this audit yet
+    assert docs(envelope, tmp_path / "docs2", keys, *args[:-1], str(tmp_path / "missing.sqlite")) == 2
+    assert not (tmp_path / "docs2").exists()
