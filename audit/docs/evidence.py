@@ -134,6 +134,7 @@ def read_records(paths: Sequence[str], trusted, *, predicate_type: str, kind: st
 def read_ledger(where: str, trust, audit_sha256: str) -> LedgerSummary:
     """Verify the whole ledger with ``trust`` (a :class:`audit.ledger.chain.LedgerTrust`) and sum
     this audit's charge and generation rows."""
+    from audit.ledger.engines import is_url
     from audit.ledger.store import Ledger, ledger_exists
 
     if not ledger_exists(where):
@@ -158,7 +159,9 @@ def read_ledger(where: str, trust, audit_sha256: str) -> LedgerSummary:
         elif row.get("kind") == "generation":
             completion_by_job[str(body.get("job_id"))] = int(body.get("completion_tokens") or 0)
     head = rows[-1] if rows else {}
-    source = Source("ledger", f"{location} (head seq {head.get('seq', 0)})", str(head.get("row_hash", "")))
+    # a file by its name, a database by its kind: no local folder or URL credentials in a filing
+    shown = "PostgreSQL ledger" if is_url(str(where)) else Path(location).name
+    source = Source("ledger", f"{shown} (head seq {head.get('seq', 0)})", str(head.get("row_hash", "")))
     return LedgerSummary(source, math.fsum(flops), math.fsum(update), len(runs), len(completion_by_job),
                          sum(completion_by_job.values()))
 

@@ -12,6 +12,7 @@ the teacher's forward passes and generation included; energy in MWh to two signi
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from audit.docs.evidence import Evidence, Source, as_number, teachers_of
 from audit.numbers import exact, plain, sci, significant
@@ -88,7 +89,8 @@ def _authenticity(ev: Evidence) -> dict:
 
 def _architecture(ev: Evidence) -> dict:
     summary = ev.audit.compute.student
-    text = f"{summary.architecture} (counted from {summary.ref}, config sha256 {summary.config_sha256 or 'n/a'})"
+    ref = Path(summary.ref).name if Path(summary.ref).is_absolute() else summary.ref  # no local folders in a filing
+    text = f"{summary.architecture} (counted from {ref}, config sha256 {summary.config_sha256 or 'n/a'})"
     if ev.audit.compute.adapter is not None:
         text += f"; trained as LoRA adapters of rank {ev.audit.compute.adapter.rank}"
     return filled(text, ev.audit_source)
