@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.attest import PREDICATE_RUN_RECORD
+from audit.attest import PREDICATE_GENERATION_RECORD, PREDICATE_RUN_RECORD
 from audit.attest.dsse import parse_envelope, write_envelope
 from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement
 from audit.cli.main import main
@@ -24,7 +24,8 @@ from audit.predicate import AuditPredicate
 from keypairs import write_keypair
 
 ROOT = Path(__file__).resolve().parents[3]
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "examples" / "gated").glob("*.yaml"))
+# examples/quickstart/*.yaml need the teacher and shards their README block builds first
 QUICKSTART_LIKE = ROOT / "examples" / "online-logit-kd.yaml"
 STATUSES = {"filled", "needs-input", "not-applicable"}
 DISCLOSURE = """
@@ -327,3 +328,37 @@ def test_the_ledger_is_verified_and_its_head_named_as_a_source(tmp_path, keys):
     assert "the ledger holds 0 FLOP charged" in compute["value"]   # no run charged this audit yet
     assert docs(envelope, tmp_path / "docs2", keys, *args[:-1], str(tmp_path / "missing.sqlite")) == 2
     assert not (tmp_path / "docs2").exists()
+
+
+def generation_record(envelope: Path, out: Path, runner) -> Path:
+    """A generation record with the fields flopgate generate signs that the summary reads."""
+    out.mkdir(parents=True)
+    (out / "kept-samples.jsonl").write_text('{"id": "p1"}\n')
+    subjects, inputs = build_subjects([InputFile("kept_samples", out / "kept-samples.jsonl", out)])
+    predicate = {"audit": {"sha256": hashlib.sha256(envelope.read_bytes()).hexdigest()},
+                 "teacher": {"model": "api-teacher-model", "endpoint_host": "127.0.0.1",
+                             "models_reported": ["api-teacher-model-2026-01"]},
+                 "outputs": {"answered": 12, "kept": 10}, "tokens": {"completion": 3000},
+                 "flops": {"used": 4.0e12}, "wall_time_s": 7200.0, "inputs": inputs}
+    statement = make_statement(subjects, PREDICATE_GENERATION_RECORD, predicate)
+    return write_envelope(out / "generation-record.intoto.json", sign_statement(statement, runner.private_key))
+
+
+def test_synthetic_data_names_every_generator_with_what_its_record_says(tmp_path, keys):
+    auditor, runner = keys
+    envelope = check(QUICKSTART_LIKE, tmp_path / "audit", auditor)
+    run = run_record(envelope, tmp_path / "run", runner)
+    generated = generation_record(envelope, tmp_path / "gen", runner)
+    assert docs(envelope, tmp_path / "docs", keys, "--run-record", str(run), "--generation-record", str(generated),
+                "--runner-pubkey", str(runner.public_path)) == 0
+    synthetic = by_id(load(tmp_path / "docs", "training-content-summary.json"), "sections")["2.5"]
+    plan_teacher = json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"]["plan"]["content"]["teacher"]
+    assert [m["model"] for m in synthetic["models"]] == [plan_teacher["model"], "api-teacher-model"]
+    said = synthetic["models"][1]["from"][0]
+    assert "10 samples kept of 12 answered" in said and "3,000 completion tokens" in said
+    assert "api-teacher-model-2026-01" in said
+    assert {s["kind"] for s in synthetic["sources"]} == {"audit", "generation record"}
+    compute = by_id(load(tmp_path / "docs", "model-documentation.json"), "items")["7.2"]
+    assert f"teacher generation {sci(4.0e12)} FLOP" in compute["value"]
+    assert "teacher generation: 2 h wall-clock" in by_id(load(tmp_path / "docs", "model-documentation.json"),
+                                                         "items")["7.1"]["value"]
