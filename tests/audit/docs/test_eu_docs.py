@@ -362,3 +362,17 @@ def test_synthetic_data_names_every_generator_with_what_its_record_says(tmp_path
     assert f"teacher generation {sci(4.0e12)} FLOP" in compute["value"]
     assert "teacher generation: 2 h wall-clock" in by_id(load(tmp_path / "docs", "model-documentation.json"),
                                                          "items")["7.1"]["value"]
+
+
+@pytest.mark.parametrize("block, field", [("{release_date: 20270115}", "disclosure.release_date"),
+                                          ("{release_day: 2027-01-15}", "disclosure.release_day"),
+                                          ("{crawler: {user_agents: [x]}}", "disclosure.crawler.used")])
+def test_a_bad_disclosure_block_is_one_line_naming_the_field(tmp_path, block, field):
+    from audit.errors import InputError
+    from audit.plan import load_plan
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(QUICKSTART_LIKE.read_text() + f"disclosure: {block}\n")
+    with pytest.raises(InputError) as failure:
+        load_plan(plan)
+    assert field in str(failure.value) and "\n" not in str(failure.value)
