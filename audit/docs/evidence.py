@@ -122,6 +122,8 @@ def read_records(paths: Sequence[str], trusted, *, predicate_type: str, kind: st
             verified = verify_envelope_file(path, trusted, predicate_types=(predicate_type,))
         except VerificationFailed as exc:
             raise VerificationFailed(exc.reason, f"{path}: {exc}", exc.details) from None
+        if any(r.source.sha256 == verified.envelope_sha256 for r in records):
+            raise InputError(f"this {kind} was given twice; its figures would be counted twice", source=path)
         predicate = verified.predicate
         signed_audit = (predicate.get("audit") or {}).get("sha256")
         if signed_audit != audit_sha256:

@@ -315,4 +315,10 @@ def model_documentation(ev: Evidence) -> dict:
         entry.update(fill(ev))
         items.append(entry)
     return {"form": "Model Documentation Form (GPAI Code of Practice, Transparency chapter, July 2025)",
-            "model": ev.plan.student.name, "items": items}
+            "model": ev.plan.student.name, "audit": audit_line(ev), "items": items}
+
+
+def audit_line(ev: Evidence) -> dict:
+    """The audit the documents are written from: its file, sha256 and outcome."""
+    return {**ev.audit_source.as_json(), "outcome": ev.audit.outcome, "gate_open": ev.audit.gate_open,
+            "runs": len(ev.runs)}

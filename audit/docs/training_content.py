@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from audit.docs.evidence import Evidence, as_number, data_sources_of, teachers_of
 from audit.docs.model_documentation import (
+    audit_line,
     dependencies,
     filled,
     from_plan,
@@ -129,4 +130,4 @@ def training_content_summary(ev: Evidence) -> dict:
         entry.update(fill(ev))
         sections.append(entry)
     return {"template": "Template for the Public Summary of Training Content (European Commission, July 2025)",
-            "model": ev.plan.student.name, "sections": sections}
+            "model": ev.plan.student.name, "audit": audit_line(ev), "sections": sections}

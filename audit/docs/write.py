@@ -90,17 +90,25 @@ def _markdown(title: str, intro: str, entries: list[dict], heading) -> str:
     return "\n".join(out)
 
 
+def _from_audit(document: dict) -> str:
+    audit = document["audit"]
+    runs = f"{audit['runs']} run record(s)" if audit["runs"] else "no run record (figures are the audit's plan)"
+    return (f"From the audit `{escape(audit['file'])}` (sha256 `{audit['sha256'][:16]}...`, outcome "
+            f"{escape(audit['outcome'])}) and {runs}.")
+
+
 def render_form(form: dict) -> str:
     intro = (f"{escape(form['form'])}, for {escape(form['model'])}. Written by `flopgate docs eu` from signed "
              "evidence; each value names the signed file it came from. Items marked NEEDS INPUT name the plan "
-             "field (or record) that fills them.")
+             f"field (or record) that fills them. {_from_audit(form)}")
     return _markdown(f"Model documentation: {form['model']}", intro, form["items"],
                      lambda e: f"{e['id']} {escape(e['item'])}")
 
 
 def render_summary(summary: dict) -> str:
     intro = (f"{escape(summary['template'])}, for {escape(summary['model'])}. Written by `flopgate docs eu`; "
-             "sections flopgate cannot know are marked NEEDS INPUT with the plan field that fills them.")
+             "sections flopgate cannot know are marked NEEDS INPUT with the plan field that fills them. "
+             f"{_from_audit(summary)}")
     return _markdown(f"Public summary of training content: {summary['model']}", intro, summary["sections"],
                      lambda e: f"{e['id']} {escape(e['title'])}")
 

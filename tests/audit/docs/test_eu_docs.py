@@ -185,8 +185,12 @@ def test_quickstart_like_run_fills_time_compute_energy_and_verifies(tmp_path, ke
     assert items["1.3"]["status"] == "filled" and "0" * 64 in items["1.3"]["value"]
     teachers = by_id(summary, "sections")["2.5"]["models"]
     assert [m["model"] for m in teachers] == [audit["plan"]["content"]["teacher"]["model"]]
+    assert form["audit"]["outcome"] == audit["outcome"] and form["audit"]["runs"] == 1
     assert verify(tmp_path / "docs", auditor) == 0
     assert "needs input" in capsys.readouterr().out
+    assert docs(envelope, tmp_path / "twice", keys, "--run-record", str(record), "--run-record", str(record),
+                "--runner-pubkey", str(runner.public_path)) == 2   # one run's figures counted once
+    assert not (tmp_path / "twice").exists()
 
 
 @pytest.mark.parametrize("energy, status, shown", [
