@@ -28,6 +28,18 @@ def sci(value, digits: int = 2) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
+def significant(value, digits: int = 2) -> str:
+    """``digits`` significant figures (rounded once, as :func:`sci`), without an exponent from
+    1e-3 up to 10**digits: 2.0, 0.028, 12; beyond, as :func:`sci`: 1.2e24, 1.0e23 (9.96e22)."""
+    text = sci(value, digits)
+    if "e" not in text:  # "unknown" or "0"
+        return text
+    exponent = int(text.split("e")[1])
+    if -3 <= exponent < digits:
+        return f"{float(text):.{digits - 1 - exponent}f}"
+    return text
+
+
 def short_sci(value, digits: int = 3) -> str:
     """Up to ``digits`` significant figures, trailing zeros dropped: 1e23, 3.3e25, 1.25e26."""
     text = sci(value, digits)

@@ -349,6 +349,69 @@ class Budget(StrictModel):
     max_flops: Optional[Number] = Field(default=None, gt=0, description="the most FLOP (1 multiply-add = 2 FLOP) the run may spend; the gate stops training there")
 
 
+class Crawler(StrictModel):
+    """The crawler that collected training data, as the EU training-content summary (section 2.3) asks."""
+
+    used: bool = Field(description="whether data crawled or scraped online was used (false: section 2.3 is not applicable)")
+    user_agents: list[str] = Field(default=[], description="the crawlers' names (user agents)")
+    robots_txt_honoured: Optional[bool] = Field(default=None, description="whether the crawlers obeyed robots.txt")
+    behaviour: Optional[str] = Field(default=None, description="anything else about how they behaved (rate limits, "
+                                     "paywalls, login walls)")
+    collection_period: Optional[str] = Field(default=None, description="when they collected, e.g. 2025-01 to 2026-06")
+    top_domains: Optional[str] = Field(default=None, description="the top domains by size of content collected, or "
+                                       "where that list is published")
+
+
+class Disclosure(StrictModel):
+    """Facts only a person knows, for the EU Model Documentation Form and the training-content
+    summary (``flopgate docs eu``). Optional; in the plan they are signed with the audit."""
+
+    release_date: Optional[Annotated[dt.date, BeforeValidator(_date_only)]] = Field(
+        default=None, description="the day the model was first released through any channel")
+    eu_market_date: Optional[Annotated[dt.date, BeforeValidator(_date_only)]] = Field(
+        default=None, description="the day it was placed on the EU market")
+    model_versions: list[str] = Field(default=[], description="the names of its publicly available versions")
+    contact: Optional[str] = Field(default=None, description="where the AI Office and downstream providers ask for "
+                                   "documentation (an address or URL)")
+    distribution_channels: list[str] = Field(default=[], description="how it is distributed (an API, a hub "
+                                             "repository, a download page...)")
+    acceptable_use_policy_url: Optional[str] = Field(default=None, description="link to the acceptable-use policy")
+    intended_uses: Optional[str] = Field(default=None, description="the uses it is meant for (unset: use.purpose)")
+    forbidden_uses: Optional[str] = Field(default=None, description="the uses it must not be put to")
+    integration: Optional[str] = Field(default=None, description="the AI systems it can be built into and the "
+                                       "technical means to integrate it")
+    required_hardware: Optional[str] = Field(default=None, description="hardware needed to use it")
+    required_software: Optional[str] = Field(default=None, description="software needed to use it")
+    input_modalities: Optional[str] = Field(default=None, description="input modalities and the largest input of "
+                                            "each, e.g. text, 8192 tokens")
+    output_modalities: Optional[str] = Field(default=None, description="output modalities and the largest output of "
+                                             "each")
+    design_specification: Optional[str] = Field(default=None, description="the model's key design choices, with "
+                                                "their reasons and assumptions")
+    training_rationale: Optional[str] = Field(default=None, description="why the training process was designed "
+                                              "as it was")
+    data_collection: Optional[str] = Field(default=None, description="how the training data was obtained and "
+                                           "selected")
+    data_description: Optional[str] = Field(default=None, description="the data's scope and main characteristics")
+    languages: list[str] = Field(default=[], description="languages of the training data")
+    data_collection_end: Optional[Annotated[dt.date, BeforeValidator(_date_only)]] = Field(
+        default=None, description="the latest day training data was collected")
+    data_curation: Optional[str] = Field(default=None, description="how the data was cleaned, filtered and curated")
+    unsuitable_data_measures: Optional[str] = Field(default=None, description="measures to find unsuitable data "
+                                                    "sources")
+    bias_measures: Optional[str] = Field(default=None, description="measures to find and address identifiable "
+                                         "biases in the data")
+    private_datasets: Optional[str] = Field(default=None, description="non-public datasets licensed or obtained "
+                                            "from third parties, or 'none'")
+    user_data: Optional[str] = Field(default=None, description="data from users of your products, or 'none'")
+    other_sources: Optional[str] = Field(default=None, description="any other data source, or 'none'")
+    crawler: Optional[Crawler] = Field(default=None, description="data crawled or scraped online")
+    opt_out_handling: Optional[str] = Field(default=None, description="how text-and-data-mining opt-outs were "
+                                            "respected")
+    illegal_content_measures: Optional[str] = Field(default=None, description="measures taken to remove illegal "
+                                                    "content from the training data")
+
+
 class Plan(StrictModel):
     """A flopgate distillation plan (YAML): what a run will do. Units: tokens are token counts, FLOP counts use 1 multiply-add = 2 FLOP, money is US dollars, hours are wall-clock hours."""
 
@@ -363,6 +426,8 @@ class Plan(StrictModel):
     hardware: Optional[Hardware] = Field(default=None, description="the planned hardware (optional cross-check and cost)")
     schedule: Schedule = Field(description="when the run starts")
     budget: Budget = Field(default=Budget(), description="a compute cap of your own")
+    disclosure: Optional[Disclosure] = Field(default=None, description="facts only a person knows, for the EU "
+                                             "documents (flopgate docs eu): release dates, channels, policies, crawler")
 
 
 class LoadedPlan(BaseModel):

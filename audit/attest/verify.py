@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from audit.attest import KNOWN_PREDICATE_TYPES, PREDICATE_APPROVAL, VerificationFailed
+from audit.attest import KNOWN_PREDICATE_TYPES, PREDICATE_APPROVAL, PREDICATE_EU_DOCUMENTS, VerificationFailed
 from audit.attest.dsse import check_payload_type, parse_envelope, verify_signatures
 from audit.attest.keys import TrustedKey
 from audit.attest.statement import (audited_outcome, check_subjects, pack_version_changes,
@@ -112,20 +112,21 @@ def verify_envelope_file(path: str | os.PathLike, trusted_keys: Sequence[Trusted
                          check_files: bool = True,
                          plan_path: str | os.PathLike | None = None,
                          installed_pack_versions: InstalledPackVersions | None = None) -> Verified:
-    """Verify an envelope file. An approval's subject (the audit envelope) is looked up relative
-    to the approval file's folder; other subjects relative to ``plan_path``'s folder."""
+    """Verify an envelope file. The subjects of an approval (the audit envelope) and of the EU
+    documents (the files beside them) are looked up relative to the envelope's folder; other
+    subjects relative to ``plan_path``'s folder."""
     data = read_envelope_file(path)
-    # Relative names in an approval are relative to the approval file. This unverified peek
-    # only chooses that folder; the statement is verified before any file is read.
-    base_dir = Path(path).resolve().parent if _is_approval(data) else None
+    # Relative names in an approval or the EU documents' statement are relative to the envelope.
+    # This unverified peek only chooses that folder; the statement is verified before any file is read.
+    base_dir = Path(path).resolve().parent if _subjects_beside_envelope(data) else None
     return verify_envelope_bytes(data, trusted_keys, predicate_types=predicate_types,
                                  check_files=check_files, plan_path=plan_path, base_dir=base_dir,
                                  installed_pack_versions=installed_pack_versions)
 
 
-def _is_approval(data: bytes) -> bool:
+def _subjects_beside_envelope(data: bytes) -> bool:
     try:
-        return unverified_statement(data).get("predicateType") == PREDICATE_APPROVAL
+        return unverified_statement(data).get("predicateType") in (PREDICATE_APPROVAL, PREDICATE_EU_DOCUMENTS)
     except VerificationFailed:
         return False
 

@@ -10,6 +10,8 @@ left of the budget, with whether the ledger's hash chain verified. Each row is c
 the keys of its role (audits: --pubkey/--trust; approvals: --approver-*; runs, charges and
 generation jobs: --runner-*, as ``flopgate ledger verify``); when no role key is named, the
 --pubkey/--trust keys are trusted for every row, and the page says so.
+With ``-o``, it links the EU documents of this audit (``flopgate docs eu``) found beside the
+page or in a folder directly under it.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def run(args) -> int:
     from audit.attest import PREDICATE_AUDIT, VERIFY_FAILED_EXIT, VerificationFailed
     from audit.attest.keys import load_trusted_keys, short_fingerprint
     from audit.attest.verify import read_envelope_file, unverified_statement, verify_envelope_file
+    from audit.docs.write import documents_beside
     from audit.errors import InputError
     from audit.fsutil import sha256_bytes, write_atomic
     from audit.policy.packs import installed_versions
@@ -82,9 +85,10 @@ def run(args) -> int:
         verification = {"ok": False, "reason": str(exc)}
     if statement.get("predicateType") != PREDICATE_AUDIT:
         raise InputError("expected an audit attestation", source=args.envelope, field="predicateType")
+    documents = documents_beside(Path(args.output).parent, envelope_sha256) if args.output else []
     html = render_audit_html(statement["predicate"], signer_fingerprint=signer, verification=verification,
                              attestation_name=Path(args.envelope).name,
-                             ledger=_ledger_section(args, envelope_sha256, trusted))
+                             ledger=_ledger_section(args, envelope_sha256, trusted), documents=documents)
     if args.output:
         written = write_atomic(args.output, html)
         state = "verified" if verification["ok"] else "verification FAILED"

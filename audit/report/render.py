@@ -170,14 +170,15 @@ def _environment() -> jinja2.Environment:
 def render_audit_html(predicate: dict, *, signer_fingerprint: str | None,
                       verification: dict | None = None,
                       attestation_name: str = "audit.intoto.json",
-                      ledger: dict | None = None) -> str:
+                      ledger: dict | None = None, documents: list[dict] | None = None) -> str:
     """Render the audit predicate (as signed) to one self-contained HTML page.
 
     ``verification`` is ``{"ok": bool, "reason": str}`` when the signature was checked; when
     ``ok`` is not True the page opens with a warning banner. ``ledger`` is the audit's ledger
     history (:func:`audit.ledger.history.audit_history`, or ``{"missing": True, "location":
     ...}``); without it the page has no ledger section (``flopgate check`` writes the report
-    before any run). Raises ``InputError`` when the
+    before any run). ``documents``: links to the EU documents beside the page
+    (:func:`audit.docs.write.documents_beside`). Raises ``InputError`` when the
     predicate lacks a field the report needs.
     """
     _check_shape(predicate)
@@ -212,6 +213,7 @@ def render_audit_html(predicate: dict, *, signer_fingerprint: str | None,
         "methods": METHODS, "notions": NOTIONS, "regime_status": REGIME_STATUS,
         "obligation_status": OBLIGATION_STATUS, "comparators": COMPARATORS,
         "ledger": ledger,
+        "documents": documents or [],
     }
     try:
         return _environment().get_template("audit.html.j2").render(context)

@@ -64,6 +64,11 @@ the audit estimated {{ audited }} FLOP. 1 multiply-add = 2 FLOP.</p>
 <h2>Verification</h2>
 <p>The figures above are signed in <code>run-record.intoto.json</code>. Check it with
 <code>flopgate verify run-record.intoto.json --pubkey SIGNER.pub</code>.</p>
+<h2>EU documents</h2>
+<p>The Model Documentation Form and the public summary of training content, written from the audit and this
+record: <code>flopgate docs eu AUDIT --pubkey AUDITOR.pub --run-record run-record.intoto.json --runner-pubkey
+SIGNER.pub --out eu-docs</code>, then <a href="eu-docs/model-documentation.md">eu-docs/model-documentation.md</a>
+and <a href="eu-docs/training-content-summary.md">eu-docs/training-content-summary.md</a>.</p>
 </body></html>
 """)
 

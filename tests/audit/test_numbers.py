@@ -19,6 +19,22 @@ def test_sci_two_significant_figures(value, expected):
     assert numbers.sci(value) == expected
 
 
+@pytest.mark.parametrize("value, expected", [
+    (2.0, "2.0"),              # the trailing zero is a significant figure
+    (0.02767, "0.028"),
+    (0.0012, "0.0012"),
+    (0.00099, "9.9e-4"),       # below 1e-3 in scientific notation
+    (12.4, "12"),
+    (99.6, "1.0e2"),           # rounding carries past 10**digits
+    (1.234e24, "1.2e24"),
+    (9.96e22, "1.0e23"),
+    (0, "0"),
+    (float("nan"), "unknown"),
+])
+def test_significant_two_figures(value, expected):
+    assert numbers.significant(value) == expected
+
+
 def test_sci_more_digits():
     assert numbers.sci(8.5e9, 3) == "8.50e9"
 

@@ -274,6 +274,7 @@ def test_report_is_self_contained(run):
     assert "default-src 'none'" in html
     assert "<polyline" in html  # the loss curve, drawn inline from metrics.jsonl
     assert "Built with Tiny" in html
+    assert "flopgate docs eu" in html and 'href="eu-docs/model-documentation.md"' in html  # relative, no request
     axes = loss_axes(html)
     assert axes["x-tick"] == ["1", "3"] and axes["y-tick"] == ["3", "1"]   # steps 1-3, loss 3 down to 1
     assert axes["x-title"] == ["optimizer step"] and axes["y-title"] == ["loss per valid token"]
