@@ -38,6 +38,7 @@ BUILTIN_COMMANDS = [
     "audit.cli.report_cmd",
     "audit.cli.ledger_cmd",
     "audit.cli.plan_cmd",
+    "audit.cli.export_cmd",
 ]
 
 
