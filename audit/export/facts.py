@@ -192,10 +192,14 @@ def _datasets(plan, predicate: dict, sources: Sources) -> list[Dataset]:
     for job in sources.generation_records:
         outputs = job.predicate.get("outputs") or {}
         teacher = (job.predicate.get("teacher") or {}).get("model")
-        found.append(Dataset(ref=f"generated-{len(found) + 1}", name=f"kept-samples.jsonl ({job.name})",
-                             kind="generated", sha256=outputs.get("kept_sha256"),
-                             generated_by=(teacher,) if teacher else teacher_names,
-                             size=outputs.get("kept"), details={"unit": "samples"}))
+        kept = next((e for e in _inputs(job.predicate, "kept_samples") if e["sha256"] == outputs.get("kept_sha256")),
+                    None)
+        if kept is None:
+            raise InputError("inputs: expected the kept_samples file whose sha256 is outputs.kept_sha256",
+                             source=str(job.path))
+        found.append(Dataset(ref=f"generated-{len(found) + 1}", name=kept["name"], kind="generated",
+                             sha256=kept["sha256"], generated_by=(teacher,) if teacher else teacher_names,
+                             size=outputs.get("kept"), details={"unit": "samples", "generation_record": job.name}))
     return found
 
 

@@ -132,7 +132,7 @@ def quickstart(session_env, keys) -> Quickstart:
     job = root / "gen"
     job.mkdir()
     kept = '{"id":"p1","answer":"hello"}\n'
-    (job / "samples.jsonl").write_text(kept)
+    (job / "samples.jsonl").write_text(kept + '{"id":"p2","answer":"","status":"discarded"}\n')
     (job / "kept-samples.jsonl").write_text(kept)
     (job / "data-manifest.json").write_text("{}\n")
     shutil.copy(QUICKSTART / "data" / "prompts.jsonl", job / "prompts.jsonl")
@@ -141,7 +141,7 @@ def quickstart(session_env, keys) -> Quickstart:
             "teacher": {"model": "quickstart/tiny-teacher", "endpoint_host": None, "models_reported": []},
             "sampling": {"model": "quickstart/tiny-teacher", "max_tokens": 16, "temperature": 0.0, "top_p": 1.0,
                          "seed": 0},
-            "prompts_count": 1, "outputs": {"answered": 1, "kept": 1, "discarded": 0, "unanswered": 0},
+            "prompts_count": 1, "outputs": {"answered": 2, "kept": 1, "discarded": 1, "unanswered": 0},
             "tokens": {"prompt": 4, "completion": 2}, "stopped_by_budget": False, "message": "done",
             "wall_time_s": 1.0}
     generation = write_generation_record(job, audit=predicate, audit_envelope=audit, envelope_sha256=audit_sha,

@@ -63,7 +63,7 @@ def test_quickstart_run_exports_a_valid_ml_bom_with_evaluation_energy_and_data(f
     manifest = next(i for i in audit["inputs"] if i["role"] == "dataset_manifest")
     data = {c["name"]: c for c in bom["components"] if c["type"] == "data"}
     assert data[manifest["name"]]["hashes"] == [{"alg": "SHA-256", "content": manifest["sha256"]}]
-    generated = next(c for n, c in data.items() if n.startswith("kept-samples.jsonl"))
+    generated = next(c for n, c in data.items() if n == "kept-samples.jsonl")
     assert generated["hashes"][0]["content"] == job["outputs"]["kept_sha256"]
     assert generated["data"] == [{"type": "dataset", "name": generated["name"]}]
     assert sorted(d["ref"] for d in card["modelParameters"]["datasets"]) == sorted(c["bom-ref"] for c in data.values())
