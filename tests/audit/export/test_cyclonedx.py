@@ -39,10 +39,12 @@ def test_every_bundled_example_exports_a_valid_ml_bom(name, example_audit, expor
         student = bom["metadata"]["component"]
         assert (student["type"], student["name"]) == ("machine-learning-model", plan["student"]["name"])
         assert "modelParameters" in student["modelCard"]
-        ancestors = [a["name"] for a in student["pedigree"]["ancestors"]]
-        assert ancestors[0] == plan["teacher"]["model"]
+        roles = {a["name"]: {p["value"] for p in a["properties"] if p["name"] == "flopgate:role"}
+                 for a in student["pedigree"]["ancestors"]}
+        expected = {plan["teacher"]["model"]: {"teacher"}}
         if plan["student"]["init"] == "base":
-            assert ancestors[1] == plan["student"]["base_model"]
+            expected[plan["student"]["base_model"]] = {"base_model"}
+        assert roles == expected
 
 
 @pytest.mark.parametrize("fmt", sorted(VERSIONS))
