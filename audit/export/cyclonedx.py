@@ -23,8 +23,8 @@ _DATASET_TYPES = {"manifest": "dataset", "prompts": "dataset", "generated": "dat
 def render(facts: Facts, fmt: str, *, timestamp) -> str:
     """The BOM as indented JSON. ``timestamp`` is a timezone-aware datetime (the export's time)."""
     from cyclonedx.model.bom import Bom, BomMetaData
-    from cyclonedx.model.contact import OrganizationalEntity
     from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.model.contact import OrganizationalEntity
     from cyclonedx.output.json import JsonV1Dot6, JsonV1Dot7
 
     outputter = {CYCLONEDX_16: JsonV1Dot6, CYCLONEDX_17: JsonV1Dot7}[fmt]

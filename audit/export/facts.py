@@ -10,7 +10,7 @@ gives it and in kWh (1 kWh = 3.6e6 J) for the formats; FLOP use 1 multiply-add =
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from audit.errors import InputError
 from audit.export.sources import Signed, Sources
@@ -35,11 +35,11 @@ class Dataset:
     ref: str
     name: str
     kind: str                        # manifest, prompts, generated, source
-    sha256: Optional[str] = None
-    license: Optional[str] = None
-    url: Optional[str] = None
+    sha256: str | None = None
+    license: str | None = None
+    url: str | None = None
     generated_by: tuple[str, ...] = ()   # model names whose outputs it holds
-    size: Optional[int] = None       # samples or tokens, as ``details`` says
+    size: int | None = None       # samples or tokens, as ``details`` says
     details: dict = field(default_factory=dict)
 
 
@@ -52,7 +52,7 @@ class Energy:
     joules: float
     status: str
     method: str
-    pue: Optional[float]
+    pue: float | None
 
     @property
     def kwh(self) -> float:
@@ -77,7 +77,7 @@ class Facts:
     outcome: str
     student: Model
     teachers: tuple[Model, ...]
-    base_model: Optional[Model]
+    base_model: Model | None
     datasets: tuple[Dataset, ...]
     references: tuple[Reference, ...]
     energy: tuple[Energy, ...]
@@ -123,7 +123,7 @@ def _hashes(predicate: dict, *roles: str) -> tuple[tuple[str, str], ...]:
     return tuple((e["name"], e["sha256"]) for role in roles for e in _inputs(predicate, role))
 
 
-def _licences(declared: Optional[str], resolution: Optional[dict]) -> tuple[str, ...]:
+def _licences(declared: str | None, resolution: dict | None) -> tuple[str, ...]:
     """The licence the plan declares, else what the engine resolved (licence ids, then terms)."""
     if declared:
         return (declared,)

@@ -26,7 +26,12 @@ def envelope_path(out: Path) -> Path:
 
 def export_statement(out: Path, export_sha256: str, fmt: str, sources: Sources) -> dict:
     from audit.attest import PREDICATE_EXPORT
-    from audit.attest.statement import InputFile, build_subjects, make_statement, utc_timestamp
+    from audit.attest.statement import (
+        InputFile,
+        build_subjects,
+        make_statement,
+        utc_timestamp,
+    )
     from audit.versions import tool_versions
 
     base = out.resolve().parent

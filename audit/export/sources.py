@@ -9,9 +9,9 @@ audit envelope's bytes. Nothing unverified reaches an export.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from audit.errors import InputError
 
@@ -42,7 +42,11 @@ def load_sources(audit_path: str | os.PathLike, trusted_keys, *,
                  plan_path: str | os.PathLike | None = None) -> Sources:
     """Verify the audit and every record; raise ``VerificationFailed`` (exit 5) when one does
     not verify, ``InputError`` (exit 2) when a record belongs to another audit."""
-    from audit.attest import PREDICATE_AUDIT, PREDICATE_GENERATION_RECORD, PREDICATE_RUN_RECORD
+    from audit.attest import (
+        PREDICATE_AUDIT,
+        PREDICATE_GENERATION_RECORD,
+        PREDICATE_RUN_RECORD,
+    )
 
     audit = _verified(audit_path, trusted_keys, PREDICATE_AUDIT, plan_path=plan_path)
     runs = tuple(_verified(p, trusted_keys, PREDICATE_RUN_RECORD) for p in run_records)

@@ -19,9 +19,6 @@ from spdx_python_model import v3_0_1 as spdx
 
 from audit.attest.dsse import parse_envelope
 
-ROOT = Path(__file__).resolve().parents[3]
-EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.yaml"))
-
 
 def round_trip(path: Path) -> tuple[spdx.SHACLObjectSet, dict]:
     """Read with the library, write again: (the objects, the rewritten JSON)."""
@@ -46,9 +43,8 @@ def predicate_of(envelope: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", EXAMPLES)
-def test_every_bundled_example_round_trips(name, example_audit, export, tmp_path):
-    audit = example_audit(name)
+def test_every_bundled_example_round_trips(example_name, example_audit, export, tmp_path):
+    audit = example_audit(example_name)
     out = tmp_path / "bom.spdx.json"
     document = export(audit, "spdx-3.0.1", out)
     objects, again = round_trip(out)
@@ -63,7 +59,7 @@ def test_quickstart_run_round_trips_with_ai_and_dataset_profiles(quickstart, exp
     out = tmp_path / "bom.spdx.json"
     document = export(quickstart.audit, "spdx-3.0.1", out, "--run-record", str(quickstart.run_record),
                       "--generation-record", str(quickstart.generation_record))
-    objects, again = round_trip(out)
+    _, again = round_trip(out)
     assert again == document
     [info] = by_type(document, "CreationInfo")
     assert info["specVersion"] == "3.0.1"
