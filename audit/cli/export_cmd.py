@@ -54,7 +54,10 @@ def run(args) -> int:
     if args.sign and out is None:
         raise InputError("--sign needs --out FILE (the signature covers a file)", field="--sign")
     targets = [out] + ([envelope_path(out)] if args.sign else []) if out else []
+    inputs = {Path(p).resolve() for p in [args.envelope, *args.run_record, *args.generation_record]}
     for target in targets:
+        if target.resolve() in inputs:
+            raise InputError("is one of the signed inputs; write the export to another file", source=str(target))
         if target.exists() and not args.replace:
             raise InputError("already exists; give --replace to overwrite it", source=str(target))
     private_key = load_private_key(args.sign) if args.sign else None   # a bad key fails before any write

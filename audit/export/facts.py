@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit.errors import InputError
-from audit.export.sources import Signed, Sources
+from audit.export.sources import Signed, Sources, as_dict
 
 JOULES_PER_KWH = 3.6e6
 
@@ -190,9 +190,9 @@ def _datasets(plan, predicate: dict, sources: Sources) -> list[Dataset]:
                              license=_get(source, "license"), url=_get(source, "url"),
                              generated_by=tuple(_get(source, "generated_by") or ())))
     for job in sources.generation_records:
-        outputs = job.predicate.get("outputs") or {}
-        teacher = (job.predicate.get("teacher") or {}).get("model")
-        kept = next((e for e in _inputs(job.predicate, "kept_samples") if e["sha256"] == outputs.get("kept_sha256")),
+        outputs = as_dict(job.predicate.get("outputs"))
+        teacher = as_dict(job.predicate.get("teacher")).get("model")
+        kept = next((e for e in _inputs(job.predicate, "kept_samples") if e.get("sha256") == outputs.get("kept_sha256")),
                     None)
         if kept is None:
             raise InputError("inputs: expected the kept_samples file whose sha256 is outputs.kept_sha256",
@@ -223,8 +223,8 @@ def _energy(plan, runs: tuple[Signed, ...]) -> list[Energy]:
     """The energy each run record reports, when it was measured or estimated (never a default)."""
     found = []
     for run in runs:
-        energy = run.predicate.get("energy")
-        if not isinstance(energy, dict) or energy.get("status") not in ("measured", "estimated"):
+        energy = as_dict(run.predicate.get("energy"))
+        if energy.get("status") not in ("measured", "estimated"):
             continue
         joules = energy.get("joules")
         if not isinstance(joules, (int, float)) or isinstance(joules, bool) or joules < 0:
@@ -241,9 +241,9 @@ def _metrics(runs: tuple[Signed, ...]) -> tuple[tuple[str, str], ...]:
     top-1 agreement with the teacher as a fraction."""
     found = []
     for run in runs:
-        evaluation = run.predicate.get("eval") or {}
+        evaluation = as_dict(run.predicate.get("eval"))
         for key in ("ce", "kl", "top1_agreement"):
-            if isinstance(evaluation.get(key), (int, float)):
+            if isinstance(evaluation.get(key), (int, float)) and not isinstance(evaluation.get(key), bool):
                 found.append((f"{key} ({run.name}, step {evaluation.get('step')})", repr(float(evaluation[key]))))
     return tuple(found)
 
@@ -269,7 +269,7 @@ def _training_text(plan, compute: dict, runs: tuple[Signed, ...]) -> str:
             f"{', '.join(t.model for t in teachers_of(plan))}; audited compute {sci(compute.get('total_flops'), 3)} FLOP "
             f"cumulative, {sci(compute.get('update_flops'), 3)} FLOP parameter-update (1 multiply-add = 2 FLOP).")
     for run in runs:
-        flops = (run.predicate.get("compute") or {}).get("flops")
+        flops = as_dict(run.predicate.get("compute")).get("flops")
         text += (f" Run {run.name}: {run.predicate.get('steps')} steps, {run.predicate.get('tokens')} tokens, "
                  f"{sci(flops, 3) if flops is not None else 'unknown'} FLOP metered.")
     return text

@@ -47,16 +47,26 @@ def load_sources(audit_path: str | os.PathLike, trusted_keys, *,
         PREDICATE_GENERATION_RECORD,
         PREDICATE_RUN_RECORD,
     )
+    from audit.predicate import parse_audit_predicate
 
     audit = _verified(audit_path, trusted_keys, PREDICATE_AUDIT, plan_path=plan_path)
+    typed, problem = parse_audit_predicate(audit.predicate)   # the shape the gate requires, or no export
+    if typed is None:
+        raise InputError(f"predicate.{problem}", source=str(audit_path))
     runs = tuple(_verified(p, trusted_keys, PREDICATE_RUN_RECORD) for p in run_records)
     jobs = tuple(_verified(p, trusted_keys, PREDICATE_GENERATION_RECORD) for p in generation_records)
     for record in runs + jobs:
-        of = (record.predicate.get("audit") or {}).get("sha256")
+        of = as_dict(record.predicate.get("audit")).get("sha256")
         if of != audit.sha256:
             raise InputError(f"audit.sha256: expected {audit.sha256} (the audit being exported), "
                              f"got {str(of)[:64]}: this record belongs to another audit", source=str(record.path))
     return Sources(audit, runs, jobs)
+
+
+def as_dict(value) -> dict:
+    """A predicate field that should be an object: itself, or empty when it is anything else (a
+    signed record of an older or newer shape is read for what it has, never guessed at)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _verified(path, trusted_keys, predicate_type: str, *, plan_path=None) -> Signed:

@@ -97,3 +97,42 @@ def test_sign_needs_an_output_file(quickstart, keys, capsys):
     assert main(["export", str(quickstart.audit), "--format", "cyclonedx-1.6", "--pubkey", str(keys.public),
                  "--sign", str(keys.private)]) == 2
     assert "--sign needs --out FILE" in capsys.readouterr().err
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused_even_with_replace(quickstart, keys, capsys):
+    before = quickstart.run_record.read_bytes()
+    assert main(["export", str(quickstart.audit), "--format", "cyclonedx-1.6", "--pubkey", str(keys.public),
+                 "--run-record", str(quickstart.run_record), "--out", str(quickstart.run_record), "--replace"]) == 2
+    assert "is one of the signed inputs" in capsys.readouterr().err
+    assert quickstart.run_record.read_bytes() == before
+
+
+def resign(envelope, keys, tmp_path, change) -> object:
+    """A copy of ``envelope`` whose statement ``change`` edited, signed again by the test's key."""
+    from audit.attest.dsse import parse_envelope, write_envelope
+    from audit.attest.keys import load_private_key
+    from audit.attest.statement import sign_statement
+
+    statement = json.loads(parse_envelope(envelope.read_bytes()).payload)
+    change(statement["predicate"])
+    return write_envelope(tmp_path / envelope.name, sign_statement(statement, load_private_key(keys.private)))
+
+
+def test_a_signed_audit_of_the_wrong_shape_is_bad_input(quickstart, keys, tmp_path, capsys):
+    audit = resign(quickstart.audit, keys, tmp_path, lambda p: p["compute"].update(total_flops="a lot"))
+    out = tmp_path / "bom.json"
+    assert main(["export", str(audit), "--format", "spdx-3.0.1", "--pubkey", str(keys.public), "--out", str(out)]) == 2
+    assert "predicate.compute.total_flops" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_run_record_of_another_shape_is_read_for_what_it_has(quickstart, keys, tmp_path):
+    def change(predicate):
+        predicate.update(eval=[3.25], energy="2 kWh", compute=None)
+
+    record = resign(quickstart.run_record, keys, tmp_path, change)
+    out = tmp_path / "bom.json"
+    assert main(["export", str(quickstart.audit), "--format", "cyclonedx-1.7", "--pubkey", str(keys.public),
+                 "--run-record", str(record), "--out", str(out)]) == 0
+    card = json.loads(out.read_text())["metadata"]["component"]["modelCard"]
+    assert "quantitativeAnalysis" not in card and "environmentalConsiderations" not in card["considerations"]
