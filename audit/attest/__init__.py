@@ -20,8 +20,9 @@ PREDICATE_APPROVAL = "https://flopgate.dev/attestations/approval/v1"
 PREDICATE_RUN_RECORD = "https://flopgate.dev/attestations/run-record/v1"
 PREDICATE_GENERATION_RECORD = "https://flopgate.dev/attestations/generation-record/v1"
 PREDICATE_EU_DOCUMENTS = "https://flopgate.dev/attestations/eu-documents/v1"
+PREDICATE_EXPORT = "https://flopgate.dev/attestations/export/v1"   # a bill of materials (flopgate export)
 KNOWN_PREDICATE_TYPES = (PREDICATE_AUDIT, PREDICATE_APPROVAL, PREDICATE_RUN_RECORD, PREDICATE_GENERATION_RECORD,
-                         PREDICATE_EU_DOCUMENTS)
+                         PREDICATE_EU_DOCUMENTS, PREDICATE_EXPORT)
 
 VERIFY_FAILED_EXIT = 5
 """Exit code of ``flopgate verify`` (and of anything else) when a verification fails."""

@@ -39,6 +39,7 @@ BUILTIN_COMMANDS = [
     "audit.cli.ledger_cmd",
     "audit.cli.plan_cmd",
     "audit.cli.docs_cmd",
+    "audit.cli.export_cmd",
 ]
 
 

@@ -11,7 +11,7 @@ from keypairs import write_keypair
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples"
 COMMANDS = ["flops", "policy", "policies", "terms", "check", "keygen", "verify", "approve", "report", "ledger", "plan",
-            "distill"]
+            "distill", "export"]
 
 
 @pytest.fixture
