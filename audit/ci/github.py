@@ -1,0 +1,41 @@
+"""GitHub Actions workflow commands: an annotation per reason, on the plan file's line.
+
+``::error`` for DENY, ``::warning`` for REVIEW (and an unmet checkable obligation), ``::notice``
+for other obligations and engine notes. Escaping follows GitHub's runner: in the message ``%``,
+CR and LF are written ``%25``, ``%0D`` and ``%0A``; in a property (file, title) ``:`` and ``,``
+are also written ``%3A`` and ``%2C``, so a value can never end the property list or the command.
+"""
+
+from __future__ import annotations
+
+from audit.ci.results import JudgedPlan
+
+COMMANDS = {"error": "error", "warning": "warning", "note": "notice"}
+
+
+def escape_data(text: str) -> str:
+    """A workflow command's message, escaped."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """A workflow command's property value, escaped."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def annotations(plans: list[JudgedPlan]) -> str:
+    """One line per reason, then one plain summary line per plan."""
+    lines = []
+    for plan in plans:
+        sources = {rule.id: rule.citation.url for rule in plan.rules if rule.citation is not None}
+        for r in plan.results:
+            message = r.message + (f" Source: {sources[r.rule_id]}" if r.rule_id in sources else "")
+            props = {"file": plan.uri(), "line": str(r.line), "col": str(r.column),
+                     "title": f"flopgate {r.rule_id}"}
+            joined = ",".join(f"{k}={escape_property(v)}" for k, v in props.items())
+            lines.append(f"::{COMMANDS[r.level]} {joined}::{escape_data(message)}")
+    for plan in plans:
+        gate = "the training gate would open" if plan.exit_code == 0 else "the training gate stays closed"
+        lines.append(escape_data(f"flopgate: {plan.uri()}: {plan.decision.outcome} for plan "
+                                 f"{plan.plan_name!r}: {gate}"))
+    return "\n".join(lines) + "\n"
