@@ -30,12 +30,12 @@ def annotations(plans: list[JudgedPlan]) -> str:
         sources = {rule.id: rule.citation.url for rule in plan.rules if rule.citation is not None}
         for r in plan.results:
             message = r.message + (f" Source: {sources[r.rule_id]}" if r.rule_id in sources else "")
-            props = {"file": plan.uri(), "line": str(r.line), "col": str(r.column),
+            props = {"file": plan.shown_path(), "line": str(r.line), "col": str(r.column),
                      "title": f"flopgate {r.rule_id}"}
             joined = ",".join(f"{k}={escape_property(v)}" for k, v in props.items())
             lines.append(f"::{COMMANDS[r.level]} {joined}::{escape_data(message)}")
     for plan in plans:
         gate = "the training gate would open" if plan.exit_code == 0 else "the training gate stays closed"
-        lines.append(escape_data(f"flopgate: {plan.uri()}: {plan.decision.outcome} for plan "
+        lines.append(escape_data(f"flopgate: {plan.shown_path()}: {plan.decision.outcome} for plan "
                                  f"{plan.plan_name!r}: {gate}"))
     return "\n".join(lines) + "\n"

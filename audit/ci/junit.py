@@ -24,7 +24,7 @@ def junit_xml(plans: list[JudgedPlan]) -> str:
     root = ET.Element("testsuites", name="flopgate")
     totals = {"tests": 0, "failures": 0}
     for plan in plans:
-        suite = ET.SubElement(root, "testsuite", name=_clean(plan.uri()), errors="0", skipped="0")
+        suite = ET.SubElement(root, "testsuite", name=_clean(plan.shown_path()), errors="0", skipped="0")
         props = ET.SubElement(suite, "properties")
         for name, value in (("outcome", plan.decision.outcome), ("plan_name", plan.plan_name),
                             ("plan_sha256", plan.sha256), ("as_of", plan.decision.as_of.isoformat()),
@@ -32,7 +32,7 @@ def junit_xml(plans: list[JudgedPlan]) -> str:
             ET.SubElement(props, "property", name=name, value=_clean(value))
         failures = 0
         for rule in plan.rules:
-            case = ET.SubElement(suite, "testcase", name=_clean(rule.id), classname=_clean(plan.uri()))
+            case = ET.SubElement(suite, "testcase", name=_clean(rule.id), classname=_clean(plan.shown_path()))
             mine = [r for r in plan.results if r.rule_id == rule.id]
             blocking = [r for r in mine if r.level in ("error", "warning")]
             if blocking:
@@ -40,7 +40,7 @@ def junit_xml(plans: list[JudgedPlan]) -> str:
                 worst = "DENY" if any(r.level == "error" for r in blocking) else "REVIEW"
                 first = blocking[0]
                 failure = ET.SubElement(case, "failure", type=worst, message=_clean(
-                    f"{worst}: {plan.uri()}:{first.line} ({first.field or 'the plan'})"))
+                    f"{worst}: {plan.shown_path()}:{first.line} ({first.field or 'the plan'})"))
                 failure.text = _clean("\n".join([_where(plan, r) + r.message for r in blocking]
                                                  + [citation_text(rule.citation)]))
             notes = [r for r in mine if r.level == "note"]
@@ -60,7 +60,7 @@ def junit_xml(plans: list[JudgedPlan]) -> str:
 
 
 def _where(plan: JudgedPlan, result) -> str:
-    return f"{plan.uri()}:{result.line}:{result.column} ({result.field or 'the plan'}): "
+    return f"{plan.shown_path()}:{result.line}:{result.column} ({result.field or 'the plan'}): "
 
 
 def _clean(text: str) -> str:

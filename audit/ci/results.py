@@ -65,9 +65,9 @@ class JudgedPlan:
     rules: tuple[Rule, ...]      # every rule applied, in decision order
     positions: dict[str, tuple[int, int]]  # plan field -> (line, column), from the same bytes
 
-    def uri(self) -> str:
-        """The plan as a SARIF/annotation path: relative and with ``/``, as a repository knows it."""
-        return artifact_uri(self.path)
+    def shown_path(self) -> str:
+        """The plan's path as annotations and reports show it: relative, with ``/``."""
+        return repo_path(self.path)
 
 
 def judge(path: str, raw: bytes, sha256: str, plan_name: str, student_init: str, decision: Decision,
@@ -132,7 +132,7 @@ def _rules(decision: Decision, packs: PolicySet) -> list[Rule]:
     return list(rules.values())
 
 
-def artifact_uri(path: str) -> str:
+def repo_path(path: str) -> str:
     """``path`` relative to the working directory when it lies under it (CI checks out the
     repository there), with ``/`` separators; an outside path stays absolute."""
     given = Path(path)
@@ -142,6 +142,15 @@ def artifact_uri(path: str) -> str:
         except ValueError:
             return given.as_posix()
     return given.as_posix()
+
+
+def artifact_uri(path: str) -> str:
+    """:func:`repo_path` as a URI reference (SARIF ``artifactLocation.uri``): percent-encoded,
+    and an absolute path as a ``file://`` URI."""
+    from urllib.parse import quote
+
+    shown = repo_path(path)
+    return Path(shown).as_uri() if Path(shown).is_absolute() else quote(shown, safe="/")
 
 
 def all_rules(plans: list[JudgedPlan]) -> list[Rule]:

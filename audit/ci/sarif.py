@@ -10,7 +10,7 @@ Unicode code points (``run.columnKind``), as the YAML parser does.
 from __future__ import annotations
 
 from audit import __version__
-from audit.ci.results import JudgedPlan, all_rules, citation_text
+from audit.ci.results import JudgedPlan, all_rules, artifact_uri, citation_text
 
 SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 
@@ -19,7 +19,7 @@ def sarif_log(plans: list[JudgedPlan], exit_code: int) -> dict:
     """One SARIF log with one run over every plan in ``plans``; ``exit_code``: the command's."""
     rules = all_rules(plans)
     index = {rule.id: i for i, rule in enumerate(rules)}
-    artifacts = [{"location": {"uri": plan.uri()}, "hashes": {"sha-256": plan.sha256},
+    artifacts = [{"location": {"uri": artifact_uri(plan.path)}, "hashes": {"sha-256": plan.sha256},
                   "roles": ["analysisTarget"]} for plan in plans]
     results = []
     for artifact_index, plan in enumerate(plans):
@@ -41,7 +41,7 @@ def sarif_log(plans: list[JudgedPlan], exit_code: int) -> dict:
         "artifacts": artifacts,
         "invocations": [{"executionSuccessful": True, "exitCode": exit_code}],
         "results": results,
-        "properties": {"plans": [{"uri": plan.uri(), "name": plan.plan_name, "outcome": plan.decision.outcome,
+        "properties": {"plans": [{"uri": artifact_uri(plan.path), "name": plan.plan_name, "outcome": plan.decision.outcome,
                                   "asOf": plan.decision.as_of.isoformat(), "exitCode": plan.exit_code}
                                  for plan in plans]},
     }
@@ -62,7 +62,7 @@ def _rule(rule) -> dict:
 
 
 def _location(plan: JudgedPlan, artifact_index: int, line: int, column: int) -> dict:
-    return {"physicalLocation": {"artifactLocation": {"uri": plan.uri(), "index": artifact_index},
+    return {"physicalLocation": {"artifactLocation": {"uri": artifact_uri(plan.path), "index": artifact_index},
                                  "region": {"startLine": line, "startColumn": column}}}
 
 

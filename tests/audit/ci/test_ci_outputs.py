@@ -354,3 +354,15 @@ def test_a_pack_changed_since_the_decision_is_refused(plans):
     forged = decision.model_copy(update={"packs": [{**decision.packs[0], "sha256": "0" * 64}] + decision.packs[1:]})
     with pytest.raises(InputError, match="policy pack changed"):
         packs_as_judged([], forged)
+
+
+def test_a_path_with_a_space_is_a_uri_in_sarif_and_a_path_in_annotations(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = write_plan(tmp_path / "my plans", "deny.yaml", teacher="gpt-4o", access="api", scope="general",
+                      distribution="internal")
+    code, out, _ = run(capsys, "policy", plan, "--format", "sarif")
+    assert code == 4
+    log = valid_sarif(out)
+    assert log["runs"][0]["artifacts"][0]["location"]["uri"] == "my%20plans/deny.yaml"
+    code, out, _ = run(capsys, "policy", plan, "--format", "github")
+    assert "::error file=my plans/deny.yaml,line=" in out
