@@ -13,17 +13,28 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from audit.ci.results import JudgedPlan, citation_text
+from audit.ci.results import INVALID_PLAN, JudgedPlan, UnreadablePlan, citation_text
 
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 """Characters XML 1.0 cannot hold at all (control characters): written as U+FFFD."""
 
 
-def junit_xml(plans: list[JudgedPlan]) -> str:
-    """The report as a UTF-8 XML document (text, with its declaration)."""
+def junit_xml(plans: list[JudgedPlan | UnreadablePlan]) -> str:
+    """The report as a UTF-8 XML document (text, with its declaration). A plan that could not
+    be judged is a suite with one erroring case (``flopgate.invalid-plan``)."""
     root = ET.Element("testsuites", name="flopgate")
-    totals = {"tests": 0, "failures": 0}
+    totals = {"tests": 0, "failures": 0, "errors": 0}
     for plan in plans:
+        if isinstance(plan, UnreadablePlan):
+            suite = ET.SubElement(root, "testsuite", name=_clean(plan.shown_path()), tests="1", failures="0",
+                                  errors="1", skipped="0")
+            case = ET.SubElement(suite, "testcase", name=INVALID_PLAN, classname=_clean(plan.shown_path()))
+            error = ET.SubElement(case, "error", type="InputError", message=_clean(
+                f"{plan.shown_path()}:{plan.line} ({plan.field or 'the plan'}): bad input"))
+            error.text = _clean(plan.message)
+            totals["tests"] += 1
+            totals["errors"] += 1
+            continue
         suite = ET.SubElement(root, "testsuite", name=_clean(plan.shown_path()), errors="0", skipped="0")
         props = ET.SubElement(suite, "properties")
         for name, value in (("outcome", plan.decision.outcome), ("plan_name", plan.plan_name),
@@ -53,7 +64,7 @@ def junit_xml(plans: list[JudgedPlan]) -> str:
         totals["failures"] += failures
     root.set("tests", str(totals["tests"]))
     root.set("failures", str(totals["failures"]))
-    root.set("errors", "0")
+    root.set("errors", str(totals["errors"]))
     root.set("skipped", "0")
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

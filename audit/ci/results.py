@@ -157,6 +157,10 @@ def all_rules(plans: list[JudgedPlan]) -> list[Rule]:
     """The rules of every plan, once each, in first-seen order."""
     seen: dict[str, Rule] = {}
     for plan in plans:
+        if isinstance(plan, UnreadablePlan):
+            seen.setdefault(INVALID_PLAN, Rule(INVALID_PLAN, "", "engine", "The plan could not be read or judged "
+                                               "(bad input: exit 2); the message names the field.", None))
+            continue
         for rule in plan.rules:
             seen.setdefault(rule.id, rule)
     return list(seen.values())
@@ -170,15 +174,66 @@ def citation_text(citation: Citation | None) -> str:
             f"{citation.evidence}). Quote: \"{citation.quote}\"")
 
 
+def read_plan_bytes(path: str) -> bytes:
+    """The plan's bytes, read once as :func:`audit.plan.load_plan` reads them."""
+    from audit.fsutil import read_input
+    from audit.limits import MAX_SMALL_FILE_BYTES
+
+    return read_input(path, "plan", max_bytes=MAX_SMALL_FILE_BYTES)
+
+
 def read_plan(path: str):
     """``(LoadedPlan, bytes)``: the plan loaded from the bytes read here, once, so that its
     lines can be placed in exactly what was judged."""
-    from audit.fsutil import read_input
-    from audit.limits import MAX_SMALL_FILE_BYTES
     from audit.plan import load_plan
 
-    raw = read_input(path, "plan", max_bytes=MAX_SMALL_FILE_BYTES)  # as load_plan reads it
+    raw = read_plan_bytes(path)
     return load_plan(path, raw), raw
+
+
+INVALID_PLAN = "flopgate.invalid-plan"
+"""The rule id CI outputs give a plan that could not be judged (bad input, exit 2)."""
+
+
+@dataclass(frozen=True)
+class UnreadablePlan:
+    """A plan that could not be judged: its one-line error, at the line of the field it names
+    when the error is about the plan itself (else line 1)."""
+
+    path: str
+    message: str
+    field: str | None
+    line: int
+    column: int
+    exit_code: int
+    sha256: str | None           # of the bytes read, when they could be read
+
+    def shown_path(self) -> str:
+        return repo_path(self.path)
+
+
+def unreadable(path: str, exc, raw: bytes | None) -> UnreadablePlan:
+    """``exc`` (a :class:`audit.errors.FlopgateError` raised reading or judging the plan at
+    ``path``, whose bytes ``raw`` were read or not) placed at a line of the plan."""
+    import re
+
+    from audit.errors import FlopgateError
+    from audit.fsutil import sha256_bytes
+
+    source, field = getattr(exc, "source", None), getattr(exc, "field", None)
+    about_plan = source is not None and Path(source).resolve() == Path(path).resolve()
+    line = column = 1
+    mark = re.fullmatch(r"line (\d+), column (\d+)", field or "")
+    if about_plan and mark:
+        line, column = int(mark[1]), int(mark[2])
+    elif about_plan and field and raw is not None:
+        try:
+            positions = field_positions(raw.decode("utf-8"), path)
+        except (FlopgateError, UnicodeDecodeError):
+            positions = {}
+        _, line, column = locate([field], positions)
+    return UnreadablePlan(path, str(exc), field if about_plan else None, line, column, exc.exit_code,
+                          sha256_bytes(raw) if raw is not None else None)
 
 
 def packs_as_judged(policy_dirs: list[Path], decision: Decision) -> PolicySet:

@@ -10,19 +10,38 @@ Unicode code points (``run.columnKind``), as the YAML parser does.
 from __future__ import annotations
 
 from audit import __version__
-from audit.ci.results import JudgedPlan, all_rules, artifact_uri, citation_text
+from audit.ci.results import (
+    INVALID_PLAN,
+    JudgedPlan,
+    UnreadablePlan,
+    all_rules,
+    artifact_uri,
+    citation_text,
+)
 
 SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 
 
-def sarif_log(plans: list[JudgedPlan], exit_code: int) -> dict:
-    """One SARIF log with one run over every plan in ``plans``; ``exit_code``: the command's."""
+def sarif_log(plans: list[JudgedPlan | UnreadablePlan], exit_code: int) -> dict:
+    """One SARIF log with one run over every plan in ``plans``; ``exit_code``: the command's. A
+    plan that could not be judged is one ``error`` result (rule ``flopgate.invalid-plan``) at the
+    line of the field its error names."""
     rules = all_rules(plans)
     index = {rule.id: i for i, rule in enumerate(rules)}
-    artifacts = [{"location": {"uri": artifact_uri(plan.path)}, "hashes": {"sha-256": plan.sha256},
-                  "roles": ["analysisTarget"]} for plan in plans]
+    artifacts = []
+    for plan in plans:
+        artifact = {"location": {"uri": artifact_uri(plan.path)}, "roles": ["analysisTarget"]}
+        if plan.sha256:
+            artifact["hashes"] = {"sha-256": plan.sha256}
+        artifacts.append(artifact)
     results = []
     for artifact_index, plan in enumerate(plans):
+        if isinstance(plan, UnreadablePlan):
+            results.append({"ruleId": INVALID_PLAN, "ruleIndex": index[INVALID_PLAN], "level": "error",
+                            "message": {"text": plan.message},
+                            "locations": [_location(plan, artifact_index, plan.line, plan.column)],
+                            "properties": {"field": plan.field, "exitCode": plan.exit_code}})
+            continue
         for r in plan.results:
             result = {
                 "ruleId": r.rule_id, "ruleIndex": index[r.rule_id], "level": r.level,
@@ -41,11 +60,16 @@ def sarif_log(plans: list[JudgedPlan], exit_code: int) -> dict:
         "artifacts": artifacts,
         "invocations": [{"executionSuccessful": True, "exitCode": exit_code}],
         "results": results,
-        "properties": {"plans": [{"uri": artifact_uri(plan.path), "name": plan.plan_name, "outcome": plan.decision.outcome,
-                                  "asOf": plan.decision.as_of.isoformat(), "exitCode": plan.exit_code}
-                                 for plan in plans]},
+        "properties": {"plans": [_plan_summary(plan) for plan in plans]},
     }
     return {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [run]}
+
+
+def _plan_summary(plan) -> dict:
+    if isinstance(plan, UnreadablePlan):
+        return {"uri": artifact_uri(plan.path), "outcome": None, "exitCode": plan.exit_code}
+    return {"uri": artifact_uri(plan.path), "name": plan.plan_name, "outcome": plan.decision.outcome,
+            "asOf": plan.decision.as_of.isoformat(), "exitCode": plan.exit_code}
 
 
 def _rule(rule) -> dict:

@@ -43,7 +43,6 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
     from audit.check import check_out_dir, run_audit
-    from audit.ci.results import read_plan
     from audit.cli.args import output_format
     from audit.compute.run_budget import meter_figures
     from audit.ledger.store import record_event
@@ -52,7 +51,9 @@ def run(args) -> int:
 
     out = console()
     fmt = output_format(args)
-    loaded, raw = read_plan(args.plan)  # a bad plan or --out is one line, before any key is made
+    loaded, raw = _read_plan(args.plan, fmt)  # a bad plan or --out is one line, before any key is made
+    if loaded is None:
+        return raw
     check_out_dir(Path(args.out), replace=args.replace)
     if args.key:
         private_key = load_private_key(args.key)
@@ -88,6 +89,26 @@ def run(args) -> int:
                        result.decision, packs, code)
         sys.stdout.write(render(fmt, [judged], code))
     return code
+
+
+def _read_plan(path: str, fmt: str):
+    """``(LoadedPlan, bytes)``; in a CI format a plan that does not read is also printed as an
+    error at its field, and ``(None, exit code)`` comes back (other formats: the error is raised)."""
+    from audit.ci import FORMATS, render
+    from audit.ci.results import read_plan_bytes, unreadable
+    from audit.errors import FlopgateError
+    from audit.plan import load_plan
+
+    raw = None
+    try:
+        raw = read_plan_bytes(path)
+        return load_plan(path, raw), raw
+    except FlopgateError as exc:
+        if fmt not in FORMATS:
+            raise
+        print(f"flopgate: error: {exc}", file=sys.stderr)
+        sys.stdout.write(render(fmt, [unreadable(path, exc, raw)], exc.exit_code))
+        return None, exc.exit_code
 
 
 def _print_verdict(out, result) -> None:

@@ -68,24 +68,30 @@ def run(args) -> int:
 
     from audit.check import assess
     from audit.ci import FORMATS, render
-    from audit.ci.results import judge, read_plan
+    from audit.ci.results import judge, read_plan_bytes, unreadable
     from audit.cli.args import output_format
     from audit.cli.terminal import print_json
     from audit.errors import FlopgateError
+    from audit.plan import load_plan
     from audit.policy.engine import exit_code
 
     fmt = output_format(args)
     several = len(args.plan) > 1
     shown, codes = [], []
     for path in args.plan:
+        raw = None
         try:
-            loaded, raw = read_plan(path)
+            raw = read_plan_bytes(path)
+            loaded = load_plan(path, raw)
             found = assess(loaded, [Path(d) for d in args.policies], args.as_of, use_cache=not args.no_cache)
         except FlopgateError as exc:
-            if not several:
+            if not several and fmt not in FORMATS:
                 raise
-            print(f"flopgate: error: {exc}", file=sys.stderr)  # one bad plan does not hide the others
+            # one bad plan does not hide the others; in CI formats it is a result at its field
+            print(f"flopgate: error: {exc}", file=sys.stderr)
             codes.append(exc.exit_code)
+            if fmt in FORMATS:
+                shown.append(unreadable(path, exc, raw))
             continue
         decision, plan = found.decision, found.plan
         codes.append(exit_code(decision))

@@ -319,7 +319,12 @@ def test_several_plans_one_bad_the_others_are_still_decided(plans, tmp_path, cap
     assert code == 2                                  # the bad plan's code is the highest here
     assert "bad.yaml" in err and err.count("flopgate: error:") == 1
     log = valid_sarif(out)
-    assert [a["location"]["uri"].rsplit("/", 1)[-1] for a in log["runs"][0]["artifacts"]] == ["obligations.yaml"]
+    assert [a["location"]["uri"].rsplit("/", 1)[-1] for a in log["runs"][0]["artifacts"]] == [
+        "obligations.yaml", "bad.yaml"]
+    assert log["runs"][0]["properties"]["plans"][0]["outcome"] == "ALLOW_WITH_OBLIGATIONS"
+    invalid = results_by_rule(log)["flopgate.invalid-plan"]
+    assert [r["level"] for r in invalid] == ["error"] and invalid[0]["locations"][0]["physicalLocation"][
+        "artifactLocation"]["index"] == 1
     code, out, _ = run(capsys, "policy", plans["review"], plans["obligations"], "--json")
     assert code == 3
     assert [d["outcome"] for d in json.loads(out)] == ["REVIEW", "ALLOW_WITH_OBLIGATIONS"]
@@ -366,3 +371,31 @@ def test_a_path_with_a_space_is_a_uri_in_sarif_and_a_path_in_annotations(tmp_pat
     assert log["runs"][0]["artifacts"][0]["location"]["uri"] == "my%20plans/deny.yaml"
     code, out, _ = run(capsys, "policy", plan, "--format", "github")
     assert "::error file=my plans/deny.yaml,line=" in out
+
+
+def test_a_plan_that_does_not_read_is_an_error_at_its_field_in_every_ci_format(plans, tmp_path, capsys):
+    plan = plans["deny"]
+    plan.write_text(plan.read_text().replace("scope: general", "scope: wide"))
+    line = line_of(plan, "scope: wide")
+    code, out, err = run(capsys, "policy", plan, "--format", "github")
+    assert code == 2 and "use.scope" in err
+    assert out.splitlines()[0].startswith(f"::error file={plan.as_posix()},line={line},col=3,"
+                                          "title=flopgate flopgate.invalid-plan::")
+    code, out, _ = run(capsys, "policy", plan, "--format", "sarif")
+    (result,) = valid_sarif(out)["runs"][0]["results"]
+    assert code == 2 and result["level"] == "error" and region(result) == (line, 3)
+    code, out, _ = run(capsys, "check", plan, "--out", tmp_path / "audit", "--format", "junit")
+    assert code == 2 and not (tmp_path / "audit").exists()     # nothing signed or written
+    root = ET.fromstring(out.encode())
+    assert root.get("errors") == "1" and root.get("tests") == "1"
+    error = root.find("testsuite/testcase/error")
+    assert error.get("type") == "InputError" and f":{line} (use.scope)" in error.get("message")
+    # a YAML syntax error names its line and column; a missing file points at line 1
+    plan.write_text("plan_version: 1\nname: [unclosed\n")
+    code, out, _ = run(capsys, "policy", plan, "--format", "sarif")
+    (result,) = valid_sarif(out)["runs"][0]["results"]
+    assert code == 2 and region(result)[0] == 3
+    code, out, _ = run(capsys, "policy", tmp_path / "missing.yaml", "--format", "sarif")
+    (result,) = valid_sarif(out)["runs"][0]["results"]
+    assert code == 2 and region(result) == (1, 1)
+    assert "hashes" not in valid_sarif(out)["runs"][0]["artifacts"][0]   # nothing was read
