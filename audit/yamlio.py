@@ -152,10 +152,8 @@ def field_positions(text: str, source: str) -> dict[str, tuple[int, int]]:
     while stack:  # iterative: deep block nesting cannot exhaust the recursion limit here
         path, node = stack.pop()
         if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str":
-                    continue
-                child = f"{path}.{key.value}" if path else key.value
+            for name, (key, value) in _mapping_keys(node).items():
+                child = f"{path}.{name}" if path else name
                 if child not in found:
                     found[child] = (key.start_mark.line + 1, key.start_mark.column + 1)
                     stack.append((child, value))
@@ -166,3 +164,20 @@ def field_positions(text: str, source: str) -> dict[str, tuple[int, int]]:
                     found[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
                     stack.append((child, item))
     return found
+
+
+def _mapping_keys(node) -> dict:
+    """``{key: (key node, value node)}`` of a mapping as the loader reads it: of two equal keys
+    the last wins, and keys merged in with ``<<`` count only where the mapping does not write
+    them itself (they keep the position where they are written)."""
+    own: dict = {}
+    merged: dict = {}
+    for key, value in node.value:
+        if key.tag == "tag:yaml.org,2002:merge":
+            sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            for source in reversed(sources):  # the first mapping listed wins
+                if isinstance(source, yaml.MappingNode):
+                    merged.update(_mapping_keys(source))
+        elif isinstance(key, yaml.ScalarNode) and key.tag == "tag:yaml.org,2002:str":
+            own[key.value] = (key, value)  # a repeated key: the last one, as the loader keeps it
+    return {**merged, **own}

@@ -121,3 +121,20 @@ def test_locate_prefers_a_written_field_then_the_parent_then_line_one():
     assert locate(["teacher.host"], pos) == ("teacher", 3, 1)
     assert locate(["use.scope"], pos) == (None, 1, 1)
     assert locate([], pos) == (None, 1, 1)
+
+
+def test_a_repeated_key_points_where_the_loader_took_its_value():
+    """PyYAML keeps the last of two equal keys; pointing at the first would show a reviewer the
+    line whose value was NOT judged."""
+    from audit.yamlio import load_yaml_text
+
+    text = "use:\n  scope: narrow\n  distribution: internal\n  scope: general\n"
+    assert load_yaml_text(text, "plan.yaml")["use"]["scope"] == "general"
+    assert field_positions(text, "plan.yaml")["use.scope"] == (4, 3)
+
+
+def test_merged_keys_point_at_the_mapping_they_come_from_unless_written_here():
+    text = "base: &b {scope: narrow, distribution: api}\nuse:\n  <<: *b\n  distribution: internal\n"
+    pos = field_positions(text, "plan.yaml")
+    assert pos["use.distribution"] == (4, 3)
+    assert pos["use.scope"] == (1, 11)
