@@ -93,10 +93,12 @@ def judge(path: str, raw: bytes, sha256: str, plan_name: str, student_init: str,
         if level is None:
             continue
         add(f.rule_id, level, _finding_text(f), finding_fields(f, packs, student_init), f.effect)
+    observed = {f.rule_id: f.observed for f in decision.findings if f.effect == "obligation" and f.observed}
     for o in decision.obligations:
         level = "warning" if o.checkable and o.status == "unmet" else "note"
         deadline = f" (deadline: {o.deadline})" if o.deadline else ""
-        add(o.rule_id, level, f"Obligation {o.id} ({o.status}): {o.text}{deadline}",
+        seen = f" Observed: {observed[o.rule_id]}." if o.rule_id in observed else ""
+        add(o.rule_id, level, f"Obligation {o.id} ({o.status}): {o.text}{deadline}{seen}",
             rule_fields(o.rule_id, packs, student_init), "obligation")
     results.sort(key=lambda r: (LEVEL_ORDER[r.level], r.line, r.column, r.rule_id))
     return JudgedPlan(path, sha256, plan_name, decision, exit_code, tuple(results),
