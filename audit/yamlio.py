@@ -130,3 +130,54 @@ def load_yaml_file(path: str | Path) -> Any:
     from audit.fsutil import decode_utf8, read_input
 
     return load_yaml_text(decode_utf8(read_input(path), path), str(path))
+
+
+def field_positions(text: str, source: str) -> dict[str, tuple[int, int]]:
+    """Where each field of a YAML document is written: ``{"teacher.model": (line, column)}``,
+    1-based, at the field's key (``organization.jurisdictions[0]`` at a list item). Built from
+    the node tree of ``text`` (the same text a loader parsed: call it with the bytes that were
+    hashed, never a second read of the file); keys that are not plain strings are left out, and
+    an alias shares the position of the value it names. Errors as :func:`load_yaml_text`."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
+        raise InputError(f"invalid YAML ({getattr(exc, 'problem', None) or exc})", source=source,
+                         field=where) from None
+    except RecursionError:
+        raise InputError("invalid YAML (nesting too deep)", source=source) from None
+    found: dict[str, tuple[int, int]] = {}
+    stack = [("", root)] if root is not None else []
+    while stack:  # iterative: deep block nesting cannot exhaust the recursion limit here
+        path, node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for name, (key, value) in _mapping_keys(node).items():
+                child = f"{path}.{name}" if path else name
+                if child not in found:
+                    found[child] = (key.start_mark.line + 1, key.start_mark.column + 1)
+                    stack.append((child, value))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = f"{path}[{index}]"
+                if child not in found:
+                    found[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
+                    stack.append((child, item))
+    return found
+
+
+def _mapping_keys(node) -> dict:
+    """``{key: (key node, value node)}`` of a mapping as the loader reads it: of two equal keys
+    the last wins, and keys merged in with ``<<`` count only where the mapping does not write
+    them itself (they keep the position where they are written)."""
+    own: dict = {}
+    merged: dict = {}
+    for key, value in node.value:
+        if key.tag == "tag:yaml.org,2002:merge":
+            sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            for source in reversed(sources):  # the first mapping listed wins
+                if isinstance(source, yaml.MappingNode):
+                    merged.update(_mapping_keys(source))
+        elif isinstance(key, yaml.ScalarNode) and key.tag == "tag:yaml.org,2002:str":
+            own[key.value] = (key, value)  # a repeated key: the last one, as the loader keeps it
+    return {**merged, **own}

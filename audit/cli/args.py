@@ -57,3 +57,24 @@ def positive(kind=float, maximum: float | None = None):
         return kind(value)
 
     return parse
+
+
+OUTPUT_FORMATS = ("table", "json", "sarif", "junit", "github")
+
+
+def add_format_option(parser: argparse.ArgumentParser) -> None:
+    """``--format table|json|sarif|junit|github`` beside the older ``--json`` (= ``--format json``);
+    read it with :func:`output_format`."""
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
+                        help="what to print: table (default), json (as --json), sarif (SARIF 2.1.0 for code "
+                             "scanning), junit (JUnit XML), github (GitHub Actions annotations); the exit code "
+                             "is the same in every format")
+
+
+def output_format(args) -> str:
+    """The format asked for; ``--json`` with another ``--format`` is a usage error (exit 2)."""
+    from audit.errors import InputError
+
+    if args.json and args.format not in (None, "json"):
+        raise InputError(f"give --json or --format {args.format}, not both", field="--format")
+    return "json" if args.json else (args.format or "table")

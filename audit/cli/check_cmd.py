@@ -2,7 +2,9 @@
 
 Writes ``audit.intoto.json`` (DSSE envelope), ``audit.json`` and ``audit.html`` to ``--out``.
 Exit codes: 0 the gate would open, 3 REVIEW (or an unmet checkable obligation), 4 DENY,
-2 invalid input, 1 unexpected error.
+2 invalid input, 1 unexpected error. ``--format sarif|junit|github`` prints the decision for CI
+(SARIF 2.1.0, JUnit XML, GitHub annotations at the plan's lines; see docs/ci.md); the audit is
+written and signed all the same, and the exit code does not change.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from audit.cli.args import add_ledger_option, help_text, iso_date
+from audit.cli.args import add_format_option, add_ledger_option, help_text, iso_date
 from audit.cli.terminal import console, first_sentence, hardware_line
 from audit.numbers import percent, sci
 from audit.policy.decision import regime_figures
@@ -30,6 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--as-of", type=iso_date, help="apply the rules as of this date (default: the later of the "
                    "plan's start and today; an earlier date makes a historical audit, which the gate refuses)")
     p.add_argument("--json", action="store_true", help="print the signed payload's predicate as JSON")
+    add_format_option(p)
     p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
     add_ledger_option(p)
     p.add_argument("--replace", action="store_true", help="when --out already holds an audit, keep it under a "
@@ -40,14 +43,17 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from audit.attest.keys import ensure_default_key, key_id, load_private_key, short_fingerprint
     from audit.check import check_out_dir, run_audit
+    from audit.cli.args import output_format
     from audit.compute.run_budget import meter_figures
     from audit.ledger.store import record_event
-    from audit.plan import load_plan
     from audit.cli.terminal import print_json
     from audit.policy.engine import exit_code
 
     out = console()
-    loaded = load_plan(args.plan)  # a bad plan or --out is one line, before any key is made
+    fmt = output_format(args)
+    loaded, raw = _read_plan(args.plan, fmt)  # a bad plan or --out is one line, before any key is made
+    if loaded is None:
+        return raw
     check_out_dir(Path(args.out), replace=args.replace)
     if args.key:
         private_key = load_private_key(args.key)
@@ -69,11 +75,40 @@ def run(args) -> int:
         "budget_flops": budget, "signer": result.signer_keyid}, private_key, args.ledger)
     if warning:
         print(warning, file=sys.stderr)
-    if args.json:
+    code = exit_code(result.decision)
+    if fmt == "json":
         print_json(result.predicate)
-    else:
+    elif fmt == "table":
         _print_verdict(out, result)
-    return exit_code(result.decision)
+    else:
+        from audit.ci import render
+        from audit.ci.results import judge, packs_as_judged
+
+        packs = packs_as_judged([Path(d) for d in args.policies], result.decision)
+        judged = judge(args.plan, raw, loaded.sha256, result.predicate["plan"]["name"], loaded.plan.student.init,
+                       result.decision, packs, code)
+        sys.stdout.write(render(fmt, [judged], code))
+    return code
+
+
+def _read_plan(path: str, fmt: str):
+    """``(LoadedPlan, bytes)``; in a CI format a plan that does not read is also printed as an
+    error at its field, and ``(None, exit code)`` comes back (other formats: the error is raised)."""
+    from audit.ci import FORMATS, render
+    from audit.ci.results import read_plan_bytes, unreadable
+    from audit.errors import FlopgateError
+    from audit.plan import load_plan
+
+    raw = None
+    try:
+        raw = read_plan_bytes(path)
+        return load_plan(path, raw), raw
+    except FlopgateError as exc:
+        if fmt not in FORMATS:
+            raise
+        print(f"flopgate: error: {exc}", file=sys.stderr)
+        sys.stdout.write(render(fmt, [unreadable(path, exc, raw)], exc.exit_code))
+        return None, exc.exit_code
 
 
 def _print_verdict(out, result) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audit.cli.args import iso_date
+from audit.cli.args import add_format_option, iso_date
 from audit.numbers import counted
 from audit.policy.decision import regime_figures
 
@@ -14,7 +14,8 @@ _SINGULAR = {"regimes": "regime", "terms": "terms", "teachers": "teacher", "rule
 POLICY_HELP = """Decide a plan against the policy packs, without signing (flopgate check signs).
 
 Exit codes: 0 the gate would open, 3 REVIEW (or an unmet checkable obligation), 4 DENY,
-2 invalid input."""
+2 invalid input. Several plans: each is decided (a bad one is reported and the others go on),
+and the exit code is the highest of theirs; --json then prints a list, one entry per plan."""
 TERMS_HELP = """What governs a teacher (HF repo id, API model name or local model directory) and why:
 its teacher entry, the terms documents and every clause with its source."""
 
@@ -22,8 +23,9 @@ its teacher entry, the terms documents and every clause with its source."""
 def register(subparsers) -> None:
     p = subparsers.add_parser("policy", help="decide a plan against the policy packs (no signing)",
                               description=POLICY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("plan", help="the plan file (YAML)")
+    p.add_argument("plan", nargs="+", help="the plan file (YAML); several may be given (pre-commit does)")
     _common(p)
+    add_format_option(p)
     p.add_argument("--as-of", type=iso_date, help="apply the rules as of this date (default: the later of the plan's start and today)")
     p.add_argument("--no-cache", action="store_true", help="recount instead of using cached per-token counts")
     p.set_defaults(func=run)
@@ -62,20 +64,50 @@ def _packs(args):
 # -- flopgate policy ----------------------------------------------------------------------------
 
 def run(args) -> int:
+    import sys
+
     from audit.check import assess
+    from audit.ci import FORMATS, render
+    from audit.ci.results import judge, read_plan_bytes, unreadable
+    from audit.cli.args import output_format
+    from audit.cli.terminal import print_json
+    from audit.errors import FlopgateError
     from audit.plan import load_plan
     from audit.policy.engine import exit_code
 
-    found = assess(load_plan(args.plan), [Path(d) for d in args.policies], args.as_of,
-                   use_cache=not args.no_cache)
-    decision, plan = found.decision, found.plan
-    if args.json:
-        from audit.cli.terminal import print_json
-
-        print_json(decision_json(decision))
-    else:
-        print_decision(decision, plan.name)
-    return exit_code(decision)
+    fmt = output_format(args)
+    several = len(args.plan) > 1
+    shown, codes = [], []
+    for path in args.plan:
+        raw = None
+        try:
+            raw = read_plan_bytes(path)
+            loaded = load_plan(path, raw)
+            found = assess(loaded, [Path(d) for d in args.policies], args.as_of, use_cache=not args.no_cache)
+        except FlopgateError as exc:
+            if not several and fmt not in FORMATS:
+                raise
+            # one bad plan does not hide the others; in CI formats it is a result at its field
+            print(f"flopgate: error: {exc}", file=sys.stderr)
+            codes.append(exc.exit_code)
+            if fmt in FORMATS:
+                shown.append(unreadable(path, exc, raw))
+            continue
+        decision, plan = found.decision, found.plan
+        codes.append(exit_code(decision))
+        if fmt == "table":
+            print_decision(decision, plan.name, path if several else None)
+        elif fmt == "json":
+            shown.append({"plan": path, **decision_json(decision)} if several else decision_json(decision))
+        else:
+            shown.append(judge(path, raw, loaded.sha256, plan.name, plan.student.init, decision, found.packs,
+                               codes[-1]))
+    code = max(codes)
+    if fmt == "json":
+        print_json(shown if several else shown[0])
+    elif fmt in FORMATS:
+        sys.stdout.write(render(fmt, shown, code))
+    return code
 
 
 def decision_json(decision) -> dict:
@@ -89,7 +121,7 @@ def decision_json(decision) -> dict:
     return data
 
 
-def print_decision(decision, plan_name: str) -> None:
+def print_decision(decision, plan_name: str, path: str | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -97,6 +129,8 @@ def print_decision(decision, plan_name: str) -> None:
     from audit.policy.engine import gate_would_open
 
     out = console()
+    if path is not None:  # several plans: say which file each decision is about
+        out.print(escape(f"== {path}"), style="bold")
     colour = {"ALLOW": "green", "ALLOW_WITH_OBLIGATIONS": "green", "REVIEW": "yellow", "DENY": "red"}[decision.outcome]
     gate = "the training gate would open" if gate_would_open(decision) else "the training gate stays closed"
     out.print(f"[bold {colour}]{decision.outcome}[/bold {colour}] for plan {escape(repr(plan_name))} "

@@ -1,0 +1,102 @@
+"""The ready-made integrations: the pre-commit hooks file parses and its entry decides plans
+(run as pre-commit would, with several files), and the GitHub Actions workflow in docs/ci.md
+parses and has the steps it promises."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+HOOKS = ROOT / ".pre-commit-hooks.yaml"
+DOC = ROOT / "docs" / "ci.md"
+
+
+def hooks() -> list[dict]:
+    data = yaml.safe_load(HOOKS.read_text(encoding="utf-8"))
+    assert isinstance(data, list) and data
+    return data
+
+
+def test_the_hooks_file_has_what_pre_commit_needs():
+    ids = [h["id"] for h in hooks()]
+    assert ids == ["flopgate-policy", "flopgate-policy-system"]
+    for hook in hooks():
+        assert {"id", "name", "entry", "language"} <= set(hook)
+        assert hook["language"] in ("python", "system")
+        assert shlex.split(hook["entry"])[:2] == ["flopgate", "policy"]
+        assert hook.get("pass_filenames", True) is True          # the changed files are the arguments
+        pattern = re.compile(hook["files"])
+        for path in ("plans/acme.yaml", "ml/plans/a/b.yml", "flopgate.yaml", "configs/flopgate-kd.yml",
+                     "run.plan.yaml"):
+            assert pattern.search(path), path
+        for path in ("docs/ci.yaml", ".pre-commit-config.yaml", "plans/readme.md", "plan.yaml.bak"):
+            assert not pattern.search(path), path
+
+
+@pytest.mark.slow
+def test_the_hook_entry_decides_several_plans_and_fails_on_review(tmp_path):
+    """pre-commit runs ``entry`` followed by the changed files; the console script is replaced by
+    ``python -m audit.cli.main`` (the installed one may be another checkout)."""
+    entry = shlex.split(hooks()[0]["entry"])
+    command = [sys.executable, "-m", "audit.cli.main", *entry[1:]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLOPGATE_CACHE_DIR": str(tmp_path / "cache")}
+    allowed = ["examples/moe-teacher.yaml", "examples/base-init-student.yaml"]
+    done = subprocess.run(command + allowed, check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "== examples/moe-teacher.yaml" in done.stdout and "== examples/base-init-student.yaml" in done.stdout
+    done = subprocess.run(command + allowed + ["examples/api-teacher.yaml"], check=False, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stderr
+    assert "REVIEW" in done.stdout
+
+
+def workflow() -> dict:
+    """The YAML block under the GitHub Actions heading of docs/ci.md."""
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("## GitHub Actions"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert block, "no yaml block under the GitHub Actions heading"
+    return yaml.safe_load(block.group(1))
+
+
+def test_the_documented_workflow_checks_plans_and_uploads_sarif():
+    flow = workflow()
+    triggers = flow.get("on", flow.get(True))   # YAML 1.1 reads a bare `on` key as true
+    assert "pull_request" in triggers
+    assert flow["permissions"]["security-events"] == "write"
+    (job,) = flow["jobs"].values()
+    steps = job["steps"]
+    uses = [s.get("uses", "") for s in steps]
+    assert any(u.startswith("actions/checkout@") for u in uses)
+    upload = next(s for s in steps if s.get("uses", "").startswith("github/codeql-action/upload-sarif@"))
+    assert upload["if"] == "always()"                        # uploads even when the plans fail
+    decide = next(s for s in steps if "flopgate policy" in s.get("run", ""))
+    sarif_out = re.search(r"flopgate policy \S+ --format sarif > (\S+)", decide["run"]).group(1)
+    assert upload["with"]["sarif_file"] == sarif_out
+    assert "--format github" in decide["run"]
+    last = steps[-1]["run"]
+    assert f"steps.{decide['id']}.outputs.code" in last        # the job fails on the recorded exit code
+    assert steps.index(upload) < len(steps) - 1
+
+
+def test_the_documented_examples_are_what_the_command_prints(capsys, monkeypatch):
+    """The GitHub annotation shown in docs/ci.md is the command's output today."""
+    from audit.cli.main import main
+
+    monkeypatch.chdir(ROOT)
+    code = main(["policy", "examples/api-teacher.yaml", "--format", "github"])
+    out = capsys.readouterr().out
+    assert code == 3
+    text = DOC.read_text(encoding="utf-8")
+    shown = text[text.index("### GitHub annotations"):text.index("## pre-commit")]
+    for line in out.splitlines():
+        assert line in shown
