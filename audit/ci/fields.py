@@ -34,7 +34,7 @@ WHEN_FIELDS = {
     "commercial": "use.commercial", "student_init": "student.init", "student_derived_from": "student.base_model",
     "access": "teacher.access", "teacher_provider": "teacher.model", "teacher_model": "teacher.model",
     "teacher_terms": "teacher.model", "jurisdictions_any": "organization.jurisdictions",
-    "domicile": "organization.domicile", "student_license": "student.license",
+    "domicile": "organization.domicile", "student_license": "student.license", "provider": "student.init",
 }
 """A condition of a rule's or clause's ``when`` -> the plan field it reads."""
 
@@ -51,6 +51,7 @@ CLAUSE_FIELDS = {
     "use_policy": [_TEACHER],
     "non_commercial": ["use.commercial"],
     "region_exclusion": ["organization.domicile"],
+    "territory_exclusion": ["organization.jurisdictions", "organization.domicile"],
     "permission": [_TEACHER],
 }
 """A terms clause's type -> the plan fields its effect depends on (usage caps: by metric)."""
@@ -73,6 +74,7 @@ ENGINE_FIELDS = {
     "engine.terms-not-in-force": ["schedule.start"],
     "engine.sub-national-scope": ["organization.jurisdictions"],
     "engine.unknown-jurisdiction": ["organization.jurisdictions"],
+    "engine.provider-status": ["student.init", "student.base_model"],
     "engine.rule-error": [],                      # the rule named in observed decides
 }
 """Each engine (fail-closed) finding -> the plan fields it checks. A test keeps it complete."""
