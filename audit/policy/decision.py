@@ -89,7 +89,8 @@ class TeacherResolution(StrictModel):
     entry_id: Optional[str] = None       # teacher entry in a pack; None when matched by licence or unknown
     entry_name: Optional[str] = None
     provider: Optional[str] = None
-    matched_by: Literal["model", "license", "none"] = "none"
+    # model: its full id; name: only its own name (a re-upload); base_model: a card's lineage
+    matched_by: Literal["model", "name", "license", "base_model", "none"] = "none"
     terms: list[str] = []                # terms document ids applied directly ("id@version")
     upstream: list[str] = []             # terms inherited from the teacher's own teachers ("id@version")
     licenses: list[str] = []             # licence ids declared in the plan or read from a local model dir
@@ -97,6 +98,8 @@ class TeacherResolution(StrictModel):
     host: Optional[str] = None           # teacher.host as given (API teachers)
     host_entry_id: Optional[str] = None  # the host entry whose terms apply too
     host_terms: list[str] = []           # the host's terms documents ("id@version")
+    derived_from: list[str] = []         # base models a local folder's card names (base_model chain)
+    derived_terms: list[str] = []        # the terms they bring ("id@version")
 
 
 class Decision(StrictModel):
