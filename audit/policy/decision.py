@@ -35,6 +35,7 @@ class Finding(StrictModel):
     comparator: Optional[Literal[">", ">=", "<", "<=", "==", "!="]] = None
     citation: Optional[Citation] = None  # None only for engine findings (fail-closed reasons)
     explanation: str                    # plain English, one or two sentences
+    source: Optional[str] = None        # which teacher or data source it is about, when a plan has several
 
 
 class Obligation(StrictModel):
@@ -100,6 +101,7 @@ class TeacherResolution(StrictModel):
     host_terms: list[str] = []           # the host's terms documents ("id@version")
     derived_from: list[str] = []         # base models a local folder's card names (base_model chain)
     derived_terms: list[str] = []        # the terms they bring ("id@version")
+    source: Optional[str] = None         # for Decision.sources: which teacher or data source
 
 
 class Decision(StrictModel):
@@ -112,3 +114,4 @@ class Decision(StrictModel):
     packs: list[dict]                    # [{"id", "version", "last_reviewed", "sha256"}]
     teacher: Optional[TeacherResolution] = None
     base_model: Optional[TeacherResolution] = None  # the weights the student starts from (init base / pruned)
+    sources: list[TeacherResolution] = []  # the plan's other teachers and its datasets' generators and licences

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import replace
 from pathlib import PurePath
 
 from audit.compute.types import ComputeEstimate
@@ -36,6 +37,7 @@ from audit.policy.conditions import Context, PlanFacts
 from audit.policy.failclosed import engine_finding
 from audit.policy.decision import Decision, Finding, Obligation, Outcome, TeacherResolution
 from audit.policy.derivatives import lineage_text, with_lineage
+from audit.policy.sources import OutputSource, TableNote, output_sources
 from audit.policy.org_rules import evaluate_rules
 from audit.policy.packs import PolicySet
 from audit.policy.regimes import evaluate_regimes
@@ -66,16 +68,77 @@ def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.dat
     base_findings, base_obligations = evaluate_base_model(ctx, packs, base, applied)
     base_findings += _base_findings(plan, base)
     org_findings, org_obligations = evaluate_rules(ctx, packs)
+    sources, notes, plain = output_sources(plan, packs)
+    source_findings, source_obligations, source_resolutions = [], [], []
+    if sources or notes or plain:  # several sources of outputs: each finding names its own
+        label = f"teacher {plan.teacher.model!r}"
+        teacher_findings = [_tagged(f, label) for f in teacher_findings]
+        source_findings = _table_findings(notes, plain)
+    for source in sources:
+        found, owed = _source_findings(ctx, packs, source)
+        source_findings += found
+        source_obligations += owed
+        source_resolutions.append(_teacher_resolution(source.res, packs).model_copy(update={"source": source.label}))
 
-    findings = (findings + teacher_findings + base_findings + org_findings + data_findings(ctx)
+    findings = (findings + teacher_findings + base_findings + source_findings + org_findings + data_findings(ctx)
                 + uncounted_findings(compute))
-    obligations = obligations + teacher_obligations + base_obligations + org_obligations
+    obligations = _merged(obligations + teacher_obligations + base_obligations + source_obligations + org_obligations)
     outcome, rule_ids = outcome_of(findings, obligations)
     return Decision(outcome=outcome, as_of=as_of, findings=findings, obligations=obligations,
                     regimes=regimes, rule_ids=rule_ids,
                     packs=[{k: v for k, v in lp.summary().items() if k != "path"} for lp in packs.packs],
                     teacher=_teacher_resolution(res, packs),
-                    base_model=_teacher_resolution(base, packs) if base is not None else None)
+                    base_model=_teacher_resolution(base, packs) if base is not None else None,
+                    sources=source_resolutions)
+
+
+def _source_findings(ctx: Context, packs: PolicySet, source: OutputSource) -> tuple[list[Finding], list[Obligation]]:
+    """One other source of outputs judged as a teacher (its own terms, fail-closed findings,
+    host), every finding and obligation named after it."""
+    plan = ctx.plan.model_copy(update={"teacher": source.teacher, "teachers": [source.teacher]})
+    res = source.res
+    sub = replace(ctx, plan=plan, teacher_provider=teacher_provider(res, packs), teacher_terms=res.all_terms(),
+                  facts=PlanFacts())
+    found, owed = evaluate_teacher(sub, packs, res)
+    found += _resolution_findings(res, found) + _host_findings(res)
+    owed = [o.model_copy(update={"text": f"{source.label}: {o.text}"}) for o in owed]
+    return [_tagged(f, source.label) for f in found], owed
+
+
+def _tagged(finding: Finding, label: str) -> Finding:
+    return finding.model_copy(update={"source": label, "explanation": f"{label}: {finding.explanation}"})
+
+
+def _table_findings(notes: list[TableNote], plain: list[str]) -> list[Finding]:
+    """Where a data source's generators came from (the cited dataset table), and the data
+    sources taken as written by people."""
+    out = []
+    for note in notes:
+        out.append(Finding(
+            rule_id=f"dataset-table.{note.dataset}", pack_id=note.pack[0], pack_version=note.pack[1], kind="teacher",
+            effect="info", citation=note.citation, source=note.label,
+            explanation=f"{note.label}: the plan does not say which models wrote it; its dataset card says "
+                        f"{', '.join(map(repr, note.generated_by))} ({note.citation.url}, read {note.citation.date}), "
+                        "so their output terms are applied."))
+    for label in plain:
+        out.append(engine_finding(
+            "engine.dataset-without-generator",
+            f"{label}: neither the plan (generated_by) nor flopgate's dataset table names a model that wrote it, so it "
+            "is taken as written by people; if a model wrote any of it, list that model in generated_by.",
+            observed=label, effect="info").model_copy(update={"source": label}))
+    return out
+
+
+_STATUS_ORDER = {"unmet": 0, "todo": 1, "met": 2}
+
+
+def _merged(obligations: list[Obligation]) -> list[Obligation]:
+    """One obligation per id (the same terms reached through two sources): the least met one."""
+    kept: dict[str, Obligation] = {}
+    for ob in obligations:
+        if ob.id not in kept or _STATUS_ORDER[ob.status] < _STATUS_ORDER[kept[ob.id].status]:
+            kept[ob.id] = ob
+    return list(kept.values())
 
 
 def _resolve_base(plan: Plan, packs: PolicySet, facts: PlanFacts) -> Resolution | None:
