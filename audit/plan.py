@@ -372,7 +372,7 @@ class Plan(StrictModel):
     plan_version: Annotated[Literal[1], BeforeValidator(_not_bool)] = Field(description="the plan format's version: 1")
     name: str = Field(min_length=1, description="the plan's name (shown in audits and the ledger)")
     organization: Organization = Field(description="who trains, and where the model is placed on the market")
-    teacher: Teacher = Field(default=None, description="the model the student learns from (the one this plan "
+    teacher: Optional[Teacher] = Field(default=None, description="the model the student learns from (the one this plan "
                              "runs); give teacher or teachers")
     teachers: Optional[list[Teacher]] = Field(default=None, min_length=1, description="every model whose outputs the "
                                               "student learns from, the first the one this plan runs (the others "
@@ -386,22 +386,19 @@ class Plan(StrictModel):
     schedule: Schedule = Field(description="when the run starts")
     budget: Budget = Field(default=Budget(), description="a compute cap of your own")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_teacher_list(cls, data):
-        """``teacher`` or ``teachers``: after validation both are set, ``teacher`` is ``teachers[0]``."""
-        if not isinstance(data, dict):
-            return data
-        one, many = data.get("teacher"), data.get("teachers")
-        if one is None and many is None:
+    @model_validator(mode="after")
+    def _one_teacher_list(self):
+        """``teacher`` or ``teachers``: after validation both are set, ``teacher`` is ``teachers[0]``
+        (set here on a frozen model, once, before anyone reads it)."""
+        if self.teacher is None and self.teachers is None:
             raise ValueError("teacher: expected the teacher (or teachers: a list of them)")
-        if many is None:
-            return {**data, "teachers": [one]}
-        if not isinstance(many, list) or not many:
-            return data  # the field's own validation names what is wrong
-        if one is not None and _plain(one) != _plain(many[0]):
+        if self.teachers is None:
+            object.__setattr__(self, "teachers", [self.teacher])
+        elif self.teacher is None:
+            object.__setattr__(self, "teacher", self.teachers[0])
+        elif self.teacher != self.teachers[0]:
             raise ValueError("teacher and teachers are both given and teacher is not teachers[0]; give one of them")
-        return {**data, "teacher": many[0]}
+        return self
 
     @model_validator(mode="after")
     def _one_run_teacher(self):
@@ -416,12 +413,6 @@ class Plan(StrictModel):
 
 _RUN_FIELDS = ("config", "parameters", "weights", "endpoint", "api_key_env")
 """Teacher fields that mean this plan runs the teacher (its compute is counted, its weights loaded)."""
-
-
-def _plain(value):
-    """A teacher as given (a mapping or a Teacher), as a dict for comparison."""
-    return value.model_dump(exclude_defaults=True) if isinstance(value, BaseModel) else {
-        k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
 
 
 class LoadedPlan(BaseModel):
