@@ -166,7 +166,7 @@ def _with_local_licenses(plan: Plan, packs: PolicySet, facts: PlanFacts | None =
     if not combined:
         return plan
     teacher = plan.teacher.model_copy(update={"license": " AND ".join(combined)})
-    return plan.model_copy(update={"teacher": teacher})
+    return plan.model_copy(update={"teacher": teacher, "teachers": [teacher, *plan.teachers[1:]]})
 
 
 def check_authorization(loaded: LoadedPlan) -> None:

@@ -244,3 +244,15 @@ def test_cards_outside_hashed_folders_are_signed_as_model_cards(tmp_path, builti
     readme = tmp_path / "base" / "README.md"
     assert [(f.role, f.path, f.sha256) for f in signed] == [
         ("model_card", str(readme), hashlib.sha256(readme.read_bytes()).hexdigest())]
+
+
+def test_the_filled_in_licence_keeps_teacher_and_teachers_in_step(tmp_path, builtin_packs):
+    """The plan that is signed must validate again: teacher is teachers[0] after the card fills
+    in teacher.license."""
+    _card(tmp_path / "teacher", f"license: mit\nbase_model: {LLAMA_31}")
+    path = tmp_path / "plan.yaml"
+    path.write_text(PLAN % ("./teacher", "", "scratch", "narrow"))
+    loaded = load_plan(path)
+    plan = resolve_plan_facts(loaded, builtin_packs, read_plan_facts(loaded, builtin_packs))
+    assert plan.teacher.license == "mit" and plan.teachers[0] == plan.teacher
+    assert type(plan).model_validate(plan.model_dump(mode="json")) == plan
