@@ -129,14 +129,14 @@ def _table_findings(notes: list[TableNote], plain: list[str]) -> list[Finding]:
     return out
 
 
-_STATUS_ORDER = {"unmet": 0, "todo": 1, "met": 2}
+_LEAST_MET_FIRST = ("unmet", "todo", "met")
 
 
 def _merged(obligations: list[Obligation]) -> list[Obligation]:
     """One obligation per id (the same terms reached through two sources): the least met one."""
     kept: dict[str, Obligation] = {}
     for ob in obligations:
-        if ob.id not in kept or _STATUS_ORDER[ob.status] < _STATUS_ORDER[kept[ob.id].status]:
+        if ob.id not in kept or _LEAST_MET_FIRST.index(ob.status) < _LEAST_MET_FIRST.index(kept[ob.id].status):
             kept[ob.id] = ob
     return list(kept.values())
 

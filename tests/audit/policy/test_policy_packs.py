@@ -26,6 +26,8 @@ def _all_citations(pack):
             yield up.id, up.citation
     for rule in pack.rules:
         yield rule.id, rule.citation
+    for entry in pack.datasets:
+        yield entry.id, entry.citation
 
 
 @pytest.mark.parametrize("path", builtin_pack_paths(), ids=lambda p: p.name)
