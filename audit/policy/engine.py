@@ -16,7 +16,11 @@ end in ALLOW. So do an unknown or unstated host for an open-weights model reache
 (``engine.unknown-host``, ``engine.host-missing``), an unknown base model
 (``engine.unknown-base-model``; a known one's derivative-binding clauses apply as
 ``base-model.<clause id>``), and a local teacher folder whose card disagrees with the declared
-licence or the pack's entry (``engine.teacher-license-conflict``). The teacher's terms must also
+licence or the pack's entry (``engine.teacher-license-conflict``). A derivative keeps its family's
+terms (:mod:`audit.policy.derivatives`): a declared licence its family does not carry is
+``engine.license-mismatch``, a base no pack knows ``engine.unknown-derivative-base``. Every other
+source of outputs (``teachers[1:]``, ``data.sources``: :mod:`audit.policy.sources`) is judged as a
+teacher, its findings named after it. The teacher's terms must also
 say something affirmative (a permission or an obligation); silence is REVIEW. A plan that claims
 more training tokens per epoch than its dataset manifest holds is REVIEW too (the manifest is read before ``decide``, see
 :class:`audit.policy.conditions.PlanFacts`); and so is a student or teacher count that met FLOP-bearing
