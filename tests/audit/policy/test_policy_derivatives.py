@@ -256,3 +256,27 @@ def test_the_filled_in_licence_keeps_teacher_and_teachers_in_step(tmp_path, buil
     plan = resolve_plan_facts(loaded, builtin_packs, read_plan_facts(loaded, builtin_packs))
     assert plan.teacher.license == "mit" and plan.teachers[0] == plan.teacher
     assert type(plan).model_validate(plan.model_dump(mode="json")) == plan
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=st.sampled_from(BASES), license=st.sampled_from(LICENSES), how=st.sampled_from(["reupload", "folder"]),
+       suffix=st.sampled_from(["", "-GGUF", "-abliterated"]))
+def test_student_base_derivative_keeps_its_base_terms(builtin_packs, base, license, how, suffix):
+    """The same for student.base_model: its derivative-binding clauses never drop away."""
+    def base_terms(model, cards=()):
+        plan = make_plan({"student": {"init": "base", "base_model": model}})
+        decision = decide(plan, make_compute(), builtin_packs, plan.schedule.start,
+                          PlanFacts(base_lineage=list(cards)))
+        res = decision.base_model
+        return {t.split("@")[0] for t in res.terms + res.upstream + res.derived_terms}, decision
+
+    before, _ = base_terms(base)
+    if how == "reupload":
+        after, decision = base_terms(f"someuser/{base.rsplit('/', 1)[-1]}{suffix}")
+    else:
+        folder = "/models/student-base"
+        after, decision = base_terms(folder, [ModelCard(folder=folder, licenses=[license] if license else [],
+                                                        base_models=[base])])
+    assert before <= after
+    base_rules = {r for r in decision.rule_ids if r.startswith("base-model.")}
+    assert decision.outcome != "ALLOW" or not before, base_rules
