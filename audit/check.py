@@ -32,7 +32,7 @@ from audit.plan import LoadedPlan, Plan, load_plan
 from audit.predicate import AuditPredicate
 from audit.policy.engine import decide, gate_would_open
 from audit.policy.conditions import PlanFacts
-from audit.policy.facts import read_plan_facts, resolve_plan_facts
+from audit.policy.facts import LICENSE_FILES, read_plan_facts, resolve_plan_facts
 from audit.policy.decision import Decision
 from audit.policy.packs import PolicySet, load_packs
 from audit.versions import tool_versions
@@ -146,8 +146,14 @@ def card_inputs(facts: PlanFacts, folders, base: Path) -> list[InputFile]:
     hash found for it (else the card changed between reading and hashing: ``InputError``); a card
     in no hashed folder (a local base_model further up the chain) is signed as ``model_card``."""
     hashed = {str(Path(d.folder) / entry.path): entry.sha256 for d in folders for entry in d.files}
+    card_names = ("README.md", *LICENSE_FILES)
     out, seen = [], set()
     for card in facts.teacher_lineage + facts.base_lineage:
+        read = {item.path for item in card.files}
+        unread = [path for name in card_names if (path := str(Path(card.folder) / name)) in hashed and path not in read]
+        if unread:  # a card file that appeared after the card was read: the decision did not see it
+            raise InputError("appeared between reading the model card and hashing the folder; run check again "
+                             "when nothing writes to it", source=unread[0])
         for item in card.files:
             if item.path in seen:
                 continue

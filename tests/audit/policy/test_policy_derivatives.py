@@ -280,3 +280,14 @@ def test_student_base_derivative_keeps_its_base_terms(builtin_packs, base, licen
     assert before <= after
     base_rules = {r for r in decision.rule_ids if r.startswith("base-model.")}
     assert decision.outcome != "ALLOW" or not before, base_rules
+
+
+def test_a_licence_file_that_appears_before_the_folder_is_hashed_is_refused(tmp_path, builtin_packs):
+    from audit.check import card_inputs
+    from audit.weights import folder_digest
+
+    folder = _card(tmp_path / "teacher", "license: mit")
+    facts = PlanFacts(teacher_lineage=read_lineage(folder, builtin_packs))
+    (folder / "LICENSE").write_text("LLAMA 3.1 COMMUNITY LICENSE AGREEMENT\n")  # not seen by the decision
+    with pytest.raises(InputError, match="appeared between reading the model card and hashing"):
+        card_inputs(facts, [folder_digest(folder)], tmp_path)
