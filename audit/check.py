@@ -146,11 +146,12 @@ def card_inputs(facts: PlanFacts, folders, base: Path) -> list[InputFile]:
     hash found for it (else the card changed between reading and hashing: ``InputError``); a card
     in no hashed folder (a local base_model further up the chain) is signed as ``model_card``."""
     hashed = {str(Path(d.folder) / entry.path): entry.sha256 for d in folders for entry in d.files}
-    card_names = ("README.md", *LICENSE_FILES)
+    card_names = {name.casefold() for name in ("README.md", *LICENSE_FILES)}
     out, seen = [], set()
     for card in facts.teacher_lineage + facts.base_lineage:
         read = {item.path for item in card.files}
-        unread = [path for name in card_names if (path := str(Path(card.folder) / name)) in hashed and path not in read]
+        unread = [path for path in hashed if Path(path).parent == Path(card.folder)
+                  and Path(path).name.casefold() in card_names and path not in read]
         if unread:  # a card file that appeared after the card was read: the decision did not see it
             raise InputError("appeared between reading the model card and hashing the folder; run check again "
                              "when nothing writes to it", source=unread[0])

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -194,8 +195,9 @@ def read_card(model_dir: Path, packs: PolicySet) -> ModelCard:
     files: list[CardFile] = []
     bases: list[str] = []
     relation = None
-    readme = model_dir / "README.md"
-    if readme.is_file():
+    names = card_file_names(model_dir)
+    readme = names.get("readme.md")
+    if readme is not None:
         text = _text(readme, files)
         meta = _front_matter(text, readme)
         found += _front_matter_licenses(meta)
@@ -203,11 +205,23 @@ def read_card(model_dir: Path, packs: PolicySet) -> ModelCard:
         if meta.get("base_model_relation") not in (None, ""):
             relation = str(meta["base_model_relation"])
     for name in LICENSE_FILES:
-        path = model_dir / name
-        if path.is_file():
+        path = names.get(name.casefold())
+        if path is not None:
             found += license_ids_in_text(_text(path, files), packs)
     return ModelCard(folder=str(model_dir), licenses=_unique_ci(found), base_models=_unique_ci(bases),
                      relation=relation, files=files)
+
+
+def card_file_names(model_dir: Path) -> dict[str, Path]:
+    """The card files in ``model_dir`` (README.md and the ``LICENSE_FILES``), found whatever the
+    case of their names (``license.txt`` is read too), by lower-case name."""
+    wanted = {"readme.md", *(name.casefold() for name in LICENSE_FILES)}
+    try:
+        entries = sorted(os.listdir(model_dir))
+    except OSError as exc:
+        raise InputError(f"cannot list the model folder ({exc.strerror})", source=str(model_dir)) from None
+    return {name.casefold(): model_dir / name for name in entries
+            if name.casefold() in wanted and (model_dir / name).is_file()}
 
 
 def read_lineage(model_dir: Path, packs: PolicySet) -> list[ModelCard]:

@@ -291,3 +291,11 @@ def test_a_licence_file_that_appears_before_the_folder_is_hashed_is_refused(tmp_
     (folder / "LICENSE").write_text("LLAMA 3.1 COMMUNITY LICENSE AGREEMENT\n")  # not seen by the decision
     with pytest.raises(InputError, match="appeared between reading the model card and hashing"):
         card_inputs(facts, [folder_digest(folder)], tmp_path)
+
+
+def test_licence_files_are_found_whatever_the_case_of_their_names(tmp_path, builtin_packs):
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / "readme.md").write_text("---\nlicense: mit\n---\n")
+    (folder / "license.txt").write_text("LLAMA 3.1 COMMUNITY LICENSE AGREEMENT\n")
+    assert read_lineage(folder, builtin_packs)[0].licenses == ["mit", "llama3.1"]
