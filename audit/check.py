@@ -32,7 +32,7 @@ from audit.plan import LoadedPlan, Plan, load_plan
 from audit.predicate import AuditPredicate
 from audit.policy.engine import decide, gate_would_open
 from audit.policy.conditions import PlanFacts
-from audit.policy.facts import read_plan_facts, resolve_plan_facts
+from audit.policy.facts import LICENSE_FILES, read_plan_facts, resolve_plan_facts
 from audit.policy.decision import Decision
 from audit.policy.packs import PolicySet, load_packs
 from audit.versions import tool_versions
@@ -82,7 +82,8 @@ def assess(loaded: LoadedPlan, policy_dirs: Sequence[Path] = (), as_of: dt.date 
     notification run; the signed predicate's ``created`` is the same day."""
     packs = load_packs(policy_dirs)
     tables = load_reference_tables()
-    plan, facts = resolve_plan_facts(loaded, packs), read_plan_facts(loaded, packs)
+    facts = read_plan_facts(loaded, packs)
+    plan = resolve_plan_facts(loaded, packs, facts)  # the teacher card is not read again
     estimate = estimate_plan(loaded, tables, use_cache=use_cache)
     today = today or utc_today()  # the audit date: the pre-run estimate is made (and signed) today
     due = rules_date(plan.schedule.start, today)
@@ -128,7 +129,8 @@ def input_files(loaded: LoadedPlan, facts: PlanFacts, pack_files: list[dict],
     read and used (each file is read once; nothing is hashed again here): what the signature
     covers."""
     base = loaded.path.parent
-    files = plan_inputs(loaded, manifest_sha256=facts.manifest_sha256)[0]
+    files, folders = plan_inputs(loaded, manifest_sha256=facts.manifest_sha256)
+    files += card_inputs(facts, folders.values(), base)
     for pack in pack_files:
         files.append(InputFile("policy_pack", pack["path"], base,
                                {"pack_id": pack["id"], "pack_version": pack["version"]}, pack["sha256"]))
@@ -136,6 +138,34 @@ def input_files(loaded: LoadedPlan, facts: PlanFacts, pack_files: list[dict],
         files.append(InputFile("reference_table", path, base,
                                {"pack_id": table.id, "pack_version": table.version}, digest))
     return files
+
+
+def card_inputs(facts: PlanFacts, folders, base: Path) -> list[InputFile]:
+    """The model card files (README.md, LICENSE, NOTICE) whose bytes decided the teacher's or the
+    base model's lineage. A card inside a hashed model folder must have the digest that folder's
+    hash found for it (else the card changed between reading and hashing: ``InputError``); a card
+    in no hashed folder (a local base_model further up the chain) is signed as ``model_card``."""
+    hashed = {str(Path(d.folder) / entry.path): entry.sha256 for d in folders for entry in d.files}
+    card_names = {name.casefold() for name in ("README.md", *LICENSE_FILES)}
+    out, seen = [], set()
+    for card in facts.teacher_lineage + facts.base_lineage:
+        read = {item.path for item in card.files}
+        unread = [path for path in hashed if Path(path).parent == Path(card.folder)
+                  and Path(path).name.casefold() in card_names and path not in read]
+        if unread:  # a card file that appeared after the card was read: the decision did not see it
+            raise InputError("appeared between reading the model card and hashing the folder; run check again "
+                             "when nothing writes to it", source=unread[0])
+        for item in card.files:
+            if item.path in seen:
+                continue
+            seen.add(item.path)
+            if item.path in hashed:
+                if hashed[item.path] != item.sha256:
+                    raise InputError("changed between reading the model card and hashing the folder; run check "
+                                     "again when nothing writes to it", source=item.path)
+                continue
+            out.append(InputFile("model_card", item.path, base, {"folder": card.folder}, item.sha256))
+    return out
 
 
 def build_predicate(loaded: LoadedPlan, *, policy_dirs: Sequence[Path] = (), as_of: dt.date | None = None,

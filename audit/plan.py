@@ -263,6 +263,20 @@ class Student(StrictModel):
         return self
 
 
+class DataSource(StrictModel):
+    """A third-party dataset in the training data. A dataset written by a model carries that
+    model's output terms: ``generated_by`` names the models (each is judged as a teacher), and
+    flopgate's cited dataset table fills it in for a known synthetic dataset when it is left out."""
+
+    id: str = Field(min_length=1, description="dataset id (e.g. a Hugging Face dataset repo id) or name")
+    license: Optional[str] = Field(default=None, description="the dataset's own licence id (its terms apply; "
+                                   "unknown ids mean REVIEW); several joined with AND")
+    generated_by: Optional[list[Annotated[str, Field(min_length=1)]]] = Field(
+        default=None, description="model ids whose outputs the dataset holds (their output terms apply, as a "
+                                  "teacher's do); left out, flopgate's dataset table is consulted")
+    url: Optional[str] = Field(default=None, description="where the dataset (or its card) is published")
+
+
 class Data(StrictModel):
     """The training data."""
 
@@ -281,6 +295,9 @@ class Data(StrictModel):
     mean_document_tokens: Optional[Count] = Field(default=None, gt=0, le=MAX_COUNT, description="sequences packed "
                                                   "from documents of this mean length under document masking: "
                                                   "causal attention is counted per document, not per window")
+    sources: list[DataSource] = Field(default=[], description="third-party datasets in the training data, "
+                                      "with the models that wrote them: every model whose outputs the student "
+                                      "learns from is judged as a teacher")
 
 
 class Method(StrictModel):
@@ -418,7 +435,12 @@ class Plan(StrictModel):
     plan_version: Annotated[Literal[1], BeforeValidator(_not_bool)] = Field(description="the plan format's version: 1")
     name: str = Field(min_length=1, description="the plan's name (shown in audits and the ledger)")
     organization: Organization = Field(description="who trains, and where the model is placed on the market")
-    teacher: Teacher = Field(description="the model the student learns from")
+    teacher: Optional[Teacher] = Field(default=None, description="the model the student learns from (the one this plan "
+                             "runs); give teacher or teachers")
+    teachers: Optional[list[Teacher]] = Field(default=None, min_length=1, description="every model whose outputs the "
+                                              "student learns from, the first the one this plan runs (the others "
+                                              "wrote data it already holds: model, access, licence); give teacher "
+                                              "or teachers")
     student: Student = Field(description="the model being trained")
     data: Data = Field(description="the training data")
     method: Method = Field(default=Method(), description="how the student learns from the teacher")
@@ -428,6 +450,34 @@ class Plan(StrictModel):
     budget: Budget = Field(default=Budget(), description="a compute cap of your own")
     disclosure: Optional[Disclosure] = Field(default=None, description="facts only a person knows, for the EU "
                                              "documents (flopgate docs eu): release dates, channels, policies, crawler")
+
+    @model_validator(mode="after")
+    def _one_teacher_list(self):
+        """``teacher`` or ``teachers``: after validation both are set, ``teacher`` is ``teachers[0]``
+        (set here on a frozen model, once, before anyone reads it)."""
+        if self.teacher is None and self.teachers is None:
+            raise ValueError("teacher: expected the teacher (or teachers: a list of them)")
+        if self.teachers is None:
+            object.__setattr__(self, "teachers", [self.teacher])
+        elif self.teacher is None:
+            object.__setattr__(self, "teacher", self.teachers[0])
+        elif self.teacher != self.teachers[0]:
+            raise ValueError("teacher and teachers are both given and teacher is not teachers[0]; give one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _one_run_teacher(self):
+        for index, other in enumerate(self.teachers[1:], start=1):
+            ran = [name for name in _RUN_FIELDS if getattr(other, name) is not None]
+            if ran:
+                raise ValueError(f"teachers[{index}]: sets {', '.join(ran)}, but a plan runs only its first teacher; "
+                                 "list the others by model, access and licence (their outputs are in the data), "
+                                 "or audit each run in its own plan")
+        return self
+
+
+_RUN_FIELDS = ("config", "parameters", "weights", "endpoint", "api_key_env")
+"""Teacher fields that mean this plan runs the teacher (its compute is counted, its weights loaded)."""
 
 
 class LoadedPlan(BaseModel):
@@ -471,17 +521,9 @@ def load_plan(path: str | Path, raw: bytes | None = None) -> LoadedPlan:
         raise InputError("expected a YAML mapping at the top level", source=str(path))
     plan = validate_model(Plan, data, str(path))
     base = path.resolve().parent
-    teacher_updates = {
-        "model": _resolve(plan.teacher.model, base, always=False),
-        "config": _resolve(plan.teacher.config, base, always=False),
-    }
-    if plan.teacher.weights:
-        teacher_updates["weights"] = _resolve(plan.teacher.weights, base, always=True)
-    if plan.teacher.authorization:
-        teacher_updates["authorization"] = plan.teacher.authorization.model_copy(
-            update={"document": _resolve(plan.teacher.authorization.document, base, always=True)})
+    teachers = [_resolve_teacher(t, base) for t in plan.teachers]
     plan = plan.model_copy(update={
-        "teacher": plan.teacher.model_copy(update=teacher_updates),
+        "teacher": teachers[0], "teachers": teachers,
         "student": plan.student.model_copy(update={"config": _resolve(plan.student.config, base, always=False),
                                                    "base_model": _resolve(plan.student.base_model, base, always=False)}),
         "data": plan.data.model_copy(update={"manifest": _resolve(plan.data.manifest, base, always=True),
@@ -491,6 +533,20 @@ def load_plan(path: str | Path, raw: bytes | None = None) -> LoadedPlan:
     student_config, teacher_config = _read_configs(plan, str(path))
     return LoadedPlan(plan=plan, path=path.resolve(), sha256=sha256_bytes(raw),
                       student_config=student_config, teacher_config=teacher_config)
+
+
+def _resolve_teacher(teacher: Teacher, base: Path) -> Teacher:
+    """A teacher's paths (model folder, config, weights, authorisation document) made absolute."""
+    updates = {
+        "model": _resolve(teacher.model, base, always=False),
+        "config": _resolve(teacher.config, base, always=False),
+    }
+    if teacher.weights:
+        updates["weights"] = _resolve(teacher.weights, base, always=True)
+    if teacher.authorization:
+        updates["authorization"] = teacher.authorization.model_copy(
+            update={"document": _resolve(teacher.authorization.document, base, always=True)})
+    return teacher.model_copy(update=updates)
 
 
 def _read_configs(plan: Plan, source: str):

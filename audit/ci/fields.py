@@ -10,6 +10,8 @@ configs and the method weigh in too, but the tokens are what a plan usually chan
 
 from __future__ import annotations
 
+import re
+
 from audit.policy.decision import Finding
 from audit.policy.packs import PolicySet
 from audit.policy.schema import HostEntry, Regime, TeacherEntry, Upstream
@@ -76,6 +78,10 @@ ENGINE_FIELDS = {
     "engine.unknown-jurisdiction": ["organization.jurisdictions"],
     "engine.provider-status": ["student.init", "student.base_model"],
     "engine.rule-error": [],                      # the rule named in observed decides
+    "engine.unknown-derivative-base": ["teacher.weights", "teacher.model"],
+    "engine.derived-from": ["teacher.weights", "teacher.model"],
+    "engine.matched-by-name": ["teacher.model"],
+    "engine.dataset-without-generator": ["data.sources"],
 }
 """Each engine (fail-closed) finding -> the plan fields it checks. A test keeps it complete."""
 
@@ -86,11 +92,37 @@ def finding_fields(finding: Finding, packs: PolicySet, student_init: str = "scra
     where a base-model clause's weights come from."""
     if finding.kind == "engine":
         if finding.rule_id == "engine.rule-error" and finding.observed:
-            return rule_fields(finding.observed, packs, student_init)
-        if finding.rule_id == "engine.uncounted-ops" and (finding.observed or "").startswith("teacher"):
-            return ["teacher.config"]
-        return list(ENGINE_FIELDS.get(finding.rule_id, []))
-    return rule_fields(finding.rule_id, packs, student_init)
+            fields = rule_fields(finding.observed, packs, student_init)
+        elif finding.rule_id == "engine.uncounted-ops" and (finding.observed or "").startswith("teacher"):
+            fields = ["teacher.config"]
+        else:
+            fields = list(ENGINE_FIELDS.get(finding.rule_id, []))
+    else:
+        fields = rule_fields(finding.rule_id, packs, student_init)
+    return rerooted(fields, finding.source)
+
+
+_SOURCE_LABEL = re.compile(r"^(teachers|data\.sources)\[(\d+)\]")
+
+
+def rerooted(fields: list[str], source: str | None) -> list[str]:
+    """``fields`` of a finding about another source of outputs (``Finding.source``: a label
+    such as ``teachers[1] 'x'`` or ``data.sources[0] 'y' (written by 'z')``): the teacher's
+    fields become that teacher's (``teachers[1].model``) or that data source's (its ``license``,
+    else its ``generated_by``)."""
+    match = _SOURCE_LABEL.match(source or "")
+    if match is None:
+        return fields
+    root = f"{match.group(1)}[{match.group(2)}]"
+    out = []
+    for name in fields:
+        if not name.startswith("teacher."):
+            out.append(name)
+        elif match.group(1) == "teachers":
+            out.append(root + name[len("teacher"):])
+        else:
+            out.append(f"{root}.license" if name == "teacher.license" else f"{root}.generated_by")
+    return list(dict.fromkeys(out))
 
 
 def rule_fields(rule_id: str, packs: PolicySet, student_init: str = "scratch") -> list[str]:
@@ -133,6 +165,8 @@ def locate(fields: list[str], positions: dict[str, tuple[int, int]]) -> tuple[st
     """``(field, line, column)`` of the first of ``fields`` written in the plan; when none is
     written (``teacher.host`` left out), the nearest written parent of the first (``teacher``);
     nothing at all: ``(None, 1, 1)``, the plan's first line."""
+    # a plan written with `teachers:` has no `teacher` key: its first teacher is the teacher
+    fields = [*fields, *(f"teachers[0]{name[len('teacher'):]}" for name in fields if name.startswith("teacher."))]
     for name in fields:
         if name in positions:
             return name, *positions[name]

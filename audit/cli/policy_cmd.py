@@ -241,19 +241,21 @@ def run_show(args) -> int:
 # -- flopgate terms --------------------------------------------------------------------------------
 
 def run_terms(args) -> int:
-    from audit.policy.facts import read_local_licenses
+    from audit.policy.derivatives import with_lineage
+    from audit.policy.facts import read_lineage
     from audit.policy.teachers import resolve_teacher
 
     packs = _packs(args)
     model, license = args.teacher, args.license
     path = Path(model).expanduser()
-    if path.is_dir():
+    cards = []
+    if path.is_dir():  # a local folder: its card's licences and base_model chain (derivatives keep their terms)
         model = str(path.resolve())
-        found = read_local_licenses(path, packs)
-        license = " AND ".join(([license] if license else []) + found) or None
+        cards = read_lineage(Path(model), packs)
+        license = " AND ".join(([license] if license else []) + cards[0].licenses) or None
     channels = [args.access] if args.access else list(_CHANNELS)
-    resolutions = [resolve_teacher(model, ch, license, packs) for ch in channels]
-    matched = [r for r in resolutions if r.terms]
+    resolutions = [with_lineage(resolve_teacher(model, ch, license, packs), cards, packs) for ch in channels]
+    matched = [r for r in resolutions if r.known()]
     report = [explain(r, packs) for r in (resolutions if args.access else matched)]
     if args.json:
         from audit.cli.terminal import print_json
@@ -270,10 +272,15 @@ def explain(res, packs) -> dict:
     docs = [{"via": None, **_doc(packs, t)} for t in res.terms]
     docs += [{"via": up.id, "why": up.explanation, "source": up.citation.model_dump(mode="json"),
               **_doc(packs, up.terms)} for _, up in res.upstream]
+    seen = {d["id"] for d in docs}
+    docs += [{"via": f"derived from {base.model}", "why": "the model card names it as a base (base_model)",
+              **_doc(packs, t)}
+             for base in res.bases for t in base.all_terms() if t not in seen and not seen.add(t)]
     return {"access": res.access, "matched_by": res.matched_by,
             "entry": None if entry is None else {"id": entry.id, "name": entry.name, "provider": entry.provider,
                                                  "notes": entry.notes, "source": entry.citation.model_dump(mode="json")},
-            "licenses": list(res.licenses), "unknown_licenses": list(res.unknown_licenses), "terms": docs}
+            "licenses": list(res.licenses), "unknown_licenses": list(res.unknown_licenses), "terms": docs,
+            "derived_from": [base.model for base in res.bases], "unresolved_bases": list(res.unresolved_bases)}
 
 
 def _doc(packs, terms_id: str) -> dict:
@@ -341,6 +348,11 @@ def print_terms(model: str, license, report: list[dict]) -> None:
                       style="yellow")
         if ch["unknown_licenses"]:
             out.print(escape(f"  unknown licence ids: {', '.join(ch['unknown_licenses'])} -> REVIEW"), style="yellow")
+        if ch["derived_from"]:
+            out.print(escape(f"  derived from (model card base_model): {', '.join(ch['derived_from'])}"))
+        if ch["unresolved_bases"]:
+            out.print(escape(f"  bases no pack describes: {', '.join(ch['unresolved_bases'])} -> REVIEW"),
+                      style="yellow")
         for doc in ch["terms"]:
             via = f" (inherited via {doc['via']}: {doc['why']})" if doc["via"] else ""
             out.print(escape(f"  {doc['title']} ({doc['version']}) {doc['url']}{via}"))

@@ -85,17 +85,6 @@ class Evidence:
     manifest_source: Source | None = None
 
 
-def teachers_of(plan: Plan) -> list:
-    """Every teacher of the plan: ``plan.teachers`` where the plan format has it (the first is
-    ``plan.teacher``), else ``[plan.teacher]``; and the plan's declared data sources."""
-    return list(getattr(plan, "teachers", None) or [plan.teacher])
-
-
-def data_sources_of(plan: Plan) -> list:
-    """The plan's declared data sources (``data.sources``: id, license, generated_by, url), or []."""
-    return list(getattr(plan.data, "sources", None) or [])
-
-
 def read_audit(path: str, trusted, *, plan_path: str | None = None,
                installed_pack_versions=None) -> tuple[AuditPredicate, Plan, Source]:
     """Verify the audit envelope (signature and every input digest) and parse its predicate and

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from audit.docs.evidence import Evidence, Source, as_number, teachers_of
+from audit.docs.evidence import Evidence, Source, as_number
 from audit.numbers import exact, plain, sci, significant
 
 AUDIENCE_ALL = ("AI Office", "national authorities", "downstream providers")
@@ -106,7 +106,7 @@ def _parameters(ev: Evidence) -> dict:
 
 def _training_process(ev: Evidence) -> dict:
     plan, method = ev.plan, ev.plan.method
-    teachers = ", ".join(t.model for t in teachers_of(plan))
+    teachers = ", ".join(t.model for t in plan.teachers)
     kinds = {"logits": "logit distillation (the teacher runs beside the student)",
              "cached_logits": "logit distillation from the teacher's cached top-k log-probabilities",
              "sequence": "sequence-level distillation (the student trains on text the teacher generated)",
@@ -118,7 +118,7 @@ def _training_process(ev: Evidence) -> dict:
 
 
 def _provenance(ev: Evidence) -> dict:
-    known = [f"synthetic data / model outputs from {', '.join(t.model for t in teachers_of(ev.plan))}"]
+    known = [f"synthetic data / model outputs from {', '.join(t.model for t in ev.plan.teachers)}"]
     if ev.manifest is not None:
         known.append(f"{len(manifest_files(ev.manifest))} file(s) of the signed dataset manifest")
     provenance = [ev.plan.disclosure and ev.plan.disclosure.crawler, ev.plan.disclosure and ev.plan.disclosure.user_data,

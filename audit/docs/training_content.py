@@ -6,7 +6,7 @@ it) or ``not-applicable``. Section 2.5 names every model whose outputs the stude
 
 from __future__ import annotations
 
-from audit.docs.evidence import Evidence, as_number, data_sources_of, teachers_of
+from audit.docs.evidence import Evidence, as_number
 from audit.docs.model_documentation import (
     audit_line,
     dependencies,
@@ -42,7 +42,7 @@ def _size(ev: Evidence) -> dict:
 
 def _public(ev: Evidence) -> dict:
     """Sources the plan declares with a URL are public; the manifest's files alone do not say."""
-    listed = [s for s in data_sources_of(ev.plan) if getattr(s, "url", None)]
+    listed = [s for s in ev.plan.data.sources if s.url]
     files = ""
     if ev.manifest is not None:
         files = "the signed dataset manifest's files: " + ", ".join(
@@ -73,14 +73,14 @@ def synthetic_models(ev: Evidence) -> list[dict]:
     """Every model that generated training data: the plan's teachers, the generators of its
     declared data sources, and what each generation record says it ran."""
     models: dict[str, dict] = {}
-    for teacher in teachers_of(ev.plan):
+    for teacher in ev.plan.teachers:
         models.setdefault(teacher.model, {"model": teacher.model, "from": []})["from"].append(
             f"plan teacher (access {teacher.access}, licence {teacher.license or 'per policy pack'}, "
             f"method {ev.plan.method.kind})")
-    for source in data_sources_of(ev.plan):
-        for generator in getattr(source, "generated_by", None) or []:
+    for source in ev.plan.data.sources:
+        for generator in source.generated_by or []:
             models.setdefault(generator, {"model": generator, "from": []})["from"].append(
-                f"data source {source.id} (licence {getattr(source, 'license', None) or 'not stated'})")
+                f"data source {source.id} (licence {source.license or 'not stated'})")
     for record in ev.generations:
         teacher = record.predicate.get("teacher") or {}
         outputs = record.predicate.get("outputs") or {}

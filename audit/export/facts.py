@@ -10,7 +10,6 @@ gives it and in kWh (1 kWh = 3.6e6 J) for the formats; FLOP use 1 multiply-add =
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from audit.errors import InputError
 from audit.export.sources import Signed, Sources, as_dict
@@ -90,17 +89,6 @@ class Facts:
     obligations: tuple[str, ...]
 
 
-def teachers_of(plan) -> list:
-    """Every teacher of the plan, the first being ``plan.teacher`` (plans before ``teachers``
-    existed have one)."""
-    return list(getattr(plan, "teachers", None) or [plan.teacher])
-
-
-def data_sources_of(plan) -> list:
-    """The plan's declared data sources (``data.sources``), or none for plans without them."""
-    return list(getattr(plan.data, "sources", None) or [])
-
-
 def _plan(predicate: dict, source: str):
     from pydantic import ValidationError
 
@@ -146,7 +134,7 @@ def collect(sources: Sources) -> Facts:
                  "parameters": student_figures.get("params_total"), "init": plan.student.init,
                  "adapter": plan.student.adapter.kind if plan.student.adapter else None})
     teachers = []
-    for i, teacher in enumerate(teachers_of(plan)):
+    for i, teacher in enumerate(plan.teachers):
         resolution = decision.get("teacher") if i == 0 else None
         teacher_figures = compute.get("teacher") if i == 0 else None
         teachers.append(Model(
@@ -178,17 +166,16 @@ def collect(sources: Sources) -> Facts:
 
 
 def _datasets(plan, predicate: dict, sources: Sources) -> list[Dataset]:
-    teacher_names = tuple(t.model for t in teachers_of(plan))
+    teacher_names = tuple(t.model for t in plan.teachers)
     found = []
     for entry in _inputs(predicate, "dataset_manifest"):
         found.append(Dataset(ref="dataset-manifest", name=entry["name"], kind="manifest", sha256=entry["sha256"],
                              details={"tokens_per_epoch": plan.data.tokens}))
     for entry in _inputs(predicate, "prompts"):
         found.append(Dataset(ref="prompts", name=entry["name"], kind="prompts", sha256=entry["sha256"]))
-    for i, source in enumerate(data_sources_of(plan)):
-        found.append(Dataset(ref=f"source-{i + 1}", name=str(_get(source, "id")), kind="source",
-                             license=_get(source, "license"), url=_get(source, "url"),
-                             generated_by=tuple(_get(source, "generated_by") or ())))
+    for i, source in enumerate(plan.data.sources):
+        found.append(Dataset(ref=f"source-{i + 1}", name=source.id, kind="source", license=source.license,
+                             url=source.url, generated_by=tuple(source.generated_by or ())))
     for job in sources.generation_records:
         outputs = as_dict(job.predicate.get("outputs"))
         teacher = as_dict(job.predicate.get("teacher")).get("model")
@@ -201,10 +188,6 @@ def _datasets(plan, predicate: dict, sources: Sources) -> list[Dataset]:
                              sha256=kept["sha256"], generated_by=(teacher,) if teacher else teacher_names,
                              size=outputs.get("kept"), details={"unit": "samples", "generation_record": job.name}))
     return found
-
-
-def _get(item: Any, key: str):
-    return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
 
 
 def _references(sources: Sources) -> list[Reference]:
@@ -266,7 +249,7 @@ def _training_text(plan, compute: dict, runs: tuple[Signed, ...]) -> str:
     from audit.numbers import sci
 
     text = (f"Knowledge distillation ({plan.method.kind}, {plan.method.loss}) from "
-            f"{', '.join(t.model for t in teachers_of(plan))}; audited compute {sci(compute.get('total_flops'), 3)} FLOP "
+            f"{', '.join(t.model for t in plan.teachers)}; audited compute {sci(compute.get('total_flops'), 3)} FLOP "
             f"cumulative, {sci(compute.get('update_flops'), 3)} FLOP parameter-update (1 multiply-add = 2 FLOP).")
     for run in runs:
         flops = as_dict(run.predicate.get("compute")).get("flops")

@@ -14,6 +14,7 @@ from typing import Optional
 
 from audit.compute.types import ComputeEstimate
 from audit.plan import Plan
+from audit.policy.cards import ModelCard
 from audit.policy.provider import possible_roles, provider_role
 from audit.policy.schema import FactTest, When
 from audit.validation import StrictModel
@@ -45,6 +46,8 @@ class PlanFacts(StrictModel):
     teacher_card: Optional[str] = None      # the local teacher folder whose README/LICENSE was read
     teacher_card_licenses: list[str] = []   # licence ids that folder's card and LICENSE name
     teacher_declared_license: Optional[str] = None  # teacher.license exactly as the plan wrote it
+    teacher_lineage: list[ModelCard] = []   # the local teacher folder's card, then its local base_model folders
+    base_lineage: list[ModelCard] = []      # the same for student.base_model given as a local folder
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class Finding(StrictModel):
     comparator: Optional[Literal[">", ">=", "<", "<=", "==", "!="]] = None
     citation: Optional[Citation] = None  # None only for engine findings (fail-closed reasons)
     explanation: str                    # plain English, one or two sentences
+    source: Optional[str] = None        # which teacher or data source it is about, when a plan has several
 
 
 class Obligation(StrictModel):
@@ -89,7 +90,8 @@ class TeacherResolution(StrictModel):
     entry_id: Optional[str] = None       # teacher entry in a pack; None when matched by licence or unknown
     entry_name: Optional[str] = None
     provider: Optional[str] = None
-    matched_by: Literal["model", "license", "none"] = "none"
+    # model: its full id; name: only its own name (a re-upload); base_model: a card's lineage
+    matched_by: Literal["model", "name", "license", "base_model", "none"] = "none"
     terms: list[str] = []                # terms document ids applied directly ("id@version")
     upstream: list[str] = []             # terms inherited from the teacher's own teachers ("id@version")
     licenses: list[str] = []             # licence ids declared in the plan or read from a local model dir
@@ -97,6 +99,9 @@ class TeacherResolution(StrictModel):
     host: Optional[str] = None           # teacher.host as given (API teachers)
     host_entry_id: Optional[str] = None  # the host entry whose terms apply too
     host_terms: list[str] = []           # the host's terms documents ("id@version")
+    derived_from: list[str] = []         # base models a local folder's card names (base_model chain)
+    derived_terms: list[str] = []        # the terms they bring ("id@version")
+    source: Optional[str] = None         # for Decision.sources: which teacher or data source
 
 
 class Decision(StrictModel):
@@ -109,3 +114,4 @@ class Decision(StrictModel):
     packs: list[dict]                    # [{"id", "version", "last_reviewed", "sha256"}]
     teacher: Optional[TeacherResolution] = None
     base_model: Optional[TeacherResolution] = None  # the weights the student starts from (init base / pruned)
+    sources: list[TeacherResolution] = []  # the plan's other teachers and its datasets' generators and licences

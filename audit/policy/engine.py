@@ -16,7 +16,11 @@ end in ALLOW. So do an unknown or unstated host for an open-weights model reache
 (``engine.unknown-host``, ``engine.host-missing``), an unknown base model
 (``engine.unknown-base-model``; a known one's derivative-binding clauses apply as
 ``base-model.<clause id>``), and a local teacher folder whose card disagrees with the declared
-licence or the pack's entry (``engine.teacher-license-conflict``). The teacher's terms must also
+licence or the pack's entry (``engine.teacher-license-conflict``). A derivative keeps its family's
+terms (:mod:`audit.policy.derivatives`): a declared licence its family does not carry is
+``engine.license-mismatch``, a base no pack knows ``engine.unknown-derivative-base``. Every other
+source of outputs (``teachers[1:]``, ``data.sources``: :mod:`audit.policy.sources`) is judged as a
+teacher, its findings named after it. The teacher's terms must also
 say something affirmative (a permission or an obligation); silence is REVIEW. A plan that claims
 more training tokens per epoch than its dataset manifest holds is REVIEW too (the manifest is read before ``decide``, see
 :class:`audit.policy.conditions.PlanFacts`); and so is a student or teacher count that met FLOP-bearing
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import replace
 from pathlib import PurePath
 
 from audit.compute.types import ComputeEstimate
@@ -36,6 +41,8 @@ from audit.policy.conditions import Context, PlanFacts
 from audit.policy.failclosed import engine_finding
 from audit.policy.markets import evaluate_markets
 from audit.policy.decision import Decision, Finding, Obligation, Outcome, TeacherResolution
+from audit.policy.derivatives import lineage_text, with_lineage
+from audit.policy.sources import OutputSource, TableNote, output_sources
 from audit.policy.org_rules import evaluate_rules
 from audit.policy.packs import PolicySet
 from audit.policy.regimes import evaluate_regimes
@@ -51,7 +58,7 @@ def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.dat
     ``facts`` are what :func:`audit.policy.facts.read_plan_facts` read from the plan's files;
     ``audit_date`` is the day this pre-run estimate is made (deadlines that run from it, such as the
     EU notification, get a date only when it is given)."""
-    res = resolve_plan_teacher(plan.teacher, packs)
+    res = with_lineage(resolve_plan_teacher(plan.teacher, packs), facts.teacher_lineage, packs)
     ctx = Context(plan=plan, compute=compute, as_of=as_of,
                   teacher_provider=teacher_provider(res, packs), teacher_terms=res.all_terms(),
                   facts=facts, audit_date=audit_date)
@@ -62,21 +69,93 @@ def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.dat
     teacher_findings += _resolution_findings(res, teacher_findings)
     teacher_findings += _host_findings(res)
     teacher_findings += card_findings(res, facts, packs)
-    base = resolve_base_model(plan, packs)
+    base = _resolve_base(plan, packs, facts)
     applied = {f.rule_id for f in teacher_findings if f.effect != "info"}
     base_findings, base_obligations = evaluate_base_model(ctx, packs, base, applied)
     base_findings += _base_findings(plan, base)
     org_findings, org_obligations = evaluate_rules(ctx, packs)
+    sources, notes, plain = output_sources(plan, packs)
+    source_findings, source_obligations, source_resolutions = [], [], []
+    if sources or notes or plain:  # several sources of outputs: each finding names its own
+        label = f"teacher {plan.teacher.model!r}"
+        teacher_findings = [_tagged(f, label) for f in teacher_findings]
+        source_findings = _table_findings(notes, plain)
+    for source in sources:
+        found, owed = _source_findings(ctx, packs, source)
+        source_findings += found
+        source_obligations += owed
+        source_resolutions.append(_teacher_resolution(source.res, packs).model_copy(update={"source": source.label}))
 
-    findings = (findings + market_findings + teacher_findings + base_findings + org_findings + data_findings(ctx)
-                + uncounted_findings(compute))
-    obligations = obligations + market_obligations + teacher_obligations + base_obligations + org_obligations
+    findings = (findings + market_findings + teacher_findings + base_findings + source_findings + org_findings
+                + data_findings(ctx) + uncounted_findings(compute))
+    obligations = _merged(obligations + market_obligations + teacher_obligations + base_obligations
+                          + source_obligations + org_obligations)
     outcome, rule_ids = outcome_of(findings, obligations)
     return Decision(outcome=outcome, as_of=as_of, findings=findings, obligations=obligations,
                     regimes=regimes, rule_ids=rule_ids,
                     packs=[{k: v for k, v in lp.summary().items() if k != "path"} for lp in packs.packs],
                     teacher=_teacher_resolution(res, packs),
-                    base_model=_teacher_resolution(base, packs) if base is not None else None)
+                    base_model=_teacher_resolution(base, packs) if base is not None else None,
+                    sources=source_resolutions)
+
+
+def _source_findings(ctx: Context, packs: PolicySet, source: OutputSource) -> tuple[list[Finding], list[Obligation]]:
+    """One other source of outputs judged as a teacher (its own terms, fail-closed findings,
+    host), every finding and obligation named after it."""
+    plan = ctx.plan.model_copy(update={"teacher": source.teacher, "teachers": [source.teacher]})
+    res = source.res
+    sub = replace(ctx, plan=plan, teacher_provider=teacher_provider(res, packs), teacher_terms=res.all_terms(),
+                  facts=PlanFacts())
+    found, owed = evaluate_teacher(sub, packs, res)
+    found += _resolution_findings(res, found) + _host_findings(res)
+    owed = [o.model_copy(update={"text": f"{source.label}: {o.text}"}) for o in owed]
+    return [_tagged(f, source.label) for f in found], owed
+
+
+def _tagged(finding: Finding, label: str) -> Finding:
+    return finding.model_copy(update={"source": label, "explanation": f"{label}: {finding.explanation}"})
+
+
+def _table_findings(notes: list[TableNote], plain: list[str]) -> list[Finding]:
+    """Where a data source's generators came from (the cited dataset table), and the data
+    sources taken as written by people."""
+    out = []
+    for note in notes:
+        out.append(Finding(
+            rule_id=f"dataset-table.{note.dataset}", pack_id=note.pack[0], pack_version=note.pack[1], kind="teacher",
+            effect="info", citation=note.citation, source=note.label,
+            explanation=f"{note.label}: the plan does not say which models wrote it; its dataset card says "
+                        f"{', '.join(map(repr, note.generated_by))} ({note.citation.url}, read {note.citation.date}), "
+                        "so their output terms are applied."))
+    for label in plain:
+        out.append(engine_finding(
+            "engine.dataset-without-generator",
+            f"{label}: neither the plan (generated_by) nor flopgate's dataset table names a model that wrote it, so it "
+            "is taken as written by people; if a model wrote any of it, list that model in generated_by.",
+            observed=label, effect="info").model_copy(update={"source": label}))
+    return out
+
+
+_LEAST_MET_FIRST = ("unmet", "todo", "met")
+
+
+def _merged(obligations: list[Obligation]) -> list[Obligation]:
+    """One obligation per id (the same terms reached through two sources): the least met one."""
+    kept: dict[str, Obligation] = {}
+    for ob in obligations:
+        if ob.id not in kept or _LEAST_MET_FIRST.index(ob.status) < _LEAST_MET_FIRST.index(kept[ob.id].status):
+            kept[ob.id] = ob
+    return list(kept.values())
+
+
+def _resolve_base(plan: Plan, packs: PolicySet, facts: PlanFacts) -> Resolution | None:
+    """The student's base model, with its card lineage when it is a local folder (or the
+    teacher's, for a pruned teacher)."""
+    pruned = plan.student.init == "pruned_teacher"
+    cards = facts.teacher_lineage if pruned else facts.base_lineage
+    own = " AND ".join(cards[0].licenses) if cards and not pruned else None
+    base = resolve_base_model(plan, packs, own or None)
+    return None if base is None else with_lineage(base, cards, packs)
 
 
 def _host_findings(res: Resolution) -> list[Finding]:
@@ -103,8 +182,8 @@ def _base_findings(plan: Plan, base: Resolution | None) -> list[Finding]:
     if base is None:
         return []
     model, field = base_model_of(plan)
-    out = []
-    if not base.terms:
+    out = _derivation_findings(base, field)
+    if not base.known():
         out.append(engine_finding(
             "engine.unknown-base-model",
             f"The student is built on {model!r} ({field}), but no policy pack describes that model's licence, "
@@ -173,7 +252,8 @@ def _resolution_findings(res: Resolution, teacher_findings: list[Finding]) -> li
             f"Licence {', '.join(map(repr, res.unknown_licenses))} is not in any policy pack, so its terms "
             "are unknown; a person must review it (or add a pack that describes it).",
             observed=f"teacher.license = {', '.join(res.licenses)!r}"))
-    if not res.terms:
+    out += _derivation_findings(res, "teacher.model")
+    if not res.known():
         out.append(engine_finding(
             "engine.unknown-teacher",
             f"No policy pack describes the terms for teacher {who}; without them the use of its outputs "
@@ -185,16 +265,52 @@ def _resolution_findings(res: Resolution, teacher_findings: list[Finding]) -> li
                                   f"Teacher {who} matches several entries equally well ({ids}); all their "
                                   "terms are applied and a person must confirm which governs.", observed=who))
     if res.license_only_terms:
-        out.append(engine_finding(
-            "engine.license-mismatch",
-            f"The declared licence names terms ({', '.join(res.license_only_terms)}) that the matched teacher "
-            f"entry ({res.entry.id}) does not; both are applied and a person must confirm which governs.",
-            observed=f"teacher.license = {', '.join(res.licenses)!r}"))
-    if res.terms and not any(f.effect != "info" for f in teacher_findings):
+        out.append(_mismatch_finding(res, "teacher.license"))
+    if res.known() and not any(f.effect != "info" for f in teacher_findings):
         out.append(engine_finding(
             "engine.no-permission",
             "None of the teacher's terms says affirmatively that this use is allowed; failing closed.",
             observed=who))
+    return out
+
+
+def _mismatch_finding(res: Resolution, field: str) -> Finding:
+    """``engine.license-mismatch``: the declared licence brings terms that what governs the model
+    (its pack entry, or the models it derives from) does not name; both are applied."""
+    governs = (f"the matched teacher entry ({res.entry.id})" if res.entry is not None
+               else f"the model it derives from ({lineage_text(res)})")
+    governing = res.entry.terms if res.entry is not None else res.base_terms()
+    return engine_finding(
+        "engine.license-mismatch",
+        f"The declared licence names terms ({', '.join(res.license_only_terms)}) that {governs} does not; both "
+        "are applied and a person must confirm which governs. A relabelled, re-uploaded or fine-tuned model "
+        "keeps its family's terms.",
+        observed=f"{field} = {', '.join(res.licenses)!r}; governed by {', '.join(governing)}")
+
+
+def _derivation_findings(res: Resolution, field: str) -> list[Finding]:
+    """What a model derives from: matched by its own name (info), the bases its card names
+    (info), and bases no pack describes (REVIEW ``engine.unknown-derivative-base``)."""
+    out = []
+    if res.entries and res.match == "name":
+        out.append(engine_finding(
+            "engine.matched-by-name",
+            f"{res.model!r} is not an id any pack lists, but its own name matches {res.entry.id} ({res.entry.name}): "
+            "a re-upload or a fine-tune named after its base keeps the family's terms, which are applied.",
+            observed=f"{field} = {res.model!r}", effect="info"))
+    if res.bases:
+        out.append(engine_finding(
+            "engine.derived-from",
+            f"The model card of {res.model!r} names the models it was made from: {lineage_text(res)}; their "
+            "terms apply as well (a derivative keeps its family's terms).",
+            observed=f"{field} = {res.model!r}", effect="info"))
+    if res.unresolved_bases:
+        out.append(engine_finding(
+            "engine.unknown-derivative-base",
+            f"The model card of {res.model!r} says it derives from {', '.join(map(repr, res.unresolved_bases))}, "
+            "but no policy pack describes that model's licence (or the folder is not there, or says neither its "
+            "base nor its licence); the terms that follow it are unknown, so a person must review it.",
+            observed=f"{field} = {res.model!r}"))
     return out
 
 
@@ -289,12 +405,12 @@ def _teacher_resolution(res: Resolution, packs: PolicySet) -> TeacherResolution:
     entry = res.entry
     return TeacherResolution(
         model=res.model, access=res.access, entry_id=entry.id if entry else None,
-        entry_name=entry.name if entry else None, provider=entry.provider if entry else (
-            packs.terms(res.terms[0])[1].provider if res.terms else None),
+        entry_name=entry.name if entry else None, provider=teacher_provider(res, packs),
         matched_by=res.matched_by, terms=tagged(res.terms),
         upstream=tagged([up.terms for _, up in res.upstream]), licenses=list(res.licenses),
         citation=entry.citation if entry else None, host=res.host,
-        host_entry_id=res.host_entry[1].id if res.host_entry else None, host_terms=tagged(res.host_terms))
+        host_entry_id=res.host_entry[1].id if res.host_entry else None, host_terms=tagged(res.host_terms),
+        derived_from=[b.model for b in res.bases], derived_terms=tagged(res.base_terms()))
 
 
 def _unique(ids: list[str]) -> list[str]:

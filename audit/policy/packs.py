@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from audit.errors import InputError
 from audit.fsutil import decode_utf8, read_input, sha256_bytes
-from audit.policy.schema import CLAUSE_TYPES, HostEntry, Market, OrgRule, Pack, Regime, TeacherEntry, TermsDoc
+from audit.policy.schema import (CLAUSE_TYPES, DatasetEntry, HostEntry, Market, OrgRule, Pack, Regime,
+                                   TeacherEntry, TermsDoc)
 from audit.validation import describe_error, field_path
 from audit.yamlio import load_yaml_text
 
@@ -45,6 +46,7 @@ class PolicySet:
         self._items: dict[str, tuple[LoadedPack, Any]] = {}
         self._terms: dict[str, tuple[LoadedPack, TermsDoc]] = {}
         self._by_license: dict[str, list[str]] = {}
+        self._datasets: dict[str, tuple[LoadedPack, DatasetEntry]] = {}
         seen_packs: dict[str, LoadedPack] = {}
         for loaded in self.packs:
             if loaded.pack.id in seen_packs:
@@ -53,6 +55,12 @@ class PolicySet:
             seen_packs[loaded.pack.id] = loaded
             for item in _items_with_ids(loaded.pack):
                 self._add(loaded, item)
+            for entry in loaded.pack.datasets:
+                for name in [entry.id, *entry.aliases]:
+                    if name.casefold() in self._datasets:
+                        raise InputError(f"dataset {name!r} is listed twice", source=str(loaded.path),
+                                         field=f"datasets {entry.id}")
+                    self._datasets[name.casefold()] = (loaded, entry)
             for doc in loaded.pack.terms:
                 self._terms[doc.id] = (loaded, doc)
                 for license_id in doc.license_ids:
@@ -116,6 +124,13 @@ class PolicySet:
 
     def rules(self) -> list[tuple[LoadedPack, OrgRule]]:
         return [(lp, r) for lp in self.packs for r in lp.pack.rules]
+
+    def dataset(self, dataset_id: str) -> tuple[LoadedPack, DatasetEntry] | None:
+        """The dataset table's entry for ``dataset_id`` (its id or an alias, any case), or None."""
+        return self._datasets.get(dataset_id.casefold())
+
+    def datasets(self) -> list[tuple[LoadedPack, DatasetEntry]]:
+        return list({id(entry): (loaded, entry) for loaded, entry in self._datasets.values()}.values())
 
     def all_terms(self) -> list[tuple[LoadedPack, TermsDoc]]:
         return list(self._terms.values())

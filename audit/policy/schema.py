@@ -280,6 +280,18 @@ class TeacherEntry(StrictModel):
     notes: str = ""
 
 
+class DatasetEntry(StrictModel):
+    """A widely used dataset written (wholly or partly) by models, and which models, as its card
+    says: a plan's ``data.sources`` entry naming it without ``generated_by`` gets these."""
+
+    id: str = Field(min_length=1)                 # the dataset's id (a Hugging Face dataset repo id)
+    aliases: list[str] = []                       # other ids or names it is published under
+    name: str = Field(min_length=1)
+    generated_by: list[str] = Field(min_length=1)  # model ids (or API model names) whose outputs it holds
+    citation: Citation
+    notes: str = ""
+
+
 class HostEntry(StrictModel):
     """A third party that serves other providers' models through its own API (``teacher.host``).
     A hosted model is governed by the host's terms plus the model's own licence (or, for a closed
@@ -402,9 +414,12 @@ class Pack(StrictModel):
     hosts: list[HostEntry] = []
     rules: list[OrgRule] = []
     markets: list[Market] = []
+    datasets: list[DatasetEntry] = []
 
     @model_validator(mode="after")
     def _not_empty(self):
-        if not (self.regimes or self.terms or self.teachers or self.hosts or self.rules or self.markets):
-            raise ValueError("a pack needs at least one of regimes, terms, teachers, hosts, rules or markets")
+        if not (self.regimes or self.terms or self.teachers or self.hosts or self.rules or self.markets
+                or self.datasets):
+            raise ValueError("a pack needs at least one of regimes, terms, teachers, hosts, rules, markets or "
+                             "datasets")
         return self

@@ -2,8 +2,15 @@
 
 Resolution: a teacher entry matches when its channel equals ``teacher.access`` and one of its
 globs matches ``teacher.model`` (case-insensitive); the most specific glob wins (most literal
-characters). Licence ids in ``teacher.license`` (``A AND B``, as SPDX writes it; filled in from
-a local model directory by :mod:`audit.policy.facts`) name terms documents directly; a licence
+characters). When no weights entry matches the full id, the model's own name (after the owner)
+is matched against the name part of the globs, alone or after a ``-``, ``_`` or ``.``: a
+re-upload (``someuser/Llama-3.1-8B-Instruct-abliterated``) or a fine-tune named after its base
+(``someuser/Hermes-3-Llama-3.1-8B``) keeps the family's terms (``match == "name"``). Only a pack
+entry for the full id (a pack note) can say otherwise. A local folder's card lineage
+(``base_model``) adds the terms of what it derives from (:mod:`audit.policy.derivatives`).
+
+Licence ids in ``teacher.license`` (``A AND B``, as SPDX writes it; filled in from a local model
+directory by :mod:`audit.policy.facts`) name terms documents directly; a licence
 governs weights, so for an API or app teacher no entry means "unknown" whatever licence is
 declared. When an entry and a declared licence disagree, both apply and the decision needs
 review. Upstream terms (the teacher was itself trained on another model's outputs) apply too.
@@ -70,6 +77,9 @@ class Resolution:
     # unknown: no pack knows the host; missing: an open-weights model through an API, host not given
     host_status: str = "none"
     host_entry: Optional[tuple[LoadedPack, HostEntry]] = None
+    match: str = "id"                         # id: the full model id matched; name: only its own name did
+    bases: tuple["Resolution", ...] = ()      # what a local folder's card says it derives from (base_model)
+    unresolved_bases: tuple[str, ...] = ()    # base models no pack describes (or folders that are not there)
 
     @property
     def entry(self) -> Optional[TeacherEntry]:
@@ -77,7 +87,19 @@ class Resolution:
 
     @property
     def matched_by(self) -> str:
-        return "model" if self.entries else ("license" if self.terms else "none")
+        if self.entries:
+            return "model" if self.match == "id" else "name"
+        if self.terms:
+            return "license"
+        return "base_model" if self.base_terms() else "none"
+
+    def base_terms(self) -> tuple[str, ...]:
+        """Terms of the models this one derives from (their own, upstream and bases), in order."""
+        return tuple(dict.fromkeys(t for base in self.bases for t in base.all_terms()))
+
+    def known(self) -> bool:
+        """Whether some pack describes terms that govern it (its own or a base model's)."""
+        return bool(self.terms or self.base_terms())
 
     @property
     def host_terms(self) -> tuple[str, ...]:
@@ -85,6 +107,7 @@ class Resolution:
 
     def all_terms(self) -> tuple[str, ...]:
         own = self.terms + tuple(up.terms for _, up in self.upstream if up.terms not in self.terms)
+        own += tuple(t for t in self.base_terms() if t not in own)
         return own + tuple(t for t in self.host_terms if t not in own)
 
 
@@ -117,14 +140,52 @@ def _best_entries(model: str, access: str, candidates) -> list:
     return entries
 
 
+NAME_SEPARATORS = ("-", "_", ".")
+_MIN_NAME_LITERALS = 4  # a glob's name part with fewer literal characters ("*", "gpt*") is not a family
+
+
+def name_patterns(pattern: str) -> list[str]:
+    """The globs a model's own name (after the owner) is matched with, for one entry glob: its
+    name part alone or followed by a separator and anything (a re-upload: ``-GGUF``), each also
+    after a separator (a fine-tune named after its base: ``Hermes-3-Llama-3.1-8B``)."""
+    name = pattern.rsplit("/", 1)[-1]
+    if _specificity(name) < _MIN_NAME_LITERALS:
+        return []
+    cores = [name] + ([f"{name}{sep}*" for sep in NAME_SEPARATORS] if not name.endswith("*") else [])
+    return cores + [f"*{sep}{core}" for core in cores for sep in NAME_SEPARATORS]
+
+
+def _name_entries(model: str, access: str, candidates) -> list:
+    """:func:`_best_entries` on the model's own name, for weights entries only. An entry whose
+    globs name the model's own owner is skipped: the provider's own ids are listed one by one
+    (one left out, such as a checkpoint whose licence is not verified, stays unknown)."""
+    if access != "weights":
+        return []
+    owner, _, name = model.rpartition("/")
+    best, entries = -1, []
+    for loaded, entry in candidates:
+        owners = {g.rsplit("/", 1)[0].casefold() for g in entry.models if "/" in g}
+        if entry.channel != access or owner.casefold() in owners:
+            continue
+        score = max((_specificity(p) for g in entry.models for p in name_patterns(g) if matches_any(name, [p])),
+                    default=-1)
+        if score > best:
+            best, entries = score, [(loaded, entry)]
+        elif score == best and score >= 0:
+            entries.append((loaded, entry))
+    return entries
+
+
 def resolve_teacher(model: str, access: str, license: Optional[str], packs: PolicySet) -> Resolution:
     """The entries, terms and upstream terms that govern ``model`` reached through ``access``."""
-    entries = []
+    entries, match = [], "id"
     if not is_local_path(model):
         # Organisation entries add to the built-in match, never replace it: they can only add terms.
         teachers = packs.teachers()
-        entries = (_best_entries(model, access, [t for t in teachers if t[0].builtin])
-                   + _best_entries(model, access, [t for t in teachers if not t[0].builtin]))
+        builtin, org = [t for t in teachers if t[0].builtin], [t for t in teachers if not t[0].builtin]
+        entries = _best_entries(model, access, builtin) + _best_entries(model, access, org)
+        if not entries:  # a re-upload or a fine-tune named after its family keeps the family's terms
+            entries, match = _name_entries(model, access, builtin) + _name_entries(model, access, org), "name"
     entry_terms = [t for _, e in entries for t in e.terms]
     upstream = [(lp, up) for lp, e in entries for up in e.upstream]
     licenses = split_licenses(license)
@@ -142,7 +203,7 @@ def resolve_teacher(model: str, access: str, license: Optional[str], packs: Poli
     terms = list(dict.fromkeys(entry_terms + extra))
     return Resolution(model=model, access=access, entries=tuple(entries), terms=tuple(terms),
                       upstream=tuple(upstream), licenses=tuple(licenses), unknown_licenses=tuple(unknown),
-                      license_only_terms=tuple(extra) if entries else ())
+                      license_only_terms=tuple(extra) if entries else (), match=match if entries else "id")
 
 
 def _provider_key(name: str) -> str:
@@ -183,8 +244,14 @@ def resolve_plan_teacher(teacher, packs: PolicySet) -> Resolution:
 
 
 def teacher_provider(res: Resolution, packs: PolicySet) -> Optional[str]:
+    """The entry's provider; else that of the first base model a provider is known for (a
+    derivative is governed by its family); else that of the licence's terms."""
     if res.entry is not None:
         return res.entry.provider
+    for base in res.bases:
+        found = teacher_provider(base, packs)
+        if found is not None:
+            return found
     if res.terms:
         return packs.terms(res.terms[0])[1].provider
     return None
@@ -205,7 +272,8 @@ def evaluate_teacher(ctx: Context, packs: PolicySet, res: Resolution) -> tuple[l
     findings: list[Finding] = []
     obligations: list[Obligation] = []
     via: dict[str, Upstream] = {up.terms: up for _, up in res.upstream if up.terms not in res.terms}
-    own = set(res.terms) | set(via)
+    derived = {t: base.model for base in res.bases for t in base.all_terms() if t not in res.terms and t not in via}
+    own = set(res.terms) | set(via) | set(derived)
     for loaded, up in res.upstream:
         findings.append(Finding(
             rule_id=up.id, pack_id=loaded.pack.id, pack_version=loaded.pack.version, kind="teacher",
@@ -224,7 +292,7 @@ def evaluate_teacher(ctx: Context, packs: PolicySet, res: Resolution) -> tuple[l
         if not doc.in_force(ctx.as_of):
             findings.append(_not_in_force(doc, ctx.as_of))
             continue
-        in_force += terms_id in res.terms
+        in_force += terms_id in res.terms or terms_id in derived
         for clause in doc.clauses:
             try:
                 out = evaluate_clause(clause, ctx)
@@ -234,6 +302,8 @@ def evaluate_teacher(ctx: Context, packs: PolicySet, res: Resolution) -> tuple[l
             prefix = f"{doc.title} ({doc.version})"
             if terms_id in via:
                 prefix = f"Inherited via {via[terms_id].id}: {prefix}"
+            elif terms_id in derived:
+                prefix = f"Derived from {derived[terms_id]!r} (the model card's base_model): {prefix}"
             elif terms_id not in own:
                 prefix = f"Host {res.host!r}: {prefix}"
             findings.append(Finding(
@@ -242,7 +312,7 @@ def evaluate_teacher(ctx: Context, packs: PolicySet, res: Resolution) -> tuple[l
                 explanation=f"{prefix}: {out.explanation}"))
             if out.obligation is not None:
                 obligations.append(out.obligation)
-    if res.terms and not in_force:  # fail closed: the version that governed then is not in any pack
+    if (res.terms or derived) and not in_force:  # fail closed: the version that governed then is not in any pack
         findings.append(engine_finding(
             "engine.no-terms-in-force",
             f"No version of {', '.join(res.terms)} that a pack holds was in force on {ctx.as_of}; the terms "
@@ -292,14 +362,15 @@ def base_model_of(plan) -> Optional[tuple[str, str]]:
     return None
 
 
-def resolve_base_model(plan, packs: PolicySet) -> Optional[Resolution]:
+def resolve_base_model(plan, packs: PolicySet, card_license: Optional[str] = None) -> Optional[Resolution]:
     """The weights licence that governs the student's base model (None for a scratch student).
-    A pruned teacher's declared licence counts; a base model has no declared licence field."""
+    A pruned teacher's declared licence counts; a base model has no declared licence field, but
+    ``card_license`` (what a base model folder's own card says) does."""
     found = base_model_of(plan)
     if found is None:
         return None
     model, _ = found
-    license = plan.teacher.license if plan.student.init == "pruned_teacher" else None
+    license = plan.teacher.license if plan.student.init == "pruned_teacher" else card_license
     return resolve_teacher(model, "weights", license, packs)
 
 

@@ -117,6 +117,8 @@ def _flatten(value, prefix: str = "") -> list[tuple[str, str]]:
         text = "not set"
     elif isinstance(value, bool):
         text = "yes" if value else "no"
+    elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        return [row for index, item in enumerate(value) for row in _flatten(item, f"{prefix}[{index}]")]
     elif isinstance(value, list):
         text = ", ".join(str(item) for item in value) if value else "none"
     elif isinstance(value, float):
@@ -124,6 +126,13 @@ def _flatten(value, prefix: str = "") -> list[tuple[str, str]]:
     else:
         text = str(value)
     return [(prefix, text)]
+
+
+def _one_teacher_once(content: dict) -> dict:
+    """Plan content without ``teachers`` when it only repeats ``teacher`` (a one-teacher plan)."""
+    if content.get("teachers") == [content.get("teacher")]:
+        return {k: v for k, v in content.items() if k != "teachers"}
+    return content
 
 
 def _warnings(predicate: dict) -> list[str]:
@@ -207,7 +216,7 @@ def render_audit_html(predicate: dict, *, signer_fingerprint: str | None,
         "obligations_by_id": {o.get("id"): o for o in obligations},
         "teacher_findings": [f for f in findings if f.get("kind") == "teacher"],
         "other_findings": [f for f in findings if f.get("kind") != "teacher"],
-        "plan_rows": _flatten(plan.get("content") or {}),
+        "plan_rows": _flatten(_one_teacher_once(plan.get("content") or {})),
         "verify_command": f"flopgate verify {shlex.quote(attestation_name)} --pubkey KEY.pub --plan {plan_argument}",
         "digest_command": f"sha256sum {plan_argument}",
         "methods": METHODS, "notions": NOTIONS, "regime_status": REGIME_STATUS,

@@ -183,8 +183,9 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
     manifest = inputs.manifest() if inputs is not None and plan.data.manifest else None
     data_files = preflight.training_data_files(loaded, args.data, manifest_sha256, read=manifest)
 
+    local_teacher = plan.teacher.model_copy(update={"model": str(teacher_dir)})
     with_teacher = loaded.model_copy(update={"plan": plan.model_copy(update={
-        "teacher": plan.teacher.model_copy(update={"model": str(teacher_dir)})})})
+        "teacher": local_teacher, "teachers": [local_teacher, *plan.teachers[1:]]})})
     overrides = loop_overrides(args)
     if teacher_flops_per_token is not None:
         overrides["teacher_flops_per_token"] = teacher_flops_per_token

@@ -49,6 +49,8 @@ EXPECTED = {
     "online-logit-kd.yaml": ("ALLOW_WITH_OBLIGATIONS", 0),
     # Qwen licence, 400 users, internal: allowed with notices only
     "sequence-kd-discarded.yaml": ("ALLOW", 0),
+    # a data source written by gpt-4o: the OpenAI competitor ban needs review (issue 26)
+    "several-sources.yaml": ("REVIEW", 3),
 }
 
 
@@ -133,3 +135,29 @@ def test_check_signs_the_tokenizer_folder_a_plan_names(tmp_path, key):
     assert len(signed) == 1 and signed[0]["path"] == str(tokenizer)
     assert signed[0]["sha256"] == folder_digest(tokenizer).root_sha256 and signed[0]["files"] == 3
     assert predicate["plan"]["content"]["data"]["tokenizer"] == str(tokenizer)
+
+
+def test_check_signs_the_derivative_cards_it_decided_on(tmp_path, key):
+    """A local teacher folder whose card says mit over a Llama 3.1 base (issue 26): REVIEW, the
+    lineage is in the signed decision, the card inside the hashed folder is covered by its root
+    and a base folder's card further up the chain is signed as a model_card input."""
+    import hashlib
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: meta-llama/Llama-3.1-70B-Instruct\n---\n")
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "README.md").write_text("---\nlicense: mit\nbase_model: ../base\n---\n")
+    (teacher / "model.safetensors").write_bytes(b"not really weights")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(EXAMPLE.read_text().replace("model: meta-llama/Llama-3.1-70B-Instruct", "model: ./teacher"))
+    out = tmp_path / "out"
+    assert main(["check", str(plan), "--out", str(out), "--key", str(key[0])]) == 3
+    predicate = verify_envelope_file(out / "audit.intoto.json", load_trusted_keys(pubkey=key[1])).predicate
+    assert "engine.license-mismatch" in predicate["decision"]["rule_ids"]
+    assert predicate["decision"]["teacher"]["derived_from"] == ["meta-llama/Llama-3.1-70B-Instruct", str(base)]
+    cards = [i for i in predicate["inputs"] if i["role"] == "model_card"]
+    readme = base / "README.md"
+    assert [(c["path"], c["sha256"]) for c in cards] == [(str(readme), hashlib.sha256(readme.read_bytes()).hexdigest())]
+    assert any(i["role"] == "teacher_weights" for i in predicate["inputs"])

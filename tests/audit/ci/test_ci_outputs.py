@@ -399,3 +399,39 @@ def test_a_plan_that_does_not_read_is_an_error_at_its_field_in_every_ci_format(p
     (result,) = valid_sarif(out)["runs"][0]["results"]
     assert code == 2 and region(result) == (1, 1)
     assert "hashes" not in valid_sarif(out)["runs"][0]["artifacts"][0]   # nothing was read
+
+
+def test_findings_about_other_sources_point_at_their_own_entries(tmp_path, capsys):
+    """A plan with `teachers:` and `data.sources:`: a finding about the second teacher or a
+    dataset's generator points at that entry's line, not at line 1 or at the first teacher."""
+    folder = tmp_path / "several"
+    folder.mkdir()
+    (folder / "student.json").write_text(json.dumps(TINY_STUDENT))
+    path = folder / "plan.yaml"
+    path.write_text(textwrap.dedent("""\
+        plan_version: 1
+        name: ci-several
+        organization: {name: Acme, jurisdictions: [EU], domicile: EU}
+        teachers:
+          - model: Qwen/Qwen2.5-7B-Instruct
+            access: weights
+            parameters: 7.0e9
+          - model: gpt-4o
+            access: api
+        student: {name: Acme-1B, config: ./student.json}
+        data:
+          tokens: 1.0e9
+          seq_len: 256
+          sources:
+            - id: acme/drafts
+              generated_by: [claude-sonnet-4]
+        use: {purpose: chat, scope: general, distribution: internal}
+        schedule: {start: 2027-01-10}
+        """))
+    code, out, _ = run(capsys, "policy", path, "--format", "sarif")
+    log = valid_sarif(out)
+    errors = [r for r in log["runs"][0]["results"] if r["level"] == "error"]
+    lines = {region(r)[0] for r in errors}
+    assert code != 0 and line_of(path, "model: gpt-4o") in lines
+    assert line_of(path, "generated_by: [claude-sonnet-4]") in lines
+    assert 1 not in lines and line_of(path, "model: Qwen/Qwen2.5-7B-Instruct") not in lines

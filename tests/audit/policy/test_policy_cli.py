@@ -271,3 +271,22 @@ def test_terms_for_a_local_directory_reads_its_licence(tmp_path, capsys):
 def test_terms_unknown_teacher_says_review(capsys):
     code, out, _ = _run(capsys, "terms", "acme/secret-model")
     assert code == 3 and "REVIEW" in out
+
+
+def test_terms_of_a_relabelled_local_folder_show_its_family(capsys, tmp_path):
+    """Issue 26: a folder whose card says mit over a Llama 3.1 base shows the Llama terms too."""
+    (tmp_path / "README.md").write_text("---\nlicense: mit\nbase_model: meta-llama/Llama-3.1-8B-Instruct\n---\n")
+    code, out, _ = _run(capsys, "terms", str(tmp_path), "--access", "weights", "--json")
+    [channel] = json.loads(out)["channels"]
+    assert code == 0 and channel["derived_from"] == ["meta-llama/Llama-3.1-8B-Instruct"]
+    docs = {d["id"]: d for d in channel["terms"]}
+    assert docs["llama-3.1-license"]["via"] == "derived from meta-llama/Llama-3.1-8B-Instruct"
+    assert docs["mit"]["via"] is None
+    code, out, _ = _run(capsys, "terms", str(tmp_path), "--access", "weights")
+    assert "derived from (model card base_model): meta-llama/Llama-3.1-8B-Instruct" in " ".join(out.split())
+
+
+def test_terms_of_a_reupload_name_its_family(capsys):
+    code, out, _ = _run(capsys, "terms", "someuser/Llama-3.1-8B-Instruct-abliterated", "--access", "weights", "--json")
+    [channel] = json.loads(out)["channels"]
+    assert code == 0 and channel["matched_by"] == "name" and channel["entry"]["id"] == "llama-3.1"

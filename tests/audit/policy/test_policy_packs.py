@@ -31,6 +31,8 @@ def _all_citations(pack):
         for spec in market.obligations:
             if spec.citation is not None:
                 yield spec.id, spec.citation
+    for entry in pack.datasets:
+        yield entry.id, entry.citation
 
 
 @pytest.mark.parametrize("path", builtin_pack_paths(), ids=lambda p: p.name)

@@ -44,7 +44,7 @@ def run_scenario(row: dict):
     if "manifest_facts" in row:  # what read_plan_facts read from data.manifest
         facts = PlanFacts(manifest=plan.data.manifest, **(row["manifest_facts"] or {}))
     if "card_facts" in row:  # what read_plan_facts read from a local teacher folder's README/LICENSE
-        facts = facts.model_copy(update=row["card_facts"])
+        facts = PlanFacts.model_validate(facts.model_dump() | row["card_facts"])  # lineage cards validated
     compute = make_compute(**(row.get("compute") or {}))
     as_of = row.get("as_of") or plan.schedule.start
     return decide(plan, compute, _packs(tuple(row.get("org_packs", []))), as_of, facts)
