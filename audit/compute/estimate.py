@@ -22,6 +22,7 @@ Components and which totals they join (EU GPAI guidelines, Annex A.1, ¶118-122)
 
 from __future__ import annotations
 
+import math
 
 from audit.compute.types import (AdapterSummary, Component, ComputeEstimate, HardwareCheck, LogitCache,
                                  logit_cache_bytes_per_token)
@@ -176,6 +177,19 @@ def _teacher_method(teacher: ModelSummary | None, per_token: float | None) -> st
     if per_token is None:
         return "unknown"
     return teacher.method if teacher is not None else "parameters_estimate"
+
+
+def teacher_row_tokens(seq_len: int, student_tokens: int, teacher_tokens: int) -> int:
+    """Cross-tokenizer logit distillation: the teacher's row length (tokens, padding included) for
+    a student row of ``seq_len`` tokens, when the same text is ``student_tokens`` tokens to the
+    student and ``teacher_tokens`` to the teacher (the manifest's counts). The expected length e =
+    seq_len x teacher/student, plus 4 sqrt(e) + 1 for rows denser than the mean (a longer span is
+    cut by the trainer). The trainer runs the teacher on rows of exactly this length, and the
+    audit counts them: one rule for both (``distill.train.cross_tokenizer``)."""
+    if seq_len <= 0 or student_tokens <= 0 or teacher_tokens <= 0:
+        raise ValueError("expected positive token counts")
+    expected = seq_len * teacher_tokens / student_tokens
+    return math.ceil(expected + 4 * math.sqrt(expected)) + 1
 
 
 def _teacher_logits(plan: Plan, tokens: float, per_token: float | None, teacher) -> Component:
