@@ -83,7 +83,7 @@ def assess(loaded: LoadedPlan, policy_dirs: Sequence[Path] = (), as_of: dt.date 
     packs = load_packs(policy_dirs)
     tables = load_reference_tables()
     plan, facts = resolve_plan_facts(loaded, packs), read_plan_facts(loaded, packs)
-    estimate = estimate_plan(loaded, tables, use_cache=use_cache)
+    estimate = estimate_plan(loaded, tables, use_cache=use_cache, facts=facts)
     today = today or utc_today()  # the audit date: the pre-run estimate is made (and signed) today
     due = rules_date(plan.schedule.start, today)
     when = as_of or due
