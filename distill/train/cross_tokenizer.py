@@ -38,44 +38,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distill.data.cross_tokenized import TokenStream
 from distill.data.training_data import IGNORE_INDEX
-
-DOCUMENT_GAP = 1
-"""Virtual characters between two documents of the packed stream (what an EOS token spans)."""
-
-
-# -- alignment -------------------------------------------------------------------------------------
-
-def token_boundaries(offsets: np.ndarray, text: str, base: int = 0) -> np.ndarray:
-    """The boundary of each token of ``text`` (module docstring): ``base`` + the end of the
-    previous token's characters (0 for the first). ``offsets``: [n, 2] character (start, end)
-    per token, as fast tokenizers return them. Whitespace between two tokens (offsets that leave
-    out a leading space) belongs to the next token. A token is no boundary when it starts before
-    its predecessor ends (a piece of a character split into bytes) or after text the tokenizer
-    dropped (a character outside its vocabulary): it repeats the previous boundary, so the array
-    stays non-decreasing and only the first token at a boundary counts."""
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    n = len(offsets)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.maximum.accumulate(offsets[:, 1])
-    out = np.zeros(n, dtype=np.int64)
-    out[1:] = ends[:-1]
-    clean = np.ones(n, dtype=bool)
-    clean[0] = offsets[0, 0] == 0 or text[:offsets[0, 0]].isspace()
-    clean[1:] = offsets[1:, 0] >= ends[:-1]
-    for k in np.flatnonzero(clean[1:] & (offsets[1:, 0] > ends[:-1])) + 1:  # a gap: only whitespace may be left out
-        clean[k] = text[ends[k - 1]:offsets[k, 0]].isspace()
-    out = np.where(clean, out, -1)
-    return np.maximum.accumulate(out) + base  # a leading -1 stays below every boundary: never aligned
-
 
 def aligned_positions(student_next: np.ndarray, teacher_next: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(student positions, teacher positions) that predict tokens starting at the same boundary.
@@ -86,35 +56,6 @@ def aligned_positions(student_next: np.ndarray, teacher_next: np.ndarray) -> tup
     s_idx, t_idx = np.flatnonzero(s_first), np.flatnonzero(t_first)
     _, si, ti = np.intersect1d(student_next[s_idx], teacher_next[t_idx], assume_unique=True, return_indices=True)
     return s_idx[si], t_idx[ti]
-
-
-@dataclass(frozen=True)
-class TokenStream:
-    """One tokenization of the packed text: token ids and each token's boundary."""
-
-    ids: np.ndarray
-    boundaries: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def encode_documents(texts: Sequence[str], tokenizer, *, eos: int | None) -> TokenStream:
-    """Plain-text documents -> the packed stream of one fast tokenizer, with boundaries: each
-    document's tokens (no special tokens added), then ``eos`` (when given), documents
-    :data:`DOCUMENT_GAP` characters apart."""
-    ids, bounds, base = [], [], 0
-    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-    for text, doc_ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
-        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-        if eos is not None:
-            doc_ids = list(doc_ids) + [eos]
-            offsets = np.vstack([offsets, [[len(text), len(text) + DOCUMENT_GAP]]])
-        ids.append(np.asarray(doc_ids, dtype=np.int64))
-        bounds.append(token_boundaries(offsets, text, base))
-        base += len(text) + DOCUMENT_GAP
-    cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64))
-    return TokenStream(cat(ids), cat(bounds))
 
 
 class CrossRows:

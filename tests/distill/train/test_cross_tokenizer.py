@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from audit.compute.estimate import teacher_row_tokens
-from distill.train.cross_tokenizer import (CrossRows, TokenStream, VocabularyMap, aligned_agreement,
-                                           aligned_divergence, aligned_positions, cross_tokenizer_loss,
-                                           encode_documents, token_boundaries)
+from distill.data.cross_tokenized import TokenStream, encode_documents, token_boundaries
+from distill.train.cross_tokenizer import (CrossRows, VocabularyMap, aligned_agreement, aligned_divergence,
+                                           aligned_positions, cross_tokenizer_loss)
 from distill_testkit import TRAIN_TEXT, text_documents, tiny_bpe
 
 

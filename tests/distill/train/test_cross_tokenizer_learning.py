@@ -17,8 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.data.cross_tokenized import encode_documents
 from distill.train.cross_tokenizer import (CrossRows, VocabularyMap, aligned_agreement, cross_tokenizer_loss,
-                                           encode_documents, teacher_len_for)
+                                           teacher_len_for)
 from distill_testkit import HELDOUT_TEXT, TRAIN_TEXT, llama_config, text_documents, tiny_bpe
 
 SEQ_LEN = 32
