@@ -20,6 +20,8 @@ chat records are refused.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +102,6 @@ def write_teacher_tokenization(folder: Path, documents: Sequence[str], *, studen
     order) into ``folder``; returns the manifest's ``teacher_tokenization`` object.
     ``student_ids``: the shards' token stream, which the student's offsets must reproduce
     exactly (``InputError`` otherwise: the two would not describe the same tokens)."""
-    from distill.data.prepare import _HashedFile
     from distill.data.shards import DTYPES
 
     student = encode_documents(documents, student_tokenizer, eos=student_tokenizer.eos_token_id)
@@ -115,9 +116,12 @@ def write_teacher_tokenization(folder: Path, documents: Sequence[str], *, studen
     for key, array in (("teacher_ids", teacher.ids.astype(DTYPES[dtype])),
                        ("teacher_boundaries", teacher.boundaries.astype(BOUNDARY_DTYPE)),
                        ("student_boundaries", student.boundaries.astype(BOUNDARY_DTYPE))):
-        out = _HashedFile(folder / FILES[key])
-        out.write(array.tobytes())
-        entries[key] = out.close()
+        raw = array.tobytes()
+        with open(folder / FILES[key], "wb") as handle:  # in prepare's staging folder, renamed whole at the end
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        entries[key] = {"name": FILES[key], "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
     from distill.data.training_data import vocabulary_digest
 
     return {"tokenizer": {**teacher_digest, "vocab_sha256": vocabulary_digest(teacher_tokenizer), "size": size},
