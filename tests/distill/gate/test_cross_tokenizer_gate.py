@@ -59,3 +59,12 @@ def test_a_copy_that_differs_from_the_audited_student_tokenizer_is_refused(cross
     (changed / "tokenizer.json").write_bytes((changed / "tokenizer.json").read_bytes().replace(b'"[UNK]"', b'"[UNX]"'))
     with pytest.raises(InputsRefused, match="tokenizer.json has sha256"):
         inputs.tokenizer(changed, role="student_tokenizer")
+
+
+def test_the_default_tokenizer_is_the_students_own(cross_project, signer):
+    """What a sequence run renders its samples with, and an HF trainer reads: the student's
+    tokenizer, not the teacher's (a logit run asks for each by role)."""
+    envelope = make_audit(cross_project, signer, roles=ROLES)
+    inputs = verify_audit(cross_project.plan, envelope, pubkey=str(signer.public_path)).inputs
+    assert inputs.tokenizer_role() == "student_tokenizer"
+    assert inputs.tokenizer(role="teacher_weights").role == "teacher_weights"
