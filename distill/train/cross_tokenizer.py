@@ -30,8 +30,9 @@ Loss per aligned position, temperature T (p: student, q: teacher; ``M``: matched
     loss  = (1 - w) T^2 (KL_M + ULD)  [aligned positions]  +  w CE  [every labelled position]
 
 summed and divided by the step's labelled student positions (as :mod:`distill.train.losses`).
-Logits are formed in fp32 over the aligned positions only; the loss is not fused (memory grows
-with aligned positions x both vocabularies).
+Logits are formed in fp32 over the aligned positions only, :data:`DEFAULT_CHUNK` positions at a
+time and recomputed in the backward, so memory holds one chunk x both vocabularies; ULD sorts
+both distributions at every aligned position (V log V each).
 """
 
 from __future__ import annotations
@@ -214,26 +215,50 @@ def aligned_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return kl + uld
 
 
+DEFAULT_CHUNK = 1024
+"""Positions whose logits are formed at a time; each chunk's are recomputed in the backward
+(activation checkpointing), so memory holds one chunk x vocabulary, not every position's."""
+
+
+def _divergence_sum(h_s, head_s, h_t, head_t, vmap: VocabularyMap, temperature: float) -> torch.Tensor:
+    with torch.no_grad():
+        z_t = h_t.float() @ head_t[:vmap.teacher_vocab].float().T
+    z_s = h_s.float() @ head_s[:vmap.student_vocab].float().T
+    return aligned_divergence(z_s, z_t, vmap, temperature).sum()
+
+
+def _cross_entropy_sum(h_s, head_s, labels, vocab: int) -> torch.Tensor:
+    return F.cross_entropy(h_s.float() @ head_s[:vocab].float().T, labels, reduction="sum")
+
+
 def cross_tokenizer_loss(student_hidden: torch.Tensor, student_head: torch.Tensor, labels: torch.Tensor,
                          teacher_hidden: torch.Tensor, teacher_head: torch.Tensor, pairs: torch.Tensor,
                          vmap: VocabularyMap, num_valid, *, temperature: float = 1.0,
-                         hard_label_weight: float = 0.0) -> torch.Tensor:
+                         hard_label_weight: float = 0.0, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """One micro-step's loss (module docstring): the sum over aligned pairs and labelled student
     positions, divided by ``num_valid`` (the step's labelled student positions). Hidden states:
-    [B, L, H] (student), [B, Lt, H'] (teacher); ``pairs`` [P, 3] from :class:`CrossRows`."""
+    [B, L, H] (student), [B, Lt, H'] (teacher); ``pairs`` [P, 3] from :class:`CrossRows`.
+    Logits are formed ``chunk`` positions at a time (:data:`DEFAULT_CHUNK`)."""
+    from torch.utils.checkpoint import checkpoint
+
     pairs = pairs.to(student_hidden.device)
     total = student_hidden.new_zeros((), dtype=torch.float32)
     w = hard_label_weight
     if w < 1 and len(pairs):
-        h_s = student_hidden[pairs[:, 0], pairs[:, 1]].float()
-        with torch.no_grad():
-            z_t = teacher_hidden[pairs[:, 0], pairs[:, 2]].float() @ teacher_head[:vmap.teacher_vocab].float().T
-        z_s = h_s @ student_head[:vmap.student_vocab].float().T
-        total = total + (1 - w) * temperature ** 2 * aligned_divergence(z_s, z_t, vmap, temperature).sum()
+        h_s = student_hidden[pairs[:, 0], pairs[:, 1]]
+        h_t = teacher_hidden[pairs[:, 0], pairs[:, 2]]
+        for at in range(0, len(pairs), chunk):
+            part = slice(at, at + chunk)
+            total = total + (1 - w) * temperature ** 2 * checkpoint(
+                _divergence_sum, h_s[part], student_head, h_t[part], teacher_head, vmap, temperature,
+                use_reentrant=False)
     if w > 0:
         keep = labels != IGNORE_INDEX
-        z = student_hidden[keep].float() @ student_head[:vmap.student_vocab].float().T
-        total = total + w * F.cross_entropy(z, labels[keep], reduction="sum")
+        h_s, target = student_hidden[keep], labels[keep]
+        for at in range(0, len(target), chunk):
+            part = slice(at, at + chunk)
+            total = total + w * checkpoint(_cross_entropy_sum, h_s[part], student_head, target[part],
+                                           vmap.student_vocab, use_reentrant=False)
     return total / num_valid
 
 

@@ -151,7 +151,8 @@ def test_loss_sums_aligned_positions_and_divides_by_labelled_tokens():
     head_s, head_t = torch.randn(6, 4, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
     labels = torch.randint(0, 6, (2, 5))
     pairs = torch.tensor([[0, 1, 2], [1, 4, 6]])
-    got = cross_tokenizer_loss(hs, head_s, labels, ht, head_t, pairs, vmap, 10, temperature=2.0, hard_label_weight=0.25)
+    got = cross_tokenizer_loss(hs, head_s, labels, ht, head_t, pairs, vmap, 10, temperature=2.0, hard_label_weight=0.25,
+                               chunk=3)  # several chunks: the divergence in one, the hard labels in four
     z_s = torch.stack([hs[0, 1] @ head_s.T, hs[1, 4] @ head_s.T])
     z_t = torch.stack([ht[0, 2] @ head_t.T, ht[1, 6] @ head_t.T])
     ce = torch.nn.functional.cross_entropy((hs @ head_s.T).reshape(-1, 6), labels.reshape(-1), reduction="sum")
@@ -159,6 +160,11 @@ def test_loss_sums_aligned_positions_and_divides_by_labelled_tokens():
     torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
     got.backward()
     assert hs.grad is not None and hs.grad.abs().sum() > 0
+    chunked = hs.grad.clone()
+    hs.grad = None
+    cross_tokenizer_loss(hs, head_s, labels, ht, head_t, pairs, vmap, 10, temperature=2.0,
+                         hard_label_weight=0.25).backward()   # one chunk: the same gradient
+    torch.testing.assert_close(chunked, hs.grad)
 
 
 def test_agreement_reads_top_tokens_through_the_map():
