@@ -90,3 +90,14 @@ def test_chat_records_are_refused(folders):
         prepare([CHAT], tokenizer_dir=root / "student-tok", out=root / "chat", workers=1,
                 teacher_tokenizer_dir=root / "teacher-tok", chat_template=None)
     assert not (root / "chat").exists()
+
+
+def test_the_command_prepares_both_tokenizations(folders, capsys):
+    from audit.cli.main import main
+
+    root, text, _, _ = folders
+    out = root / "cli"
+    assert main(["data", "prepare", str(text), "--tokenizer", str(root / "student-tok"), "--teacher-tokenizer",
+                 str(root / "teacher-tok"), "--out", str(out), "--workers", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert f"teacher tokenization: {manifest['teacher_tokenization']['total_tokens']:,} tokens" in capsys.readouterr().out
