@@ -79,7 +79,8 @@ class CrossRows:
         s_ids = self.student.ids[lo:lo + L + 1]
         s_bounds = self.student.boundaries[lo:lo + L + 1]
         t_lo = int(np.searchsorted(self.teacher.boundaries, s_bounds[0], side="left"))
-        t_hi = int(np.searchsorted(self.teacher.boundaries, s_bounds[-1], side="left"))  # first token at/after the last label
+        # the teacher's first token at or after the last label: its input row stops before it
+        t_hi = int(np.searchsorted(self.teacher.boundaries, s_bounds[-1], side="left"))
         t_hi = min(t_hi, t_lo + self.teacher_len)
         t_ids = self.teacher.ids[t_lo:t_hi]
         t_next = self.teacher.boundaries[t_lo + 1:t_hi + 1]

@@ -100,4 +100,5 @@ def test_the_command_prepares_both_tokenizations(folders, capsys):
     assert main(["data", "prepare", str(text), "--tokenizer", str(root / "student-tok"), "--teacher-tokenizer",
                  str(root / "teacher-tok"), "--out", str(out), "--workers", "1"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert f"teacher tokenization: {manifest['teacher_tokenization']['total_tokens']:,} tokens" in capsys.readouterr().out
+    count = manifest["teacher_tokenization"]["total_tokens"]
+    assert f"teacher tokenization: {count:,} tokens" in capsys.readouterr().out
