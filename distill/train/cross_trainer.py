@@ -18,7 +18,9 @@ Same loop, optimiser, meter, checkpoints and evaluation schedule as the logit re
 The teacher runs online (``teacher_source="online"``) on rows of the audited teacher row length;
 the meter charges per student token the audited rate (student training + teacher forward x
 teacher tokens per student token). A pruned-teacher student shares the teacher's vocabulary and
-is refused here, as are cached teacher logits.
+is refused here, as are cached teacher logits and a sharded teacher (each process holds a
+whole teacher). Regional ``torch.compile`` of both models' layers as in the logit recipe
+(``compile``; on for CUDA); the loss itself is not compiled.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ def train_cross_tokenizer(cfg, *, resume: bool = False, on_step: Optional[Callab
     if cfg.teacher_source != "online":
         raise InputError("cross-tokenizer distillation runs the teacher online (cached top-k log-probabilities are "
                          "over the teacher's vocabulary alone)", field="teacher_source")
+    if cfg.shard_teacher:
+        raise InputError("a sharded teacher is not supported for cross-tokenizer distillation yet: each process "
+                         "holds a whole teacher", field="shard_teacher")
     if cfg.student_init == "pruned_teacher":
         raise InputError("a pruned-teacher student has the teacher's vocabulary; student.tokenizer does not apply",
                          field="student.init")
@@ -126,6 +131,12 @@ def train_cross_tokenizer(cfg, *, resume: bool = False, on_step: Optional[Callab
         vmap = VocabularyMap.from_tokenizers(student_tokenizer, tokenizer)
         data = open_cross_data(cfg, student_tokenizer, tokenizer, manifest)
         total_steps(cfg, ctx.world_size)
+        if cfg.compile if cfg.compile is not None else device.type == "cuda":  # as the logit recipe
+            from distill.runtime.models import compile_layers
+            from distill.train.losses import COMPILE_BACKEND
+
+            compile_layers(student, backend=COMPILE_BACKEND)
+            compile_layers(teacher, backend=COMPILE_BACKEND)
         body = cfg.prepare_student(HiddenStates(student), decoder_layers(student), ctx)
         meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx)
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext

@@ -63,3 +63,11 @@ def test_cached_teacher_logits_are_refused_for_a_cross_tokenizer_run(project, tm
                  eval_sequences=0, eval_every=None)
     with pytest.raises(InputError, match="teacher online"):
         train(cfg)
+
+
+def test_a_sharded_teacher_is_refused_for_a_cross_tokenizer_run(project):
+    root, result = project
+    from audit.errors import InputError
+
+    with pytest.raises(InputError, match="sharded teacher"):
+        train(config(root, result, shard_teacher=True))
