@@ -84,7 +84,7 @@ def assess(loaded: LoadedPlan, policy_dirs: Sequence[Path] = (), as_of: dt.date 
     tables = load_reference_tables()
     facts = read_plan_facts(loaded, packs)
     plan = resolve_plan_facts(loaded, packs, facts)  # the teacher card is not read again
-    estimate = estimate_plan(loaded, tables, use_cache=use_cache)
+    estimate = estimate_plan(loaded, tables, use_cache=use_cache, facts=facts)
     today = today or utc_today()  # the audit date: the pre-run estimate is made (and signed) today
     due = rules_date(plan.schedule.start, today)
     when = as_of or due

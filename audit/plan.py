@@ -253,6 +253,10 @@ class Student(StrictModel):
     license: Optional[str] = Field(default=None, description="licence the student is released under")
     adapter: Optional[Adapter] = Field(default=None, description="train adapters on the frozen student instead "
                                        "of the whole model (LoRA); unset, every weight trains")
+    tokenizer: Optional[str] = Field(default=None, description="local folder of the student's own tokenizer when "
+                                     "it is not the teacher's (cross-tokenizer logit distillation: each model reads "
+                                     "its own tokens of the same text, aligned by characters); hashed and signed by "
+                                     "check, re-hashed by the gate; unset, the student uses the teacher's tokenizer")
 
     @model_validator(mode="after")
     def _base_needs_id(self):
@@ -479,6 +483,16 @@ class Plan(StrictModel):
 _RUN_FIELDS = ("config", "parameters", "weights", "endpoint", "api_key_env")
 """Teacher fields that mean this plan runs the teacher (its compute is counted, its weights loaded)."""
 
+    @model_validator(mode="after")
+    def _cross_tokenizer_method(self):
+        if self.student.tokenizer is not None and (self.method.kind in ("cached_logits", "on_policy")
+                                                   or self.method.also_logits):
+            what = "also_logits" if self.method.also_logits else f"kind {self.method.kind!r}"
+            raise ValueError(f"student.tokenizer is set but method.{what} needs one vocabulary; a student with its "
+                             "own tokenizer learns by logits (kind: logits, the teacher online, aligned by "
+                             "characters) or by sequence (kind: sequence, the teacher's text)")
+        return self
+
 
 class LoadedPlan(BaseModel):
     """A validated plan, where it came from, the sha256 of the exact bytes it was parsed from,
@@ -525,7 +539,8 @@ def load_plan(path: str | Path, raw: bytes | None = None) -> LoadedPlan:
     plan = plan.model_copy(update={
         "teacher": teachers[0], "teachers": teachers,
         "student": plan.student.model_copy(update={"config": _resolve(plan.student.config, base, always=False),
-                                                   "base_model": _resolve(plan.student.base_model, base, always=False)}),
+                                                   "base_model": _resolve(plan.student.base_model, base, always=False),
+                                                   "tokenizer": _resolve(plan.student.tokenizer, base, always=True)}),
         "data": plan.data.model_copy(update={"manifest": _resolve(plan.data.manifest, base, always=True),
                                              "prompts": _resolve(plan.data.prompts, base, always=True),
                                              "tokenizer": _resolve(plan.data.tokenizer, base, always=True)}),

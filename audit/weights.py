@@ -414,7 +414,8 @@ def model_folders(plan) -> list[tuple[str, Path]]:
     """``(role, folder)`` of every local folder whose files a run loads: the teacher's
     (``teacher_weights``), for ``student.init: base`` a base model given as a local folder
     (``student_base_weights``), and a tokenizer folder the plan names (``data.tokenizer``,
-    role ``tokenizer``). Each is signed by check and re-hashed by the gate."""
+    role ``tokenizer``; ``student.tokenizer``, role ``student_tokenizer``). Each is signed by check
+    and re-hashed by the gate."""
     folders = []
     teacher = teacher_folder(plan)
     if teacher is not None:
@@ -424,6 +425,9 @@ def model_folders(plan) -> list[tuple[str, Path]]:
         folders.append(("student_base_weights", base))
     if plan.data.tokenizer:
         folders.append(("tokenizer", Path(plan.data.tokenizer)))
+    student_tokenizer = getattr(plan.student, "tokenizer", None)
+    if student_tokenizer:  # cross-tokenizer distillation: the student's own tokenizer
+        folders.append(("student_tokenizer", Path(student_tokenizer)))
     return folders
 
 

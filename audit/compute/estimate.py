@@ -22,6 +22,7 @@ Components and which totals they join (EU GPAI guidelines, Annex A.1, ¶118-122)
 
 from __future__ import annotations
 
+import math
 
 from audit.compute.types import (AdapterSummary, Component, ComputeEstimate, HardwareCheck, LogitCache,
                                  logit_cache_bytes_per_token)
@@ -40,30 +41,53 @@ UNCERTAINTY = {         # relative half-width of each method's band
 }
 
 
-def estimate_plan(loaded: LoadedPlan, tables: ReferenceTables, *, use_cache: bool = True) -> ComputeEstimate:
+def estimate_plan(loaded: LoadedPlan, tables: ReferenceTables, *, use_cache: bool = True,
+                  facts=None) -> ComputeEstimate:
     """The compute estimate of a loaded plan: counts its models (I/O: configs and the count
-    cache), then :func:`build_estimate`."""
+    cache), then :func:`build_estimate`. ``facts``: the plan's :class:`audit.policy.conditions.
+    PlanFacts` (a cross-tokenizer plan reads the manifest's two token counts from them)."""
     plan, source = loaded.plan, str(loaded.path)
     seq_len = plan.data.seq_len
+    teacher_len, ratio = cross_tokenizer_rows(plan, facts)
     # the configs as load_plan read them: the bytes counted are the bytes the audit signs
     shape = dict(source_len=plan.data.source_len, document_tokens=plan.data.mean_document_tokens)
     student = summarize_model(loaded.student_config, seq_len, **shape, source=source, field="student.config",
                               use_cache=use_cache)
-    teacher = (summarize_model(loaded.teacher_config, seq_len, **shape, source=source, field="teacher.config",
-                               use_cache=use_cache) if loaded.teacher_config is not None else None)
+    teacher = (summarize_model(loaded.teacher_config, teacher_len or seq_len, **shape, source=source,
+                               field="teacher.config", use_cache=use_cache)
+               if loaded.teacher_config is not None else None)
     adapter = None
     if plan.student.adapter is not None:
         from audit.flops.adapter import summarize_adapter
 
         adapter = summarize_adapter(loaded.student_config, seq_len, plan.student.adapter, source=source, **shape)
-    return build_estimate(plan, student, teacher, tables, adapter=adapter)
+    return build_estimate(plan, student, teacher, tables, adapter=adapter, teacher_tokens_per_token=ratio)
+
+
+def is_cross_tokenizer(plan: Plan) -> bool:
+    """Logit distillation of a student with its own tokenizer (``student.tokenizer``)."""
+    return plan.student.tokenizer is not None and plan.method.kind == "logits"
+
+
+def cross_tokenizer_rows(plan: Plan, facts) -> tuple[int | None, float | None]:
+    """(the teacher's row length, teacher tokens per student token) of a cross-tokenizer plan,
+    from the manifest's two counts of the same text (:func:`teacher_row_tokens`); (None, None)
+    for any other plan or when the manifest does not give both counts."""
+    student = getattr(facts, "manifest_tokens", None)
+    teacher = getattr(facts, "manifest_teacher_tokens", None)
+    if not is_cross_tokenizer(plan) or not student or not teacher:
+        return None, None
+    row = teacher_row_tokens(plan.data.seq_len, student, teacher)
+    return row, row / plan.data.seq_len
 
 
 def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | None,
-                   tables: ReferenceTables, *, adapter: AdapterSummary | None = None) -> ComputeEstimate:
+                   tables: ReferenceTables, *, adapter: AdapterSummary | None = None,
+                   teacher_tokens_per_token: float | None = None) -> ComputeEstimate:
     """Pure: the estimate from a plan, the per-token counts of its models (and of the student
     with its adapter, for a plan with ``student.adapter``) and the reference tables (no I/O, no
-    clock)."""
+    clock). ``teacher_tokens_per_token``: a cross-tokenizer plan's (:func:`cross_tokenizer_rows`);
+    without it such a plan's teacher forward is unknown."""
     tokens = plan.data.tokens * plan.data.epochs
     missing: list[str] = []
     if plan.student.adapter is not None and (adapter is None or adapter.train_flops_per_token is None):
@@ -74,7 +98,12 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
     teacher_forward, teacher_params = _teacher_forward_per_token(plan, teacher)
     if teacher_forward is None:  # every method needs the teacher's forward passes
         missing.append("teacher.config or teacher.parameters (the teacher's size)")
-    if plan.method.kind in ("logits", "cached_logits"):
+    if is_cross_tokenizer(plan):
+        if teacher_tokens_per_token is None:
+            missing.append("the teacher's token count of the training text (a data.manifest from flopgate data "
+                           "prepare --teacher-tokenizer: student.tokenizer differs from the teacher's)")
+        components.append(_teacher_logits(plan, tokens, teacher_forward, teacher, teacher_tokens_per_token))
+    elif plan.method.kind in ("logits", "cached_logits"):
         components.append(_teacher_logits(plan, tokens, teacher_forward, teacher))
     elif plan.method.kind == "on_policy":
         components += _on_policy(plan, student, teacher_forward, teacher, adapter)
@@ -108,6 +137,7 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
         six_nd_flops=6.0 * student.params_active * tokens,
         params_total=student.params_total, params_active=student.params_active,
         student=student, adapter=adapter if plan.student.adapter is not None else None, teacher=teacher,
+        teacher_tokens_per_token=teacher_tokens_per_token if is_cross_tokenizer(plan) else None,
         logit_cache=_logit_cache(plan),
         teacher_params_estimate=teacher_params,
         teacher_training_flops=teacher_published.training_flops if teacher_published else None,
@@ -178,19 +208,40 @@ def _teacher_method(teacher: ModelSummary | None, per_token: float | None) -> st
     return teacher.method if teacher is not None else "parameters_estimate"
 
 
-def _teacher_logits(plan: Plan, tokens: float, per_token: float | None, teacher) -> Component:
+def teacher_row_tokens(seq_len: int, student_tokens: int, teacher_tokens: int) -> int:
+    """Cross-tokenizer logit distillation: the teacher's row length (tokens, padding included) for
+    a student row of ``seq_len`` tokens, when the same text is ``student_tokens`` tokens to the
+    student and ``teacher_tokens`` to the teacher (the manifest's counts). The expected length e =
+    seq_len x teacher/student, plus 4 sqrt(e) + 1 for rows denser than the mean (a longer span is
+    cut by the trainer). The trainer runs the teacher on rows of exactly this length, and the
+    audit counts them: one rule for both (``distill.train.cross_tokenizer``)."""
+    if seq_len <= 0 or student_tokens <= 0 or teacher_tokens <= 0:
+        raise ValueError("expected positive token counts")
+    expected = seq_len * teacher_tokens / student_tokens
+    return math.ceil(expected + 4 * math.sqrt(expected)) + 1
+
+
+def _teacher_logits(plan: Plan, tokens: float, per_token: float | None, teacher,
+                    teacher_tokens_per_token: float | None = 1.0) -> Component:
+    """The teacher's forward over the training text; a cross-tokenizer plan's runs on the
+    teacher's own tokens, ``teacher_tokens_per_token`` per student token (None: unknown)."""
     cached = plan.method.kind == "cached_logits"
     passes = plan.data.tokens if cached else tokens
+    cross = [] if teacher_tokens_per_token == 1.0 else [
+        f"the teacher reads its own tokens of the same text: {teacher_tokens_per_token:.6g} per student token "
+        "(its padded rows over data.seq_len, from the manifest's two token counts)"
+        if teacher_tokens_per_token is not None else "the teacher's token count of the text is unknown"]
+    known = per_token is not None and teacher_tokens_per_token is not None
     return Component(
         id="teacher_forward", label="teacher forward passes producing the targets",
-        flops=per_token * passes if per_token is not None else None,
+        flops=per_token * passes * teacher_tokens_per_token if known else None,
         method=_teacher_method(teacher, per_token), counts_toward=["cumulative"],
         assumptions=[("logits computed once and cached" if cached else
                       "teacher runs online over the training samples, every epoch (also_logits)"
                       if plan.method.also_logits else "teacher runs online, every epoch"),
                      "non-public targets count toward cumulative compute (EU guidelines ¶119)",
                      "left out of the parameter-update total: whether teacher forward passes "
-                     "directly contribute to parameter updates is not settled"]
+                     "directly contribute to parameter updates is not settled"] + cross
         + ([] if teacher is not None or per_token is None else ["2 x declared parameters per token"]))
 
 

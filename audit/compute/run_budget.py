@@ -75,6 +75,9 @@ def meter_figures(plan, predicate: dict) -> MeterFigures:
     teacher, generation = 0.0, 0.0
     if "teacher_forward" in metered_ids:
         teacher = per_token("teacher", "forward_flops_per_token", "teacher_forward")
+        if getattr(plan.student, "tokenizer", None) is not None:  # cross-tokenizer: the teacher runs its own tokens
+            flops = components.get("teacher_forward")
+            teacher = float(flops) / float(tokens) if positive_number(flops) and positive_number(tokens) else None
     if plan.method.kind == "on_policy":
         teacher = per_token("teacher", "forward_flops_per_token", "teacher_scoring", rolled)
         generation = per_token("adapter" if adapter else "student", "forward_flops_per_token", "student_generation",

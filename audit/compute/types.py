@@ -113,6 +113,9 @@ class ComputeEstimate(StrictModel):
     adapter: Optional[AdapterSummary] = Field(default=None, description="student.adapter: the student's "
                                               "training counted with its weights frozen and adapters trained")
     teacher: Optional[ModelSummary] = None
+    teacher_tokens_per_token: Optional[float] = Field(default=None, description="cross-tokenizer logit "
+                                                      "distillation (student.tokenizer): teacher tokens run per "
+                                                      "student training token (its padded rows over seq_len)")
     logit_cache: Optional[LogitCache] = Field(default=None, description="cached_logits: the size of the teacher's "
                                               "cached targets")
     teacher_params_estimate: Optional[float] = None

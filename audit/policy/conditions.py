@@ -43,6 +43,7 @@ class PlanFacts(StrictModel):
     manifest_sha256: Optional[str] = None   # of the bytes read: the audit signs exactly these
     manifest_tokens: Optional[int] = None   # tokens the manifest says its files hold; None: it gives no count
     manifest_tokens_field: Optional[str] = None  # where the count came from: total_tokens or files[].tokens
+    manifest_teacher_tokens: Optional[int] = None  # the teacher's tokens of the same text (teacher_tokenization.total_tokens)
     teacher_card: Optional[str] = None      # the local teacher folder whose README/LICENSE was read
     teacher_card_licenses: list[str] = []   # licence ids that folder's card and LICENSE name
     teacher_declared_license: Optional[str] = None  # teacher.license exactly as the plan wrote it

@@ -133,6 +133,12 @@ def read_manifest_facts(manifest: str, *, source: str) -> PlanFacts:
             file_tokens.append(_token_count(entry["tokens"], where, f"files[{index}].tokens"))
     per_file = sum(file_tokens) if files and len(file_tokens) == len(files) else None
     facts = dict(manifest=manifest, manifest_sha256=sha256_bytes(raw))
+    cross = data.get("teacher_tokenization")
+    if cross is not None:  # flopgate data prepare --teacher-tokenizer: the teacher's count of the same text
+        if not isinstance(cross, dict) or "total_tokens" not in cross:
+            raise InputError("expected an object with total_tokens", source=where, field="teacher_tokenization")
+        facts["manifest_teacher_tokens"] = _token_count(cross["total_tokens"], where,
+                                                        "teacher_tokenization.total_tokens")
     if "total_tokens" in data:
         total = _token_count(data["total_tokens"], where, "total_tokens")
         if per_file is not None and per_file != total:

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     q.add_argument("--shard-tokens", type=positive(int), metavar="N",
                    help="close a shard at the first document end past N tokens (default 2^27)")
     q.add_argument("--replace", action="store_true", help="replace an existing prepared folder at --out")
+    q.add_argument("--teacher-tokenizer", metavar="DIR", help="cross-tokenizer logit distillation: --tokenizer is "
+                   "the student's (the shards), and the teacher's tokens of the same plain text and both "
+                   "tokenizations' character boundaries are stored beside them")
     q.set_defaults(func=run_prepare)
     p.set_defaults(func=lambda args: _usage(p))
 
@@ -51,13 +54,15 @@ def run_prepare(args) -> int:
 
     result = prepare(args.inputs, tokenizer_dir=args.tokenizer, out=args.out, chat_template=args.chat_template,
                      workers=args.workers, dtype=args.dtype, shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS,
-                     replace=args.replace, progress=True)
+                     replace=args.replace, progress=True, teacher_tokenizer_dir=args.teacher_tokenizer)
     m = result.manifest
     mask = ", loss mask on assistant tokens" if m["loss_mask"] else ""
     print(f"prepared {m['total_documents']:,} documents, {m['total_tokens']:,} tokens in {len(m['shards'])} "
           f"shard(s) ({m['dtype']}{mask})")
     from audit.fsutil import sha256_file
 
+    if m.get("teacher_tokenization"):
+        print(f"teacher tokenization: {m['teacher_tokenization']['total_tokens']:,} tokens of the same text")
     print(f"manifest: {result.manifest_path} (sha256 {sha256_file(result.manifest_path)})")
     print("set the plan's data.manifest to it, then run flopgate check")
     return 0

@@ -159,7 +159,9 @@ def run(args) -> int:
     result = train(cfg, resume=args.resume, after_load=preflight.audited_model_checks(loaded, gate),
                    on_step=booked.on_step if booked else None, after_resume=booked.after_resume if booked else None,
                    tokenizer=gate.inputs.tokenizer(role="teacher_weights").tokenizer,
-                   manifest=gate.inputs.manifest()[0] if loaded.plan.data.manifest else None)
+                   manifest=gate.inputs.manifest()[0] if loaded.plan.data.manifest else None,
+                   student_tokenizer=(gate.inputs.tokenizer(role="student_tokenizer").tokenizer
+                                      if loaded.plan.student.tokenizer else None))
     if result.rank != 0:
         return 0
     return finish_run(args, loaded, gate, cfg, result, opened.signing_key(), device_name,

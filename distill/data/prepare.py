@@ -346,10 +346,13 @@ def _where(source, index: int) -> str:
 def prepare(inputs: Sequence[str | Path], *, tokenizer_dir: str | Path, out: str | Path,
             chat_template: Optional[str | Path] = None, workers: Optional[int] = None,
             dtype: Optional[str] = None, shard_tokens: int = DEFAULT_SHARD_TOKENS, replace: bool = False,
-            progress: bool = False) -> PrepareResult:
+            progress: bool = False, teacher_tokenizer_dir: Optional[str | Path] = None) -> PrepareResult:
     """Tokenize ``inputs`` into shards in ``out`` (see the module docstring). ``dtype``: "uint16"
     or "uint32"; None picks the smallest that holds every id of the tokenizer. ``shard_tokens``:
-    a shard is closed once it holds at least this many tokens (at a document end)."""
+    a shard is closed once it holds at least this many tokens (at a document end).
+    ``teacher_tokenizer_dir``: cross-tokenizer logit distillation; ``tokenizer_dir`` is then the
+    student's, and the teacher's tokenization of the same plain text is stored beside the shards
+    (:mod:`distill.data.cross_tokenized`, in this process)."""
     from distill.data.training_data import read_input_source, vocabulary_digest
 
     out, tokenizer_dir = Path(out), Path(tokenizer_dir)
@@ -379,6 +382,13 @@ def prepare(inputs: Sequence[str | Path], *, tokenizer_dir: str | Path, out: str
 
     sources = [read_input_source(path) for path in inputs]
     chat = any(source.chat for source in sources)
+    teacher_tokenizer = None
+    if teacher_tokenizer_dir is not None:
+        if chat:
+            raise InputError("holds chat records; cross-tokenizer data is plain text (each tokenizer's chat "
+                             "template renders a conversation differently, so the texts would not align)",
+                             source=str(next(s.path for s in sources if s.chat)), field="messages")
+        teacher_tokenizer = load_fast_tokenizer(Path(teacher_tokenizer_dir))
     for source in sources:
         if source.chat and not template:
             raise InputError(f"holds chat records ('messages'), expected a chat template: the tokenizer "
@@ -399,6 +409,15 @@ def prepare(inputs: Sequence[str | Path], *, tokenizer_dir: str | Path, out: str
                                                 shard_tokens=shard_tokens, progress=progress)
         if not shards:
             raise InputError("the inputs give no tokens (every document is empty)", field="inputs")
+        cross = None
+        if teacher_tokenizer is not None:
+            from distill.data.cross_tokenized import write_teacher_tokenization
+
+            stream = np.concatenate([np.fromfile(staging / s["bin"]["name"], dtype=DTYPES[dtype]) for s in shards])
+            cross = write_teacher_tokenization(
+                staging, [doc for source in sources for doc in source.documents], student_tokenizer=tokenizer,
+                teacher_tokenizer=teacher_tokenizer, teacher_digest=tokenizer_digest(Path(teacher_tokenizer_dir)),
+                student_ids=stream)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype,
             "eos_token_id": tokenizer.eos_token_id, "loss_mask": chat,
@@ -413,6 +432,7 @@ def prepare(inputs: Sequence[str | Path], *, tokenizer_dir: str | Path, out: str
             "total_tokens": sum(s["tokens"] for s in shards),
             "total_documents": sum(s["documents"] for s in shards),
             "versions": _versions(),
+            **({"teacher_tokenization": cross} if cross is not None else {}),
         }
         from audit.fsutil import fsync_dir, write_atomic
         from distill.data.shards import manifest_json

@@ -20,7 +20,8 @@ a file of such a folder    its entry in the gate's folder digest    :meth:`folde
 dataset manifest           ``dataset_manifest`` sha256              :meth:`manifest`
 prompts file               ``prompts`` sha256                       :meth:`prompts`
 tokenizer + chat template  the tokenizer files of the audited       :meth:`tokenizer`
-                           folder: ``data.tokenizer``, else the
+                           folder: ``data.tokenizer``, else
+                           ``student.tokenizer``, else the
                            teacher's, else a base student's
 generated samples          the signed generation record names       :meth:`generated`
                            this audit and their sha256
@@ -53,7 +54,7 @@ from distill.gate.refusal import GateRefused
 CHAT_TEMPLATE_DIR = "additional_chat_templates/"
 """transformers reads every template in this subfolder of a tokenizer folder too."""
 
-TOKENIZER_ROLES = ("tokenizer", "teacher_weights", "student_base_weights")
+TOKENIZER_ROLES = ("tokenizer", "student_tokenizer", "teacher_weights", "student_base_weights")
 """Audited folders that can hold the run's tokenizer, in the order they are chosen."""
 
 

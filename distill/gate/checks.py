@@ -163,7 +163,7 @@ def _read_inputs(audit: AuditPredicate, plan_path: Path, plan_raw: bytes):
         if item.role == "plan":
             continue  # checked byte for byte above
         audited = {e.sha256 for e in audit.inputs_of(item.role)}
-        code = "tokenizer" if item.role == "tokenizer" else "weights" if item.role in folders else "inputs"
+        code = "tokenizer" if item.role in ("tokenizer", "student_tokenizer") else "weights" if item.role in folders else "inputs"
         if not audited:
             reasons.append(f"{code}: the audit covers no {item.role}, but the plan names {item.path}; "
                            "re-run flopgate check")

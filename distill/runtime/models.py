@@ -164,8 +164,9 @@ def check_vocab(tokenizer, teacher: Optional[nn.Module], student: nn.Module,
         if ours != theirs:
             differing = len(set(ours.items()) ^ set(theirs.items()))
             raise InputError(f"the student's tokenizer differs from the teacher's ({len(theirs)} vs "
-                             f"{len(ours)} tokens, {differing} differing entries): distillation needs "
-                             "one vocabulary", field="student.tokenizer")
+                             f"{len(ours)} tokens, {differing} differing entries): logit distillation over one "
+                             "vocabulary needs one tokenizer; name the student's in student.tokenizer for "
+                             "cross-tokenizer distillation", field="student.tokenizer")
     return vocab
 
 

@@ -111,6 +111,10 @@ class TrainConfig(LoopConfig):
                                                      "forward FLOP per token (charged once for a cache)")
     shard_teacher: bool = Field(default=False, description="several processes: shard the teacher's "
                                 "decoder layers over them (FSDP2) instead of a whole copy on each")
+    student_tokenizer_dir: Optional[Path] = Field(default=None, description="the student's own tokenizer "
+                                                  "(student.tokenizer): cross-tokenizer distillation "
+                                                  "(distill/train/cross_trainer.py); token counts are then "
+                                                  "the student's")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -183,6 +187,8 @@ class TrainConfig(LoopConfig):
             budget = flops_per_token * tokens
             if cached:
                 budget = budget + teacher_fpt * plan.data.tokens if teacher_fpt is not None else None
+        if plan.student.tokenizer is not None:  # cross-tokenizer: the recipe of distill/train/cross_trainer.py
+            overrides = {"student_tokenizer_dir": Path(plan.student.tokenizer), **overrides}
         fields = dict(teacher_dir=Path(plan.teacher.model), student_init=plan.student.init,
                       student_config=student_config, student_base_dir=base_dir, data_files=files,
                       student_config_data=dict(loaded.student_config.data) if student_config is not None else None,
@@ -247,7 +253,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
           on_step: Optional[Callable[[dict], None]] = None,
           after_load: Optional[Callable[[Optional[torch.nn.Module], torch.nn.Module], None]] = None,
           after_resume: Optional[Callable[[float], None]] = None, tokenizer=None,
-          manifest: Optional[dict] = None) -> TrainResult:
+          manifest: Optional[dict] = None, student_tokenizer=None) -> TrainResult:
     """Run the distillation ``cfg`` describes; see the module docstring. All ranks call it.
     ``after_load(teacher, student)`` runs once the models are built, before anything trains (the
     gated path checks them against the audit there; it raises to refuse); ``after_resume(flops)``
@@ -255,7 +261,15 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     ``tokenizer``: the teacher's, as the attested layer built it from the audited folder's bytes
     (``flopgate distill``); None loads it from ``cfg.teacher_dir``. ``manifest``: the audited
     manifest as the attested layer read it; None reads ``cfg.manifest`` against
-    ``cfg.manifest_sha256``."""
+    ``cfg.manifest_sha256``. With ``cfg.student_tokenizer_dir`` the run is cross-tokenizer
+    (:func:`distill.train.cross_trainer.train_cross_tokenizer`; ``student_tokenizer``: the
+    student's, as the attested layer built it)."""
+    if cfg.student_tokenizer_dir is not None:
+        from distill.train.cross_trainer import train_cross_tokenizer
+
+        return train_cross_tokenizer(cfg, resume=resume, on_step=on_step, after_load=after_load,
+                                     after_resume=after_resume, tokenizer=tokenizer,
+                                     student_tokenizer=student_tokenizer, manifest=manifest)
     session_start = time.monotonic()
     library_progress_bars(cfg.progress and sys.stderr.isatty())
     ctx = distributed.setup(cfg.device)

@@ -80,3 +80,30 @@ def tiny_run(root: Path, **overrides) -> dict:
                   progress=False, checkpoint_every=100, out_dir=str(root / "out"))
     fields.update(overrides)
     return fields
+
+
+def tiny_bpe(documents, vocab_size: int, *, sentencepiece_style: bool = False, folder: Path | None = None):
+    """A fast BPE tokenizer trained offline on ``documents`` with an ``<eos>`` token: byte-level
+    (GPT-2 style, ``\\u0120`` for a space) or SentencePiece style (``\\u2581`` for a space, no byte
+    alphabet). Two of them with different sizes or styles tokenize the same text differently
+    (cross-tokenizer distillation). Saved to ``folder`` when given."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    if sentencepiece_style:
+        tok.pre_tokenizer, tok.decoder, alphabet = pre_tokenizers.Metaspace(), decoders.Metaspace(), []
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder, alphabet = decoders.ByteLevel(), pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(list(documents), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"],
+                                                                 initial_alphabet=alphabet, show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    if folder is not None:
+        tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
+def text_documents(path: Path) -> list[str]:
+    """The blank-line separated documents of a text file."""
+    return [doc.strip() for doc in path.read_text(encoding="utf-8").split("\n\n") if doc.strip()]

@@ -159,6 +159,12 @@ def make_audit(project: Project, signer: KeyFiles, *, outcome: Optional[str] = "
         digest = folder_digest(project.root / "teacher")
         wanted.append(InputFile("teacher_weights", project.root / "teacher", project.root,
                                 {"files": len(digest.files), "bytes": digest.total_bytes}, digest.root_sha256))
+    if "student_tokenizer" in roles:  # a plan with student.tokenizer: ./student-tokenizer
+        from audit.weights import folder_digest
+
+        digest = folder_digest(project.root / "student-tokenizer")
+        wanted.append(InputFile("student_tokenizer", project.root / "student-tokenizer", project.root,
+                                {"files": len(digest.files), "bytes": digest.total_bytes}, digest.root_sha256))
     subjects, inputs = build_subjects(wanted)
     if gate_open is None:
         gate_open = outcome == "ALLOW" or (outcome == "ALLOW_WITH_OBLIGATIONS" and not any(
