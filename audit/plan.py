@@ -479,10 +479,6 @@ class Plan(StrictModel):
                                  "or audit each run in its own plan")
         return self
 
-
-_RUN_FIELDS = ("config", "parameters", "weights", "endpoint", "api_key_env")
-"""Teacher fields that mean this plan runs the teacher (its compute is counted, its weights loaded)."""
-
     @model_validator(mode="after")
     def _cross_tokenizer_method(self):
         if self.student.tokenizer is not None and (self.method.kind in ("cached_logits", "on_policy")
@@ -492,6 +488,10 @@ _RUN_FIELDS = ("config", "parameters", "weights", "endpoint", "api_key_env")
                              "own tokenizer learns by logits (kind: logits, the teacher online, aligned by "
                              "characters) or by sequence (kind: sequence, the teacher's text)")
         return self
+
+
+_RUN_FIELDS = ("config", "parameters", "weights", "endpoint", "api_key_env")
+"""Teacher fields that mean this plan runs the teacher (its compute is counted, its weights loaded)."""
 
 
 class LoadedPlan(BaseModel):

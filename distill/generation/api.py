@@ -62,7 +62,7 @@ class OpenAIBackend:
             return Fatal(f"the endpoint refused the API key from {self.key_source} (HTTP {status}); check the key "
                          "and that it may use this model")
         if status == 404:
-            return Fatal(f"HTTP 404 from the endpoint: the model or the API path was not found; check teacher.model "
+            return Fatal("HTTP 404 from the endpoint: the model or the API path was not found; check teacher.model "
                          "and teacher.endpoint (the base URL, e.g. ending in /v1)")
         return Fatal(f"the endpoint rejected the request (HTTP {status}): {self._scrub(_message(exc))}")
 
