@@ -25,6 +25,7 @@ def summary(train=6e9, forward=2e9, params=1e9):
 
 def plan(**overrides):
     base = load_plan(EXAMPLES / "online-logit-kd.yaml").plan.model_dump()
+    del base["teachers"]  # the one-teacher form: an override of teacher is the plan's teacher
     for dotted, value in overrides.items():
         section, _, key = dotted.partition("__")
         if key:
