@@ -50,6 +50,7 @@ class EnergyMeter:
         self.before_mj = 0          # this rank's millijoules from earlier sessions (resume)
         self.local_mj = 0           # this rank's millijoules in this session
         self.incomplete_before = False
+        self._global_mj, self._global_complete = 0, True   # as of the last step (checkpointed)
         self.joules: Optional[float] = None   # all ranks, all sessions; None when any was not measured
         self.reason = ""            # why not measured (this rank's reason, or another rank's count)
         self.devices: list[str] = []
@@ -132,6 +133,7 @@ class EnergyMeter:
             summed = all_reduce_sum(torch.tensor([mj, float(missing)], dtype=torch.float64,
                                                  device=self.ctx.device), self.ctx)
             mj, missing = float(summed[0]), int(summed[1])
+        self._global_mj, self._global_complete = mj, not missing
         if missing:
             if self.measuring:
                 self.reason = f"{missing} process(es) could not read an energy counter"
@@ -154,20 +156,24 @@ class EnergyMeter:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """This rank's millijoules so far, and whether every session of it was measured."""
-        return {"millijoules": int(self.before_mj + self.local_mj), "complete": self.measuring}
+        """The run's millijoules so far (all ranks, as of the last :meth:`step`) and whether all
+        of it was measured: the same on every rank, so the checkpoint's copy holds for all."""
+        return {"millijoules": int(self._global_mj), "complete": bool(self._global_complete)}
 
-    def load_state_dict(self, state: Optional[dict]) -> None:
+    def load_state_dict(self, state: Optional[dict], *, lost_joules: Optional[float] = None) -> None:
         """Continue from a checkpoint's state (None: a checkpoint from before energy was metered,
-        whose energy is unknown)."""
-        if not state:
+        whose energy is unknown). ``lost_joules``: the last reading logged by steps after the
+        checkpoint (lost to the interruption, but they ran): counted when larger. The total goes
+        to rank 0's share, so the sum over ranks counts it once."""
+        if not state or not state.get("complete", False):
             self.incomplete_before = True
-            self.reason = "the run resumed from a checkpoint with no energy reading"
+            self._global_complete = False
+            self.reason = ("the run resumed from a checkpoint with no energy reading" if not state
+                           else "an earlier session of the run could not read an energy counter")
             return
-        self.before_mj = int(state.get("millijoules", 0))
-        if not state.get("complete", False):
-            self.incomplete_before = True
-            self.reason = "an earlier session of the run could not read an energy counter"
+        total = max(int(state.get("millijoules", 0)), int((lost_joules or 0.0) * 1000))
+        self._global_mj = total
+        self.before_mj = total if self.ctx is None or getattr(self.ctx, "rank", 0) == 0 else 0
 
     def close(self) -> None:
         if self._nvml is not None:

@@ -30,6 +30,15 @@ def loop_overrides(args) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def manifest_datasets(gate, loaded) -> list[str]:
+    """The data files the audited manifest names (as it names them), for the model card's
+    ``datasets``; none without a manifest (a sequence run trains on the teacher's answers)."""
+    if not loaded.plan.data.manifest or getattr(gate, "inputs", None) is None:
+        return []
+    manifest, _ = gate.inputs.manifest()   # read once and cached by the attested layer
+    return [str(entry["path"]) for entry in manifest.get("files", [])]
+
+
 def finish_run(args, loaded, gate, cfg, result, signing_key, device_name: str, extra_files=(),
                ledger_head: dict | None = None) -> int:
     from audit.attest.keys import key_id, short_fingerprint
@@ -48,7 +57,7 @@ def finish_run(args, loaded, gate, cfg, result, signing_key, device_name: str, e
         approval=gate.approval, extra_files=extra_files, ledger_head=ledger_head)
     record = written.statement["predicate"]
     card = write_model_card(cfg.out_dir, plan=loaded.plan, audit=gate.audit, record=record,
-                            clause_types=installed_clause_types())
+                            clause_types=installed_clause_types(), datasets=manifest_datasets(gate, loaded))
     report = write_run_report(cfg.out_dir, plan=loaded.plan, audit=gate.audit, record=record,
                               card=card, metrics_path=cfg.log_path)
     model_dir = export_model(cfg.out_dir, result.checkpoint_dir, [f for f in (card.readme, card.notice) if f])

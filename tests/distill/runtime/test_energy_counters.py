@@ -66,6 +66,7 @@ def test_measures_the_counter_differences(install):
     assert meter.step() == pytest.approx(10.0)     # + 7,500 mJ
     assert meter.gather_devices() == ["NVIDIA H100 80GB HBM3"]
     assert meter.state_dict() == {"millijoules": 10_000, "complete": True}
+    meter.close()
 
 
 def test_wraparound_inside_a_run(install):
@@ -82,6 +83,7 @@ def test_device_without_the_counter_is_not_measured(install):
     assert meter.step() is None
     assert "Tesla P100" in meter.reason and "NOT_SUPPORTED" in meter.reason
     assert meter.state_dict()["complete"] is False
+    assert meter.gather_devices() == []
 
 
 def test_nvml_init_failure_never_raises(install):
@@ -125,8 +127,27 @@ def test_resume_adds_the_checkpointed_energy(install):
     install(fake_pynvml({0: [0, 4_000]}))
     meter = EnergyMeter(nvml_device=0)
     meter.load_state_dict({"millijoules": 6_000, "complete": True})
+    assert meter.state_dict() == {"millijoules": 6_000, "complete": True}   # before any step
     meter.start()
     assert meter.step() == pytest.approx(10.0)
+
+
+def test_resume_counts_the_lost_steps_logged_reading(install):
+    install(fake_pynvml({0: [0, 1_000]}))
+    meter = EnergyMeter(nvml_device=0)
+    meter.load_state_dict({"millijoules": 6_000, "complete": True}, lost_joules=8.0)
+    meter.start()
+    assert meter.step() == pytest.approx(9.0)
+
+
+def test_resume_on_another_rank_leaves_the_total_to_rank_0(install, other_rank):
+    install(fake_pynvml({0: [0, 1_000]}))
+    ctx = TwoRanks([6_000.0 + 500.0, 0.0])   # rank 0 holds the 6,000 mJ of before, plus its 500
+    ctx.rank = 1
+    meter = EnergyMeter(ctx, nvml_device=0)
+    meter.load_state_dict({"millijoules": 6_000, "complete": True})
+    meter.start()
+    assert meter.step() == pytest.approx(7.5)
 
 
 @pytest.mark.parametrize("state", [None, {"millijoules": 6_000, "complete": False}])
