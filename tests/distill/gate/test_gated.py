@@ -220,3 +220,35 @@ def test_a_loop_that_took_no_step_for_the_budget_signs_nothing(project, signer):
     assert "first step did not fit" in refused.value.reasons[0] and "FLOP left" in refused.value.reasons[0]
     assert not (project.root / "out" / "run-record.intoto.json").exists()
     assert not (project.root / "out" / "README.md").exists()
+
+
+def test_measured_energy_is_charged_with_each_step_and_signed_in_the_record(project, signer, monkeypatch):
+    """A fake NVML counter (+2,000 mJ a reading) on "GPU 0": each charge row carries the run's
+    energy so far, and the run record says it was measured."""
+    import sys
+    import types
+
+    from distill.runtime import energy as runtime_energy
+
+    readings = iter(range(0, 100_000, 2_000))
+    fake = types.ModuleType("pynvml")
+    fake.NVML_ERROR_NOT_SUPPORTED = 3
+    fake.nvmlInit = fake.nvmlShutdown = lambda: None
+    fake.nvmlDeviceGetHandleByIndex = lambda index: index
+    fake.nvmlDeviceGetName = lambda handle: "NVIDIA H100 80GB HBM3"
+    fake.nvmlDeviceGetTotalEnergyConsumption = lambda handle: next(readings)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(runtime_energy, "_nvml_target", lambda device: 0)
+    envelope = make_audit(project, signer, compute=compute_block(tokens=10 * TOKENS))
+    run = gate(project, envelope, signer)
+    assert loop(run, 3) == 3
+    checkpoint = project.root / "out" / "final"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "weights.bin").write_bytes(b"w")
+    energy = run.finish(checkpoint, final_loss=0.5).statement["predicate"]["energy"]
+    assert energy["status"] == "measured" and energy["device_joules"] == pytest.approx(6.0)
+    assert energy["devices"] == ["NVIDIA H100 80GB HBM3"]
+    with Ledger() as ledger:
+        charges = [r for r in ledger.rows(audit=hashlib.sha256(envelope.read_bytes()).hexdigest())
+                   if r["kind"] == "charge"]
+    assert [r["body"]["run_energy_j"] for r in charges] == pytest.approx([2.0, 4.0, 6.0])
