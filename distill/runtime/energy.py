@@ -60,6 +60,12 @@ class EnergyMeter:
     # --- this process -----------------------------------------------------------------------
     def start(self) -> None:
         """Open NVML and take the first reading (never raises: a failure is kept as the reason)."""
+        target = self.nvml_device if self.nvml_device is not None else _nvml_target(self.device)
+        if target is None:
+            on_gpu = getattr(self.device, "type", None) == "cuda"
+            self.reason = (f"{self.device} could not be matched to an NVML device" if on_gpu
+                           else f"the run's device ({self.device or 'cpu'}) is not an NVIDIA GPU")
+            return
         try:
             nvml = _load_pynvml()
         except ImportError:
@@ -72,26 +78,12 @@ class EnergyMeter:
             return
         self._nvml = nvml
         try:
-            self._handle = self._find_handle(nvml)
-            if self._handle is None:
-                return
+            self._handle = (nvml.nvmlDeviceGetHandleByUUID(target) if isinstance(target, str)
+                            else nvml.nvmlDeviceGetHandleByIndex(int(target)))
             self.name = _text(nvml.nvmlDeviceGetName(self._handle))
             self._last = int(nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
         except Exception as exc:
             self._fail(exc)
-
-    def _find_handle(self, nvml):
-        target = self.nvml_device
-        if target is None:
-            target = _nvml_target(self.device)
-            if target is None:
-                on_gpu = getattr(self.device, "type", None) == "cuda"
-                self.reason = (f"{self.device} could not be matched to an NVML device" if on_gpu
-                               else f"the run's device ({self.device or 'cpu'}) is not an NVIDIA GPU")
-                return None
-        if isinstance(target, str):
-            return nvml.nvmlDeviceGetHandleByUUID(target)
-        return nvml.nvmlDeviceGetHandleByIndex(int(target))
 
     def _fail(self, exc: Exception) -> None:
         code = getattr(exc, "value", None)
