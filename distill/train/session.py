@@ -31,12 +31,16 @@ def loop_overrides(args) -> dict:
 
 
 def manifest_datasets(gate, loaded) -> list[str]:
-    """The data files the audited manifest names (as it names them), for the model card's
+    """The names of the data sources the audited manifest lists (a prepared-shards manifest's
+    ``inputs``, a raw one's ``files``; the last part of each path), for the model card's
     ``datasets``; none without a manifest (a sequence run trains on the teacher's answers)."""
+    from pathlib import PurePosixPath
+
     if not loaded.plan.data.manifest or getattr(gate, "inputs", None) is None:
         return []
     manifest, _ = gate.inputs.manifest()   # read once and cached by the attested layer
-    return [str(entry["path"]) for entry in manifest.get("files", [])]
+    entries = manifest.get("inputs") or manifest.get("files") or []
+    return list(dict.fromkeys(PurePosixPath(str(e["path"])).name for e in entries if isinstance(e, dict) and e.get("path")))
 
 
 def finish_run(args, loaded, gate, cfg, result, signing_key, device_name: str, extra_files=(),
