@@ -281,8 +281,8 @@ def energy_line(block: Optional[dict]) -> str:
 def write_model_card(out_dir: str | Path, *, plan, audit: AuditPredicate, record: dict,
                      clause_types: Mapping[str, str], datasets: Sequence[str] = ()) -> CardFiles:
     """Write ``README.md`` and ``NOTICE`` (only when an obligation gives a notice text) into
-    ``out_dir``, each atomically. ``datasets``: the card's ``datasets`` metadata (the files of
-    the audited data manifest, as it names them)."""
+    ``out_dir``, each atomically. ``datasets``: the card's ``datasets`` metadata (the names of
+    the data sources the audited manifest lists)."""
     out_dir = Path(out_dir)
     items, phrases, notices = card_items(audit, clause_types)
     readme = write_atomic(out_dir / README_NAME, render_readme(plan, audit, record, items,

@@ -411,3 +411,13 @@ def test_report_shows_energy_beside_compute(run):
     html = report.read_text()
     compute = html.index("<h2>Compute</h2>")
     assert html.index('class="energy"') > compute and "Energy:</strong> unavailable" in html
+
+
+def test_report_energy_line_gives_kwh_and_two_figure_mwh():
+    from distill.outputs.run_report import energy_figures
+
+    shown = energy_figures({"joules": 3.6e6 * 1234, "status": "measured", "method": "Measured. x", "pue": 1.2})
+    assert shown == {"energy": "1.2 MWh (measured), 1.2e0 MWh", "energy_method": "Measured. x"}
+    small = energy_figures({"joules": 3.6e6 * 0.39, "status": "estimated", "method": "m", "pue": 1.56})
+    assert small["energy"] == "0.39 kWh (estimated), 3.9e-4 MWh"
+    assert energy_figures(None)["energy"] == "not recorded"
