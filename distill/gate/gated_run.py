@@ -203,6 +203,8 @@ class LoopMeter:
         self.steps = 0
         self.stopped_by_budget = False
         self._energy = _energy_meter()   # this process's GPU energy counter (NVML), when it has one
+        if run.charges.this_run:   # an earlier session of this run spent energy no reading here holds
+            self._energy.load_state_dict(None)
 
     @property
     def tokens(self) -> int:
