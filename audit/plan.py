@@ -356,6 +356,15 @@ class Hardware(StrictModel):
     hours: Number = Field(gt=0, description="wall-clock hours of the run")
     utilization: Number = Field(default=0.4, gt=0, le=1, description="model FLOP utilisation, 0-1")
     price_per_hour_usd: Optional[Number] = Field(default=None, ge=0, description="US dollars per accelerator-hour (gives the cost that cost thresholds compare)")
+    power_w: Optional[Number] = Field(default=None, gt=0, description="watts one accelerator draws, your own "
+                                      "figure: replaces the board power of policies/hardware.yaml in the energy "
+                                      "estimate of a run whose devices have no energy counter")
+    pue: Optional[Number] = Field(default=None, ge=1, le=10, description="power usage effectiveness of the site "
+                                  "(total site power / IT power, 1-10): multiplies the accelerators' energy, "
+                                  "measured or estimated; unset, the default of policies/hardware.yaml (1.56)")
+    grid_gco2_per_kwh: Optional[Number] = Field(default=None, ge=0, description="grams of CO2-equivalent per kWh "
+                                                "of the grid the site draws from: gives the model card's "
+                                                "co2_eq_emissions (energy x this figure); unset, none is written")
 
 
 class Schedule(StrictModel):

@@ -7,7 +7,7 @@
 #      into /tmp/site, or, without a .whl/ folder, use the installed packages as they are;
 #      flopgate itself runs from the checkout (PYTHONPATH) with a hand-made dist-info that
 #      registers the `distill` command's entry point;
-#   1. nvidia-smi and versions;
+#   1. nvidia-smi and versions; 1b. a real NVML energy reading under ~10 s of matmuls (vs the estimate);
 #   2. the gated pipeline end to end: a Llama-shaped random-weight teacher (pair A's teacher,
 #      Llama-3.2-1B shape) and a smaller student config made on the spot, a 128,256-word
 #      tokenizer, synthetic text and its shards (flopgate data prepare), `flopgate keygen`,
@@ -72,6 +72,40 @@ print("  aten::mm out_dtype:", "dtype" in torch.ops.aten.mm.overloads())
 if torch.cuda.is_available():
     from distill.train.losses import _out_dtype_works
     print("  fp32-output bf16 GEMM runs:", _out_dtype_works(torch.device("cuda", 0)))
+PY
+
+phase "1b. NVML energy counter: a real reading under load"
+# ~10 s of bf16 matmuls on GPU 0, read through distill.runtime.energy.EnergyMeter (the trainer's reader) and
+# straight from NVML; prints joules, mean watts and the estimate audit/energy.py would make instead.
+timeout "$(budget 60)" python3 - "$TINY" <<'PY' 2>&1 | tee "$OUT/energy.log"
+import sys, time
+import torch
+from distill.runtime.energy import EnergyMeter
+if not torch.cuda.is_available():
+    print("energy: no CUDA device: nothing to measure"); sys.exit(0)
+device = torch.device("cuda", 0)
+meter = EnergyMeter(None, device)
+meter.start()
+print("energy: device", meter.name, "| counter readable:", meter.measuring, "|", meter.reason or "ok")
+a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+start, steps = time.monotonic(), 0
+while time.monotonic() - start < (2 if sys.argv[1] == "1" else 10):
+    for _ in range(20):
+        a @ a
+    torch.cuda.synchronize()
+    meter.step()
+    steps += 1
+seconds = time.monotonic() - start
+if meter.joules is not None:
+    from audit.compute.tables import load_reference_tables
+    from audit.energy import run_energy
+    print(f"energy: measured {meter.joules:,.0f} J over {seconds:.1f} s in {steps} readings: mean {meter.joules / seconds:,.0f} W")
+    estimate = run_energy(None, seconds / 3600, devices=[], device_name=meter.name, device_type="cuda",
+                          plan_hardware={"pue": 1.0}, tables=load_reference_tables(), reason="comparison")
+    if estimate.device_joules is not None:
+        print(f"energy: the board-power estimate for the same time: {estimate.device_joules:,.0f} J "
+              f"({estimate.board_power_w:.0f} W), {estimate.device_joules / meter.joules:.2f}x the measurement")
+meter.close()
 PY
 
 phase "2. gated pipeline: keygen, check, distill on CUDA"
@@ -167,6 +201,8 @@ sys.exit(code)
 PY
   echo "distill process exit code: $?"
   flopgate verify "$WORK/run/run-record.intoto.json" --pubkey "$WORK/keys/auditor.pub"; echo "verify exit code: $?"
+  python3 -c "import json,sys; e=json.load(open(sys.argv[1]))['predicate'].get('energy') or {}; \
+print('run record energy:', e.get('status'), e.get('joules'), 'J;', e.get('method'))" "$WORK/run/run-record.json"
 } 2>&1 | tee -a "$OUT/pipeline.log"
 
 phase "2b. trainer on cached teacher logits (API, no gate): cache build + steps"

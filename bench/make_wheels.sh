@@ -7,6 +7,7 @@
 # typing-inspection), cryptography (+ cffi, pycparser) or rfc8785; typing-extensions is
 # carried too because pydantic 2.13 needs a recent one. liger-kernel (pure Python + Triton)
 # is the baseline the issue compares against. fvcore is not imported by flopgate's code.
+# nvidia-ml-py (pure Python, module pynvml) reads the GPUs' energy counters (distill/runtime/energy.py).
 # Versions are the ones flopgate is tested with here; one version of each (two stop the install).
 #
 # .whl/ is ignored through .git/info/exclude (never .gitignore): the wheels are never committed.
@@ -24,6 +25,7 @@ WHEELS=(
   cryptography==48.0.0 cffi==2.0.0 pycparser==3.0
   rfc8785==0.1.4
   liger-kernel==0.8.5
+  nvidia-ml-py==13.615.71
 )
 mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -316,7 +316,8 @@ def _hardware_check(plan: Plan, components: list[Component], tables: ReferenceTa
     accelerator = tables.find_accelerator(hw.accelerator)
     if accelerator is None:
         return HardwareCheck(accelerator=hw.accelerator, peak_flops_per_s=None,
-                             note="unknown accelerator: no dense peak in policies/hardware.yaml")
+                             note="unknown accelerator: no dense peak in policies/hardware.yaml",
+                             planned_energy=_planned_energy(plan, tables))
     local = [c for c in components if c.id in ("student_training", "student_generation")
              or (c.id in ("teacher_forward", "teacher_generation", "teacher_scoring")
                  and plan.teacher.access == "weights")]
@@ -332,4 +333,16 @@ def _hardware_check(plan: Plan, components: list[Component], tables: ReferenceTa
         outside_tolerance=(abs(ratio - 1) > EU_TOLERANCE) if ratio is not None else None,
         note=f"{hw.count} x {hw.hours:g} h x {short_sci(accelerator.dense_bf16_flops_per_s, 4)} FLOP/s (dense BF16) "
              f"x {hw.utilization:g} utilisation; compared with "
-             + ", ".join(c.id for c in local))
+             + ", ".join(c.id for c in local),
+        planned_energy=_planned_energy(plan, tables))
+
+
+def _planned_energy(plan: Plan, tables: ReferenceTables) -> dict | None:
+    """The planned run's energy, estimated before it runs: count x hours accelerator-hours x
+    board power x PUE (:func:`audit.energy.run_energy`); None without a board power."""
+    from audit.energy import run_energy
+
+    hw = plan.hardware
+    energy = run_energy(None, hw.count * hw.hours, devices=[], device_name=hw.accelerator, device_type="cuda",
+                        plan_hardware=hw.model_dump(), tables=tables, reason="planned, before the run")
+    return energy.to_dict() if energy.joules is not None else None

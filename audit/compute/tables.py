@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from policies import PACKAGE_DIR
 from audit.validation import StrictModel, validate_model
@@ -36,6 +36,19 @@ class Accelerator(StrictModel):
     dense_bf16_flops_per_s: float = Field(gt=0)
     sparse_flops_per_s: Optional[float] = None
     source: Source
+    board_power_w: Optional[float] = Field(default=None, gt=0)   # max board power (TDP), W: energy estimates
+    board_power_source: Optional[Source] = None
+
+    @model_validator(mode="after")
+    def _power_cited(self):
+        if (self.board_power_w is None) != (self.board_power_source is None):
+            raise ValueError("board_power_w and board_power_source go together (a figure needs its source)")
+        return self
+
+
+class CitedValue(StrictModel):
+    value: float = Field(gt=0)
+    source: Source
 
 
 class PublishedModel(StrictModel):
@@ -52,6 +65,7 @@ class HardwareTable(StrictModel):
     id: str
     version: str
     last_reviewed: dt.date
+    default_pue: Optional[CitedValue] = None   # site power / IT power an energy estimate assumes by default
     accelerators: list[Accelerator]
 
 

@@ -51,6 +51,8 @@ class HardwareCheck(StrictModel):
     implied_utilization: Optional[float] = None
     outside_tolerance: Optional[bool] = Field(default=None, description="True when |ratio - 1| > 0.30")
     note: str = ""
+    planned_energy: Optional[dict] = Field(default=None, description="count x hours x board power x PUE "
+                                           "(audit.energy.Energy as a dict); None without a board power")
 
 
 class AdapterSummary(StrictModel):

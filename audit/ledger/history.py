@@ -33,6 +33,8 @@ def audit_history(rows: Iterable[Mapping[str, Any]], audit_sha256: str, *, locat
             run["flops"] = math.fsum((run["flops"], float(body.get("flops") or 0)))
             run["update_flops"] = math.fsum((run["update_flops"], float(body.get("update_flops") or 0)))
             run["last_step"], run["last_time"] = body.get("step_to"), row.get("time")
+            if isinstance(body.get("run_energy_j"), (int, float)):   # cumulative: the last one holds
+                run["energy_j"] = float(body["run_energy_j"])
             spent = body.get("spent_flops")
         elif kind in EVENT_KINDS:
             if kind == "audit":

@@ -169,7 +169,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters.update(
         sci=numbers.sci, short_sci=numbers.short_sci, exact=numbers.exact, ratio=numbers.ratio,
-        usd=numbers.usd, percent=numbers.percent, http_url=http_url,
+        usd=numbers.usd, percent=numbers.percent, http_url=http_url, plain=numbers.plain,
         known=lambda value: numbers.UNKNOWN if value is None else value,
         exact_breakable=_exact_breakable, flop=_flop, regime_figures=regime_figures,
     )

@@ -263,6 +263,7 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
             booked_at[0] = time.monotonic()
             allowance.book(None, (meter.used_prompt, meter.used_completion), status="running", force=True)
 
+    energy = _local_energy_meter(teacher) if backend is not None else None   # a local teacher's GPU counter
     try:
         if state and state.attempts:  # a died session's spending reaches the ledger before any request
             allowance.book(None, (state.prompt_tokens, state.completion_tokens), status="running", force=True,
@@ -282,7 +283,41 @@ def _generate(args, loaded, gate, endpoint: str) -> int:
         _book(allowance, seal, out_dir, status, failing=summary is None)
         allowance.close()
     return _finish(args, loaded, gate, out_dir, prompts, prompts_sha256, job, seal, summary, private_key, key_path,
-                   allowed=(allowed_prompt, allowed_completion), ledger_head=allowance.last_row)
+                   allowed=(allowed_prompt, allowed_completion), ledger_head=allowance.last_row, energy=energy)
+
+
+def _local_energy_meter(teacher: dict):
+    """A started :class:`distill.runtime.energy.EnergyMeter` on the local teacher's GPU (the
+    current CUDA device; a CPU teacher is not measured); None for an API teacher."""
+    if teacher.get("endpoint_host"):
+        return None
+    import torch
+
+    from distill.runtime.energy import EnergyMeter
+
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    meter = EnergyMeter(None, device)
+    meter.start()
+    return meter
+
+
+def _energy_block(energy, teacher: dict, plan, sessions: int, wall_time_s: float) -> dict:
+    """The record's energy of this job (:func:`distill.generation.meter.job_energy`)."""
+    from audit.compute.tables import load_reference_tables
+    from distill.generation.meter import job_energy
+
+    joules = None
+    if energy is not None:
+        energy.step()
+        joules = energy.joules
+        energy.close()
+    device_name = (energy.name if energy is not None and energy.name else "cpu") if not teacher.get("endpoint_host") \
+        else str(teacher.get("endpoint_host"))
+    hardware = plan.hardware.model_dump() if plan.hardware is not None else None
+    return job_energy(teacher=teacher, session_joules=joules, sessions=sessions,
+                      reason=energy.reason if energy is not None else "", wall_time_s=wall_time_s,
+                      device_name=device_name, device_type="cuda" if energy is not None and energy.name else "cpu",
+                      plan_hardware=hardware, tables=load_reference_tables())
 
 
 def _check_journal_against_ledger(state, audit_sha256: str, job_id: str, ledger_path, out_dir: Path) -> None:
@@ -436,7 +471,8 @@ def _ledger_anchor(row: dict | None) -> dict | None:
 
 
 def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job: dict, seal, summary,
-            private_key, key_path, *, allowed: tuple[float, float], ledger_head: dict | None = None) -> int:
+            private_key, key_path, *, allowed: tuple[float, float], ledger_head: dict | None = None,
+            energy=None) -> int:
     from audit.attest.keys import key_id, short_fingerprint
     from distill.generation.journal import load_state
     from distill.outputs.generation_record import write_generation_record, write_kept
@@ -464,7 +500,8 @@ def _finish(args, loaded, gate, out_dir: Path, prompts, prompts_sha256: str, job
                        "audited_completion": float(plan.method.teacher_generated_tokens)},
             "flops": _generation_flops(gate, plan, state.prompt_tokens + state.completion_tokens),
             "stopped_by_budget": summary.stopped_by_budget, "message": summary.message,
-            "wall_time_s": state.wall_time_s, "ledger": _ledger_anchor(ledger_head)}
+            "wall_time_s": state.wall_time_s, "ledger": _ledger_anchor(ledger_head),
+            "energy": _energy_block(energy, job["teacher"], plan, state.sessions, state.wall_time_s)}
     written = write_generation_record(
         out_dir, audit=gate.audit, audit_envelope=args.attestation, envelope_sha256=gate.envelope_sha256,
         plan_path=loaded.path, prompts_path=plan.data.prompts, prompts_sha256=prompts_sha256,

@@ -202,6 +202,9 @@ class LoopMeter:
         self._hook = run.step_charges()
         self.steps = 0
         self.stopped_by_budget = False
+        self._energy = _energy_meter()   # this process's GPU energy counter (NVML), when it has one
+        if run.charges.this_run:   # an earlier session of this run spent energy no reading here holds
+            self._energy.load_state_dict(None)
 
     @property
     def tokens(self) -> int:
@@ -238,12 +241,26 @@ class LoopMeter:
         self._meter.add(int(tokens), generated=int(generated), summed=summed)
         self.steps += 1
         record = {"step": self.steps, "tokens": self._meter.tokens,
-                  "step_tokens": self._meter.tokens - before, "flops": self._meter.flops}
+                  "step_tokens": self._meter.tokens - before, "flops": self._meter.flops,
+                  "energy_j": self._energy_step(summed)}
         if self._meter.generation_flops_per_token:
             record.update(generated=self._meter.generated, step_generated=self._meter.generated - sampled_before)
         if self._hook is not None:
             self._hook.on_step(record)
         return record
+
+    def _energy_step(self, summed: bool):
+        """The run's measured joules so far (all ranks), or None. Counts the caller summed itself
+        may come from rank 0 alone, so no collective is run then: with several processes the
+        other ranks' counters are unknown and the energy is not measured."""
+        energy = self._energy
+        if summed and energy.ctx is not None:
+            energy.read_local()
+            energy.joules = None
+            energy.reason = ("the step counts were summed by the caller, so the other processes' energy "
+                             "counters were not gathered")
+            return None
+        return energy.step()
 
     def result(self, checkpoint_dir: Path, *, final_loss, message, wall_time_s: float):
         from distill.outputs.run_record import TrainResult
@@ -260,7 +277,26 @@ class LoopMeter:
             device_hours=wall_time_s / 3600 * (ctx.world_size if ctx else 1),
             stopped_by_budget=self.stopped_by_budget, checkpoint_dir=checkpoint_dir,
             world_size=ctx.world_size if ctx else 1, device=str(ctx.device) if ctx else "cpu",
-            rank=process_rank(), message=message or f"{stop} after {self.steps} steps")
+            rank=process_rank(), message=message or f"{stop} after {self.steps} steps",
+            energy_joules=self._energy.joules, energy_reason=self._energy.reason,
+            # the device each process read, as this process names its own (no collective here)
+            energy_devices=(self._energy.name,) * (ctx.world_size if ctx else 1)
+            if self._energy.joules is not None and self._energy.name else ())
+
+
+def _energy_meter():
+    """An :class:`distill.runtime.energy.EnergyMeter` on this process's device (its CUDA device
+    when torch has one in use, else the CPU: not measured), started."""
+    import torch
+
+    from distill.runtime.energy import EnergyMeter
+
+    ctx = _dist_context()
+    device = (ctx.device if ctx is not None else torch.device("cuda", torch.cuda.current_device())
+              if torch.cuda.is_available() and torch.cuda.is_initialized() else torch.device("cpu"))
+    meter = EnergyMeter(ctx, device)
+    meter.start()
+    return meter
 
 
 def _dist_context():

@@ -137,7 +137,8 @@ class StepCharges:
         self.last_row = self.ledger.charge(
             self.charges.audit_sha256, self.audit_budget, self.charges.run_id, record["step"], record["step"],
             record["step_tokens"], flops - self.charged, self.private_key,
-            update_flops=record["step_tokens"] * self.update_flops_per_token, trust=self.trust)
+            update_flops=record["step_tokens"] * self.update_flops_per_token, trust=self.trust,
+            run_energy_j=record.get("energy_j"))   # the GPUs' counters so far; None when not measured
         self.charged = flops
 
     def anchor(self) -> dict | None:

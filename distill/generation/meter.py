@@ -16,6 +16,10 @@ With a ledger allowance (:class:`distill.generation.allowance.LedgerAllowance`) 
 not read once: a reservation the job's holding cannot cover asks the ledger, under its lock, to
 hold more of the audit's allowance, so jobs running at once under one audit never pass it
 together; tokens spent past what the job holds are booked at once.
+
+The job's energy (:func:`job_energy`): a local teacher's GPU counter over the job, when every
+session of it read one; else the estimate from the job's wall time on one accelerator; an API
+teacher's energy is spent on the provider's hardware and is the provider's to report.
 """
 
 from __future__ import annotations
@@ -94,3 +98,22 @@ class TokenMeter:
     def over(self) -> bool:
         """Spent past a limit (only a teacher reporting more than the reserved bound can do it)."""
         return self.used_prompt > self.prompt_limit or self.used_completion > self.completion_limit
+
+
+def job_energy(*, teacher: dict, session_joules, sessions: int, reason: str, wall_time_s: float,
+               device_name: str, device_type: str, plan_hardware, tables) -> dict:
+    """The generation record's ``energy`` block (:class:`audit.energy.Energy` as a dict).
+    ``session_joules``: this session's measured joules (None: not measured); a job resumed from
+    earlier sessions, whose counters were not kept, is estimated from its whole wall time
+    (``wall_time_s``, all sessions) x one accelerator's board power. ``teacher``: the job's
+    teacher identity (an ``endpoint_host`` means an API teacher)."""
+    from audit.energy import run_energy, unavailable
+
+    if teacher.get("endpoint_host"):
+        return unavailable(f"the teacher ran behind an API ({teacher['endpoint_host']}): its energy is spent on "
+                           "the provider's hardware, and the provider does not report it to flopgate").to_dict()
+    if session_joules is not None and sessions > 1:
+        session_joules, reason = None, "the job's earlier sessions kept no energy reading"
+    return run_energy(session_joules, wall_time_s / 3600.0, devices=[device_name] if session_joules is not None else [],
+                      device_name=device_name, device_type=device_type, plan_hardware=plan_hardware, tables=tables,
+                      reason=reason).to_dict()

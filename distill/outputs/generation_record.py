@@ -29,6 +29,7 @@ The predicate::
                 "allowed_prompt", "allowed_completion", "audited_prompt", "audited_completion"},
      "flops": {"per_token", "used", "audited"} (the teacher's, at the audit's FLOP per token),
      "stopped_by_budget", "message", "wall_time_s",
+     "energy": {"joules", "status", "method", "pue", ...} (audit/energy.py; the teacher's, this job's),
      "ledger": {"seq", "row_hash"} (the job's last ledger row: the head it charged against),
      "obligations": [the audit decision's obligations, carried to the data],
      "inputs": [{"role", "name", "sha256", "path"}]}
@@ -122,6 +123,7 @@ def write_generation_record(out_dir: str | os.PathLike, *, audit: AuditPredicate
         "stopped_by_budget": bool(body["stopped_by_budget"]),
         "message": body["message"],
         "wall_time_s": finite_or_none(body["wall_time_s"]),
+        "energy": body.get("energy"),
         "ledger": body.get("ledger"),
         "obligations": carried_obligations(audit),
         "inputs": inputs,

@@ -26,9 +26,7 @@ import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
-
-import yaml
+from typing import Mapping, Optional, Sequence
 
 from audit.fsutil import write_atomic
 from audit.numbers import exact, plain, sci
@@ -166,16 +164,56 @@ def method_phrase(plan) -> str:
     return text
 
 
+def base_model_id(plan) -> Optional[str]:
+    """The card's ``base_model``: the pre-trained student's id (``student.init: base``), else the
+    teacher's; None when that is a local folder (a path on the build machine is no Hub id)."""
+    value = plan.student.base_model if plan.student.init == "base" else plan.teacher.model
+    return None if not value or Path(str(value)).is_absolute() else str(value)
+
+
+def co2_metadata(record: dict, grid_gco2_per_kwh: Optional[float]) -> Optional[dict]:
+    """Hugging Face's ``co2_eq_emissions`` (grams) from the record's energy and the grid's
+    intensity (g CO2-eq per kWh, the audited plan's ``hardware.grid_gco2_per_kwh``); None
+    without either."""
+    from audit.energy import Energy
+
+    block = record.get("energy")
+    if not block or grid_gco2_per_kwh is None:
+        return None
+    energy = Energy.from_dict(block, source="run record")
+    grams = energy.co2_grams(grid_gco2_per_kwh)
+    if grams is None:
+        return None
+    device = record.get("device") or {}
+    return {"emissions": round(grams, 3),
+            "source": f"flopgate: {energy.status} energy {energy.summary()} x {grid_gco2_per_kwh:g} g CO2-eq/kWh "
+                      "(the plan's hardware.grid_gco2_per_kwh)",
+            "training_type": "knowledge distillation",
+            "hardware_used": f"{device.get('processes')} x {device.get('name')}"}
+
+
+def card_metadata(plan, record: dict, datasets: Sequence[str] = ()):
+    """The card's front matter as huggingface_hub's ``ModelCardData``: licence, tags, base model,
+    datasets and, when the plan gives the grid's intensity, the training's CO2-equivalent."""
+    from huggingface_hub import ModelCardData
+
+    hardware = plan.hardware
+    co2 = co2_metadata(record, hardware.grid_gco2_per_kwh if hardware is not None else None)
+    return ModelCardData(**license_metadata(plan.student.license), tags=["distillation", "flopgate"],
+                         pipeline_tag="text-generation", base_model=base_model_id(plan),
+                         datasets=list(datasets) or None, **({"co2_eq_emissions": co2} if co2 else {}))
+
+
 def render_readme(plan, audit: AuditPredicate, record: dict, items: list[CardItem],
-                  phrases: list[str], notices: list[str]) -> str:
+                  phrases: list[str], notices: list[str], datasets: Sequence[str] = ()) -> str:
     """The model card's Markdown (``plan`` is an ``audit.plan.Plan``)."""
     declared = plan.student.license
-    front = {**license_metadata(declared), "tags": ["distillation", "flopgate"], "pipeline_tag": "text-generation"}
     terms, urls = _teacher_terms(audit)
     compute = record.get("compute") or {}
     checkpoint = record.get("checkpoint") or {}
     evaluated = record.get("eval") or {}
-    lines = ["---", yaml.safe_dump(front, sort_keys=True).rstrip(), "---", "", f"# {_md(plan.student.name)}", ""]
+    front = card_metadata(plan, record, datasets).to_yaml()
+    lines = ["---", front.rstrip(), "---", "", f"# {_md(plan.student.name)}", ""]
     lines += [f"**{_md(p)}**" for p in phrases] + ([""] if phrases else [])
     lines += [
         f"A student model distilled from `{_md(shown_path(plan.teacher.model))}` {_md(method_phrase(plan))}, "
@@ -196,6 +234,7 @@ def render_readme(plan, audit: AuditPredicate, record: dict, items: list[CardIte
                        if evaluated.get(name) is not None) + " |"] if evaluated else []),
         f"| Device | {_md((record.get('device') or {}).get('name'))} x {(record.get('device') or {}).get('processes')} |",
         f"| Accelerator-hours | {plain(record.get('accelerator_hours'))} |",
+        f"| Energy | {_md(energy_line(record.get('energy')))} |",
         f"| Weights | `{_md(checkpoint.get('name'))}` (root sha256 `{_md(checkpoint.get('root_sha256'))}`) |",
         f"| Audit envelope | `{_md(shown_path((record.get('audit') or {}).get('envelope')))}` (sha256 "
         f"`{_md((record.get('audit') or {}).get('sha256'))}`) |",
@@ -232,14 +271,22 @@ def render_readme(plan, audit: AuditPredicate, record: dict, items: list[CardIte
     return "\n".join(lines) + "\n"
 
 
+def energy_line(block: Optional[dict]) -> str:
+    """``0.39 kWh (estimated)`` from a record's energy block; ``not recorded`` for older records."""
+    from audit.energy import Energy
+
+    return Energy.from_dict(block, source="run record").summary() if block else "not recorded"
+
+
 def write_model_card(out_dir: str | Path, *, plan, audit: AuditPredicate, record: dict,
-                     clause_types: Mapping[str, str]) -> CardFiles:
+                     clause_types: Mapping[str, str], datasets: Sequence[str] = ()) -> CardFiles:
     """Write ``README.md`` and ``NOTICE`` (only when an obligation gives a notice text) into
-    ``out_dir``, each atomically."""
+    ``out_dir``, each atomically. ``datasets``: the card's ``datasets`` metadata (the names of
+    the data sources the audited manifest lists)."""
     out_dir = Path(out_dir)
     items, phrases, notices = card_items(audit, clause_types)
     readme = write_atomic(out_dir / README_NAME, render_readme(plan, audit, record, items,
-                                                               phrases, notices))
+                                                               phrases, notices, datasets))
     notice = None
     if notices:
         notice = write_atomic(out_dir / NOTICE_NAME, "\n\n".join(notices) + "\n")

@@ -4,7 +4,8 @@ mode (``OUT/wandb``, synced later with ``wandb sync``). Rank 0 writes; other ran
 
 Series (TensorBoard tag = W&B key): ``train/loss``, ``train/lr``, ``train/grad_norm``,
 ``train/tokens_per_s``, ``compute/flops`` (spent, FLOP, 1 multiply-add = 2), ``compute/budget_left``
-(FLOP the meter still allows), ``compute/tokens``, and at each evaluation ``eval/<metric>``
+(FLOP the meter still allows), ``compute/tokens``, ``energy/joules`` (the GPUs' energy counters
+summed over ranks, ``energy_j`` in ``metrics.jsonl``; absent when not measured), and at each evaluation ``eval/<metric>``
 (:mod:`distill.train.loop`). A step whose loss was not read back (``log_every``) has no loss point.
 On resume, TensorBoard drops the points of steps after the checkpoint (``purge_step``), as
 ``metrics.jsonl`` drops their lines.
@@ -73,7 +74,7 @@ def scalars(record: dict, budget_limit: Optional[float]) -> dict[str, float]:
     """The series of one metrics record (absent values left out)."""
     named = {"train/loss": record.get("loss"), "train/lr": record.get("lr"), "train/grad_norm": record.get("grad_norm"),
              "train/tokens_per_s": record.get("tokens_per_s"), "compute/flops": record.get("flops"),
-             "compute/tokens": record.get("tokens")}
+             "compute/tokens": record.get("tokens"), "energy/joules": record.get("energy_j")}
     if budget_limit is not None and record.get("flops") is not None:
         named["compute/budget_left"] = budget_limit - record["flops"]
     for key, value in (record.get("eval") or {}).items():

@@ -22,6 +22,9 @@ The predicate::
      "device": {"type", "name", "processes"},
      "stopped_by_budget", "stopped_early", "message",
      "eval": null or {"step", "tokens", "ce", "kl", "top1_agreement"} (the last held-out evaluation),
+     "energy": {"joules", "status", "method", "pue", "device_joules", "board_power_w",
+                "accelerator_hours", "devices"} (audit/energy.py: measured by the GPUs' counters,
+               estimated from accelerator-hours x board power, or unavailable; joules include the PUE),
      "checkpoint": {"name", "step", "root_sha256", "files"},
      "ledger": {"seq", "row_hash"} or null (the run's last ledger row: the head it charged
                against; ``flopgate ledger verify --record`` proves the ledger still reaches it),
@@ -111,12 +114,27 @@ def build_predicate(result, *, audit: AuditPredicate, envelope_name: str, envelo
         "stopped_by_budget": bool(result.stopped_by_budget),
         "stopped_early": bool(getattr(result, "stopped_early", False)),
         "eval": _eval_block(getattr(result, "eval", None)),
+        "energy": run_energy_block(result, audit, device_name),
         "message": result.message,
         "checkpoint": {"name": checkpoint_name, "step": int(result.steps),
                        "root_sha256": checkpoint_root, "files": checkpoint_files},
         "obligations": carried_obligations(audit),
         "inputs": inputs,
     }
+
+
+def run_energy_block(result, audit: AuditPredicate, device_name: str) -> dict:
+    """The record's ``energy`` (:class:`audit.energy.Energy` as a dict): the GPUs' counters when
+    every process read one, else accelerator-hours x board power, x PUE, from the audited plan's
+    ``hardware`` block and ``policies/hardware.yaml``; unavailable when neither is known."""
+    from audit.compute.tables import load_reference_tables
+    from audit.energy import run_energy
+
+    return run_energy(finite_or_none(getattr(result, "energy_joules", None)), finite_or_none(result.device_hours),
+                      devices=list(getattr(result, "energy_devices", ())), device_name=device_name,
+                      device_type=str(result.device).split(":")[0],
+                      plan_hardware=(audit.plan.content or {}).get("hardware"), tables=load_reference_tables(),
+                      reason=getattr(result, "energy_reason", "")).to_dict()
 
 
 def _eval_block(metrics: Optional[dict]) -> Optional[dict]:
@@ -188,3 +206,6 @@ class TrainResult:
     lost_flops: float = 0.0
     eval: Optional[dict] = None      # the last evaluation's metrics (per held-out token), with its step
     stopped_early: bool = False      # the early-stopping rule ended the run
+    energy_joules: Optional[float] = None   # the GPUs' energy counters, all ranks; None: not measured
+    energy_devices: tuple = ()       # the devices whose counters were read
+    energy_reason: str = ""          # why the energy was not measured (the record estimates it then)

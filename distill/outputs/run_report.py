@@ -43,6 +43,7 @@ svg.loss text{font:11px system-ui,sans-serif;fill:#333}.bar{background:#e8ecf0;h
 <div class="bar" title="compute used against the stop limit"><span style="width:{{ used_pct }}%"></span></div>
 <p>{{ flops }} FLOP used of a {{ budget }} FLOP budget (the run stops before {{ limit }} FLOP);
 the audit estimated {{ audited }} FLOP. 1 multiply-add = 2 FLOP.</p>
+<p class="energy"><strong>Energy:</strong> {{ energy }}. {{ energy_method }}</p>
 <table>{% for label, value in figures %}<tr><th>{{ label }}</th><td>{{ value }}</td></tr>{% endfor %}</table>
 {% if loss %}{% set b = box %}<h2>Loss</h2>
 <svg class="loss" viewBox="0 0 {{ b.width }} {{ b.height }}" width="100%" role="img" aria-label="loss per valid token by optimizer step">
@@ -151,8 +152,21 @@ def render_run_report(plan, audit: AuditPredicate, record: dict, card: CardFiles
         message=record.get("message", ""), phrases=card.phrases, stopped=bool(record.get("stopped_by_budget")),
         used_pct=f"{used:.1f}", flops=sci(flops), budget=sci(compute.get("budget_flops")), limit=sci(limit),
         audited=sci(compute.get("audited_total_flops")), figures=figures, items=card.items,
+        **energy_figures(record.get("energy")),
         loss=loss_chart(points), box=LOSS_BOX, loss_first=plain(points[0][1], 4) if points else "",
         loss_last=plain(points[-1][1], 4) if points else "", steps=record.get("steps"))
+
+
+def energy_figures(block: dict | None) -> dict:
+    """The report's energy line: kWh or MWh and, as the EU form gives it, MWh to two significant
+    figures, then the method in words (a record from before energy was metered: not recorded)."""
+    from audit.energy import Energy
+
+    if not block:
+        return {"energy": "not recorded", "energy_method": "This run record predates energy metering."}
+    energy = Energy.from_dict(block, source="run record")
+    shown = energy.summary() if energy.joules is None else f"{energy.summary()}, {sci(energy.mwh, 2)} MWh"
+    return {"energy": shown, "energy_method": energy.method}
 
 
 def approval_text(audit_info: dict) -> str:

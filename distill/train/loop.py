@@ -44,6 +44,7 @@ from distill.runtime.checkpoint import (is_sharded_checkpoint, load_latest, rest
 from distill.runtime.fsdp import is_sharded
 from distill.data.training_data import IGNORE_INDEX
 from distill.gate.meter import ComputeMeter
+from distill.runtime.energy import EnergyMeter
 from distill.outputs.run_log import RunLog
 from distill.outputs.run_record import TrainResult
 
@@ -251,6 +252,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
         raise InputError("already holds checkpoints; resume the run or choose another output folder",
                          source=str(cfg.out_dir))
     sharded = is_sharded(student)
+    energy = EnergyMeter(ctx if ctx.enabled else None, device)  # the GPUs' energy counters (NVML)
     if latest is not None:
         if is_sharded_checkpoint(latest) != sharded:
             raise InputError(f"holds a {'sharded' if is_sharded_checkpoint(latest) else 'whole'} checkpoint and the "
@@ -266,6 +268,9 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
     if resume:
         lost = [r for r in log.records() if r.get("step", 0) > step]
         meter.charge_lost(sum(r.get("step_tokens", 0) for r in lost))
+        if latest is not None:
+            energy.load_state_dict(state.get("energy"), lost_joules=max(
+                [r["energy_j"] for r in lost if isinstance(r.get("energy_j"), (int, float))], default=None))
         wall_before = max([wall_before] + [r.get("elapsed_s", 0.0) for r in lost])
         distributed.barrier(ctx)  # every rank has read the log before rank 0 rewrites it
         if after_resume is not None:
@@ -286,7 +291,8 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
             """Checkpoint this step; a sharded student's ``final`` one also holds the whole
             model (what the export and the run record read)."""
             nonlocal saved
-            state = {"cursor": cursor, "meter": meter.state_dict(), "config": cfg.fingerprint(),
+            state = {"cursor": cursor, "meter": meter.state_dict(), "energy": energy.state_dict(),
+                     "config": cfg.fingerprint(),
                      "world_size": ctx.world_size, "global_batch": sequences_per_step, "loss": read_loss(),
                      "early_stop": early, "wall_time_s": wall_before + time.monotonic() - session_start}
             if sharded:
@@ -335,6 +341,8 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
         last_eval = None
         progress, task = progress_bar(cfg.progress and ctx.is_main, steps_total)
         loop_start, loop_tokens = time.monotonic(), 0
+        energy.start()
+        energy.gather_devices()
         with progress:
             progress.update(task, completed=step)
             while step < steps_total:
@@ -369,6 +377,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                                            else int(num_valid) if read_now else None),
                           "tokens_per_s": loop_tokens / max(elapsed, 1e-9),
                           "flops": meter.flops if cfg.flops_per_token is not None else None,
+                          "energy_j": energy.step(),   # all GPUs, all sessions; None: not measured
                           "elapsed_s": wall_before + time.monotonic() - session_start}
                 if held is not None and (step == steps_total or (cfg.eval_every and step % cfg.eval_every == 0)):
                     record["eval"] = last_eval = evaluate()
@@ -391,6 +400,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
         read_loss()
     finally:
         log.close()
+        energy.close()
     wall = wall_before + time.monotonic() - session_start
     return TrainResult(
         steps=step, tokens=meter.tokens, final_loss=last_loss,
@@ -403,4 +413,5 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                                                                                 cfg.budget_flops, cfg.tolerance,
                                                                                 final.name),
         teacher_sharded=teacher_sharded, lost_tokens=meter.lost_tokens, lost_flops=meter.lost_flops,
-        eval=last_eval, stopped_early=stopped_early)
+        eval=last_eval, stopped_early=stopped_early,
+        energy_joules=energy.joules, energy_devices=tuple(energy.devices), energy_reason=energy.reason)

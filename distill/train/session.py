@@ -30,6 +30,19 @@ def loop_overrides(args) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def manifest_datasets(gate, loaded) -> list[str]:
+    """The names of the data sources the audited manifest lists (a prepared-shards manifest's
+    ``inputs``, a raw one's ``files``; the last part of each path), for the model card's
+    ``datasets``; none without a manifest (a sequence run trains on the teacher's answers)."""
+    from pathlib import PurePosixPath
+
+    if not loaded.plan.data.manifest or getattr(gate, "inputs", None) is None:
+        return []
+    manifest, _ = gate.inputs.manifest()   # read once and cached by the attested layer
+    entries = manifest.get("inputs") or manifest.get("files") or []
+    return list(dict.fromkeys(PurePosixPath(str(e["path"])).name for e in entries if isinstance(e, dict) and e.get("path")))
+
+
 def finish_run(args, loaded, gate, cfg, result, signing_key, device_name: str, extra_files=(),
                ledger_head: dict | None = None) -> int:
     from audit.attest.keys import key_id, short_fingerprint
@@ -48,7 +61,7 @@ def finish_run(args, loaded, gate, cfg, result, signing_key, device_name: str, e
         approval=gate.approval, extra_files=extra_files, ledger_head=ledger_head)
     record = written.statement["predicate"]
     card = write_model_card(cfg.out_dir, plan=loaded.plan, audit=gate.audit, record=record,
-                            clause_types=installed_clause_types())
+                            clause_types=installed_clause_types(), datasets=manifest_datasets(gate, loaded))
     report = write_run_report(cfg.out_dir, plan=loaded.plan, audit=gate.audit, record=record,
                               card=card, metrics_path=cfg.log_path)
     model_dir = export_model(cfg.out_dir, result.checkpoint_dir, [f for f in (card.readme, card.notice) if f])

@@ -42,6 +42,9 @@ def write(tmp_path, data, name="plan.yaml"):
     (lambda d: d["organization"].update(jurisdictions=["Europe"]), "organization.jurisdictions", "EU"),
     (lambda d: d["method"].update(kind="sequence"), "method", "teacher_generated_tokens"),
     (lambda d: d["hardware"].update(utilization=1.5), "hardware.utilization", "less than or equal to 1"),
+    (lambda d: d["hardware"].update(pue=0.9), "hardware.pue", "greater than or equal to 1"),
+    (lambda d: d["hardware"].update(power_w=0), "hardware.power_w", "greater than 0"),
+    (lambda d: d["hardware"].update(grid_gco2_per_kwh=-1), "hardware.grid_gco2_per_kwh", "greater than or equal to 0"),
 ])
 def test_bad_plans_name_file_field_and_expectation(tmp_path, mutate, field, expected):
     data = copy.deepcopy(VALID)

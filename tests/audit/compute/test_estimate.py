@@ -135,6 +135,19 @@ def test_unknown_accelerator_is_said_not_guessed():
     assert e.hardware.peak_flops_per_s is None and "unknown accelerator" in e.hardware.note
 
 
+def test_planned_energy_is_accelerator_hours_times_board_power_times_pue():
+    p = plan(hardware={"accelerator": "H100-SXM", "count": 8, "hours": 10, "pue": 1.25})
+    energy = build_estimate(p, summary(), summary(), TABLES).hardware.planned_energy
+    # 80 accelerator-hours x 700 W = 56 kWh at the boards; x 1.25 = 70 kWh
+    assert energy["status"] == "estimated" and energy["board_power_w"] == 700
+    assert energy["joules"] == pytest.approx(70 * 3.6e6)
+    own = plan(hardware={"accelerator": "Quantum-9000", "count": 2, "hours": 3, "power_w": 500, "pue": 1.0})
+    assert build_estimate(own, summary(), summary(), TABLES).hardware.planned_energy["joules"] == pytest.approx(
+        2 * 3 * 500 * 3600)   # the plan's own power for an accelerator the table does not know
+    unknown = plan(hardware={"accelerator": "Quantum-9000", "count": 1, "hours": 1})
+    assert build_estimate(unknown, summary(), summary(), TABLES).hardware.planned_energy is None
+
+
 def test_cost_and_two_significant_figures():
     e = build_estimate(plan(), summary(), summary(), TABLES)
     assert e.cost_usd == 64 * 120 * 2.5

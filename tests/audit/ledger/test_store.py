@@ -417,3 +417,20 @@ def test_a_forged_charge_stops_the_next_charge(where, ledger, key):
         fresh.charge(AUDIT, 100.0, "run-1", 2, 3, 10, 90.0, key)
     with pytest.raises(LedgerCorrupt, match="untrusted key"):  # and the writer that saw seq 1 too
         ledger.charge(AUDIT, 100.0, "run-1", 2, 3, 10, 90.0, key)
+
+
+def test_charge_rows_carry_the_measured_energy_signed_like_the_rest(where, ledger, key):
+    """``run_energy_j`` is optional: rows with and without it verify; an edited figure breaks
+    the chain; a negative or non-finite one is refused before anything is written."""
+    ledger.charge(AUDIT, 1e9, "run-1", 0, 1, 10, 5.0, key)                      # an older row: no energy
+    ledger.charge(AUDIT, 1e9, "run-1", 1, 2, 10, 5.0, key, run_energy_j=1500.0)
+    assert [r["body"].get("run_energy_j") for r in ledger.rows()] == [None, 1500.0]
+    assert ledger.verify(trusted(key)) == []
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(InputError, match="run_energy_j"):
+            ledger.charge(AUDIT, 1e9, "run-1", 2, 3, 10, 5.0, key, run_energy_j=bad)
+    assert len(ledger.raw_rows()) == 2
+    text = raw_sql(where, "SELECT row_json FROM rows WHERE seq = 2")[0][0]
+    raw_sql(where, "UPDATE rows SET row_json = :t WHERE seq = 2",
+            t=text.replace('"run_energy_j":1500', '"run_energy_j":15'))
+    assert ledger.verify(trusted(key))[0].startswith("row seq 2: row_hash does not match")

@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import pytest
+import report_cases
 from report_cases import DIGEST_A, HOSTILE, LLAMA_URL
 
 from audit.errors import InputError
@@ -375,3 +376,16 @@ def test_the_chart_legend_names_the_date_the_rules_apply_as_of(review_case):
     html = render(review_case)
     assert "Rules applied as of <strong>2027-02-05</strong>" in html
     assert "legal threshold in force on 2027-02-05" in html and "start date" not in html
+
+
+def test_planned_energy_is_shown_beside_the_hardware_cross_check(review_case):
+    """64 H100 SXM x 120 h = 7,680 accelerator-hours x 700 W x 1.56 = 8,386.6 kWh = 8.4 MWh."""
+    from audit.compute.tables import load_reference_tables
+    from audit.energy import run_energy
+
+    energy = run_energy(None, 64 * 120, devices=[], device_name="H100-SXM", device_type="cuda",
+                        plan_hardware={"accelerator": "H100-SXM"}, tables=load_reference_tables(), reason="planned")
+    review_case["compute"]["hardware"]["planned_energy"] = energy.to_dict()
+    cell = rows(render(review_case))["Planned energy (accelerator-hours × board power × PUE)"]
+    assert cell.startswith("8,387 kWh, 8.4e0 MWh") and "700 W, PUE 1.56" in cell
+    assert "Planned energy" not in render(report_cases.review_case())   # an audit without the figure: no row

@@ -83,6 +83,12 @@ def test_gated_cpu_run_end_to_end(project, signer, capsys):
     assert "**Built with Tiny**" in readme
     assert (run_dir / "NOTICE").read_text() == NOTICE_TEXT + "\n"
     assert (run_dir / "run-report.html").is_file()
+    # energy: a CPU run has no counter and the test plan states no power: unavailable, and why
+    assert record["energy"]["status"] == "unavailable" and "not an NVIDIA GPU" in record["energy"]["method"]
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run_dir / "README.md").data.to_dict()   # the Hub reads the front matter
+    assert card["datasets"] == ["data.txt"] and card["tags"] == ["distillation", "flopgate"]
     # the summary names the key that signed the record, by fingerprint, and where it is
     assert f"signed by:    {short_fingerprint(signer.keyid)} ({signer.private_path};" in out
 

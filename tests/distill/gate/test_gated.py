@@ -220,3 +220,53 @@ def test_a_loop_that_took_no_step_for_the_budget_signs_nothing(project, signer):
     assert "first step did not fit" in refused.value.reasons[0] and "FLOP left" in refused.value.reasons[0]
     assert not (project.root / "out" / "run-record.intoto.json").exists()
     assert not (project.root / "out" / "README.md").exists()
+
+
+def fake_gpu_counter(monkeypatch, step_mj: int = 2_000):
+    """A fake NVML counter on "GPU 0" that grows by ``step_mj`` millijoules a reading."""
+    import sys
+    import types
+
+    from distill.runtime import energy as runtime_energy
+
+    readings = iter(range(0, 1_000_000, step_mj))
+    fake = types.ModuleType("pynvml")
+    fake.NVML_ERROR_NOT_SUPPORTED = 3
+    fake.nvmlInit = fake.nvmlShutdown = lambda: None
+    fake.nvmlDeviceGetHandleByIndex = lambda index: index
+    fake.nvmlDeviceGetName = lambda handle: "NVIDIA H100 80GB HBM3"
+    fake.nvmlDeviceGetTotalEnergyConsumption = lambda handle: next(readings)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(runtime_energy, "_nvml_target", lambda device: 0)
+
+
+def charged_energy(envelope) -> list:
+    with Ledger() as ledger:
+        return [r["body"].get("run_energy_j") for r in ledger.rows(audit=hashlib.sha256(envelope.read_bytes()).hexdigest())
+                if r["kind"] == "charge"]
+
+
+def test_measured_energy_is_charged_with_each_step_and_signed_in_the_record(project, signer, monkeypatch):
+    """Each charge row carries the run's energy so far, and the run record says it was measured."""
+    fake_gpu_counter(monkeypatch)
+    envelope = make_audit(project, signer, compute=compute_block(tokens=10 * TOKENS))
+    run = gate(project, envelope, signer)
+    assert loop(run, 3) == 3
+    checkpoint = project.root / "out" / "final"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "weights.bin").write_bytes(b"w")
+    energy = run.finish(checkpoint, final_loss=0.5).statement["predicate"]["energy"]
+    assert energy["status"] == "measured" and energy["device_joules"] == pytest.approx(6.0)
+    assert energy["devices"] == ["NVIDIA H100 80GB HBM3"]
+    assert charged_energy(envelope) == pytest.approx([2.0, 4.0, 6.0])
+
+
+def test_a_resumed_loop_of_ones_own_does_not_claim_a_measurement_it_lacks(project, signer, monkeypatch):
+    """The first session's counter readings are not this session's: after a resume the charges
+    carry no measured energy (the record then estimates it)."""
+    fake_gpu_counter(monkeypatch)
+    envelope = make_audit(project, signer, compute=compute_block(tokens=10 * TOKENS))
+    assert loop(gate(project, envelope, signer), 2) == 2
+    assert loop(gate(project, envelope, signer, resume=True), 1) == 1
+    assert charged_energy(envelope)[:2] == pytest.approx([2.0, 4.0])
+    assert charged_energy(envelope)[2:] == [None]

@@ -78,6 +78,7 @@ def test_every_prompt_answered_filtered_recorded_and_signed(project, signer, fak
     assert record["filter"] == "keep_odd:keep"   # and the code that judged the samples, by its source's digest
     assert record["filter_sha256"] == hashlib.sha256((tmp_path / "keep_odd.py").read_bytes()).hexdigest()
     assert record["teacher"]["endpoint_host"] == "127.0.0.1"
+    assert record["energy"]["status"] == "unavailable" and "provider" in record["energy"]["method"]
     assert record["audit"]["sha256"] == hashlib.sha256(project.envelope.read_bytes()).hexdigest()
     assert record["prompts"]["sha256"] == hashlib.sha256(project.prompts.read_bytes()).hexdigest()
     assert not record["stopped_by_budget"] and record["wall_time_s"] >= 0

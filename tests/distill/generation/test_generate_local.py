@@ -196,6 +196,9 @@ def test_a_local_teacher_answers_every_prompt_and_the_record_binds_its_weights(p
     assert tokens == sum(r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"] for r in rows)
     assert body["flops"]["used"] == pytest.approx(body["flops"]["per_token"] * tokens)
     assert "transformers on this machine" in out and "teacher compute:" in out
+    # a CPU teacher has no energy counter and the plan states no power: unavailable, and why
+    assert body["energy"]["status"] == "unavailable" and body["energy"]["joules"] is None
+    assert "not an NVIDIA GPU" in body["energy"]["method"]
     with Ledger(default_ledger_path(), create=False) as ledger:   # conftest gives each test its own home
         rows = [r for r in ledger.rows() if r["kind"] == "generation"]
     assert rows[-1]["body"]["weights_sha256"] == weights["sha256"]

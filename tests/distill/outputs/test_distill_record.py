@@ -17,7 +17,7 @@ import yaml
 from audit.attest import PREDICATE_RUN_RECORD, VerificationFailed
 from audit.attest.dsse import parse_envelope
 from audit.attest.verify import verify_envelope_file
-from audit.plan import load_plan
+from audit.plan import Hardware, load_plan
 from audit.predicate import AuditPredicate
 from distill.outputs.model_card import (NOTICE_NAME, README_NAME, installed_clause_types, license_metadata,
                                         write_model_card)
@@ -328,3 +328,97 @@ def test_compute_lost_to_a_crash_is_in_the_record_and_the_report(run):
     html = write_run_report(out, plan=load_plan(project.plan).plan, audit=audit, record=record,
                             card=files).read_text()
     assert "Lost to crashes (charged)" in html and "128 tokens" in html
+
+
+# --- energy and the card's Hub metadata -------------------------------------------------------
+
+def test_record_energy_measured_by_the_counters(run):
+    record = write(run, device="cuda:0", energy_joules=7.2e6, energy_devices=("NVIDIA H100 80GB HBM3",)
+                   ).statement["predicate"]
+    energy = record["energy"]
+    assert energy["status"] == "measured" and energy["device_joules"] == 7.2e6
+    assert energy["joules"] == pytest.approx(7.2e6 * energy["pue"])
+    assert energy["devices"] == ["NVIDIA H100 80GB HBM3"]
+    assert "NVML" in energy["method"]
+
+
+def test_record_energy_estimated_without_a_counter(run):
+    project, signer, envelope, out, checkpoint = run
+    audit = AuditPredicate.model_validate(json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"])
+    written = write_run_record(out, result(checkpoint, device="cuda:0", device_hours=2.0,
+                                           energy_reason="NVIDIA H100 PCIe has no energy counter"),
+                               audit_envelope=envelope, audit=audit,
+                               envelope_sha256=hashlib.sha256(envelope.read_bytes()).hexdigest(),
+                               plan_path=project.plan, private_key=signer.private_key,
+                               device_name="NVIDIA H100 PCIe", flops_per_token=FPT, tolerance=0.05)
+    energy = written.statement["predicate"]["energy"]
+    assert energy["status"] == "estimated" and energy["board_power_w"] == 350.0   # H100-PCIe in the table
+    assert energy["device_joules"] == pytest.approx(2.0 * 350 * 3600)
+    assert energy["joules"] == pytest.approx(energy["device_joules"] * energy["pue"])
+    assert "no energy counter" in energy["method"]
+
+
+def test_record_energy_unavailable_on_cpu(run):
+    energy = write(run).statement["predicate"]["energy"]
+    assert energy["status"] == "unavailable" and energy["joules"] is None
+
+
+def test_card_metadata_parses_with_huggingface_hub(run):
+    from huggingface_hub import ModelCard
+
+    project = run[0]
+    plan = load_plan(project.plan).plan
+    hardware = Hardware(accelerator="H100", count=1, hours=1, power_w=500, grid_gco2_per_kwh=300)
+    plan = plan.model_copy(update={"hardware": hardware,
+                                   "teacher": plan.teacher.model_copy(update={"model": "acme/tiny-teacher"})})
+    record = write(run, device_hours=2.0).statement["predicate"]
+    audit = AuditPredicate.model_validate(json.loads(parse_envelope(run[2].read_bytes()).payload)["predicate"])
+    files = write_model_card(run[3], plan=plan, audit=audit, record=record, clause_types=CLAUSE_TYPES,
+                             datasets=["data/train.jsonl"])
+    data = ModelCard.load(files.readme).data.to_dict()
+    assert data["base_model"] == "acme/tiny-teacher"
+    assert data["datasets"] == ["data/train.jsonl"]
+    assert data["license"] == "other" and data["tags"] == ["distillation", "flopgate"]
+    # the record's energy comes from the signed audit's plan, which has no hardware block here:
+    # a CPU run with no stated power is unavailable, so no CO2 figure is written
+    assert "co2_eq_emissions" not in data
+
+
+def test_card_co2_is_energy_times_grid_intensity(run):
+    from huggingface_hub import ModelCard
+
+    from distill.outputs.model_card import co2_metadata
+
+    record = {"energy": {"joules": 3.6e6 * 2, "status": "estimated", "method": "m", "pue": 1.0},
+              "device": {"processes": 1, "name": "NVIDIA H100 PCIe"}}
+    co2 = co2_metadata(record, 250.0)
+    assert co2["emissions"] == pytest.approx(500.0)   # 2 kWh x 250 g/kWh
+    assert co2_metadata(record, None) is None
+    assert co2_metadata({"energy": {"joules": None, "status": "unavailable", "method": "m", "pue": None}}, 250) is None
+    project = run[0]
+    plan = load_plan(project.plan).plan
+    hardware = Hardware(accelerator="H100", count=1, hours=1, grid_gco2_per_kwh=250)
+    plan = plan.model_copy(update={"hardware": hardware})
+    audit = AuditPredicate.model_validate(json.loads(parse_envelope(run[2].read_bytes()).payload)["predicate"])
+    full = {**write(run).statement["predicate"], **record}
+    files = write_model_card(run[3], plan=plan, audit=audit, record=full, clause_types=CLAUSE_TYPES)
+    data = ModelCard.load(files.readme).data.to_dict()
+    assert data["co2_eq_emissions"]["emissions"] == pytest.approx(500.0)
+    assert "base_model" not in data   # the fixture's teacher is a local folder: no Hub id
+
+
+def test_report_shows_energy_beside_compute(run):
+    _, report = card(run)
+    html = report.read_text()
+    compute = html.index("<h2>Compute</h2>")
+    assert html.index('class="energy"') > compute and "Energy:</strong> unavailable" in html
+
+
+def test_report_energy_line_gives_kwh_and_two_figure_mwh():
+    from distill.outputs.run_report import energy_figures
+
+    shown = energy_figures({"joules": 3.6e6 * 1234, "status": "measured", "method": "Measured. x", "pue": 1.2})
+    assert shown == {"energy": "1.2 MWh (measured), 1.2e0 MWh", "energy_method": "Measured. x"}
+    small = energy_figures({"joules": 3.6e6 * 0.39, "status": "estimated", "method": "m", "pue": 1.56})
+    assert small["energy"] == "0.39 kWh (estimated), 3.9e-4 MWh"
+    assert energy_figures(None)["energy"] == "not recorded"
