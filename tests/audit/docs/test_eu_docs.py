@@ -57,10 +57,11 @@ def docs(envelope: Path, out: Path, keys, *extra: str) -> int:
                  str(auditor.private_path), "--out", str(out), *extra])
 
 
-def run_record(envelope: Path, out: Path, runner, *, energy: dict | None = None, audit_sha256: str | None = None,
+def run_record(envelope: Path, out: Path, runner, *, energy: dict | str | None = None, audit_sha256: str | None = None,
                tokens: int = 192, wall_time_s: float = 86400.0, device_hours: float = 48.0) -> Path:
     """A run record as flopgate distill signs it (its predicate built by distill's own
-    build_predicate; ``energy`` is the block the energy meter adds), over a made-up checkpoint."""
+    build_predicate; ``energy``: a block to put in place of the one build_predicate writes, or
+    ``"absent"`` for a record from before energy was recorded), over a made-up checkpoint."""
     from distill.outputs.run_record import TrainResult, build_predicate
 
     checkpoint = out / "checkpoints" / "step-00000003"
@@ -79,7 +80,9 @@ def run_record(envelope: Path, out: Path, runner, *, energy: dict | None = None,
                                 flops_per_token=fpt, tolerance=0.05, device_name="NVIDIA H100",
                                 checkpoint_name="checkpoints/step-00000003", checkpoint_root="0" * 64,
                                 checkpoint_files=1, approval_sha256=None, inputs=inputs)
-    if energy is not None:
+    if energy == "absent":
+        del predicate["energy"]
+    elif energy is not None:
         predicate["energy"] = energy
     statement = make_statement(subjects, PREDICATE_RUN_RECORD, predicate)
     return write_envelope(out / "run-record.intoto.json", sign_statement(statement, runner.private_key))
@@ -197,7 +200,9 @@ def test_quickstart_like_run_fills_time_compute_energy_and_verifies(tmp_path, ke
     ({"joules": 9.96e7, "status": "estimated", "method": "accelerator-hours x board power x PUE", "pue": 1.56},
      "filled", "0.028 MWh (estimated"),
     ({"joules": None, "status": "unavailable", "method": "no counter", "pue": None}, "needs-input", None),
-    (None, "needs-input", None)])
+    ("absent", "needs-input", None),
+    # as distill writes it: no counter read, so 48 H100-hours x the table's board power x PUE
+    (None, "filled", "0.052 MWh (estimated")])
 def test_energy_estimated_unavailable_or_absent(tmp_path, keys, energy, status, shown):
     auditor, runner = keys
     envelope = check(QUICKSTART_LIKE, tmp_path / "audit", auditor)
