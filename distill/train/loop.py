@@ -312,7 +312,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                         ids, weight = mine[first:first + cfg.micro_batch], 1.0
                         if len(ids) == 0:
                             ids, weight = held[:1], 0.0
-                        for key, value in eval_sums(data.rows(ids)).items():
+                        for key, value in eval_sums(data.eval_rows(ids)).items():
                             value = torch.as_tensor(value, dtype=torch.float64, device=device) * weight
                             totals[key] = totals[key] + value if key in totals else value
             finally:
@@ -403,4 +403,5 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                                                                                 cfg.budget_flops, cfg.tolerance,
                                                                                 final.name),
         teacher_sharded=teacher_sharded, lost_tokens=meter.lost_tokens, lost_flops=meter.lost_flops,
-        eval=last_eval, stopped_early=stopped_early)
+        eval=last_eval, stopped_early=stopped_early, eval_split=getattr(data, "eval_split", None) if held is not None
+        else None)

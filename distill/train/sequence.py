@@ -131,7 +131,10 @@ def encode_sample(tokenizer, messages: list[dict], answer: dict, *,
 @dataclass
 class PackedSamples(EpochOrder):
     """Rows [n, seq_len] of packed samples: ids, labels, position ids and the sample each
-    position belongs to (``segments``; padding is a segment of its own)."""
+    position belongs to (``segments``; padding is a segment of its own). A row holds whole
+    samples, so a held-out row holds out whole samples."""
+
+    ROW_UNIT = "sample"
 
     input_ids: torch.Tensor
     labels: torch.Tensor
