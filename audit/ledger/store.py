@@ -277,10 +277,11 @@ class Ledger:
     def charge(self, audit_sha256: str, budget_flops: float, run_id: str, step_from: int,
                step_to: int, tokens: float, flops: float, private_key: Ed25519PrivateKey, *,
                update_flops: float | None = None, time: datetime | str | None = None,
-               trust: chain.LedgerTrust | None = None) -> dict:
+               trust: chain.LedgerTrust | None = None, eval_flops: float | None = None) -> dict:
         """Charge ``flops`` of training (steps ``step_from``..``step_to``) to the audit;
         ``update_flops`` is the part of it spent on the student's parameter updates (its forward
-        and backward passes; the rest is teacher compute), when the caller knows it.
+        and backward passes; the rest is teacher compute), when the caller knows it;
+        ``eval_flops`` the part spent on held-out evaluation forwards, when the steps evaluated.
 
         Through :meth:`metered`: the audit's verified running total plus ``flops`` is written
         as the new ``spent_flops``, or :class:`BudgetExceeded` (exit 6, nothing written) when it
@@ -299,6 +300,8 @@ class Ledger:
                     "tokens": tokens, "flops": flops, "spent_flops": chain.next_spent(spent, flops)}
             if update_flops is not None:
                 body["update_flops"] = float(update_flops)
+            if eval_flops is not None:
+                body["eval_flops"] = float(eval_flops)
             if body["spent_flops"] > budget:
                 left = max(budget - spent, 0.0)
                 raise BudgetExceeded(

@@ -85,6 +85,11 @@ class LoopConfig(StrictModel):
     eval_sequences: int = Field(default=0, ge=0, description="packed sequences held out of training for evaluation")
     eval_every: Optional[int] = Field(default=None, gt=0, description="evaluate every N steps (and at the end); "
                                       "None: at the end only, when sequences are held out")
+    eval_flops_per_token: Optional[float] = Field(default=None, ge=0, description="audited FLOP per evaluated "
+                                                  "position (the plan's evaluation component / evaluation.tokens); "
+                                                  "a metered run evaluates only with it")
+    eval_tokens_limit: Optional[float] = Field(default=None, gt=0, description="the audited evaluation.tokens: the "
+                                               "positions all evaluations together may run")
     early_stop_patience: Optional[int] = Field(default=None, gt=0, description="stop after N evaluations without "
                                                "improvement of the first metric (kl, else ce)")
     tensorboard: bool = Field(default=True, description="TensorBoard event files in OUT/tensorboard")
@@ -92,7 +97,7 @@ class LoopConfig(StrictModel):
 
     RESUMABLE: ClassVar[frozenset] = frozenset({
         "out_dir", "log_path", "progress", "checkpoint_every", "keep_last", "budget_flops", "tolerance",
-        "flops_per_token", "device", "log_every", "activation_checkpointing", "offload", "eval_every",
+        "flops_per_token", "eval_flops_per_token", "eval_tokens_limit", "device", "log_every", "activation_checkpointing", "offload", "eval_every",
         "early_stop_patience", "tensorboard", "wandb"})
     """Fields that do not change the trained weights; a resume may change them."""
 
@@ -104,6 +109,9 @@ class LoopConfig(StrictModel):
             raise ValueError("eval_every/early_stop_patience need eval_sequences > 0 (sequences held out to evaluate on)")
         if self.budget_flops is not None and self.flops_per_token is None:
             raise ValueError("budget_flops needs flops_per_token")
+        if self.eval_sequences and self.flops_per_token is not None and self.eval_flops_per_token is None:
+            raise ValueError("eval_sequences: the audit counted no evaluation compute, so a metered run may not "
+                             "evaluate: add the plan's evaluation block (evaluation.tokens) and re-run flopgate check")
         return self
 
     def fingerprint(self) -> dict:
@@ -207,6 +215,15 @@ def _check_resumable(cfg: LoopConfig, state: dict, ctx, sharded: bool, global_ba
                              source=str(where))
 
 
+def evaluation_rows(held: int, world_size: int, micro_batch: int) -> int:
+    """Rows one evaluation forwards over every rank: each rank scores its share of the ``held``
+    rows ``micro_batch`` at a time, every rank as many batches, and a rank with none left runs
+    one row at weight 0 (``run_loop``'s ``evaluate``)."""
+    batches = range(0, math.ceil(held / world_size), micro_batch)
+    return sum(max(1, len(range(held)[rank::world_size][first:first + micro_batch]))
+               for rank in range(world_size) for first in batches)
+
+
 MicroLoss = Callable[[tuple, int, "torch.Tensor | int"], torch.Tensor]
 """``micro_loss(batch, start, num_valid) -> loss``: the recipe's forward and loss for one
 micro-batch (rows from ``start``), divided by the step's global valid-label count."""
@@ -239,6 +256,8 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
     held = data.hold_out(cfg.eval_sequences) if cfg.eval_sequences else None  # never trained on
     if held is not None and eval_sums is None:
         raise InputError("this recipe has no evaluation; leave eval_sequences at 0", field="eval_sequences")
+    # positions one evaluation runs, all ranks (padding forwards included: they are computed)
+    eval_positions = evaluation_rows(len(held), ctx.world_size, cfg.micro_batch) * cfg.seq_len if held is not None else 0
 
     # --- resume --------------------------------------------------------------------------------
     step, cursor, wall_before, last_loss = 0, 0, 0.0, None
@@ -266,6 +285,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
     if resume:
         lost = [r for r in log.records() if r.get("step", 0) > step]
         meter.charge_lost(sum(r.get("step_tokens", 0) for r in lost))
+        meter.add_eval(sum(r.get("eval_tokens", 0) for r in lost))  # evaluations after the checkpoint ran too
         wall_before = max([wall_before] + [r.get("elapsed_s", 0.0) for r in lost])
         distributed.barrier(ctx)  # every rank has read the log before rank 0 rewrites it
         if after_resume is not None:
@@ -330,8 +350,23 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                 early["bad"] += 1
             return cfg.early_stop_patience is not None and early["bad"] >= cfg.early_stop_patience
 
+        def metered_eval(record: dict) -> bool:
+            """Evaluate into ``record`` when the meter allows it (metered and capped like a step);
+            False, with the reason in ``record["eval_refused"]``, when it does not."""
+            nonlocal last_eval
+            refusal = meter.eval_refusal(eval_positions)
+            if refusal is not None:
+                record["eval_refused"] = refusal
+                return False
+            record["eval"] = last_eval = evaluate()
+            meter.add_eval(eval_positions)
+            record.update(eval_tokens=eval_positions, eval_flops=meter.eval_flops,
+                          flops=meter.flops if cfg.flops_per_token is not None else None)
+            return True
+
         # --- the loop --------------------------------------------------------------------------
         stopped_by_budget = stopped_early = False
+        eval_refused = None
         last_eval = None
         progress, task = progress_bar(cfg.progress and ctx.is_main, steps_total)
         loop_start, loop_tokens = time.monotonic(), 0
@@ -371,8 +406,10 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                           "flops": meter.flops if cfg.flops_per_token is not None else None,
                           "elapsed_s": wall_before + time.monotonic() - session_start}
                 if held is not None and (step == steps_total or (cfg.eval_every and step % cfg.eval_every == 0)):
-                    record["eval"] = last_eval = evaluate()
-                    stopped_early = no_better(last_eval)
+                    if metered_eval(record):
+                        stopped_early = no_better(last_eval)
+                    else:
+                        stopped_by_budget, eval_refused = True, record["eval_refused"]
                 log.write(record)
                 budget = f" / {short_sci(cfg.budget_flops)}" if cfg.budget_flops else ""
                 shown = f"loss {last_loss:.4f}  " if last_loss is not None else ""
@@ -380,13 +417,19 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                     f"{shown}{record['tokens_per_s']:,.0f} tok/s  compute {short_sci(meter.flops)}{budget} FLOP"))
                 if on_step is not None:
                     on_step(record)
-                if stopped_early:
+                if stopped_early or eval_refused:
                     break
                 if step % cfg.checkpoint_every == 0:
                     checkpoint(final=step == steps_total)
-        if held is not None and (last_eval is None or last_eval["step"] != step):
-            last_eval = evaluate()  # the run ended between evaluations (budget, early stop, resume)
-            log.write({"step": step, "eval": last_eval})
+        if held is not None and not eval_refused and (last_eval is None or last_eval["step"] != step):
+            # the run ended between evaluations (budget, early stop, resume): charged with no step tokens
+            record = {"step": step, "step_tokens": 0}
+            if metered_eval(record):
+                log.write(record)
+                if on_step is not None:
+                    on_step(record)
+            else:
+                eval_refused = record["eval_refused"]
         final = saved[1] if saved is not None and saved[0] == step and saved[2] else checkpoint(final=True)
         read_loss()
     finally:
@@ -399,9 +442,11 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
         stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
         device=str(device), rank=ctx.rank,
         message=(f"stopped early at step {step}: {cfg.early_stop_patience} evaluation(s) without improvement; "
-                 f"checkpoint {final.name}") if stopped_early else end_message(step, stopped_by_budget,
+                 f"checkpoint {final.name}") if stopped_early else (f"stopped at step {step}: {eval_refused}; "
+                                                                    f"checkpoint {final.name}") if eval_refused
+        else end_message(step, stopped_by_budget,
                                                                                 cfg.budget_flops, cfg.tolerance,
                                                                                 final.name),
         teacher_sharded=teacher_sharded, lost_tokens=meter.lost_tokens, lost_flops=meter.lost_flops,
-        eval=last_eval, stopped_early=stopped_early, eval_split=getattr(data, "eval_split", None) if held is not None
+        eval=last_eval, stopped_early=stopped_early, eval_flops=meter.eval_flops, eval_split=getattr(data, "eval_split", None) if held is not None
         else None)

@@ -336,7 +336,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             body = cfg.prepare_student(HiddenStates(student), decoder_layers(student), ctx)
             teacher_body = HiddenStates(teacher) if teacher is not None else None
         spec = cfg.loss_spec()
-        meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx)
+        meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx,
+                             eval_flops_per_token=cfg.eval_flops_per_token or 0.0, eval_tokens_limit=cfg.eval_tokens_limit)
 
         # --- Teacher source -------------------------------------------------------------------
         cache = None
