@@ -46,7 +46,8 @@ def meter_figures(plan, predicate: dict) -> MeterFigures:
     generation), which the run must not get to spend again. The meter stops at the budget
     exactly, so the run never spends more than the audit compared with the thresholds. A plan
     with an ``evaluation`` block adds its ``evaluation`` component to what the run spends
-    (:func:`evaluation_figures` gives its rate and cap). Unknown figures, or a method without a metered training run, refuse (fail closed)."""
+    (:func:`evaluation_figures` gives its rate and cap). Unknown figures, or a method without a
+    metered training run, refuse (fail closed)."""
     metered_ids = METERED_COMPONENTS.get(plan.method.kind)
     if metered_ids is not None and plan.method.also_logits:  # sequence KD with the teacher's logits too
         metered_ids = metered_ids + ("teacher_forward",)
