@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, ClassVar, Literal, Optional
 
@@ -41,7 +40,7 @@ from audit.validation import StrictModel
 from distill.runtime import distributed
 from distill.runtime.checkpoint import (is_sharded_checkpoint, load_latest, restore_checkpoint,
                                         restore_sharded_checkpoint, save_checkpoint, save_sharded_checkpoint)
-from distill.runtime.fsdp import is_sharded
+from distill.runtime.fsdp import is_sharded, micro_step_sync, reshard_after_eval
 from distill.data.training_data import IGNORE_INDEX
 from distill.gate.meter import ComputeMeter
 from distill.outputs.run_log import RunLog
@@ -82,6 +81,10 @@ class LoopConfig(StrictModel):
                                                      "the backward; None: on from 1e9 parameters")
     offload: bool = Field(default=False, description="FSDP2: keep shards, gradients and the optimizer step in host "
                           "memory")
+    defer_reduction: bool = Field(default=True, description="several processes: reduce gradients over the ranks "
+                                  "once per step, on the last micro-step (FSDP2 set_requires_gradient_sync, DDP "
+                                  "no_sync); false: FSDP2 reduce-scatters every micro-step (no unsharded gradients "
+                                  "held between micro-steps: less memory, more communication)")
     eval_sequences: int = Field(default=0, ge=0, description="packed sequences held out of training for evaluation")
     eval_every: Optional[int] = Field(default=None, gt=0, description="evaluate every N steps (and at the end); "
                                       "None: at the end only, when sequences are held out")
@@ -97,8 +100,8 @@ class LoopConfig(StrictModel):
 
     RESUMABLE: ClassVar[frozenset] = frozenset({
         "out_dir", "log_path", "progress", "checkpoint_every", "keep_last", "budget_flops", "tolerance",
-        "flops_per_token", "eval_flops_per_token", "eval_tokens_limit", "device", "log_every", "activation_checkpointing", "offload", "eval_every",
-        "early_stop_patience", "tensorboard", "wandb"})
+        "flops_per_token", "device", "log_every", "activation_checkpointing", "offload", "eval_every",
+        "eval_flops_per_token", "eval_tokens_limit", "early_stop_patience", "tensorboard", "wandb"})
     """Fields that do not change the trained weights; a resume may change them."""
 
     @model_validator(mode="after")
@@ -337,6 +340,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                             totals[key] = totals[key] + value if key in totals else value
             finally:
                 student.train()
+                reshard_after_eval(body)  # a no-grad forward left the sharded root gathered
             summed = {k: float(distributed.all_reduce_sum(v, ctx)) for k, v in sorted(totals.items())}
             tokens = summed.pop("tokens")
             return {**{k: v / max(tokens, 1.0) for k, v in summed.items()}, "tokens": int(tokens), "step": step}
@@ -385,7 +389,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                 loss_sum = torch.zeros((), device=device)
                 for a, (batch, start) in enumerate(zip(batches, starts)):
                     last_micro = a == cfg.grad_accum - 1
-                    with nullcontext() if (last_micro or not ctx.enabled) else body.no_sync():
+                    with micro_step_sync(body, last_micro or not ctx.enabled, defer=cfg.defer_reduction):
                         loss = micro_loss(batch, start, num_valid)
                         (loss * ctx.world_size).backward()  # DDP averages; the loss is already global
                     loss_sum += loss.detach()
@@ -435,18 +439,19 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
     finally:
         log.close()
     wall = wall_before + time.monotonic() - session_start
+    if stopped_early:
+        message = (f"stopped early at step {step}: {cfg.early_stop_patience} evaluation(s) without improvement; "
+                   f"checkpoint {final.name}")
+    elif eval_refused:
+        message = f"stopped at step {step}: {eval_refused}; checkpoint {final.name}"
+    else:
+        message = end_message(step, stopped_by_budget, cfg.budget_flops, cfg.tolerance, final.name)
     return TrainResult(
         steps=step, tokens=meter.tokens, final_loss=last_loss,
         flops_used=meter.flops if cfg.flops_per_token is not None else None,
         budget_flops=cfg.budget_flops, wall_time_s=wall, device_hours=wall * ctx.world_size / 3600,
         stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
-        device=str(device), rank=ctx.rank,
-        message=(f"stopped early at step {step}: {cfg.early_stop_patience} evaluation(s) without improvement; "
-                 f"checkpoint {final.name}") if stopped_early else (f"stopped at step {step}: {eval_refused}; "
-                                                                    f"checkpoint {final.name}") if eval_refused
-        else end_message(step, stopped_by_budget,
-                                                                                cfg.budget_flops, cfg.tolerance,
-                                                                                final.name),
+        device=str(device), rank=ctx.rank, message=message,
         teacher_sharded=teacher_sharded, lost_tokens=meter.lost_tokens, lost_flops=meter.lost_flops,
-        eval=last_eval, stopped_early=stopped_early, eval_flops=meter.eval_flops, eval_split=getattr(data, "eval_split", None) if held is not None
-        else None)
+        eval=last_eval, stopped_early=stopped_early, eval_flops=meter.eval_flops,
+        eval_split=data.eval_split if held is not None else None)

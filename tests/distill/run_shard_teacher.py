@@ -13,6 +13,7 @@ import json
 import sys
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 from distill.runtime import distributed
 from distill.runtime.models import decoder_layers, final_hidden_states, head_weight, load_teacher
@@ -42,6 +43,8 @@ def main() -> int:
             "rest_whole": sum(p.numel() for p in whole.parameters()) - sum(
                 p.numel() for p in decoder_layers(whole).parameters()),
             "head_is_plain_tensor": not hasattr(head_weight(teacher), "to_local"),
+            # one FSDP tree: the teacher is the only root (each layer used to be a root of its own)
+            "fsdp_roots": sum(1 for m in teacher.modules() if isinstance(m, FSDPModule) and m._get_fsdp_state()._is_root),
             "max_abs_diff": (got - want).abs().max().item(),
             "scale": want.abs().max().item(),
         }
