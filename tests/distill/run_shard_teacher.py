@@ -3,8 +3,9 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 run_shard_teacher.py TEACHER_DIR OUT_PREFIX
 
 Writes OUT_PREFIX-rankR.json: local element counts of the decoder layers' weights, of the base
-model's own weights and of the head, whether the head is a plain tensor, how many FSDP roots, and the largest difference between the sharded
-teacher's final hidden states and the whole teacher's on the same tokens.
+model's own weights and of the head, whether the head is a plain tensor, how many FSDP roots,
+and the largest difference between the sharded teacher's final hidden states and the whole
+teacher's on the same tokens.
 """
 
 from __future__ import annotations
