@@ -288,7 +288,9 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
     if resume:
         lost = [r for r in log.records() if r.get("step", 0) > step]
         meter.charge_lost(sum(r.get("step_tokens", 0) for r in lost))
-        meter.add_eval(sum(r.get("eval_tokens", 0) for r in lost))  # evaluations after the checkpoint ran too
+        # evaluations after the checkpoint ran too (one may follow a checkpoint of its own step)
+        logged = max((r.get("eval_tokens_total", 0) for r in log.records()), default=0)
+        meter.add_eval(max(0, logged - meter.eval_tokens))
         wall_before = max([wall_before] + [r.get("elapsed_s", 0.0) for r in lost])
         distributed.barrier(ctx)  # every rank has read the log before rank 0 rewrites it
         if after_resume is not None:
@@ -364,7 +366,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                 return False
             record["eval"] = last_eval = evaluate()
             meter.add_eval(eval_positions)
-            record.update(eval_tokens=eval_positions, eval_flops=meter.eval_flops,
+            record.update(eval_tokens=eval_positions, eval_tokens_total=meter.eval_tokens, eval_flops=meter.eval_flops,
                           flops=meter.flops if cfg.flops_per_token is not None else None)
             return True
 

@@ -74,3 +74,23 @@ def test_an_evaluation_past_the_audited_cap_stops_the_run(tmp_path):
     assert result.eval_flops == per_eval * EVAL_RATE
     records = [json.loads(line) for line in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
     assert "eval_refused" in records[-1] and "eval" not in records[-1]
+
+
+@pytest.mark.slow
+def test_evaluations_lost_to_a_crash_stay_charged_on_resume(tmp_path):
+    """Steps 3 and 4 (and their evaluations) ran after the checkpoint at step 2 and were lost:
+    the resumed meter counts their evaluations too, so it never falls below what was charged."""
+    import shutil
+
+    from distill.runtime.checkpoint import list_checkpoints
+
+    cfg = metered(tmp_path, eval_every=1, checkpoint_every=2, keep_last=None)
+    first = train(cfg)
+    per_eval = first.eval_split["rows"] * cfg.seq_len
+    assert first.eval_flops == 4 * per_eval * EVAL_RATE
+    for folder in list_checkpoints(cfg.out_dir):
+        if not folder.name.endswith("02"):
+            shutil.rmtree(folder)                                  # a crash after step 2's checkpoint
+    resumed = train(cfg, resume=True)
+    assert resumed.eval_flops == 6 * per_eval * EVAL_RATE           # 4 before the crash, steps 3 and 4 again
+    assert resumed.flops_used == pytest.approx(resumed.tokens * STEP_RATE + resumed.eval_flops)
