@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "distill")]
 
 
-def run(split: str, root: Path, data_file: Path, steps: int, eval_rows: int) -> dict:
+def run(split: str, root: Path, data_file: Path, steps: int, eval_rows: int, seed: int = 0) -> dict:
     from distill.data.training_data import EpochOrder
     from distill.train.trainer import TrainConfig, train
     from distill_testkit import tiny_run
@@ -37,11 +37,11 @@ def run(split: str, root: Path, data_file: Path, steps: int, eval_rows: int) -> 
     try:
         cfg = TrainConfig.parse(tiny_run(root, data_files=[str(data_file)], out_dir=str(root / f"out-{split}"),
                                          max_steps=steps, micro_batch=8, lr=3e-3, eval_sequences=eval_rows,
-                                         tensorboard=False))
+                                         tensorboard=False, seed=seed))
         result = train(cfg)
     finally:
         EpochOrder.hold_out = original
-    return {"split": split, **{k: result.eval[k] for k in ("kl", "ce", "top1_agreement", "tokens")},
+    return {"split": split, "seed": seed, **{k: result.eval[k] for k in ("kl", "ce", "top1_agreement", "tokens")},
             "rows": result.eval_split["rows"], "steps": result.steps}
 
 
@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--documents", type=int, default=200, help="documents of tests/distill/data/train.txt used")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-rows", type=int, default=24, help="held-out rows (eval_sequences)")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed (models, order, split)")
     args = parser.parse_args(argv)
     import torch
 
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
         root = Path(folder)
         data_file = root / "train.txt"
         data_file.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
-        results = [run(split, root, data_file, args.steps, args.eval_rows) for split in ("row", "document")]
+        results = [run(split, root, data_file, args.steps, args.eval_rows, args.seed) for split in ("row", "document")]
     for result in results:
         print(json.dumps(result))
     old, new = results
