@@ -96,3 +96,22 @@ def test_row_layout_restarts_positions_and_counts_pieces():
     kept = int(packed_attention_mask(index.row_layout(ids)[1]).sum())
     assert index.kept_pairs() == kept == index.kept_pairs(ids)
     assert index.kept_pairs(torch.tensor([1])) == 4 * 5 // 2 + 1 + 11 * 12 // 2
+
+
+def test_prepared_shards_record_the_same_documents_as_raw_files(tokenizer, tmp_path):
+    """Shards know their documents from their .idx files: the same starts, split and layout as
+    the raw-file path, which records them while tokenizing."""
+    from distill.data.prepare import prepare
+    from distill.data.shards import MANIFEST_NAME
+    from distill.data.training_data import read_manifest
+
+    out = tmp_path / "prepared"
+    prepare([TRAIN_TEXT], tokenizer_dir=TOKENIZER_DIR, out=out, workers=1, shard_tokens=8000)
+    manifest, bins = read_manifest(out / MANIFEST_NAME)
+    shards = load_training_data(bins, tokenizer, SEQ_LEN, seed=0, manifest=out / MANIFEST_NAME)
+    raw = fresh(tokenizer)
+    assert np.array_equal(shards.document_starts(), raw.document_starts())
+    assert torch.equal(shards.hold_out(20), raw.hold_out(20)) and shards.eval_split == raw.eval_split
+    shards.mask_documents = raw.mask_documents = True
+    for got, want in zip(shards.batch(0, 6), raw.batch(0, 6)):
+        assert torch.equal(got, want)
