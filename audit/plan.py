@@ -334,6 +334,16 @@ class Method(StrictModel):
         return self
 
 
+class Evaluation(StrictModel):
+    """Held-out evaluation during training: its forward passes are counted and metered like training."""
+
+    tokens: Number = Field(gt=0, description="positions the evaluation forwards may process over the whole run, all "
+                           "processes (held-out sequences x seq_len x evaluations); each costs the student's forward "
+                           "and, when the teacher runs online (logits, sequence with also_logits), the teacher's "
+                           "forward. Counted in the audit's cumulative compute, charged to the ledger with the step it "
+                           "follows; an evaluation that would pass it (or the budget) stops the run")
+
+
 class Use(StrictModel):
     """What the student is for and who gets it: licence clauses read these."""
 
@@ -457,6 +467,8 @@ class Plan(StrictModel):
     student: Student = Field(description="the model being trained")
     data: Data = Field(description="the training data")
     method: Method = Field(default=Method(), description="how the student learns from the teacher")
+    evaluation: Optional[Evaluation] = Field(default=None, description="held-out evaluation during training and "
+                                             "its compute cap; absent: a metered run may not evaluate")
     use: Use = Field(description="what the student is for and who gets it")
     hardware: Optional[Hardware] = Field(default=None, description="the planned hardware (optional cross-check and cost)")
     schedule: Schedule = Field(description="when the run starts")

@@ -109,8 +109,8 @@ def main(argv=None) -> int:
         peaks = {name: run(work, work / name, args.steps, name) for name in ("x1", "x8")}
     mib = {k: v / 1024 for k, v in peaks.items()}
     corpus_mib = one["total_tokens"] * 2 / 2**20
-    print(f"| corpus | tokens | shard bytes | peak RSS | vs 1x |")
-    print(f"|---|---|---|---|---|")
+    print("| corpus | tokens | shard bytes | peak RSS | vs 1x |")
+    print("|---|---|---|---|---|")
     print(f"| 1x | {one['total_tokens']:,} | {corpus_mib:.0f} MiB | {mib['x1']:.0f} MiB | 1.00 |")
     print(f"| 8x | {8 * one['total_tokens']:,} | {8 * corpus_mib:.0f} MiB | {mib['x8']:.0f} MiB | "
           f"{mib['x8'] / mib['x1']:.2f} |")

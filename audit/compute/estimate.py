@@ -112,6 +112,9 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
         if plan.method.also_logits:  # the teacher also runs over every training sample
             components.append(_teacher_logits(plan, tokens, teacher_forward, teacher))
 
+    if plan.evaluation is not None:
+        components.append(_evaluation(plan, student, teacher_forward, adapter))
+
     original_id, original = _original_model(plan, tables)
     if plan.student.init != "scratch":
         flops = original.training_flops if original else None
@@ -285,6 +288,32 @@ def _on_policy(plan: Plan, student: ModelSummary, per_token: float | None, teach
     ]
 
 
+def evaluation_teacher_runs(plan: Plan) -> bool:
+    """Whether an evaluation runs the teacher too (online logits, sequence with also_logits)."""
+    return plan.method.kind == "logits" or plan.method.also_logits
+
+
+def _evaluation(plan: Plan, student: ModelSummary, teacher_per_token: float | None,
+                adapter: AdapterSummary | None = None) -> Component:
+    """Held-out evaluation: the student's forward (with its adapters for a ``student.adapter``
+    plan) and, when the teacher runs online, the teacher's forward, per evaluated position x
+    ``evaluation.tokens``."""
+    tokens = plan.evaluation.tokens
+    per_token = student.forward_flops_per_token
+    if plan.student.adapter is not None:
+        per_token = adapter.forward_flops_per_token if adapter is not None else None
+    with_teacher = evaluation_teacher_runs(plan)
+    if with_teacher:
+        per_token = per_token + teacher_per_token if per_token is not None and teacher_per_token is not None else None
+    return Component(
+        id="evaluation", label="held-out evaluation (forward passes)",
+        flops=per_token * tokens if per_token is not None else None,
+        method=student.method if per_token is not None else "unknown", counts_toward=["cumulative"],
+        assumptions=[f"{short_sci(tokens, 4)} evaluated positions (evaluation.tokens), the cap the run is held to",
+                     "the student's forward" + (" and the teacher's forward" if with_teacher else "") + " per position",
+                     "counted in cumulative compute (the conservative side); not a parameter update"])
+
+
 def _original_model(plan: Plan, tables: ReferenceTables):
     if plan.student.init == "base":
         return plan.student.base_model, tables.find_published(plan.student.base_model)
@@ -318,7 +347,7 @@ def _hardware_check(plan: Plan, components: list[Component], tables: ReferenceTa
         return HardwareCheck(accelerator=hw.accelerator, peak_flops_per_s=None,
                              note="unknown accelerator: no dense peak in policies/hardware.yaml",
                              planned_energy=_planned_energy(plan, tables))
-    local = [c for c in components if c.id in ("student_training", "student_generation")
+    local = [c for c in components if c.id in ("student_training", "student_generation", "evaluation")
              or (c.id in ("teacher_forward", "teacher_generation", "teacher_scoring")
                  and plan.teacher.access == "weights")]
     executed = _sum(local)

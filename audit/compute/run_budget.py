@@ -44,13 +44,18 @@ def meter_figures(plan, predicate: dict) -> MeterFigures:
     audited compute of what the run spends (:data:`METERED_COMPONENTS`), never the audited total:
     that total also holds compute spent elsewhere (a base model's training, the teacher's
     generation), which the run must not get to spend again. The meter stops at the budget
-    exactly, so the run never spends more than the audit compared with the thresholds. Unknown
-    figures, or a method without a metered training run, refuse (fail closed)."""
+    exactly, so the run never spends more than the audit compared with the thresholds. A plan
+    with an ``evaluation`` block adds its ``evaluation`` component to what the run spends
+    (:func:`evaluation_figures` gives its rate and cap). Unknown figures, or a method without a
+    metered training run, refuse (fail closed)."""
     metered_ids = METERED_COMPONENTS.get(plan.method.kind)
     if metered_ids is not None and plan.method.also_logits:  # sequence KD with the teacher's logits too
         metered_ids = metered_ids + ("teacher_forward",)
     if metered_ids is None:
         return MeterFigures(f"method: {plan.method.kind!r} runs have no compute meter yet", None, None, None, None)
+    evaluation = getattr(plan, "evaluation", None)
+    if evaluation is not None:  # the run spends its evaluations too
+        metered_ids = metered_ids + ("evaluation",)
     compute = predicate.get("compute") or {}
     tokens = compute.get("tokens")
     components = {c.get("id"): c.get("flops") for c in compute.get("components") or [] if isinstance(c, dict)}
@@ -92,6 +97,18 @@ def meter_figures(plan, predicate: dict) -> MeterFigures:
                       + ", ".join(c.replace("_", " ") for c in metered_ids) + "), so the run has no budget")
     candidates = [float(v) for v in (plan.budget.max_flops, sum(metered)) if positive_number(v)]
     return MeterFigures(None, student + teacher, min(candidates), student, generation)
+
+
+def evaluation_figures(plan, predicate: dict) -> tuple[float | None, float | None]:
+    """(FLOP per evaluated position, the cap ``evaluation.tokens``) of a plan with an
+    ``evaluation`` block: the audit's evaluation component / its tokens; (None, None) without
+    the block or the figure (the run may then not evaluate under a meter)."""
+    evaluation = getattr(plan, "evaluation", None)
+    components = {c.get("id"): c.get("flops") for c in (predicate.get("compute") or {}).get("components") or []
+                  if isinstance(c, dict)}
+    if evaluation is None or not positive_number(components.get("evaluation")):
+        return None, None
+    return float(components["evaluation"]) / float(evaluation.tokens), float(evaluation.tokens)
 
 
 def positive_number(value: Any) -> bool:

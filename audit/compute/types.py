@@ -31,7 +31,7 @@ class Component(StrictModel):
     """One part of the run's compute."""
 
     id: Literal["student_training", "teacher_forward", "teacher_generation", "base_model_training",
-                "student_generation", "teacher_scoring"]
+                "student_generation", "teacher_scoring", "evaluation"]
     label: str
     flops: Optional[float] = Field(description="FLOP; None when unknown")
     method: Literal["counted", "closed_form", "published", "parameters_estimate", "unknown"]

@@ -169,7 +169,7 @@ def check_body(kind: str, body: Any) -> None:
                 raise RowError(f"charge body: {key}: expected an integer >= 0")
         if body["step_to"] < body["step_from"]:
             raise RowError("charge body: step_to is before step_from")
-        for key in ("tokens", "flops", "spent_flops", "update_flops", "run_energy_j"):
+        for key in ("tokens", "flops", "spent_flops", "update_flops", "run_energy_j", "eval_flops"):
             if (key in body or key in REQUIRED_BODY_KEYS["charge"]) and not (
                     _is_number(body.get(key)) and body[key] >= 0):
                 raise RowError(f"charge body: {key}: expected a finite number >= 0")

@@ -277,10 +277,12 @@ class Ledger:
     def charge(self, audit_sha256: str, budget_flops: float, run_id: str, step_from: int,
                step_to: int, tokens: float, flops: float, private_key: Ed25519PrivateKey, *,
                update_flops: float | None = None, time: datetime | str | None = None,
-               trust: chain.LedgerTrust | None = None, run_energy_j: float | None = None) -> dict:
+               trust: chain.LedgerTrust | None = None, run_energy_j: float | None = None,
+               eval_flops: float | None = None) -> dict:
         """Charge ``flops`` of training (steps ``step_from``..``step_to``) to the audit;
         ``update_flops`` is the part of it spent on the student's parameter updates (its forward
         and backward passes; the rest is teacher compute), when the caller knows it;
+        ``eval_flops`` the part spent on held-out evaluation forwards, when the steps evaluated;
         ``run_energy_j`` the run's measured accelerator energy so far (joules, all steps and
         sessions: the last charge of a run holds its total), when its GPUs' counters were read.
 
@@ -303,6 +305,8 @@ class Ledger:
                 body["update_flops"] = float(update_flops)
             if run_energy_j is not None:
                 body["run_energy_j"] = float(run_energy_j)
+            if eval_flops is not None:
+                body["eval_flops"] = float(eval_flops)
             if body["spent_flops"] > budget:
                 left = max(budget - spent, 0.0)
                 raise BudgetExceeded(

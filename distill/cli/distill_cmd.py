@@ -136,7 +136,7 @@ def run(args) -> int:
     cfg = train_config(loaded, args, out_dir=opened.out_dir, flops_per_token=flops_per_token, budget=budget,
                        teacher_flops_per_token=teacher_fpt,
                        manifest_sha256=next((e.sha256 for e in gate.audit.inputs_of("dataset_manifest")), None),
-                       inputs=gate.inputs)
+                       inputs=gate.inputs, eval_figures=opened.eval_figures())
     tokens = preflight.step_tokens(cfg)
     # a fresh cache costs at least the teacher's forward over one step's rows before the first step
     one_off = teacher_fpt * tokens if teacher_fpt is not None and not args.resume else 0.0
@@ -170,7 +170,7 @@ def run(args) -> int:
 
 def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget: float,
                  teacher_flops_per_token: float | None = None, manifest_sha256: str | None = None,
-                 inputs=None):
+                 inputs=None, eval_figures: dict | None = None):
     """The trainer's config from the plan, the audit's figures and the flags; checks the
     teacher folder and the data files first (no model is loaded). ``manifest_sha256`` is the
     audited manifest's digest: the manifest read here and by the trainer must have it;
@@ -188,7 +188,7 @@ def train_config(loaded, args, *, out_dir: Path, flops_per_token: float, budget:
     local_teacher = plan.teacher.model_copy(update={"model": str(teacher_dir)})
     with_teacher = loaded.model_copy(update={"plan": plan.model_copy(update={
         "teacher": local_teacher, "teachers": [local_teacher, *plan.teachers[1:]]})})
-    overrides = loop_overrides(args)
+    overrides = {**loop_overrides(args), **(eval_figures or {})}  # the audited evaluation figures, if any
     if teacher_flops_per_token is not None:
         overrides["teacher_flops_per_token"] = teacher_flops_per_token
     if getattr(args, "teacher_cache", None):

@@ -169,14 +169,18 @@ def _dataset_documents(path: Path) -> list:
                      field="text")
 
 
-def tokenize_documents(documents: Sequence[str], tokenizer) -> list[int]:
-    """Token ids of the documents, each followed by EOS when the tokenizer has one."""
+def tokenize_documents(documents: Sequence[str], tokenizer, *, starts: Optional[list] = None,
+                       offset: int = 0) -> list[int]:
+    """Token ids of the documents, each followed by EOS when the tokenizer has one. ``starts``:
+    a list each document's start is appended to (its position in the stream + ``offset``)."""
     if not documents:
         return []
     encoded = tokenizer(list(documents), add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     stream: list[int] = []
     for ids in encoded:
+        if starts is not None and (ids or eos is not None):
+            starts.append(offset + len(stream))
         stream.extend(ids)
         if eos is not None:
             stream.append(eos)
@@ -201,8 +205,46 @@ class EpochOrder:
     and :meth:`hold_out`, which sets rows aside for evaluation before training starts."""
 
     seed: int
+    ROW_UNIT = "row"                          # what a row-drawn split holds out whole (eval_split["by"])
     _trained: Optional[torch.Tensor] = None   # row ids trained on; None: all of them
     _order_cache: Optional[tuple[int, torch.Tensor]] = None
+    _documents = None                         # the DocumentIndex once built (documents())
+    eval_split: Optional[dict] = None         # how :meth:`hold_out` chose the held-out rows
+    mask_documents: bool = False              # rows() adds position ids and document segments
+
+    def document_starts(self) -> Optional[np.ndarray]:
+        """Stream positions where documents start, or None when the data does not know them."""
+        return None
+
+    def documents(self):
+        """The :class:`distill.data.documents.DocumentIndex` of the packed rows, or None."""
+        if self._documents is None:
+            starts = self.document_starts()
+            if starts is None:
+                return None
+            from distill.data.documents import DocumentIndex
+
+            tokens = self.total_rows() * self.seq_len + 1   # the stream the rows read
+            self._documents = DocumentIndex.build(starts[starts < tokens], tokens, self.seq_len, self.total_rows())
+        return self._documents
+
+    def _with_layout(self, ids: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> tuple:
+        """(inputs, labels) or, with ``mask_documents``, (inputs, labels, position ids, segments)."""
+        if not self.mask_documents:
+            return inputs, labels
+        documents = self.documents()
+        if documents is None:
+            raise InputError("document masking needs the documents' starts, which this data does not record",
+                             field="data.mean_document_tokens")
+        return (inputs, labels, *documents.row_layout(torch.as_tensor(ids)))
+
+    def eval_rows(self, ids: torch.Tensor) -> tuple:
+        """Held-out rows ``ids`` as evaluation reads them: split by document, only the labels of
+        documents wholly held out are scored (the others are ``IGNORE_INDEX``)."""
+        batch = self.rows(ids)
+        if (self.eval_split or {}).get("by") != "document":
+            return batch
+        return (batch[0], self.documents().scored_labels(torch.as_tensor(ids), batch[1]), *batch[2:])
 
     def total_rows(self) -> int:
         raise NotImplementedError
@@ -236,13 +278,29 @@ class EpochOrder:
             raise InputError(f"cannot train on {count} of {self.total_rows()} packed sequences", field="data")
         self._trained, self._order_cache = torch.arange(count), None
 
-    def hold_out(self, count: int) -> torch.Tensor:
-        """Set ``count`` of the rows trained on aside (chosen by a permutation seeded apart from
-        the epochs'); they are never trained on. Returns their ids, sorted. Before any batch is read."""
+    def hold_out(self, count: int, *, by_document: Optional[bool] = None) -> torch.Tensor:
+        """Set at most ``count`` of the rows trained on aside; they are never trained on. Returns
+        their ids, sorted; :attr:`eval_split` says how they were chosen. Before any batch is read.
+
+        By document (the default when the data records where documents start): whole documents
+        with every row they touch (:meth:`distill.data.documents.DocumentIndex.split`), so no
+        held-out document is trained on. Otherwise (``by_document=False``, or data whose rows
+        hold whole samples, as sequence KD's) rows drawn by a permutation seeded apart from the
+        epochs'."""
         rows = self._trained if self._trained is not None else torch.arange(self.total_rows())
         if not 0 < count < len(rows):
             raise InputError(f"cannot hold out {count} of {len(rows)} packed sequences for evaluation: keep at least "
                              "one to train on", field="eval_sequences")
+        documents = self.documents() if by_document is not False else None
+        if by_document and documents is None:
+            raise InputError("cannot hold out by document: the data does not record where documents start",
+                             field="eval_sequences")
+        if documents is not None:
+            held, self._trained, self.eval_split = documents.split(rows, count, self.seed)
+            self._order_cache = None
+            return held
+        self.eval_split = {"by": self.ROW_UNIT, "seed": self.seed, "rows": count, "rows_total": len(rows),
+                           "fraction": count / len(rows)}
         chosen = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1))]
         held = chosen[:count].sort().values
         self._trained, self._order_cache = chosen[count:].sort().values, None
@@ -257,6 +315,7 @@ class PackedData(EpochOrder):
     seed: int
     file_tokens: list[int]
     file_sha256: list[str]      # of the bytes that were tokenized, file by file
+    starts: Optional[np.ndarray] = None  # stream positions where documents start (None: not known)
 
     def total_rows(self) -> int:
         return self.sequences.shape[0]
@@ -265,10 +324,14 @@ class PackedData(EpochOrder):
     def seq_len(self) -> int:
         return self.sequences.shape[1] - 1
 
-    def rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and labels [len(ids), seq_len] of packed rows ``ids``."""
+    def document_starts(self) -> Optional[np.ndarray]:
+        return self.starts
+
+    def rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Inputs and labels [len(ids), seq_len] of packed rows ``ids`` (and, with
+        ``mask_documents``, their position ids and document segments)."""
         block = self.sequences[ids]
-        return block[:, :-1].contiguous(), block[:, 1:].contiguous()
+        return self._with_layout(ids, block[:, :-1].contiguous(), block[:, 1:].contiguous())
 
     def first_sequences(self, count: int) -> torch.Tensor:
         """Packed rows [0, count) [count, seq_len + 1] (int64): what a teacher cache covers."""
@@ -332,7 +395,12 @@ class ShardData(EpochOrder):
         if self.loss_mask:
             keep = torch.from_numpy(np.stack([s.mask[1:] for s in read])).bool()
             labels = labels.masked_fill(~keep, IGNORE_INDEX)
-        return inputs, labels
+        return self._with_layout(ids, inputs, labels)
+
+    def document_starts(self) -> np.ndarray:
+        """Every document's start in the stream (from the shards' verified offsets)."""
+        shards = self.shards
+        return np.concatenate([offsets[:-1] + shards.starts[n] for n, offsets in enumerate(shards.offsets)])
 
     def first_sequences(self, count: int):
         """Packed rows [0, count) [count, seq_len + 1] (torch int64), read from the shards: what a
@@ -368,10 +436,10 @@ def load_packed(files: Sequence[str | Path], tokenizer, seq_len: int, seed: int)
     if not files:
         raise InputError("no data files given", field="data")
     stream: list[int] = []
-    file_tokens, file_sha256 = [], []
+    file_tokens, file_sha256, starts = [], [], []
     for path in files:
         documents, digest = read_source(path)
-        ids = tokenize_documents(documents, tokenizer)
+        ids = tokenize_documents(documents, tokenizer, starts=starts, offset=len(stream))
         file_tokens.append(len(ids))
         file_sha256.append(digest)
         stream.extend(ids)
@@ -381,7 +449,8 @@ def load_packed(files: Sequence[str | Path], tokenizer, seq_len: int, seed: int)
                          field="data.seq_len")
     tokens = torch.tensor(stream[:count * seq_len + 1], dtype=torch.int64)
     sequences = tokens.unfold(0, seq_len + 1, seq_len).contiguous()
-    return PackedData(sequences=sequences, seed=seed, file_tokens=file_tokens, file_sha256=file_sha256)
+    return PackedData(sequences=sequences, seed=seed, file_tokens=file_tokens, file_sha256=file_sha256,
+                      starts=np.asarray(starts, dtype=np.int64))
 
 
 def vocabulary_digest(tokenizer) -> str:

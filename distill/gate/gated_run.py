@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from audit.clock import utc_now
-from audit.compute.run_budget import meter_figures
+from audit.compute.run_budget import evaluation_figures, meter_figures
 from audit.numbers import short_sci
 from distill.gate.refusal import GateRefused  # noqa: F401 - public here: what open_gate raises
 
@@ -88,6 +88,8 @@ class GatedRun:
     resume: bool = False
     generation_flops_per_token: float = 0.0
     ledger_trust: Any = None       # audit.ledger.chain.LedgerTrust: whose ledger rows count
+    eval_flops_per_token: Optional[float] = None  # per evaluated position; None: the audit counted no evaluation
+    eval_tokens: Optional[float] = None           # the audited evaluation.tokens (the cap)
     _meter: Any = field(default=None, repr=False)
     _signing: Any = field(default=None, repr=False)
     _hook: Any = field(default=None, repr=False)
@@ -96,6 +98,13 @@ class GatedRun:
     @property
     def plan(self):
         return self.gate.loaded_plan.plan
+
+    def eval_figures(self) -> dict:
+        """The training loop's evaluation figures (``LoopConfig.eval_flops_per_token`` and
+        ``eval_tokens_limit``) from the audit; empty when it counted no evaluation."""
+        if self.eval_flops_per_token is None:
+            return {}
+        return {"eval_flops_per_token": self.eval_flops_per_token, "eval_tokens_limit": self.eval_tokens}
 
     @property
     def audit(self):
@@ -383,9 +392,11 @@ def open_gate(plan: str | os.PathLike, attestation: str | os.PathLike, *, pubkey
         raise GateRefused([f"budget: audit {gate.envelope_sha256[:12]}... is spent: other runs were charged "
                            f"{short_sci(charges.other_runs, 4)} of its {short_sci(figures.budget, 4)} FLOP "
                            "(flopgate ledger list --audit ...)"])
+    eval_rate, eval_cap = evaluation_figures(plan_, gate.predicate)  # (None, None): no audited evaluation
     return GatedRun(gate, Path(attestation), out_dir, figures.budget, budget, figures.flops_per_token,
                     figures.student_flops_per_token, charges, ledger=ledger, key_path=key, resume=resume,
-                    generation_flops_per_token=figures.generation_flops_per_token, ledger_trust=trust)
+                    generation_flops_per_token=figures.generation_flops_per_token, ledger_trust=trust,
+                    eval_flops_per_token=eval_rate, eval_tokens=eval_cap)
 
 
 def default_out_dir(plan_name: str) -> Path:

@@ -102,7 +102,9 @@ class StepCharges:
     meter against the ledger before any step (a meter below what the ledger already charged
     this run means an edited ``trainer_state.json``: refused); ``on_step(record)`` charges the
     compute the meter counted since the last charge, with its parameter-update part (the
-    step's tokens x ``update_flops_per_token``, the student's training FLOP per token)."""
+    step's tokens x ``update_flops_per_token``, the student's training FLOP per token) and its
+    held-out evaluation part (``eval_flops``, when the step evaluated: evaluations are charged
+    like steps, in the same locked ledger transaction)."""
 
     def __init__(self, charges: RunCharges, audit_budget: float, private_key, ledger_path: str | None = None,
                  *, update_flops_per_token: float, trust=None):
@@ -116,6 +118,7 @@ class StepCharges:
         if charges.verifier is not None and trust is not None:
             self.ledger.adopt(charges.verifier)  # the gate verified the chain: go on from there
         self.charged = charges.this_run
+        self.eval_charged = 0.0  # the meter's evaluation FLOP charged so far by this session
 
     def opened(self, *, outcome: str, resume: bool) -> None:
         """Record that the gate opened for this run (``resume`` for a continued one)."""
@@ -134,12 +137,16 @@ class StepCharges:
         if flops is None:
             return
         self.after_resume(flops)
+        evaluated = record.get("eval_flops")  # the meter's evaluation FLOP so far, when this step evaluated
         self.last_row = self.ledger.charge(
             self.charges.audit_sha256, self.audit_budget, self.charges.run_id, record["step"], record["step"],
             record["step_tokens"], flops - self.charged, self.private_key,
             update_flops=record["step_tokens"] * self.update_flops_per_token, trust=self.trust,
-            run_energy_j=record.get("energy_j"))   # the GPUs' counters so far; None when not measured
+            run_energy_j=record.get("energy_j"),   # the GPUs' counters so far; None when not measured
+            eval_flops=max(0.0, evaluated - self.eval_charged) if evaluated is not None else None)
         self.charged = flops
+        if evaluated is not None:
+            self.eval_charged = evaluated
 
     def anchor(self) -> dict | None:
         """The ledger head this run charged against (its last row's seq and row_hash), for the

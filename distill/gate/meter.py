@@ -14,6 +14,11 @@ on, and each position it runs while sampling (prompt prefill and every sampled t
 ``generation_flops_per_token`` (the student's forward). :meth:`ComputeMeter.add` takes them
 beside the training tokens, summed over ranks the same way.
 
+Evaluation: each position a held-out evaluation runs costs ``eval_flops_per_token`` (the
+student's forward, plus the teacher's when it runs online), charged like training compute and
+held to the audited cap ``eval_tokens_limit`` (the plan's ``evaluation.tokens``) as well as to
+the budget: :meth:`ComputeMeter.eval_refusal` says why an evaluation may not run.
+
 One-off compute: with cached teacher logits, training tokens cost the student only
 (``flops_per_token`` is then the student's training FLOP per token) and the teacher's forward
 over the data is spent once, when the cache is built. :meth:`ComputeMeter.charge` books such a
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from audit.numbers import short_sci
 from distill.runtime.distributed import DistContext, all_reduce_sum
 
 
@@ -35,7 +41,8 @@ class ComputeMeter:
 
     def __init__(self, flops_per_token: float, budget_flops: Optional[float] = None,
                  tolerance: float = 0.0, ctx: Optional[DistContext] = None, *,
-                 generation_flops_per_token: float = 0.0):
+                 generation_flops_per_token: float = 0.0, eval_flops_per_token: float = 0.0,
+                 eval_tokens_limit: Optional[float] = None):
         if not flops_per_token >= 0:
             raise ValueError(f"flops_per_token: expected >= 0, got {flops_per_token}")
         if not generation_flops_per_token >= 0:
@@ -53,13 +60,39 @@ class ComputeMeter:
         self.tokens = 0
         self.one_off_flops = 0.0
         self.lost_tokens = 0        # tokens of steps whose weights a crash lost (still in ``tokens``)
+        if not eval_flops_per_token >= 0:
+            raise ValueError(f"eval_flops_per_token: expected >= 0, got {eval_flops_per_token}")
+        self.eval_flops_per_token = float(eval_flops_per_token)
+        self.eval_tokens_limit = eval_tokens_limit
+        self.eval_tokens = 0        # positions held-out evaluations ran, all ranks
 
     @property
     def flops(self) -> float:
         """FLOP executed so far, all ranks: per-token compute (training tokens, sampled
         positions) plus one-off charges."""
         return (self.tokens * self.flops_per_token + self.generated * self.generation_flops_per_token
-                + self.one_off_flops)
+                + self.one_off_flops + self.eval_flops)
+
+    @property
+    def eval_flops(self) -> float:
+        """FLOP of the held-out evaluations so far, all ranks."""
+        return self.eval_tokens * self.eval_flops_per_token
+
+    def eval_refusal(self, tokens: int) -> Optional[str]:
+        """Why evaluating ``tokens`` more positions (all ranks') may not run: past the audited
+        evaluation cap, or past the budget's limit; None when it fits."""
+        if self.eval_tokens_limit is not None and self.eval_tokens + tokens > self.eval_tokens_limit:
+            return (f"evaluation: {tokens:,} more positions would pass the audited evaluation.tokens "
+                    f"{short_sci(self.eval_tokens_limit, 4)} ({self.eval_tokens:,} evaluated so far)")
+        limit = self.limit_flops
+        if limit is not None and self.flops + tokens * self.eval_flops_per_token > limit:
+            return (f"evaluation: {short_sci(tokens * self.eval_flops_per_token, 4)} FLOP would take compute past "
+                    f"the limit {short_sci(limit, 4)} FLOP")
+        return None
+
+    def add_eval(self, tokens: int) -> None:
+        """Record the positions (all ranks') an evaluation ran."""
+        self.eval_tokens += int(tokens)
 
     def charge(self, flops: float) -> None:
         """Book one-off compute (the same figure on every rank, not summed over ranks)."""
@@ -113,13 +146,16 @@ class ComputeMeter:
             return False
         tokens, generated = self._global_pair(next_tokens, generated, summed)
         return ((self.tokens + tokens) * self.flops_per_token
-                + (self.generated + generated) * self.generation_flops_per_token + self.one_off_flops) > limit
+                + (self.generated + generated) * self.generation_flops_per_token + self.one_off_flops
+                + self.eval_flops) > limit
 
     def state_dict(self) -> dict:
         state = {"tokens": self.tokens, "flops": self.flops, "flops_per_token": self.flops_per_token,
                  "one_off_flops": self.one_off_flops, "lost_tokens": self.lost_tokens}
         if self.generation_flops_per_token:
             state.update(generated=self.generated, generation_flops_per_token=self.generation_flops_per_token)
+        if self.eval_tokens:
+            state.update(eval_tokens=self.eval_tokens, eval_flops_per_token=self.eval_flops_per_token)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -127,3 +163,4 @@ class ComputeMeter:
         self.one_off_flops = float(state.get("one_off_flops", 0.0))
         self.lost_tokens = int(state.get("lost_tokens", 0))
         self.generated = int(state.get("generated", 0))
+        self.eval_tokens = int(state.get("eval_tokens", 0))

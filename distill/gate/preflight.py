@@ -13,8 +13,11 @@ keeps depends on its real document lengths: a row split into documents of length
 sum(Li (Li + 1) / 2) pairs, and for the same mean that sum grows with the spread of the lengths,
 so a mean can under-count. Hence:
 
-* the logit trainer attends across documents (rows are plain causal windows): a plan that
-  declares ``mean_document_tokens`` counted fewer pairs than it keeps, and is refused;
+* the logit trainer masks each document piece of a row as its own block when the plan
+  declares ``mean_document_tokens`` (document masking, :mod:`distill.data.documents`): the pairs
+  its masks keep over every packed row must not exceed the audited pairs per row x rows
+  (:func:`check_document_masks`), else it is refused the same way. Cached teacher logits are
+  built over plain causal rows, so a ``cached_logits`` plan that declares it is refused;
 * the sequence recipe masks each packed sample (and the padding) as its own block: its pairs,
   summed over the data, must not exceed the audited pairs per row x rows, else it is refused
   with the smallest ``mean_document_tokens`` that would cover them.
@@ -47,12 +50,20 @@ def audited_pairs_per_row(seq_len: int, mean_document_tokens: Optional[int]) -> 
 
 
 def refuse_document_counting_without_masking(plan, source: str) -> None:
-    """The logit trainer's rows are causal windows across documents."""
-    if plan.data.mean_document_tokens:
+    """Cached teacher logits are built over plain causal rows (across documents)."""
+    if plan.data.mean_document_tokens and plan.method.kind == "cached_logits":
         raise InputError(f"data.mean_document_tokens {plan.data.mean_document_tokens} made the audit count attention "
-                         "per document, but the logit trainer attends across documents in a packed row (no document "
-                         "masking), so it would run more attention than audited: remove the field and re-run "
-                         "flopgate check", source=source, field="data.mean_document_tokens")
+                         "per document, but the teacher cache is built over whole rows (no document masking), so it "
+                         "would run more attention than audited: remove the field and re-run flopgate check",
+                         source=source, field="data.mean_document_tokens")
+
+
+def check_document_masks(documents, mean_document_tokens: Optional[int], source: str) -> int:
+    """The logit trainer's document masks over every packed row of ``documents`` (a
+    :class:`distill.data.documents.DocumentIndex`) against what the audit counted; returns the
+    pairs kept, or an ``InputError`` as :func:`check_packed_attention`'s."""
+    return _check_kept(documents.kept_pairs(), documents.rows, documents.seq_len, mean_document_tokens, source,
+                       "the documents' masked pieces")
 
 
 def check_packed_attention(rows: Iterable[Iterable[int]], seq_len: int, mean_document_tokens: Optional[int],
@@ -60,12 +71,17 @@ def check_packed_attention(rows: Iterable[Iterable[int]], seq_len: int, mean_doc
     """``rows``: per packed row, the lengths of its masked blocks. Returns the pairs kept; an
     ``InputError`` when they pass what the audit counted for that many rows."""
     rows = [list(r) for r in rows]
-    kept = sum(block_pairs(r) for r in rows)
-    audited = audited_pairs_per_row(seq_len, mean_document_tokens) * len(rows)
+    return _check_kept(sum(block_pairs(r) for r in rows), len(rows), seq_len, mean_document_tokens, source,
+                       "the packed samples")
+
+
+def _check_kept(kept: int, rows: int, seq_len: int, mean_document_tokens: Optional[int], source: str,
+                what: str) -> int:
+    audited = audited_pairs_per_row(seq_len, mean_document_tokens) * rows
     if kept > audited:
-        fit = _smallest_covering_mean(kept / max(len(rows), 1), seq_len)
-        raise InputError(f"the packed samples keep {kept:,} attention pairs, the audit counted {audited:,} for "
-                         f"{len(rows)} rows of {seq_len} (data.mean_document_tokens {mean_document_tokens}): "
+        fit = _smallest_covering_mean(kept / max(rows, 1), seq_len)
+        raise InputError(f"{what} keep {kept:,} attention pairs, the audit counted {audited:,} for "
+                         f"{rows} rows of {seq_len} (data.mean_document_tokens {mean_document_tokens}): "
                          f"set it to {fit} or more (or remove it) and re-run flopgate check", source=source,
                          field="data.mean_document_tokens")
     return kept

@@ -21,7 +21,10 @@ The predicate::
      "tokens", "steps", "final_loss", "wall_time_s", "accelerator_hours",
      "device": {"type", "name", "processes"},
      "stopped_by_budget", "stopped_early", "message",
-     "eval": null or {"step", "tokens", "ce", "kl", "top1_agreement"} (the last held-out evaluation),
+     "eval": null or {"step", "tokens", "ce", "kl", "top1_agreement", "split"} (the last held-out
+             evaluation; ``split``: how the held-out rows were chosen, e.g. {"by": "document",
+             "seed", "rows", "rows_total", "fraction", "documents", "documents_total"}; and its
+             compute, ``flops``, when metered),
      "energy": {"joules", "status", "method", "pue", "device_joules", "board_power_w",
                 "accelerator_hours", "devices"} (audit/energy.py: measured by the GPUs' counters,
                estimated from accelerator-hours x board power, or unavailable; joules include the PUE),
@@ -113,7 +116,8 @@ def build_predicate(result, *, audit: AuditPredicate, envelope_name: str, envelo
                    "processes": int(result.world_size)},
         "stopped_by_budget": bool(result.stopped_by_budget),
         "stopped_early": bool(getattr(result, "stopped_early", False)),
-        "eval": _eval_block(getattr(result, "eval", None)),
+        "eval": _eval_block(getattr(result, "eval", None), getattr(result, "eval_split", None),
+                            getattr(result, "eval_flops", None)),
         "energy": run_energy_block(result, audit, device_name),
         "message": result.message,
         "checkpoint": {"name": checkpoint_name, "step": int(result.steps),
@@ -137,11 +141,18 @@ def run_energy_block(result, audit: AuditPredicate, device_name: str) -> dict:
                       reason=getattr(result, "energy_reason", "")).to_dict()
 
 
-def _eval_block(metrics: Optional[dict]) -> Optional[dict]:
-    """The last held-out evaluation: metrics per position (finite floats), its step and tokens."""
+def _eval_block(metrics: Optional[dict], split: Optional[dict] = None, flops: Optional[float] = None) -> Optional[dict]:
+    """The last held-out evaluation: metrics per position (finite floats), its step and tokens,
+    how the held-out rows were chosen (``split``) and the evaluations' metered FLOP (``flops``)."""
     if not metrics:
         return None
-    return {k: (int(v) if k in ("step", "tokens") else finite_or_none(float(v))) for k, v in sorted(metrics.items())}
+    block = {k: (int(v) if k in ("step", "tokens") else finite_or_none(float(v))) for k, v in sorted(metrics.items())}
+    if split:
+        block["split"] = {k: (finite_or_none(float(v)) if isinstance(v, float) else v)
+                          for k, v in sorted(split.items())}
+    if flops:
+        block["flops"] = finite_or_none(float(flops))
+    return block
 
 
 def write_run_record(out_dir: str | os.PathLike, result, *, audit_envelope: str | os.PathLike,
@@ -209,3 +220,5 @@ class TrainResult:
     energy_joules: Optional[float] = None   # the GPUs' energy counters, all ranks; None: not measured
     energy_devices: tuple = ()       # the devices whose counters were read
     energy_reason: str = ""          # why the energy was not measured (the record estimates it then)
+    eval_split: Optional[dict] = None  # how the held-out rows were chosen (EpochOrder.eval_split)
+    eval_flops: float = 0.0          # the evaluations' forward passes, metered (in flops_used)

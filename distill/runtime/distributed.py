@@ -89,15 +89,19 @@ def wrap_ddp(module: nn.Module, ctx: DistContext) -> nn.Module:
 
 
 def shard_teacher(teacher: nn.Module, layers: nn.ModuleList, ctx: DistContext) -> nn.Module:
-    """Shard an inference-only teacher's decoder layers over the ranks with FSDP2.
+    """Shard an inference-only teacher over the ranks with FSDP2, as one FSDP tree:
+    ``fully_shard`` on each decoder layer, then on the teacher's base model (the module whose
+    forward every caller runs: :func:`distill.runtime.models.final_hidden_states`), the root.
 
-    The teacher comes in on the CPU. Each rank keeps 1/world_size of every layer's weights on
-    its device; a layer's forward all-gathers them and frees the gathered copy right after, so
-    a teacher too large for one device fits on several, at the price of moving its layer
-    weights over the interconnect once per forward. The embedding, final norm and lm_head stay
-    whole on every rank (the fused loss reads the head directly). Every rank must run the
-    teacher's forward the same number of times. One process: the teacher just moves to the
-    device."""
+    The teacher comes in on the CPU. Each rank keeps 1/world_size of every layer's weights, and
+    of the root's own (embedding, final norm), on its device; a forward all-gathers them module
+    by module and frees the gathered copy right after, so a teacher too large for one device
+    fits on several, at the price of moving its weights over the interconnect once per forward.
+    Under one root FSDP runs the layers as one model's (one lazy initialisation, the next
+    layer's all-gather prefetched), not as one independent root per layer. The lm_head, outside
+    the base model, stays whole on every rank (the fused loss reads it directly; a head tied to
+    the embedding keeps its own whole copy). Every rank must run the teacher's forward the same
+    number of times. One process: the teacher just moves to the device."""
     if not ctx.enabled:
         return teacher.to(ctx.device)
     from torch.distributed.device_mesh import init_device_mesh
@@ -106,11 +110,13 @@ def shard_teacher(teacher: nn.Module, layers: nn.ModuleList, ctx: DistContext) -
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
     for layer in layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=True)  # moves its shards to the device
-    sharded = {id(t) for layer in layers for t in [*layer.parameters(), *layer.buffers()]}
-    for module in teacher.modules():
+    root = getattr(teacher, teacher.base_model_prefix)
+    fully_shard(root, mesh=mesh, reshard_after_forward=True)
+    sharded = {id(t) for t in [*root.parameters(), *root.buffers()]}
+    for module in teacher.modules():  # what lies outside the base model: the head
         for _, param in module.named_parameters(recurse=False):
             if id(param) not in sharded:
-                param.data = param.data.to(ctx.device)  # in place: a tied head moves with its embedding
+                param.data = param.data.to(ctx.device)
         for name, buffer in module.named_buffers(recurse=False):
             if id(buffer) not in sharded:
                 module.register_buffer(name, buffer.to(ctx.device),

@@ -22,11 +22,21 @@ What the caller must do differently from DDP (see ``docs/scale.md``):
   ``restore_sharded_checkpoint`` and write the final student with
   :func:`distill.runtime.checkpoint.export_student` (a sharded student has no whole weights anywhere).
 
-``body.no_sync()`` exists on a sharded body too, so the trainer's gradient-accumulation code
-runs unchanged, but it does NOT skip the reduce-scatter: keeping unsharded gradients across
-micro-steps would hold a whole model's gradients on every rank, the memory FSDP exists to
-save. Every micro-step's gradient is reduce-scattered into the sharded ``.grad`` and summed
-there, which gives the same sum.
+Gradient accumulation (:func:`micro_step_sync`): on all but the last micro-step of an
+optimizer step, ``set_requires_gradient_sync(False)`` keeps each layer's gradient unsharded
+and accumulating, and the last micro-step's backward reduce-scatters the sum once, so a step
+of ``grad_accum`` micro-steps runs one reduce-scatter per sharded module instead of
+``grad_accum`` (DDP's ``no_sync`` likewise). The price is memory: between micro-steps every
+rank holds the unsharded gradients of the whole student (4 bytes per parameter in fp32).
+``defer_reduction=False`` (the loop's ``LoopConfig.defer_reduction``) reduce-scatters every
+micro-step into the sharded ``.grad`` instead, summing there: the same sum, without that
+memory. With ``offload`` the reduction is never deferred (the gradients live in host memory).
+``body.no_sync()`` stays a no-op on a sharded body for code written against DDP.
+
+Evaluation (:func:`reshard_after_eval`): the root is not resharded after its forward (the
+loss reads the gathered head before the backward); a no-grad forward has no backward, so after
+an evaluation the root's embedding, norm and head would stay gathered until the next training
+backward. The loop reshards the root when an evaluation ends.
 
 Precision: :func:`mixed_precision_policy` maps ``"auto"`` to bf16 parameters for compute with
 fp32 gradient reduction and fp32 sharded master weights on CUDA, and to plain fp32 on the CPU
@@ -168,8 +178,8 @@ def shard_student(body: nn.Module, layers: nn.ModuleList, ctx: DistContext, *,
       more memory, one all-gather fewer per layer).
 
     Call it before building the optimizer. With several processes the returned module has
-    ``no_sync()`` (DDP's, or a no-op for FSDP, see the module docstring); in one process it is
-    ``body`` itself. All ranks call it together."""
+    ``no_sync()`` (DDP's, or a no-op for FSDP); gradient accumulation goes through
+    :func:`micro_step_sync`. In one process it is ``body`` itself. All ranks call it together."""
     if strategy not in ("auto", "fsdp", "ddp"):
         raise ValueError(f"strategy: expected 'auto', 'fsdp' or 'ddp', got {strategy!r}")
     params = count_parameters(body)
@@ -194,13 +204,41 @@ def shard_student(body: nn.Module, layers: nn.ModuleList, ctx: DistContext, *,
         options["mp_policy"] = policy
     if offload:
         options["offload_policy"] = CPUOffloadPolicy(pin_memory=ctx.device.type == "cuda")
+        body._flopgate_never_defer = True  # micro_step_sync reduces every micro-step (module docstring)
     for layer in layers:
         fully_shard(layer, reshard_after_forward=reshard_after_forward, **options)
     # The root holds the rest (embedding, final norm, lm_head). Not resharded after its forward:
     # the fused loss reads the gathered head between the forward and the backward.
     fully_shard(body, reshard_after_forward=False, **options)
-    body.no_sync = contextlib.nullcontext  # reduce-scatter every micro-step (see the docstring)
+    body.no_sync = contextlib.nullcontext  # for code written against DDP; see micro_step_sync
     return body
+
+
+@contextlib.contextmanager
+def micro_step_sync(body: nn.Module, last: bool, *, defer: bool = True):
+    """The context of one micro-step's forward and backward: gradients are reduced over the
+    ranks on the ``last`` micro-step only (FSDP2: ``set_requires_gradient_sync``; DDP:
+    ``no_sync``), or on every one with ``defer=False`` (module docstring). One process, or a
+    body with neither: nothing to defer."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(body, FSDPModule):
+        body.set_requires_gradient_sync(last or not defer or getattr(body, "_flopgate_never_defer", False))
+        yield
+    elif not last and hasattr(body, "no_sync"):
+        with body.no_sync():
+            yield
+    else:
+        yield
+
+
+def reshard_after_eval(body: nn.Module) -> None:
+    """Free the root's gathered parameters after a no-grad forward (module docstring); the
+    layers reshard after their own forwards. Nothing to do for a body that is not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(body, FSDPModule):
+        body.reshard()
 
 
 def saved_activation_bytes(layer: nn.Module, hidden: torch.Tensor, **kwargs) -> int:

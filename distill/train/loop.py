@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, ClassVar, Literal, Optional
 
@@ -41,7 +40,7 @@ from audit.validation import StrictModel
 from distill.runtime import distributed
 from distill.runtime.checkpoint import (is_sharded_checkpoint, load_latest, restore_checkpoint,
                                         restore_sharded_checkpoint, save_checkpoint, save_sharded_checkpoint)
-from distill.runtime.fsdp import is_sharded
+from distill.runtime.fsdp import is_sharded, micro_step_sync, reshard_after_eval
 from distill.data.training_data import IGNORE_INDEX
 from distill.gate.meter import ComputeMeter
 from distill.runtime.energy import EnergyMeter
@@ -83,9 +82,18 @@ class LoopConfig(StrictModel):
                                                      "the backward; None: on from 1e9 parameters")
     offload: bool = Field(default=False, description="FSDP2: keep shards, gradients and the optimizer step in host "
                           "memory")
+    defer_reduction: bool = Field(default=True, description="several processes: reduce gradients over the ranks "
+                                  "once per step, on the last micro-step (FSDP2 set_requires_gradient_sync, DDP "
+                                  "no_sync); false: FSDP2 reduce-scatters every micro-step (no unsharded gradients "
+                                  "held between micro-steps: less memory, more communication)")
     eval_sequences: int = Field(default=0, ge=0, description="packed sequences held out of training for evaluation")
     eval_every: Optional[int] = Field(default=None, gt=0, description="evaluate every N steps (and at the end); "
                                       "None: at the end only, when sequences are held out")
+    eval_flops_per_token: Optional[float] = Field(default=None, ge=0, description="audited FLOP per evaluated "
+                                                  "position (the plan's evaluation component / evaluation.tokens); "
+                                                  "a metered run evaluates only with it")
+    eval_tokens_limit: Optional[float] = Field(default=None, gt=0, description="the audited evaluation.tokens: the "
+                                               "positions all evaluations together may run")
     early_stop_patience: Optional[int] = Field(default=None, gt=0, description="stop after N evaluations without "
                                                "improvement of the first metric (kl, else ce)")
     tensorboard: bool = Field(default=True, description="TensorBoard event files in OUT/tensorboard")
@@ -94,7 +102,7 @@ class LoopConfig(StrictModel):
     RESUMABLE: ClassVar[frozenset] = frozenset({
         "out_dir", "log_path", "progress", "checkpoint_every", "keep_last", "budget_flops", "tolerance",
         "flops_per_token", "device", "log_every", "activation_checkpointing", "offload", "eval_every",
-        "early_stop_patience", "tensorboard", "wandb"})
+        "eval_flops_per_token", "eval_tokens_limit", "early_stop_patience", "tensorboard", "wandb"})
     """Fields that do not change the trained weights; a resume may change them."""
 
     @model_validator(mode="after")
@@ -105,6 +113,9 @@ class LoopConfig(StrictModel):
             raise ValueError("eval_every/early_stop_patience need eval_sequences > 0 (sequences held out to evaluate on)")
         if self.budget_flops is not None and self.flops_per_token is None:
             raise ValueError("budget_flops needs flops_per_token")
+        if self.eval_sequences and self.flops_per_token is not None and self.eval_flops_per_token is None:
+            raise ValueError("eval_sequences: the audit counted no evaluation compute, so a metered run may not "
+                             "evaluate: add the plan's evaluation block (evaluation.tokens) and re-run flopgate check")
         return self
 
     def fingerprint(self) -> dict:
@@ -208,6 +219,15 @@ def _check_resumable(cfg: LoopConfig, state: dict, ctx, sharded: bool, global_ba
                              source=str(where))
 
 
+def evaluation_rows(held: int, world_size: int, micro_batch: int) -> int:
+    """Rows one evaluation forwards over every rank: each rank scores its share of the ``held``
+    rows ``micro_batch`` at a time, every rank as many batches, and a rank with none left runs
+    one row at weight 0 (``run_loop``'s ``evaluate``)."""
+    batches = range(0, math.ceil(held / world_size), micro_batch)
+    return sum(max(1, len(range(held)[rank::world_size][first:first + micro_batch]))
+               for rank in range(world_size) for first in batches)
+
+
 MicroLoss = Callable[[tuple, int, "torch.Tensor | int"], torch.Tensor]
 """``micro_loss(batch, start, num_valid) -> loss``: the recipe's forward and loss for one
 micro-batch (rows from ``start``), divided by the step's global valid-label count."""
@@ -240,6 +260,8 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
     held = data.hold_out(cfg.eval_sequences) if cfg.eval_sequences else None  # never trained on
     if held is not None and eval_sums is None:
         raise InputError("this recipe has no evaluation; leave eval_sequences at 0", field="eval_sequences")
+    # positions one evaluation runs, all ranks (padding forwards included: they are computed)
+    eval_positions = evaluation_rows(len(held), ctx.world_size, cfg.micro_batch) * cfg.seq_len if held is not None else 0
 
     # --- resume --------------------------------------------------------------------------------
     step, cursor, wall_before, last_loss = 0, 0, 0.0, None
@@ -271,6 +293,9 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
         if latest is not None:
             energy.load_state_dict(state.get("energy"), lost_joules=max(
                 [r["energy_j"] for r in lost if isinstance(r.get("energy_j"), (int, float))], default=None))
+        # evaluations after the checkpoint ran too (one may follow a checkpoint of its own step)
+        logged = max((r.get("eval_tokens_total", 0) for r in log.records()), default=0)
+        meter.add_eval(max(0, logged - meter.eval_tokens))
         wall_before = max([wall_before] + [r.get("elapsed_s", 0.0) for r in lost])
         distributed.barrier(ctx)  # every rank has read the log before rank 0 rewrites it
         if after_resume is not None:
@@ -318,11 +343,12 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                         ids, weight = mine[first:first + cfg.micro_batch], 1.0
                         if len(ids) == 0:
                             ids, weight = held[:1], 0.0
-                        for key, value in eval_sums(data.rows(ids)).items():
+                        for key, value in eval_sums(data.eval_rows(ids)).items():
                             value = torch.as_tensor(value, dtype=torch.float64, device=device) * weight
                             totals[key] = totals[key] + value if key in totals else value
             finally:
                 student.train()
+                reshard_after_eval(body)  # a no-grad forward left the sharded root gathered
             summed = {k: float(distributed.all_reduce_sum(v, ctx)) for k, v in sorted(totals.items())}
             tokens = summed.pop("tokens")
             return {**{k: v / max(tokens, 1.0) for k, v in summed.items()}, "tokens": int(tokens), "step": step}
@@ -336,8 +362,23 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                 early["bad"] += 1
             return cfg.early_stop_patience is not None and early["bad"] >= cfg.early_stop_patience
 
+        def metered_eval(record: dict) -> bool:
+            """Evaluate into ``record`` when the meter allows it (metered and capped like a step);
+            False, with the reason in ``record["eval_refused"]``, when it does not."""
+            nonlocal last_eval
+            refusal = meter.eval_refusal(eval_positions)
+            if refusal is not None:
+                record["eval_refused"] = refusal
+                return False
+            record["eval"] = last_eval = evaluate()
+            meter.add_eval(eval_positions)
+            record.update(eval_tokens=eval_positions, eval_tokens_total=meter.eval_tokens, eval_flops=meter.eval_flops,
+                          flops=meter.flops if cfg.flops_per_token is not None else None)
+            return True
+
         # --- the loop --------------------------------------------------------------------------
         stopped_by_budget = stopped_early = False
+        eval_refused = None
         last_eval = None
         progress, task = progress_bar(cfg.progress and ctx.is_main, steps_total)
         loop_start, loop_tokens = time.monotonic(), 0
@@ -358,7 +399,7 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                 loss_sum = torch.zeros((), device=device)
                 for a, (batch, start) in enumerate(zip(batches, starts)):
                     last_micro = a == cfg.grad_accum - 1
-                    with nullcontext() if (last_micro or not ctx.enabled) else body.no_sync():
+                    with micro_step_sync(body, last_micro or not ctx.enabled, defer=cfg.defer_reduction):
                         loss = micro_loss(batch, start, num_valid)
                         (loss * ctx.world_size).backward()  # DDP averages; the loss is already global
                     loss_sum += loss.detach()
@@ -380,8 +421,10 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                           "energy_j": energy.step(),   # all GPUs, all sessions; None: not measured
                           "elapsed_s": wall_before + time.monotonic() - session_start}
                 if held is not None and (step == steps_total or (cfg.eval_every and step % cfg.eval_every == 0)):
-                    record["eval"] = last_eval = evaluate()
-                    stopped_early = no_better(last_eval)
+                    if metered_eval(record):
+                        stopped_early = no_better(last_eval)
+                    else:
+                        stopped_by_budget, eval_refused = True, record["eval_refused"]
                 log.write(record)
                 budget = f" / {short_sci(cfg.budget_flops)}" if cfg.budget_flops else ""
                 shown = f"loss {last_loss:.4f}  " if last_loss is not None else ""
@@ -389,29 +432,39 @@ def run_loop(cfg: LoopConfig, ctx, *, student: torch.nn.Module, body: torch.nn.M
                     f"{shown}{record['tokens_per_s']:,.0f} tok/s  compute {short_sci(meter.flops)}{budget} FLOP"))
                 if on_step is not None:
                     on_step(record)
-                if stopped_early:
+                if stopped_early or eval_refused:
                     break
                 if step % cfg.checkpoint_every == 0:
                     checkpoint(final=step == steps_total)
-        if held is not None and (last_eval is None or last_eval["step"] != step):
-            last_eval = evaluate()  # the run ended between evaluations (budget, early stop, resume)
-            log.write({"step": step, "eval": last_eval})
+        if held is not None and not eval_refused and (last_eval is None or last_eval["step"] != step):
+            # the run ended between evaluations (budget, early stop, resume): charged with no step tokens
+            record = {"step": step, "step_tokens": 0}
+            if metered_eval(record):
+                log.write(record)
+                if on_step is not None:
+                    on_step(record)
+            else:
+                eval_refused = record["eval_refused"]
         final = saved[1] if saved is not None and saved[0] == step and saved[2] else checkpoint(final=True)
         read_loss()
     finally:
         log.close()
         energy.close()
     wall = wall_before + time.monotonic() - session_start
+    if stopped_early:
+        message = (f"stopped early at step {step}: {cfg.early_stop_patience} evaluation(s) without improvement; "
+                   f"checkpoint {final.name}")
+    elif eval_refused:
+        message = f"stopped at step {step}: {eval_refused}; checkpoint {final.name}"
+    else:
+        message = end_message(step, stopped_by_budget, cfg.budget_flops, cfg.tolerance, final.name)
     return TrainResult(
         steps=step, tokens=meter.tokens, final_loss=last_loss,
         flops_used=meter.flops if cfg.flops_per_token is not None else None,
         budget_flops=cfg.budget_flops, wall_time_s=wall, device_hours=wall * ctx.world_size / 3600,
         stopped_by_budget=stopped_by_budget, checkpoint_dir=final, world_size=ctx.world_size,
-        device=str(device), rank=ctx.rank,
-        message=(f"stopped early at step {step}: {cfg.early_stop_patience} evaluation(s) without improvement; "
-                 f"checkpoint {final.name}") if stopped_early else end_message(step, stopped_by_budget,
-                                                                                cfg.budget_flops, cfg.tolerance,
-                                                                                final.name),
+        device=str(device), rank=ctx.rank, message=message,
         teacher_sharded=teacher_sharded, lost_tokens=meter.lost_tokens, lost_flops=meter.lost_flops,
-        eval=last_eval, stopped_early=stopped_early,
+        eval=last_eval, stopped_early=stopped_early, eval_flops=meter.eval_flops,
+        eval_split=data.eval_split if held is not None else None,
         energy_joules=energy.joules, energy_devices=tuple(energy.devices), energy_reason=energy.reason)

@@ -131,7 +131,10 @@ def encode_sample(tokenizer, messages: list[dict], answer: dict, *,
 @dataclass
 class PackedSamples(EpochOrder):
     """Rows [n, seq_len] of packed samples: ids, labels, position ids and the sample each
-    position belongs to (``segments``; padding is a segment of its own)."""
+    position belongs to (``segments``; padding is a segment of its own). A row holds whole
+    samples, so a held-out row holds out whole samples."""
+
+    ROW_UNIT = "sample"
 
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -388,7 +391,9 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, attested_token
                                      teacher_hidden=teacher_hidden(ids, positions, segments), teacher_head=teacher_head)
 
         result = run_loop(cfg, ctx, student=student, body=body, data=data, micro_loss=micro_loss,
-                          meter=ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx),
+                          meter=ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx,
+                                             eval_flops_per_token=cfg.eval_flops_per_token or 0.0,
+                                             eval_tokens_limit=cfg.eval_tokens_limit),
                           tokenizer=tokenizer, resume=resume, session_start=session_start, on_step=on_step,
                           after_resume=after_resume, eval_sums=eval_sums)
         if ctx.is_main:
@@ -453,7 +458,7 @@ def run(args, opened) -> int:
     if loaded.plan.method.also_logits and not also:
         raise InputError("the audit counts the teacher's logits over the training samples (method.also_logits): "
                          "pass --also-logits", source=str(loaded.path), field="--also-logits")
-    overrides = session.loop_overrides(args)
+    overrides = {**session.loop_overrides(args), **opened.eval_figures()}
     cfg = SequenceConfig.from_plan(loaded, generated_dir=args.generated, out_dir=out_dir,
                                    tokenizer_dir=tokenizer.folder, flops_per_token=opened.flops_per_token,
                                    budget_flops=opened.budget_flops, **overrides)

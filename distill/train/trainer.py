@@ -70,7 +70,7 @@ from distill.outputs.run_record import TrainResult
 from distill.train.losses import LossKind, LossSpec, fused_distill_loss
 from distill.gate.meter import ComputeMeter
 from distill.runtime.models import (HiddenStates, build_student, check_vocab, compile_layers, decoder_layers,
-                                    final_hidden_states, head_weight, library_progress_bars, load_teacher,
+                                    head_weight, library_progress_bars, load_teacher,
                                     load_tokenizer, stop_at_end_of_turn)
 
 
@@ -115,6 +115,16 @@ class TrainConfig(LoopConfig):
                                                   "(student.tokenizer): cross-tokenizer distillation "
                                                   "(distill/train/cross_trainer.py); token counts are then "
                                                   "the student's")
+    mean_document_tokens: Optional[int] = Field(default=None, gt=0, description="the plan's data.mean_document_"
+                                                "tokens: the audit counted attention per document, so the "
+                                                "document masks must keep no more pairs than it counted")
+    document_masking: Optional[bool] = Field(default=None, description="each document piece of a packed row "
+                                             "attends to itself only (block-diagonal causal masks, position ids "
+                                             "restarting per document); None: on when mean_document_tokens is set")
+
+    @property
+    def masks_documents(self) -> bool:
+        return self.document_masking if self.document_masking is not None else self.mean_document_tokens is not None
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -126,7 +136,13 @@ class TrainConfig(LoopConfig):
             raise ValueError("student_init 'base' needs student_base_dir")
         if self.student_layers is not None and self.student_init != "pruned_teacher":
             raise ValueError("student_layers applies to student_init 'pruned_teacher' only")
+        if self.mean_document_tokens is not None and not self.masks_documents:
+            raise ValueError("mean_document_tokens made the audit count attention per document: document_masking "
+                             "cannot be off")
         if self.teacher_source == "cached":
+            if self.masks_documents:
+                raise ValueError("cached teacher logits are built over whole rows: document masking (and "
+                                 "mean_document_tokens) apply to the online teacher only")
             if self.teacher_cache_dir is None:
                 raise ValueError("teacher_source 'cached' needs teacher_cache_dir")
             if self.loss != "forward_kl" and self.hard_label_weight < 1:
@@ -193,6 +209,7 @@ class TrainConfig(LoopConfig):
                       student_config=student_config, student_base_dir=base_dir, data_files=files,
                       student_config_data=dict(loaded.student_config.data) if student_config is not None else None,
                       manifest=Path(plan.data.manifest), seq_len=plan.data.seq_len, max_tokens=tokens,
+                      mean_document_tokens=plan.data.mean_document_tokens,
                       loss=plan.method.loss, temperature=plan.method.temperature, budget_flops=budget,
                       flops_per_token=flops_per_token, out_dir=Path(out_dir))
         if cached:
@@ -288,6 +305,20 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.teacher_dir)
         from distill.train.teacher_cache import INDEX_FILE
 
+        # Prepared shards (a shard manifest) or raw files; either way checked against the manifest.
+        # Before any model loads: the document masks are checked against the audit here.
+        data = load_training_data(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed, manifest=cfg.manifest,
+                                  manifest_sha256=cfg.manifest_sha256,
+                                  manifest_data=manifest)
+        if cfg.masks_documents:
+            from distill.gate.preflight import check_document_masks
+
+            documents = data.documents()
+            if documents is None:
+                raise InputError("document masking needs the documents' starts, which this data does not record",
+                                 field="data.mean_document_tokens")
+            check_document_masks(documents, cfg.mean_document_tokens, source=str(cfg.manifest or cfg.data_files[0]))
+            data.mask_documents = True
         # Checked once: no rank writes an index before every rank has passed this point.
         build_cache = cached and not (cfg.teacher_cache_dir / INDEX_FILE).is_file()
         need_teacher = not cached or cfg.student_init == "pruned_teacher" or build_cache
@@ -306,17 +337,21 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             student_tokenizer = load_tokenizer(cfg.student_base_dir)
         vocab = check_vocab(tokenizer, teacher, student, student_tokenizer)
         stop_at_end_of_turn(student, tokenizer)
-        # Prepared shards (a shard manifest) or raw files; either way checked against the manifest.
-        data = load_training_data(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed, manifest=cfg.manifest,
-                                  manifest_sha256=cfg.manifest_sha256,
-                                  manifest_data=manifest)
         total_steps(cfg, ctx.world_size)  # refuse a run shorter than one step before any cache is built
 
         if compile_models:
             compile_layers(student, backend=losses.COMPILE_BACKEND)
-        body = cfg.prepare_student(HiddenStates(student), decoder_layers(student), ctx)
+        if cfg.masks_documents:  # block-diagonal causal masks from the rows' document layout
+            from distill.train.sequence import PackedHiddenStates
+
+            body = cfg.prepare_student(PackedHiddenStates(student), decoder_layers(student), ctx)
+            teacher_body = PackedHiddenStates(teacher) if teacher is not None else None
+        else:
+            body = cfg.prepare_student(HiddenStates(student), decoder_layers(student), ctx)
+            teacher_body = HiddenStates(teacher) if teacher is not None else None
         spec = cfg.loss_spec()
-        meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx)
+        meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx,
+                             eval_flops_per_token=cfg.eval_flops_per_token or 0.0, eval_tokens_limit=cfg.eval_tokens_limit)
 
         # --- Teacher source -------------------------------------------------------------------
         cache = None
@@ -349,7 +384,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 meter.charge(charge)  # a resumed run restores the meter, charge included
             cache = _open_cache(cfg, build=build_cache, teacher=teacher, data=data, vocab=vocab, device=device,
                                 amp_dtype=amp_dtype, ctx=ctx, rows=rows, lockstep=shard, padding=padding)
-            teacher = None  # not needed any more: free its memory
+            teacher = teacher_body = None  # not needed any more: free its memory
         elif compile_models and not shard:  # a sharded layer's all-gather hooks stay eager
             compile_layers(teacher, backend=losses.COMPILE_BACKEND)
 
@@ -359,7 +394,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         loss_options = dict(matmul_dtype=amp_dtype if on_cuda else None, compile=compile_models)
 
         def micro_loss(batch, start: int, num_valid) -> torch.Tensor:
-            inputs, labels = _to_device(batch[0], device), _to_device(batch[1], device)
+            inputs, labels, *layout = (_to_device(t, device) for t in batch)  # layout: positions, segments
             if cache is not None:
                 from distill.train.teacher_cache import batch_sequence_ids, fused_cached_loss
 
@@ -371,9 +406,9 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 return fused_cached_loss(student_hidden, head_weight(student), targets, labels, spec, num_valid,
                                          vocab, cfg.chunk_size, **loss_options)
             with torch.inference_mode(), autocast():
-                teacher_hidden = final_hidden_states(teacher, inputs)
+                teacher_hidden = teacher_body(inputs, *layout)
             with autocast():
-                student_hidden = body(inputs)
+                student_hidden = body(inputs, *layout)
             # read after the forward: a sharded student's head is whole only until its backward
             return fused_distill_loss(student_hidden, head_weight(student), teacher_hidden, teacher_head,
                                       labels, spec, num_valid, vocab, cfg.chunk_size, **loss_options)
@@ -383,10 +418,10 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             agreement too; on cached logits (no teacher left) the student's cross-entropy."""
             from distill.train.evaluation import token_metric_sums
 
-            inputs, labels = _to_device(batch[0], device), _to_device(batch[1], device)
+            inputs, labels, *layout = (_to_device(t, device) for t in batch)
             with autocast():
-                student_hidden = body(inputs)
-                teacher_hidden = final_hidden_states(teacher, inputs) if teacher is not None else None
+                student_hidden = body(inputs, *layout)
+                teacher_hidden = teacher_body(inputs, *layout) if teacher is not None else None
             sums = token_metric_sums(student_hidden, head_weight(student), labels, vocab,
                                      teacher_hidden=teacher_hidden, teacher_head=teacher_head)
             if teacher is None:

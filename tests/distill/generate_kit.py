@@ -27,7 +27,8 @@ STUDENT = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden
 
 
 def plan_text(endpoint: str, *, prompt_tokens: float = 1e6, generated_tokens: float = 1e6,
-              key_env: str | None = KEY_ENV, kind: str = "sequence", tokenizer: Path | None = None) -> str:
+              key_env: str | None = KEY_ENV, kind: str = "sequence", tokenizer: Path | None = None,
+              evaluation_tokens: float | None = None) -> str:
     key = f", api_key_env: {key_env}" if key_env else ""
     data_tokenizer = f', tokenizer: "{tokenizer}"' if tokenizer else ""
     return f"""\
@@ -40,7 +41,7 @@ data: {{tokens: 4096, seq_len: 32, prompts: ./prompts.jsonl{data_tokenizer}}}
 method: {{kind: {kind}, teacher_generated_tokens: {generated_tokens:g}, prompt_tokens: {prompt_tokens:g}}}
 use: {{purpose: generate test, scope: narrow, distribution: internal}}
 schedule: {{start: 2026-12-01}}
-"""
+""" + (f"evaluation: {{tokens: {evaluation_tokens:g}}}\n" if evaluation_tokens else "")
 
 
 @dataclass

@@ -18,14 +18,19 @@ SPEC (JSON) fields: ``out`` (result JSON written by rank 0), ``steps``, ``global
 ``resume_from`` (a checkpoints parent folder: continue from its newest step), ``export``
 (folder), ``probe`` (write the logits of the trained model on fixed tokens), ``tie`` (a
 student whose lm_head is its input embedding), ``offload`` (FSDP's CPU offload),
-``full_weights`` (checkpoints also hold the whole student as a Hugging Face model).
+``full_weights`` (checkpoints also hold the whole student as a Hugging Face model),
+``defer`` (true: gradients reduced once per step, on the last micro-step, through
+:func:`distill.runtime.fsdp.micro_step_sync`; false: every micro-step, the behaviour before
+issue 29), ``eval_between`` (a no-grad forward on the probe tokens after every step, then
+:func:`distill.runtime.fsdp.reshard_after_eval`, as the loop's evaluation does). The result
+counts the reduce-scatters run (``reduce_scatters``) and says whether the root's head was
+gathered after each no-grad forward and a shard again after the reshard.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -74,12 +79,23 @@ def run(spec: dict) -> dict:
     from distill.runtime import distributed
     from distill.runtime.checkpoint import (export_student, load_latest, restore_sharded_checkpoint,
                                             save_sharded_checkpoint)
-    from distill.runtime.fsdp import is_sharded, shard_student
+    import torch.distributed as dist
+
+    from distill.runtime.fsdp import is_sharded, micro_step_sync, reshard_after_eval, shard_student
     from distill.train.losses import LossSpec, fused_distill_loss
     from distill.runtime.models import HiddenStates, decoder_layers, final_hidden_states, head_weight
     from distill.train.loop import optimizer_step, warmup_cosine
 
     ctx = distributed.setup("cpu")
+    reduce_scatters = [0]
+    if ctx.enabled:
+        original = dist.reduce_scatter_single
+
+        def counted(*args, **kwargs):
+            reduce_scatters[0] += 1
+            return original(*args, **kwargs)
+
+        dist.reduce_scatter_single = counted
     try:
         teacher, student = build_models(spec.get("tie", False))
         inputs, labels = make_data(spec["seq_len"])
@@ -101,7 +117,7 @@ def run(spec: dict) -> dict:
             state = restore_sharded_checkpoint(latest, model=student, optimizer=optimizer, scheduler=scheduler,
                                                ctx=ctx)
             step, cursor = state["step"], state["cursor"]
-        losses, norms = {}, {}
+        losses, norms, gathered, resharded = {}, {}, [], []
         while step < spec["steps"]:
             starts = [distributed.micro_batch_start(cursor, a, micro, ctx) for a in range(accum)]
             batch_labels = [labels[s:s + micro] for s in starts]
@@ -109,7 +125,7 @@ def run(spec: dict) -> dict:
             loss_sum = torch.zeros(())
             for a, start in enumerate(starts):
                 x, y = inputs[start:start + micro], labels[start:start + micro]
-                with body.no_sync() if (ctx.enabled and a < accum - 1) else nullcontext():
+                with micro_step_sync(body, a == accum - 1, defer=spec.get("defer", True)):
                     with torch.inference_mode():
                         teacher_hidden = final_hidden_states(teacher, x)
                     student_hidden = body(x)
@@ -122,6 +138,12 @@ def run(spec: dict) -> dict:
             cursor += spec["global_batch"]
             losses[step] = distributed.all_reduce_sum(loss_sum, ctx).item()
             norms[step] = float(grad_norm)
+            if spec.get("eval_between"):
+                with torch.no_grad():
+                    body(probe_tokens(spec["seq_len"]))
+                gathered.append(type(head_weight(student)).__name__ != "DTensor")
+                reshard_after_eval(body)
+                resharded.append(type(head_weight(student)).__name__ == "DTensor")
             if step in spec.get("save_at", []):
                 save_sharded_checkpoint(spec["checkpoint_dir"], step, model=student, optimizer=optimizer,
                                         scheduler=scheduler, ctx=ctx,
@@ -132,7 +154,8 @@ def run(spec: dict) -> dict:
                   "grad_norms": {str(k): v for k, v in norms.items()}, "accum": accum,
                   # outside a forward the head is a shard: the loss must read it after body(x)
                   "head_is_dtensor_at_rest": type(head_weight(student)).__name__ == "DTensor",
-                  "sharded": is_sharded(student)}
+                  "sharded": is_sharded(student), "reduce_scatters": reduce_scatters[0],
+                  "gathered_after_eval": gathered, "resharded_after_eval": resharded}
         if spec.get("probe"):
             with torch.no_grad():
                 hidden = body(probe_tokens(spec["seq_len"]))

@@ -161,3 +161,16 @@ def test_estimate_plan_counts_the_bundled_models():
     assert e.coverage == 1.0
     # counted training FLOP sit above 6·N·D by the attention and lm_head share, not wildly
     assert 1.0 < by_id(e)["student_training"].flops / e.six_nd_flops < 1.3
+
+
+@pytest.mark.parametrize("kind, teacher_runs", [("logits", True), ("cached_logits", False)])
+def test_evaluation_forwards_are_counted_in_the_total(kind, teacher_runs):
+    """Issue 29: the plan's evaluation block adds its forwards (student, and the online teacher)."""
+    p = plan(data__tokens=1e9, method__kind=kind, evaluation={"tokens": 5e6})
+    e = build_estimate(p, summary(), summary(forward=1e10), TABLES)
+    without = build_estimate(plan(data__tokens=1e9, method__kind=kind), summary(), summary(forward=1e10), TABLES)
+    evaluation = by_id(e)["evaluation"]
+    assert evaluation.flops == (2e9 + (1e10 if teacher_runs else 0)) * 5e6
+    assert e.total_flops == without.total_flops + evaluation.flops
+    assert e.update_flops == without.update_flops                # forwards only: no parameter update
+    assert "evaluation" not in by_id(without)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from audit.compute.run_budget import METERED_COMPONENTS, meter_figures
+from audit.compute.run_budget import METERED_COMPONENTS, evaluation_figures, meter_figures
 from audit.plan import Plan
 
 STUDENT_TRAIN, STUDENT_FWD, TEACHER_FWD = 6.0e5, 2.0e5, 9.0e5
@@ -94,3 +94,24 @@ def test_a_logit_run_has_no_sampling_rate():
     block["components"].append({"id": "teacher_forward", "flops": TEACHER_FWD * TOKENS})
     refusal, per_token, budget, student, sampling = meter_figures(plan("logits"), {"compute": block})
     assert refusal is None and per_token > student > 0 and budget > 0 and sampling == 0.0
+
+
+def test_an_audited_evaluation_joins_the_budget_with_its_rate_and_cap():
+    """Issue 29: a plan with evaluation.tokens: the run may spend the evaluation component too,
+    charged per evaluated position at its audited rate, up to the cap."""
+    from audit.plan import Evaluation
+
+    audited = plan("logits").model_copy(update={"evaluation": Evaluation(tokens=1000.0)})
+    block = {"tokens": TOKENS, "components": [
+        {"id": "student_training", "flops": STUDENT_TRAIN * TOKENS},
+        {"id": "teacher_forward", "flops": TEACHER_FWD * TOKENS},
+        {"id": "evaluation", "flops": (STUDENT_FWD + TEACHER_FWD) * 1000.0}]}
+    figures = meter_figures(audited, {"compute": block})
+    assert figures.refusal is None
+    assert figures.budget == pytest.approx((STUDENT_TRAIN + TEACHER_FWD) * TOKENS + (STUDENT_FWD + TEACHER_FWD) * 1000)
+    rate, cap = evaluation_figures(audited, {"compute": block})
+    assert rate == pytest.approx(STUDENT_FWD + TEACHER_FWD) and cap == 1000
+    plain = meter_figures(plan("logits"), {"compute": block})
+    assert evaluation_figures(plan("logits"), {"compute": block}) == (None, None) and plain.budget == pytest.approx((STUDENT_TRAIN + TEACHER_FWD) * TOKENS)
+    del block["components"][2]                                   # audited evaluation with no figure: refused
+    assert "evaluation" in meter_figures(audited, {"compute": block}).refusal

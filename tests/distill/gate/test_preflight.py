@@ -1,5 +1,5 @@
 """Attention under packing: what the sequence recipe's masks keep against what the audit
-counted (distill/gate/preflight.py), and the logit trainer's refusal of per-document counting."""
+counted (distill/gate/preflight.py), and the logit trainer's document masks against it."""
 
 from __future__ import annotations
 
@@ -39,14 +39,38 @@ def test_the_same_mean_with_spread_lengths_is_refused_with_a_length_that_covers_
     assert check_packed_attention(rows, 32, None, source="s") == 3 * 416   # counted as whole rows: always fits
 
 
-def test_a_logit_plan_counted_per_document_is_refused_before_any_model_loads(project, signer, capsys, monkeypatch):
+def test_a_logit_plan_counted_per_document_is_checked_against_its_masks_before_any_model_loads(
+        project, signer, capsys, monkeypatch):
+    """Logit KD masks documents when the plan counts them (it used to refuse such a plan): masks
+    keeping more pairs than the audit counted are refused before any model loads, with a length
+    that would cover them; a plan whose count covers them goes on to load the models."""
+    import distill.runtime.models
+    import distill.train.trainer
     from audit.cli.main import main
-    from gate_fixtures import forbid_model_loads, make_audit
+    from gate_fixtures import make_audit
 
-    project.plan.write_text(project.plan.read_text().replace("seq_len: 32,", "seq_len: 32, mean_document_tokens: 8,"))
-    envelope = make_audit(project, signer)
-    calls = forbid_model_loads(monkeypatch)
-    code = main(["distill", str(project.plan), "--attestation", str(envelope), "--pubkey", str(signer.public_path),
-                 "--key", str(signer.private_path), "--out", str(project.root / "out"), "--allow-cpu"])
-    err = capsys.readouterr().err
-    assert code == 2 and "mean_document_tokens" in err and "across documents" in err and calls == []
+    plain = project.plan.read_text()
+    calls: list[str] = []
+
+    def forbidden(name):
+        def load(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} was called")
+        return load
+
+    for module in (distill.runtime.models, distill.train.trainer):   # the tokenizer may load: it is no model
+        for name in ("load_teacher", "build_student"):
+            monkeypatch.setattr(module, name, forbidden(name))
+
+    def distill(mean: int, out: str) -> tuple[int, str]:
+        project.plan.write_text(plain.replace("seq_len: 32,", f"seq_len: 32, mean_document_tokens: {mean},"))
+        envelope = make_audit(project, signer)
+        code = main(["distill", str(project.plan), "--attestation", str(envelope), "--pubkey",
+                     str(signer.public_path), "--key", str(signer.private_path), "--out", str(project.root / out),
+                     "--allow-cpu"])
+        return code, capsys.readouterr().err
+
+    code, err = distill(2, "out")
+    assert code == 2 and "mean_document_tokens" in err and "set it to" in err and calls == []
+    code, err = distill(32, "out2")                      # whole rows: any document layout fits
+    assert code == 1 and "load_teacher was called" in err and calls == ["load_teacher"]

@@ -245,6 +245,7 @@ def distill(root: Path, envelope: Path, signer, capsys, *extra) -> tuple[int, st
 
 def test_also_logits_trains_on_the_answers_with_the_teachers_logits_and_meters_its_forward(project, signer, capsys):
     plan = PLAN.replace("teacher_generated_tokens: {generated}}}", "teacher_generated_tokens: {generated}, also_logits: true}}")
+    plan += "evaluation: {{tokens: 1.0e5}}\n"                 # the held-out evaluation is audited and metered
     assert "also_logits" in plan
     (project / "plan.yaml").write_text(plan.format(prompt_tokens=1000, generated=1000), encoding="utf-8")
     assert main(["check", str(project / "plan.yaml"), "--out", str(project / "audit"), "--key",
@@ -264,7 +265,12 @@ def test_also_logits_trains_on_the_answers_with_the_teachers_logits_and_meters_i
     record = json.loads((project / "run" / "run-record.json").read_text())["predicate"]
     per_token = compute["student"]["train_flops_per_token"] + compute["teacher"]["forward_flops_per_token"]
     assert record["compute"]["flops_per_token"] == pytest.approx(per_token)
-    assert record["compute"]["flops"] == pytest.approx(per_token * record["tokens"])
+    evaluation = next(c for c in compute["components"] if c["id"] == "evaluation")
+    eval_rate = compute["student"]["forward_flops_per_token"] + compute["teacher"]["forward_flops_per_token"]
+    assert evaluation["flops"] == pytest.approx(eval_rate * 1.0e5)     # student and teacher forwards per position
+    assert record["eval"]["flops"] > 0 and (record["eval"]["flops"] / (eval_rate * 64)) == pytest.approx(
+        round(record["eval"]["flops"] / (eval_rate * 64)))              # whole rows of 64 at the audited rate
+    assert record["compute"]["flops"] == pytest.approx(per_token * record["tokens"] + record["eval"]["flops"])
     assert "kl" in record["eval"]                                             # the teacher scores the held-out answers
 
 

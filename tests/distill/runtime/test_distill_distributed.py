@@ -75,8 +75,9 @@ def test_two_gloo_processes_match_one_process(tmp_path, shard_teacher):
 
 @pytest.mark.slow
 def test_sharded_teacher_keeps_half_of_each_layer_and_computes_the_same(tmp_path):
-    """FSDP2 over two gloo ranks: each rank holds half of the decoder layers' weights and the
-    whole embedding, norm and head; the teacher's hidden states do not change."""
+    """FSDP2 over two gloo ranks, one FSDP tree (the base model its root): each rank holds half of
+    the decoder layers' weights and of the embedding and norm, and the whole head; the teacher's
+    hidden states do not change."""
     from distill_testkit import make_model_dir
 
     teacher = make_model_dir(tmp_path / "teacher", seed=0, initializer_range=0.2)
@@ -90,9 +91,11 @@ def test_sharded_teacher_keeps_half_of_each_layer_and_computes_the_same(tmp_path
     assert sum(r["layer_local"] for r in reports) == reports[0]["layer_whole"]
     for report in reports:
         assert report["layer_local"] <= report["layer_whole"] // 2 + 1024  # dim-0 shards, rounded up
-        assert report["rest_local"] == report["rest_whole"] > 0
-        assert report["head_is_plain_tensor"]
+        assert report["head_local"] == report["head_whole"] > 0 and report["head_is_plain_tensor"]
+        assert report["root_local"] <= report["root_whole"] // 2 + 1024    # embedding and norm sharded too
+        assert report["fsdp_roots"] == 1                        # one FSDP tree: the base model is its root
         assert report["max_abs_diff"] <= 1e-5 * report["scale"]
+    assert sum(r["root_local"] for r in reports) == reports[0]["root_whole"]
 
 
 @pytest.mark.slow

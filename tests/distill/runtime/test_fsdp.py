@@ -286,3 +286,20 @@ def test_full_weights_in_a_sharded_checkpoint_match_the_one_process_checkpoint(s
     assert moved > 1e-3
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)  # as the DDP test does
+
+
+@pytest.mark.slow
+def test_deferred_reduction_and_resharding_after_evaluation_keep_the_curve(tmp_path, reference):
+    """Issue 29, 2 gloo ranks x 2 micro-steps: deferring the gradient reduction to the last
+    micro-step (set_requires_gradient_sync) halves the reduce-scatters and leaves the loss curve
+    where reducing every micro-step had it (1e-5); a no-grad forward leaves the root's head
+    gathered, reshard_after_eval frees it, and evaluating between steps changes no loss."""
+    every = launch(tmp_path, "every", 2, micro_batch=2, defer=False)
+    deferred = launch(tmp_path, "deferred", 2, micro_batch=2, eval_between=True)
+    one = reference[1]
+    assert every["accum"] == deferred["accum"] == 2
+    assert steps(deferred) == pytest.approx(steps(every), rel=1e-5, abs=1e-7)
+    assert steps(deferred) == pytest.approx(steps(one), rel=1e-5)
+    assert steps(deferred, "grad_norms") == pytest.approx(steps(every, "grad_norms"), rel=1e-5)
+    assert every["reduce_scatters"] == 2 * deferred["reduce_scatters"] > 0
+    assert deferred["gathered_after_eval"] == deferred["resharded_after_eval"] == [True] * STEPS

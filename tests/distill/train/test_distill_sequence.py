@@ -35,10 +35,11 @@ SENTENCES = ["the dog sees a cat .", "two birds like the fox .", "a farmer feeds
              "the small dog chases some foxes .", "two bakers help the old farmer .", "a happy child feeds one bird ."]
 
 
-def generated_project(root: Path, fake, signer, capsys, sentences=SENTENCES, tokenizer=TOKENIZER, compute=None):
+def generated_project(root: Path, fake, signer, capsys, sentences=SENTENCES, tokenizer=TOKENIZER, compute=None,
+                      **plan_options):
     """A sequence plan whose prompts are the sentences (and whose data.tokenizer is ``tokenizer``),
     its audit (``compute``: its compute block), and what generate wrote."""
-    project = make_project(root, fake.url, prompts=0, tokenizer=tokenizer)
+    project = make_project(root, fake.url, prompts=0, tokenizer=tokenizer, **plan_options)
     project.prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": s}) + "\n"
                                        for i, s in enumerate(sentences)), encoding="utf-8")
     sign_audit(project, signer, compute=compute)
@@ -401,7 +402,13 @@ def test_the_student_folder_stops_where_the_chat_template_ends_a_turn(api_projec
     assert config.pad_token_id is not None
 
 
-def test_a_sequence_run_evaluates_held_out_answers(api_project, signer, capsys):
+def test_a_sequence_run_evaluates_held_out_answers(tmp_path, fake, signer, capsys):
+    from gate_fixtures import compute_block
+
+    block = compute_block()
+    block["components"].append({"id": "evaluation", "label": "evaluation", "flops": 2.0e5 * 1.0e4,
+                                "method": "counted", "counts_toward": ["cumulative"]})
+    api_project = generated_project(tmp_path / "api", fake, signer, capsys, compute=block, evaluation_tokens=1.0e4)
     code, out, err = distill(capsys, api_project, signer, "--steps", 4, "--micro-batch", MICRO_BATCH,
                              "--eval-sequences", 1, "--eval-every", 2, "--lr", 1e-2)
     assert code == 0, err
@@ -409,7 +416,9 @@ def test_a_sequence_run_evaluates_held_out_answers(api_project, signer, capsys):
     assert [e["step"] for e in evals] == [2, 4] and "kl" not in evals[-1]
     assert evals[-1]["ce"] > 0 and 0 <= evals[-1]["top1_agreement"] <= 1 and evals[-1]["tokens"] > 0
     record = json.loads((api_project.root / "out" / "run-record.json").read_text())["predicate"]
-    assert record["eval"] == pytest.approx(evals[-1]) and record["stopped_early"] is False
+    assert record["eval"]["split"]["by"] == "sample"                    # a row holds whole samples
+    assert record["eval"]["flops"] == 2 * SEQ_LEN * 2.0e5               # two evaluations of one row, metered
+    assert {k: record["eval"][k] for k in evals[-1]} == pytest.approx(evals[-1]) and record["stopped_early"] is False
     assert "Held-out evaluation (step 4" in (api_project.root / "out" / "README.md").read_text()
 
 

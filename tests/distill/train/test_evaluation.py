@@ -67,21 +67,24 @@ def test_the_loop_evaluates_held_out_rows_and_logs_everywhere(tmp_path):
     evals = [r["eval"] for r in rows if "eval" in r]
     assert [e["step"] for e in evals] == [2, 4] and result.eval == evals[-1]
     assert set(evals[-1]) == {"step", "tokens", "kl", "ce", "top1_agreement"}
-    assert evals[-1]["tokens"] == 4 * cfg.seq_len and 0 <= evals[-1]["top1_agreement"] <= 1
+    assert 0 < evals[-1]["tokens"] <= 4 * cfg.seq_len and 0 <= evals[-1]["top1_agreement"] <= 1
+    assert result.eval_split["by"] == "document" and result.eval_split["rows"] <= 4
     assert evals[-1]["kl"] < evals[0]["kl"]                       # training on KL lowers held-out KL
 
     # the loop's figure is the KL of the final weights on exactly the held-out rows
     tokenizer = load_tokenizer(cfg.teacher_dir)
     data = load_training_data(cfg.data_files, tokenizer, cfg.seq_len, cfg.seed)
     held = data.hold_out(4)
-    inputs, labels = data.rows(held)
+    inputs, labels = data.eval_rows(held)            # only wholly held-out documents are scored
     student = AutoModelForCausalLM.from_pretrained(result.checkpoint_dir).eval()
     teacher = AutoModelForCausalLM.from_pretrained(cfg.teacher_dir).eval()
     vocab = len(tokenizer)
     with torch.no_grad():
-        log_s = F.log_softmax(student(inputs).logits[..., :vocab], -1).reshape(-1, vocab)
-        log_t = F.log_softmax(teacher(inputs).logits[..., :vocab], -1).reshape(-1, vocab)
-    kl = F.kl_div(log_s, log_t, log_target=True, reduction="sum").item() / labels.numel()
+        keep = labels != -100
+        log_s = F.log_softmax(student(inputs).logits[..., :vocab][keep], -1)
+        log_t = F.log_softmax(teacher(inputs).logits[..., :vocab][keep], -1)
+    assert evals[-1]["tokens"] == int(keep.sum())
+    kl = F.kl_div(log_s, log_t, log_target=True, reduction="sum").item() / int(keep.sum())
     assert evals[-1]["kl"] == pytest.approx(kl, rel=1e-4)
 
     events = EventAccumulator(str(cfg.out_dir / "tensorboard"))
