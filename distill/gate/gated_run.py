@@ -64,6 +64,23 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def process_count() -> int:
+    """Processes in the initialised process group (1 without one)."""
+    ctx = _dist_context()
+    return ctx.world_size if ctx else 1
+
+
+def summed_over_processes(count: int) -> int:
+    """``count`` summed over the process group's ranks (every rank must call it); itself
+    without a group."""
+    ctx = _dist_context()
+    if ctx is None:
+        return int(count)
+    from distill.runtime.distributed import all_reduce_sum
+
+    return int(all_reduce_sum(int(count), ctx))
+
+
 @dataclass
 class GatedRun:
     """An open gate: the verified plan and audit, the meter's figures and the budget left.
@@ -206,7 +223,9 @@ class LoopMeter:
 
         self.run = run
         self._meter = ComputeMeter(run.flops_per_token, run.budget_flops, 0.0, ctx=_dist_context(),
-                                   generation_flops_per_token=run.generation_flops_per_token)
+                                   generation_flops_per_token=run.generation_flops_per_token,
+                                   eval_flops_per_token=run.eval_flops_per_token or 0.0,
+                                   eval_tokens_limit=run.eval_tokens)
         self._meter.charge(run.charges.this_run)
         self._hook = run.step_charges()
         self.steps = 0
@@ -258,6 +277,34 @@ class LoopMeter:
             self._hook.on_step(record)
         return record
 
+    def eval_refusal(self, tokens: int) -> Optional[str]:
+        """Why an evaluation of ``tokens`` more positions (all ranks') may not run: the audit
+        counted no evaluation (the plan has no ``evaluation`` block), or it would pass the audited
+        ``evaluation.tokens`` or the budget; None when it fits."""
+        if self.run.eval_flops_per_token is None:
+            return ("evaluation: the audit counted no evaluation forwards (give the plan an evaluation block with "
+                    "the positions to evaluate, evaluation.tokens, and audit it again): an unaudited forward may "
+                    "not run")
+        return self._meter.eval_refusal(int(tokens))
+
+    def evaluate(self, tokens: int) -> dict:
+        """Book an evaluation of ``tokens`` forward positions (all ranks', padding included) at the
+        audited evaluation rate and charge it in the ledger now, in a charge row of its own (no
+        training tokens; ``eval_flops``); ``GateRefused`` (nothing booked) when
+        :meth:`eval_refusal` says it may not. Returns the charge's record."""
+        from distill.gate.refusal import GateRefused
+
+        refusal = self.eval_refusal(tokens)
+        if refusal:
+            self.stopped_by_budget = True
+            raise GateRefused([refusal])
+        self._meter.add_eval(int(tokens))
+        record = {"step": self.steps, "tokens": self._meter.tokens, "step_tokens": 0, "flops": self._meter.flops,
+                  "eval_flops": self._meter.eval_flops, "energy_j": None}
+        if self._hook is not None:
+            self._hook.on_step(record)
+        return record
+
     def _energy_step(self, summed: bool):
         """The run's measured joules so far (all ranks), or None. Counts the caller summed itself
         may come from rank 0 alone, so no collective is run then: with several processes the
@@ -287,6 +334,7 @@ class LoopMeter:
             stopped_by_budget=self.stopped_by_budget, checkpoint_dir=checkpoint_dir,
             world_size=ctx.world_size if ctx else 1, device=str(ctx.device) if ctx else "cpu",
             rank=process_rank(), message=message or f"{stop} after {self.steps} steps",
+            eval_flops=self._meter.eval_flops,
             energy_joules=self._energy.joules, energy_reason=self._energy.reason,
             # the device each process read, as this process names its own (no collective here)
             energy_devices=(self._energy.name,) * (ctx.world_size if ctx else 1)

@@ -20,8 +20,16 @@ What it does, per event:
   charged. Why refuse rather than charge more: the audit's FLOP per token is counted for rows of
   ``seq_len`` positions (attention per token grows with the context), and it is the only
   per-token figure the audit signs; a longer row would cost more than it is charged, and a
-  figure for it would be one the audit never made. Evaluation forwards are not metered and not
-  limited. Padding counts: a collator that pads rows past ``seq_len`` is refused too.
+  figure for it would be one the audit never made. Padding counts: a collator that pads rows
+  past ``seq_len`` is refused too.
+- every evaluation forward (the student in eval mode; on-policy: ``compute_loss`` outside
+  training) is held to the same row length and counted, padding included; before it runs,
+  this process's count so far times the number of processes (a bound: every process evaluates
+  batches of the same size) must fit the audited ``evaluation.tokens`` and the budget, else
+  ``GateRefused``. A plan without an ``evaluation`` block may not evaluate at all: its audit
+  counted no evaluation compute. ``on_evaluate`` sums the counts over processes and charges them
+  in the ledger at the audit's evaluation rate (the student's forward, and the teacher's when it
+  runs online), in a charge row of their own.
 - ``on_step_end``: the step's tokens are the growth of ``state.num_input_tokens_seen``, which
   the Trainer sums over processes; ``include_num_input_tokens_seen="all"`` is required, because
   padding positions cost compute too (``non_padding`` would under-count). The step is booked
@@ -72,6 +80,7 @@ class FlopgateCallback(TrainerCallback):
         self._last_loss: Optional[float] = None
         self.on_policy = run.plan.method.kind == "on_policy"
         self._sampler = None  # the metered_on_policy trainer that counts an on-policy step
+        self._evaluated = 0   # evaluation positions this process ran since the last charge
 
     def attach_sampler(self, trainer) -> None:
         """Called by a :func:`metered_on_policy` trainer: it counts each step's positions."""
@@ -109,9 +118,10 @@ class FlopgateCallback(TrainerCallback):
         seq_len = self.run.plan.data.seq_len
 
         def refuse_long_rows(module, args, kwargs):
-            if module.training:
-                check_row_length(kwargs.get("input_ids", args[0] if args else None),
-                                 kwargs.get("inputs_embeds"), seq_len)
+            ids, embeds = kwargs.get("input_ids", args[0] if args else None), kwargs.get("inputs_embeds")
+            check_row_length(ids, embeds, seq_len)
+            if not module.training:
+                self.evaluation_forward(ids if ids is not None else embeds[..., 0])
 
         model._flopgate_row_limit = model.register_forward_pre_hook(refuse_long_rows, with_kwargs=True)
 
@@ -137,6 +147,27 @@ class FlopgateCallback(TrainerCallback):
         if meter.would_exceed(self._largest, summed=True):
             control.should_training_stop = True
             control.should_save = True
+        return control
+
+    def evaluation_forward(self, input_ids) -> None:
+        """Count an evaluation forward's positions (``input_ids`` [.., T], padding included),
+        refusing it first when the count so far, times the processes, would not fit."""
+        from distill.gate.gated_run import process_count
+        from distill.gate.refusal import GateRefused
+
+        positions = int(input_ids.numel())
+        refusal = self.run.meter.eval_refusal((self._evaluated + positions) * process_count())
+        if refusal:
+            raise GateRefused([refusal])
+        self._evaluated += positions
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        """Charge the evaluation just run: every process's positions, summed."""
+        from distill.gate.gated_run import summed_over_processes
+
+        total, self._evaluated = summed_over_processes(self._evaluated), 0
+        if total:
+            self.run.meter.evaluate(total)
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -257,7 +288,7 @@ def metered_on_policy(trainer_class):
                                  f"got {len(gates)}", field="callbacks")
             self._flopgate_counts = [0, 0]  # trained positions, sampled positions: this rank, since the last step
             gates[0].attach_sampler(self)
-            self._flopgate_run = gates[0].run
+            self._flopgate_gate, self._flopgate_run = gates[0], gates[0].run
             super().__init__(*args, callbacks=callbacks, **kwargs)
             if getattr(self, "seq_kd", False):
                 raise InputError("seq_kd: the teacher would generate, which an on-policy audit does not count",
@@ -277,10 +308,12 @@ def metered_on_policy(trainer_class):
             return out
 
         def compute_loss(self, model, inputs, *args, **kwargs):
+            ids = inputs["input_ids"]
+            check_row_length(ids, None, self._flopgate_run.plan.data.seq_len)  # keep prompt + sampled within it
             if model.training:
-                ids = inputs["input_ids"]
-                check_row_length(ids, None, self._flopgate_run.plan.data.seq_len)  # keep prompt + sampled within it
                 self._flopgate_counts[0] += int(ids.numel())
+            else:
+                self._flopgate_gate.evaluation_forward(ids)
             return super().compute_loss(model, inputs, *args, **kwargs)
 
         def take_counts(self) -> tuple[int, int]:

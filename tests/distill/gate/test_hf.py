@@ -18,6 +18,7 @@ from audit.attest.verify import verify_envelope_file
 from audit.errors import InputError
 from audit.ledger.store import Ledger
 from distill.gate import open_gate
+from distill.gate.refusal import GateRefused
 from distill.outputs.run_record import RECORD_ENVELOPE
 from gate_fixtures import FPT, PACK_ID, PACK_VERSION, SEQ_LEN, compute_block, make_audit
 
@@ -84,9 +85,75 @@ def test_rows_longer_than_the_audited_seq_len_are_refused_before_any_charge(proj
     assert trainer.state.global_step == 0 and run.meter.tokens == 0
     with Ledger() as ledger:
         assert [r["kind"] for r in ledger.rows(audit=hashlib.sha256(envelope.read_bytes()).hexdigest())] == ["gate_open"]
-    model = trainer.model.eval()   # evaluation is not metered, so not limited
-    with torch.no_grad():
+    model = trainer.model.eval()   # an evaluation forward of such rows too
+    with torch.no_grad(), pytest.raises(InputError, match="longer than the audited data.seq_len"):
         model(input_ids=torch.zeros(1, 4 * SEQ_LEN, dtype=torch.long))
+
+
+EVAL_ROWS = 4
+EVAL_RATE = FPT / 3   # FLOP per evaluated position: a forward
+
+
+def audit_with_evaluation(project, signer, *, eval_tokens: float, steps_budget: float = 100.0):
+    """An audit whose plan has an evaluation block (evaluation.tokens) and whose compute counts it."""
+    project.plan.write_text(project.plan.read_text() + f"evaluation: {{tokens: {eval_tokens}}}\n")
+    compute = compute_block(tokens=steps_budget * TOKENS_PER_STEP)
+    compute["components"].append({"id": "evaluation", "label": "evaluation forwards", "flops": EVAL_RATE * eval_tokens,
+                                  "method": "counted", "counts_toward": ["cumulative"]})
+    return make_audit(project, signer, compute=compute)
+
+
+def evaluating_trainer(project, run, tmp_path, steps=4):
+    """A Trainer that evaluates EVAL_ROWS rows every 2 steps."""
+    trainer = trainer_for(project, student(project), run, tmp_path, steps=steps)
+    g = torch.Generator().manual_seed(2)
+    vocab = trainer.model.config.vocab_size
+    trainer.eval_dataset = [{"input_ids": ids, "labels": ids}
+                            for ids in torch.randint(0, vocab, (EVAL_ROWS, SEQ_LEN), generator=g)]
+    trainer.args.eval_strategy, trainer.args.eval_steps = "steps", 2
+    trainer.args.per_device_eval_batch_size = BATCH
+    return trainer
+
+
+def test_an_unaudited_evaluation_is_refused(project, signer, tmp_path):
+    """The attack: evaluation forwards (the student's, and a distillation trainer's teacher) ran
+    uncharged behind the gate, however many; a plan without an evaluation block may not evaluate."""
+    run = open_gate(project.plan, make_audit(project, signer), pubkey=str(signer.public_path),
+                    out_dir=project.root / "out", key=str(signer.private_path))
+    trainer = evaluating_trainer(project, run, tmp_path)
+    with pytest.raises(GateRefused, match="evaluation.tokens"):
+        trainer.train()
+    assert run.meter.flops == 2 * TOKENS_PER_STEP * FPT   # the two steps before the evaluation, nothing else
+
+
+def test_an_audited_evaluation_is_charged_in_the_ledger(project, signer, tmp_path):
+    envelope = audit_with_evaluation(project, signer, eval_tokens=4 * EVAL_ROWS * SEQ_LEN)
+    run = open_gate(project.plan, envelope, pubkey=str(signer.public_path), out_dir=project.root / "out",
+                    key=str(signer.private_path))
+    trainer = evaluating_trainer(project, run, tmp_path)
+    trainer.train()
+    evaluated = 2 * EVAL_ROWS * SEQ_LEN   # after steps 2 and 4
+    assert run.meter.flops == pytest.approx(4 * TOKENS_PER_STEP * FPT + evaluated * EVAL_RATE)
+    with Ledger() as ledger:
+        charges = [r["body"] for r in ledger.rows(audit=hashlib.sha256(envelope.read_bytes()).hexdigest())
+                   if r["kind"] == "charge"]
+        assert ledger.verify([signer.trusted]) == []
+    assert [c.get("eval_flops") for c in charges] == [None, None, EVAL_ROWS * SEQ_LEN * EVAL_RATE,
+                                                      None, None, EVAL_ROWS * SEQ_LEN * EVAL_RATE]
+    assert sum(c["flops"] for c in charges) == pytest.approx(run.meter.flops)
+    record = verify_envelope_file(project.root / "out" / RECORD_ENVELOPE, [signer.trusted],
+                                  predicate_types=(PREDICATE_RUN_RECORD,)).predicate
+    assert record["compute"]["flops"] == pytest.approx(run.meter.flops)
+
+
+def test_an_evaluation_past_the_audited_cap_is_refused_before_it_runs(project, signer, tmp_path):
+    envelope = audit_with_evaluation(project, signer, eval_tokens=EVAL_ROWS * SEQ_LEN)   # one evaluation
+    run = open_gate(project.plan, envelope, pubkey=str(signer.public_path), out_dir=project.root / "out",
+                    key=str(signer.private_path))
+    trainer = evaluating_trainer(project, run, tmp_path)
+    with pytest.raises(GateRefused, match="would pass the audited evaluation.tokens"):
+        trainer.train()
+    assert run.meter.flops == pytest.approx(4 * TOKENS_PER_STEP * FPT + EVAL_ROWS * SEQ_LEN * EVAL_RATE)
 
 
 def test_a_model_that_is_not_the_audited_student_is_refused_before_any_step(project, signer, tmp_path):
@@ -182,7 +249,8 @@ def test_an_on_policy_trainer_counts_what_it_samples_and_trains_on(project, sign
     assert trainer.take_counts() == (0, 2 * (5 * 7 + (0 + 1 + 2 + 3 + 4)))  # each token re-runs its prefix
     training, evaluating = torch.nn.Linear(1, 1).train(), torch.nn.Linear(1, 1).eval()
     trainer.compute_loss(training, {"input_ids": torch.zeros(2, 12, dtype=torch.long)})
-    trainer.compute_loss(evaluating, {"input_ids": torch.zeros(2, 12, dtype=torch.long)})  # not training: no charge
+    with pytest.raises(GateRefused, match="evaluation.tokens"):   # the audit counted no evaluation
+        trainer.compute_loss(evaluating, {"input_ids": torch.zeros(2, 12, dtype=torch.long)})
     assert trainer.take_counts() == (24, 0) and trainer.take_counts() == (0, 0)
     with pytest.raises(InputError, match="longer than the audited data.seq_len"):
         trainer.compute_loss(training, {"input_ids": torch.zeros(1, SEQ_LEN + 1, dtype=torch.long)})
