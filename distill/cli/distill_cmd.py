@@ -67,6 +67,9 @@ def register(subparsers) -> None:
                    "backward (default: on from 1e9 parameters)")
     p.add_argument("--offload", action="store_true", help="with FSDP2: keep the student's shards, gradients and "
                    "optimizer step in host memory")
+    p.add_argument("--reduce-every-micro-step", action="store_true", help="with FSDP2 and --grad-accum > 1: "
+                   "reduce-scatter the gradients after every micro-step (less memory, more communication) instead "
+                   "of once per optimizer step, which keeps the student's whole gradients on every GPU in between")
     p.add_argument("--eval-sequences", type=positive(int), metavar="N", help="hold N packed sequences out of "
                    "training and evaluate on them (KL to the teacher, cross-entropy, top-1 agreement)")
     p.add_argument("--eval-every", type=positive(int), metavar="N", help="evaluate every N steps (default: at the "

@@ -23,6 +23,7 @@ def loop_overrides(args) -> dict:
               "lr": args.lr, "checkpoint_every": args.checkpoint_every,
               "student_sharding": getattr(args, "shard_student", None), "activation_checkpointing": checkpointing,
               "offload": True if getattr(args, "offload", False) else None,
+              "defer_reduction": False if getattr(args, "reduce_every_micro_step", False) else None,
               "eval_sequences": getattr(args, "eval_sequences", None), "eval_every": getattr(args, "eval_every", None),
               "early_stop_patience": getattr(args, "early_stop_patience", None),
               "tensorboard": False if getattr(args, "no_tensorboard", False) else None,
