@@ -113,7 +113,8 @@ def build_estimate(plan: Plan, student: ModelSummary, teacher: ModelSummary | No
             components.append(_teacher_logits(plan, tokens, teacher_forward, teacher))
 
     if plan.evaluation is not None:
-        components.append(_evaluation(plan, student, teacher_forward, adapter))
+        components.append(_evaluation(plan, student, teacher_forward, adapter,
+                                      teacher_tokens_per_token if is_cross_tokenizer(plan) else 1.0))
 
     original_id, original = _original_model(plan, tables)
     if plan.student.init != "scratch":
@@ -294,17 +295,19 @@ def evaluation_teacher_runs(plan: Plan) -> bool:
 
 
 def _evaluation(plan: Plan, student: ModelSummary, teacher_per_token: float | None,
-                adapter: AdapterSummary | None = None) -> Component:
+                adapter: AdapterSummary | None = None, teacher_tokens_per_token: float | None = 1.0) -> Component:
     """Held-out evaluation: the student's forward (with its adapters for a ``student.adapter``
     plan) and, when the teacher runs online, the teacher's forward, per evaluated position x
-    ``evaluation.tokens``."""
+    ``evaluation.tokens``. ``teacher_tokens_per_token``: the teacher's positions per student
+    position (a cross-tokenizer plan's ratio; None: unknown, so the figure is)."""
     tokens = plan.evaluation.tokens
     per_token = student.forward_flops_per_token
     if plan.student.adapter is not None:
         per_token = adapter.forward_flops_per_token if adapter is not None else None
     with_teacher = evaluation_teacher_runs(plan)
     if with_teacher:
-        per_token = per_token + teacher_per_token if per_token is not None and teacher_per_token is not None else None
+        known = None not in (per_token, teacher_per_token, teacher_tokens_per_token)
+        per_token = per_token + teacher_per_token * teacher_tokens_per_token if known else None
     return Component(
         id="evaluation", label="held-out evaluation (forward passes)",
         flops=per_token * tokens if per_token is not None else None,

@@ -98,7 +98,6 @@ def train_cross_tokenizer(cfg, *, resume: bool = False, on_step: Optional[Callab
     """Run ``cfg`` (a :class:`distill.train.trainer.TrainConfig` with ``student_tokenizer_dir``);
     arguments as :func:`distill.train.trainer.train`, plus ``student_tokenizer``: the student's,
     as the attested layer built it (None loads it from ``cfg.student_tokenizer_dir``)."""
-    from distill.gate.meter import ComputeMeter
     from distill.train.loop import run_loop, total_steps
 
     if cfg.teacher_source != "online":
@@ -138,7 +137,7 @@ def train_cross_tokenizer(cfg, *, resume: bool = False, on_step: Optional[Callab
             compile_layers(student, backend=COMPILE_BACKEND)
             compile_layers(teacher, backend=COMPILE_BACKEND)
         body = cfg.prepare_student(HiddenStates(student), decoder_layers(student), ctx)
-        meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx)
+        meter = cfg.compute_meter(ctx)
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
         teacher_head = head_weight(teacher)
 

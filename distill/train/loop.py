@@ -131,6 +131,13 @@ class LoopConfig(StrictModel):
         return shard_student(body, layers, ctx, strategy=self.student_sharding, offload=self.offload,
                              activation_checkpointing=self.activation_checkpointing)
 
+    def compute_meter(self, ctx) -> ComputeMeter:
+        """The run's meter: training positions at ``flops_per_token``, evaluations at the audited
+        ``eval_flops_per_token`` up to ``eval_tokens_limit``, against the budget."""
+        return ComputeMeter(self.flops_per_token or 0.0, self.budget_flops, self.tolerance, ctx,
+                            eval_flops_per_token=self.eval_flops_per_token or 0.0,
+                            eval_tokens_limit=self.eval_tokens_limit)
+
     def amp_dtype(self, device: torch.device) -> Optional[torch.dtype]:
         """bf16 autocast on CUDA (or when asked), none (fp32) on CPU."""
         return torch.bfloat16 if (self.dtype == "bf16" or (self.dtype == "auto" and device.type == "cuda")) else None

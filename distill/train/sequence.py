@@ -332,7 +332,6 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, attested_token
     :class:`distill.gate.attested.AttestedTokenizer`. Returns a :class:`distill.outputs.run_record.TrainResult`."""
     from distill.runtime import distributed
     from distill.train.loop import run_loop
-    from distill.gate.meter import ComputeMeter
     from distill.train.losses import LossSpec, fused_distill_loss
     from distill.runtime.models import (build_student, check_vocab, decoder_layers, head_weight,
                                         library_progress_bars, load_teacher, stop_at_end_of_turn)
@@ -391,9 +390,7 @@ def train_sequence(cfg: SequenceConfig, generated: GeneratedData, attested_token
                                      teacher_hidden=teacher_hidden(ids, positions, segments), teacher_head=teacher_head)
 
         result = run_loop(cfg, ctx, student=student, body=body, data=data, micro_loss=micro_loss,
-                          meter=ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx,
-                                             eval_flops_per_token=cfg.eval_flops_per_token or 0.0,
-                                             eval_tokens_limit=cfg.eval_tokens_limit),
+                          meter=cfg.compute_meter(ctx),
                           tokenizer=tokenizer, resume=resume, session_start=session_start, on_step=on_step,
                           after_resume=after_resume, eval_sums=eval_sums)
         if ctx.is_main:

@@ -68,7 +68,6 @@ from distill.data.training_data import load_training_data, read_manifest
 from distill.train.loop import LoopConfig, run_loop, total_steps
 from distill.outputs.run_record import TrainResult
 from distill.train.losses import LossKind, LossSpec, fused_distill_loss
-from distill.gate.meter import ComputeMeter
 from distill.runtime.models import (HiddenStates, build_student, check_vocab, compile_layers, decoder_layers,
                                     head_weight, library_progress_bars, load_teacher,
                                     load_tokenizer, stop_at_end_of_turn)
@@ -350,8 +349,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             body = cfg.prepare_student(HiddenStates(student), decoder_layers(student), ctx)
             teacher_body = HiddenStates(teacher) if teacher is not None else None
         spec = cfg.loss_spec()
-        meter = ComputeMeter(cfg.flops_per_token or 0.0, cfg.budget_flops, cfg.tolerance, ctx,
-                             eval_flops_per_token=cfg.eval_flops_per_token or 0.0, eval_tokens_limit=cfg.eval_tokens_limit)
+        meter = cfg.compute_meter(ctx)
 
         # --- Teacher source -------------------------------------------------------------------
         cache = None

@@ -57,6 +57,17 @@ def test_the_teacher_forward_is_counted_on_the_teachers_padded_rows():
     assert figures.flops_per_token == pytest.approx(6e9 + 1e10 * row / SEQ_LEN)
 
 
+def test_an_evaluation_counts_the_teachers_own_positions_too():
+    facts = PlanFacts(manifest_tokens=1000, manifest_teacher_tokens=1500)
+    row, ratio = cross_tokenizer_rows(plan(), facts)
+    evaluated = Plan.model_validate({**plan().model_dump(), "evaluation": {"tokens": 4096}})
+    estimate = build_estimate(evaluated, summary(), summary(forward=1e10), TABLES, teacher_tokens_per_token=ratio)
+    evaluation = next(c for c in estimate.components if c.id == "evaluation")
+    assert evaluation.flops == pytest.approx((2e9 + 1e10 * row / SEQ_LEN) * 4096)
+    unknown = build_estimate(evaluated, summary(), summary(forward=1e10), TABLES, teacher_tokens_per_token=None)
+    assert next(c for c in unknown.components if c.id == "evaluation").flops is None
+
+
 def test_without_the_teachers_count_the_teacher_forward_is_unknown_and_the_meter_refuses():
     ratio = cross_tokenizer_rows(plan(), PlanFacts(manifest_tokens=1000))[1]
     assert ratio is None

@@ -56,15 +56,11 @@ class Quickstart:
 
 
 @pytest.fixture(scope="session")
-def session_env(tmp_path_factory):
-    """Cache, key folder and ledger of the session's own (the per-test ones are not set up yet
-    when a session fixture runs)."""
-    root = tmp_path_factory.mktemp("export-env")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FLOPGATE_CACHE_DIR", str(root / "cache"))
-        mp.setenv("FLOPGATE_HOME", str(root / "home"))
-        mp.setenv("FLOPGATE_LEDGER", str(root / "ledger.sqlite"))
-        yield root
+def session_env(tmp_path_factory, _private_home):
+    """A folder of the session's own for the exports' audits and runs. The flopgate home and
+    count cache are the session's (tests/conftest.py): a session fixture must not move them, or
+    every module-scoped fixture after it would sign or seal under another home."""
+    return tmp_path_factory.mktemp("export-env")
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def test_every_bundled_example_exports_a_valid_ml_bom(example_name, example_audi
         assert "modelParameters" in student["modelCard"]
         roles = {a["name"]: {p["value"] for p in a["properties"] if p["name"] == "flopgate:role"}
                  for a in student["pedigree"]["ancestors"]}
-        expected = {plan["teacher"]["model"]: {"teacher"}}
+        expected = {teacher["model"]: {"teacher"} for teacher in plan["teachers"]}   # every source of outputs
         if plan["student"]["init"] == "base":
             expected[plan["student"]["base_model"]] = {"base_model"}
         assert roles == expected

@@ -35,7 +35,7 @@ def signed(audit: Path, runs=(), jobs=()) -> tuple[set, set, set]:
                   if e["sha256"] == job_predicate["outputs"]["kept_sha256"]}
     allowed = {sha for _, sha in pairs}
     plan = predicate["plan"]["content"]
-    names = {plan["student"]["name"], plan["teacher"]["model"]}
+    names = {plan["student"]["name"], *(teacher["model"] for teacher in plan["teachers"])}
     if plan["student"]["init"] == "base":
         names.add(plan["student"]["base_model"])
     return pairs, allowed, names

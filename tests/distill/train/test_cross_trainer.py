@@ -35,7 +35,7 @@ def config(root, result, **overrides) -> TrainConfig:
                   manifest=result.manifest_path, student_tokenizer_dir=root / "student-tok", seq_len=16,
                   micro_batch=4, max_steps=3, lr=1e-3, warmup_steps=1, seed=0, device="cpu", progress=False,
                   checkpoint_every=100, out_dir=root / "out", flops_per_token=1.0e6, hard_label_weight=0.5,
-                  eval_sequences=8, eval_every=3)
+                  eval_sequences=8, eval_every=3, eval_flops_per_token=4.0e5, eval_tokens_limit=1e6)
     fields.update(overrides)
     return TrainConfig.parse(fields)
 
@@ -48,7 +48,8 @@ def test_a_cross_tokenizer_run_trains_meters_student_tokens_and_evaluates_on_ali
     outcome = train(cfg, on_step=steps.append)
     assert outcome.steps == 3
     assert outcome.tokens == 3 * 4 * 16                      # the student's tokens are what is metered
-    assert outcome.flops_used == pytest.approx(1.0e6 * outcome.tokens)
+    assert outcome.eval_flops > 0 and outcome.eval_flops % 4.0e5 == 0        # the evaluation is metered too
+    assert outcome.flops_used == pytest.approx(1.0e6 * outcome.tokens + outcome.eval_flops)
     assert all(math.isfinite(s["loss"]) for s in steps if s.get("loss") is not None)
     assert outcome.eval is not None and outcome.eval["tokens"] > 0   # aligned held-out positions
     assert {"ce", "aligned_divergence", "top1_agreement"} <= set(outcome.eval)
