@@ -84,6 +84,8 @@ def main() -> int:
     parser.add_argument("--json", help="write one JSON object per type to this file")
     parser.add_argument("--write-docs", action="store_true", help="regenerate the table in docs/flops.md")
     parser.add_argument("--no-jamba", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="count the types in this many processes "
+                        "(the times per type are then each measured beside the others)")
     parser.add_argument("--from-json", help="rebuild the docs table from a --json file of an earlier run")
     args = parser.parse_args()
 
@@ -107,7 +109,7 @@ def main() -> int:
 
         rows = [SweepRow(**json.loads(line)) for line in open(args.from_json) if line.strip()]
     else:
-        rows = run_sweep(args.types or None, progress=progress)
+        rows = run_sweep(args.types or None, progress=progress, workers=args.workers)
     elapsed = time.perf_counter() - start
     counted = sum(r.status == "counted" for r in rows)
     causal = [r for r in rows if not r.seq2seq_only]

@@ -242,18 +242,45 @@ def check_type(model_type: str, seq_len: int = SEQ_LEN, timeout_s: int = 120) ->
         row.seconds = round(time.perf_counter() - start, 2)
 
 
-def run_sweep(types: list[str] | None = None, seq_len: int = SEQ_LEN, progress=None) -> list[SweepRow]:
+def run_sweep(types: list[str] | None = None, seq_len: int = SEQ_LEN, progress=None,
+              workers: int = 1) -> list[SweepRow]:
+    """A :class:`SweepRow` per type (all of :func:`sweep_types` by default), in order;
+    ``progress(row)`` after each. ``workers`` > 1: the types are counted in that many fresh
+    processes (spawned, one torch thread each), since each type is counted on its own."""
+    types = types or sweep_types()
+    if workers <= 1:
+        rows = [_quietly_checked(model_type, seq_len, progress) for model_type in types]
+        return rows
+    import multiprocessing
+
+    rows = []
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_one_thread) as pool:
+        for row in pool.imap(_checked_in_worker, [(model_type, seq_len) for model_type in types]):
+            rows.append(row)
+            if progress:
+                progress(row)
+    return rows
+
+
+def _quietly_checked(model_type: str, seq_len: int, progress=None) -> SweepRow:
     import warnings
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for model_type in types or sweep_types():
-            row = check_type(model_type, seq_len)
-            rows.append(row)
-            if progress:
-                progress(row)
-    return rows
+        row = check_type(model_type, seq_len)
+    if progress:
+        progress(row)
+    return row
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _checked_in_worker(job: tuple[str, int]) -> SweepRow:
+    return _quietly_checked(*job)
