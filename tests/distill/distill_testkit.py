@@ -107,3 +107,22 @@ def tiny_bpe(documents, vocab_size: int, *, sentencepiece_style: bool = False, f
 def text_documents(path: Path) -> list[str]:
     """The blank-line separated documents of a text file."""
     return [doc.strip() for doc in path.read_text(encoding="utf-8").split("\n\n") if doc.strip()]
+
+
+def fake_gpu_counter(monkeypatch, step_mj: int = 2_000, first_mj: int = 0) -> None:
+    """A fake NVML (``pynvml``) whose "GPU 0", an H100, reads ``first_mj`` millijoules and then
+    ``step_mj`` more at each reading; the CPU run reads it as its device."""
+    import sys
+    import types
+
+    from distill.runtime import energy as runtime_energy
+
+    readings = iter(range(first_mj, first_mj + 1_000 * step_mj, step_mj))
+    fake = types.ModuleType("pynvml")
+    fake.NVML_ERROR_NOT_SUPPORTED = 3
+    fake.nvmlInit = fake.nvmlShutdown = lambda: None
+    fake.nvmlDeviceGetHandleByIndex = lambda index: index
+    fake.nvmlDeviceGetName = lambda handle: "NVIDIA H100 80GB HBM3"
+    fake.nvmlDeviceGetTotalEnergyConsumption = lambda handle: next(readings)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(runtime_energy, "_nvml_target", lambda device: 0)

@@ -13,6 +13,7 @@ from audit.attest import PREDICATE_RUN_RECORD
 from audit.attest.verify import verify_envelope_file
 from audit.ledger.store import Ledger
 from distill.gate import GateRefused, open_gate
+from distill_testkit import fake_gpu_counter
 from gate_fixtures import FPT, STUDENT_TRAIN_FPT, compute_block, make_audit
 
 TOKENS = 64  # per step
@@ -220,24 +221,6 @@ def test_a_loop_that_took_no_step_for_the_budget_signs_nothing(project, signer):
     assert "first step did not fit" in refused.value.reasons[0] and "FLOP left" in refused.value.reasons[0]
     assert not (project.root / "out" / "run-record.intoto.json").exists()
     assert not (project.root / "out" / "README.md").exists()
-
-
-def fake_gpu_counter(monkeypatch, step_mj: int = 2_000):
-    """A fake NVML counter on "GPU 0" that grows by ``step_mj`` millijoules a reading."""
-    import sys
-    import types
-
-    from distill.runtime import energy as runtime_energy
-
-    readings = iter(range(0, 1_000_000, step_mj))
-    fake = types.ModuleType("pynvml")
-    fake.NVML_ERROR_NOT_SUPPORTED = 3
-    fake.nvmlInit = fake.nvmlShutdown = lambda: None
-    fake.nvmlDeviceGetHandleByIndex = lambda index: index
-    fake.nvmlDeviceGetName = lambda handle: "NVIDIA H100 80GB HBM3"
-    fake.nvmlDeviceGetTotalEnergyConsumption = lambda handle: next(readings)
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    monkeypatch.setattr(runtime_energy, "_nvml_target", lambda device: 0)
 
 
 def charged_energy(envelope) -> list:

@@ -16,7 +16,7 @@ from distill.data.training_data import build_manifest, write_manifest
 from distill.runtime.models import load_tokenizer
 from distill.train.loop import warmup_cosine
 from distill.train.trainer import TrainConfig, train
-from distill_testkit import TOKENIZER_DIR, TRAIN_TEXT, tiny_run
+from distill_testkit import TOKENIZER_DIR, TRAIN_TEXT, fake_gpu_counter, tiny_run
 
 
 def losses(path):
@@ -223,20 +223,7 @@ def test_a_manifest_other_than_the_audited_one_is_refused(planned):
 def test_loop_meters_the_gpu_energy_counter_every_step(tmp_path, monkeypatch):
     """A fake NVML counter (+1,500 mJ a reading) stands for a GPU: every step logs the energy so
     far, the checkpoint keeps it, and the result carries it for the run record."""
-    import sys
-    import types
-
-    from distill.runtime import energy as runtime_energy
-
-    readings = iter(range(10_000, 100_000, 1_500))
-    fake = types.ModuleType("pynvml")
-    fake.NVML_ERROR_NOT_SUPPORTED = 3
-    fake.nvmlInit = fake.nvmlShutdown = lambda: None
-    fake.nvmlDeviceGetHandleByIndex = lambda index: index
-    fake.nvmlDeviceGetName = lambda handle: "NVIDIA H100 80GB HBM3"
-    fake.nvmlDeviceGetTotalEnergyConsumption = lambda handle: next(readings)
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    monkeypatch.setattr(runtime_energy, "_nvml_target", lambda device: 0)   # the CPU run reads "GPU 0"
+    fake_gpu_counter(monkeypatch, step_mj=1_500, first_mj=10_000)   # the CPU run reads "GPU 0"
     result = train(TrainConfig.parse(tiny_run(tmp_path, max_steps=3, flops_per_token=500.0)))
     log = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl", encoding="utf-8")]
     assert [r["energy_j"] for r in log] == pytest.approx([1.5, 3.0, 4.5])
