@@ -50,7 +50,7 @@ def leaked_rows(data, held: torch.Tensor, starts: np.ndarray) -> tuple[int, int]
     """(held-out rows with a scored aligned position in a document some trained row reads, scored
     positions): what the evaluation would score of text the student trains on."""
     trained_docs = documents_of_rows(starts, data.order(0).tolist())
-    inputs, labels, _teacher, pairs = data.eval_rows(held)
+    _inputs, labels, _teacher, pairs = data.eval_rows(held)
     leaked = set()
     for b, i in pairs[:, :2].tolist():
         assert labels[b, i] != IGNORE_INDEX          # every scored pair has a label the CE reads
@@ -93,7 +93,7 @@ def test_only_aligned_positions_of_wholly_held_documents_are_scored(prepared):
     cfg, student, teacher, manifest = prepared
     data = open_cross_data(cfg, student, teacher, manifest)
     held = data.hold_out(HELD)
-    inputs, labels, teacher_inputs, pairs = data.rows(held)
+    inputs, _labels, teacher_inputs, pairs = data.rows(held)
     e_inputs, e_labels, e_teacher, e_pairs = data.eval_rows(held)
     assert torch.equal(inputs, e_inputs) and torch.equal(teacher_inputs, e_teacher)
     kept = {tuple(p) for p in e_pairs.tolist()}
