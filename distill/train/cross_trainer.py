@@ -13,7 +13,9 @@ Same loop, optimiser, meter, checkpoints and evaluation schedule as the logit re
   aligned positions, the hard-label term on every labelled position), divided by the step's
   labelled student positions;
 * evaluation: per aligned held-out position, the student's cross-entropy on its own next token,
-  the divergence, and top-1 agreement through the vocabulary map.
+  the divergence, and top-1 agreement through the vocabulary map. Held out by document, as the
+  logit recipe (the shards' document starts): only pairs whose label lies in a wholly held-out
+  document are scored.
 
 The teacher runs online (``teacher_source="online"``) on rows of the audited teacher row length;
 the meter charges per student token the audited rate (student training + teacher forward x
@@ -35,7 +37,7 @@ from typing import Callable, Optional
 import torch
 
 from audit.errors import InputError
-from distill.data.training_data import EpochOrder, load_training_data, read_manifest
+from distill.data.training_data import IGNORE_INDEX, EpochOrder, load_training_data, read_manifest
 from distill.runtime import distributed
 from distill.runtime.models import (HiddenStates, build_student, decoder_layers, final_hidden_states, head_weight,
                                     library_progress_bars, load_teacher, load_tokenizer, stop_at_end_of_turn)
@@ -45,10 +47,12 @@ from distill.train.cross_tokenizer import (CrossRows, VocabularyMap, aligned_agr
 
 class CrossData(EpochOrder):
     """:class:`CrossRows` in the loop's seeded epoch order; ``rows(ids)`` -> (student inputs,
-    labels, teacher inputs, pairs)."""
+    labels, teacher inputs, pairs). ``starts``: where documents start in the student's stream
+    (the shards' ``.idx`` offsets), so :meth:`hold_out` holds out whole documents as the logit
+    recipe does (:class:`distill.data.documents.DocumentIndex`)."""
 
-    def __init__(self, rows: CrossRows, seed: int):
-        self.cross, self.seed = rows, seed
+    def __init__(self, rows: CrossRows, seed: int, starts=None):
+        self.cross, self.seed, self.starts = rows, seed, starts
 
     def total_rows(self) -> int:
         return len(self.cross)
@@ -57,8 +61,18 @@ class CrossData(EpochOrder):
     def seq_len(self) -> int:
         return self.cross.seq_len
 
+    def document_starts(self):
+        return self.starts
+
     def rows(self, ids):
         return self.cross.rows(ids)
+
+    def eval_rows(self, ids) -> tuple:
+        """Held-out rows as evaluation reads them: the aligned pairs whose student label lies in a
+        wholly held-out document (the labels :meth:`EpochOrder.eval_rows` leaves scored)."""
+        inputs, labels, teacher_inputs, pairs = super().eval_rows(ids)
+        scored = labels[pairs[:, 0], pairs[:, 1]] != IGNORE_INDEX
+        return inputs, labels, teacher_inputs, pairs[scored]
 
 
 def check_heads(teacher, student, teacher_tokenizer, student_tokenizer) -> None:
@@ -89,7 +103,7 @@ def open_cross_data(cfg, student_tokenizer, teacher_tokenizer, manifest: Optiona
                                                  teacher_tokenizer=teacher_tokenizer, source=str(cfg.manifest))
     rows = CrossRows(student, teacher, cfg.seq_len, teacher_len_for(student, teacher, cfg.seq_len),
                      pad_id=teacher_tokenizer.eos_token_id or 0)
-    return CrossData(rows, cfg.seed)
+    return CrossData(rows, cfg.seed, shards.document_starts())
 
 
 def train_cross_tokenizer(cfg, *, resume: bool = False, on_step: Optional[Callable[[dict], None]] = None,

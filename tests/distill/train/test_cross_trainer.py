@@ -54,6 +54,9 @@ def test_a_cross_tokenizer_run_trains_meters_student_tokens_and_evaluates_on_ali
     assert outcome.eval is not None and outcome.eval["tokens"] > 0   # aligned held-out positions
     assert {"ce", "aligned_divergence", "top1_agreement"} <= set(outcome.eval)
     assert 0 <= outcome.eval["top1_agreement"] <= 1 and outcome.eval["aligned_divergence"] > 0
+    # held out by document, as the logit recipe; one evaluation metered at its held rows x seq_len
+    assert outcome.eval_split["by"] == "document" and 0 < outcome.eval_split["rows"] <= 8
+    assert outcome.eval_flops == outcome.eval_split["rows"] * 16 * 4.0e5
 
 
 def test_cached_teacher_logits_are_refused_for_a_cross_tokenizer_run(project, tmp_path):
