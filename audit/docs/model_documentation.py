@@ -6,7 +6,9 @@ Numbers: parameters and training compute to two significant figures (:func:`audi
 the parameter size range from the exact count (:func:`size_range`); training compute counted,
 not estimated from hardware: 1 multiply-add = 2 FLOP, forward + backward per training token,
 the teacher's forward passes and generation included; energy in MWh to two significant figures
-(:func:`audit.numbers.significant`; 1 MWh = 3.6e9 J).
+(:func:`audit.numbers.significant`; 1 MWh = 3.6e9 J); training time also as the form's range for
+national authorities (:func:`training_time_range`); inference computation as the FLOP of a named
+task, one forward pass over the audited sequence length (8.3, with the task and method in 8.4).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The public summary of training content (the Commission's template, July 2025): its sections,
 numbered as the template numbers them (its subsections 1.2 and 1.3 hold several fields each,
-numbered 1.2.1... here), each ``filled`` from signed evidence, ``needs-input`` (the ``disclosure.*`` plan field that fills
-it) or ``not-applicable``. Section 2.5 names every model whose outputs the student learned from
+numbered 1.2.1... here), each ``filled`` from signed evidence, ``needs-input`` (the
+``disclosure.*`` plan field that fills it) or ``not-applicable``. Section 2.5 names every model whose outputs the student learned from
 (the teachers), with what the plan and the generation records say about each.
 """
 
