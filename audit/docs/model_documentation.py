@@ -6,7 +6,9 @@ Numbers: parameters and training compute to two significant figures (:func:`audi
 the parameter size range from the exact count (:func:`size_range`); training compute counted,
 not estimated from hardware: 1 multiply-add = 2 FLOP, forward + backward per training token,
 the teacher's forward passes and generation included; energy in MWh to two significant figures
-(:func:`audit.numbers.significant`; 1 MWh = 3.6e9 J).
+(:func:`audit.numbers.significant`; 1 MWh = 3.6e9 J); training time also as the form's range for
+national authorities (:func:`training_time_range`); inference computation as the FLOP of a named
+task, one forward pass over the audited sequence length (8.3, with the task and method in 8.4).
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ from audit.numbers import exact, plain, sci, significant
 
 AUDIENCE_ALL = ("AI Office", "national authorities", "downstream providers")
 AUDIENCE_AUTHORITIES = ("AI Office", "national authorities")
-"""Who each item is for, as the form marks it: computational resources and energy are not for
-downstream providers."""
+"""Who each item is for, as the form marks it: computational resources, energy and the number of
+data points are not for downstream providers (the form asks the number of data points, training
+time and compute once for national authorities and once for the AI Office). See
+docs/eu-documents.md for which audiences were checked against a transcription of the form."""
 
 SIZE_RANGES = ((5e8, "1-500M"), (5e9, "500M-5B"), (1.5e10, "5B-15B"), (5e10, "15B-50B"),
                (1e11, "50B-100B"), (5e11, "100B-500B"), (1e12, "500B-1T"))
 """The form's parameter ranges by their upper edge (inclusive); above the last, ">1T"."""
+
+TRAINING_TIME_RANGES = ((1, "less than 1 month"), (3, "1 to 3 months"), (6, "3 to 6 months"))
+"""The form's training-time ranges for national authorities, by upper edge in months (inclusive);
+above the last, "more than 6 months"."""
+DAYS_PER_MONTH = 365.25 / 12
+"""A month as the mean Gregorian month (the form does not define one): 30.4375 days."""
 
 JOULES_PER_MWH = 3.6e9
 ENERGY_INPUTS = ["hardware.accelerator", "hardware.power_w", "hardware.pue"]
@@ -38,6 +48,15 @@ def size_range(params: float) -> str:
         if params <= upper:
             return label
     return ">1T"
+
+
+def training_time_range(wall_s: float) -> str:
+    """The form's training-time range (for national authorities) of a wall-clock time in seconds."""
+    months = wall_s / 86400 / DAYS_PER_MONTH
+    for upper, label in TRAINING_TIME_RANGES:
+        if months <= upper:
+            return label
+    return "more than 6 months"
 
 
 def filled(value: str, *sources: Source) -> dict:
@@ -155,8 +174,9 @@ def _training_time(ev: Evidence) -> dict:
     device_hours = math.fsum(as_number(r.predicate.get("accelerator_hours")) or 0.0 for r in ev.runs)
     devices = sorted({f"{(r.predicate.get('device') or {}).get('name')} x "
                       f"{(r.predicate.get('device') or {}).get('processes')}" for r in ev.runs})
-    text = (f"{plain(wall / 86400)} wall-clock days ({plain(wall / 3600)} h); {plain(device_hours / 24)} "
-            f"accelerator-days ({plain(device_hours)} accelerator-hours on {', '.join(devices)})")
+    text = (f"national authorities: {training_time_range(wall)}; AI Office: {plain(wall / 86400)} wall-clock days "
+            f"({plain(wall / 3600)} h), {plain(device_hours / 24)} accelerator-days ({plain(device_hours)} "
+            f"accelerator-hours on {', '.join(devices)})")
     generation = math.fsum(as_number(g.predicate.get("wall_time_s")) or 0.0 for g in ev.generations)
     if ev.generations:
         text += f"; teacher generation: {plain(generation / 3600)} h wall-clock"
@@ -233,10 +253,17 @@ def _energy_method(ev: Evidence) -> dict:
 
 
 def _inference(ev: Evidence) -> dict:
-    summary = ev.audit.compute.student
-    return filled(f"{sci(summary.forward_flops_per_token)} FLOP per token (forward pass counted at "
-                  f"{ev.audit.compute.seq_len} tokens of context; counted, not benchmarked on hardware)",
-                  ev.audit_source)
+    """FLOP of the task named in :func:`_inference_method`: one forward pass over ``seq_len`` tokens."""
+    per_token, seq_len = ev.audit.compute.student.forward_flops_per_token, ev.audit.compute.seq_len
+    return filled(f"{sci(per_token * seq_len)} FLOP for one forward pass over {exact(seq_len)} tokens "
+                  f"({sci(per_token)} FLOP per token)", ev.audit_source)
+
+
+def _inference_method(ev: Evidence) -> dict:
+    return filled(f"task: one forward pass of the student over a sequence of {exact(ev.audit.compute.seq_len)} "
+                  "tokens; hardware: none, the operations of the model's computation graph are counted on the "
+                  "meta device (1 multiply-add = 2 FLOP, attention over causal pairs), not benchmarked on "
+                  "hardware", ev.audit_source)
 
 
 def _intended_uses(ev: Evidence) -> dict:
@@ -261,9 +288,9 @@ def _disclosed(name: str):
 
 
 FORM = (
-    ("1.1", "General information", "Legal name of the model provider", AUDIENCE_ALL,
+    ("1.1", "General information", "Legal name for the model provider", AUDIENCE_ALL,
      lambda ev: from_plan(ev.plan.organization.name, "organization.name", ev)),
-    ("1.2", "General information", "Model name and publicly available versions", AUDIENCE_ALL, model_name),
+    ("1.2", "General information", "Model name", AUDIENCE_ALL, model_name),
     ("1.3", "General information", "Model authenticity", AUDIENCE_ALL, _authenticity),
     ("1.4", "General information", "Release date", AUDIENCE_ALL, _disclosed("release_date")),
     ("1.5", "General information", "Union market release date", AUDIENCE_ALL, _disclosed("eu_market_date")),
@@ -273,8 +300,8 @@ FORM = (
     ("2.3", "Model properties", "Input modalities and maximum input size", AUDIENCE_ALL, _disclosed("input_modalities")),
     ("2.4", "Model properties", "Output modalities and maximum output size", AUDIENCE_ALL,
      _disclosed("output_modalities")),
-    ("2.5", "Model properties", "Total number of parameters", AUDIENCE_ALL, _parameters),
-    ("2.6", "Model properties", "Parameter size range", AUDIENCE_ALL,
+    ("2.5", "Model properties", "Total model size", AUDIENCE_ALL, _parameters),
+    ("2.6", "Model properties", "Model size range", AUDIENCE_ALL,
      lambda ev: filled(size_range(ev.audit.compute.params_total), ev.audit_source)),
     ("3.1", "Methods of distribution and licences", "Distribution channels", AUDIENCE_ALL, _channels),
     ("3.2", "Methods of distribution and licences", "Licence", AUDIENCE_ALL,
@@ -285,25 +312,26 @@ FORM = (
      _disclosed("integration")),
     ("4.4", "Use", "Required hardware", AUDIENCE_ALL, _disclosed("required_hardware")),
     ("4.5", "Use", "Required software", AUDIENCE_ALL, _disclosed("required_software")),
-    ("4.6", "Use", "Contact for documentation requests", AUDIENCE_ALL, _disclosed("contact")),
     ("5.1", "Training process", "Design specifications of the training process", AUDIENCE_ALL, _training_process),
     ("5.2", "Training process", "Decision rationale", AUDIENCE_ALL, _disclosed("training_rationale")),
     ("6.1", "Data", "Data type and modality", AUDIENCE_ALL,
      lambda ev: filled("text (token sequences)", ev.audit_source)),
     ("6.2", "Data", "Provenance of the data", AUDIENCE_ALL, _provenance),
     ("6.3", "Data", "How the data was obtained and selected", AUDIENCE_ALL, _disclosed("data_collection")),
-    ("6.4", "Data", "Number of data points", AUDIENCE_ALL, _data_points),
+    ("6.4", "Data", "Number of data points", AUDIENCE_AUTHORITIES, _data_points),
     ("6.5", "Data", "Scope and main characteristics", AUDIENCE_ALL, _disclosed("data_description")),
     ("6.6", "Data", "Data curation", AUDIENCE_ALL, _disclosed("data_curation")),
     ("6.7", "Data", "Measures to detect unsuitable data sources", AUDIENCE_ALL, _disclosed("unsuitable_data_measures")),
     ("6.8", "Data", "Measures to detect identifiable biases", AUDIENCE_ALL, _disclosed("bias_measures")),
     ("7.1", "Computational resources", "Training time", AUDIENCE_AUTHORITIES, _training_time),
-    ("7.2", "Computational resources", "Amount of compute used for training", AUDIENCE_AUTHORITIES, _compute),
+    ("7.2", "Computational resources", "Amount of computation used for training", AUDIENCE_AUTHORITIES, _compute),
     ("7.3", "Computational resources", "Method used to measure or estimate the compute", AUDIENCE_AUTHORITIES,
      _compute_method),
-    ("8.1", "Energy", "Energy used for training", AUDIENCE_AUTHORITIES, _energy),
+    ("8.1", "Energy", "Amount of energy used for training", AUDIENCE_AUTHORITIES, _energy),
     ("8.2", "Energy", "Method used to measure or estimate the energy", AUDIENCE_AUTHORITIES, _energy_method),
-    ("8.3", "Energy", "Benchmarked compute per inference", AUDIENCE_AUTHORITIES, _inference),
+    ("8.3", "Energy", "Benchmarked amount of computation used for inference", AUDIENCE_AUTHORITIES, _inference),
+    ("8.4", "Energy", "Measurement methodology for the computation used for inference", AUDIENCE_AUTHORITIES,
+     _inference_method),
 )
 
 
@@ -314,8 +342,9 @@ def model_documentation(ev: Evidence) -> dict:
         entry = {"id": item_id, "section": section, "item": label, "audience": list(audience)}
         entry.update(fill(ev))
         items.append(entry)
+    contact = ev.plan.disclosure.contact if ev.plan.disclosure else None
     return {"form": "Model Documentation Form (GPAI Code of Practice, Transparency chapter, July 2025)",
-            "model": ev.plan.student.name, "audit": audit_line(ev), "items": items}
+            "model": ev.plan.student.name, "contact": contact, "audit": audit_line(ev), "items": items}
 
 
 def audit_line(ev: Evidence) -> dict:

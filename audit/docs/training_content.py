@@ -1,6 +1,7 @@
 """The public summary of training content (the Commission's template, July 2025): its sections,
-each ``filled`` from signed evidence, ``needs-input`` (the ``disclosure.*`` plan field that fills
-it) or ``not-applicable``. Section 2.5 names every model whose outputs the student learned from
+numbered as the template numbers them (its subsections 1.2 and 1.3 hold several fields each,
+numbered 1.2.1... here), each ``filled`` from signed evidence, ``needs-input`` (the
+``disclosure.*`` plan field that fills it) or ``not-applicable``. Section 2.5 names every model whose outputs the student learned from
 (the teachers), with what the plan and the generation records say about each.
 """
 
@@ -19,13 +20,16 @@ from audit.docs.model_documentation import (
 )
 from audit.numbers import exact
 
-TOKEN_RANGES = ((1e9, "less than 1 billion tokens"), (1e13, "1 billion to 10 trillion tokens"))
-"""The template's size ranges for text, by upper edge (exclusive); above, more than 10 trillion."""
+TOKEN_RANGES = ((1e9, False, "less than 1 billion tokens"), (1e13, True, "1 billion to 10 trillion tokens"))
+"""The template's size ranges for text by upper edge and whether the edge is in the range: "less
+than 1 billion" excludes 1 billion, "1 billion to 10 trillion" includes 10 trillion; above it,
+"more than 10 trillion tokens"."""
 
 
 def token_range(tokens: float) -> str:
-    for upper, label in TOKEN_RANGES:
-        if tokens < upper:
+    """The template's size range of a text dataset of ``tokens`` tokens."""
+    for upper, inclusive, label in TOKEN_RANGES:
+        if tokens < upper or (inclusive and tokens == upper):
             return label
     return "more than 10 trillion tokens"
 
@@ -36,8 +40,11 @@ def _disclosed(ev: Evidence, name: str) -> dict:
 
 
 def _size(ev: Evidence) -> dict:
-    tokens = ev.audit.compute.tokens
-    return filled(f"text: {token_range(tokens)} ({exact(tokens)} training tokens, all epochs)", ev.audit_source)
+    """The size of the training data (the template asks for the data's size, not for how many times
+    it was seen): ``data.tokens``, one epoch; the tokens over all epochs are shown beside it."""
+    data = ev.plan.data
+    return filled(f"text: {token_range(data.tokens)} ({exact(data.tokens)} tokens of training data; "
+                  f"{exact(ev.audit.compute.tokens)} training tokens over {data.epochs:g} epoch(s))", ev.audit_source)
 
 
 def _public(ev: Evidence) -> dict:
@@ -103,14 +110,15 @@ def _synthetic(ev: Evidence) -> dict:
 
 
 SECTIONS = (
-    ("1.1", "General information", "Provider", lambda ev: from_plan(ev.plan.organization.name, "organization.name", ev)),
-    ("1.2", "General information", "Model name and versions", model_name),
-    ("1.3", "General information", "Dependencies on other models", dependencies),
-    ("1.4", "General information", "Date placed on the EU market", lambda ev: _disclosed(ev, "eu_market_date")),
-    ("1.5", "General information", "Training data size per modality", _size),
-    ("1.6", "General information", "Content types", lambda ev: filled("text", ev.audit_source)),
-    ("1.7", "General information", "Latest data collection date", lambda ev: _disclosed(ev, "data_collection_end")),
-    ("1.8", "General information", "Languages", lambda ev: _disclosed(ev, "languages")),
+    ("1.1", "General information", "Provider identification", lambda ev: from_plan(ev.plan.organization.name, "organization.name", ev)),
+    ("1.2.1", "General information", "Model identification: versioned model name", model_name),
+    ("1.2.2", "General information", "Model identification: model dependencies", dependencies),
+    ("1.2.3", "General information", "Model identification: date placed on the Union market",
+     lambda ev: _disclosed(ev, "eu_market_date")),
+    ("1.3.1", "General information", "Modalities: training data size per modality", _size),
+    ("1.3.2", "General information", "Modalities: types of content", lambda ev: filled("text", ev.audit_source)),
+    ("1.3.3", "General information", "Latest date of data collection", lambda ev: _disclosed(ev, "data_collection_end")),
+    ("1.3.4", "General information", "Linguistic characteristics (languages)", lambda ev: _disclosed(ev, "languages")),
     ("2.1", "Data sources", "Publicly available datasets", _public),
     ("2.2", "Data sources", "Private non-public datasets from third parties", lambda ev: _disclosed(ev, "private_datasets")),
     ("2.3", "Data sources", "Data crawled and scraped online", _crawled),

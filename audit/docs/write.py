@@ -97,10 +97,18 @@ def _from_audit(document: dict) -> str:
             f"{escape(audit['outcome'])}) and {runs}.")
 
 
+def _contact(form: dict) -> str:
+    """The contact for documentation requests (the Code's Measure 1.2 asks for it to be public; it
+    is not an item of the form)."""
+    if form.get("contact"):
+        return f"Contact for documentation requests: {escape(form['contact'])}."
+    return "Contact for documentation requests: NEEDS INPUT (`disclosure.contact`)."
+
+
 def render_form(form: dict) -> str:
     intro = (f"{escape(form['form'])}, for {escape(form['model'])}. Written by `flopgate docs eu` from signed "
              "evidence; each value names the signed file it came from. Items marked NEEDS INPUT name the plan "
-             f"field (or record) that fills them. {_from_audit(form)}")
+             f"field (or record) that fills them. {_from_audit(form)} {_contact(form)}")
     return _markdown(f"Model documentation: {form['model']}", intro, form["items"],
                      lambda e: f"{e['id']} {escape(e['item'])}")
 

@@ -16,7 +16,7 @@ from audit.attest import PREDICATE_GENERATION_RECORD, PREDICATE_RUN_RECORD
 from audit.attest.dsse import parse_envelope, write_envelope
 from audit.attest.statement import InputFile, build_subjects, make_statement, sign_statement
 from audit.cli.main import main
-from audit.docs.model_documentation import FORM, size_range
+from audit.docs.model_documentation import FORM, size_range, training_time_range
 from audit.docs.training_content import SECTIONS, token_range
 from audit.docs.write import DOCUMENT_FILES, STATEMENT_NAME
 from audit.numbers import sci
@@ -119,9 +119,61 @@ def test_the_size_range_comes_from_the_exact_count_not_the_rounded_one():
 
 
 def test_token_ranges_at_their_edges():
-    assert [token_range(t) for t in (1e9 - 1, 1e9, 1e13 - 1, 1e13)] == [
+    # "less than 1 billion" leaves 1 billion out; "1 billion to 10 trillion" holds 10 trillion itself
+    assert [token_range(t) for t in (1e9 - 1, 1e9, 1e13 - 1, 1e13, 1e13 + 1)] == [
         "less than 1 billion tokens", "1 billion to 10 trillion tokens", "1 billion to 10 trillion tokens",
-        "more than 10 trillion tokens"]
+        "1 billion to 10 trillion tokens", "more than 10 trillion tokens"]
+
+
+DAY = 86400.0
+
+
+@pytest.mark.parametrize("days, shown", [
+    (1, "less than 1 month"), (30.4375, "less than 1 month"), (30.5, "1 to 3 months"), (91.3125, "1 to 3 months"),
+    (92, "3 to 6 months"), (182.625, "3 to 6 months"), (183, "more than 6 months")])
+def test_training_time_ranges_for_national_authorities_at_their_edges(days, shown):
+    # the form's ranges: less than 1 month, 1-3, 3-6, more than 6 months (a month: 365.25 / 12 days)
+    assert training_time_range(days * DAY) == shown
+
+
+# item labels as the form writes them (a transcription of the form's PDF; see docs/eu-documents.md)
+FORM_LABELS = {"1.1": "Legal name for the model provider", "1.2": "Model name", "2.5": "Total model size",
+               "2.6": "Model size range", "7.2": "Amount of computation used for training",
+               "8.1": "Amount of energy used for training",
+               "8.3": "Benchmarked amount of computation used for inference"}
+
+
+def test_item_labels_are_the_forms():
+    labels = {item[0]: item[2] for item in FORM}
+    assert {key: labels.get(key) for key in FORM_LABELS} == FORM_LABELS
+
+
+def test_the_form_has_the_inference_methodology_item_and_no_contact_item():
+    labels = {item[0]: item[2] for item in FORM}
+    assert len(FORM) == 36 and len(labels) == 36
+    assert labels["8.4"].startswith("Measurement methodology") and "inference" in labels["8.4"]
+    assert not any("contact" in label.lower() for label in labels.values())
+
+
+def audience(item_id: str) -> set[str]:
+    """Who an item is for: the number of data points, computational resources and energy are for the
+    AI Office and national authorities only (the form's checkboxes as transcribed); the rest as before."""
+    section = item_id.split(".")[0]
+    if section in ("7", "8") or item_id == "6.4":
+        return {"AI Office", "national authorities"}
+    return {"AI Office", "national authorities", "downstream providers"}
+
+
+def test_each_item_is_for_the_audience_the_form_marks():
+    assert {item[0]: set(item[3]) for item in FORM} == {item[0]: audience(item[0]) for item in FORM}
+
+
+def test_summary_sections_are_numbered_as_the_template_numbers_them():
+    ids = [section[0] for section in SECTIONS]
+    assert ids == ["1.1", "1.2.1", "1.2.2", "1.2.3", "1.3.1", "1.3.2", "1.3.3", "1.3.4",
+                   "2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "3.1", "3.2"]
+    titles = {section[0]: section[2] for section in SECTIONS}
+    assert titles["1.2.3"].endswith("date placed on the Union market") and "size" in titles["1.3.1"]
 
 
 # -- the documents, from every bundled example ----------------------------------------------
@@ -139,9 +191,7 @@ def assert_complete(out: Path) -> tuple[dict, dict]:
         else:
             assert entry["reason"]
     for entry in form["items"]:
-        assert set(entry["audience"]) <= {"AI Office", "national authorities", "downstream providers"}
-        assert ("downstream providers" in entry["audience"]) is (entry["section"] not in (
-            "Computational resources", "Energy"))
+        assert set(entry["audience"]) == audience(entry["id"])
     return form, summary
 
 
@@ -176,7 +226,8 @@ def test_quickstart_like_run_fills_time_compute_energy_and_verifies(tmp_path, ke
     params = audit["compute"]["params_total"]
     assert items["2.5"]["value"].startswith(sci(params) + " (") and items["2.6"]["value"] == size_range(params)
     # 86400 s wall-clock on 2 processes: 1 day, 2 accelerator-days
-    assert items["7.1"]["status"] == "filled" and items["7.1"]["value"].startswith("1 wall-clock days")
+    assert items["7.1"]["status"] == "filled"
+    assert items["7.1"]["value"].startswith("national authorities: less than 1 month; AI Office: 1 wall-clock days")
     assert "2 accelerator-days" in items["7.1"]["value"]
     fpt = audit["compute"]["total_flops"] / audit["compute"]["tokens"]
     assert items["7.2"]["value"].startswith(f"{sci(192 * fpt)} FLOP")
@@ -385,3 +436,98 @@ def test_a_bad_disclosure_block_is_one_line_naming_the_field(tmp_path, block, fi
     with pytest.raises(InputError) as failure:
         load_plan(plan)
     assert field in str(failure.value) and "\n" not in str(failure.value)
+
+
+def test_inference_computation_names_its_task_and_the_contact_heads_the_form(tmp_path, keys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(QUICKSTART_LIKE.read_text() + "disclosure: {contact: ai-docs@example.com}\n")
+    envelope = check(plan, tmp_path / "audit", keys[0])
+    assert docs(envelope, tmp_path / "docs", keys) == 0
+    form = load(tmp_path / "docs", "model-documentation.json")
+    items = by_id(form, "items")
+    compute = json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"]["compute"]
+    per_token, seq_len = compute["student"]["forward_flops_per_token"], compute["seq_len"]
+    # the form asks FLOP for a described task (8.3) and the task and hardware (8.4), not FLOP per token alone
+    assert items["8.3"]["value"].startswith(f"{sci(per_token * seq_len)} FLOP for one forward pass over 4,096 tokens")
+    assert "sequence of 4,096 tokens" in items["8.4"]["value"] and "not benchmarked on hardware" in items["8.4"]["value"]
+    assert form["contact"] == "ai-docs@example.com"
+    assert "Contact for documentation requests: ai-docs@example.com." in (tmp_path / "docs" / "model-documentation.md"
+                                                                        ).read_text()
+
+
+def test_the_data_size_range_is_of_the_data_not_of_its_epochs(tmp_path, keys):
+    # 6e8 tokens seen twice: 1.2e9 training tokens, but the training data is under 1 billion tokens
+    plan = tmp_path / "plan.yaml"
+    text = QUICKSTART_LIKE.read_text()
+    assert "data: {tokens: 2.0e10, seq_len: 4096, epochs: 1}" in text
+    plan.write_text(text.replace("data: {tokens: 2.0e10, seq_len: 4096, epochs: 1}",
+                                 "data: {tokens: 6.0e8, seq_len: 4096, epochs: 2}"))
+    envelope = check(plan, tmp_path / "audit", keys[0])
+    assert docs(envelope, tmp_path / "docs", keys) == 0
+    size = by_id(load(tmp_path / "docs", "training-content-summary.json"), "sections")["1.3.1"]
+    assert size["value"].startswith("text: less than 1 billion tokens (600,000,000 tokens of training data; "
+                                    "1,200,000,000 training tokens over 2 epoch(s))")
+
+
+def entry_block(markdown: str, heading: str) -> list[str]:
+    """The lines of one entry of a rendered document: from its heading to the next blank line."""
+    lines = markdown.splitlines()
+    start = lines.index(heading) + 2     # the heading, then a blank line
+    end = lines.index("", start)
+    return lines[start:end]
+
+
+def test_the_markdown_of_a_quickstart_like_logit_run(tmp_path, keys):
+    auditor, runner = keys
+    envelope = check(QUICKSTART_LIKE, tmp_path / "audit", auditor)
+    record = run_record(envelope, tmp_path / "run", runner,
+                        energy={"joules": 7.2e9, "status": "measured", "method": "NVML total energy counter",
+                                "pue": None})
+    assert docs(envelope, tmp_path / "docs", keys, "--run-record", str(record),
+                "--runner-pubkey", str(runner.public_path)) == 0
+    form_md = (tmp_path / "docs" / "model-documentation.md").read_text()
+    summary_md = (tmp_path / "docs" / "training-content-summary.md").read_text()
+    form = load(tmp_path / "docs", "model-documentation.json")
+    audit = json.loads(parse_envelope(envelope.read_bytes()).payload)["predicate"]
+    audit_sha = hashlib.sha256(envelope.read_bytes()).hexdigest()
+    record_sha = hashlib.sha256(record.read_bytes()).hexdigest()
+    fpt = audit["compute"]["total_flops"] / audit["compute"]["tokens"]
+
+    lines = form_md.splitlines()
+    assert lines[0] == "# Model documentation: Llama-Acme-Support-1B"
+    assert f"(sha256 `{audit_sha[:16]}...`, outcome {audit['outcome']}) and 1 run record(s)." in lines[2]
+    assert lines[2].endswith("Contact for documentation requests: NEEDS INPUT (`disclosure.contact`).")
+    statuses = [item["status"] for item in form["items"]]
+    assert lines[4] == (f"{statuses.count('filled')} filled, {statuses.count('needs-input')} need input, "
+                        f"{statuses.count('not-applicable')} not applicable.")
+    assert [line for line in lines if line.startswith("## ")] == [
+        "## General information", "## Model properties", "## Methods of distribution and licences", "## Use",
+        "## Training process", "## Data", "## Computational resources", "## Energy"]
+    assert len([line for line in lines if line.startswith("### ")]) == 36
+    assert entry_block(form_md, "### 7.2 Amount of computation used for training") == [
+        "- **Status:** filled", "- **For:** AI Office, national authorities",
+        (f"- **Value:** {sci(192 * fpt)} FLOP (order of magnitude 1e{int(f'{192 * fpt:e}'.split('e')[1])}): "
+         f"training runs {sci(192 * fpt)} FLOP"),
+        f"- **Source:** run record `run-record.intoto.json` (sha256 `{record_sha[:16]}...`)"]
+    assert entry_block(form_md, "### 7.1 Training time")[2].startswith(
+        "- **Value:** national authorities: less than 1 month; AI Office: 1 wall-clock days (24 h), 2 accelerator-days")
+    assert entry_block(form_md, "### 8.1 Amount of energy used for training")[:3] == [
+        "- **Status:** filled", "- **For:** AI Office, national authorities", "- **Value:** 2.0 MWh (measured; 7.2e9 J)"]
+    assert entry_block(form_md, "### 6.4 Number of data points")[1] == "- **For:** AI Office, national authorities"
+    assert entry_block(form_md, "### 2.6 Model size range")[:3] == [
+        "- **Status:** filled", "- **For:** AI Office, national authorities, downstream providers",
+        f"- **Value:** {size_range(audit['compute']['params_total'])}"]
+    assert entry_block(form_md, "### 1.4 Release date") == [
+        "- **Status:** NEEDS INPUT", "- **For:** AI Office, national authorities, downstream providers",
+        "- **Add:** `disclosure.release_date`"]
+
+    lines = summary_md.splitlines()
+    assert lines[0] == "# Public summary of training content: Llama-Acme-Support-1B"
+    assert entry_block(summary_md, "### 1.3.1 Modalities: training data size per modality")[1] == (
+        "- **Value:** text: 1 billion to 10 trillion tokens (20,000,000,000 tokens of training data; "
+        "20,000,000,000 training tokens over 1 epoch(s))")
+    assert entry_block(summary_md, "### 2.5 Synthetic data and the models that generated it")[1].startswith(
+        "- **Value:** meta-llama/Llama-3.1-70B-Instruct: plan teacher (access weights")
+    assert entry_block(summary_md, "### 2.3 Data crawled and scraped online") == [
+        "- **Status:** NEEDS INPUT", "- **Add:** `disclosure.crawler`"]
+    assert "**For:**" not in summary_md   # audiences are the form's, not the summary's
