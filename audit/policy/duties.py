@@ -12,7 +12,7 @@ its citation), so the decision names the duty once and its sources all. Obligati
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from audit.policy.decision import LegalBasis, Obligation
 

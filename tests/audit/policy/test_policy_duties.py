@@ -13,12 +13,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
-import audit.policy.engine as engine
-from audit.policy.decision import Citation, LegalBasis, Obligation
-from audit.policy.duties import bases_note, duty_key, merge_duties
 from policy_factories import make_compute, make_plan
 from test_policy_scenarios import SCENARIOS, run_scenario
+
+from audit.policy import engine
+from audit.policy.decision import Citation, LegalBasis, Obligation
+from audit.policy.duties import bases_note, duty_key, merge_duties
 
 ROWS = [r for r in SCENARIOS if {"same_duty", "separate"} & set(r["expect"])]
 
