@@ -90,7 +90,7 @@ def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.dat
     findings = (findings + market_findings + teacher_findings + base_findings + source_findings + org_findings
                 + data_findings(ctx) + uncounted_findings(compute))
     obligations = merge_duties(obligations + market_obligations + teacher_obligations + base_obligations
-                          + source_obligations + org_obligations)
+                               + source_obligations + org_obligations)  # one duty, one obligation
     outcome, rule_ids = outcome_of(findings, obligations)
     return Decision(outcome=outcome, as_of=as_of, findings=findings, obligations=obligations,
                     regimes=regimes, rule_ids=rule_ids,
