@@ -19,6 +19,7 @@ from typing import Literal
 
 from audit.ci.fields import finding_fields, locate, rule_fields
 from audit.policy.decision import Citation, Decision
+from audit.policy.duties import bases_note
 from audit.policy.packs import PolicySet
 from audit.yamlio import field_positions
 
@@ -98,7 +99,7 @@ def judge(path: str, raw: bytes, sha256: str, plan_name: str, student_init: str,
         level = "warning" if o.checkable and o.status == "unmet" else "note"
         deadline = f" (deadline: {o.deadline})" if o.deadline else ""
         seen = f" Observed: {observed[o.rule_id]}." if o.rule_id in observed else ""
-        add(o.rule_id, level, f"Obligation {o.id} ({o.status}): {o.text}{deadline}{seen}",
+        add(o.rule_id, level, f"Obligation {o.id} ({o.status}): {o.text}{deadline}{seen}{bases_note(o)}",
             rule_fields(o.rule_id, packs, student_init), "obligation")
     results.sort(key=lambda r: (LEVEL_ORDER[r.level], r.line, r.column, r.rule_id))
     return JudgedPlan(path, sha256, plan_name, decision, exit_code, tuple(results),

@@ -17,6 +17,7 @@ from audit.cli.args import add_format_option, add_ledger_option, help_text, iso_
 from audit.cli.terminal import console, first_sentence, hardware_line
 from audit.numbers import percent, sci
 from audit.policy.decision import regime_figures
+from audit.policy.duties import bases_note
 
 DEFAULT_OUT = "flopgate-audit"
 
@@ -160,6 +161,6 @@ def _print_verdict(out, result) -> None:
     for ob in decision.obligations:
         mark = {"met": "[green]met[/green]", "unmet": "[red]UNMET[/red]", "todo": "to do"}[ob.status]
         deadline = f" (deadline: {ob.deadline})" if ob.deadline else ""
-        out.print(f"  obligation {mark}: {escape(ob.text)}{escape(deadline)}")
+        out.print(f"  obligation {mark}: {escape(ob.text)}{escape(deadline)}{escape(bases_note(ob))}")
     out.print(f"wrote {escape(str(result.envelope_path))}, {result.payload_path.name}, {result.html_path.name} "
               f"(signed by {short_fingerprint(result.signer_keyid)})")

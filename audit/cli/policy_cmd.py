@@ -8,6 +8,7 @@ from pathlib import Path
 from audit.cli.args import add_format_option, iso_date
 from audit.numbers import counted
 from audit.policy.decision import regime_figures
+from audit.policy.duties import bases_note
 
 _CHANNELS = ("weights", "api", "consumer_app")
 _SINGULAR = {"regimes": "regime", "terms": "terms", "teachers": "teacher", "rules": "rule"}  # "1 terms": documents
@@ -173,7 +174,7 @@ def print_decision(decision, plan_name: str, path: str | None = None) -> None:
             obligations.add_column(column, overflow="fold")
         for o in decision.obligations:
             status = o.status + (" (authorised)" if o.authorized else "")
-            obligations.add_row(status, escape(o.id), escape(o.text), escape(o.deadline or ""))
+            obligations.add_row(status, escape(o.id), escape(o.text + bases_note(o)), escape(o.deadline or ""))
         out.print(obligations)
     out.print(escape("packs: " + ", ".join(f"{p['id']}@{p['version']}" for p in decision.packs)))
 

@@ -38,6 +38,14 @@ class Finding(StrictModel):
     source: Optional[str] = None        # which teacher or data source it is about, when a plan has several
 
 
+class LegalBasis(StrictModel):
+    """One rule that imposes an obligation: the pack's obligation id, the rule and its source."""
+
+    obligation_id: str
+    rule_id: str
+    citation: Optional[Citation] = None
+
+
 class Obligation(StrictModel):
     id: str
     rule_id: str
@@ -46,6 +54,8 @@ class Obligation(StrictModel):
     checkable: bool                      # can the plan tell us now whether it is met?
     status: Literal["met", "unmet", "todo"]
     authorized: bool = False             # status changed by a provider's written authorisation
+    duty: Optional[str] = None           # the pack's duty key: obligations naming one duty are merged into one
+    legal_bases: list[LegalBasis] = []   # every rule that imposes it, with its citation (one per regime)
 
 
 class RegimeResult(StrictModel):

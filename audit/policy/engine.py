@@ -42,6 +42,7 @@ from audit.policy.failclosed import engine_finding
 from audit.policy.markets import evaluate_markets
 from audit.policy.decision import Decision, Finding, Obligation, Outcome, TeacherResolution
 from audit.policy.derivatives import lineage_text, with_lineage
+from audit.policy.duties import merge_duties
 from audit.policy.sources import OutputSource, TableNote, output_sources
 from audit.policy.org_rules import evaluate_rules
 from audit.policy.packs import PolicySet
@@ -88,8 +89,8 @@ def decide(plan: Plan, compute: ComputeEstimate, packs: PolicySet, as_of: dt.dat
 
     findings = (findings + market_findings + teacher_findings + base_findings + source_findings + org_findings
                 + data_findings(ctx) + uncounted_findings(compute))
-    obligations = _merged(obligations + market_obligations + teacher_obligations + base_obligations
-                          + source_obligations + org_obligations)
+    obligations = merge_duties(obligations + market_obligations + teacher_obligations + base_obligations
+                               + source_obligations + org_obligations)  # one duty, one obligation
     outcome, rule_ids = outcome_of(findings, obligations)
     return Decision(outcome=outcome, as_of=as_of, findings=findings, obligations=obligations,
                     regimes=regimes, rule_ids=rule_ids,
@@ -134,18 +135,6 @@ def _table_findings(notes: list[TableNote], plain: list[str]) -> list[Finding]:
             "is taken as written by people; if a model wrote any of it, list that model in generated_by.",
             observed=label, effect="info").model_copy(update={"source": label}))
     return out
-
-
-_LEAST_MET_FIRST = ("unmet", "todo", "met")
-
-
-def _merged(obligations: list[Obligation]) -> list[Obligation]:
-    """One obligation per id (the same terms reached through two sources): the least met one."""
-    kept: dict[str, Obligation] = {}
-    for ob in obligations:
-        if ob.id not in kept or _LEAST_MET_FIRST.index(ob.status) < _LEAST_MET_FIRST.index(kept[ob.id].status):
-            kept[ob.id] = ob
-    return list(kept.values())
 
 
 def _resolve_base(plan: Plan, packs: PolicySet, facts: PlanFacts) -> Resolution | None:
@@ -373,12 +362,17 @@ def outcome_of(findings: list[Finding], obligations: list[Obligation]) -> tuple[
     if deny:
         return "DENY", _unique(deny)
     review = [f.rule_id for f in findings if f.effect == "review"]
-    review += [o.rule_id for o in obligations if o.status == "unmet"]
+    review += [rule for o in obligations if o.status == "unmet" for rule in _imposed_by(o)]
     if review:
         return "REVIEW", _unique(review)
     if obligations:
-        return "ALLOW_WITH_OBLIGATIONS", _unique([o.rule_id for o in obligations])
+        return "ALLOW_WITH_OBLIGATIONS", _unique([rule for o in obligations for rule in _imposed_by(o)])
     return "ALLOW", _unique([f.rule_id for f in findings if f.effect == "allow"])
+
+
+def _imposed_by(ob: Obligation) -> list[str]:
+    """The obligation's rule, then every other rule that imposes the same duty (its legal bases)."""
+    return [ob.rule_id] + [b.rule_id for b in ob.legal_bases]
 
 
 def gate_would_open(decision: Decision) -> bool:

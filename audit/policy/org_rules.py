@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from audit.policy.conditions import Context, missing_facts, when_holds
 from audit.policy.failclosed import rule_error
-from audit.policy.decision import Finding, Obligation
+from audit.policy.decision import Finding, LegalBasis, Obligation
 from audit.policy.packs import PolicySet
 
 
@@ -28,8 +28,9 @@ def evaluate_rules(ctx: Context, packs: PolicySet) -> tuple[list[Finding], list[
             effect = "review"
             text = f"cannot tell whether it applies: {', '.join(missing_facts(rule.when, ctx))} unknown. {rule.explanation}"
         elif rule.effect == "obligation":
+            basis = LegalBasis(obligation_id=rule.id, rule_id=rule.id, citation=rule.citation)
             obligations.append(Obligation(id=rule.id, rule_id=rule.id, text=rule.text, deadline=rule.deadline,
-                                          checkable=False, status="todo"))
+                                          checkable=False, status="todo", legal_bases=[basis]))
         findings.append(Finding(rule_id=rule.id, pack_id=loaded.pack.id, pack_version=loaded.pack.version,
                                 kind="organization", effect=effect, citation=rule.citation, explanation=text))
     return findings, obligations

@@ -34,7 +34,7 @@ from audit.policy.conditions import (
     uncovered_jurisdictions, when_holds,
 )
 from audit.policy.failclosed import engine_finding, rule_error
-from audit.policy.decision import Finding, Obligation, RegimeResult
+from audit.policy.decision import Finding, LegalBasis, Obligation, RegimeResult
 from audit.policy.packs import LoadedPack, PolicySet
 from audit.policy.provider import FALLBACK_GPAI, FALLBACK_SYSTEMIC, provider_role
 from audit.policy.schema import Regime
@@ -301,5 +301,6 @@ def duty_of(regime, spec, ctx: Context) -> Optional[Obligation]:
     if spec.deadline_days_from_audit is not None and ctx.audit_date is not None:
         date = ctx.audit_date + dt.timedelta(days=spec.deadline_days_from_audit)
         deadline = f"{date.isoformat()} ({deadline})" if deadline else date.isoformat()
+    basis = LegalBasis(obligation_id=spec.id, rule_id=regime.id, citation=spec.citation or regime.citation)
     return Obligation(id=spec.id, rule_id=regime.id, text=text, deadline=deadline,
-                      checkable=False, status="todo")
+                      checkable=False, status="todo", duty=spec.duty, legal_bases=[basis])

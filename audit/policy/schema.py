@@ -309,6 +309,9 @@ class HostEntry(StrictModel):
 class ObligationSpec(StrictModel):
     id: RuleId
     text: str = Field(min_length=1)
+    duty: Optional[RuleId] = Field(
+        default=None, description="names the duty when another regime imposes the same one: obligations with "
+        "the same duty become one obligation in a decision, citing every rule that imposes it")
     deadline: Optional[str] = Field(default=None, description="in words, as the text gives it")
     deadline_days_from_start: Optional[int] = Field(
         default=None, ge=0, description="adds an ISO date: schedule.start + this many days")
@@ -363,7 +366,7 @@ class Regime(StrictModel):
             raise ValueError("in_force_until must be after in_force_from")
         if self.effect == "obligation" and not self.obligations:
             raise ValueError("effect 'obligation' needs at least one obligation")
-        return self
+        return _one_obligation_per_duty(self)
 
 
 class Market(StrictModel):
@@ -381,6 +384,20 @@ class Market(StrictModel):
     obligations: list[ObligationSpec] = []
     citation: Citation
     explanation: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _duties(self):
+        return _one_obligation_per_duty(self)
+
+
+def _one_obligation_per_duty(rule):
+    """Two obligations of one regime or market that name the same ``duty`` would be merged into
+    one: a pack error, not a decision to make at run time."""
+    duties = [spec.duty for spec in rule.obligations if spec.duty is not None]
+    twice = sorted({d for d in duties if duties.count(d) > 1})
+    if twice:
+        raise ValueError(f"duty {twice[0]!r} is named by two obligations of one rule; expected one each")
+    return rule
 
 
 class OrgRule(StrictModel):

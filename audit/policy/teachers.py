@@ -43,7 +43,7 @@ from audit.policy.conditions import (
     when_holds,
 )
 from audit.policy.failclosed import engine_finding, rule_error
-from audit.policy.decision import Finding, Obligation
+from audit.policy.decision import Finding, LegalBasis, Obligation
 from audit.policy.packs import LoadedPack, PolicySet
 from audit.policy.schema import HostEntry, TeacherEntry, Upstream, When
 from audit.policy.territory import territory_outcome
@@ -405,14 +405,18 @@ def evaluate_base_model(ctx: Context, packs: PolicySet, base: Optional[Resolutio
                             f"these weights, so this binds it. {out.explanation}"))
             if out.obligation is not None:
                 ob = out.obligation
-                obligations.append(ob.model_copy(update={"id": BASE_PREFIX + ob.id, "rule_id": rule_id}))
+                bases = [b.model_copy(update={"obligation_id": BASE_PREFIX + b.obligation_id, "rule_id": rule_id})
+                         for b in ob.legal_bases]
+                obligations.append(ob.model_copy(update={"id": BASE_PREFIX + ob.id, "rule_id": rule_id,
+                                                         "legal_bases": bases}))
     return findings, obligations
 
 
 def _obligation(clause, status: str, *, checkable: bool, authorized: bool = False,
                 suffix: str = "", text: Optional[str] = None) -> Obligation:
+    basis = LegalBasis(obligation_id=clause.id + suffix, rule_id=clause.id, citation=clause.citation)
     return Obligation(id=clause.id + suffix, rule_id=clause.id, text=text or clause.text,
-                      checkable=checkable, status=status, authorized=authorized)
+                      checkable=checkable, status=status, authorized=authorized, legal_bases=[basis])
 
 
 def _authorization_lift(clause, ctx: Context, effect: str) -> Optional[_Out]:

@@ -213,7 +213,7 @@ def render_audit_html(predicate: dict, *, signer_fingerprint: str | None,
         "fingerprint": signer_fingerprint,
         "chart": compute_chart(predicate["compute"], decision.get("regimes") or [],
                                rules_date=str(predicate["as_of"]) if predicate.get("as_of") else None),
-        "obligations_by_id": {o.get("id"): o for o in obligations},
+        "obligations_by_id": _obligations_by_id(obligations),
         "teacher_findings": [f for f in findings if f.get("kind") == "teacher"],
         "other_findings": [f for f in findings if f.get("kind") != "teacher"],
         "plan_rows": _flatten(_one_teacher_once(plan.get("content") or {})),
@@ -229,3 +229,10 @@ def render_audit_html(predicate: dict, *, signer_fingerprint: str | None,
     except (jinja2.UndefinedError, TypeError, AttributeError) as exc:
         # a missing key (StrictUndefined) or a value of the wrong type somewhere in the predicate
         raise InputError(f"a field the report needs is missing or malformed ({exc})", source=SOURCE) from None
+
+
+def _obligations_by_id(obligations: list[dict]) -> dict:
+    """Each obligation under its own id and under the id of every legal basis merged into it (the
+    same duty from another regime, :mod:`audit.policy.duties`), so each regime row finds its duty."""
+    found = {b.get("obligation_id"): o for o in obligations for b in o.get("legal_bases") or []}
+    return {**found, **{o.get("id"): o for o in obligations}}

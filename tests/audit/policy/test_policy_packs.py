@@ -183,6 +183,28 @@ def _regime_pack(comparator: str) -> str:
         """)
 
 
+# two obligations of one regime naming one duty: they would merge into each other
+_TWO_OBLIGATIONS_ONE_DUTY = """\
+    effect: obligation
+    obligations:
+      - {id: org.threshold.report, duty: org.report, text: Report it.}
+      - {id: org.threshold.report-again, duty: org.report, text: Report it again.}
+"""
+
+
+def test_every_duty_key_names_one_duty_under_several_rules(builtin_packs):
+    """A ``duty`` key merges obligations of different regimes into one (audit/policy/duties.py):
+    each one the packs use is shared by at least two regimes (a lone key is a typo, not a duty)."""
+    by_duty: dict[str, list[tuple[str, str]]] = {}
+    for _, regime in builtin_packs.regimes():
+        for spec in regime.obligations:
+            if spec.duty:
+                by_duty.setdefault(spec.duty, []).append((regime.id, spec.id))
+    assert by_duty
+    for duty, owners in by_duty.items():
+        assert len({regime for regime, _ in owners}) >= 2, (duty, owners)
+
+
 MALFORMED = {
     "duplicate rule id": (_terms_pack(_clause("org-terms.a") + _clause("org-terms.a")),
                           "rule org-terms.a", "duplicate id"),
@@ -205,6 +227,10 @@ MALFORMED = {
         "rule org-terms.a: when.facts[0].fact", "expected"),
     "version given as a number": (_terms_pack(_clause("org-terms.a")).replace('version: "1"\nlast', "version: 1.0\nlast"),
                                   "version", "string"),
+    "one duty twice in a regime": (_regime_pack(">").replace("    effect: review\n", _TWO_OBLIGATIONS_ONE_DUTY),
+                                   "rule org.threshold", "duty 'org.report' is named by two obligations"),
+    "duty not a rule id": (_regime_pack(">").replace("    effect: review\n", _TWO_OBLIGATIONS_ONE_DUTY.replace(
+        "duty: org.report,", "duty: Org Report,", 1)), "rule org.threshold.report: duty", "should match pattern"),
 }
 
 
