@@ -49,12 +49,13 @@ def load_sources(audit_path: str | os.PathLike, trusted_keys, *,
     )
     from audit.predicate import parse_audit_predicate
 
-    audit = _verified(audit_path, trusted_keys, PREDICATE_AUDIT, plan_path=plan_path)
+    audit = _verified(audit_path, trusted_keys, PREDICATE_AUDIT, "audit", plan_path=plan_path)
     typed, problem = parse_audit_predicate(audit.predicate)   # the shape the gate requires, or no export
     if typed is None:
         raise InputError(f"predicate.{problem}", source=str(audit_path))
-    runs = tuple(_verified(p, trusted_keys, PREDICATE_RUN_RECORD) for p in run_records)
-    jobs = tuple(_verified(p, trusted_keys, PREDICATE_GENERATION_RECORD) for p in generation_records)
+    runs = tuple(_verified(p, trusted_keys, PREDICATE_RUN_RECORD, "run record") for p in run_records)
+    jobs = tuple(_verified(p, trusted_keys, PREDICATE_GENERATION_RECORD, "generation record")
+                 for p in generation_records)
     for record in runs + jobs:
         of = as_dict(record.predicate.get("audit")).get("sha256")
         if of != audit.sha256:
@@ -69,10 +70,20 @@ def as_dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _verified(path, trusted_keys, predicate_type: str, *, plan_path=None) -> Signed:
+def _verified(path, trusted_keys, predicate_type: str, what: str, *, plan_path=None) -> Signed:
+    """``path`` verified, or ``VerificationFailed`` naming the file and ``what`` it is: with
+    several envelopes on the line, the user must see which one failed."""
+    from audit.attest import VerificationFailed
     from audit.attest.verify import verify_envelope_file
     from audit.policy.packs import installed_versions
 
-    verified = verify_envelope_file(path, trusted_keys, plan_path=plan_path, predicate_types=(predicate_type,),
-                                    installed_pack_versions=installed_versions)
+    try:
+        verified = verify_envelope_file(path, trusted_keys, plan_path=plan_path, predicate_types=(predicate_type,),
+                                        installed_pack_versions=installed_versions)
+    except VerificationFailed as exc:
+        message = str(exc).removeprefix(f"{exc.reason}: ")
+        if exc.reason == "signature" and what != "audit":
+            message += (f"; a {what} is signed by the run's or job's key (its --key, else that machine's "
+                        "local key): trust it too, e.g. --trust DIR holding the auditor's and that key")
+        raise VerificationFailed(exc.reason, f"{path} ({what}): {message}", exc.details) from None
     return Signed(Path(path), verified.envelope_sha256, verified.predicate)

@@ -389,13 +389,13 @@ class ChainVerifier:
     def _signer_problem(self, row: Mapping[str, Any]) -> str | None:
         short = f"SHA256:{row['keyid'][:16]}"
         key = self.trust.keys_for(row["kind"]).get(row["keyid"])
-        if key is None:
+        if key is None:  # name the role the row needs: the reader must know which key to add
             roles = self.trust.roles_of(row["keyid"])
+            needed = f"{row['kind']} rows are written by a trusted {' or '.join(KIND_ROLES[row['kind']])} key"
             if not roles:
-                return f"signed by untrusted key {short}"
-            allowed = " or ".join(KIND_ROLES[row["kind"]])
-            return (f"a {row['kind']} row signed by {short}, trusted only as {', '.join(roles)}: "
-                    f"{row['kind']} rows are written by a trusted {allowed} key")
+                return f"signed by untrusted key {short}: {needed}"
+            article = "an" if row["kind"][0] in "aeiou" else "a"
+            return f"{article} {row['kind']} row signed by {short}, trusted only as {', '.join(roles)}: {needed}"
         try:
             signature = base64.b64decode(row["sig"], validate=True)
             key.public_key.verify(signature, bytes.fromhex(row["row_hash"]))

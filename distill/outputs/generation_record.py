@@ -136,6 +136,21 @@ def write_generation_record(out_dir: str | os.PathLike, *, audit: AuditPredicate
     return WrittenRecord(envelope_path, json_path, statement)
 
 
+def _signer_hint(envelope: bytes) -> str:
+    """Who the unverified record names as its signer, and the two ways to a record a run trusts
+    (a hint for the person, never a decision)."""
+    from audit.attest.dsse import parse_envelope
+    from audit.attest.keys import short_fingerprint
+
+    try:
+        named = ", ".join(short_fingerprint(s.keyid) for s in parse_envelope(envelope).signatures)
+    except Exception:  # noqa: BLE001 - an envelope that does not parse gets no hint
+        return ""
+    return (f"; it names its signer as {named}. Generated data is trusted only under a record signed by "
+            "a key trusted for the audit (--pubkey/--trust): run flopgate generate with --key set to "
+            "such a key (without --key it signs with this machine's local key), or trust the job's key too")
+
+
 def verify_generated(folder: str | Path, trusted_keys, audit_sha256: str) -> GeneratedData:
     """Check ``folder`` per the module docstring (1); :class:`ProvenanceRefused` names every failure.
 
@@ -156,7 +171,8 @@ def verify_generated(folder: str | Path, trusted_keys, audit_sha256: str) -> Gen
         verified = verify_envelope_bytes(data, trusted_keys, predicate_types=(PREDICATE_GENERATION_RECORD,),
                                          check_files=False)
     except VerificationFailed as exc:
-        raise ProvenanceRefused([f"generated data: {record_path} does not verify ({exc.reason}: {exc})"]) from None
+        hint = _signer_hint(data) if exc.reason == "signature" else ""
+        raise ProvenanceRefused([f"generated data: {record_path} does not verify ({exc}){hint}"]) from None
     predicate = verified.predicate
     reasons = []
     record_audit = (predicate.get("audit") or {}).get("sha256")

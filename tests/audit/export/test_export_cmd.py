@@ -89,7 +89,7 @@ def test_an_audit_that_does_not_verify_exports_nothing(what, quickstart, keys, t
         public = generate_key(tmp_path / "other")[1]
     out = tmp_path / "bom.json"
     assert main(["export", str(audit), "--format", "cyclonedx-1.6", "--pubkey", str(public), "--out", str(out)]) == 5
-    assert "signature: no valid signature by a trusted key" in capsys.readouterr().err
+    assert f"signature: {audit} (audit): no valid signature by a trusted key" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -136,3 +136,34 @@ def test_a_run_record_of_another_shape_is_read_for_what_it_has(quickstart, keys,
                  "--run-record", str(record), "--out", str(out)]) == 0
     card = json.loads(out.read_text())["metadata"]["component"]["modelCard"]
     assert "quantitativeAnalysis" not in card and "environmentalConsiderations" not in card["considerations"]
+
+
+def test_a_record_signed_by_an_untrusted_runner_key_is_named(quickstart, keys, tmp_path, capsys):
+    """The audit verifies and the run record does not: the error names the record (it used to be
+    ``signature: no valid signature by a trusted key`` alone, which reads as the audit failing)."""
+    import shutil
+
+    from audit.attest.dsse import parse_envelope, write_envelope
+    from audit.attest.keys import generate_key
+    from audit.attest.statement import sign_statement
+
+    runner_private, runner_public = generate_key(tmp_path / "runner")
+    statement = json.loads(parse_envelope(quickstart.run_record.read_bytes()).payload)
+    (tmp_path / "records").mkdir()
+    record = write_envelope(tmp_path / "records" / quickstart.run_record.name,
+                            sign_statement(statement, runner_private))
+    out = tmp_path / "bom.json"
+    args = ["export", str(quickstart.audit), "--format", "cyclonedx-1.6", "--run-record", str(record),
+            "--out", str(out)]
+    assert main([*args, "--pubkey", str(keys.public)]) == 5
+    err = capsys.readouterr().err
+    assert f"signature: {record} (run record): no valid signature by a trusted key" in err
+    assert "trust it too" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(keys.public, trusted / "auditor.pub")
+    shutil.copy(runner_public, trusted / "runner.pub")
+    assert main([*args, "--trust", str(trusted)]) == 0
+    assert "1 run record(s)" in capsys.readouterr().out
+

@@ -139,7 +139,8 @@ def test_untrusted_key_is_named(key):
     rows.append(make_row(rows[-1], "charge", AUDIT, charge_body(3), stranger, T0))
     rows.append(make_row(rows[-1], "charge", AUDIT, charge_body(4), key, T0))
     problems = verify_chain(rows, [trusted(key)])
-    assert problems == [f"row seq 4: signed by untrusted key SHA256:{key_id(stranger.public_key())[:16]}"]
+    assert problems == [(f"row seq 4: signed by untrusted key SHA256:{key_id(stranger.public_key())[:16]}: "
+                         "charge rows are written by a trusted runner key")]
     assert verify_chain(rows, [trusted(key), trusted(stranger)]) == []
 
 
@@ -242,7 +243,7 @@ def test_each_kind_has_its_signers(key):
     roles = LedgerTrust(auditors=(trusted(auditor),), runners=(trusted(runner),))
     assert verify_chain(rows, roles) == []
     swapped = LedgerTrust(auditors=(trusted(runner),), runners=(trusted(auditor),))
-    assert verify_chain(rows, swapped)[0].startswith("row seq 1: a audit row signed by SHA256:")
+    assert verify_chain(rows, swapped)[0].startswith("row seq 1: an audit row signed by SHA256:")
     # a reader deciding about one audit checks its rows' signers; another audit's rows only chain
     other = [make_row(None, "charge", "ef" * 32, charge_body(1), Ed25519PrivateKey.generate(), T0)]
     other.append(make_row(other[-1], "charge", AUDIT, charge_body(1), runner, T0))

@@ -98,8 +98,26 @@ def test_each_kind_of_row_needs_a_key_trusted_for_it(filled, signer, tmp_path, c
     assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path),
                 "--runner-trust", str(both), "--approver-pubkey", str(signer.public_path)]) == 5
     out = capsys.readouterr().out
-    assert "row seq 5: a audit row signed by SHA256:" in out and "trusted only as runner" in out
+    assert "row seq 5: an audit row signed by SHA256:" in out and "trusted only as runner" in out
     assert "audit rows are written by a trusted auditor key" in out
+    assert run(["ledger", "verify", "--ledger", filled, "--pubkey", str(signer.public_path),
+                "--runner-pubkey", str(signer.public_path)]) == 5  # the runner's rows: no role given
+    out = capsys.readouterr().out
+    assert "row seq 5: signed by untrusted key SHA256:" in out
+    assert "audit rows are written by a trusted auditor key" in out
+
+
+def test_an_untrusted_approval_row_names_the_role_it_needs(filled, signer, tmp_path, capsys):
+    """The quickstart's ledger holds an approval by the reviewer's key: verifying it without
+    --approver-pubkey said only 'signed by untrusted key', which left the user guessing."""
+    reviewer = write_keypair(tmp_path / "reviewer", "reviewer")
+    with Ledger(filled) as ledger:
+        ledger.append("approval", AUDIT, {"outcome": "REVIEW"}, reviewer.private_key)
+    trust = ["--pubkey", str(signer.public_path), "--runner-pubkey", str(signer.public_path)]
+    assert run(["ledger", "verify", "--ledger", filled, *trust]) == 5
+    assert "row seq 5: signed by untrusted key SHA256:" in (out := capsys.readouterr().out)
+    assert "approval rows are written by a trusted approver key" in out
+    assert run(["ledger", "verify", "--ledger", filled, *trust, "--approver-pubkey", str(reviewer.public_path)]) == 0
 
 
 def test_verify_needs_a_trusted_key(filled):
