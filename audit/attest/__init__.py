@@ -41,5 +41,6 @@ class VerificationFailed(FlopgateError):
 
     def __init__(self, reason: str, message: str, details: tuple[str, ...] = ()):
         self.reason = reason
+        self.message = message         # without the reason: for a caller that names the file first
         self.details = tuple(details)  # e.g. one line per changed file
         super().__init__(f"{reason}: {message}")

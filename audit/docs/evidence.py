@@ -93,7 +93,7 @@ def read_audit(path: str, trusted, *, plan_path: str | None = None,
         verified = verify_envelope_file(path, trusted, plan_path=plan_path, predicate_types=(PREDICATE_AUDIT,),
                                         installed_pack_versions=installed_pack_versions)
     except VerificationFailed as exc:
-        raise VerificationFailed(exc.reason, f"{path}: {exc}", exc.details) from None
+        raise VerificationFailed(exc.reason, f"{path}: {exc.message}", exc.details) from None
     audit, problem = parse_audit_predicate(verified.predicate)
     if audit is None:
         raise InputError(f"the audit predicate cannot be read ({problem})", source=path)
@@ -110,7 +110,7 @@ def read_records(paths: Sequence[str], trusted, *, predicate_type: str, kind: st
         try:
             verified = verify_envelope_file(path, trusted, predicate_types=(predicate_type,))
         except VerificationFailed as exc:
-            raise VerificationFailed(exc.reason, f"{path}: {exc}", exc.details) from None
+            raise VerificationFailed(exc.reason, f"{path}: {exc.message}", exc.details) from None
         if any(r.source.sha256 == verified.envelope_sha256 for r in records):
             raise InputError(f"this {kind} was given twice; its figures would be counted twice", source=path)
         predicate = verified.predicate

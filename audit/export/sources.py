@@ -81,7 +81,7 @@ def _verified(path, trusted_keys, predicate_type: str, what: str, *, plan_path=N
         verified = verify_envelope_file(path, trusted_keys, plan_path=plan_path, predicate_types=(predicate_type,),
                                         installed_pack_versions=installed_versions)
     except VerificationFailed as exc:
-        message = str(exc).removeprefix(f"{exc.reason}: ")
+        message = exc.message
         if exc.reason == "signature" and what != "audit":
             message += (f"; a {what} is signed by the run's or job's key (its --key, else that machine's "
                         "local key): trust it too, e.g. --trust DIR holding the auditor's and that key")

@@ -469,7 +469,7 @@ def run(args, opened) -> int:
     device_name = preflight.device_name(args)
     print(f"generated data: {generated.kept_path} (sha256 {generated.kept_sha256[:12]}..., signed by the "
           f"generation record for this audit); tokenizer {cfg.tokenizer_dir} (sha256 {tokenizer.sha256[:12]}..., "
-          f"the audited {tokenizer.role.replace('_', ' ')}'s)")
+          f"from the audited {tokenizer.role.replace('_', ' ')})")
     print(f"compute: {short_sci(cfg.flops_per_token, 4)} FLOP per token (student training), budget "
           f"{short_sci(cfg.budget_flops, 4)} FLOP; device {device_name}")
     if args.dry_run:

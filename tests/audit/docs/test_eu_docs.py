@@ -300,6 +300,8 @@ def test_a_tampered_run_record_or_an_untrusted_one_writes_nothing(tmp_path, keys
     record = run_record(envelope, tmp_path / "run", runner)
     # signed by the runner, but only the auditor key is trusted for records
     assert docs(envelope, tmp_path / "docs", keys, "--run-record", str(record)) == 5
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"signature: {record}: no valid signature" in line and line.count("signature:") == 1, line  # once
     (tmp_path / "run" / "checkpoints" / "step-00000003" / "model.safetensors").write_bytes(b"swapped")
     assert docs(envelope, tmp_path / "docs", keys, "--run-record", str(record),
                 "--runner-pubkey", str(runner.public_path)) == 5
