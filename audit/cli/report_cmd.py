@@ -6,10 +6,11 @@ opens with a prominent warning and the command exits 5. Without ``-o`` the HTML 
 
 The page also shows the audit's history in the ledger (``--ledger``, default as for every
 command): the gate openings, approvals and resumes, the compute charged per run, and what is
-left of the budget, with whether the ledger's hash chain verified. Each row is checked against
-the keys of its role (audits: --pubkey/--trust; approvals: --approver-*; runs, charges and
-generation jobs: --runner-*, as ``flopgate ledger verify``); when no role key is named, the
---pubkey/--trust keys are trusted for every row, and the page says so.
+left of the budget, with whether the ledger's hash chain verified. As the gate reads a shared
+ledger: every row's link and hash are checked, and this audit's rows against the keys of their
+role (audits: --pubkey/--trust; approvals: --approver-*; runs, charges and generation jobs:
+--runner-*); other audits' rows need no key. When no role key is named, the --pubkey/--trust
+keys are trusted for every row, and the page says so.
 With ``-o``, it links the EU documents of this audit (``flopgate docs eu``) found beside the
 page or in a folder directly under it.
 """
@@ -39,6 +40,7 @@ def ledger_history(where: str | None, audit_sha256: str, trusted, *, one_key_lis
     """The report's ledger section: the audit's history, or ``missing`` when there is no ledger
     file yet (a URL is always opened). ``trusted``: a :class:`audit.ledger.chain.LedgerTrust`,
     or a list of keys trusted for every kind of row (``one_key_list``: the page says so)."""
+    from audit.ledger.chain import KIND_ROLES
     from audit.ledger.history import audit_history
     from audit.ledger.store import Ledger, default_ledger, ledger_exists
 
@@ -47,7 +49,8 @@ def ledger_history(where: str | None, audit_sha256: str, trusted, *, one_key_lis
     with Ledger(where, create=False) as ledger:
         stored = ledger.raw_rows()  # read once: the history shown is the chain verified
         rows = ledger.rows(stored=stored)
-        problems = ledger.verify(trusted, stored)
+        # the gate's rule: every row's link and hash; the signers of this audit's rows, every kind shown
+        problems = ledger.verify(trusted, stored, audit=audit_sha256, uses=tuple(KIND_ROLES))
         history = audit_history(rows, audit_sha256, location=ledger.path,
                                 chain_problem=problems[0] if problems else None)
         history["one_key_list"] = one_key_list

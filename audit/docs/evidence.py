@@ -123,8 +123,10 @@ def read_records(paths: Sequence[str], trusted, *, predicate_type: str, kind: st
 
 
 def read_ledger(where: str, trust, audit_sha256: str) -> LedgerSummary:
-    """Verify the whole ledger with ``trust`` (a :class:`audit.ledger.chain.LedgerTrust`) and sum
-    this audit's charge and generation rows."""
+    """Verify the ledger with ``trust`` (a :class:`audit.ledger.chain.LedgerTrust`) as the gate
+    does (every row's link and hash; the signers of this audit's charge and generation rows, the
+    rows summed: other audits' rows on a shared ledger are signed by keys this filing need not
+    know) and sum this audit's charge and generation rows."""
     from audit.ledger.engines import is_url
     from audit.ledger.store import Ledger, ledger_exists
 
@@ -132,7 +134,7 @@ def read_ledger(where: str, trust, audit_sha256: str) -> LedgerSummary:
         raise InputError("no ledger here", source=str(where), field="--ledger")
     with Ledger(where, create=False) as ledger:
         stored = ledger.raw_rows()  # read once: what is summed is what was verified
-        problems = ledger.verify(trust, stored)
+        problems = ledger.verify(trust, stored, audit=audit_sha256)
         if problems:
             raise VerificationFailed("ledger", f"{ledger.path}: {problems[0]}", tuple(problems))
         rows = ledger.rows(stored=stored)

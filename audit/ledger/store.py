@@ -398,13 +398,16 @@ class Ledger:
             raise LedgerCorrupt(f"{self.path}: row seq {seq} is not JSON ({exc}); "
                                 f"run flopgate ledger verify") from None
 
-    def verify(self, trusted_keys: "list[TrustedKey] | chain.LedgerTrust", stored: list[tuple[int, str]] | None = None) -> list[str]:
+    def verify(self, trusted_keys: "list[TrustedKey] | chain.LedgerTrust", stored: list[tuple[int, str]] | None = None,
+               *, audit: str | None = None, uses: tuple[str, ...] = chain.METERED_KINDS) -> list[str]:
         """:func:`audit.ledger.chain.verify_chain` over the whole ledger (``stored``: the rows
         already read with :meth:`raw_rows`, so that what is verified is what the caller uses),
         after checking that each stored ``seq`` column matches the row's own ``seq`` and that
         each row is JSON. ``[]`` when it holds, else one line naming the first bad row.
         ``trusted_keys``: a :class:`chain.LedgerTrust` (keys by role), or a list of keys
-        trusted for every kind of row."""
+        trusted for every kind of row. ``audit``, ``uses``: a reader about one audit (its report,
+        its EU documents) checks signers as the gate does, on that audit's rows of the kinds it
+        reads only; every row's link and hash are checked either way (:class:`chain.ChainVerifier`)."""
         rows = []
         for seq, text in (self.raw_rows() if stored is None else stored):
             try:
@@ -415,4 +418,4 @@ class Ledger:
                 return [f"row seq {seq}: the stored row says seq {row.get('seq')!r} "
                         f"(rows moved or reordered)"]
             rows.append(row)
-        return chain.verify_chain(rows, trusted_keys)
+        return chain.verify_chain(rows, trusted_keys, audit=audit, uses=uses)

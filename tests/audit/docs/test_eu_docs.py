@@ -392,6 +392,39 @@ def test_the_ledger_is_verified_and_its_head_named_as_a_source(tmp_path, keys):
     assert not (tmp_path / "docs2").exists()
 
 
+def test_a_shared_ledger_needs_keys_only_for_this_audits_rows(tmp_path, keys):
+    """As the gate reads a team ledger: another audit's rows, signed by a key this filing does
+    not know, are no reason to refuse it; this audit's charges still need a runner key, and
+    every row must still chain."""
+    from audit.ledger.store import Ledger
+
+    auditor, runner = keys
+    colleague = write_keypair(tmp_path / "keys", "colleague")
+    where = tmp_path / "team.sqlite"
+    envelope = check(QUICKSTART_LIKE, tmp_path / "audit", auditor)
+    digest = hashlib.sha256(envelope.read_bytes()).hexdigest()
+    with Ledger(where) as ledger:
+        ledger.charge(digest, 1e30, "run-a", 1, 1, 100, 5.0e9, runner.private_key)
+        ledger.charge("ab" * 32, 1e30, "their-run", 1, 1, 100, 7.0, colleague.private_key)
+    record = run_record(envelope, tmp_path / "run", runner)
+    args = ("--run-record", str(record), "--runner-pubkey", str(runner.public_path), "--ledger", str(where))
+    assert docs(envelope, tmp_path / "docs", keys, *args) == 0
+    compute = by_id(load(tmp_path / "docs", "model-documentation.json"), "items")["7.2"]
+    assert "the ledger holds 5.0e9 FLOP charged" in compute["value"], compute["value"]
+    with Ledger(where) as ledger:   # a charge of this audit by the colleague's key
+        ledger.charge(digest, 1e30, "run-b", 1, 1, 100, 1.0, colleague.private_key,
+                      trust=_trusting(colleague, runner))
+    assert docs(envelope, tmp_path / "docs-2", keys, *args) == 5
+    assert not (tmp_path / "docs-2").exists()
+
+
+def _trusting(*keypairs):
+    """A ledger trust that lets a test write a row the reader under test must refuse."""
+    from audit.ledger.chain import LedgerTrust
+
+    return LedgerTrust.any_role([k.trusted for k in keypairs])
+
+
 def generation_record(envelope: Path, out: Path, runner) -> Path:
     """A generation record with the fields flopgate generate signs that the summary reads."""
     out.mkdir(parents=True)

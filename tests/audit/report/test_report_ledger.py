@@ -105,3 +105,31 @@ def test_report_checks_each_ledger_row_against_its_roles_keys(tmp_path, capsys):
     assert "the hash chain verified" in section and "the same keys for every kind of row" in section
     # ...and a report by role does not
     assert "the hash chain did NOT verify" in _section(_report(tmp_path, envelope, auditor, *ledger, *runner_key))
+
+
+def test_other_audits_rows_on_a_shared_ledger_need_no_key_but_must_chain(tmp_path, capsys):
+    """As the gate reads a team ledger: another audit's rows, signed by a key this report does
+    not know, do not fail it; this audit's rows still need their role's key, and every row's
+    hash and link still count."""
+    auditor = write_keypair(tmp_path / "keys", "auditor")
+    runner = write_keypair(tmp_path / "keys", "runner")
+    colleague = write_keypair(tmp_path / "keys", "colleague")
+
+    def shared_ledger(name: str, our_charge_signer) -> tuple[Path, list[str]]:
+        where = tmp_path / name / "team.sqlite"
+        assert main(["check", str(EXAMPLES / "moe-teacher.yaml"), "--out", str(tmp_path / name / "audit"),
+                     "--key", str(auditor.private_path), "--ledger", str(where)]) == 0
+        envelope = tmp_path / name / "audit" / "audit.intoto.json"
+        with Ledger(where) as ledger:
+            ledger.charge(hashlib.sha256(envelope.read_bytes()).hexdigest(), 1e30, "run-a", 1, 1, 100, 5.0,
+                          our_charge_signer.private_key)
+            ledger.charge(OTHER, 1e30, "their-run", 1, 1, 100, 7.0, colleague.private_key)
+        return envelope, ["--ledger", str(where), "--runner-pubkey", str(runner.public_path)]
+
+    envelope, args = shared_ledger("honest", runner)
+    assert "the hash chain verified" in _section(_report(tmp_path, envelope, auditor, *args))
+    raw_sql(args[1], "UPDATE rows SET row_json = replace(row_json, 'their-run', 'their-run2') WHERE seq = 3")
+    section = _section(_report(tmp_path, envelope, auditor, *args))   # another audit's row edited
+    assert "the hash chain did NOT verify" in section and "row seq 3" in section
+    envelope, args = shared_ledger("forged", colleague)   # this audit's charge by a key of no role here
+    assert "the hash chain did NOT verify" in _section(_report(tmp_path, envelope, auditor, *args))
