@@ -262,6 +262,41 @@ def test_junit_writes_no_control_characters(tmp_path):
     assert _clean("a\x00b\x1bc\td") == "a\ufffdb\ufffdc\td"
 
 
+def test_junit_reads_the_same_in_the_parser_a_ci_report_action_uses(plans, tmp_path, capsys):
+    """JUnit has no one schema, so the test is a reader: junitparser, the parser behind the
+    publish-unit-test-result GitHub action, must see the suites, cases, failures (with their
+    type), the erroring unreadable plan and the obligations' output as flopgate wrote them, and
+    the counts flopgate wrote must equal the ones it recomputes from the cases."""
+    import junitparser   # a test extra
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plan_version: 1\nname: [unclosed\n")
+    code, out, err = run(capsys, "policy", plans["deny"], plans["review"], plans["obligations"], bad,
+                         "--format", "junit")
+    assert code == 4, err
+    report = junitparser.JUnitXml.fromstring(out.encode())
+    suites = list(report)
+    assert [s.name.rsplit("/", 1)[-1] for s in suites] == ["deny.yaml", "review.yaml", "obligations.yaml", "bad.yaml"]
+    written = [(s.tests, s.failures, s.errors, s.skipped) for s in suites]
+    for suite in suites:
+        suite.update_statistics()                     # recounted from the cases by the parser
+    assert [(s.tests, s.failures, s.errors, s.skipped) for s in suites] == written
+    deny, review, obligations, unreadable = suites
+    assert deny.failures >= 1 and review.failures >= 1 and obligations.failures == 0
+
+    def case(suite, name):
+        return next(c for c in suite if c.name == name)
+
+    ban = case(deny, "openai-services-agreement.competitor-ban")
+    assert not ban.is_passed and [r.type for r in ban.result] == ["DENY"]
+    assert f"deny.yaml:{line_of(plans['deny'], 'model: gpt-4o')}" in ban.result[0].message
+    assert [r.type for r in case(review, "llama-3.1-license.naming").result] == ["REVIEW"]
+    assert all(c.is_passed for c in obligations)
+    assert "Obligation llama-3.1-license.use-policy" in case(obligations, "llama-3.1-license.use-policy").system_out
+    invalid = case(unreadable, "flopgate.invalid-plan")
+    assert invalid.is_error and unreadable.errors == 1 and "bad.yaml" in invalid.result[0].message
+
+
 # -- GitHub annotations -----------------------------------------------------------------------
 
 def test_github_annotations_point_at_the_lines(plans, capsys):
