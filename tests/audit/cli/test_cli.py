@@ -1,5 +1,6 @@
 """The command line as a new user meets it: help texts, summaries, messages, the command registry."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,32 @@ def test_check_records_in_a_postgresql_ledger(pg, tmp_path, signer, monkeypatch)
     with Ledger(url, create=False) as ledger:
         assert [r["kind"] for r in ledger.rows()] == ["audit"]
         assert ledger.verify([signer.trusted]) == []
+
+
+def _merged_duty_plan(tmp_path) -> Path:
+    """The base-init example grown to a 405B student on 6e12 tokens: above one third of its base's
+    compute and above 1e25 FLOP, so the EU systemic-risk and downstream-modifier rules both owe
+    the Commission notification and the Art. 55 duties (one obligation each, two legal bases)."""
+    text = (EXAMPLES / "base-init-student.yaml").read_text()
+    for old, new in (("config: llama-3.1-8b", "config: llama-3.1-405b"), ("base_model: meta-llama/Llama-3.1-8B",
+                     "base_model: meta-llama/Llama-3.1-405B"), ("tokens: 5.0e10", "tokens: 6.0e12"),
+                     ("budget: {max_flops: 2.0e23}", "")):
+        assert old in text, old
+        text = text.replace(old, new)
+    plan = tmp_path / "merged-duty.yaml"
+    plan.write_text(text)
+    return plan
+
+
+def test_the_terminal_names_every_legal_basis_of_a_merged_duty(tmp_path, signer, capsys):
+    plan = _merged_duty_plan(tmp_path)
+    assert main(["check", str(plan), "--out", str(tmp_path / "audit"), "--key", str(signer.private_path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())   # lines joined where the terminal wrapped them
+    obligations = re.split(r" obligation (?:to do|met|UNMET): ", text)[1:]
+    notify = [o for o in obligations if o.startswith("Notify the European Commission")]
+    assert len(notify) == 1, notify                 # one duty, listed once...
+    assert ("Owed under: eu-ai-act.systemic-risk (Art. 52(1)" in notify[0]
+            and "eu-ai-act.downstream-modifier-systemic (" in notify[0])   # ...naming both rules
+    assert main(["policy", str(plan)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("eu-ai-act.systemic-risk.notify") == 1 and "Owed under:" in table
