@@ -4,8 +4,13 @@ A rule with a DENY reason fails (``<failure type="DENY">``); so does one with a 
 (``type="REVIEW"``): REVIEW keeps the training gate closed and the command exits 3, and a
 skipped test would show green in most report views. Obligations that do not block (met, or
 to do after training) and engine notes go to the case's ``<system-out>``; the case passes.
-Rules that allowed the use, or did not apply, pass silently. JUnit has no line numbers: each
-failure's text names the plan file, line and field.
+Rules that allowed the use, or did not apply, pass silently.
+
+JUnit's common elements have no place for a line, so each failure's text names the plan file,
+line and field; each case also carries the ``file`` (the plan) and, when a result points at a
+field, the ``line`` attribute that test-report tools read to annotate a file (pytest writes
+both; the publish-unit-test-result and action-junit-report GitHub actions read them): the
+first blocking result's line, else the first note's.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ def junit_xml(plans: list[JudgedPlan | UnreadablePlan]) -> str:
         if isinstance(plan, UnreadablePlan):
             suite = ET.SubElement(root, "testsuite", name=_clean(plan.shown_path()), tests="1", failures="0",
                                   errors="1", skipped="0")
-            case = ET.SubElement(suite, "testcase", name=INVALID_PLAN, classname=_clean(plan.shown_path()))
+            case = ET.SubElement(suite, "testcase", name=INVALID_PLAN, classname=_clean(plan.shown_path()),
+                                 file=_clean(plan.shown_path()), line=str(plan.line))
             error = ET.SubElement(case, "error", type="InputError", message=_clean(
                 f"{plan.shown_path()}:{plan.line} ({plan.field or 'the plan'}): bad input"))
             error.text = _clean(plan.message)
@@ -43,9 +49,13 @@ def junit_xml(plans: list[JudgedPlan | UnreadablePlan]) -> str:
             ET.SubElement(props, "property", name=name, value=_clean(value))
         failures = 0
         for rule in plan.rules:
-            case = ET.SubElement(suite, "testcase", name=_clean(rule.id), classname=_clean(plan.shown_path()))
+            case = ET.SubElement(suite, "testcase", name=_clean(rule.id), classname=_clean(plan.shown_path()),
+                                 file=_clean(plan.shown_path()))
             mine = [r for r in plan.results if r.rule_id == rule.id]
             blocking = [r for r in mine if r.level in ("error", "warning")]
+            notes = [r for r in mine if r.level == "note"]
+            if blocking or notes:
+                case.set("line", str((blocking or notes)[0].line))
             if blocking:
                 failures += 1
                 worst = "DENY" if any(r.level == "error" for r in blocking) else "REVIEW"
@@ -54,7 +64,6 @@ def junit_xml(plans: list[JudgedPlan | UnreadablePlan]) -> str:
                     f"{worst}: {plan.shown_path()}:{first.line} ({first.field or 'the plan'})"))
                 failure.text = _clean("\n".join([_where(plan, r) + r.message for r in blocking]
                                                  + [citation_text(rule.citation)]))
-            notes = [r for r in mine if r.level == "note"]
             if notes:
                 ET.SubElement(case, "system-out").text = _clean("\n".join(_where(plan, r) + r.message
                                                                           for r in notes))

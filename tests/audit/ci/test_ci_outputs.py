@@ -242,7 +242,11 @@ def test_junit_one_case_per_rule_with_failures_for_deny_and_review(plans, capsys
     def case(suite, rule_id):
         return next(c for c in suite.findall("testcase") if c.get("name") == rule_id)
 
-    failure = case(deny, "openai-services-agreement.competitor-ban").find("failure")
+    ban = case(deny, "openai-services-agreement.competitor-ban")
+    # file and line attributes, which test-report tools read to annotate the plan's line
+    assert ban.get("file") == ban.get("classname") and ban.get("file").endswith("deny.yaml")
+    assert ban.get("line") == str(line_of(plans["deny"], "model: gpt-4o"))
+    failure = ban.find("failure")
     assert failure.get("type") == "DENY"
     assert f"deny.yaml:{line_of(plans['deny'], 'model: gpt-4o')}" in failure.get("message")
     assert "https://" in failure.text                           # the citation travels with it
@@ -250,7 +254,11 @@ def test_junit_one_case_per_rule_with_failures_for_deny_and_review(plans, capsys
     assert naming.get("type") == "REVIEW"
     assert f"review.yaml:{line_of(plans['review'], 'name: Acme-1B')}" in naming.get("message")
     assert obligations.find("testcase/failure") is None
-    out_text = case(obligations, "llama-3.1-license.use-policy").find("system-out").text
+    passing = [c for s in suites for c in s.findall("testcase") if not len(c)]
+    assert passing and all(c.get("line") is None and c.get("file") for c in passing)   # no result, no line
+    use_policy = case(obligations, "llama-3.1-license.use-policy")
+    assert use_policy.get("line") == str(line_of(plans["obligations"], "model: meta-llama/Llama-3.1-8B-Instruct"))
+    out_text = use_policy.find("system-out").text
     assert "Obligation llama-3.1-license.use-policy (todo)" in out_text
     props = {p.get("name"): p.get("value") for p in obligations.find("properties")}
     assert props["outcome"] == "ALLOW_WITH_OBLIGATIONS" and props["exit_code"] == "0"
@@ -425,6 +433,7 @@ def test_a_plan_that_does_not_read_is_an_error_at_its_field_in_every_ci_format(p
     assert root.get("errors") == "1" and root.get("tests") == "1"
     error = root.find("testsuite/testcase/error")
     assert error.get("type") == "InputError" and f":{line} (use.scope)" in error.get("message")
+    assert root.find("testsuite/testcase").get("line") == str(line)
     # a YAML syntax error names its line and column; a missing file points at line 1
     plan.write_text("plan_version: 1\nname: [unclosed\n")
     code, out, _ = run(capsys, "policy", plan, "--format", "sarif")
