@@ -1,6 +1,7 @@
-"""The ready-made integrations: the pre-commit hooks file parses and its entry decides plans
-(run as pre-commit would, with several files), and the GitHub Actions workflow in docs/ci.md
-parses and has the steps it promises."""
+"""The ready-made integrations: the pre-commit hooks file passes pre-commit's own manifest
+check and its entry decides plans (run as pre-commit would, with several files), and the GitHub
+Actions workflow in docs/ci.md validates against the GitHub workflow schema and has the steps it
+promises."""
 
 from __future__ import annotations
 
@@ -100,3 +101,37 @@ def test_the_documented_examples_are_what_the_command_prints(capsys, monkeypatch
     shown = text[text.index("### GitHub annotations"):text.index("## pre-commit")]
     for line in out.splitlines():
         assert line in shown
+
+
+def _validate(tool: list[str], path: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}   # nothing in the user's cache
+    return subprocess.run([sys.executable, "-m", *tool, str(path)], check=False, capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_the_hooks_file_validates_with_pre_commit_itself(tmp_path):
+    """pre-commit's own manifest check (offline), and a hook it would refuse is refused."""
+    tool = ["pre_commit", "validate-manifest"]
+    done = _validate(tool, HOOKS, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    broken = tmp_path / ".pre-commit-hooks.yaml"
+    broken.write_text(HOOKS.read_text(encoding="utf-8").replace("language: python", "language: pythn", 1))
+    done = _validate(tool, broken, tmp_path)
+    assert done.returncode == 1 and "pythn" in done.stdout + done.stderr
+
+
+def test_the_documented_workflow_validates_against_the_github_workflow_schema(tmp_path):
+    """check-jsonschema's vendored SchemaStore schema for GitHub workflows (no network), and a
+    workflow broken the way a copy-paste breaks one is refused."""
+    tool = ["check_jsonschema", "--builtin-schema", "vendor.github-workflows"]
+    text = DOC.read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(.*?)```", text[text.index("## GitHub Actions"):], re.DOTALL).group(1)
+    good = tmp_path / "flopgate.yml"
+    good.write_text(block)
+    done = _validate(tool, good, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    bad = tmp_path / "broken.yml"
+    bad.write_text(block.replace("runs-on:", "runs_on:", 1))   # a job without runs-on
+    assert "runs_on:" in bad.read_text()
+    done = _validate(tool, bad, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
