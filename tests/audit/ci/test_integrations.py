@@ -103,6 +103,20 @@ def test_the_documented_examples_are_what_the_command_prints(capsys, monkeypatch
         assert line in shown
 
 
+def test_the_documented_junit_report_is_what_the_command_prints(capsys, monkeypatch):
+    """The JUnit report shown in docs/ci.md, but for the date the rules are applied as of (the
+    later of the plan's start and today), which moves with the calendar."""
+    from audit.cli.main import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["policy", "examples/api-teacher.yaml", "--format", "junit"]) == 3
+    out = capsys.readouterr().out
+    text = DOC.read_text(encoding="utf-8")
+    shown = re.search(r"```xml\n(.*?)```", text[text.index("### JUnit XML"):], re.DOTALL).group(1)
+    as_of = re.compile(r'(<property name="as_of" value=")[0-9-]+(")')
+    assert as_of.sub(r"\1DATE\2", out) == as_of.sub(r"\1DATE\2", shown)
+
+
 def _validate(tool: list[str], path: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}   # nothing in the user's cache
     return subprocess.run([sys.executable, "-m", *tool, str(path)], check=False, capture_output=True, text=True,
