@@ -40,7 +40,7 @@ def ledger_history(where: str | None, audit_sha256: str, trusted, *, one_key_lis
     """The report's ledger section: the audit's history, or ``missing`` when there is no ledger
     file yet (a URL is always opened). ``trusted``: a :class:`audit.ledger.chain.LedgerTrust`,
     or a list of keys trusted for every kind of row (``one_key_list``: the page says so)."""
-    from audit.ledger.chain import KIND_ROLES
+    from audit.ledger.chain import KINDS
     from audit.ledger.history import audit_history
     from audit.ledger.store import Ledger, default_ledger, ledger_exists
 
@@ -50,7 +50,7 @@ def ledger_history(where: str | None, audit_sha256: str, trusted, *, one_key_lis
         stored = ledger.raw_rows()  # read once: the history shown is the chain verified
         rows = ledger.rows(stored=stored)
         # the gate's rule: every row's link and hash; the signers of this audit's rows, every kind shown
-        problems = ledger.verify(trusted, stored, audit=audit_sha256, uses=tuple(KIND_ROLES))
+        problems = ledger.verify(trusted, stored, audit=audit_sha256, uses=KINDS)
         history = audit_history(rows, audit_sha256, location=ledger.path,
                                 chain_problem=problems[0] if problems else None)
         history["one_key_list"] = one_key_list

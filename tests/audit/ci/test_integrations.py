@@ -60,13 +60,17 @@ def test_the_hook_entry_decides_several_plans_and_fails_on_review(tmp_path):
     assert "REVIEW" in done.stdout
 
 
+def documented_block(heading: str, language: str) -> str:
+    """The first ``language`` code block after ``heading`` in docs/ci.md."""
+    text = DOC.read_text(encoding="utf-8")
+    block = re.search(rf"```{language}\n(.*?)```", text[text.index(heading):], re.DOTALL)
+    assert block, f"no {language} block under {heading!r}"
+    return block.group(1)
+
+
 def workflow() -> dict:
     """The YAML block under the GitHub Actions heading of docs/ci.md."""
-    text = DOC.read_text(encoding="utf-8")
-    section = text[text.index("## GitHub Actions"):]
-    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
-    assert block, "no yaml block under the GitHub Actions heading"
-    return yaml.safe_load(block.group(1))
+    return yaml.safe_load(documented_block("## GitHub Actions", "yaml"))
 
 
 def test_the_documented_workflow_checks_plans_and_uploads_sarif():
@@ -111,8 +115,7 @@ def test_the_documented_junit_report_is_what_the_command_prints(capsys, monkeypa
     monkeypatch.chdir(ROOT)
     assert main(["policy", "examples/api-teacher.yaml", "--format", "junit"]) == 3
     out = capsys.readouterr().out
-    text = DOC.read_text(encoding="utf-8")
-    shown = re.search(r"```xml\n(.*?)```", text[text.index("### JUnit XML"):], re.DOTALL).group(1)
+    shown = documented_block("### JUnit XML", "xml")
     as_of = re.compile(r'(<property name="as_of" value=")[0-9-]+(")')
     assert as_of.sub(r"\1DATE\2", out) == as_of.sub(r"\1DATE\2", shown)
 
@@ -138,8 +141,7 @@ def test_the_documented_workflow_validates_against_the_github_workflow_schema(tm
     """check-jsonschema's vendored SchemaStore schema for GitHub workflows (no network), and a
     workflow broken the way a copy-paste breaks one is refused."""
     tool = ["check_jsonschema", "--builtin-schema", "vendor.github-workflows"]
-    text = DOC.read_text(encoding="utf-8")
-    block = re.search(r"```yaml\n(.*?)```", text[text.index("## GitHub Actions"):], re.DOTALL).group(1)
+    block = documented_block("## GitHub Actions", "yaml")
     good = tmp_path / "flopgate.yml"
     good.write_text(block)
     done = _validate(tool, good, tmp_path)

@@ -396,6 +396,7 @@ def test_a_shared_ledger_needs_keys_only_for_this_audits_rows(tmp_path, keys):
     """As the gate reads a team ledger: another audit's rows, signed by a key this filing does
     not know, are no reason to refuse it; this audit's charges still need a runner key, and
     every row must still chain."""
+    from audit.ledger.chain import LedgerTrust
     from audit.ledger.store import Ledger
 
     auditor, runner = keys
@@ -411,18 +412,11 @@ def test_a_shared_ledger_needs_keys_only_for_this_audits_rows(tmp_path, keys):
     assert docs(envelope, tmp_path / "docs", keys, *args) == 0
     compute = by_id(load(tmp_path / "docs", "model-documentation.json"), "items")["7.2"]
     assert "the ledger holds 5.0e9 FLOP charged" in compute["value"], compute["value"]
-    with Ledger(where) as ledger:   # a charge of this audit by the colleague's key
+    with Ledger(where) as ledger:   # a charge of this audit by the colleague's key (the writer trusts it)
         ledger.charge(digest, 1e30, "run-b", 1, 1, 100, 1.0, colleague.private_key,
-                      trust=_trusting(colleague, runner))
+                      trust=LedgerTrust.any_role([colleague.trusted, runner.trusted]))
     assert docs(envelope, tmp_path / "docs-2", keys, *args) == 5
     assert not (tmp_path / "docs-2").exists()
-
-
-def _trusting(*keypairs):
-    """A ledger trust that lets a test write a row the reader under test must refuse."""
-    from audit.ledger.chain import LedgerTrust
-
-    return LedgerTrust.any_role([k.trusted for k in keypairs])
 
 
 def generation_record(envelope: Path, out: Path, runner) -> Path:
